@@ -1,0 +1,1 @@
+"""Writers and their inverse readers, one module per on-disk format."""
