@@ -73,6 +73,7 @@ class Failure:
     status: int | None
     drop: bool
     times: int
+    after: bool = False  # with drop: do the work, then drop the connection instead of answering
 
 
 @dataclass
@@ -134,9 +135,11 @@ class FakeHub:
                 self._commit(repo, "main", "seed files", stored)
             return repo
 
-    def fail(self, method: str, path_regex: str, *, status: int | None = None, drop: bool = False, times: int = 1) -> None:
-        """The next `times` requests matching METHOD and the path regex get `status`, or a dropped connection."""
-        self.state.failures.append(Failure(method.upper(), re.compile(path_regex), status, drop, times))
+    def fail(self, method: str, path_regex: str, *, status: int | None = None, drop: bool = False, times: int = 1,
+             after: bool = False) -> None:
+        """The next `times` requests matching METHOD and the path regex get `status`, or a dropped connection
+        (before the server acts on them, or with after=True once it has: the answer is what gets lost)."""
+        self.state.failures.append(Failure(method.upper(), re.compile(path_regex), status, drop, times, after))
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The full content of every file at `revision`."""
@@ -223,7 +226,15 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _drop(self) -> None:
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, *, head: bool = False) -> None:
+        if getattr(self, "_drop_reply", False):
+            self._drop_reply = False
+            self._drop()
+            return
         self.send_response(status)
         headers = dict(headers or {})
         headers.setdefault("Content-Type", "application/json")
@@ -250,11 +261,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             if failure is not None:
                 failure.times -= 1
-        if failure is not None and failure.drop:
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+        if failure is not None and failure.drop and failure.after:
+            self._drop_reply = True
+        elif failure is not None and failure.drop:
+            self._drop()
             return
-        if failure is not None:
+        elif failure is not None:
             self._json(failure.status, {"error": f"injected {failure.status}"}, {"X-Error-Message": "injected failure"})
             return
         for route_method, pattern, handler in _ROUTES:

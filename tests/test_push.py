@@ -239,6 +239,16 @@ def test_dropped_connections_are_retried(hub, tmp_path):
     assert len(hub.commits(REPO)) == 2
 
 
+def test_lost_answers_do_not_duplicate_the_repo_or_the_commit(hub, tmp_path):
+    """The Hub did the work but the answer never came: the retry must find it done, not fail or redo it."""
+    art = make_artifact(tmp_path / "art")
+    hub.fail("POST", r"/api/repos/create", drop=True, after=True)
+    hub.fail("POST", r"/commit/", drop=True, after=True)
+    result = push(art, REPO)
+    assert hub.count("POST", r"/api/repos/create") == 2 and hub.count("POST", r"/commit/") == 1
+    assert len(hub.commits(REPO)) == 2 and result.commit_oid == hub.commits(REPO)[-1].oid
+
+
 def test_an_interrupted_push_publishes_nothing_and_resumes(hub, tmp_path):
     art = make_artifact(tmp_path / "art", shards=2)
     hub.fail("POST", r"/commit/", drop=True, times=100)
@@ -282,3 +292,22 @@ def test_push_in_a_fresh_process_reads_hf_endpoint_and_hf_token_from_the_environ
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == hub.commits(f"{USER}/tiny-env")[-1].oid
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_a_local_base_model_path_stays_off_the_card(tmp_path):
+    art = make_artifact(tmp_path / "art")
+    manifest = json.loads((art / "quantkit_manifest.json").read_text())
+    manifest["source"]["model"] = "/home/someone/private/checkpoints/my-llama"
+    (art / "quantkit_manifest.json").write_text(json.dumps(manifest))
+    card = ModelCard(str(render_card(check_artifact(art), repo_id="o/m")))
+    assert "/home/someone" not in str(card) and "`my-llama` (a local checkpoint)" in card.text
+    assert card.data.base_model is None
+
+
+def test_offline_mode_refuses_to_publish(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        push(make_artifact(tmp_path / "art"), REPO)
+    assert hub.state.requests == []

@@ -8,6 +8,7 @@ into Markdown tables and into the card's `model-index` metadata (huggingface_hub
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -213,7 +214,10 @@ def render_card(artifact: Artifact, *, repo_id: str) -> ModelCard:
         eval_results=eval_results or None,
         **extra,
     )
-    base = f"[{f['base']}](https://huggingface.co/{f['base']})" if f["base_is_hub_id"] else f"`{f['base'] or 'an unrecorded model'}`"
+    if f["base_is_hub_id"]:
+        base = f"[{f['base']}](https://huggingface.co/{f['base']})"
+    else:  # a local checkpoint: its name only, never the machine's path
+        base = f"`{PurePath(str(f['base'])).name}` (a local checkpoint)" if f["base"] else "an unrecorded model"
     summary = (
         f"{base} quantized to {f['bits']}-bit weights with 16-bit activations (W{f['bits']}A16) by {f['producer']}: "
         f"{f['method']} method, group size {f['group_size']}, {'symmetric' if f['sym'] else 'asymmetric'}, "

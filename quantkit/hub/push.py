@@ -148,7 +148,8 @@ class _Step:
 def _resolve_token(token: str | None) -> str:
     from huggingface_hub import constants, get_token
 
-    if constants.is_offline_mode():
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    if offline:
         raise HubError("HF_HUB_OFFLINE is set: publishing needs the network; unset it and push again")
     token = token or get_token()
     if not token:
