@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 
 from quantkit import __version__
 from quantkit.errors import HubError
-from quantkit.hub.artifact import README, check_artifact
+from quantkit.hub.artifact import README, Artifact, check_artifact
 from quantkit.hub.card import render_card
 from quantkit.manifest import MANIFEST
 
@@ -98,21 +98,22 @@ class _Step:
         return self._status(self._root(error))
 
     def run(self, what: str, fn: Callable[[], T], *, handle: Callable[[BaseException], T | None] | None = None) -> T:
+        """``fn()``, retried after RETRY_WAITS on transient failures; ``handle`` may turn an error into a result."""
         errors = (self._http_error, RuntimeError, ValueError, *self._transport)
-        for attempt, wait in enumerate((*RETRY_WAITS, None), start=1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except errors as e:
-                if handle is not None:
-                    outcome = handle(e)
-                    if outcome is not None:
-                        return outcome
-                if not self.transient(e) or wait is None:
+                if handle is not None and (outcome := handle(e)) is not None:
+                    return outcome
+                if not self.transient(e) or attempt > len(RETRY_WAITS):
                     raise self.error(what, e, attempts=attempt) from e
+                wait = RETRY_WAITS[attempt - 1]
                 log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.repo_id, what, self._describe(e),
                             attempt, len(RETRY_WAITS), wait)
                 time.sleep(wait)
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _describe(self, error: BaseException) -> str:
         root = self._root(error)
@@ -192,6 +193,55 @@ def _check_existing(repo_id: str, info, *, private: bool) -> None:
         raise HubError(f"{repo_id}: exists and is public but --private was given; make it private on the Hub first, or drop --private")
 
 
+def _ensure_repo(api, step: _Step, repo_id: str, *, private: bool, branch: str, token: str) -> None:
+    """Find or create ``repo_id`` (and ``branch``); refuse a repo that is not ours to overwrite."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def lookup():
+        try:
+            return api.repo_info(repo_id, repo_type="model", token=token)
+        except RepositoryNotFoundError:
+            return None
+
+    def exists_already(e: BaseException):
+        # 409: the name is taken, or an earlier attempt created the repo and its answer was lost: look again
+        found = step.run("look up the repo", lookup) if step.status(e) == 409 else None
+        if found is not None:
+            _check_existing(repo_id, found, private=private)
+        return found
+
+    info = step.run("look up the repo", lookup)
+    if info is None:
+        log.info("%s: creating the repo (%s)", repo_id, "private" if private else "public")
+        step.run("create the repo", lambda: api.create_repo(repo_id, private=private, token=token), handle=exists_already)
+    else:
+        _check_existing(repo_id, info, private=private)
+    if branch != "main":
+        step.run(f"create the branch {branch}", lambda: api.create_branch(repo_id, branch=branch, exist_ok=True, token=token))
+
+
+def _commit_all(api, step: _Step, artifact: Artifact, readme: bytes, *, repo_id: str, branch: str, summary: str, token: str):
+    """One commit: every artifact file, README.md, and the removal of files an earlier push left that are gone now.
+
+    Redone whole on a transient failure: files the Hub already holds (LFS objects, unchanged files) are not sent
+    again, and a commit whose answer was lost is found already made (nothing left to change).
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    uploads = {*artifact.files, README}
+
+    def commit():
+        remote = api.repo_info(repo_id, revision=branch, token=token)
+        stale = sorted({s.rfilename for s in remote.siblings or []} - uploads - KEPT_REMOTE_FILES)
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(artifact.directory / f)) for f in artifact.files]
+        operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=readme))
+        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        return api.create_commit(repo_id, operations, commit_message=summary, revision=branch, token=token)
+
+    log.info("%s: uploading %d files to %s in one commit", repo_id, len(uploads), branch)
+    return step.run("upload and commit the files", commit)
+
+
 def push(
     directory: str | Path,
     repo_id: str,
@@ -201,66 +251,32 @@ def push(
     message: str | None = None,
     token: str | None = None,
 ) -> Published:
-    """Check ``directory`` (a converted, evaluated artifact) and publish it to ``repo_id`` in one commit."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
-    from huggingface_hub.errors import RepositoryNotFoundError
+    """Check ``directory`` (a converted, evaluated artifact) and publish it to ``repo_id`` in one commit.
+
+    ``repo_id`` without a namespace goes under the token's user. ``revision`` is a branch (created from main
+    if missing). ``token`` defaults to huggingface_hub's (HF_TOKEN, then `hf auth login`). Raises InputError
+    for a broken artifact (before any network call) and HubError for everything the Hub refuses.
+    """
+    from huggingface_hub import HfApi, ModelCard
 
     artifact = check_artifact(directory)  # before any network call
-    directory = artifact.directory
     token = _resolve_token(token)
     api = HfApi(token=token, library_name="quantkit", library_version=__version__)
     step = _Step(repo_id, token)
     who = step.run("check the token (whoami)", lambda: api.whoami(token=token))
-    repo_id = _full_repo_id(repo_id, who.get("name", ""))
-    step.repo_id = repo_id
+    repo_id = step.repo_id = _full_repo_id(repo_id, who.get("name", ""))
     _check_owner(repo_id, who)
     branch = revision or "main"
 
-    card = render_card(artifact, repo_id=repo_id)
-    readme = str(card).encode()
+    readme = str(render_card(artifact, repo_id=repo_id)).encode()
     ModelCard(readme.decode())  # the card must parse back before it is uploaded
 
-    def lookup():
-        return api.repo_info(repo_id, repo_type="model", token=token)
-
-    def missing(e: BaseException):
-        return False if isinstance(e, RepositoryNotFoundError) else None
-
-    info = step.run("look up the repo", lookup, handle=missing)
-    if info is False:
-        def exists_already(e: BaseException):
-            # 409: taken, or created by an attempt whose answer was lost: look again before calling it taken
-            if step.status(e) != 409:
-                return None
-            try:
-                found = lookup()
-            except RepositoryNotFoundError:
-                return None
-            _check_existing(repo_id, found, private=private)
-            return found
-        log.info("%s: creating the repo (%s)", repo_id, "private" if private else "public")
-        step.run("create the repo", lambda: api.create_repo(repo_id, private=private, token=token), handle=exists_already)
-    else:
-        _check_existing(repo_id, info, private=private)
-    if branch != "main":
-        step.run(f"create the branch {branch}", lambda: api.create_branch(repo_id, branch=branch, exist_ok=True, token=token))
-
-    uploads = [*artifact.files, README]
+    _ensure_repo(api, step, repo_id, private=private, branch=branch, token=token)
     summary = message or (
         f"Upload {repo_id.split('/')[1]}: {artifact.quantization['bits']}-bit GPTQ "
         f"(group {artifact.quantization['group_size']}) by quantkit {__version__}"
     )
-
-    def commit():
-        remote = api.repo_info(repo_id, revision=branch, token=token)
-        stale = sorted({s.rfilename for s in remote.siblings or []} - set(uploads) - KEPT_REMOTE_FILES)
-        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(directory / f)) for f in artifact.files]
-        operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=readme))
-        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
-        return api.create_commit(repo_id, operations, commit_message=summary, revision=branch, token=token)
-
-    log.info("%s: uploading %d files to %s in one commit", repo_id, len(uploads), branch)
-    info = step.run("upload and commit the files", commit)
+    info = _commit_all(api, step, artifact, readme, repo_id=repo_id, branch=branch, summary=summary, token=token)
     log.info("%s: published %s", repo_id, info.commit_url)
     return Published(repo_id=repo_id, revision=branch, commit_oid=info.oid, commit_url=info.commit_url,
-                     files=tuple(uploads))
+                     files=(*artifact.files, README))
