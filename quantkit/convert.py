@@ -1,0 +1,164 @@
+"""convert: a checkpoint in, a GPTQ checkpoint (and optionally a GGUF) out, one decoder layer at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from quantkit import __version__, source as sources
+from quantkit.atomic import atomic_dir
+from quantkit.errors import InputError
+from quantkit.formats import gptq
+from quantkit.manifest import MANIFEST, write_json
+from quantkit.methods import make_quantizer, scale_dtype
+from quantkit.plan import Plan, make_plan
+from quantkit.recipes import Recipe
+from quantkit.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rdna3_refusals(recipe: Recipe, plan: Plan) -> list[str]:
+    """Why vLLM's RDNA3 W4A16 kernel path would refuse this output (empty when it loads)."""
+    why = []
+    if not recipe.sym:
+        why.append("asymmetric zero points (it takes symmetric uint4b8 only)")
+    if recipe.group_size < 32:
+        why.append(f"group size {recipe.group_size} < 32")
+    narrow = [lin.name for lin in plan.quantized if lin.out_features % 8]
+    if narrow:
+        why.append(f"N % 8 != 0 in {len(narrow)} layers (e.g. {narrow[0]})")
+    if recipe.gptq.act_order and not recipe.gptq.static_groups and recipe.method == "gptq":
+        why.append("act-order without static groups")
+    return why
+
+
+def _relative_error(weight: torch.Tensor, ql) -> float:
+    w = weight.float()
+    return float(torch.linalg.vector_norm(ql.dequantize() - w) / torch.linalg.vector_norm(w).clamp_min(1e-30))
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _quantization_config(recipe: Recipe, desc_act: bool) -> dict:
+    return gptq.quantization_config(
+        bits=recipe.bits,
+        group_size=recipe.group_size,
+        sym=recipe.sym,
+        desc_act=desc_act,
+        static_groups=recipe.gptq.static_groups if recipe.method == "gptq" else False,
+        checkpoint_format=recipe.checkpoint_format,
+        method=recipe.method,
+        damp_percent=recipe.gptq.damp_percent if recipe.method == "gptq" else None,
+        true_sequential=recipe.gptq.true_sequential,
+        meta={"quantizer": [f"quantkit:{__version__}"], "recipe": recipe.name},
+    )
+
+
+def convert(
+    model: str,
+    out: str | Path,
+    recipe: Recipe,
+    *,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> dict:
+    """Quantize ``model`` (Hub id, checkpoint dir or .gguf) into ``out`` following ``recipe``; returns the manifest."""
+    started = time.perf_counter()
+    out = Path(out)
+    src_dir = sources.resolve(model)
+    dtype = scale_dtype(recipe)
+    with sources.TensorSource(src_dir) as src:
+        shapes = {name: src.shape(name) for name in src.names()}
+        plan = make_plan(src.config, shapes, group_size=recipe.group_size, skip=list(recipe.skip))
+        for why in rdna3_refusals(recipe, plan):
+            log.warning(
+                "vLLM's RDNA3 W4A16 kernel will refuse this checkpoint: %s; vLLM loads it through its ExLlama "
+                "GPTQ kernel instead (ROCm) or gptq/Marlin (NVIDIA) where those accept it", why)
+        tied = bool(src.config.get("tie_word_embeddings", False))
+        state_dir = out.parent / f".{out.name}.quantkit-state"
+        with atomic_dir(out, force=force) as tmp:
+            writer = ShardWriter(tmp, max_bytes=max_shard_bytes)
+            for name in plan.outside:
+                if tied and name == "lm_head.weight":
+                    continue  # tied embeddings stay tied
+                writer.add(name, _cast(src.get(name), dtype))
+            quantizer = make_quantizer(recipe, source=src, plan=plan, state_dir=state_dir)
+            errors, layer_seconds, desc_act = {}, [], False
+            for layer in tqdm(plan.layers, desc="quantizing layers", unit="layer", disable=not progress):
+                t0 = time.perf_counter()
+                weights = {n: src.get(n) for n in layer.kept}
+                weights.update({f"{lin.name}.weight": src.get(f"{lin.name}.weight") for lin in layer.linears})
+                weights.update({f"{lin.name}.bias": src.get(f"{lin.name}.bias") for lin in layer.linears if lin.has_bias})
+                quantized = quantizer.quantize_layer(layer, weights)
+                for lin in layer.linears:
+                    ql = quantized.get(lin.name)
+                    if ql is None:
+                        raise RuntimeError(f"{lin.name}: the {recipe.method} method left this layer unquantized")
+                    errors[lin.name] = round(_relative_error(weights[f"{lin.name}.weight"], ql), 6)
+                    desc_act = desc_act or not ql.static_groups
+                    tensors = gptq.pack(ql, checkpoint_format=recipe.checkpoint_format)
+                    for suffix, tensor in tensors.items():
+                        writer.add(f"{lin.name}.{suffix}", _cast(tensor, dtype) if suffix == "bias" else tensor)
+                for name in layer.kept:
+                    writer.add(name, _cast(weights[name], dtype))
+                del weights, quantized
+                layer_seconds.append(round(time.perf_counter() - t0, 3))
+            shard_names = writer.close()
+            _write_configs(tmp, src_dir, src.config, recipe, desc_act, dtype)
+            if "gguf" in recipe.formats:
+                from quantkit.formats.gguf import write_gguf
+
+                write_gguf(tmp, tmp / f"{out.name}-{'Q4_0' if recipe.sym else 'Q4_1'}.gguf")
+            manifest = {
+                "tool": "quantkit",
+                "version": __version__,
+                "source": {"model": model, "model_type": plan.model_type},
+                "recipe": recipe.to_dict(),
+                "layers": {
+                    "quantized": len(plan.quantized),
+                    "kept_unquantized": len(plan.skipped),
+                    "skipped": plan.skipped,
+                    "decoder_blocks": len(plan.layers),
+                },
+                "shards": shard_names,
+                "relative_error": errors,
+                "method_summary": quantizer.summary(),
+                "timings": {
+                    "total_s": round(time.perf_counter() - started, 3),
+                    "per_layer_s": layer_seconds,
+                    "peak_rss_mb": round(peak_rss_mb(), 1),
+                },
+            }
+            write_json(tmp / MANIFEST, manifest)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return manifest
+
+
+def _write_configs(tmp: Path, src_dir: Path, config: dict, recipe: Recipe, desc_act: bool, dtype: torch.dtype) -> None:
+    qcfg = _quantization_config(recipe, desc_act)
+    config = dict(config)
+    config.pop("quantization_config", None)
+    config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config["quantization_config"] = qcfg
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / "quantize_config.json").write_text(json.dumps(qcfg, indent=2, sort_keys=True) + "\n")
+    for name in sources.AUX_FILES:
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, tmp / name)
+    if not any((tmp / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise InputError(f"{src_dir}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json); add them")

@@ -1,0 +1,133 @@
+"""Which tensors of a checkpoint get quantized, layer by layer, and in which order.
+
+The plan is computed from tensor names and shapes alone (nothing is loaded): the linears of each decoder
+block, in true-sequential order (attention inputs, attention output, MLP inputs, MLP output), MoE experts
+included as plain linears; routers, norms, embeddings and lm_head stay as they are.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from quantkit.errors import InputError, UnsupportedError
+
+# model_type -> transformers architecture family we know the tensor names of.
+SUPPORTED = {
+    "llama": "dense",
+    "mistral": "dense",
+    "qwen2": "dense",
+    "qwen3": "dense",
+    "qwen2_moe": "moe",
+    "qwen3_moe": "moe",
+    "mixtral": "moe",
+}
+
+LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+# (regex on the name inside a block, true-sequential stage). Anything 2-D not listed here stays unquantized.
+LINEAR_RULES = [
+    (re.compile(r"self_attn\.(q|k|v)_proj$"), 0),
+    (re.compile(r"self_attn\.o_proj$"), 1),
+    (re.compile(r"mlp\.(gate|up)_proj$"), 2),
+    (re.compile(r"mlp\.down_proj$"), 3),
+    (re.compile(r"mlp\.experts\.\d+\.(gate|up)_proj$"), 2),
+    (re.compile(r"mlp\.experts\.\d+\.down_proj$"), 3),
+    (re.compile(r"mlp\.shared_expert\.(gate|up)_proj$"), 2),
+    (re.compile(r"mlp\.shared_expert\.down_proj$"), 3),
+    (re.compile(r"block_sparse_moe\.experts\.\d+\.w(1|3)$"), 2),
+    (re.compile(r"block_sparse_moe\.experts\.\d+\.w2$"), 3),
+]
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    name: str  # module name, e.g. model.layers.0.self_attn.q_proj
+    out_features: int
+    in_features: int
+    stage: int  # true-sequential stage inside the block
+    has_bias: bool
+
+
+@dataclass
+class LayerPlan:
+    index: int
+    linears: list[LinearPlan] = field(default_factory=list)  # quantized, in stage order
+    kept: list[str] = field(default_factory=list)  # every other tensor name of the block
+
+    def stages(self) -> list[list[LinearPlan]]:
+        out: dict[int, list[LinearPlan]] = {}
+        for lin in self.linears:
+            out.setdefault(lin.stage, []).append(lin)
+        return [out[s] for s in sorted(out)]
+
+
+@dataclass
+class Plan:
+    model_type: str
+    layers: list[LayerPlan]
+    outside: list[str]  # tensors outside the decoder blocks (embeddings, final norm, lm_head)
+    skipped: list[str]  # linears kept unquantized by a skip rule
+
+    @property
+    def quantized(self) -> list[LinearPlan]:
+        return [lin for layer in self.layers for lin in layer.linears]
+
+
+def _stage(inner: str) -> int | None:
+    for pattern, stage in LINEAR_RULES:
+        if pattern.search(inner):
+            return stage
+    return None
+
+
+def _skipped(module: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(module, p) or re.search(p, module) for p in patterns)
+
+
+def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: int, skip: list[str] = ()) -> Plan:
+    """Build the plan; raise a clear error for unsupported architectures and groups that do not divide K."""
+    model_type = config.get("model_type", "")
+    if model_type not in SUPPORTED:
+        raise UnsupportedError(
+            f"config.json: model_type {model_type!r} is not supported; supported: {', '.join(sorted(SUPPORTED))}"
+        )
+    skip = list(skip)
+    layers: dict[int, LayerPlan] = {}
+    outside, skipped = [], []
+    for name in sorted(shapes):
+        m = LAYER_RE.match(name)
+        if not m:
+            outside.append(name)
+            continue
+        index, inner = int(m.group(1)), m.group(2)
+        layer = layers.setdefault(index, LayerPlan(index))
+        module, _, leaf = inner.rpartition(".")
+        stage = _stage(module) if leaf == "weight" and len(shapes[name]) == 2 else None
+        full = f"model.layers.{index}.{module}"
+        if stage is None:
+            layer.kept.append(name)
+            continue
+        if _skipped(full, skip):
+            skipped.append(full)
+            layer.kept.append(name)
+            continue
+        out_features, in_features = shapes[name]
+        if in_features % group_size:
+            raise InputError(
+                f"{name}: group size {group_size} does not divide K={in_features}; "
+                f"choose a group size that divides it or keep the layer with --skip '{full}'"
+            )
+        layer.linears.append(LinearPlan(full, out_features, in_features, stage, f"{full}.bias" in shapes))
+    for layer in layers.values():
+        bias_names = {f"{lin.name}.bias" for lin in layer.linears}
+        layer.kept = [n for n in layer.kept if n not in bias_names]
+        layer.linears.sort(key=lambda lin: (lin.stage, _natural(lin.name)))
+    if not layers:
+        raise InputError("checkpoint has no model.layers.N.* tensors; is this a decoder-only LM checkpoint?")
+    return Plan(model_type, [layers[i] for i in sorted(layers)], outside, skipped)
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
