@@ -311,3 +311,30 @@ def test_offline_mode_refuses_to_publish(hub, tmp_path, monkeypatch):
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
         push(make_artifact(tmp_path / "art"), REPO)
     assert hub.state.requests == []
+
+
+def test_card_reads_a_bare_perplexity_result(tmp_path):
+    flat = {"text": "persuasion.txt", "ctx": 1024, "windows": 3, "quantized": {"ppl": 20.5, "stderr": 0.5},
+            "baseline": {"ppl": 19.0, "stderr": 0.4, "model": "x"}}
+    card = ModelCard(str(render_card(check_artifact(make_artifact(tmp_path / "a", evaluation=flat)), repo_id="o/m")))
+    assert [r.metric_value for r in card.data.eval_results] == [20.5]
+    assert "| base model | 19.0000 | 0.4000 |" in card.text
+
+
+def test_cli_push_command(hub, tmp_path):
+    from click.testing import CliRunner
+
+    from quantkit.cli import main
+
+    art = make_artifact(tmp_path / "art")
+    ok = CliRunner().invoke(main, ["push", str(art), "tiny-cli", "--private", "--message", "from the CLI"])
+    assert ok.exit_code == 0, ok.output
+    assert f"published {USER}/tiny-cli (main): " in ok.output
+    assert hub.state.repos[f"{USER}/tiny-cli"].private and hub.commits(f"{USER}/tiny-cli")[-1].message == "from the CLI"
+
+    hub.fail("GET", r"/api/whoami-v2", status=401)
+    bad = CliRunner().invoke(main, ["push", str(art), "tiny-cli"])
+    assert bad.exit_code == 1
+    lines = [line for line in bad.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "rejected the token (401)" in lines[0]
+    assert TOKEN not in bad.output

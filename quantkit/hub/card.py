@@ -112,6 +112,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "text"
 
 
+def _section(a: Artifact, name: str) -> dict | None:
+    """An optional section of the eval JSON; a bare perplexity result (top-level "quantized") counts as one."""
+    value = a.eval.get(name)
+    if isinstance(value, dict):
+        return value
+    if name == "perplexity" and isinstance(a.eval.get("quantized"), dict):
+        return a.eval
+    return None
+
+
 def _facts(a: Artifact) -> dict[str, Any]:
     q, m = a.quantization, a.manifest
     meta = q.get("meta") if isinstance(q.get("meta"), dict) else {}
@@ -137,7 +147,7 @@ def _facts(a: Artifact) -> dict[str, Any]:
 
 def _eval_results(a: Artifact, model_name: str) -> list[EvalResult]:
     results = []
-    ppl = a.eval.get("perplexity") if isinstance(a.eval.get("perplexity"), dict) else None
+    ppl = _section(a, "perplexity")
     if ppl and isinstance(ppl.get("quantized"), dict) and ppl["quantized"].get("ppl") is not None:
         text = str(ppl.get("text") or "text")
         args = {k: ppl[k] for k in ("ctx", "windows") if ppl.get(k) is not None}
@@ -154,7 +164,7 @@ def _eval_results(a: Artifact, model_name: str) -> list[EvalResult]:
         if ppl.get("top1_agreement") is not None:
             results.append(EvalResult(**common, metric_type="top1_agreement", metric_name="Top-1 agreement with the base model",
                                       metric_value=round(float(ppl["top1_agreement"]), 6), metric_config=config))
-    tp = a.eval.get("throughput") if isinstance(a.eval.get("throughput"), dict) else None
+    tp = _section(a, "throughput")
     for row in (tp or {}).get("rows") or []:
         device = str(tp.get("device") or "unknown device")
         for phase in ("prefill", "decode"):
@@ -172,7 +182,7 @@ def _eval_results(a: Artifact, model_name: str) -> list[EvalResult]:
 
 def _tables(a: Artifact) -> dict[str, Any]:
     out: dict[str, Any] = {"ppl_rows": [], "agreement": [], "throughput_rows": [], "ppl_caption": "", "device": ""}
-    ppl = a.eval.get("perplexity") if isinstance(a.eval.get("perplexity"), dict) else None
+    ppl = _section(a, "perplexity")
     if ppl:
         for label, key in (("this model", "quantized"), ("base model", "baseline")):
             part = ppl.get(key)
@@ -186,7 +196,7 @@ def _tables(a: Artifact) -> dict[str, Any]:
             out["agreement"].append(f"KL divergence from the base model: {_num(ppl['kl_divergence'], 6)}")
         if ppl.get("top1_agreement") is not None:
             out["agreement"].append(f"Top-1 agreement with the base model: {_num(100 * float(ppl['top1_agreement']), 2)}%")
-    tp = a.eval.get("throughput") if isinstance(a.eval.get("throughput"), dict) else None
+    tp = _section(a, "throughput")
     if tp and tp.get("rows"):
         out["device"] = _cell(tp.get("device") or "an unrecorded device")
         for row in tp["rows"]:
