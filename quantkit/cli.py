@@ -80,7 +80,8 @@ def convert(model, out, recipe, method, bits, group_size, sym, dtype, skip, form
     if push_to:
         from quantkit.hub.push import push
 
-        click.echo(push(out, push_to))
+        published = push(out, push_to)
+        click.echo(f"published {published.repo_id} ({published.revision}): {published.commit_url}")
 
 
 @main.command(name="push")
