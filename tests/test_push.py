@@ -338,3 +338,22 @@ def test_cli_push_command(hub, tmp_path):
     lines = [line for line in bad.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "rejected the token (401)" in lines[0]
     assert TOKEN not in bad.output
+
+
+def test_convert_push_to_refuses_an_artifact_without_eval_and_publishes_nothing(hub, tmp_path):
+    """convert --push-to goes through the same checks: with no quantkit_eval.json yet, nothing leaves the machine."""
+    from click.testing import CliRunner
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hub_fixtures import _tokenizer
+    from quantkit.cli import main
+
+    src = tmp_path / "src"
+    LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=4)).save_pretrained(src)
+    _tokenizer(src)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(src), "--out", str(out), "--push-to", "tiny-converted"])
+    assert result.exit_code == 1 and (out / "config.json").is_file()
+    assert "quantkit_eval.json: missing; run `quantkit eval" in result.output
+    assert hub.state.requests == []
