@@ -33,7 +33,8 @@ class _Group(click.Group):
 def main(verbose: bool) -> None:
     """Hugging Face checkpoints to 4-bit group-quantized (W4A16) models, and proof that they are good."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2"):  # huggingface_hub 1.x uses httpx, 2.x httpx2; their INFO lines carry upload URLs
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _parse_size(value: str) -> int:

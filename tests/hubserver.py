@@ -393,8 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"errors": [], "warnings": []})
 
     def preupload(self, repo: str, rev: str, body: bytes, **_):
-        r = self._writable(repo)
-        commit = r.head(rev) or r.head("main")
+        commit = self._revision(self._writable(repo), rev)
         files = []
         for f in json.loads(body)["files"]:
             existing = commit.files.get(f["path"])

@@ -199,10 +199,10 @@ def _upload_list(directory: Path) -> list[str]:
         rel = path.relative_to(directory)
         if any(part.startswith(".") for part in rel.parts):
             continue  # hidden files, .cache/, atomic-write leftovers (.name.partial-*)
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():
             if path.is_symlink():
-                raise InputError(f"{path}: symbolic links are not published; replace it with the file")
-            continue
+                raise InputError(f"{path}: a broken symbolic link; remove it or replace it with the file")
+            continue  # directories (their files are listed on their own)
         if rel.as_posix() == README:
             continue  # the card is rendered fresh from the JSON
         files.append(rel.as_posix())
