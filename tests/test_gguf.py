@@ -79,7 +79,8 @@ ARCH_CONFIGS = {
 
 def make_checkpoint(directory: Path, arch: str = "llama", *, group: int = 32, sym: bool = True,
                     dtype=torch.float16, tie: bool = False, checkpoint_format: str = "gptq", seed: int = 0,
-                    quantize: bool = True, g_idx_perm: bool = False, hidden: int = 64):
+                    quantize: bool = True, g_idx_perm: bool = False, hidden: int = 64,
+                    qk_std: float = 0.05):
     """A tiny random model of ``arch``, its linears RTN-quantized and GPTQ-packed; returns (dir, {prefix: QuantizedLinear})."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -99,8 +100,9 @@ def make_checkpoint(directory: Path, arch: str = "llama", *, group: int = 32, sy
             state[k] = (1 + 0.3 * torch.randn_like(v.float())).to(dtype)
         elif k.endswith(".bias"):
             state[k] = (0.1 * torch.randn_like(v.float())).to(dtype)
-        elif v.ndim == 2:
-            state[k] = (0.05 * torch.randn_like(v.float())).to(dtype)
+        elif v.ndim == 2:  # larger q/k make attention sharp, so that rope and head layout matter
+            std = qk_std if k.endswith(("q_proj.weight", "k_proj.weight")) else 0.05
+            state[k] = (std * torch.randn_like(v.float())).to(dtype)
     if tie:
         state.pop("lm_head.weight", None)
     qls = {}
