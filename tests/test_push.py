@@ -357,3 +357,10 @@ def test_convert_push_to_refuses_an_artifact_without_eval_and_publishes_nothing(
     assert result.exit_code == 1 and (out / "config.json").is_file()
     assert "quantkit_eval.json: missing; run `quantkit eval" in result.output
     assert hub.state.requests == []
+
+
+def test_a_failing_upload_names_the_file(hub, tmp_path):
+    hub.fail("PUT", r"^/lfs-storage/", status=500, times=1000)
+    with pytest.raises(HubError, match=r"model\.safetensors: HTTP 500.*run the same command again to resume"):
+        push(make_artifact(tmp_path / "art"), REPO)
+    assert _published(hub) == {}

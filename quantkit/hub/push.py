@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ T = TypeVar("T")
 RETRY_WAITS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 KEPT_REMOTE_FILES = frozenset({".gitattributes"})
+UPLOADING = re.compile(r"uploading '([^']+)'")  # huggingface_hub's RuntimeError around a failed LFS upload
 
 
 @dataclass(frozen=True)
@@ -115,16 +117,29 @@ class _Step:
                             attempt, len(RETRY_WAITS), wait)
                 time.sleep(wait)
 
+    @staticmethod
+    def _file(error: BaseException) -> str | None:
+        """The file huggingface_hub was uploading when ``error`` happened, if it says."""
+        seen = error
+        while seen is not None:
+            found = UPLOADING.search(str(seen)) if isinstance(seen, RuntimeError) else None
+            if found:
+                return found.group(1)
+            seen = seen.__cause__ or seen.__context__
+        return None
+
     def _describe(self, error: BaseException) -> str:
         root = self._root(error)
         status = self._status(root)
         if status is not None:
-            server = getattr(root, "server_message", None) or ""
-            server = " ".join(str(server).split())[:160]
-            return self._scrub(f"HTTP {status}" + (f": {server}" if server else ""))
-        if isinstance(root, self._transport):
-            return self._scrub(f"{type(root).__name__}: {' '.join(str(root).split())[:160]}")
-        return self._scrub(" ".join(str(root).split())[:200] or type(root).__name__)
+            server = " ".join(str(getattr(root, "server_message", None) or "").split())[:160]
+            text = f"HTTP {status}" + (f": {server}" if server else "")
+        elif isinstance(root, self._transport):
+            text = f"{type(root).__name__}: {' '.join(str(root).split())[:160]}"
+        else:
+            text = " ".join(str(root).split())[:200] or type(root).__name__
+        file = self._file(error)
+        return self._scrub(f"{file}: {text}" if file else text)
 
     def error(self, what: str, error: BaseException, *, attempts: int) -> HubError:
         r, status = self.repo_id, self.status(error)
