@@ -65,6 +65,16 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _chain(error: BaseException, limit: int = 16) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from (cause, else context), nearest first."""
+    out: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(out) < limit and seen not in out:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
 class _Step:
     """Runs one step against the Hub with retries, and turns what goes wrong into a one-line HubError."""
 
@@ -81,11 +91,9 @@ class _Step:
 
     def _root(self, error: BaseException) -> BaseException:
         """The HTTP or transport error behind ``error`` (huggingface_hub wraps LFS failures in RuntimeError)."""
-        seen = error
-        while seen is not None:
+        for seen in _chain(error):
             if isinstance(seen, (self._http_error, *self._transport)):
                 return seen
-            seen = seen.__cause__ or seen.__context__
         return error
 
     def _status(self, error: BaseException) -> int | None:
@@ -120,12 +128,10 @@ class _Step:
     @staticmethod
     def _file(error: BaseException) -> str | None:
         """The file huggingface_hub was uploading when ``error`` happened, if it says."""
-        seen = error
-        while seen is not None:
+        for seen in _chain(error):
             found = UPLOADING.search(str(seen)) if isinstance(seen, RuntimeError) else None
             if found:
                 return found.group(1)
-            seen = seen.__cause__ or seen.__context__
         return None
 
     def _describe(self, error: BaseException) -> str:
