@@ -364,3 +364,14 @@ def test_a_failing_upload_names_the_file(hub, tmp_path):
     with pytest.raises(HubError, match=r"model\.safetensors: HTTP 500.*run the same command again to resume"):
         push(make_artifact(tmp_path / "art"), REPO)
     assert _published(hub) == {}
+
+
+def test_token_from_hf_auth_login(hub, tmp_path, monkeypatch):
+    """No HF_TOKEN: the token saved by `hf auth login` (HF_TOKEN_PATH) is used."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN")
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text(TOKEN)
+    assert push(make_artifact(tmp_path / "art"), REPO).repo_id == REPO
+    assert hub.state.seen_authorization[-1] == f"Bearer {TOKEN}"
