@@ -67,6 +67,10 @@ def summarize(path: str | Path) -> dict:
 
 
 def render(summary: dict) -> str:
+    if summary.get("format") == "gguf":
+        from quantkit.formats.gguf import render_gguf_summary
+
+        return render_gguf_summary(summary)
     width = max(len(k) for k in summary)
     lines = []
     for key, value in summary.items():

@@ -255,6 +255,10 @@ def test_summary_types_and_bits_per_weight(tmp_path):
     assert s["vocab_size"] == 384 and s["tokenizer_pre"] == "qwen2"
     q = next(t for t in s["tensors"] if t["name"] == "blk.0.attn_q.weight")
     assert q["type"] == "Q4_0" and q["shape"] == [64, 128] and q["bpw"] == 4.5
+    from quantkit.inspect import render, summarize
+
+    text = render(summarize(tmp_path / "m.gguf"))  # `quantkit inspect FILE.gguf`
+    assert "linear bits per weight  4.5" in text and "blk.0.attn_q.weight" in text and "Q4_0" in text
 
 
 def test_summary_of_a_non_gguf_file(tmp_path):

@@ -534,6 +534,7 @@ def read_gguf_summary(path: str | Path) -> dict:
             lin_params += params
     ftype = field("general.file_type")
     return {
+        "format": "gguf",
         "path": str(path),
         "file_bytes": path.stat().st_size,
         "architecture": arch,
@@ -551,3 +552,18 @@ def read_gguf_summary(path: str | Path) -> dict:
         "types": by_type,
         "tensors": tensors,
     }
+
+
+def render_gguf_summary(summary: dict) -> str:
+    """read_gguf_summary as text: the header, one line per GGUF type, then one line per tensor."""
+    head = {k: v for k, v in summary.items() if k not in ("types", "tensors")}
+    width = max(len(k) for k in head)
+    lines = [f"{k.replace('_', ' '):<{width}}  {v}" for k, v in head.items()]
+    lines += ["", f"{'type':<8} {'tensors':>7} {'params':>12} {'bytes':>12}  bpw"]
+    for typ, agg in sorted(summary["types"].items(), key=lambda kv: -kv[1]["bytes"]):
+        lines.append(f"{typ:<8} {agg['tensors']:>7} {agg['params']:>12} {agg['bytes']:>12}  {8 * agg['bytes'] / agg['params']:.3f}")
+    name_width = max((len(t["name"]) for t in summary["tensors"]), default=4)
+    lines += ["", f"{'tensor':<{name_width}}  {'type':<6} {'shape':<16} bpw"]
+    for t in summary["tensors"]:
+        lines.append(f"{t['name']:<{name_width}}  {t['type']:<6} {'x'.join(map(str, t['shape'])):<16} {t['bpw']}")
+    return "\n".join(lines)
