@@ -19,6 +19,8 @@ def atomic_dir(target: str | Path, *, force: bool) -> Iterator[Path]:
     if target.exists() and not force:
         raise OutputExistsError(f"{target}: already exists; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a run that was killed outright
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield tmp

@@ -83,7 +83,14 @@ def _stage(inner: str) -> int | None:
 
 
 def _skipped(module: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(module, p) or re.search(p, module) for p in patterns)
+    """A skip pattern is a glob on the module name (``*.down_proj``), or a regex after ``re:``."""
+    for p in patterns:
+        if p.startswith("re:"):
+            if re.search(p[3:], module):
+                return True
+        elif fnmatch.fnmatchcase(module, p):
+            return True
+    return False
 
 
 def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: int, skip: list[str] = ()) -> Plan:
@@ -94,6 +101,12 @@ def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: i
             f"config.json: model_type {model_type!r} is not supported; supported: {', '.join(sorted(SUPPORTED))}"
         )
     skip = list(skip)
+    for p in skip:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as e:
+                raise InputError(f"skip pattern {p!r}: invalid regular expression ({e})") from e
     layers: dict[int, LayerPlan] = {}
     outside, skipped = [], []
     for name in sorted(shapes):

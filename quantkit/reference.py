@@ -96,20 +96,20 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
         config = _plain_config(directory, dtype)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        for name, ql in linears.items():
-            parent_name, _, child = name.rpartition(".")
-            try:
-                parent = model.get_submodule(parent_name)
-            except AttributeError:
-                parent = None
-            if parent is None or not isinstance(getattr(parent, child, None), nn.Linear):
-                raise UnsupportedError(
-                    f"{name}: the transformers model has no nn.Linear here (fused MoE experts?); "
-                    "evaluate this checkpoint with the dequantized path (quantkit.reference.dequantized_state_dict)"
-                )
-            setattr(parent, child, factory(ql))
-        state = {n: src.get(n).to(dtype) if src.get(n).is_floating_point() else src.get(n)
-                 for n in src.names() if n.rpartition(".")[0] not in linears}
+        fused = [name for name in linears if not isinstance(_module_or_none(model, name), nn.Linear)]
+        if not fused:
+            for name, ql in linears.items():
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, factory(ql))
+            state = {n: _as(src.get(n), dtype) for n in src.names() if n.rpartition(".")[0] not in linears}
+    if fused:
+        # transformers fuses some modules (MoE experts into 3-D parameters): there is no nn.Linear to swap, so
+        # those models are built from the dequantized weights through transformers' own loading.
+        if module_factory is not None:
+            raise UnsupportedError(f"{directory}: {fused[0]} is not an nn.Linear in transformers (fused MoE experts?); "
+                                   "only the reference (dequantized) backend can run this model")
+        log.info("%s: %s is fused in transformers; building the model from dequantized weights", directory, fused[0])
+        return _load_dequantized(directory, dtype=dtype, device=device)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not m.rpartition(".")[0] in linears]
     if config.tie_word_embeddings:
@@ -118,6 +118,34 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     if missing or unexpected:
         raise InputError(f"{directory}: tensors do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     _materialize_buffers(model, config)
+    return model.to(device).eval()
+
+
+def _module_or_none(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _load_dequantized(directory: Path, *, dtype: torch.dtype, device: str):
+    import tempfile
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    state = dequantized_state_dict(directory, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="quantkit-dequant-") as tmp:
+        config = json.loads((directory / "config.json").read_text())
+        config.pop("quantization_config", None)
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        save_file({n: _as(t, dtype).contiguous() for n, t in state.items()}, str(Path(tmp) / "model.safetensors"),
+                  metadata={"format": "pt"})
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype)
     return model.to(device).eval()
 
 
