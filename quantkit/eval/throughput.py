@@ -1,0 +1,338 @@
+"""Throughput: prefill and decode tokens/s of a causal LM at several batch sizes, the quantized model and its bf16
+baseline measured in the same run, one after the other on the same inputs.
+
+How (docs/benchmarking.md): a static KV cache (transformers' StaticCache) of prompt_len + gen_len tokens; the
+prefill (prompt_len tokens per sequence, logits of the last position only, as generation does) and one greedy
+decode step are each captured in a CUDA graph, so Python and launch overhead do not hide the kernels; a decode
+step feeds its argmax back as the next input and advances the position on the device. Timing with CUDA events:
+per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
+rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
+over the whole static cache, the same for both models.
+
+Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
+(KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
+
+On a CPU the same path runs eagerly (no graphs, wall-clock time): useful to test, but speed figures there say
+nothing about the kernels, and the result says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from quantkit.errors import InputError
+from quantkit.eval import ppl
+
+log = logging.getLogger(__name__)
+
+CPU_NOTE = "measured on a CPU: speed figures are not meaningful there (the W4A16 kernels run on GPUs)"
+# A broken kernel or cache gives errors of order 1; bf16 rounding over a deep model stays well under these.
+SAME_WEIGHTS_MAX_REL_ERROR = 0.1
+DECODE_MAX_REL_ERROR = 0.1
+
+
+@dataclass(frozen=True)
+class Settings:
+    batches: tuple[int, ...] = (1, 8, 32)
+    prompt_len: int = 512
+    gen_len: int = 128
+    warmup: int = 1
+    repeats: int = 5
+    cuda_graphs: bool = True
+    seed: int = 0
+
+    def validate(self) -> "Settings":
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise InputError(f"--batch needs positive batch sizes, got {self.batches}")
+        if self.prompt_len < 1 or self.gen_len < 1:
+            raise InputError(f"--prompt-len and --gen-len must be >= 1, got {self.prompt_len} and {self.gen_len}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise InputError(f"--repeats must be >= 1 and --warmup >= 0, got {self.repeats} and {self.warmup}")
+        return self
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--batch takes comma-separated integers such as 1,8,32, got {text!r}") from None
+    return Settings(batches=values).validate().batches
+
+
+def _driver_version() -> str | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
+    """What the numbers were measured on: device name, dtype, torch / CUDA / driver / transformers versions."""
+    import transformers
+
+    from quantkit import __version__
+
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device_type": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if on_gpu else None,
+        "hip": torch.version.hip if on_gpu else None,
+        "driver": _driver_version() if on_gpu else None,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "quantkit": __version__,
+    }
+
+
+def _forward_kwargs(model, cache) -> dict:
+    """The cache argument under the name this transformers version uses (``cache`` from 5.2x, else
+    ``past_key_values``)."""
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+class Runner:
+    """One model, one batch size: a static cache, a prefill step and a decode step, graph-captured on a GPU."""
+
+    def __init__(self, model, *, batch: int, settings: Settings, prompt: torch.Tensor):
+        from transformers import StaticCache
+
+        self.model, self.batch, self.s = model, batch, settings
+        device = prompt.device
+        p, total = settings.prompt_len, settings.prompt_len + settings.gen_len
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.kwargs = _forward_kwargs(model, self.cache)
+        self.prompt = prompt
+        self.prefill_pos = torch.arange(p, device=device).expand(batch, p)
+        self.prefill_mask = (torch.arange(total, device=device)[None, :] <= torch.arange(p, device=device)[:, None])
+        self.prefill_mask = self.prefill_mask.expand(batch, 1, p, total).contiguous()
+        self.slots = torch.arange(total, device=device)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.full((1,), p, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None
+        self._captured_logits: torch.Tensor | None = None
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.use_graphs = settings.cuda_graphs and device.type == "cuda"
+
+    # --- the two steps, written so that they can be captured: no host sync, every input a static tensor
+    def _prefill(self) -> None:
+        out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
+                         use_cache=True, logits_to_keep=1, **self.kwargs)
+        self.logits = out.logits
+        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.pos.fill_(self.s.prompt_len)
+
+    def _decode(self) -> None:
+        mask = (self.slots <= self.pos).view(1, 1, 1, -1).expand(self.batch, 1, 1, -1)
+        out = self.model(input_ids=self.token, attention_mask=mask, position_ids=self.pos.view(1, 1).expand(self.batch, 1),
+                         use_cache=True, logits_to_keep=1, **self.kwargs)
+        self.logits = out.logits
+        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.pos.add_(1)
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def prepare(self) -> None:
+        """Warm up (lazy cache allocation, kernel build and self-check, workspaces), then capture both steps."""
+        if not self.use_graphs:
+            self.reset()
+            self._prefill()
+            self._decode()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.reset()
+            self._prefill()
+            self._decode()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        for name, step in (("prefill", self._prefill), ("decode", self._decode)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            self.graphs[name] = graph
+        self._captured_logits = self.logits  # the decode graph's output buffer
+        torch.cuda.synchronize()
+
+    def prefill(self) -> None:
+        self.graphs["prefill"].replay() if self.use_graphs else self._prefill()
+
+    def decode(self) -> None:
+        self.graphs["decode"].replay() if self.use_graphs else self._decode()
+
+    def decode_logits(self) -> torch.Tensor:
+        return self._captured_logits if self.use_graphs else self.logits
+
+    def time_once(self) -> tuple[float, float]:
+        """(prefill seconds, decode seconds for gen_len steps)."""
+        self.reset()
+        if self.use_graphs:
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            events[0].record()
+            self.prefill()
+            events[1].record()
+            for _ in range(self.s.gen_len):
+                self.decode()
+            events[2].record()
+            torch.cuda.synchronize()
+            return events[0].elapsed_time(events[1]) / 1e3, events[1].elapsed_time(events[2]) / 1e3
+        t0 = time.perf_counter()
+        self.prefill()
+        t1 = time.perf_counter()
+        for _ in range(self.s.gen_len):
+            self.decode()
+        return t1 - t0, time.perf_counter() - t1
+
+    def check_decode(self, steps: int = 3) -> float:
+        """Largest relative error of the decode step's logits (cache, graph) against a plain forward pass over
+        the whole sequence so far, over the first ``steps`` steps of batch row 0."""
+        self.reset()
+        self.prefill()
+        seq = torch.cat([self.prompt[:1], self.token[:1]], dim=1)
+        worst = 0.0
+        for _ in range(min(steps, self.s.gen_len)):
+            self.decode()
+            got = self.decode_logits()[:1, -1].float()
+            want = self.model(input_ids=seq).logits[:, -1].float()
+            worst = max(worst, float((got - want).norm() / want.norm().clamp_min(1e-30)))
+            seq = torch.cat([seq, self.token[:1]], dim=1)
+        return worst
+
+    def close(self) -> None:
+        self.graphs.clear()
+        self.logits = self._captured_logits = None
+        self.cache = None
+
+
+def _stats(seconds: list[float], tokens: int) -> dict:
+    rates = [tokens / s for s in seconds]
+    med = statistics.median(rates)
+    return {
+        "tok_s": round(med, 2),
+        "min_tok_s": round(min(rates), 2),
+        "max_tok_s": round(max(rates), 2),
+        "spread_pct": round(100 * (max(rates) - min(rates)) / med, 2) if med else None,
+        "median_ms": round(1e3 * statistics.median(seconds), 3),
+        "samples": len(rates),
+    }
+
+
+def _measure_one(model, *, batch: int, settings: Settings, prompt: torch.Tensor, check: bool) -> dict:
+    runner = Runner(model, batch=batch, settings=settings, prompt=prompt)
+    out: dict = {}
+    try:
+        try:
+            runner.prepare()
+        except RuntimeError as e:  # a step that cannot be captured: measure eagerly and say so
+            if not runner.use_graphs:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("batch %d: CUDA graph capture failed (%s); timing eagerly, launch overhead included", batch, first)
+            out["cuda_graph_error"] = first
+            runner.graphs.clear()
+            runner.use_graphs = False
+            torch.cuda.synchronize()
+            runner.prepare()
+        out["cuda_graphs"] = runner.use_graphs
+        if check:
+            out["decode_check_rel_error"] = round(runner.check_decode(), 6)
+        times = [runner.time_once() for _ in range(settings.warmup + settings.repeats)][settings.warmup:]
+        out["prefill"] = _stats([t[0] for t in times], batch * settings.prompt_len)
+        out["decode"] = _stats([t[1] for t in times], batch * settings.gen_len)
+        return out
+    finally:
+        runner.close()
+        del runner
+        if prompt.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_same_function(model, baseline, prompt: torch.Tensor) -> dict:
+    """The quantized model against the baseline on one prompt row: KL, top-1 agreement and relative error of
+    the next-token distributions at every position."""
+    lp_base = ppl.window_logprobs(baseline, prompt[:1])
+    lp = ppl.window_logprobs(model, prompt[:1])
+    kl, same = ppl.compare_window(lp_base, lp)
+    rel = float((lp.exp() - lp_base.exp()).norm() / lp_base.exp().norm().clamp_min(1e-30))
+    return {"kl_divergence": round(float(kl.mean()), 6), "top1_agreement": round(float(same.double().mean()), 6),
+            "prob_rel_error": round(rel, 6), "positions": int(kl.numel())}
+
+
+@torch.inference_mode()
+def measure(model, baseline, *, settings: Settings, same_weights: bool, progress: bool = True) -> dict:
+    """The "throughput" section of the eval JSON for a quantized ``model`` and its bf16 ``baseline``.
+
+    same_weights: the baseline holds the quantized model's dequantized weights, so both compute the same
+    function up to rounding and the logits check is a pass/fail test of the kernels (else it is informative).
+    """
+    settings.validate()
+    device = next(model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    vocab = model.config.get_text_config().vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    prompt_all = torch.randint(0, vocab, (max(settings.batches), settings.prompt_len), generator=gen).to(device)
+    env = environment(device, dtype)
+    result = {"device": env["device"], "environment": env, "settings": asdict(settings),
+              "meaningful": device.type == "cuda", "rows": [], "checks": []}
+    if device.type != "cuda":
+        result["note"] = CPU_NOTE
+        log.warning(CPU_NOTE)
+    agree = check_same_function(model, baseline, prompt_all)
+    agree["name"] = "quantized vs baseline next-token distributions on the run's prompt"
+    agree["same_weights"] = same_weights
+    if same_weights:
+        agree["passed"] = agree["prob_rel_error"] <= SAME_WEIGHTS_MAX_REL_ERROR
+        if not agree["passed"]:
+            log.error("the quantized model disagrees with the bf16 model of the same weights (relative error %.3g)",
+                      agree["prob_rel_error"])
+    result["checks"].append(agree)
+    steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
+    measured: dict = {}
+    for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):
+        m = baseline if name == "baseline" else model
+        measured[(batch, name)] = _measure_one(m, batch=batch, settings=settings, prompt=prompt_all[:batch].contiguous(),
+                                               check=batch == settings.batches[0])
+    for batch in settings.batches:
+        q, b = measured[(batch, "quantized")], measured[(batch, "baseline")]
+        result["rows"].append({
+            "batch": batch,
+            "prefill_tok_s": q["prefill"]["tok_s"],
+            "decode_tok_s": q["decode"]["tok_s"],
+            "baseline_prefill_tok_s": b["prefill"]["tok_s"],
+            "baseline_decode_tok_s": b["decode"]["tok_s"],
+            "prefill_speedup": round(q["prefill"]["tok_s"] / b["prefill"]["tok_s"], 3),
+            "decode_speedup": round(q["decode"]["tok_s"] / b["decode"]["tok_s"], 3),
+            "quantized": {"prefill": q["prefill"], "decode": q["decode"]},
+            "baseline": {"prefill": b["prefill"], "decode": b["decode"]},
+        })
+        for name, part in (("quantized", q), ("baseline", b)):
+            if "decode_check_rel_error" in part:
+                err = part["decode_check_rel_error"]
+                passed = err <= DECODE_MAX_REL_ERROR
+                result["checks"].append({"name": f"{name}: cached decode step{' (CUDA graph)' if part['cuda_graphs'] else ''} vs a plain forward pass",
+                                         "batch": batch, "logits_rel_error": err, "passed": passed})
+                if not passed:
+                    log.error("%s: the captured decode step disagrees with a plain forward pass (relative error %.3g)", name, err)
+    result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
+    return result
