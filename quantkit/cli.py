@@ -110,25 +110,74 @@ def inspect_cmd(path, as_json):
     click.echo(json.dumps(summary, indent=2) if as_json else inspecting.render(summary))
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the parsed options (defaults left out), for the eval's records."""
+    import shlex
+
+    words = ["quantkit", ctx.info_name or "eval"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value is False:
+            continue
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 @main.command(name="eval")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option("--ppl", "text", help="Text file for perplexity (default: the shipped persuasion.txt).")
+@click.option("--no-ppl", is_flag=True, help="Skip perplexity (throughput only).")
 @click.option("--baseline", help="Unquantized model to compare with (Hub id, directory or .gguf).")
-@click.option("--ctx", default=1024, show_default=True, help="Tokens per window.")
+@click.option("--ctx", "ctx_tokens", default=1024, show_default=True, help="Tokens per perplexity window.")
 @click.option("--max-windows", type=int, help="Evaluate at most this many windows.")
 @click.option("--device", help="cpu or cuda (default: cuda when present).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results here.")
-def eval_cmd(directory, text, baseline, ctx, max_windows, device, json_path):
-    """Perplexity of a quantized DIRECTORY, beside its baseline."""
-    from quantkit.eval import validate
-    from quantkit.eval.render import perplexity_table
-    from quantkit.manifest import write_json
+@click.option("--backend", type=click.Choice(["auto", "reference", "kernel", "llama.cpp"]), default="auto", show_default=True,
+              help="How the quantized weights run: auto = kernel on a GPU with the kernels built, else reference.")
+@click.option("--throughput", is_flag=True, help="Also measure prefill/decode tokens/s beside the bf16 model.")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes for --throughput.")
+@click.option("--prompt-len", default=512, show_default=True, help="Prompt tokens per sequence for --throughput.")
+@click.option("--gen-len", default=128, show_default=True, help="Decode steps per sequence for --throughput.")
+@click.option("--warmup", default=1, show_default=True, help="Warm-up repeats (dropped) for --throughput.")
+@click.option("--repeats", default=5, show_default=True, help="Timed repeats for --throughput (median reported).")
+@click.option("--no-cuda-graphs", is_flag=True, help="Time eagerly (launch overhead included).")
+@click.option("--random-weights", help="Throughput of a random model of this config (config.json path or a name in recipes/configs/).")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
+              help="Group size of --random-weights.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results JSON here.")
+@click.option("--report", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@click.option("--plot", "png_path", type=click.Path(path_type=Path), help="Write the tokens/s plot (PNG) here.")
+@click.pass_context
+def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
+    """Perplexity (and throughput) of a quantized DIRECTORY beside its baseline.
 
-    result = validate.evaluate_perplexity(directory, text=text, baseline=baseline, ctx=ctx,
-                                          max_windows=max_windows, device=device)
-    click.echo(perplexity_table(result))
-    if json_path:
-        write_json(json_path, result)
+    With none of --json/--report/--plot, a checkpoint's results go into DIRECTORY as quantkit_eval.json,
+    quantkit_eval.md and quantkit_eval.png (what `push` and the model card read).
+    """
+    from quantkit.eval import report, validate
+    from quantkit.eval.render import result_text
+    from quantkit.eval.throughput import Settings, parse_batches
+    from quantkit.manifest import EVAL_JSON
+
+    settings = None
+    if kw["throughput"]:
+        settings = Settings(batches=parse_batches(kw["batches"]), prompt_len=kw["prompt_len"], gen_len=kw["gen_len"],
+                            warmup=kw["warmup"], repeats=kw["repeats"], cuda_graphs=not kw["no_cuda_graphs"]).validate()
+    result = validate.evaluate(
+        directory, text=text, baseline=baseline, ctx=kw["ctx_tokens"], max_windows=kw["max_windows"], device=kw["device"],
+        backend=kw["backend"], perplexity=not no_ppl and kw["random_weights"] is None, throughput=settings,
+        random_weights=kw["random_weights"], group_size=int(kw["group_size"]), command=_command_line(ctx),
+    )
+    click.echo(result_text(result))
+    json_path, md_path, png_path = kw["json_path"], kw["md_path"], kw["png_path"]
+    if directory is not None and not (json_path or md_path or png_path):
+        json_path, md_path, png_path = directory / EVAL_JSON, directory / report.REPORT_MD, directory / report.PLOT_PNG
+    for path in report.write(result, json_path=json_path, md_path=md_path, png_path=png_path):
+        click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -1,0 +1,203 @@
+"""quantkit eval: perplexity with KL divergence and top-1 agreement, the CPU throughput path, the reports, the CLI.
+
+Everything here runs on a CPU in seconds on tiny models: a tiny random Llama (tests/test_gguf.py's fixture)
+converted by quantkit.convert; GPU-only paths are in tests/test_eval_gpu.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quantkit.eval import backends, ppl, report, throughput, validate
+from quantkit.manifest import EVAL_JSON, weights_digest
+from test_gguf import make_checkpoint
+
+CTX = 64
+TINY_SETTINGS = throughput.Settings(batches=(1, 2), prompt_len=8, gen_len=3, warmup=0, repeats=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """(unquantized tiny Llama dir, its quantized conversion dir with a GGUF beside the safetensors)."""
+    from quantkit.convert import convert
+    from quantkit.recipes import Recipe
+
+    root = tmp_path_factory.mktemp("eval")
+    base, _, _ = make_checkpoint(root / "base", "llama", quantize=False, dtype=torch.float16, seed=1)
+    recipe = Recipe(name="test-eval", method="rtn", group_size=32, sym=True, dtype="fp16",
+                    formats=("gptq", "gguf")).validate("test")
+    quant = root / "quant"
+    convert(str(base), quant, recipe, progress=False)
+    return base, quant
+
+
+@pytest.fixture(scope="module")
+def wins(checkpoints):
+    label, w = validate._windows(checkpoints[1], None, ctx=CTX, max_windows=3)
+    return w
+
+
+def test_kl_is_zero_and_top1_agreement_one_against_itself(checkpoints, wins):
+    model = backends.load(checkpoints[1], "reference", dtype=torch.float32, device="cpu")
+    scores, base_scores, agreement = ppl.score_against(model, model, wins, progress=False)
+    d = agreement.to_dict()
+    assert d["kl_divergence"] == 0 and d["kl_divergence_max"] == 0
+    assert d["top1_agreement"] == 1
+    assert scores.ppl == base_scores.ppl
+    assert agreement.tokens == scores.tokens == wins.shape[0] * (CTX - 1)
+    assert math.isfinite(scores.stderr) and scores.stderr > 0
+
+
+def test_kl_is_positive_for_a_perturbed_model(checkpoints, wins):
+    model = validate.load_baseline(str(checkpoints[0]), dtype=torch.float32, device="cpu")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    scores, base_scores, agreement = ppl.score_against(other, model, wins, progress=False)
+    d = agreement.to_dict()
+    assert d["kl_divergence"] > 1e-3 and math.isfinite(d["kl_divergence_stderr"])
+    assert d["kl_divergence_p99"] <= d["kl_divergence_max"]
+    assert 0 <= d["top1_agreement"] < 1
+    assert math.isfinite(scores.stderr) and math.isfinite(base_scores.stderr)
+
+
+def test_vocabulary_mismatch_is_a_clear_error():
+    with pytest.raises(Exception, match="one tokenizer and vocabulary"):
+        ppl.compare_window(torch.zeros(1, 3, 5), torch.zeros(1, 3, 6))
+
+
+def test_quantized_against_its_baseline_and_the_dense_twin(checkpoints, wins):
+    """The quantized model vs the original: KL > 0; vs its own dequantized weights in nn.Linear: KL 0."""
+    base_dir, quant = checkpoints
+    section = validate.evaluate_perplexity(quant, baseline=str(base_dir), ctx=CTX, max_windows=3, device="cpu",
+                                           progress=False)
+    assert section["backend"] == "reference"
+    assert section["kl_divergence"] > 0 and 0 < section["top1_agreement"] <= 1
+    assert section["baseline"]["model"] == str(base_dir)
+    model = backends.load(quant, "reference", dtype=torch.float32, device="cpu")
+    dense = validate.dense_model(quant, dtype=torch.float32, device="cpu")
+    _, _, agreement = ppl.score_against(model, dense, wins[:1], progress=False)
+    assert agreement.to_dict()["kl_divergence"] == 0
+
+
+def test_cpu_throughput_runs_and_says_it_is_not_meaningful():
+    from quantkit.eval import random_weights
+    from quantkit.reference import QuantLinear
+
+    model, base, info = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                             module_factory=QuantLinear, progress=False)
+    assert info["quantized_linears"] == 2 * 7
+    section = throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True, progress=False)
+    assert section["meaningful"] is False and "not meaningful" in section["note"]
+    assert section["cuda_graphs"] is False and section["environment"]["device_type"] == "cpu"
+    assert [r["batch"] for r in section["rows"]] == [1, 2]
+    for row in section["rows"]:
+        for key in ("prefill_tok_s", "decode_tok_s", "baseline_prefill_tok_s", "baseline_decode_tok_s"):
+            assert row[key] > 0
+        assert row["quantized"]["decode"]["samples"] == 2
+    assert all(c["passed"] for c in section["checks"] if "passed" in c)
+    assert section["checks"][0]["kl_divergence"] == 0  # reference QuantLinear vs the same dequantized weights
+
+
+def test_throughput_settings_errors():
+    with pytest.raises(Exception, match="--batch"):
+        throughput.parse_batches("1,x")
+    with pytest.raises(Exception, match="positive"):
+        throughput.parse_batches("0")
+    with pytest.raises(Exception, match="--repeats"):
+        throughput.Settings(repeats=0).validate()
+
+
+def test_random_weights_config_errors(tmp_path):
+    from quantkit.eval import random_weights
+
+    with pytest.raises(Exception, match="llama-3-8b"):
+        random_weights.config_path("no-such-model")
+    bad = tmp_path / "config.json"
+    bad.write_text("{}")
+    with pytest.raises(Exception, match="model_type"):
+        random_weights.load_config(bad, dtype=torch.float32)
+
+
+def _fake_result(directory):
+    section = {"device": "CPU", "environment": throughput.environment("cpu", torch.float32), "meaningful": False,
+               "note": throughput.CPU_NOTE, "settings": vars(TINY_SETTINGS), "cuda_graphs": False, "checks": [],
+               "rows": [{"batch": b, "prefill_tok_s": 10.0 * b, "decode_tok_s": 2.0 * b, "baseline_prefill_tok_s": 9.0 * b,
+                         "baseline_decode_tok_s": 1.0 * b, "prefill_speedup": 1.11, "decode_speedup": 2.0,
+                         "quantized": {"decode": {"spread_pct": 1.0}}, "baseline": {"decode": {"spread_pct": 2.0}}}
+                        for b in (1, 8)]}
+    return {"weights_digest": weights_digest(directory), "model": {"directory": directory.name}, "throughput": section}
+
+
+def test_reports_are_written_atomically(checkpoints, tmp_path, monkeypatch):
+    result = _fake_result(checkpoints[1])
+    paths = dict(json_path=tmp_path / "r.json", md_path=tmp_path / "r.md", png_path=tmp_path / "r.png")
+    written = report.write(result, **paths)
+    assert sorted(p.name for p in written) == ["r.json", "r.md", "r.png"]
+    assert json.loads(paths["json_path"].read_text())["weights_digest"] == weights_digest(checkpoints[1])
+    assert paths["png_path"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md_path"].read_text()
+    assert "![tokens/s by batch size](r.png)" in md and "not meaningful" in md
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "render_markdown", broken)
+    before = paths["md_path"].read_text()
+    with pytest.raises(RuntimeError):
+        report.write(result, md_path=paths["md_path"])
+    assert paths["md_path"].read_text() == before  # the old report survives a failed write
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial files left behind
+
+
+def test_cli_end_to_end_writes_card_ready_results(checkpoints):
+    from quantkit.cli import main
+    from quantkit.hub.artifact import check_artifact
+    from quantkit.hub.card import render_card
+
+    base_dir, quant = checkpoints
+    args = ["eval", str(quant), "--baseline", str(base_dir), "--ctx", str(CTX), "--max-windows", "2", "--device", "cpu",
+            "--throughput", "--batch", "1,2", "--prompt-len", "8", "--gen-len", "2", "--warmup", "0", "--repeats", "1"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "top-1 agreement" in out.output and "not meaningful" in out.output
+    data = json.loads((quant / EVAL_JSON).read_text())
+    assert data["weights_digest"] == weights_digest(quant)
+    assert data["command"].startswith("quantkit eval ") and "--throughput" in data["command"]
+    p = data["perplexity"]
+    assert {"text", "ctx", "windows", "quantized", "baseline", "kl_divergence", "top1_agreement"} <= set(p)
+    assert {"ppl", "stderr"} <= set(p["quantized"]) and math.isfinite(p["quantized"]["stderr"])
+    assert [r["batch"] for r in data["throughput"]["rows"]] == [1, 2]
+    assert (quant / "quantkit_eval.md").is_file() and (quant / "quantkit_eval.png").is_file()
+    card = str(render_card(check_artifact(quant), repo_id="alice/tiny-q4"))
+    assert "KL divergence from the base model" in card and "| 2 |" in card and "quantkit_eval.png" in card
+
+
+def test_cli_llama_cpp_backend_agrees_with_reference(checkpoints):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    _, quant = checkpoints
+    ref = validate.evaluate_perplexity(quant, ctx=CTX, max_windows=3, device="cpu", backend="reference", progress=False)
+    cpp = validate.evaluate_perplexity(quant, ctx=CTX, max_windows=3, device="cpu", backend="llama.cpp", progress=False)
+    assert cpp["backend"] == "llama.cpp"
+    assert abs(cpp["quantized"]["ppl"] / ref["quantized"]["ppl"] - 1) < 0.005, (cpp["quantized"], ref["quantized"])
+
+
+def test_cli_errors_are_one_line(checkpoints, tmp_path):
+    from quantkit.cli import main
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["eval", "--random-weights", "tiny-llama"])
+    assert out.exit_code == 1 and "add --throughput" in out.output
+    out = runner.invoke(main, ["eval", str(checkpoints[1]), "--backend", "kernel", "--device", "cpu", "--no-ppl", "--throughput"])
+    assert out.exit_code == 1 and "use --backend reference" in out.output
+    out = runner.invoke(main, ["eval", str(checkpoints[1]), "--throughput", "--backend", "llama.cpp", "--device", "cpu"])
+    assert out.exit_code == 1 and "llama-bench" in out.output
+    out = runner.invoke(main, ["eval", str(tmp_path), "--device", "cpu"])
+    assert out.exit_code == 1 and "error:" in out.output and "Traceback" not in out.output
