@@ -145,6 +145,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--warmup", default=1, show_default=True, help="Warm-up repeats (dropped) for --throughput.")
 @click.option("--repeats", default=5, show_default=True, help="Timed repeats for --throughput (median reported).")
 @click.option("--no-cuda-graphs", is_flag=True, help="Time eagerly (launch overhead included).")
+@click.option("--compile", "compile_decode", is_flag=True,
+              help="torch.compile the decode step (both models) before capturing it: fuses transformers' small ops.")
 @click.option("--random-weights", help="Throughput of a random model of this config (config.json path or a name in recipes/configs/).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
               help="Group size of --random-weights.")
@@ -166,7 +168,8 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
     settings = None
     if kw["throughput"]:
         settings = Settings(batches=parse_batches(kw["batches"]), prompt_len=kw["prompt_len"], gen_len=kw["gen_len"],
-                            warmup=kw["warmup"], repeats=kw["repeats"], cuda_graphs=not kw["no_cuda_graphs"]).validate()
+                            warmup=kw["warmup"], repeats=kw["repeats"], cuda_graphs=not kw["no_cuda_graphs"],
+                            compile=kw["compile_decode"]).validate()
     result = validate.evaluate(
         directory, text=text, baseline=baseline, ctx=kw["ctx_tokens"], max_windows=kw["max_windows"], device=kw["device"],
         backend=kw["backend"], perplexity=not no_ppl and kw["random_weights"] is None, throughput=settings,

@@ -201,3 +201,20 @@ def test_cli_errors_are_one_line(checkpoints, tmp_path):
     assert out.exit_code == 1 and "llama-bench" in out.output
     out = runner.invoke(main, ["eval", str(tmp_path), "--device", "cpu"])
     assert out.exit_code == 1 and "error:" in out.output and "Traceback" not in out.output
+
+
+def test_compiled_decode_traces_with_quantized_linears_opaque():
+    """--compile: the decode step goes through torch.compile (here its eager backend: tracing only, no code
+    generation) with every quantized linear one custom op; the checks still hold and the modules come back."""
+    from quantkit.eval import random_weights
+    from quantkit.reference import QuantLinear
+
+    model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                          module_factory=QuantLinear, progress=False)
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=2, warmup=0, repeats=1, compile=True,
+                                   compile_backend="eager")
+    section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
+    assert section["compiled_decode"] is True
+    assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+    assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear)
+    assert not throughput._OPAQUE

@@ -32,7 +32,7 @@ def throughput_table(section: dict) -> str:
     head = (f"throughput on {section['device']} ({env['dtype']}, torch {env['torch']}"
             f"{', CUDA ' + env['cuda'] if env.get('cuda') else ''}{', driver ' + env['driver'] if env.get('driver') else ''}), "
             f"prompt {s['prompt_len']}, generate {s['gen_len']}, median of {s['repeats']} after {s['warmup']} warm-up, "
-            f"{'CUDA graphs' if section.get('cuda_graphs') else 'eager'}; backend {section.get('backend', '?')}")
+            f"{'compiled decode, ' if section.get('compiled_decode') else ''}{'CUDA graphs' if section.get('cuda_graphs') else 'eager'}; backend {section.get('backend', '?')}")
     rows = [("batch", "prefill tok/s", "base prefill", "ratio", "decode tok/s", "base decode", "ratio", "decode spread q/base")]
     for r in section["rows"]:
         spread = f"{r['quantized']['decode']['spread_pct']:.1f}%/{r['baseline']['decode']['spread_pct']:.1f}%"

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 REPORT_MD = "quantkit_eval.md"
 PLOT_PNG = "quantkit_eval.png"
+COMPILED_NOTE = " (the decode step torch.compile'd first, quantized linears opaque to the compiler, the same for both models)"
 
 
 def _f(value, digits: int = 2) -> str:
@@ -47,7 +48,8 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
               f"driver {env.get('driver') or '—'}, transformers {env['transformers']}, quantkit {env['quantkit']}; "
               f"{t.get('backend', '?')} backend; baseline: {t.get('baseline', '?')}.", "",
               f"Prompt {s['prompt_len']} tokens, then {s['gen_len']} greedy decode steps, per sequence; static KV cache; "
-              f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}; "
+              f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}"
+              f"{COMPILED_NOTE if t.get('compiled_decode') else ''}; "
               f"median of {s['repeats']} repeats after {s['warmup']} warm-up, spread = (max − min) / median.", "",
               "| batch | prefill tok/s | baseline prefill tok/s | prefill ratio | decode tok/s | baseline decode tok/s | decode ratio | decode spread q / baseline |",
               "|---|---|---|---|---|---|---|---|"]

@@ -12,6 +12,11 @@ over the whole static cache, the same for both models.
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
 (KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
 
+With ``compile`` (--compile), the decode step is torch.compile'd first (inductor fuses transformers' small
+ops: norms, rotary, cache update; dynamic shapes, so one compile serves every batch size) and then captured the
+same way; every quantized linear is one opaque custom op to the compiler, so the kernels run as they are. The
+baseline is compiled the same way. Prefill stays uncompiled (it is matmul-bound).
+
 On a CPU the same path runs eagerly (no graphs, wall-clock time): useful to test, but speed figures there say
 nothing about the kernels, and the result says so.
 """
@@ -25,9 +30,11 @@ import shutil
 import statistics
 import subprocess
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
@@ -49,6 +56,8 @@ class Settings:
     warmup: int = 1
     repeats: int = 5
     cuda_graphs: bool = True
+    compile: bool = False  # torch.compile the decode step (fuses the ops around the linears), then graph-capture it
+    compile_backend: str = "inductor"  # "eager" traces without code generation (tests)
     seed: int = 0
 
     def validate(self) -> "Settings":
@@ -110,13 +119,68 @@ def _forward_kwargs(model, cache) -> dict:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+_OPAQUE: dict[int, nn.Module] = {}
+
+
+@torch.library.custom_op("quantkit_eval::quantized_linear", mutates_args=())
+def _quantized_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return _OPAQUE[layer](x)
+
+
+@_quantized_linear.register_fake
+def _(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
+
+
+class _Opaque(nn.Module):
+    """A quantized linear that torch.compile sees as one custom op (it runs the module as it is)."""
+
+    def __init__(self, inner: nn.Module, layer: int):
+        super().__init__()
+        self.inner, self.layer, self.out_features = inner, layer, inner.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantkit_eval.quantized_linear(x, self.layer)
+
+
+@contextmanager
+def opaque_quantized_linears(model: nn.Module):
+    """Within the block, every quantized linear of ``model`` (any non-nn.Linear module with in/out_features,
+    i.e. W4A16Linear or reference.QuantLinear) is wrapped as an opaque op; restored afterwards."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) or not hasattr(module, "out_features") or not hasattr(module, "in_features"):
+            continue
+        layer = max(_OPAQUE, default=-1) + 1  # small and in module order: the same graph, run after run
+        _OPAQUE[layer] = module
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, _Opaque(module, layer))
+        swapped.append((owner, child, module))
+    try:
+        yield model
+    finally:
+        for owner, child, module in swapped:
+            _OPAQUE.pop(getattr(owner, child).layer, None)
+            setattr(owner, child, module)
+
+
+def _compiled(model: nn.Module, backend: str):
+    cfg = torch._dynamo.config
+    for knob in ("cache_size_limit", "recompile_limit"):
+        if hasattr(cfg, knob):
+            setattr(cfg, knob, max(getattr(cfg, knob), 64))
+    return torch.compile(model, dynamic=True, backend=backend)
+
+
 class Runner:
     """One model, one batch size: a static cache, a prefill step and a decode step, graph-captured on a GPU."""
 
-    def __init__(self, model, *, batch: int, settings: Settings, prompt: torch.Tensor):
+    def __init__(self, model, *, batch: int, settings: Settings, prompt: torch.Tensor, decode_model=None):
         from transformers import StaticCache
 
         self.model, self.batch, self.s = model, batch, settings
+        self.decode_model = model if decode_model is None else decode_model  # a torch.compile'd model for the decode step (--compile)
         device = prompt.device
         p, total = settings.prompt_len, settings.prompt_len + settings.gen_len
         self.cache = StaticCache(config=model.config, max_cache_len=total)
@@ -143,8 +207,9 @@ class Runner:
 
     def _decode(self) -> None:
         mask = (self.slots <= self.pos).view(1, 1, 1, -1).expand(self.batch, 1, 1, -1)
-        out = self.model(input_ids=self.token, attention_mask=mask, position_ids=self.pos.view(1, 1).expand(self.batch, 1),
-                         use_cache=True, logits_to_keep=1, **self.kwargs)
+        out = self.decode_model(input_ids=self.token, attention_mask=mask,
+                                position_ids=self.pos.view(1, 1).expand(self.batch, 1), use_cache=True, logits_to_keep=1,
+                                **self.kwargs)
         self.logits = out.logits
         self.token.copy_(out.logits[:, -1:].argmax(-1))
         self.pos.add_(1)
@@ -238,8 +303,8 @@ def _stats(seconds: list[float], tokens: int) -> dict:
     }
 
 
-def _measure_one(model, *, batch: int, settings: Settings, prompt: torch.Tensor, check: bool) -> dict:
-    runner = Runner(model, batch=batch, settings=settings, prompt=prompt)
+def _measure_one(model, *, batch: int, settings: Settings, prompt: torch.Tensor, check: bool, decode_model=None) -> dict:
+    runner = Runner(model, batch=batch, settings=settings, prompt=prompt, decode_model=decode_model)
     out: dict = {}
     try:
         try:
@@ -309,10 +374,13 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["checks"].append(agree)
     steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
     measured: dict = {}
-    for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):
-        m = baseline if name == "baseline" else model
-        measured[(batch, name)] = _measure_one(m, batch=batch, settings=settings, prompt=prompt_all[:batch].contiguous(),
-                                               check=batch == settings.batches[0])
+    with opaque_quantized_linears(model) if settings.compile else nullcontext():
+        decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
+                    if settings.compile else {})
+        for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):
+            m = baseline if name == "baseline" else model
+            measured[(batch, name)] = _measure_one(m, batch=batch, settings=settings, prompt=prompt_all[:batch].contiguous(),
+                                                   check=batch == settings.batches[0], decode_model=decoders.get(name))
     for batch in settings.batches:
         q, b = measured[(batch, "quantized")], measured[(batch, "baseline")]
         result["rows"].append({
@@ -330,9 +398,10 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
             if "decode_check_rel_error" in part:
                 err = part["decode_check_rel_error"]
                 passed = err <= DECODE_MAX_REL_ERROR
-                result["checks"].append({"name": f"{name}: cached decode step{' (CUDA graph)' if part['cuda_graphs'] else ''} vs a plain forward pass",
+                result["checks"].append({"name": f"{name}: cached decode step{' (compiled)' if settings.compile else ''}{' (CUDA graph)' if part['cuda_graphs'] else ''} vs a plain forward pass",
                                          "batch": batch, "logits_rel_error": err, "passed": passed})
                 if not passed:
                     log.error("%s: the captured decode step disagrees with a plain forward pass (relative error %.3g)", name, err)
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
+    result["compiled_decode"] = settings.compile
     return result

@@ -151,7 +151,7 @@ def evaluate(
         result["model"] = {"random_weights": info, "backend": backend}
         result["throughput"] = speed.measure(model, base, settings=throughput, same_weights=True, progress=progress)
         result["throughput"]["backend"] = backend
-        result["throughput"]["baseline"] = "bf16 model of the same dequantized weights"
+        result["throughput"]["baseline"] = f"the same model in {str(dtype).removeprefix('torch.')} with the dequantized weights"
         return result
 
     directory = Path(directory)

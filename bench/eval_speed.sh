@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 7 speed runs on a GPU: `quantkit eval --throughput` of W4A16 (group 128 and group 32) against bf16 on
+# Llama-3-8B shapes (random weights: recipes/configs/llama-3-8b.json), then the GPU eval tests, then, with the
+# time left, the same g128 run with the decode step torch.compile'd (--compile).
+#
+#     bash bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]
+#
+# Writes OUT_DIR/eval_llama-3-8b_g{128,32}[_compiled].{json,md,png} and logs. Each step has its own timeout so
+# that one hang cannot take the others' results with it; the whole script ends within DEADLINE_SECONDS (470).
+# CONFIG, BATCH, PROMPT and GEN override the shapes (a dry run on a CPU: CONFIG=tiny-llama PROMPT=8 GEN=2).
+set -u -o pipefail
+OUT=${1:?usage: bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]}
+DEADLINE=$(( $(date +%s) + ${2:-470} ))
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+left() { echo $(( DEADLINE - $(date +%s) )); }
+CONFIG=${CONFIG:-llama-3-8b} BATCH=${BATCH:-1,8,32} PROMPT=${PROMPT:-512} GEN=${GEN:-128}
+
+# Python packages the GPU image may lack, installed from wheels carried in .whl-eval (only those missing).
+need=()
+for spec in click:click yaml:pyyaml matplotlib:matplotlib contourpy:contourpy cycler:cycler fontTools:fonttools \
+            kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python_dateutil; do
+  python3 -c "import ${spec%%:*}" 2>/dev/null || need+=(.whl-eval/${spec#*:}-*.whl)
+done
+if [ ${#need[@]} -gt 0 ] && ls "${need[@]}" >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${need[@]}" && export PYTHONPATH=/tmp/site
+fi
+echo "installed from wheels: ${need[*]:-none}"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
+  | tee "$OUT/nvidia-smi.csv"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+
+echo "== kernel build and self-check ($(left) s left)"
+timeout $(( $(left) - 300 )) python3 -c "
+import logging; logging.basicConfig(level=logging.INFO)
+from quantkit.kernels import kernel_available, self_check
+print('kernel_available', kernel_available()); self_check()" 2>&1 | tee "$OUT/kernel_selfcheck.log"
+
+run() {  # run NAME SECONDS ARGS...
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(left) s left, limit $limit s)"
+  timeout "$limit" python3 -m quantkit eval --random-weights "$CONFIG" --throughput --batch "$BATCH" --prompt-len "$PROMPT" \
+    --gen-len "$GEN" --json "$OUT/$name.json" --report "$OUT/$name.md" --plot "$OUT/$name.png" "$@" 2>&1 | tee "$OUT/$name.log"
+}
+run eval_${CONFIG}_g128 $(( $(left) - 150 < 170 ? $(left) - 150 : 170 )) --group-size 128
+run eval_${CONFIG}_g32 $(( $(left) - 60 < 170 ? $(left) - 60 : 170 )) --group-size 32
+
+echo "== GPU eval tests ($(left) s left)"
+timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log"
+
+if [ "$(left)" -gt 60 ]; then
+  run eval_${CONFIG}_g128_compiled $(( $(left) - 5 )) --group-size 128 --compile
+fi
+echo "== done ($(left) s left)"
