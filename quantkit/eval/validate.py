@@ -62,8 +62,9 @@ def _windows(directory: Path, text: str | None, *, ctx: int, max_windows: int | 
 def perplexity_section(model, base, wins: torch.Tensor, *, label: str, ctx: int, device: str, dtype: torch.dtype,
                        backend: str, baseline_name: str | None, progress: bool = True) -> dict:
     """The "perplexity" section: the model's perplexity and, with a baseline, the baseline's and the agreement."""
-    result = {"text": label, "ctx": ctx, "windows": int(wins.shape[0]), "device": device,
-              "dtype": str(dtype).removeprefix("torch."), "backend": backend}
+    where = f"cpu (llama.cpp), baseline on {device}" if backend == "llama.cpp" else device
+    result = {"text": label, "ctx": ctx, "windows": int(wins.shape[0]), "device": where,
+              "dtype": "GGUF" if backend == "llama.cpp" else str(dtype).removeprefix("torch."), "backend": backend}
     if base is None:
         result["quantized"] = ppl.score(model, wins, desc=f"perplexity ({backend})", progress=progress).to_dict()
         return result
