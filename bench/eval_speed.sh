@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 7 speed runs on a GPU: `quantkit eval --throughput` of W4A16 (group 128 and group 32) against bf16 on
 # Llama-3-8B shapes (random weights: recipes/configs/llama-3-8b.json), then the GPU eval tests, then, with the
-# time left, the same g128 run with the decode step torch.compile'd (--compile).
+# time left, the g128 run at batch 1 with the decode step torch.compile'd (--compile; one compile per model).
 #
 #     bash bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -58,6 +58,6 @@ echo "== GPU eval tests ($(left) s left)"
 timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log"
 
 if [ "$(left)" -gt 60 ]; then
-  run eval_${CONFIG}_g128_compiled $(( $(left) - 5 )) --group-size 128 --compile
+  run eval_${CONFIG}_g128_compiled $(( $(left) - 5 )) --group-size 128 --compile --batch 1  # batch 1 only: one compile per model
 fi
 echo "== done ($(left) s left)"
