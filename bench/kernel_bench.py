@@ -1,0 +1,215 @@
+"""W4A16 kernel benchmark (issue 4): quantkit's kernel against cuBLAS bf16 (F.linear) and torch's int4 kernel
+(torch._weight_int4pack_mm) in the same process, cold L2, CUDA graphs, median of repeats.
+
+    python3 bench/kernel_bench.py --out bench/results/kernel_h100.json
+
+Before timing, the kernels pass quantkit.kernels.self_check on this device and every contender's output on the
+timed inputs is checked against the fp32 product of the same dequantized weights; a failed check stops the run.
+Times include one graph replay's launch (no CPU dispatch). Bandwidth = bytes that must move (4-bit weights,
+scales/zeros, activations, output) / time, over a device-to-device copy's read+write rate measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from quantkit.kernels import kernel_available, prepare, self_check, w4a16_linear
+from quantkit.kernels import ops, testing
+
+log = logging.getLogger("kernel_bench")
+
+SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672))  # (N, K)
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+GROUPS = (128, 32)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy (median of 20)."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(22):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return 2 * a.numel() / statistics.median(times[2:])
+
+
+def time_call(fn, flush: torch.Tensor, reps: int) -> dict:
+    """Median / p10 / p90 microseconds of one call, replayed from a CUDA graph after an L2 flush each time."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    run = graph.replay
+    run()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        run()
+        e.record()
+        times.append((s, e))
+    torch.cuda.synchronize()
+    us = sorted(s.elapsed_time(e) * 1e3 for s, e in times)
+    q = lambda f: us[min(len(us) - 1, int(f * len(us)))]
+    return {"us": statistics.median(us), "p10": q(0.1), "p90": q(0.9)}
+
+
+def int4_pack(ql, device):
+    """torch's int4 layout for the same codes: (q - 8) * scale + zero with zero = scale * (8 - our zero)."""
+    codes = ql.codes.to(device).to(torch.int32)
+    u8 = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)
+    packed = torch._convert_weight_to_int4pack(u8, 8)
+    s = ql.scales.to(device).float()
+    z = s * (8.0 - ql.zeros.to(device).float())
+    sz = torch.stack([s, z], dim=-1).to(torch.bfloat16).contiguous()  # [G, N, 2]
+    return packed, sz
+
+
+def check(name: str, y: torch.Tensor, truth: torch.Tensor, tol: float) -> float:
+    err = float((y.float() - truth).norm() / truth.norm())
+    if not math.isfinite(err) or err > tol:
+        raise CheckFailed(f"{name}: relative error {err:.2e} > {tol:.1e} against the fp32 product; not timing it")
+    return err
+
+
+def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dict]:
+    dtype = torch.bfloat16
+    ql = testing.random_qlinear(n, k, group_size=group, sym=True, act_order=False, dtype=dtype, seed=n + k + group,
+                                device=device)
+    packed = prepare(ql, device=device, layouts=("mma",), keep_reference=False)
+    weight = ql.dequantize(dtype)  # the reference dequantization (QuantizedLinear.dequantize)
+    int4 = int4_pack(ql, device) if hasattr(torch, "_weight_int4pack_mm") else None
+    rows = []
+    for m in ms:
+        x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
+        truth = x.float() @ weight.float().T
+        tol = testing.TOLERANCE[dtype]
+        contenders = {
+            "cublas_bf16": lambda: F.linear(x, weight),
+            "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
+            "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
+        }
+        if m >= 32:
+            contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
+        if m <= 16:
+            contenders["qk_deep"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, deep=True)
+        if m in (16, 32):
+            contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
+        if int4 is not None:
+            contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
+        wbytes = n * k // 2 + (n * k // group) * 2
+        nbytes = wbytes + m * k * 2 + m * n * 2
+        row = {"N": n, "K": k, "group": group, "M": m, "bytes": nbytes, "path": ops.kernel_path(m, packed, x)[0]}
+        for name, fn in contenders.items():
+            try:
+                err = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
+            except CheckFailed as exc:
+                if name == "torch_int4":  # a baseline that fails its check is reported as such, never timed
+                    row[name] = {"error": str(exc)}
+                    continue
+                raise
+            t = time_call(fn, flush, reps)
+            t["err"] = err
+            t["bw_frac"] = nbytes / (t["us"] * 1e-6) / copy_bw
+            row[name] = t
+        base = row["cublas_bf16"]["us"]
+        for name in contenders:
+            if "us" in row.get(name, {}):
+                row[name]["speedup_vs_cublas"] = base / row[name]["us"]
+        rows.append(row)
+        log.info("N=%d K=%d g=%d M=%d: cublas %.1f us, int4 %s, quantkit %.1f us (%.2fx, %.0f%% bw) [%s]", n, k, group,
+                 m, base, f"{row['torch_int4']['us']:.1f} us" if "us" in row.get("torch_int4", {}) else "n/a",
+                 row["quantkit"]["us"], row["quantkit"]["speedup_vs_cublas"], 100 * row["quantkit"]["bw_frac"],
+                 row["path"])
+    tuned = []
+    if tune:
+        for m, staged, deep in ((1, False, False), (1, False, True), (16, False, True), (128, True, False)):
+            x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
+            truth = x.float() @ weight.float().T
+            mt = 8 if staged else ops.mma_tiles(m)
+            for splits in (1, 2, 4, 8, 16, 32):
+                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged, deep=deep)
+                check(f"mma splits={splits}", fn(), truth, testing.TOLERANCE[dtype])
+                t = time_call(fn, flush, reps)
+                default = ops.mma_splits(m, n, k, device, staged=staged, mt=mt)
+                tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "deep": deep, "splits": splits, **t,
+                              "default": splits == default})
+    del weight, packed, int4
+    torch.cuda.empty_cache()
+    return rows, tuned
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--groups", default=",".join(map(str, GROUPS)))
+    ap.add_argument("--shapes", default=";".join(f"{n}x{k}" for n, k in SHAPES))
+    ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+    ok, reason = kernel_available()
+    if not ok:
+        log.error("no kernel to benchmark: %s", reason)
+        return 2
+    device = torch.device("cuda", torch.cuda.current_device())
+    t0 = time.time()
+    try:
+        self_check(device, force=True)
+    except Exception as exc:
+        log.error("%s", exc)
+        return 3
+    log.info("self-check passed in %.1f s", time.time() - t0)
+    copy_bw = copy_bandwidth(device)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    result = {
+        "command": "python3 bench/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "copy_bandwidth_Bps": copy_bw, "reps": args.reps, "dtype": "bfloat16", "sym": True,
+        "timing": "CUDA graph replay of one call after a 256 MB L2 flush, CUDA events, median of reps",
+        "results": [], "tune": [],
+    }
+    log.info("device %s, copy bandwidth %.2f TB/s (read+write)", result["device"], copy_bw / 1e12)
+    ms = [int(v) for v in args.ms.split(",")]
+    try:
+        for group in (int(g) for g in args.groups.split(",")):
+            for shape in args.shapes.split(";"):
+                n, k = (int(v) for v in shape.split("x"))
+                rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw, args.tune and group == 128)
+                result["results"] += rows
+                result["tune"] += tuned
+    except CheckFailed as exc:
+        log.error("check failed, no figures reported: %s", exc)
+        return 4
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

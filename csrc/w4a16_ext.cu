@@ -1,0 +1,174 @@
+// w4a16_ext.cu — the torch binding: checks shapes and types, picks the template instance, launches.
+// Every failure is a one-line message naming the tensor and the value. quantkit/kernels/ops.py calls these and
+// owns every policy decision (which path, how many splits); this file only checks and launches.
+#include <torch/extension.h>
+
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "w4a16_dot2.h"
+#include "w4a16_mma_cuda.h"
+#include "w4a16_wmma_hip.h"
+
+namespace {
+
+void check_tensor(const torch::Tensor& t, const char* name, torch::ScalarType dtype, int dim) {
+  TORCH_CHECK(t.is_cuda(), name, " must be on the GPU, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+bool is_bf16(const torch::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == torch::kHalf || x.scalar_type() == torch::kBFloat16,
+              "x must be float16 or bfloat16, got ", x.scalar_type());
+  return x.scalar_type() == torch::kBFloat16;
+}
+
+const uint16_t* u16(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); }
+uint16_t* u16_mut(torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
+const uint16_t* opt_u16(const c10::optional<torch::Tensor>& t) { return t ? u16(*t) : nullptr; }
+
+void check_bias(const c10::optional<torch::Tensor>& bias, const torch::Tensor& x, int64_t n) {
+  if (!bias) return;
+  check_tensor(*bias, "bias", x.scalar_type(), 1);
+  TORCH_CHECK(bias->size(0) == n, "bias must have ", n, " elements, got ", bias->size(0));
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
+}
+
+}  // namespace
+
+// The dot2 decode kernel (docs/formats.md §2); on CUDA it runs with fp32 FMAs standing in for dot2, so the
+// HIP design is checked on NVIDIA hardware too. out must be zero when K > k_split.
+void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10::optional<torch::Tensor> zeros,
+               c10::optional<torch::Tensor> bias, torch::Tensor out, int64_t group_size, int64_t k_split) {
+  const bool bf = is_bf16(x);
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(qweight, "qweight", torch::kInt32, 2);
+  check_tensor(scales, "scales", x.scalar_type(), 2);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
+  TORCH_CHECK(qweight.size(0) * 8 == K, "qweight must be [K/8, N] = [", K / 8, ", N], got ", qweight.sizes());
+  TORCH_CHECK(N % 4 == 0, "N must be a multiple of 4, got ", N);
+  TORCH_CHECK(M >= 1 && M <= 8, "dot2 decode kernel takes M in 1..8, got ", M);
+  TORCH_CHECK(k_split % group_size == 0 && k_split <= QK_DOT2_KSPLIT, "k_split must be a multiple of the group size and at most ",
+              QK_DOT2_KSPLIT, ", got ", k_split);
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  if (zeros) check_tensor(*zeros, "zeros", torch::kUInt8, 2);
+  check_bias(bias, x, N);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const dim3 grid((N + 4 * QK_DOT2_THREADS - 1) / (4 * QK_DOT2_THREADS), 1, (K + k_split - 1) / k_split);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const uint8_t* z = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(qweight.data_ptr());
+#define QK_DOT2_LAUNCH(TAG, MR, SYM)                                                                              \
+  qk_dot2_decode<TAG, MR, SYM><<<grid, QK_DOT2_THREADS, 0, stream>>>(u16(x), q, u16(scales), z, opt_u16(bias), \
+                                                                      u16_mut(out), M, N, K, group_size, k_split)
+#define QK_DOT2_MR(TAG, SYM)                       \
+  if (M == 1) QK_DOT2_LAUNCH(TAG, 1, SYM);         \
+  else if (M == 2) QK_DOT2_LAUNCH(TAG, 2, SYM);    \
+  else if (M <= 4) QK_DOT2_LAUNCH(TAG, 4, SYM);    \
+  else QK_DOT2_LAUNCH(TAG, 8, SYM);
+  if (bf) {
+    if (zeros) { QK_DOT2_MR(QkBF16, false) } else { QK_DOT2_MR(QkBF16, true) }
+  } else {
+    if (zeros) { QK_DOT2_MR(QkF16, false) } else { QK_DOT2_MR(QkF16, true) }
+  }
+  check_launch("dot2 decode kernel");
+}
+
+#if QK_IS_CUDA
+// The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
+// staged: the shared-memory prefill kernel instead of the streaming one; deep: the streaming kernel with twice
+// the loads in flight and the L2 prefetch hint (M <= 16); splits: split-K.
+void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
+              torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
+              int64_t splits, bool staged, bool deep) {
+  const bool bf = is_bf16(x);
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(w, "packed weight", torch::kInt32, 4);
+  check_tensor(meta, "packed scales", x.scalar_type(), 4);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  check_tensor(ws, "workspace", torch::kFloat32, 1);
+  check_tensor(counters, "counters", torch::kInt32, 1);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
+  TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
+              K, ", got ", w.sizes());
+  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
+              ", got ", group_size);
+  TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
+              "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  check_bias(bias, x, N);
+  TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
+              "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
+  const int64_t chunks = K / 64;
+  splits = std::max<int64_t>(1, std::min(splits, chunks));
+  const int64_t per_split = (chunks + splits - 1) / splits;
+  const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * QK_STREAM_WARPS;
+  const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
+  if (grid.z > 1) {
+    TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
+                " floats, has ", ws.numel());
+    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
+                counters.numel());
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
+#define QK_MMA_ARGS                                                                                               \
+  u16(x), wp, u16(meta), opt_u16(bias), u16_mut(out), ws.data_ptr<float>(), counters.data_ptr<int>(), M, N, K, \
+      group_size, per_split
+#define QK_MMA_LAUNCH(TAG, SYM)                                                                             \
+  if (staged) qk_mma_staged<TAG, 8, SYM><<<grid, QK_STAGED_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);           \
+  else if (deep && mt == 1) qk_mma_stream<TAG, 1, SYM, true><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
+  else if (deep && mt == 2) qk_mma_stream<TAG, 2, SYM, true><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
+  else if (mt == 1) qk_mma_stream<TAG, 1, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
+  else if (mt == 2) qk_mma_stream<TAG, 2, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
+  else if (mt == 4) qk_mma_stream<TAG, 4, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
+  else qk_mma_stream<TAG, 8, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);
+  if (bf) {
+    if (sym) { QK_MMA_LAUNCH(QkBF16, true) } else { QK_MMA_LAUNCH(QkBF16, false) }
+  } else {
+    if (sym) { QK_MMA_LAUNCH(QkF16, true) } else { QK_MMA_LAUNCH(QkF16, false) }
+  }
+  check_launch("tensor-core W4A16 kernel");
+}
+
+// The [N, K] weight in the activation type, for the dequantize-then-GEMM path.
+void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t group_size, bool sym) {
+  const bool bf = is_bf16(out);
+  check_tensor(w, "packed weight", torch::kInt32, 4);
+  check_tensor(meta, "packed scales", out.scalar_type(), 4);
+  check_tensor(out, "out", out.scalar_type(), 2);
+  const int64_t N = w.size(0) * 16, K = w.size(1) * 64;
+  TORCH_CHECK(out.size(0) == N && out.size(1) == K, "out must be [", N, ", ", K, "], got ", out.sizes());
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t threads = (N / 16) * (K / 64) * 32;
+  const unsigned blocks = (unsigned)((threads + 255) / 256);
+  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
+  if (bf) {
+    if (sym) qk_mma_dequant<QkBF16, true><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
+    else qk_mma_dequant<QkBF16, false><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
+  } else {
+    if (sym) qk_mma_dequant<QkF16, true><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
+    else qk_mma_dequant<QkF16, false><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
+  }
+  check_launch("W4A16 dequantize kernel");
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "quantkit W4A16 kernels (csrc/)";
+  m.def("dot2_gemm", &dot2_gemm, "dot2 decode kernel (formats.md §2), M <= 8");
+#if QK_IS_CUDA
+  m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
+  m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
+#endif
+}

@@ -1,0 +1,353 @@
+// w4a16_mma_cuda.h — the NVIDIA path: tensor-core mma.sync.m16n8k16, weights streamed straight from global
+// memory into registers in a layout repacked for the MMA fragments. CUDA only.
+//
+// The product is computed transposed, out^T = W x^T: the weight is the 16x16 A operand (rows = outputs n) and
+// the activations the 16x8 B operand (columns = tokens), so one MMA serves 8 tokens and M = 1 wastes 7/8 of a
+// tensor-core op instead of 15/16, and a thread's 16-byte load is exactly its A fragments for 64 k.
+//
+// "mma" layout (built by quantkit.kernels.packing.repack_mma):
+//   w     int32 [N/16, K/64, 32, 4]: tile t (rows 16t..16t+15), chunk c (k 64c..64c+63), lane l, word j (k16 step).
+//         Lane l = 4*gid + tig. Register i (0..3) of step j holds rows 16t + gid + 8*(i&1) at
+//         k = 64c + 16*tig + 4*j + 2*(i>>1) + {0, 1}: the first in bits 4i..4i+3, the second in bits 16+4i.
+//         The MMA's 16 k slots are a permutation of physical k; x's B fragments use the same permutation, so a
+//         thread's activations for a whole chunk are 16 consecutive k (two 16-byte loads), and all of a thread's
+//         weights in a chunk lie in one group (G a multiple of 16).
+//   meta  T [N/16, G, 8, 2] (SYM): the scales of rows (16t + r, 16t + r + 8) of group g;
+//         T [N/16, G, 8, 4] (asym): those scales, then (magic + zero) of the same two rows.
+//   Dequantization (v - (magic + zero)) * scale in 16-bit arithmetic: bit-identical to the reference's weights.
+// Two kernels over it:
+//   qk_mma_stream (decode, and small N): one warp = one 16-row tile, no shared memory and no barriers; x fragments
+//     straight from global (L1-resident), U chunks of weights in flight per warp; many small blocks + split-K.
+//   qk_mma_staged (prefill on wide N): 8 warps x 2 tiles share x staged in shared memory per block, the next
+//     stage's weights and x loaded while this one computes.
+// Split-K (gridDim.z > 1): each split writes fp32 partial sums to ws [z, M, N]; the last block of each (x, y)
+// tile, counted in counters[] (zero on entry, left zero on exit), sums them in a fixed order and writes out.
+#pragma once
+
+#include "w4a16_common.h"
+
+#if QK_IS_CUDA
+
+template <typename Tag>
+struct QkMma;
+template <>
+struct QkMma<QkF16> {
+  static QK_INLINE uint32_t dequant(uint32_t v, uint32_t zc2, uint32_t s2) {
+    __half2 r = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&v), *reinterpret_cast<__half2*>(&zc2)),
+                        *reinterpret_cast<__half2*>(&s2));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static QK_INLINE void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct QkMma<QkBF16> {
+  static QK_INLINE uint32_t dequant(uint32_t v, uint32_t zc2, uint32_t s2) {
+    __nv_bfloat162 r = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&v),
+                                       *reinterpret_cast<__nv_bfloat162*>(&zc2)),
+                               *reinterpret_cast<__nv_bfloat162*>(&s2));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static QK_INLINE void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Streamed once: skip L1, keep L2's default policy (blocks of other token tiles read the same weights).
+// PREFETCH adds the L2::256B hint (fetch the whole 256-byte sector group the warp is about to stream).
+template <bool PREFETCH = false>
+QK_INLINE uint4 qk_ld_stream(const uint4* p) {
+  uint4 r;
+  if (PREFETCH)
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+  else
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+  return r;
+}
+
+// Scales (and magic + zero) of this thread's two rows in its group, as splatted 16-bit pairs.
+template <typename Tag, bool SYM>
+QK_INLINE void qk_mma_meta(const uint16_t* meta, size_t idx, uint32_t& s_lo, uint32_t& s_hi, uint32_t& z_lo,
+                           uint32_t& z_hi) {
+  if (SYM) {
+    const uint32_t m = __ldg(reinterpret_cast<const uint32_t*>(meta) + idx);
+    s_lo = qk_splat(qk_lo(m)), s_hi = qk_splat(qk_hi(m));
+    z_lo = z_hi = qk_splat(qk_float_to_bits(QkMagic<Tag>::bias + 8.f, Tag()));
+  } else {
+    const uint2 m = __ldg(reinterpret_cast<const uint2*>(meta) + idx);
+    s_lo = qk_splat(qk_lo(m.x)), s_hi = qk_splat(qk_hi(m.x));
+    z_lo = qk_splat(qk_lo(m.y)), z_hi = qk_splat(qk_hi(m.y));
+  }
+}
+
+// One 64-k chunk of one 16-row tile against MT token tiles: 4 steps x MT MMAs. xb[t][0..7] are the chunk's
+// B-fragment words of token tile t (x[8t + gid][64c + 16 tig .. +16]).
+template <typename Tag, int MT>
+QK_INLINE void qk_mma_chunk(float (&acc)[MT][4], const uint4 wv, const uint32_t (&xb)[MT][8], uint32_t s_lo,
+                            uint32_t s_hi, uint32_t z_lo, uint32_t z_hi) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint32_t a[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      a[i] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], i), (i & 1) ? z_hi : z_lo, (i & 1) ? s_hi : s_lo);
+#pragma unroll
+    for (int t = 0; t < MT; ++t) QkMma<Tag>::mma(acc[t], a, xb[t][2 * j], xb[t][2 * j + 1]);
+  }
+}
+
+// Write (or, split-K, reduce then write) the C fragments of NT tiles x MT token tiles. Every thread of the block
+// must call it (it holds barriers when gridDim.z > 1). acc[nt][t][0..1]: row n = 16*tile + gid, tokens
+// m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8.
+template <typename Tag, int NT, int MT>
+QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
+                               const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
+                               int* __restrict__ counters, int M, int N) {
+  const int gid = lane / 4, tig = lane % 4;
+  if (gridDim.z > 1) {
+    float* part = ws + (size_t)blockIdx.z * M * N;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (tile0 + nt >= n_tiles) break;
+      const int n_lo = (tile0 + nt) * 16 + gid;
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+          if (tok < M) __stcg(part + (size_t)tok * N + n_lo + 8 * (e >> 1), acc[nt][t][e]);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    int* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == (int)gridDim.z - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *counter = 0;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (tile0 + nt >= n_tiles) break;
+      const int n_lo = (tile0 + nt) * 16 + gid;
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+          if (tok >= M) continue;
+          float v = 0.f;
+          for (int z = 0; z < (int)gridDim.z; ++z) v += __ldcg(ws + ((size_t)z * M + tok) * N + n_lo + 8 * (e >> 1));
+          acc[nt][t][e] = v;
+        }
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    if (tile0 + nt >= n_tiles) break;
+    const int n_lo = (tile0 + nt) * 16 + gid;
+    const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
+    const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+        if (tok < M)
+          out[(size_t)tok * N + n_lo + 8 * (e >> 1)] = qk_float_to_bits(acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), Tag());
+      }
+  }
+}
+
+#define QK_STREAM_WARPS 4
+
+// Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
+// DEEP doubles the 16-byte weight loads in flight per thread and adds the L2 prefetch hint.
+template <typename Tag, int MT, bool SYM, bool DEEP = false>
+QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
+    qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
+                  const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
+                  int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+  constexpr int U = (MT <= 2 ? 4 : 2) * (DEEP ? 2 : 1);  // 16-byte weight loads in flight per thread
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int n_tiles = N / 16, tile = blockIdx.y * QK_STREAM_WARPS + warp;
+  const int m0 = blockIdx.x * 8 * MT;
+  const int chunks = K / 64, groups = K / group_size;
+  const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+
+  float acc[1][MT][4];
+#pragma unroll
+  for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
+  const uint4* xrow[MT];
+#pragma unroll
+  for (int t = 0; t < MT; ++t) {
+    const int tok = m0 + t * 8 + gid;
+    xrow[t] = tok < M ? reinterpret_cast<const uint4*>(x + (size_t)tok * K + 16 * tig) : nullptr;
+  }
+  const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
+  const size_t meta_row = (size_t)tile * groups * 8 + gid;
+
+  if (tile < n_tiles) {
+    for (int c = c0; c < c1; c += U) {
+      uint4 wv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + u < c1) wv[u] = qk_ld_stream<DEEP>(wt + (size_t)(c + u) * 32);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (c + u >= c1) break;
+        const int cc = c + u;
+        uint32_t s_lo, s_hi, z_lo, z_hi;
+        qk_mma_meta<Tag, SYM>(meta, meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8, s_lo, s_hi, z_lo, z_hi);
+        uint32_t xb[MT][8];
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+          if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
+          xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
+          xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
+        }
+        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb, s_lo, s_hi, z_lo, z_hi);
+      }
+    }
+  }
+  qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+}
+
+#define QK_STAGED_WARPS 8
+#define QK_STAGED_NT 2
+#define QK_STAGED_P 2  // chunks per stage
+
+// Prefill: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 256) (8 warps x 2 tiles), z = split-K.
+template <typename Tag, int MT, bool SYM>
+QK_GLOBAL void __launch_bounds__(QK_STAGED_WARPS * 32)
+    qk_mma_staged(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
+                  const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
+                  int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+  constexpr int NT = QK_STAGED_NT, P = QK_STAGED_P, THREADS = QK_STAGED_WARPS * 32, ROWS = 8 * MT;
+  constexpr int ROW_BYTES = P * 128 + 16;     // one stage of x per token, padded off the bank period
+  constexpr int XV = ROWS * P * 8 / THREADS;  // 16-byte pieces of x each thread stages
+  static_assert(ROWS * P * 8 % THREADS == 0, "x stage must split evenly over the block");
+  __shared__ __align__(16) unsigned char xs[ROWS * ROW_BYTES];
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int n_tiles = N / 16, tile0 = (blockIdx.y * QK_STAGED_WARPS + warp) * NT;
+  const int m0 = blockIdx.x * ROWS;
+  const int chunks = K / 64, groups = K / group_size;
+  const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+
+  float acc[NT][MT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int t = 0; t < MT; ++t) acc[nt][t][0] = acc[nt][t][1] = acc[nt][t][2] = acc[nt][t][3] = 0.f;
+
+  uint4 wc[P][NT], wn[P][NT], xr[XV];
+  auto load_w = [&](int cs, uint4(&dst)[P][NT]) {
+#pragma unroll
+    for (int u = 0; u < P; ++u)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        if (cs + u < c1 && tile0 + nt < n_tiles)
+          dst[u][nt] = qk_ld_stream(w + ((size_t)(tile0 + nt) * chunks + cs + u) * 32 + lane);
+  };
+  auto load_x = [&](int cs) {
+#pragma unroll
+    for (int v = 0; v < XV; ++v) {
+      const int idx = v * THREADS + threadIdx.x, row = idx / (P * 8), q = idx % (P * 8);
+      const int tok = m0 + row, c = cs + q / 8;
+      xr[v] = (tok < M && c < c1) ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)tok * K + (size_t)cs * 64) + q)
+                                  : make_uint4(0, 0, 0, 0);
+    }
+  };
+  if (c0 < c1) load_w(c0, wc), load_x(c0);
+  for (int cs = c0; cs < c1; cs += P) {
+    __syncthreads();  // every warp is done with the previous stage's x
+#pragma unroll
+    for (int v = 0; v < XV; ++v) {
+      const int idx = v * THREADS + threadIdx.x, row = idx / (P * 8), q = idx % (P * 8);
+      *reinterpret_cast<uint4*>(xs + row * ROW_BYTES + q * 16) = xr[v];
+    }
+    __syncthreads();
+    if (cs + P < c1) load_w(cs + P, wn), load_x(cs + P);  // next stage in flight during this one
+#pragma unroll
+    for (int u = 0; u < P; ++u) {
+      if (cs + u >= c1) break;
+      uint32_t xb[MT][8];
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        const unsigned char* src = xs + (8 * t + gid) * ROW_BYTES + u * 128 + tig * 32;
+        const uint4 lo = *reinterpret_cast<const uint4*>(src), hi = *reinterpret_cast<const uint4*>(src + 16);
+        xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
+        xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int tile = tile0 + nt;
+        if (tile >= n_tiles) break;  // warp-uniform
+        uint32_t s_lo, s_hi, z_lo, z_hi;
+        qk_mma_meta<Tag, SYM>(meta, ((size_t)tile * groups + (64 * (cs + u) + 16 * tig) / group_size) * 8 + gid, s_lo,
+                              s_hi, z_lo, z_hi);
+        qk_mma_chunk<Tag, MT>(acc[nt], wc[u][nt], xb, s_lo, s_hi, z_lo, z_hi);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < P; ++u)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) wc[u][nt] = wn[u][nt];
+  }
+  qk_mma_epilogue<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+}
+
+// The [N, K] weight in T from the mma layout (for the dequantize-then-GEMM path at large M). One thread per
+// 16-byte word group: it owns two rows x 16 consecutive k and writes them as four 16-byte stores.
+template <typename Tag, bool SYM>
+QK_GLOBAL void __launch_bounds__(256)
+    qk_mma_dequant(const uint4* __restrict__ w, const uint16_t* __restrict__ meta, uint16_t* __restrict__ out, int N,
+                   int K, int group_size) {
+  const size_t idx = (size_t)blockIdx.x * 256 + threadIdx.x;  // (tile, chunk, lane)
+  const int chunks = K / 64;
+  if (idx >= (size_t)(N / 16) * chunks * 32) return;
+  const int lane = idx % 32, c = (idx / 32) % chunks, tile = idx / 32 / chunks;
+  const int gid = lane / 4, tig = lane % 4;
+  uint32_t s_lo, s_hi, z_lo, z_hi;
+  qk_mma_meta<Tag, SYM>(meta, ((size_t)tile * (K / group_size) + (64 * c + 16 * tig) / group_size) * 8 + gid,
+                        s_lo, s_hi, z_lo, z_hi);
+  const uint4 wv = __ldg(w + idx);
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  uint32_t row_lo[8], row_hi[8];  // 16 values of each row, k = 16*tig + 4*j + 2*h + e
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t v = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], i), (i & 1) ? z_hi : z_lo,
+                                             (i & 1) ? s_hi : s_lo);
+      ((i & 1) ? row_hi : row_lo)[2 * j + (i >> 1)] = v;
+    }
+  const int n = tile * 16 + gid, k = 64 * c + 16 * tig;
+  uint4* lo = reinterpret_cast<uint4*>(out + (size_t)n * K + k);
+  uint4* hi = reinterpret_cast<uint4*>(out + (size_t)(n + 8) * K + k);
+  lo[0] = make_uint4(row_lo[0], row_lo[1], row_lo[2], row_lo[3]);
+  lo[1] = make_uint4(row_lo[4], row_lo[5], row_lo[6], row_lo[7]);
+  hi[0] = make_uint4(row_hi[0], row_hi[1], row_hi[2], row_hi[3]);
+  hi[1] = make_uint4(row_hi[4], row_hi[5], row_hi[6], row_hi[7]);
+}
+
+#endif  // QK_IS_CUDA

@@ -1,0 +1,90 @@
+"""Build (once, cached on disk) and load the csrc/ extension with torch.utils.cpp_extension.
+
+Nothing here raises at import: kernel_available() says whether the extension could be had, and why not.
+The build directory is $QUANTKIT_KERNEL_CACHE (default ~/.cache/quantkit/kernels) / a name that hashes the
+sources and flags, so a changed source rebuilds and an unchanged one loads in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+SOURCES = ("w4a16_ext.cu",)
+HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_mma_cuda.h", "w4a16_wmma_hip.h")
+
+_state: dict = {}
+
+
+def _arch_flags() -> list[str]:
+    if torch.version.hip:
+        arch = torch.cuda.get_device_properties(0).gcnArchName.split(":")[0]
+        return [f"--offload-arch={arch}", "-O3", "-std=c++17"]
+    major, minor = torch.cuda.get_device_capability()
+    cc = f"{major}{minor}"
+    return [f"-gencode=arch=compute_{cc},code=sm_{cc}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+
+
+def _why_not() -> str:
+    if not torch.cuda.is_available():
+        return "no GPU visible to torch (torch.cuda.is_available() is False); using the pure-torch reference"
+    from torch.utils import cpp_extension
+
+    if torch.version.hip:
+        if cpp_extension.ROCM_HOME is None:
+            return "ROCm (hipcc) not found; set ROCM_HOME to build the kernels"
+    elif cpp_extension.CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(cpp_extension.CUDA_HOME, "bin")) is None:
+        return "nvcc not found; install the CUDA toolkit or set CUDA_HOME to build the kernels"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no host C++ compiler (c++) on PATH; install one to build the kernels"
+    return ""
+
+
+def load_extension():
+    """The loaded extension module, or None (then ``_state['reason']`` says why). Builds at most once per process."""
+    if "module" in _state:
+        return _state["module"]
+    reason = _why_not()
+    module = None
+    if not reason:
+        flags = _arch_flags()
+        digest = hashlib.sha256()
+        for name in SOURCES + HEADERS:
+            digest.update((CSRC / name).read_bytes())
+        digest.update(" ".join(flags).encode())
+        digest.update(torch.__version__.encode())
+        name = "quantkit_w4a16_" + digest.hexdigest()[:12]
+        build_dir = Path(os.environ.get("QUANTKIT_KERNEL_CACHE", Path.home() / ".cache" / "quantkit" / "kernels")) / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils import cpp_extension
+
+            log.info("building the W4A16 extension in %s (first use; cached afterwards)", build_dir)
+            module = cpp_extension.load(
+                name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cuda_cflags=flags,
+                extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(CSRC)], build_directory=str(build_dir),
+                verbose=bool(os.environ.get("QUANTKIT_KERNEL_VERBOSE")),
+            )
+        except Exception as exc:  # a compiler failure must not crash the caller: the reference path still works
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = f"building the W4A16 extension failed ({first}); set QUANTKIT_KERNEL_VERBOSE=1 for the log"
+            log.warning(reason)
+    _state["module"] = module
+    _state["reason"] = reason
+    return module
+
+
+def kernel_available() -> tuple[bool, str]:
+    """(True, "") when the extension is built and loaded for this device, else (False, the reason)."""
+    module = load_extension()
+    return module is not None, _state.get("reason", "")

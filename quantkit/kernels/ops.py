@@ -1,0 +1,225 @@
+"""w4a16_linear: one entry point, the path picked by shape and platform.
+
+Paths (backend=):
+  "reference"  pure torch (quantkit.kernels.reference), any device.
+  "mma"        NVIDIA tensor-core kernel over the "mma" layout, every M.
+  "dequant"    the "mma" layout dequantized to [N, K] by a kernel, then cuBLAS (torch.nn.functional.linear).
+  "dot2"       the RDNA3 decode kernel of formats.md §2 (M <= 8); on NVIDIA it runs with fp32 FMAs for dot2.
+  "kernel"     the best kernel path for this shape (what "auto" picks on a GPU); raises if none can run.
+  "auto"       "kernel" when the extension is available and x is on its device, else "reference".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from quantkit.errors import InputError, UnsupportedError
+from quantkit.kernels import build, selfcheck
+from quantkit.kernels.packing import SUPPORTED_DTYPES, PackedLinear
+from quantkit.kernels.reference import reference_linear
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "kernel", "reference", "mma", "dequant", "dot2")
+# Dispatch on NVIDIA (mma_or_dequant; docs/kernel.md has the measurements behind it): the streaming tensor-core
+# kernel up to STREAM_MAX_M rows, then the shared-memory one on wide layers (N >= STAGED_MIN_N, up to
+# 2 * MMA_MAX_M rows) or the streaming one on large layers up to MMA_MAX_M, dequantize + cuBLAS otherwise.
+STREAM_MAX_M = 32
+MMA_MAX_M = 64
+STAGED_MIN_N = 12288
+# Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
+# 64-k chunks.
+BLOCKS_PER_SM = 24
+MIN_CHUNKS_PER_SPLIT = 8
+
+_buffers: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    key = ("sms", device)
+    if key not in _buffers:
+        _buffers[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _buffers[key]
+
+
+def _workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 split-K partial sums (any content) and tile counters (zero, and left zero by the kernel)."""
+    ws, counters = _buffers.get(("ws", device), (None, None))
+    if ws is None or ws.numel() < floats or counters.numel() < tiles:
+        floats = max(floats, 0 if ws is None else ws.numel(), 1 << 20)
+        tiles = max(tiles, 0 if counters is None else counters.numel(), 1 << 14)
+        ws = torch.zeros(floats, dtype=torch.float32, device=device)
+        counters = torch.zeros(tiles, dtype=torch.int32, device=device)
+        _buffers[("ws", device)] = (ws, counters)
+    return ws, counters
+
+
+def mma_tiles(m: int) -> int:
+    """Token tiles of 8 per block: 1 (M <= 8), 2 (<= 16), 4 (<= 32), else 8 (64 tokens per block)."""
+    return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+
+
+def mma_n_per_block(staged: bool) -> int:
+    """Outputs per block (csrc/w4a16_mma_cuda.h): 4 warps x 16 streaming, 8 warps x 2 x 16 staged."""
+    return 256 if staged else 64
+
+
+def mma_staged(m: int, n: int) -> bool:
+    return m > STREAM_MAX_M and n >= STAGED_MIN_N
+
+
+def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt: int) -> int:
+    """Split-K count. Streaming: enough blocks to keep every SM streaming. Staged: split only a grid that leaves
+    most SMs idle (measured: docs/kernel.md)."""
+    sms = _sm_count(device)
+    blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
+    if staged:
+        want = math.ceil(sms / blocks) if 2 * blocks < sms else 1
+    else:
+        want = math.ceil(BLOCKS_PER_SM * sms / blocks)
+    return max(1, min(want, (k // 64) // MIN_CHUNKS_PER_SPLIT))
+
+
+def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
+         staged: bool | None, deep: bool = False) -> torch.Tensor:
+    ext = build.load_extension()
+    m, k = x2.shape
+    n = packed.out_features
+    staged = mma_staged(m, n) if staged is None else staged
+    mt = 8 if staged else (mt or mma_tiles(m))
+    splits = splits or mma_splits(m, n, k, x2.device, staged=staged, mt=mt)
+    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
+    ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
+    ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
+                 packed.zeros is None, mt, splits, staged, deep and mt <= 2 and not staged)
+    return out
+
+
+def dequantize_weight(packed: PackedLinear, dtype: torch.dtype) -> torch.Tensor:
+    """The [N, K] weight (act-order sorted) from the mma layout, by the dequantize kernel."""
+    ext = build.load_extension()
+    w = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.mma_weight.device)
+    ext.mma_dequant(packed.mma_weight, packed.mma_meta(dtype), w, packed.group_size, packed.zeros is None)
+    return w
+
+
+def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
+    ext = build.load_extension()
+    m, k = x2.shape
+    if m > 8:
+        raise UnsupportedError(f"the dot2 decode kernel takes M <= 8 rows, x has {m}; use backend='kernel'")
+    k_split = 256 // packed.group_size * packed.group_size if packed.group_size <= 256 else 0
+    if k_split == 0:
+        raise UnsupportedError(f"the dot2 decode kernel takes group sizes up to 256, this layer has {packed.group_size}")
+    alloc = torch.zeros if k > k_split else torch.empty
+    out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
+    ext.dot2_gemm(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, packed.group_size,
+                  k_split)
+    return out
+
+
+def _check_inputs(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"x is {x.dtype}; w4a16_linear takes float16 or bfloat16 activations")
+    if x.shape[-1] != packed.in_features:
+        raise InputError(f"x has {x.shape[-1]} features in its last dimension, the layer takes {packed.in_features}")
+    if bias is not None and tuple(bias.shape) != (packed.out_features,):
+        raise InputError(f"bias must have shape [{packed.out_features}], got {tuple(bias.shape)}")
+
+
+def _check_forced(backend: str, packed: PackedLinear, x: torch.Tensor) -> None:
+    ok, reason = build.kernel_available()
+    reason = packed.kernel_reason or reason
+    if not reason and x.device.type != "cuda":
+        reason = f"x is on {x.device}"
+    if not reason and backend in ("mma", "dequant") and packed.mma_weight is None:
+        reason = "the layer was prepared without the 'mma' layout (prepare(..., layouts=('mma',)))"
+    if not reason and backend == "dot2" and packed.dot2_qweight is None:
+        reason = "the layer was prepared without the 'dot2' layout (prepare(..., layouts=('dot2',)))"
+    if reason:
+        raise UnsupportedError(f"backend {backend!r} cannot run: {reason}")
+
+
+def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str]:
+    """(path, "") for the kernel path this shape takes, or ("", why no kernel can run it)."""
+    if packed.kernel_reason:
+        return "", packed.kernel_reason
+    ok, reason = build.kernel_available()
+    if not ok:
+        return "", reason
+    if x.device.type != "cuda" or x.device != packed.device and packed.device.index is not None:
+        return "", f"x is on {x.device}, the packed layer on {packed.device}"
+    if torch.version.hip:
+        if packed.dot2_qweight is None:
+            return "", "the layer was prepared without the 'dot2' layout"
+        return ("dot2", "") if m <= 8 else ("", "the RDNA3 prefill path is not bound yet; M > 8 uses the reference")
+    if packed.mma_weight is None:
+        return "", "the layer was prepared without the 'mma' layout"
+    return mma_or_dequant(m, packed.out_features, packed.in_features), ""
+
+
+def mma_or_dequant(m: int, n: int, k: int) -> str:
+    """The NVIDIA path for this shape (measured on an H100: docs/kernel.md)."""
+    if m <= STREAM_MAX_M:
+        return "mma"
+    if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
+        return "mma"
+    if m <= 2 * MMA_MAX_M and n >= STAGED_MIN_N:
+        return "mma"
+    return "dequant"
+
+
+def w4a16_linear(
+    x: torch.Tensor,
+    packed: PackedLinear,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    splits: int | None = None,
+    mt: int | None = None,
+    staged: bool | None = None,
+    deep: bool = False,
+) -> torch.Tensor:
+    """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
+
+    splits / mt / staged override the split-K count, token tiles and kernel of the "mma" path (benchmarking, tuning).
+    """
+    _check_inputs(x, packed, bias, backend)
+    if backend == "reference":
+        return reference_linear(x, packed, bias)
+    lead, k = x.shape[:-1], x.shape[-1]
+    m = math.prod(lead) if lead else 1
+    path, reason = kernel_path(m, packed, x)
+    if backend == "auto":
+        if not path:
+            return reference_linear(x, packed, bias)
+        selfcheck.self_check(x.device)
+        backend = path
+    elif backend == "kernel":
+        if not path:
+            raise UnsupportedError(f"no W4A16 kernel can run this layer: {reason}")
+        selfcheck.self_check(x.device)
+        backend = path
+    else:
+        _check_forced(backend, packed, x)
+    if m == 0:
+        return x.new_zeros(*lead, packed.out_features)
+    x2 = x.reshape(m, k)
+    x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
+    if x2.data_ptr() % 16:
+        x2 = x2.clone()
+    b = None if bias is None else bias.to(x.dtype).contiguous()
+    if backend == "mma":
+        y = _mma(x2, packed, b, splits, mt, staged, deep)
+    elif backend == "dequant":
+        y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
+    else:
+        y = _dot2(x2, packed, b)
+    return y.reshape(*lead, packed.out_features)

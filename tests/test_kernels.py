@@ -1,0 +1,161 @@
+"""CPU tests of quantkit.kernels: the repacked layouts (decoded by emulating the kernels' fragment maps), the
+reference path, dispatch without a GPU, and the module. GPU sweeps are in test_kernels_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantkit.errors import InputError, UnsupportedError
+from quantkit.formats import gptq
+from quantkit.kernels import (
+    W4A16Linear, kernel_available, prepare, prepare_from_checkpoint, reference_weight, w4a16_linear,
+)
+from quantkit.kernels import testing
+from quantkit.kernels.packing import MAGIC_BIAS
+
+
+def _layer(n=48, k=256, g=32, sym=True, act=False, dtype=torch.bfloat16, seed=0):
+    return testing.random_qlinear(n, k, group_size=g, sym=sym, act_order=act, dtype=dtype, seed=seed)
+
+
+def _to_dtype_bits(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return v.to(dtype).float()
+
+
+def emulate_mma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor-core kernel's arithmetic, lane by lane, with the PTX m16n8k16 fragment maps (fp64 sums)."""
+    w, meta = packed.mma_weight.to(torch.int64) & 0xFFFFFFFF, packed.mma_meta(dtype).float()
+    tiles, chunks = w.shape[:2]
+    m, g = x.shape[0], packed.group_size
+    magic = MAGIC_BIAS[dtype]
+    out = torch.zeros(m, tiles * 16, dtype=torch.float64)
+    for t in range(tiles):
+        for c in range(chunks):
+            for j in range(4):
+                a = torch.zeros(16, 16, dtype=torch.float64)  # rows n, 16 k slots
+                b = torch.zeros(16, m, dtype=torch.float64)  # k slots x tokens
+                for lane in range(32):
+                    gid, tig = divmod(lane, 4)
+                    word = int(w[t, c, lane, j])
+                    grp = (64 * c + 16 * tig) // g
+                    for i in range(4):
+                        rh, h = i & 1, i >> 1
+                        s = meta[t, grp, gid, rh]
+                        zc = meta[t, grp, gid, 2 + rh] if meta.shape[-1] == 4 else magic + 8
+                        for e in range(2):
+                            q = (word >> (4 * i + 16 * e)) & 0xF
+                            v = _to_dtype_bits(((magic + q) - zc) * s, dtype)
+                            a[gid + 8 * rh, 2 * tig + 8 * h + e] = v  # PTX: a{2i,2i+1} row gid(+8), col 2tig(+8)
+                    for e in range(2):  # B regs: rows 2tig+e and 2tig+8+e, column gid (a token)
+                        if gid < m:
+                            b[2 * tig + e, gid] = x[gid, 64 * c + 16 * tig + 4 * j + e].double()
+                            b[2 * tig + 8 + e, gid] = x[gid, 64 * c + 16 * tig + 4 * j + 2 + e].double()
+                out[:, 16 * t : 16 * t + 16] += (a @ b).T
+    return out
+
+
+def decode_dot2(qweight: torch.Tensor) -> torch.Tensor:
+    """Shuffled qweight [K/8, N] -> codes [N, K] by the kernel's rule: (w >> 4p) & 0x000F000F = (k 2p, 2p+1)."""
+    w = qweight.to(torch.int64) & 0xFFFFFFFF
+    rows = []
+    for p in range(4):
+        rows += [(w >> (4 * p)) & 0xF, (w >> (16 + 4 * p)) & 0xF]
+    return torch.stack(rows, dim=1).reshape(-1, w.shape[1]).T.to(torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("g,sym,act", [(32, True, False), (64, False, True), (128, False, False), (32, False, True)])
+def test_mma_layout_emulated_matches_reference(dtype, g, sym, act):
+    ql = _layer(n=32, k=256, g=g, sym=sym, act=act, dtype=dtype, seed=g)
+    packed = prepare(ql, device="cpu", layouts=("mma",))
+    x = testing.random_activations(3, 256, dtype=dtype, seed=1, device="cpu")
+    xp = x[:, packed.perm] if packed.perm is not None else x
+    got = emulate_mma(xp, packed, dtype)
+    assert testing.relative_error(got, reference_weight(packed, dtype), x) < 1e-6
+
+
+def test_dot2_layout_is_the_exllama_shuffle():
+    ql = _layer(n=32, k=128, g=32, act=True)
+    packed = prepare(ql, device="cpu", layouts=("dot2",))
+    assert torch.equal(decode_dot2(packed.dot2_qweight), ql.codes[:, packed.perm])
+    # the word order of formats.md §2: q7 q5 q3 q1 q6 q4 q2 q0 (most significant first)
+    word = int(packed.dot2_qweight[0, 0]) & 0xFFFFFFFF
+    q = [int(ql.codes[0, int(packed.perm[i])]) for i in range(8)]
+    expect = sum(v << (4 * pos) for pos, v in enumerate([q[0], q[2], q[4], q[6], q[1], q[3], q[5], q[7]]))
+    assert word == expect
+
+
+def test_act_order_perm_sorts_groups():
+    ql = _layer(k=256, g=64, act=True)
+    packed = prepare(ql, device="cpu")
+    assert torch.equal(ql.g_idx.long()[packed.perm], torch.arange(256) // 64)
+
+
+def test_uneven_act_order_groups_go_to_reference():
+    ql = _layer(k=128, g=32)
+    g_idx = ql.g_idx.clone()
+    g_idx[0], g_idx[-1] = 3, 3  # group 0 loses a member, group 3 gains one
+    bad = type(ql)(codes=ql.codes, scales=ql.scales, zeros=ql.zeros, g_idx=g_idx, bits=4, group_size=32, sym=True)
+    packed = prepare(bad, device="cpu")
+    assert "group_size inputs" in packed.kernel_reason
+    x = testing.random_activations(2, 128, dtype=torch.bfloat16, seed=0, device="cpu")
+    y = w4a16_linear(x, packed)
+    assert testing.relative_error(y, bad.dequantize(torch.bfloat16), x) < testing.TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "gptq_v2"])
+def test_prepare_from_checkpoint_reuses_gptq_unpack(fmt):
+    ql = _layer(n=32, k=128, g=32, sym=False, act=True, dtype=torch.float16, seed=3)
+    t = gptq.pack(ql, checkpoint_format=fmt)
+    packed = prepare_from_checkpoint(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits=4, group_size=32,
+                                     sym=False, checkpoint_format=fmt, device="cpu", layouts=("mma", "dot2"))
+    assert torch.equal(reference_weight(packed, torch.float16), ql.dequantize(torch.float16))
+    direct = prepare(ql, device="cpu", layouts=("mma", "dot2"))
+    assert torch.equal(packed.mma_weight, direct.mma_weight)
+    assert torch.equal(packed.dot2_qweight, direct.dot2_qweight)
+
+
+def test_reference_path_shapes_bias_and_leading_dims():
+    ql = _layer(n=48, k=256, dtype=torch.bfloat16)
+    packed = prepare(ql, device="cpu")
+    x = testing.random_activations(6, 256, dtype=torch.bfloat16, seed=0, device="cpu").reshape(2, 3, 256)
+    bias = torch.randn(48).to(torch.bfloat16)
+    y = w4a16_linear(x, packed, bias, backend="reference")
+    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
+    err = testing.relative_error(y.reshape(6, 48), ql.dequantize(torch.bfloat16), x.reshape(6, 256), bias)
+    assert err < testing.TOLERANCE[torch.bfloat16]
+
+
+def test_no_gpu_means_reference_and_a_clear_reason():
+    ok, reason = kernel_available()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert not ok and "reference" in reason
+    packed = prepare(_layer(), device="cpu")
+    x = testing.random_activations(2, 256, dtype=torch.bfloat16, seed=0, device="cpu")
+    assert torch.equal(w4a16_linear(x, packed, backend="auto"), w4a16_linear(x, packed, backend="reference"))
+    with pytest.raises(UnsupportedError, match="no W4A16 kernel"):
+        w4a16_linear(x, packed, backend="kernel")
+    with pytest.raises(UnsupportedError, match="cannot run"):
+        w4a16_linear(x, packed, backend="mma")
+
+
+def test_bad_inputs_raise_one_line_errors():
+    packed = prepare(_layer(), device="cpu")
+    with pytest.raises(InputError, match="float16 or bfloat16"):
+        w4a16_linear(torch.zeros(1, 256), packed)
+    with pytest.raises(InputError, match="256"):
+        w4a16_linear(torch.zeros(1, 100, dtype=torch.bfloat16), packed)
+    with pytest.raises(InputError, match="backend"):
+        w4a16_linear(torch.zeros(1, 256, dtype=torch.bfloat16), packed, backend="fast")
+
+
+def test_module_forward_matches_reference():
+    ql = _layer(n=32, k=128, g=64, sym=False, dtype=torch.float16)
+    bias = torch.randn(32).to(torch.float16)
+    ql = type(ql)(**{**ql.__dict__, "bias": bias})
+    layer = W4A16Linear.from_quantized(ql, device="cpu")
+    x = testing.random_activations(4, 128, dtype=torch.float16, seed=0, device="cpu")
+    assert torch.equal(layer(x), w4a16_linear(x, layer.packed, bias, backend="reference"))
+    assert "group_size=64" in repr(layer)

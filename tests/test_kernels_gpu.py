@@ -1,0 +1,91 @@
+"""The kernels against the reference on the GPU they run on (skipped without CUDA): the issue-4 sweep of M,
+several (N, K) including non-powers of two, group sizes 32/64/128, symmetric and asymmetric, act-order, fp16
+and bf16. Tolerances: quantkit.kernels.testing (stated and justified there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantkit.kernels import kernel_available, prepare, reference_weight, self_check, w4a16_linear
+from quantkit.kernels import testing
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU"),
+]
+
+MS = (1, 2, 3, 4, 7, 8, 15, 16, 31, 64, 127, 256, 1024)
+SHAPES = ((576, 1536), (1536, 576), (2112, 4224), (4096, 1024))  # (N, K)
+LAYERS = [  # (group, sym, act_order)
+    (32, True, False), (64, False, False), (128, True, False), (128, False, True), (32, False, True),
+]
+
+
+@pytest.fixture(scope="module")
+def device():
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.fail(f"a GPU is present but the kernels are not: {reason}")
+    self_check("cuda")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _backends(m):
+    if torch.version.hip:
+        return ("auto", "dot2") if m <= 8 else ("auto",)
+    return ("auto", "mma", "staged", "dequant") + (("dot2",) if m <= 8 else ())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group,sym,act", LAYERS, ids=[f"g{g}-{'sym' if s else 'asym'}{'-act' if a else ''}" for g, s, a in LAYERS])
+@pytest.mark.parametrize("n,k", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
+def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
+    if k % group:
+        pytest.skip("group does not divide K")
+    seed = n + k + group
+    ql = testing.random_qlinear(n, k, group_size=group, sym=sym, act_order=act, dtype=dtype, seed=seed)
+    layouts = ("dot2",) if torch.version.hip else ("mma", "dot2")
+    packed = prepare(ql, device=device, layouts=layouts)
+    w = reference_weight(packed, dtype)
+    bias = testing.random_activations(1, n, dtype=dtype, seed=seed + 1, device=device)[0]
+    failures = []
+    for m in MS:
+        x = testing.random_activations(m, k, dtype=dtype, seed=seed + m, device=device)
+        ref_err = testing.relative_error(w4a16_linear(x, packed, bias, backend="reference"), w, x, bias)
+        for backend in _backends(m):
+            torch.full((m * n * 2,), float("nan"), device=device)  # poison the allocator's next block
+            if backend == "staged":
+                y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
+            else:
+                y = w4a16_linear(x, packed, bias, backend=backend)
+            err = testing.relative_error(y, w, x, bias)
+            tol = testing.tolerance(dtype, backend=backend if backend in ("dot2",) else "mma", k=k, group_size=group)
+            if not err <= tol:
+                failures.append(f"M={m} {backend}: {err:.2e} > {tol:.1e} (reference {ref_err:.2e})")
+    assert not failures, "; ".join(failures)
+
+
+def test_splits_and_tiles_agree(device):
+    ql = testing.random_qlinear(1024, 2048, group_size=128, sym=False, act_order=False, dtype=torch.bfloat16, seed=7)
+    packed = prepare(ql, device=device)
+    x = testing.random_activations(20, 2048, dtype=torch.bfloat16, seed=8, device=device)
+    w = reference_weight(packed, torch.bfloat16)
+    for splits in (1, 2, 3, 8, 32):
+        for mt, staged in ((1, False), (2, False), (4, False), (8, False), (8, True)):
+            y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged)
+            err = testing.relative_error(y, w, x)
+            assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, err)
+
+
+def test_cuda_graph_capture(device):
+    ql = testing.random_qlinear(512, 1024, group_size=32, sym=True, act_order=True, dtype=torch.float16, seed=9)
+    packed = prepare(ql, device=device)
+    x = testing.random_activations(4, 1024, dtype=torch.float16, seed=10, device=device)
+    y0 = w4a16_linear(x, packed)  # warm-up: build, self-check, workspace
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = w4a16_linear(x, packed)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, y0)
