@@ -137,8 +137,8 @@ def _check_inputs(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
 def _check_forced(backend: str, packed: PackedLinear, x: torch.Tensor) -> None:
     ok, reason = build.kernel_available()
     reason = packed.kernel_reason or reason
-    if not reason and x.device.type != "cuda":
-        reason = f"x is on {x.device}"
+    if not reason and (x.device.type != "cuda" or packed.device.type != "cuda"):
+        reason = f"x is on {x.device}, the packed layer on {packed.device}"
     if not reason and backend in ("mma", "dequant") and packed.mma_weight is None:
         reason = "the layer was prepared without the 'mma' layout (prepare(..., layouts=('mma',)))"
     if not reason and backend == "dot2" and packed.dot2_qweight is None:
@@ -154,7 +154,8 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
     ok, reason = build.kernel_available()
     if not ok:
         return "", reason
-    if x.device.type != "cuda" or x.device != packed.device and packed.device.index is not None:
+    same = packed.device.type == "cuda" and (packed.device.index is None or packed.device == x.device)
+    if x.device.type != "cuda" or not same:
         return "", f"x is on {x.device}, the packed layer on {packed.device}"
     if torch.version.hip:
         if packed.dot2_qweight is None:
