@@ -55,7 +55,7 @@ def _parse_size(value: str) -> int:
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), help="Inputs per quantization group.")
 @click.option("--sym/--asym", default=None, help="Symmetric (uint4b8, zero 8) or asymmetric groups.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16"]), help="Dtype of scales and unquantized tensors.")
-@click.option("--skip", multiple=True, help="Keep matching linears unquantized (glob or regex on module names).")
+@click.option("--skip", multiple=True, help="Keep matching linears unquantized: a glob on module names (*.down_proj) or re:REGEX.")
 @click.option("--format", "formats", help="Comma-separated outputs: gptq[,gguf].")
 @click.option("--checkpoint-format", type=click.Choice(["gptq", "gptq_v2"]), help="GPTQ zero-point convention.")
 @click.option("--calib", "calib_text", help="Calibration text (file, JSONL or Hub dataset) for GPTQ.")

@@ -1,0 +1,83 @@
+"""Markdown tables and the issue-4 target check from the kernel benchmark's JSON.
+
+    python bench/kernel_table.py bench/results/kernel_h100.json > bench/results/kernel_h100.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
+LARGEST = SHAPES[3:]
+
+
+def speedup(rows, n, k, m, group, who="quantkit"):
+    for r in rows:
+        if (r["N"], r["K"], r["M"], r["group"]) == (n, k, m, group):
+            return r[who]["speedup_vs_cublas"], r
+    return None, None
+
+
+def table(rows, group) -> list[str]:
+    ms = sorted({r["M"] for r in rows if r["group"] == group})
+    out = ["| M | " + " | ".join(f"{n}x{k}" for n, k in SHAPES) + " |", "|---" * (len(SHAPES) + 1) + "|"]
+    for m in ms:
+        cells = []
+        for n, k in SHAPES:
+            s, r = speedup(rows, n, k, m, group)
+            if s is None:
+                cells.append("")
+            elif m == 1:
+                cells.append(f"{s:.2f}x ({r['quantkit']['us']:.1f} us, {100 * r['quantkit']['bw_frac']:.0f}% BW)")
+            else:
+                cells.append(f"{s:.2f}x")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def targets(rows) -> list[str]:
+    def worst(ms, shapes=SHAPES, group=128):
+        vals = [speedup(rows, n, k, m, group)[0] for m in ms for n, k in shapes]
+        return min(v for v in vals if v is not None)
+
+    int4 = []
+    for n, k in LARGEST:
+        _, r = speedup(rows, n, k, 1, 128)
+        int4.append(r["torch_int4"]["us"] / r["quantkit"]["us"])
+    ms_all = sorted({r["M"] for r in rows})
+    g32 = []
+    for m in ms_all:
+        for n, k in SHAPES:
+            a, _ = speedup(rows, n, k, m, 128)
+            b, _ = speedup(rows, n, k, m, 32)
+            if a and b:
+                g32.append((m, b / a))
+    checks = [
+        ("M = 1, two largest shapes: >= 3.5x cuBLAS", worst([1], LARGEST), 3.5),
+        ("M = 1, two largest shapes: >= 1.4x torch int4", min(int4), 1.4),
+        ("M <= 16: >= 3x", worst([m for m in ms_all if m <= 16]), 3.0),
+        ("M = 32: >= 2.5x", worst([32]), 2.5),
+        ("M = 64: >= 1.5x", worst([64]), 1.5),
+        ("M = 128: >= 1x", worst([128]), 1.0),
+        ("every M: >= 0.9x", worst(ms_all), 0.9),
+        ("group 32 within 15% of group 128 (g32/g128 speed)", min(v for _, v in g32), 0.85),
+    ]
+    out = ["| target (H100, group 128, bf16) | measured (worst case) | holds |", "|---|---|---|"]
+    out += [f"| {name} | {value:.2f}x | {'yes' if value >= bar else 'no'} |" for name, value, bar in checks]
+    return out
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    rows = data["results"]
+    lines = [f"Speed-up over cuBLAS bf16 on the {data['device']} (torch {data['torch']}), {data['timing']}; "
+             f"copy bandwidth {data['copy_bandwidth_Bps'] / 1e12:.2f} TB/s. Command: `{data['command']}`.", ""]
+    for group in (128, 32):
+        lines += [f"Group {group}:", ""] + table(rows, group) + [""]
+    lines += targets(rows)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
