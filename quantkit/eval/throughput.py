@@ -194,6 +194,7 @@ class Runner:
         self.pos = torch.full((1,), p, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
         self._captured_logits: torch.Tensor | None = None
+        self.first_step_logits: torch.Tensor | None = None
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
         self.use_graphs = settings.cuda_graphs and device.type == "cuda"
 
@@ -276,8 +277,10 @@ class Runner:
         self.prefill()
         seq = torch.cat([self.prompt[:1], self.token[:1]], dim=1)
         worst = 0.0
-        for _ in range(min(steps, self.s.gen_len)):
+        for step in range(min(steps, self.s.gen_len)):
             self.decode()
+            if step == 0:  # every row of the first decode step, for the cross-model check in measure()
+                self.first_step_logits = self.decode_logits()[:, -1].float().clone()
             got = self.decode_logits()[:1, -1].float()
             want = self.model(input_ids=seq).logits[:, -1].float()
             worst = max(worst, float((got - want).norm() / want.norm().clamp_min(1e-30)))
@@ -322,6 +325,7 @@ def _measure_one(model, *, batch: int, settings: Settings, prompt: torch.Tensor,
         out["cuda_graphs"] = runner.use_graphs
         if check:
             out["decode_check_rel_error"] = round(runner.check_decode(), 6)
+            out["first_step_logits"] = runner.first_step_logits
         times = [runner.time_once() for _ in range(settings.warmup + settings.repeats)][settings.warmup:]
         out["prefill"] = _stats([t[0] for t in times], batch * settings.prompt_len)
         out["decode"] = _stats([t[1] for t in times], batch * settings.gen_len)
@@ -344,6 +348,22 @@ def check_same_function(model, baseline, prompt: torch.Tensor) -> dict:
             "prob_rel_error": round(rel, 6), "positions": int(kl.numel())}
 
 
+def _decode_agreement(q_logits: torch.Tensor, b_logits: torch.Tensor, *, batch: int, same_weights: bool) -> dict:
+    """The first decode step of both models (the prompt and the prefill's token are the same): the quantized
+    model's decode-sized products (M = batch rows, the kernels' decode path) against the baseline's."""
+    lp, lp_base = torch.log_softmax(q_logits, -1)[None], torch.log_softmax(b_logits, -1)[None]
+    kl, same = ppl.compare_window(lp_base, lp)
+    rel = float((lp.exp() - lp_base.exp()).norm() / lp_base.exp().norm().clamp_min(1e-30))
+    check = {"name": "quantized vs baseline: the first decode step (cached, M = batch rows)", "batch": batch,
+             "kl_divergence": round(float(kl.mean()), 6), "top1_agreement": round(float(same.double().mean()), 6),
+             "prob_rel_error": round(rel, 6), "same_weights": same_weights}
+    if same_weights:
+        check["passed"] = rel <= SAME_WEIGHTS_MAX_REL_ERROR
+        if not check["passed"]:
+            log.error("the quantized decode step disagrees with the bf16 model of the same weights (relative error %.3g)", rel)
+    return check
+
+
 @torch.inference_mode()
 def measure(model, baseline, *, settings: Settings, same_weights: bool, progress: bool = True) -> dict:
     """The "throughput" section of the eval JSON for a quantized ``model`` and its bf16 ``baseline``.
@@ -364,7 +384,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["note"] = CPU_NOTE
         log.warning(CPU_NOTE)
     agree = check_same_function(model, baseline, prompt_all)
-    agree["name"] = "quantized vs baseline next-token distributions on the run's prompt"
+    agree["name"] = "quantized vs baseline next-token distributions over the run's prompt (prefill-sized products)"
     agree["same_weights"] = same_weights
     if same_weights:
         agree["passed"] = agree["prob_rel_error"] <= SAME_WEIGHTS_MAX_REL_ERROR
@@ -402,6 +422,10 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
                                          "batch": batch, "logits_rel_error": err, "passed": passed})
                 if not passed:
                     log.error("%s: the captured decode step disagrees with a plain forward pass (relative error %.3g)", name, err)
+    first = settings.batches[0]
+    q_logits = measured[(first, "quantized")].pop("first_step_logits")
+    b_logits = measured[(first, "baseline")].pop("first_step_logits")
+    result["checks"].append(_decode_agreement(q_logits, b_logits, batch=first, same_weights=same_weights))
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
     result["compiled_decode"] = settings.compile
     return result
