@@ -110,7 +110,7 @@ def main() -> None:
         "linears_gptq": summary["linears_gptq"],
         "linears_rtn_fallback": summary["linears_rtn_fallback"],
         "mean_output_error_gptq": summary["mean_output_error_gptq"],
-        "mean_output_error_rtn": summary["mean_output_error_rtn"],
+        "mean_output_error_rtn": summary.get("mean_output_error_rtn"),
         "gptq_quantizer_s": summary.get("solve_seconds"),
         "random_checkpoint_write_s": round(gen_s, 1),
     }

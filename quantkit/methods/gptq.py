@@ -118,6 +118,7 @@ class GPTQQuantizer:
         self._last_snapshot = time.monotonic()
         self._snapshot_s = float(os.environ.get(SNAPSHOT_ENV, "120"))
         self._seconds = 0.0
+        self._dense_checked = False
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _model_parts(self):
@@ -153,8 +154,7 @@ class GPTQQuantizer:
         t0 = time.perf_counter()
         hidden = self._inputs_for(layer.index)
         block, names = self._build_block(layer, weights)
-        results, records = self._quantize_block(block, names, layer, weights, hidden)
-        nxt = self._run_block(block, hidden)
+        results, records, nxt = self._quantize_block(block, names, layer, weights, hidden)
         del block, hidden
         self.state.save_block(layer.index, results, records)
         self._hidden, self._next = nxt, layer.index + 1
@@ -184,7 +184,6 @@ class GPTQQuantizer:
                              "(e.g. unused MoE experts) or an unusable Hessian",
             "fallbacks": fallbacks,
             "mean_output_error_gptq": mean("output_error", gptq),
-            "mean_output_error_rtn": mean("output_error_rtn", gptq),
             "per_linear": self.records,
             "solve_seconds": round(self._seconds, 3),
         }
@@ -250,17 +249,23 @@ class GPTQQuantizer:
         # longest prefixes first so that expert renames win over their parent's
         return dict(sorted(renames.items(), key=lambda kv: -len(kv[0])))
 
-    def _forward(self, block: nn.Module, hidden: torch.Tensor, *, keep: bool, stop: bool = False) -> torch.Tensor | None:
-        """Run the block over all samples in fixed batches; the outputs if ``keep``."""
+    def _forward(self, block: nn.Module, hidden: torch.Tensor, *, keep: bool, stop: bool = False,
+                 plain: bool = False) -> torch.Tensor | None:
+        """Run the block (or, ``plain``, any module taking one tensor) over all samples in fixed batches; the
+        outputs if ``keep``."""
         seq = hidden.shape[1]
         pos = torch.arange(seq, device=self.device).unsqueeze(0)
         outs = []
         with torch.no_grad():
             for b in range(0, hidden.shape[0], FORWARD_BATCH):
                 x = hidden[b : b + FORWARD_BATCH].to(self.device)
-                cos, sin = self._rotary(x, pos)
                 try:
-                    y = block(x, attention_mask=None, position_ids=pos.expand(x.shape[0], -1), position_embeddings=(cos, sin))
+                    if plain:
+                        y = block(x)
+                    else:
+                        cos, sin = self._rotary(x, pos)
+                        y = block(x, attention_mask=None, position_ids=pos.expand(x.shape[0], -1),
+                                  position_embeddings=(cos, sin))
                 except _StageDone:
                     if not stop:
                         raise
@@ -274,22 +279,109 @@ class GPTQQuantizer:
         return self._forward(block, hidden, keep=True)
 
     def _quantize_block(self, block, modules, layer, weights, hidden):
-        stages = layer.stages() if self.opts.true_sequential else [layer.linears]
+        """(results, records, next block's inputs)."""
         results, records = {}, {}
         bar = tqdm(total=len(layer.linears), desc=f"block {layer.index}", unit="linear", leave=False,
                    disable=not self.progress)
-        for stage in stages:
-            hessians = self._capture(block, {lin.name: modules[lin.name] for lin in stage}, hidden)
+
+        def solve_stage(stage, hessians):
             for group in _shared_groups(stage, hessians):
                 res, rec = self._solve_group(group, hessians, weights, modules)
                 results.update(res)
                 records.update(rec)
                 bar.update(len(group))
-            del hessians
-        bar.close()
-        return results, records
 
-    def _capture(self, block, modules: dict[str, nn.Module], hidden) -> dict[str, "_Hessian"]:
+        if self._dense(block, layer):
+            qkv, o, gate_up, (down,) = layer.stages()
+            for stage in (qkv, o):
+                solve_stage(stage, self._capture(block, {lin.name: modules[lin.name] for lin in stage}, hidden))
+            h_mid, x_mlp = self._mlp_inputs(block, hidden)
+            mods = {lin.name: modules[lin.name] for lin in gate_up}
+            solve_stage(gate_up, self._capture(block.mlp, mods, x_mlp, plain=True))
+            hessian = _Hessian(down.in_features, self.device)
+            m_out, x3 = self._mlp_pass(block, x_mlp, modules[down.name], hessian)
+            solve_stage([down], {down.name: hessian})
+            nxt = self._dense_output(h_mid, m_out, x3, results[down.name], weights[f"{down.name}.weight"])
+            if not self._dense_checked:
+                self._check_dense(block, hidden, nxt)
+        else:
+            stages = layer.stages() if self.opts.true_sequential else [layer.linears]
+            for stage in stages:
+                solve_stage(stage, self._capture(block, {lin.name: modules[lin.name] for lin in stage}, hidden))
+            nxt = self._run_block(block, hidden)
+        bar.close()
+        return results, records, nxt
+
+    # Dense pre-norm decoder layers (these model types in transformers): h_mid = h + attn(norm1(h)) and
+    # out = h_mid + mlp(norm2(h_mid)), mlp ending in down_proj. Then the attention need not run again for the MLP
+    # stages, and the block output comes from the last stage's own pass: out = h_mid + mlp_out(W_down) +
+    # x_down @ (W_down_q - W_down)^T. Replays after a resume compute exactly the same.
+    DENSE = ("llama", "mistral", "qwen2", "qwen3")
+
+    def _dense(self, block, layer) -> bool:
+        if self.config.model_type not in self.DENSE or not self.opts.true_sequential:
+            return False
+        if not all(hasattr(block, a) for a in ("mlp", "post_attention_layernorm")):
+            return False
+        leaves = [sorted(lin.name.rsplit(".", 1)[1] for lin in st) for st in layer.stages()]
+        return leaves == [["k_proj", "q_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+
+    def _mlp_inputs(self, block, hidden):
+        """The residual stream after attention and the MLP's input, for every sample (attention runs once)."""
+        h_mid, x_mlp = [], []
+
+        def at_norm(module, args):
+            h_mid.append(args[0].to(hidden.device))
+
+        def at_mlp(module, args):
+            x_mlp.append(args[0].to(hidden.device))
+            raise _StageDone
+
+        handles = [block.post_attention_layernorm.register_forward_pre_hook(at_norm),
+                   block.mlp.register_forward_pre_hook(at_mlp)]
+        try:
+            self._forward(block, hidden, keep=False, stop=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.cat(h_mid), torch.cat(x_mlp)
+
+    def _mlp_pass(self, block, x_mlp, down: nn.Module, hessian: "_Hessian | None"):
+        """The MLP over every sample: its outputs and down_proj's inputs (accumulated into ``hessian`` if given)."""
+        xs = []
+
+        def at_down(module, args, output):
+            xs.append(args[0].to(x_mlp.device))
+            if hessian is not None:
+                hessian.add(args[0])
+
+        handle = down.register_forward_hook(at_down)
+        try:
+            m_out = self._forward(block.mlp, x_mlp, keep=True, plain=True)
+        finally:
+            handle.remove()
+        return m_out, torch.cat(xs)
+
+    def _dense_output(self, h_mid, m_out, x_down, ql: QuantizedLinear, weight) -> torch.Tensor:
+        delta = ql.dequantize().to(self.device) - weight.to(self.device, torch.float32)  # [N, K]
+        out = torch.empty_like(h_mid)
+        for b in range(0, h_mid.shape[0], FORWARD_BATCH):
+            part = h_mid[b : b + FORWARD_BATCH].to(self.device) + m_out[b : b + FORWARD_BATCH].to(self.device)
+            part += x_down[b : b + FORWARD_BATCH].to(self.device) @ delta.T
+            out[b : b + FORWARD_BATCH] = part.to(out.device)
+        return out
+
+    def _check_dense(self, block, hidden, nxt) -> None:
+        """Once per run: the shortcut output must equal the quantized block's own forward (first batch)."""
+        ref = self._forward(block, hidden[:FORWARD_BATCH], keep=True)
+        got = nxt[:FORWARD_BATCH].to(ref.device)
+        err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        if not err < 1e-4:
+            raise RuntimeError(f"{self.config.model_type}: the decoder layer is not the pre-norm layout GPTQ assumes "
+                               f"(relative difference {err:.2e}); please report this")
+        self._dense_checked = True
+
+    def _capture(self, block, modules: dict[str, nn.Module], hidden, *, plain: bool = False) -> dict[str, "_Hessian"]:
         """Mean x x^T of each linear's inputs over the calibration set; linears fed the same tensor share one."""
         hessians: dict[str, _Hessian] = {}
         last: dict[str, object] = {"x": None, "h": None}
@@ -315,7 +407,7 @@ class GPTQQuantizer:
             for b in range(0, hidden.shape[0], FORWARD_BATCH):
                 seen.clear()
                 last["x"] = last["h"] = None
-                self._forward(block, hidden[b : b + FORWARD_BATCH], keep=False, stop=True)
+                self._forward(block, hidden[b : b + FORWARD_BATCH], keep=False, stop=True, plain=plain)
         finally:
             for handle in handles:
                 handle.remove()
@@ -345,7 +437,6 @@ class GPTQQuantizer:
         deq_all = sol.qlinear.dequantize() if fallback is None else None
         for lin, w in zip(group, ws):
             bias = weights.get(f"{lin.name}.bias")
-            nearest = rtn.quantize(w, **grid_opts)  # on the device: the fallback, and the yardstick
             if fallback is None:
                 ql = _rows(sol.qlinear, row, row + w.shape[0], bias)
                 deq = deq_all[row : row + w.shape[0]]
@@ -353,10 +444,10 @@ class GPTQQuantizer:
                     "tokens": h.tokens, "damp": sol.damp, "dead_inputs": sol.dead_inputs,
                     "loss": round(sol.loss, 6) if len(group) == 1 else None,
                     "output_error": round(output_error(w, deq, hm), 6),
-                    "output_error_rtn": round(output_error(w, nearest.dequantize(), hm), 6),
                 }
             else:
                 log.warning("%s: %s; rounding to nearest instead", lin.name, fallback)
+                nearest = rtn.quantize(w, **grid_opts)
                 ql = _rows(nearest, 0, w.shape[0], bias)
                 deq = nearest.dequantize()
                 records[lin.name] = {"tokens": h.tokens, "fallback": f"rtn ({fallback})"}
@@ -395,10 +486,18 @@ class GPTQQuantizer:
             names.update({f"{lin.name}.weight": self.source.get(f"{lin.name}.weight") for lin in layer.linears})
             names.update({f"{lin.name}.bias": self.source.get(f"{lin.name}.bias") for lin in layer.linears if lin.has_bias})
             block, modules = self._build_block(layer, names)
-            for name, ql in stored[0].items():
-                modules[name].weight.data.copy_(ql.dequantize().to(self.device))
             log.info("block %d: replaying the saved quantized block to rebuild activations", i)
-            hidden = self._run_block(block, hidden)
+            dense = self._dense(block, layer)
+            down = layer.stages()[-1][0].name if dense else None
+            for name, ql in stored[0].items():
+                if name != down:
+                    modules[name].weight.data.copy_(ql.dequantize().to(self.device))
+            if dense:
+                h_mid, x_mlp = self._mlp_inputs(block, hidden)
+                m_out, x3 = self._mlp_pass(block, x_mlp, modules[down], None)
+                hidden = self._dense_output(h_mid, m_out, x3, stored[0][down], names[f"{down}.weight"])
+            else:
+                hidden = self._run_block(block, hidden)
         return hidden
 
 
