@@ -292,16 +292,7 @@ class GPTQQuantizer:
                 bar.update(len(group))
 
         if self._dense(block, layer):
-            qkv, o, gate_up, (down,) = layer.stages()
-            for stage in (qkv, o):
-                solve_stage(stage, self._capture(block, {lin.name: modules[lin.name] for lin in stage}, hidden))
-            h_mid, x_mlp = self._mlp_inputs(block, hidden)
-            mods = {lin.name: modules[lin.name] for lin in gate_up}
-            solve_stage(gate_up, self._capture(block.mlp, mods, x_mlp, plain=True))
-            hessian = _Hessian(down.in_features, self.device)
-            m_out, x3 = self._mlp_pass(block, x_mlp, modules[down.name], hessian)
-            solve_stage([down], {down.name: hessian})
-            nxt = self._dense_output(h_mid, m_out, x3, results[down.name], weights[f"{down.name}.weight"])
+            nxt = self._dense_pass(block, modules, layer, weights, hidden, results, solve_stage)
             if not self._dense_checked:
                 self._check_dense(block, hidden, nxt)
         else:
@@ -312,10 +303,11 @@ class GPTQQuantizer:
         bar.close()
         return results, records, nxt
 
-    # Dense pre-norm decoder layers (these model types in transformers): h_mid = h + attn(norm1(h)) and
-    # out = h_mid + mlp(norm2(h_mid)), mlp ending in down_proj. Then the attention need not run again for the MLP
-    # stages, and the block output comes from the last stage's own pass: out = h_mid + mlp_out(W_down) +
-    # x_down @ (W_down_q - W_down)^T. Replays after a resume compute exactly the same.
+    # Dense pre-norm decoder layers (these model types in transformers): h_mid = h + o_proj(attn(norm1(h))) and
+    # out = h_mid + down_proj(mlp_inner(norm2(h_mid))). The attention then runs once per block: quantizing o_proj
+    # changes h_mid by x_o @ (Wo_q - Wo)^T, and likewise down_proj changes the output by x_down @ (Wd_q - Wd)^T,
+    # both computed from inputs captured in the pass that collected the Hessian. Replays after a resume go through
+    # the same function (without solving), so they produce the same activations bit for bit.
     DENSE = ("llama", "mistral", "qwen2", "qwen3")
 
     def _dense(self, block, layer) -> bool:
@@ -326,25 +318,49 @@ class GPTQQuantizer:
         leaves = [sorted(lin.name.rsplit(".", 1)[1] for lin in st) for st in layer.stages()]
         return leaves == [["k_proj", "q_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
 
-    def _mlp_inputs(self, block, hidden):
-        """The residual stream after attention and the MLP's input, for every sample (attention runs once)."""
-        h_mid, x_mlp = [], []
+    def _dense_pass(self, block, modules, layer, weights, hidden, results, solve_stage=None) -> torch.Tensor:
+        """The next block's inputs; with ``solve_stage`` the stages are solved on the way (true-sequential),
+        without it ``results`` holds them already and q/k/v and gate/up carry their dequantized weights."""
+        qkv, (o,), gate_up, (down,) = layer.stages()
+        if solve_stage is not None:
+            solve_stage(qkv, self._capture(block, {lin.name: modules[lin.name] for lin in qkv}, hidden))
+        h_o = _Hessian(o.in_features, self.device) if solve_stage is not None else None
+        h_mid, x_o = self._attn_pass(block, modules[o.name], hidden, h_o)
+        if solve_stage is not None:
+            solve_stage([o], {o.name: h_o})
+        h_mid = self._corrected(h_mid, x_o, results[o.name], weights[f"{o.name}.weight"])
+        del x_o
+        x_mlp = self._forward(block.post_attention_layernorm, h_mid, keep=True, plain=True)
+        if solve_stage is not None:
+            mods = {lin.name: modules[lin.name] for lin in gate_up}
+            solve_stage(gate_up, self._capture(block.mlp, mods, x_mlp, plain=True))
+        h_down = _Hessian(down.in_features, self.device) if solve_stage is not None else None
+        m_out, x_down = self._mlp_pass(block, x_mlp, modules[down.name], h_down)
+        if solve_stage is not None:
+            solve_stage([down], {down.name: h_down})
+        return self._corrected(h_mid.add_(m_out), x_down, results[down.name], weights[f"{down.name}.weight"])
+
+    def _attn_pass(self, block, o_proj: nn.Module, hidden, hessian: "_Hessian | None"):
+        """One pass up to the attention output: the residual stream h + o_proj(x_o) and o_proj's inputs x_o."""
+        h_mid, xs = [], []
+
+        def at_o(module, args, output):
+            xs.append(args[0].to(hidden.device))
+            if hessian is not None:
+                hessian.add(args[0])
 
         def at_norm(module, args):
             h_mid.append(args[0].to(hidden.device))
-
-        def at_mlp(module, args):
-            x_mlp.append(args[0].to(hidden.device))
             raise _StageDone
 
-        handles = [block.post_attention_layernorm.register_forward_pre_hook(at_norm),
-                   block.mlp.register_forward_pre_hook(at_mlp)]
+        handles = [o_proj.register_forward_hook(at_o),
+                   block.post_attention_layernorm.register_forward_pre_hook(at_norm)]
         try:
             self._forward(block, hidden, keep=False, stop=True)
         finally:
             for handle in handles:
                 handle.remove()
-        return torch.cat(h_mid), torch.cat(x_mlp)
+        return torch.cat(h_mid), torch.cat(xs)
 
     def _mlp_pass(self, block, x_mlp, down: nn.Module, hessian: "_Hessian | None"):
         """The MLP over every sample: its outputs and down_proj's inputs (accumulated into ``hessian`` if given)."""
@@ -362,14 +378,14 @@ class GPTQQuantizer:
             handle.remove()
         return m_out, torch.cat(xs)
 
-    def _dense_output(self, h_mid, m_out, x_down, ql: QuantizedLinear, weight) -> torch.Tensor:
+    def _corrected(self, base, x, ql: QuantizedLinear, weight) -> torch.Tensor:
+        """base + x @ (W_q - W)^T, batch by batch (in place on ``base``)."""
         delta = ql.dequantize().to(self.device) - weight.to(self.device, torch.float32)  # [N, K]
-        out = torch.empty_like(h_mid)
-        for b in range(0, h_mid.shape[0], FORWARD_BATCH):
-            part = h_mid[b : b + FORWARD_BATCH].to(self.device) + m_out[b : b + FORWARD_BATCH].to(self.device)
-            part += x_down[b : b + FORWARD_BATCH].to(self.device) @ delta.T
-            out[b : b + FORWARD_BATCH] = part.to(out.device)
-        return out
+        for b in range(0, base.shape[0], FORWARD_BATCH):
+            part = base[b : b + FORWARD_BATCH].to(self.device)
+            part += x[b : b + FORWARD_BATCH].to(self.device) @ delta.T
+            base[b : b + FORWARD_BATCH] = part.to(base.device)
+        return base
 
     def _check_dense(self, block, hidden, nxt) -> None:
         """Once per run: the shortcut output must equal the quantized block's own forward (first batch)."""
@@ -487,16 +503,14 @@ class GPTQQuantizer:
             names.update({f"{lin.name}.bias": self.source.get(f"{lin.name}.bias") for lin in layer.linears if lin.has_bias})
             block, modules = self._build_block(layer, names)
             log.info("block %d: replaying the saved quantized block to rebuild activations", i)
-            dense = self._dense(block, layer)
-            down = layer.stages()[-1][0].name if dense else None
-            for name, ql in stored[0].items():
-                if name != down:
-                    modules[name].weight.data.copy_(ql.dequantize().to(self.device))
-            if dense:
-                h_mid, x_mlp = self._mlp_inputs(block, hidden)
-                m_out, x3 = self._mlp_pass(block, x_mlp, modules[down], None)
-                hidden = self._dense_output(h_mid, m_out, x3, stored[0][down], names[f"{down}.weight"])
+            if self._dense(block, layer):
+                for st in (layer.stages()[0], layer.stages()[2]):  # q/k/v, gate/up; o and down stay as they were
+                    for lin in st:
+                        modules[lin.name].weight.data.copy_(stored[0][lin.name].dequantize().to(self.device))
+                hidden = self._dense_pass(block, modules, layer, names, hidden, stored[0])
             else:
+                for name, ql in stored[0].items():
+                    modules[name].weight.data.copy_(ql.dequantize().to(self.device))
                 hidden = self._run_block(block, hidden)
         return hidden
 
