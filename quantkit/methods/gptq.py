@@ -189,6 +189,10 @@ class GPTQQuantizer:
         }
         if self.expert_tokens:
             out["expert_tokens"] = self.expert_tokens
+        worst = sorted(((r["output_error"], n) for n, r in self.records.items() if "output_error" in r), reverse=True)[:3]
+        log.info("GPTQ: %d linears solved, %d rounded to nearest; mean relative output error %s; worst %s",
+                 len(gptq), len(fallbacks), out["mean_output_error_gptq"],
+                 ", ".join(f"{n} {e:.4g}" for e, n in worst) or "-")
         return out
 
     def _record(self, records: dict) -> None:
