@@ -22,6 +22,9 @@ def atomic_dir(target: str | Path, *, force: bool) -> Iterator[Path]:
     for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a run that was killed outright
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
     try:
         yield tmp
     except BaseException:
@@ -44,6 +47,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a published file is as readable as any other
     try:
         yield tmp
     except BaseException:

@@ -63,9 +63,11 @@ def _parse_size(value: str) -> int:
 @click.option("--calib-seq-len", type=int, help="Tokens per calibration sample.")
 @click.option("--max-shard-size", default="1GB", show_default=True, help="Largest output shard.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-@click.option("--push-to", help="After converting, publish to this Hub repo.")
-def convert(model, out, recipe, method, bits, group_size, sym, dtype, skip, formats, checkpoint_format,
-            calib_text, calib_samples, calib_seq_len, max_shard_size, force, push_to):
+@click.option("--push-to", help="After converting, validate (perplexity vs MODEL) and publish to this Hub repo.")
+@click.option("--eval-windows", default=40, show_default=True, help="Perplexity windows of the validation before --push-to.")
+@click.pass_context
+def convert(ctx, model, out, recipe, method, bits, group_size, sym, dtype, skip, formats, checkpoint_format,
+            calib_text, calib_samples, calib_seq_len, max_shard_size, force, push_to, eval_windows):
     """Quantize MODEL (Hub id, checkpoint directory or .gguf file) into OUT."""
     from quantkit import convert as converting, recipes
 
@@ -79,24 +81,14 @@ def convert(model, out, recipe, method, bits, group_size, sym, dtype, skip, form
     click.echo(f"wrote {out} ({manifest['layers']['quantized']} linears quantized) in {t['total_s']:.1f} s, "
                f"peak RSS {t['peak_rss_mb']:.0f} MB")
     if push_to:
+        from quantkit.eval import report, validate
+        from quantkit.eval.render import result_text
         from quantkit.hub.push import push
 
-        published = push(out, push_to)
-        click.echo(f"published {published.repo_id} ({published.revision}): {published.commit_url}")
-
-
-@main.command(name="push")
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repo private (refused if it exists and is public).")
-@click.option("--revision", help="Branch to commit to, created from main if missing. Default: main.")
-@click.option("--message", help="Commit message.")
-def push_cmd(directory, repo_id, private, revision, message):
-    """Check DIRECTORY and publish it with its model card to the Hub repo REPO_ID, in one commit."""
-    from quantkit.hub import push as publishing
-
-    published = publishing.push(directory, repo_id, private=private, revision=revision, message=message)
-    click.echo(f"published {published.repo_id} ({published.revision}): {published.commit_url}")
+        result = validate.evaluate(out, baseline=model, max_windows=eval_windows, command=_command_line(ctx))
+        click.echo(result_text(result))
+        report.write_into(out, result)
+        click.echo(push(out, push_to))
 
 
 @main.command(name="inspect")
@@ -178,8 +170,10 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
     click.echo(result_text(result))
     json_path, md_path, png_path = kw["json_path"], kw["md_path"], kw["png_path"]
     if directory is not None and not (json_path or md_path or png_path):
-        json_path, md_path, png_path = directory / EVAL_JSON, directory / report.REPORT_MD, directory / report.PLOT_PNG
-    for path in report.write(result, json_path=json_path, md_path=md_path, png_path=png_path):
+        written = report.write_into(directory, result)
+    else:
+        written = report.write(result, json_path=json_path, md_path=md_path, png_path=png_path)
+    for path in written:
         click.echo(f"wrote {path}")
 
 
@@ -190,12 +184,14 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
 def demo(out, recipe, max_windows):
     """End to end on the embedded default: fetch SmolLM2-135M, convert it, compare perplexities."""
     from quantkit import convert as converting, recipes, standin
-    from quantkit.eval import validate
-    from quantkit.eval.render import perplexity_table
+    from quantkit.eval import report, validate
+    from quantkit.eval.render import result_text
 
     gguf = standin.gguf_path()
-    click.echo(f"stand-in model: {gguf}")
+    click.echo(f"stand-in model: {gguf} (its dequantized weights are the baseline)")
     manifest = converting.convert(str(gguf), out, recipes.load(recipe), force=True)
     click.echo(f"converted to {out} in {manifest['timings']['total_s']:.1f} s")
-    result = validate.evaluate_perplexity(out, baseline=str(gguf), max_windows=max_windows)
-    click.echo(perplexity_table(result))
+    result = validate.evaluate(out, baseline=str(gguf), max_windows=max_windows, command="quantkit demo")
+    click.echo(result_text(result))
+    for path in report.write_into(out, result):
+        click.echo(f"wrote {path}")

@@ -25,7 +25,7 @@ from quantkit.errors import HubError, InputError
 from quantkit.hub.artifact import check_artifact
 from quantkit.hub.card import render_card
 from quantkit.hub.push import push
-from quantkit.manifest import EVAL_JSON
+from quantkit.manifest import EVAL_JSON, weights_digest
 
 REPO = f"{USER}/tiny-w4a16"
 
@@ -340,22 +340,37 @@ def test_cli_push_command(hub, tmp_path):
     assert TOKEN not in bad.output
 
 
-def test_convert_push_to_refuses_an_artifact_without_eval_and_publishes_nothing(hub, tmp_path):
-    """convert --push-to goes through the same checks: with no quantkit_eval.json yet, nothing leaves the machine."""
+def test_convert_push_to_validates_then_publishes(hub, tmp_path):
+    """convert --push-to: convert, measure perplexity against MODEL into the artifact, publish it with its card."""
     from click.testing import CliRunner
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hub_fixtures import _tokenizer
+    from conftest import make_checkpoint
     from quantkit.cli import main
 
-    src = tmp_path / "src"
-    LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=4)).save_pretrained(src)
-    _tokenizer(src)
+    src = make_checkpoint(tmp_path / "src", "llama")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["convert", str(src), "--out", str(out), "--push-to", "tiny-converted"])
-    assert result.exit_code == 1 and (out / "config.json").is_file()
-    assert "quantkit_eval.json: missing; run `quantkit eval" in result.output
+    result = CliRunner().invoke(main, ["convert", str(src), "--out", str(out), "--push-to", "tiny-converted",
+                                       "--eval-windows", "2"])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / EVAL_JSON).read_text())
+    assert evaluation["weights_digest"] == weights_digest(out)
+    assert evaluation["perplexity"]["windows"] == 2 and "kl_divergence" in evaluation["perplexity"]
+    files = _published(hub, f"{USER}/tiny-converted")
+    assert EVAL_JSON in files and "README.md" in files and "quantkit_manifest.json" in files
+    assert TOKEN not in result.output
+
+
+def test_convert_push_to_without_a_token_publishes_nothing(hub, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from conftest import make_checkpoint
+    from quantkit.cli import main
+
+    monkeypatch.delenv("HF_TOKEN")
+    src = make_checkpoint(tmp_path / "src", "llama")
+    result = CliRunner().invoke(main, ["convert", str(src), "--out", str(tmp_path / "out"), "--push-to", "x",
+                                       "--eval-windows", "1"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: ")
     assert hub.state.requests == []
 
 

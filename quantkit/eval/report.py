@@ -125,6 +125,14 @@ def plot(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def write_into(directory: str | Path, result: dict) -> list[Path]:
+    """The standard report files inside a checkpoint directory (what `push` and the model card read)."""
+    from quantkit.manifest import EVAL_JSON
+
+    directory = Path(directory)
+    return write(result, json_path=directory / EVAL_JSON, md_path=directory / REPORT_MD, png_path=directory / PLOT_PNG)
+
+
 def write(result: dict, *, json_path: str | Path | None = None, md_path: str | Path | None = None,
           png_path: str | Path | None = None) -> list[Path]:
     """Write whichever outputs are asked for, each atomically; the plot only when throughput was measured."""
