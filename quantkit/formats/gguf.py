@@ -103,6 +103,9 @@ def encode_linear(ql: QuantizedLinear, name: str) -> tuple[GQT, np.ndarray]:
         )
     qtype = q4_type(ql)
     try:
+        _, rel = blocks.to_fp16(ql.scales)
+        if rel:
+            log.info("%s: scales rounded to fp16 for GGUF (largest relative change %.2g)", name, rel)
         if qtype == GQT.Q4_0:
             data = blocks.encode_q4_0(ql.codes, ql.scales, group_size=ql.group_size)
         else:
@@ -496,6 +499,8 @@ def write_gguf(
                     w.write_tensor_data(data)
             finally:
                 w.close()
+    if GQT.Q4_1 in qtypes:
+        log.info("%s: Q4_1 stores m = -scale * zero in fp16, rounded (at most 2**-11 of |m|)", out_path.name)
     log.info("wrote %s (%d tensors, %s)", out_path, len(entries), ", ".join(sorted(t.name for t in qtypes)))
     return out_path
 
