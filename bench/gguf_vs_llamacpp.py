@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--embedding-type", default="Q8_0", help="GGUF type of token_embd/output in every quantized file")
     ap.add_argument("--out", type=Path, default=RESULTS / "gguf_vs_llamacpp")
+    ap.add_argument("--skip-baseline-ppl", action="store_true", help="size the F16 file but do not evaluate it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -235,12 +236,18 @@ def main() -> None:
     wins = ids[: n * args.ctx].reshape(n, args.ctx)
 
     rows = []
-    for label, path in files.items():
+    baseline = "F16 (baseline)"
+    for label in [x for x in files if x != baseline] + [baseline]:  # the baseline last: the slowest, least needed
+        path = files[label]
         t0 = time.perf_counter()
+        row = {"label": label, **describe(path)}
+        if label == baseline and args.skip_baseline_ppl:
+            row["ppl_llamacpp"] = None
+            rows.append(row)
+            continue
         nll, first = cached(work, f"llama-{file_digest(path)}", wins,
                             lambda path=path: llama_window_nll(path, wins, threads=args.threads))
-        row = {"label": label, **describe(path), "ppl_llamacpp": round(ppl(nll), 4),
-               "eval_s": round(time.perf_counter() - t0, 1)}
+        row.update({"ppl_llamacpp": round(ppl(nll), 4), "eval_s": round(time.perf_counter() - t0, 1)})
         if label.startswith("ours "):
             method = label.split()[1]
             row["method"] = method
@@ -287,12 +294,13 @@ def render(r: dict) -> str:
         "| file | decoder linears | linears bpw | file bpw | size (MiB) | PPL (llama.cpp) |",
         "|---|---|---|---|---|---|",
     ]
-    for row in r["rows"]:
+    order = ["F16 (baseline)", "llama.cpp Q4_0", "llama.cpp Q4_K_M"]
+    for row in sorted(r["rows"], key=lambda x: order.index(x["label"]) if x["label"] in order else len(order)):
         types = ", ".join(f"{n} {t}" for t, n in sorted(row["linear_types"].items(), key=lambda kv: -kv[1]))
         if row["label"] == "llama.cpp Q4_K_M":
             types += " (K=576 not a multiple of 256: many tensors fall back to legacy types)"
         lines.append(f"| {row['label']} | {types} | {row['linear_bits_per_weight']} | {row['bits_per_weight']} | "
-                     f"{row['file_mib']} | {row['ppl_llamacpp']} |")
+                     f"{row['file_mib']} | {row['ppl_llamacpp'] if row['ppl_llamacpp'] is not None else 'not measured'} |")
     lines.append("")
     for ours in [x for x in r["rows"] if x["label"].startswith("ours ")]:
         lines.append(
