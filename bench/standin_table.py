@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from quantkit import source, standin
-from quantkit.eval import validate
+from quantkit import reference, source, standin
+from quantkit.eval import ppl, validate
 from quantkit.manifest import read_json
 
 VARIANTS = [
@@ -41,29 +41,31 @@ def main() -> None:
 
     gguf = standin.gguf_path()
     base_dir = source.resolve(str(gguf))
-    rows = []
-    base = validate.evaluate_perplexity
+    base = validate.load_baseline(str(base_dir), dtype=torch.float32, device="cpu")
+    label, wins = validate.text_windows(base_dir, None, ctx=args.ctx, max_windows=args.max_windows)
+    scores = ppl.score(base, wins, desc="perplexity (baseline)")
+    del base
+    rows = [{"model": "baseline (stand-in, dequantized Q4_1, fp32)", "ppl": round(scores.ppl, 4),
+             "stderr": round(scores.stderr, 4), "size_bytes": dir_size(base_dir)}]
+    sys.stderr.write(json.dumps(rows[-1]) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, options in VARIANTS:
-            if args.variants and label not in args.variants.split(","):
+        for name, options in VARIANTS:
+            if args.variants and name not in args.variants.split(","):
                 continue
-            out = Path(tmp) / label.replace(" ", "_")
+            out = Path(tmp) / name.replace(" ", "_")
             subprocess.run([sys.executable, "-m", "quantkit", "convert", str(base_dir), "--out", str(out), *options],
                            check=True)
             manifest = read_json(out / "quantkit_manifest.json")
-            result = base(out, ctx=args.ctx, max_windows=args.max_windows, device="cpu",
-                          baseline=None if rows else str(base_dir))
-            if not rows:
-                rows.append({"model": "baseline (stand-in, dequantized Q4_1, fp32)", "ppl": result["baseline"]["ppl"],
-                             "stderr": result["baseline"]["stderr"], "size_bytes": dir_size(base_dir)})
-            rows.append({"model": label, "ppl": result["quantized"]["ppl"], "stderr": result["quantized"]["stderr"],
+            model = reference.load_model(out, dtype=torch.float32, device="cpu")
+            scores = ppl.score(model, wins, desc=f"perplexity ({name})")
+            rows.append({"model": name, "ppl": round(scores.ppl, 4), "stderr": round(scores.stderr, 4),
                          "size_bytes": dir_size(out), "convert_s": manifest["timings"]["total_s"],
                          "peak_rss_mb": manifest["timings"]["peak_rss_mb"], "recipe": manifest["recipe"]["name"]})
             sys.stderr.write(json.dumps(rows[-1]) + "\n")  # each row as soon as it is known
     results = {
         "command": "python bench/standin_table.py " + " ".join(sys.argv[1:]),
         "model": f"SmolLM2-135M-Instruct ({gguf.name}, dequantized to fp32 = the baseline)",
-        "text": result["text"], "ctx": args.ctx, "windows": result["windows"],
+        "text": label, "ctx": args.ctx, "windows": int(wins.shape[0]),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "rows": rows,
     }

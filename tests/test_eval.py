@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wins(checkpoints):
-    label, w = validate._windows(checkpoints[1], None, ctx=CTX, max_windows=3)
+    label, w = validate.text_windows(checkpoints[1], None, ctx=CTX, max_windows=3)
     return w
 
 

@@ -51,7 +51,8 @@ def dense_model(directory: str | Path, *, dtype: torch.dtype, device: str):
     return reference.load_model(directory, dtype=dtype, device=device, module_factory=dense)
 
 
-def _windows(directory: Path, text: str | None, *, ctx: int, max_windows: int | None):
+def text_windows(directory: Path, text: str | None, *, ctx: int, max_windows: int | None):
+    """(label, [W, ctx] windows) of the evaluation text, tokenized with the checkpoint's tokenizer."""
     from transformers import AutoTokenizer
 
     label, body = data.read_text(text, default=data.EVAL_TEXT)
@@ -92,7 +93,7 @@ def evaluate_perplexity(
     device = device or default_device()
     dtype = compute_dtype(device)
     backend = backends.resolve(backend, device)
-    label, wins = _windows(Path(directory), text, ctx=ctx, max_windows=max_windows)
+    label, wins = text_windows(Path(directory), text, ctx=ctx, max_windows=max_windows)
     model = backends.load(directory, backend, dtype=dtype, device=device)
     base = load_baseline(baseline, dtype=dtype, device=device) if baseline is not None else None
     return perplexity_section(model, base, wins, label=label, ctx=ctx, device=device, dtype=dtype, backend=backend,
@@ -167,7 +168,7 @@ def evaluate(
     model = backends.load(directory, backend, dtype=dtype, device=device)
     base = load_baseline(baseline, dtype=dtype, device=device) if baseline is not None else None
     if perplexity:
-        label, wins = _windows(directory, text, ctx=ctx, max_windows=max_windows)
+        label, wins = text_windows(directory, text, ctx=ctx, max_windows=max_windows)
         result["perplexity"] = perplexity_section(model, base, wins, label=label, ctx=ctx, device=device, dtype=dtype,
                                                   backend=backend, baseline_name=baseline, progress=progress)
     if throughput is not None:
