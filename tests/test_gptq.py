@@ -289,3 +289,22 @@ def test_moe_block_matches_transformers(tmp_path, model_type):
     with torch.no_grad():
         model(q.calib.tokens[:2])
     torch.testing.assert_close(ours.cpu(), captured["out"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_standin_gptq_cpu_beats_rtn(tmp_path, standin_checkpoint, standin_g32):
+    """The real stand-in in CI-sized settings (8 x 256 calibration tokens, 2 evaluation windows of 512): GPTQ
+    converts on the CPU and its perplexity is below round-to-nearest's on the same windows."""
+    from transformers import AutoTokenizer
+
+    from quantkit import reference
+    from quantkit.eval import ppl
+
+    out = tmp_path / "gptq"
+    manifest = convert(str(standin_checkpoint), out, _recipe(calib_samples=8, calib_seq_len=256), progress=False)
+    assert manifest["method_summary"]["linears_gptq"] == 210
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    _, text = data.read_text(None, default=data.EVAL_TEXT)
+    wins = ppl.windows(ppl.tokenize(tokenizer, text), ctx=512, max_windows=2)
+    scores = {d.name: ppl.score(reference.load_model(d), wins, progress=False).ppl for d in (out, standin_g32)}
+    assert scores["gptq"] < scores["g32"], scores
