@@ -88,7 +88,22 @@ def convert(ctx, model, out, recipe, method, bits, group_size, sym, dtype, skip,
         result = validate.evaluate(out, baseline=model, max_windows=eval_windows, command=_command_line(ctx))
         click.echo(result_text(result))
         report.write_into(out, result)
-        click.echo(push(out, push_to))
+        published = push(out, push_to)
+        click.echo(f"published {published.repo_id} ({published.revision}): {published.commit_url}")
+
+
+@main.command(name="push")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private (refused if it exists and is public).")
+@click.option("--revision", help="Branch to commit to, created from main if missing. Default: main.")
+@click.option("--message", help="Commit message.")
+def push_cmd(directory, repo_id, private, revision, message):
+    """Check DIRECTORY and publish it with its model card to the Hub repo REPO_ID, in one commit."""
+    from quantkit.hub import push as publishing
+
+    published = publishing.push(directory, repo_id, private=private, revision=revision, message=message)
+    click.echo(f"published {published.repo_id} ({published.revision}): {published.commit_url}")
 
 
 @main.command(name="inspect")

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the current program image; getrusage's
+    ru_maxrss would also carry a parent's peak across fork and exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -117,6 +125,7 @@ def convert(
                 for name in layer.kept:
                     writer.add(name, _cast(weights[name], dtype))
                 del weights, quantized
+                src.close()  # unmap the shards read so far: their pages would otherwise stay resident
                 layer_seconds.append(round(time.perf_counter() - t0, 3))
             shard_names = writer.close()
             _write_configs(tmp, src_dir, src.config, recipe, desc_act, dtype)
