@@ -113,7 +113,9 @@ def render(results: dict) -> str:
         f"SmolLM2-135M-Instruct stand-in (its Q4_1 GGUF dequantized to fp32 is the baseline), 4-bit symmetric, "
         f"Persuasion perplexity over {s['windows']} windows of {s['ctx']} tokens (fp32, CPU). Calibration: "
         f"{s['samples']} windows of {s['seq_len']} tokens of the shipped Pride and Prejudice, the same for both GPTQs. "
-        f"Conversion wall time on {results.get('machine', 'this machine')}, {s['threads']} thread(s), one run after another.",
+        f"Conversion wall time on {results.get('machine', 'this machine')}, {s['threads']} thread(s), one run after another "
+        "(the machine is shared, so times carry noise; 'RTN gap closed' is measured against quantkit's round-to-nearest, "
+        "which searches each group's scale).",
         "",
         "| group | method | perplexity | RTN gap closed | quantize time (s) |",
         "|---|---|---|---|---|",
@@ -132,7 +134,9 @@ def render(results: dict) -> str:
             if method != "rtn" and base is not None and rtn is not None and rtn > base:
                 closed = f"{100 * (rtn - p) / (rtn - base):.0f}%"
             t = r.get("quantize_s")
-            lines.append(f"| {group} | {label} | {p:.2f} | {closed} | {t if t is not None else '-'} |")
+            runs = [x["quantize_s"] for x in r.get("runs", [])]
+            t = "-" if t is None else (f"{t} (median of {', '.join(map(str, runs))})" if len(runs) > 1 else f"{t}")
+            lines.append(f"| {group} | {label} | {p:.2f} | {closed} | {t} |")
     lines += ["", f"Regenerate: `python bench/gptq_standin.py` (measures what is missing) or `--render`."]
     return "\n".join(lines) + "\n"
 
