@@ -3,12 +3,11 @@ same calibration windows and the same Persuasion windows. Every conversion runs 
 wall clock, one after another on the same machine with the same thread count.
 
     python bench/gptq_standin.py                       # run what is missing, then write the tables
-    python bench/gptq_standin.py --render               # only rewrite the tables (and README's section) from JSON
+    python bench/gptq_standin.py --render               # only rewrite the table from JSON
     python bench/gptq_standin.py --variants gptq-g32,rtn-g32 --windows 8   # a quick look
 
 Results accumulate in bench/results/gptq_standin.json (a variant already measured with the same settings is not
-run again); the Markdown goes to bench/results/gptq_standin.md and, when README.md has the markers
-``<!-- gptq-table -->`` ... ``<!-- /gptq-table -->``, between them.
+run again); the Markdown goes to bench/results/gptq_standin.md (bench/update_readme.py splices it into README).
 
 llm-compressor runs in its own virtual environment (it pins other transformers versions), given by --llmc-python;
 bench/gptq_llmcompressor_run.py is its worker. The stand-in's weights already carry Q4_1 rounding: its
@@ -32,8 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gptq_standin.json"
 TABLE = ROOT / "bench" / "results" / "gptq_standin.md"
-README = ROOT / "README.md"
-MARK_START, MARK_END = "<!-- gptq-table -->", "<!-- /gptq-table -->"
 VARIANTS = ["baseline", "rtn-g32", "gptq-g32", "llmc-g32", "rtn-g64", "gptq-g64", "llmc-g64"]
 
 log = logging.getLogger("gptq-standin")
@@ -144,12 +141,6 @@ def render(results: dict) -> str:
 def write_tables(results: dict) -> None:
     table = render(results)
     TABLE.write_text(table)
-    if README.is_file():
-        text = README.read_text()
-        if MARK_START in text and MARK_END in text:
-            head, rest = text.split(MARK_START, 1)
-            _, tail = rest.split(MARK_END, 1)
-            README.write_text(f"{head}{MARK_START}\n{table}{MARK_END}{tail}")
     log.info("wrote %s", TABLE)
 
 
