@@ -90,14 +90,8 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> dict:
     """The "perplexity" section for the checkpoint at ``directory`` (see perplexity_section)."""
-    device = device or default_device()
-    dtype = compute_dtype(device)
-    backend = backends.resolve(backend, device)
-    label, wins = text_windows(Path(directory), text, ctx=ctx, max_windows=max_windows)
-    model = backends.load(directory, backend, dtype=dtype, device=device)
-    base = load_baseline(baseline, dtype=dtype, device=device) if baseline is not None else None
-    return perplexity_section(model, base, wins, label=label, ctx=ctx, device=device, dtype=dtype, backend=backend,
-                              baseline_name=baseline, progress=progress)
+    return evaluate(directory, text=text, baseline=baseline, ctx=ctx, max_windows=max_windows, device=device,
+                    backend=backend, progress=progress)["perplexity"]
 
 
 def evaluate(
