@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 HUB_ALLOW_PATTERNS = [
     "config.json",
     "generation_config.json",
-    "*.safetensors",
+    "model*.safetensors",  # not consolidated.safetensors (Mistral repos ship both) nor nested copies
     "model.safetensors.index.json",
     "tokenizer*",
     "special_tokens_map.json",
