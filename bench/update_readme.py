@@ -27,7 +27,8 @@ def main() -> int:
         if not table.is_file():
             missing.append(name)
             return m.group(0)
-        return f"<!-- results:{name} -->\n{table.read_text().strip()}\n<!-- /results:{name} -->"
+        body = re.sub(r"^#+ (.*)$", r"**\1**", table.read_text().strip(), flags=re.M)  # no headings inside README
+        return f"<!-- results:{name} -->\n{body}\n<!-- /results:{name} -->"
 
     text = re.sub(r"<!-- results:([\w.-]+) -->.*?<!-- /results:\1 -->", splice, text, flags=re.S)
     readme.write_text(text)
