@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from hubserver import FakeHub
 from quantkit.formats import gptq
 from quantkit.manifest import EVAL_JSON, MANIFEST, weights_digest
+from quantkit.methods import rtn
 from quantkit.qlinear import QuantizedLinear
 
 TOKEN = "hf_QuantkitTestSecretToken0123456789"
@@ -35,16 +36,8 @@ LINEARS = {
 
 
 def _rtn(weight: torch.Tensor) -> QuantizedLinear:
-    """Symmetric 4-bit round-to-nearest of one [N, K] weight: enough to make real GPTQ tensors."""
-    n, k = weight.shape
-    groups = weight.float().reshape(n, k // GROUP, GROUP)
-    scales = (groups.abs().amax(dim=-1) / 7.5).clamp_min(1e-8)  # [N, G]
-    codes = (groups / scales.unsqueeze(-1)).round().clamp(-8, 7) + 8
-    return QuantizedLinear(
-        codes=codes.reshape(n, k).to(torch.uint8), scales=scales.T.contiguous().to(torch.float16),
-        zeros=torch.full((k // GROUP, n), 8, dtype=torch.uint8), g_idx=torch.arange(k, dtype=torch.int32) // GROUP,
-        bits=4, group_size=GROUP, sym=True,
-    )
+    """Symmetric 4-bit round-to-nearest (quantkit.methods.rtn, fp16 scales): enough to make real GPTQ tensors."""
+    return rtn.quantize(weight, bits=4, group_size=GROUP, sym=True, scale_dtype=torch.float16, search=False)
 
 
 def _tensors(seed: int) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.formats.gguf import llama_row_permutation, read_gguf_summary, write_gguf
 from quantkit.formats.gptq import pack
+from quantkit.methods import rtn as rtn_method
 from quantkit.qlinear import QuantizedLinear
 
 TEXT = Path("/work/shared/data/text/ladysusan.txt")
@@ -52,21 +53,8 @@ def make_tokenizer(directory: Path, *, vocab_size: int, style: str) -> None:
 
 
 def rtn(w: torch.Tensor, group: int, *, sym: bool) -> QuantizedLinear:
-    """Plain round-to-nearest 4-bit, enough for a fixture (scales in w's dtype)."""
-    n, k = w.shape
-    g = w.float().reshape(n, k // group, group)
-    if sym:
-        scale = g.abs().amax(-1) / 7.5
-        zero = torch.full_like(scale, 8)
-    else:
-        lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
-        scale = (hi - lo) / 15
-        zero = torch.round(-lo / scale).clamp(0, 15)
-    scale = scale.to(w.dtype).float().clamp(min=1e-4)
-    codes = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], 0, 15)
-    return QuantizedLinear(codes=codes.reshape(n, k).to(torch.uint8), scales=scale.T.contiguous().to(w.dtype),
-                           zeros=zero.T.contiguous().to(torch.uint8), g_idx=torch.arange(k, dtype=torch.int32) // group,
-                           bits=4, group_size=group, sym=sym)
+    """Round-to-nearest 4-bit from quantkit.methods.rtn without the scale search (scales in w's dtype)."""
+    return rtn_method.quantize(w, bits=4, group_size=group, sym=sym, scale_dtype=w.dtype, min_zero=0, search=False)
 
 
 ARCH_CONFIGS = {
