@@ -116,6 +116,11 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             contenders["qk_deep"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, deep=True)
         if m in (16, 32):
             contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
+        if ops.has_wgmma(device) and m >= 16:
+            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma")
+            if tune:
+                for bt in (64, 128, 256):
+                    contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt)
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2

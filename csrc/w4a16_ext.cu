@@ -5,9 +5,11 @@
 
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <ATen/cuda/CUDAContext.h>
 
 #include "w4a16_dot2.h"
 #include "w4a16_mma_cuda.h"
+#include "w4a16_wgmma_cuda.h"
 #include "w4a16_wmma_hip.h"
 
 namespace {
@@ -140,6 +142,64 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_launch("tensor-core W4A16 kernel");
 }
 
+// The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256).
+void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
+                torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
+                int64_t splits) {
+  const bool bf = is_bf16(x);
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(w, "packed weight", torch::kInt32, 4);
+  check_tensor(meta, "packed scales", x.scalar_type(), 4);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  check_tensor(ws, "workspace", torch::kFloat32, 1);
+  check_tensor(counters, "counters", torch::kInt32, 1);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
+  TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
+              K, ", got ", w.sizes());
+  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
+              ", got ", group_size);
+  TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
+              "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
+  check_bias(bias, x, N);
+  const auto props = at::cuda::getDeviceProperties(x.device().index());
+  TORCH_CHECK(props->major == 9 && props->minor == 0, "the wgmma kernel needs compute capability 9.0, this GPU is ",
+              props->major, ".", props->minor);
+  const int64_t chunks = K / 64;
+  splits = std::max<int64_t>(1, std::min(splits, chunks));
+  const int64_t per_split = (chunks + splits - 1) / splits;
+  const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
+  if (grid.z > 1) {
+    TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
+                " floats, has ", ws.numel());
+    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
+                counters.numel());
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
+#define QK_WGMMA_LAUNCH(TAG, BT, SYM, STAGES)                                                                     \
+  {                                                                                                             \
+    auto kernel = qk_wgmma_gemm<TAG, BT, SYM, STAGES>;                                                          \
+    const int smem = qk_wgmma_smem_bytes(BT, STAGES);                                                           \
+    TORCH_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) == cudaSuccess, \
+                "the wgmma kernel cannot get ", smem, " bytes of shared memory");                               \
+    kernel<<<grid, QK_WGMMA_THREADS, smem, stream>>>(QK_MMA_ARGS);                                              \
+  }
+#define QK_WGMMA_BT(TAG, SYM)                     \
+  if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 6)  \
+  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 5) \
+  else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4)
+  if (bf) {
+    if (sym) { QK_WGMMA_BT(QkBF16, true) } else { QK_WGMMA_BT(QkBF16, false) }
+  } else {
+    if (sym) { QK_WGMMA_BT(QkF16, true) } else { QK_WGMMA_BT(QkF16, false) }
+  }
+  check_launch("wgmma W4A16 kernel");
+}
+
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.
 void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t group_size, bool sym) {
   const bool bf = is_bf16(out);
@@ -170,5 +230,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if QK_IS_CUDA
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
+  m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
 #endif
 }

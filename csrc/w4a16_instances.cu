@@ -2,6 +2,7 @@
 // (HIP, gfx1100, clang) or to SASS (CUDA, sm_90, nvcc) to check instructions, registers and spills.
 #include "w4a16_dot2.h"
 #include "w4a16_mma_cuda.h"
+#include "w4a16_wgmma_cuda.h"
 #include "w4a16_wmma_hip.h"
 
 #define QK_DOT2_INSTANCE(TAG, MR, SYM)                                                                       \
@@ -37,6 +38,14 @@ QK_WMMA_INSTANCE(QkBF16, false)
                                                             int, int, int);
 QK_MMA_ALL(QkF16)
 QK_MMA_ALL(QkBF16)
+#define QK_WGMMA_INSTANCE(TAG, BT, SYM, STAGES)                                                                  \
+  template QK_GLOBAL void qk_wgmma_gemm<TAG, BT, SYM, STAGES>(const uint16_t*, const uint4*, const uint16_t*,     \
+                                                              const uint16_t*, uint16_t*, float*, int*, int, int, int, \
+                                                              int, int);
+QK_WGMMA_INSTANCE(QkBF16, 64, true, 6)
+QK_WGMMA_INSTANCE(QkBF16, 128, true, 5)
+QK_WGMMA_INSTANCE(QkBF16, 256, true, 4)
+QK_WGMMA_INSTANCE(QkF16, 128, false, 5)
 template QK_GLOBAL void qk_mma_dequant<QkBF16, true>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 template QK_GLOBAL void qk_mma_dequant<QkF16, false>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 #endif

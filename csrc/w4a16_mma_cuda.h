@@ -78,19 +78,26 @@ QK_INLINE uint4 qk_ld_stream(const uint4* p) {
   return r;
 }
 
-// Scales (and magic + zero) of this thread's two rows in its group, as splatted 16-bit pairs.
+// Scales (and magic + zero) of this thread's two rows in its group: loaded raw (x: the two scales, y: the two
+// magic + zero when asymmetric), then splatted into 16-bit pairs.
+template <bool SYM>
+QK_INLINE uint2 qk_mma_meta_load(const uint16_t* meta, size_t idx) {
+  if (SYM) return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(meta) + idx), 0u);
+  return __ldg(reinterpret_cast<const uint2*>(meta) + idx);
+}
+template <typename Tag, bool SYM>
+QK_INLINE void qk_mma_meta_unpack(uint2 m, uint32_t& s_lo, uint32_t& s_hi, uint32_t& z_lo, uint32_t& z_hi) {
+  s_lo = qk_splat(qk_lo(m.x)), s_hi = qk_splat(qk_hi(m.x));
+  if (SYM) {
+    z_lo = z_hi = qk_splat(qk_float_to_bits(QkMagic<Tag>::bias + 8.f, Tag()));
+  } else {
+    z_lo = qk_splat(qk_lo(m.y)), z_hi = qk_splat(qk_hi(m.y));
+  }
+}
 template <typename Tag, bool SYM>
 QK_INLINE void qk_mma_meta(const uint16_t* meta, size_t idx, uint32_t& s_lo, uint32_t& s_hi, uint32_t& z_lo,
                            uint32_t& z_hi) {
-  if (SYM) {
-    const uint32_t m = __ldg(reinterpret_cast<const uint32_t*>(meta) + idx);
-    s_lo = qk_splat(qk_lo(m)), s_hi = qk_splat(qk_hi(m));
-    z_lo = z_hi = qk_splat(qk_float_to_bits(QkMagic<Tag>::bias + 8.f, Tag()));
-  } else {
-    const uint2 m = __ldg(reinterpret_cast<const uint2*>(meta) + idx);
-    s_lo = qk_splat(qk_lo(m.x)), s_hi = qk_splat(qk_hi(m.x));
-    z_lo = qk_splat(qk_lo(m.y)), z_hi = qk_splat(qk_hi(m.y));
-  }
+  qk_mma_meta_unpack<Tag, SYM>(qk_mma_meta_load<SYM>(meta, idx), s_lo, s_hi, z_lo, z_hi);
 }
 
 // One 64-k chunk of one 16-row tile against MT token tiles: 4 steps x MT MMAs. xb[t][0..7] are the chunk's
@@ -177,13 +184,13 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 #define QK_STREAM_WARPS 4
 
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
-// DEEP doubles the 16-byte weight loads in flight per thread and adds the L2 prefetch hint.
+// DEEP puts 6 (not 4) 16-byte weight loads in flight per thread and adds the L2 prefetch hint.
 template <typename Tag, int MT, bool SYM, bool DEEP = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = (MT <= 2 ? 4 : 2) * (DEEP ? 2 : 1);  // 16-byte weight loads in flight per thread
+  constexpr int U = DEEP ? 6 : (MT <= 2 ? 4 : 2);  // 16-byte weight loads in flight per thread (8 spills)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile = blockIdx.y * QK_STREAM_WARPS + warp;
@@ -203,27 +210,44 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const size_t meta_row = (size_t)tile * groups * 8 + gid;
 
+  // x fragments of chunk cc for every token tile (zero past M).
+  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+      if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
+      xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
+      xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
+    }
+  };
   if (tile < n_tiles) {
     for (int c = c0; c < c1; c += U) {
+      // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
+      // chunk's x (L1/L2), so the batch pays one memory latency, not one per chunk.
       uint4 wv[U];
+      uint2 mv[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (c + u < c1) wv[u] = qk_ld_stream<DEEP>(wt + (size_t)(c + u) * 32);
+        if (c + u < c1) {
+          wv[u] = qk_ld_stream<DEEP>(wt + (size_t)(c + u) * 32);
+          mv[u] = qk_mma_meta_load<SYM>(meta, meta_row + (size_t)((64 * (c + u) + 16 * tig) / group_size) * 8);
+        }
+      uint32_t xb[MT][8];
+      load_x(c, xb);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (c + u >= c1) break;
-        const int cc = c + u;
+        uint32_t xn[MT][8];
+        if (u + 1 < U && c + u + 1 < c1) load_x(c + u + 1, xn);  // next chunk's x in flight during this one
         uint32_t s_lo, s_hi, z_lo, z_hi;
-        qk_mma_meta<Tag, SYM>(meta, meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8, s_lo, s_hi, z_lo, z_hi);
-        uint32_t xb[MT][8];
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-          if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
-          xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
-          xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
-        }
+        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
         qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb, s_lo, s_hi, z_lo, z_hi);
+        if (u + 1 < U) {
+#pragma unroll
+          for (int t = 0; t < MT; ++t)
+#pragma unroll
+            for (int q = 0; q < 8; ++q) xb[t][q] = xn[t][q];
+        }
       }
     }
   }

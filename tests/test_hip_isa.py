@@ -64,14 +64,22 @@ def test_no_scratch_no_spills(gfx1100_asm):
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-def test_cuda_source_builds_for_sm90_without_spills(tmp_path):
-    cmd = [NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "-c", str(TU),
-           "-o", str(tmp_path / "w4a16.o")]
+def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
+    cmd = [NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v", "-c", str(TU),
+           "-o", str(tmp_path / "w4a16.o"), "-keep", "-keep-dir", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc failed on {TU.name}: {res.stderr.strip()[:2000]}"
     report = res.stderr
-    assert report.count("Compiling entry function") == 30, report[:2000]
-    assert "qk_mma_stream" in report and "qk_mma_staged" in report
+    assert report.count("Compiling entry function") == 34, report[:2000]
+    assert "qk_mma_stream" in report and "qk_mma_staged" in report and "qk_wgmma_gemm" in report
+    assert "C7513" not in report, "ptxas serialized the wgmma pipeline"
+    ptx = "".join(f.read_text() for f in tmp_path.glob("*.ptx"))
+    for n in (64, 128, 256):
+        assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" in ptx, f"no m64n{n}k16 bf16 wgmma in the PTX"
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:  # the SASS too, where the toolkit has the disassembler
+        sass = subprocess.run([cuobjdump, "-sass", str(tmp_path / "w4a16.o")], capture_output=True, text=True).stdout
+        assert re.search(r"\bHGMMA\.64x(64|128|256)x16\.F32\.BF16\b", sass), "no bf16 HGMMA in the SASS"
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     stacks = re.findall(r"(\d+) bytes stack frame", report)
     assert spills and all(s == ("0", "0") for s in spills), spills

@@ -55,6 +55,32 @@ def emulate_mma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+def emulate_wgmma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
+    """The wgmma kernel's arithmetic: the same A fragments as emulate_mma, B read in plain k order from x gathered
+    by packed.wgmma_x_index() (k16 step j of chunk c is logical k 64c + 16j .. + 15)."""
+    xw = x[:, packed.wgmma_x_index()].double()
+    w, meta = packed.mma_weight.to(torch.int64) & 0xFFFFFFFF, packed.mma_meta(dtype).float()
+    tiles, chunks = w.shape[:2]
+    g, magic = packed.group_size, MAGIC_BIAS[dtype]
+    out = torch.zeros(x.shape[0], tiles * 16, dtype=torch.float64)
+    for t in range(tiles):
+        for c in range(chunks):
+            for j in range(4):
+                a = torch.zeros(16, 16, dtype=torch.float64)
+                for lane in range(32):
+                    gid, tig = divmod(lane, 4)
+                    word, grp = int(w[t, c, lane, j]), (64 * c + 16 * tig) // g
+                    for i in range(4):
+                        rh, h = i & 1, i >> 1
+                        s = meta[t, grp, gid, rh]
+                        zc = meta[t, grp, gid, 2 + rh] if meta.shape[-1] == 4 else magic + 8
+                        for e in range(2):
+                            q = (word >> (4 * i + 16 * e)) & 0xF
+                            a[gid + 8 * rh, 2 * tig + 8 * h + e] = _to_dtype_bits(((magic + q) - zc) * s, dtype)
+                out[:, 16 * t : 16 * t + 16] += (a @ xw[:, 64 * c + 16 * j : 64 * c + 16 * j + 16].T).T
+    return out
+
+
 def decode_dot2(qweight: torch.Tensor) -> torch.Tensor:
     """Shuffled qweight [K/8, N] -> codes [N, K] by the kernel's rule: (w >> 4p) & 0x000F000F = (k 2p, 2p+1)."""
     w = qweight.to(torch.int64) & 0xFFFFFFFF
@@ -73,6 +99,20 @@ def test_mma_layout_emulated_matches_reference(dtype, g, sym, act):
     xp = x[:, packed.perm] if packed.perm is not None else x
     got = emulate_mma(xp, packed, dtype)
     assert testing.relative_error(got, reference_weight(packed, dtype), x) < 1e-6
+
+
+@pytest.mark.parametrize("g,sym,act", [(32, True, False), (64, False, True), (128, True, True)])
+def test_wgmma_x_order_matches_the_mma_fragments(g, sym, act):
+    dtype = torch.bfloat16
+    ql = _layer(n=32, k=256, g=g, sym=sym, act=act, dtype=dtype, seed=g + 1)
+    packed = prepare(ql, device="cpu", layouts=("mma",))
+    x = testing.random_activations(3, 256, dtype=dtype, seed=2, device="cpu")
+    got = emulate_wgmma(x, packed, dtype)
+    assert testing.relative_error(got, reference_weight(packed, dtype), x) < 1e-6
+    if act:  # the index must carry the act-order sort: without it the product is wrong
+        plain = torch.arange(256).reshape(4, 4, 4, 2, 2).permute(0, 2, 3, 1, 4).reshape(256)
+        packed._per_dtype["wgmma_index"] = plain
+        assert testing.relative_error(emulate_wgmma(x, packed, dtype), reference_weight(packed, dtype), x) > 0.1
 
 
 def test_dot2_layout_is_the_exllama_shuffle():

@@ -34,7 +34,8 @@ def device():
 def _backends(m):
     if torch.version.hip:
         return ("auto", "dot2") if m <= 8 else ("auto",)
-    return ("auto", "mma", "staged", "dequant") + (("dot2",) if m <= 8 else ())
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    return ("auto", "mma", "staged", "dequant") + (("dot2",) if m <= 8 else ()) + (("wgmma",) if hopper else ())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -76,6 +77,21 @@ def test_splits_and_tiles_agree(device):
             y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged)
             err = testing.relative_error(y, w, x)
             assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, err)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
+def test_wgmma_tiles_and_splits_agree(device):
+    ql = testing.random_qlinear(1040, 2048, group_size=32, sym=False, act_order=True, dtype=torch.bfloat16, seed=11)
+    packed = prepare(ql, device=device)
+    w = reference_weight(packed, torch.bfloat16)
+    for m in (1, 65, 300):
+        x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=12 + m, device=device)
+        for bt in (64, 128, 256):
+            for splits in (1, 3, 8):
+                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits)
+                err = testing.relative_error(y, w, x)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, splits, err)
 
 
 def test_cuda_graph_capture(device):

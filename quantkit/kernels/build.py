@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("w4a16_ext.cu",)
-HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_mma_cuda.h", "w4a16_wmma_hip.h")
+HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_mma_cuda.h", "w4a16_wgmma_cuda.h", "w4a16_wgmma_ops.h",
+           "w4a16_wmma_hip.h")
 
 _state: dict = {}
 
@@ -30,6 +31,8 @@ def _arch_flags() -> list[str]:
         return [f"--offload-arch={arch}", "-O3", "-std=c++17"]
     major, minor = torch.cuda.get_device_capability()
     cc = f"{major}{minor}"
+    if cc == "90":  # Hopper: the "a" target enables wgmma (csrc/w4a16_wgmma_cuda.h)
+        cc = "90a"
     return [f"-gencode=arch=compute_{cc},code=sm_{cc}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]

@@ -3,6 +3,7 @@
 Paths (backend=):
   "reference"  pure torch (quantkit.kernels.reference), any device.
   "mma"        NVIDIA tensor-core kernel over the "mma" layout, every M.
+  "wgmma"      Hopper (sm_90) warpgroup-MMA kernel over the same layout, for prefill sizes.
   "dequant"    the "mma" layout dequantized to [N, K] by a kernel, then cuBLAS (torch.nn.functional.linear).
   "dot2"       the RDNA3 decode kernel of formats.md §2 (M <= 8); on NVIDIA it runs with fp32 FMAs for dot2.
   "kernel"     the best kernel path for this shape (what "auto" picks on a GPU); raises if none can run.
@@ -24,13 +25,15 @@ from quantkit.kernels.reference import reference_linear
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "kernel", "reference", "mma", "dequant", "dot2")
+BACKENDS = ("auto", "kernel", "reference", "mma", "wgmma", "dequant", "dot2")
 # Dispatch on NVIDIA (mma_or_dequant; docs/kernel.md has the measurements behind it): the streaming tensor-core
 # kernel up to STREAM_MAX_M rows, then the shared-memory one on wide layers (N >= STAGED_MIN_N, up to
 # 2 * MMA_MAX_M rows) or the streaming one on large layers up to MMA_MAX_M, dequantize + cuBLAS otherwise.
 STREAM_MAX_M = 32
 MMA_MAX_M = 64
 STAGED_MIN_N = 12288
+# Hopper: the wgmma kernel above WGMMA_MIN_M rows (docs/kernel.md).
+WGMMA_MIN_M = 33
 # Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
 # 64-k chunks.
 BLOCKS_PER_SM = 24
@@ -100,6 +103,44 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     return out
 
 
+def wgmma_bt(m: int) -> int:
+    """Tokens per block of the wgmma kernel (its MMA's N): 64, 128 or 256."""
+    return 64 if m <= 64 else 128 if m <= 128 else 256
+
+
+def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
+    """Split-K for the wgmma kernel: only when the grid leaves multiprocessors idle."""
+    sms = _sm_count(device)
+    blocks = math.ceil(m / bt) * math.ceil(n / 128)
+    if blocks >= sms:
+        return 1
+    return max(1, min(math.ceil(sms / blocks), (k // 64) // MIN_CHUNKS_PER_SPLIT))
+
+
+def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None) -> torch.Tensor:
+    ext = build.load_extension()
+    m, k = xw.shape
+    n = packed.out_features
+    bt = bt or wgmma_bt(m)
+    splits = splits or wgmma_splits(m, n, k, xw.device, bt)
+    out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
+    tiles = math.ceil(m / bt) * math.ceil(n / 128)
+    ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
+    ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
+                   packed.zeros is None, bt, splits)
+    return out
+
+
+def has_wgmma(device: torch.device) -> bool:
+    """The wgmma kernel exists in this build and this GPU is a Hopper part (compute capability 9.0)."""
+    key = ("wgmma", device)
+    if key not in _buffers:
+        ext = build.load_extension()
+        _buffers[key] = (ext is not None and hasattr(ext, "wgmma_gemm") and not torch.version.hip
+                         and torch.cuda.get_device_capability(device) == (9, 0))
+    return _buffers[key]
+
+
 def dequantize_weight(packed: PackedLinear, dtype: torch.dtype) -> torch.Tensor:
     """The [N, K] weight (act-order sorted) from the mma layout, by the dequantize kernel."""
     ext = build.load_extension()
@@ -139,8 +180,10 @@ def _check_forced(backend: str, packed: PackedLinear, x: torch.Tensor) -> None:
     reason = packed.kernel_reason or reason
     if not reason and (x.device.type != "cuda" or packed.device.type != "cuda"):
         reason = f"x is on {x.device}, the packed layer on {packed.device}"
-    if not reason and backend in ("mma", "dequant") and packed.mma_weight is None:
+    if not reason and backend in ("mma", "wgmma", "dequant") and packed.mma_weight is None:
         reason = "the layer was prepared without the 'mma' layout (prepare(..., layouts=('mma',)))"
+    if not reason and backend == "wgmma" and not has_wgmma(x.device):
+        reason = f"the wgmma kernel needs a Hopper GPU (compute capability 9.0), {x.device} is not one"
     if not reason and backend == "dot2" and packed.dot2_qweight is None:
         reason = "the layer was prepared without the 'dot2' layout (prepare(..., layouts=('dot2',)))"
     if reason:
@@ -163,11 +206,13 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
         return ("dot2", "") if m <= 8 else ("", "the RDNA3 prefill path is not bound yet; M > 8 uses the reference")
     if packed.mma_weight is None:
         return "", "the layer was prepared without the 'mma' layout"
-    return mma_or_dequant(m, packed.out_features, packed.in_features), ""
+    return mma_or_dequant(m, packed.out_features, packed.in_features, wgmma=has_wgmma(x.device)), ""
 
 
-def mma_or_dequant(m: int, n: int, k: int) -> str:
+def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     """The NVIDIA path for this shape (measured on an H100: docs/kernel.md)."""
+    if wgmma and m >= WGMMA_MIN_M:
+        return "wgmma"
     if m <= STREAM_MAX_M:
         return "mma"
     if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
@@ -187,10 +232,12 @@ def w4a16_linear(
     mt: int | None = None,
     staged: bool | None = None,
     deep: bool = False,
+    bt: int | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged override the split-K count, token tiles and kernel of the "mma" path (benchmarking, tuning).
+    splits / mt / staged / deep override the split-K count, token tiles and kernel of the "mma" path, splits / bt
+    those of the "wgmma" path (benchmarking, tuning).
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
@@ -213,12 +260,17 @@ def w4a16_linear(
     if m == 0:
         return x.new_zeros(*lead, packed.out_features)
     x2 = x.reshape(m, k)
-    x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
+    if backend == "wgmma":  # act-order and the MMA's k order inside each chunk, in one gather
+        x2 = x2.index_select(1, packed.wgmma_x_index())
+    else:
+        x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
     if x2.data_ptr() % 16:
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, deep)
+    elif backend == "wgmma":
+        y = _wgmma(x2, packed, b, splits, bt)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:

@@ -94,6 +94,16 @@ class PackedLinear:
             self._per_dtype[key] = repack_mma_meta(self.scales, self.zeros, dtype)
         return self._per_dtype[key]
 
+    def wgmma_x_index(self) -> torch.Tensor:
+        """int64 [K]: x[..., index] is x in the act-order sort and, inside each 64-k chunk, in the MMA's logical k
+        order (csrc/w4a16_wgmma_cuda.h), so the wgmma kernel copies x to shared memory as it is."""
+        if "wgmma_index" not in self._per_dtype:
+            k = self.in_features
+            # logical position (chunk, j, h, tig, e) <- physical k = 64 chunk + 16 tig + 4 j + 2 h + e
+            order = torch.arange(k, device=self.device).reshape(k // 64, 4, 4, 2, 2).permute(0, 2, 3, 1, 4).reshape(k)
+            self._per_dtype["wgmma_index"] = self.perm[order] if self.perm is not None else order
+        return self._per_dtype["wgmma_index"]
+
     def dot2_scales(self, dtype: torch.dtype) -> torch.Tensor:
         key = ("dot2", dtype)
         if key not in self._per_dtype:

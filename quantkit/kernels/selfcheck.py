@@ -32,10 +32,14 @@ CASES = (
 _checked: set = set()
 
 
-def backends_for(m: int) -> tuple[str, ...]:
+def backends_for(m: int, device: torch.device | None = None) -> tuple[str, ...]:
     if torch.version.hip:
         return ("dot2",) if m <= 8 else ()
-    return ("mma", "dequant") + (("dot2",) if m <= 8 else ()) + (("staged",) if m >= 32 else ())
+    from quantkit.kernels.ops import has_wgmma  # late: ops imports us
+
+    hopper = device is not None and has_wgmma(device)
+    return (("mma", "dequant") + (("dot2",) if m <= 8 else ()) + (("staged",) if m >= 32 else ())
+            + (("wgmma",) if hopper else ()))
 
 
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
@@ -56,7 +60,7 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
                 x = testing.random_activations(m, k, dtype=dtype, seed=100 + seed, device=device)
                 bias = testing.random_activations(1, n, dtype=dtype, seed=200 + seed, device=device)[0]
                 w = reference_weight(packed, dtype)
-                for backend in backends_for(m):
+                for backend in backends_for(m, device):
                     torch.full((m * n * 2,), float("nan"), device=device)  # poison what the allocator hands out next
                     if backend == "staged":  # the shared-memory prefill kernel, whatever the shape
                         y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
