@@ -189,8 +189,8 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
     kernel<<<grid, QK_WGMMA_THREADS, smem, stream>>>(QK_MMA_ARGS);                                              \
   }
 #define QK_WGMMA_BT(TAG, SYM)                     \
-  if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 6)  \
-  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 5) \
+  if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 4)  \
+  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 3) \
   else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4)
   if (bf) {
     if (sym) { QK_WGMMA_BT(QkBF16, true) } else { QK_WGMMA_BT(QkBF16, false) }

@@ -11,9 +11,10 @@
 //
 // Block: 2 warpgroups (256 threads) x 64 rows = 128 output features, BT tokens (the wgmma N: 64, 128 or 256).
 // x tile per chunk: BT rows x 128 bytes, 128-byte swizzled (16-byte unit u of row r at unit u ^ (r % 8)),
-// STAGES deep through cp.async groups. Per chunk each warpgroup dequantizes its 4 x 4 A registers (prefetched
-// PF chunks ahead from global) and issues 4 wgmma (one per k16 step, the descriptor advanced 32 bytes each),
-// then waits for them; the other warpgroup (and a second block where registers allow) fills that time.
+// STAGES steps of KS chunks deep through cp.async groups. Per step each warpgroup dequantizes its KS x 4 x 4 A
+// registers (loaded one step ahead from global) and issues 4 KS wgmma (one per k16 step, the descriptor
+// advanced 32 bytes each), then waits for them; the other warpgroup (and a second block where registers allow)
+// fills that time.
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
 // C layout of tile 16w).
 #pragma once
@@ -32,8 +33,10 @@
 #define QK_WGMMA_THREADS 256
 #define QK_WGMMA_ROWS 128  // output features per block
 
+// 64-k chunks per pipeline step (per barrier and wgmma wait): as many as the registers allow.
+__host__ __device__ constexpr int qk_wgmma_ks(int bt) { return bt <= 64 ? 4 : bt <= 128 ? 2 : 1; }
 // Shared memory the kernel needs for BT tokens and STAGES stages (plus slack to align the base to 1024 bytes).
-constexpr int qk_wgmma_smem_bytes(int bt, int stages) { return bt * 128 * stages + 1024; }
+__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages) { return qk_wgmma_ks(bt) * bt * 128 * stages + 1024; }
 
 QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -70,15 +73,17 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 #endif
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
+// KS chunks go through one barrier and one wgmma wait (4 KS MMAs in flight per warpgroup); a stage holds KS chunks.
 template <typename Tag, int BT, bool SYM, int STAGES>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
-  static_assert(STAGES >= 2, "the load of chunk i + STAGES - 1 reuses the stage of chunk i - 1");
+  static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
   constexpr int ACC = BT / 2, MT = BT / 8;
-  constexpr int PF = BT >= 256 ? 2 : 4;  // chunks of weights in flight per thread (registers allowing)
+  constexpr int KS = qk_wgmma_ks(BT);
+  constexpr int STAGE_BYTES = KS * BT * 128;
   extern __shared__ unsigned char qk_dyn_smem[];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
 
@@ -89,34 +94,35 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
   const int m0 = blockIdx.x * BT;
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const int n_chunks = max(0, c1 - c0);
+  const int n_chunks = max(0, c1 - c0), n_steps = (n_chunks + KS - 1) / KS;
 
-  // x stage loader: BT rows x 8 units of 16 bytes, every thread BT * 8 / 256 of them.
+  // x of step i: KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async units.
   auto load_x = [&](int i) {
-    if (i < n_chunks) {
-      const uint32_t base = smem0 + (uint32_t)((i % STAGES) * BT * 128);
-      const int c = c0 + i;
+    if (i < n_steps) {
+      const uint32_t base = smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES);
 #pragma unroll
-      for (int v = 0; v < BT * 8 / QK_WGMMA_THREADS; ++v) {
-        const int idx = v * QK_WGMMA_THREADS + threadIdx.x, r = idx / 8, u = idx % 8;
-        const int tok = m0 + r;
-        const uint16_t* src = x + (size_t)min(tok, M - 1) * K + (size_t)c * 64 + u * 8;
-        qk_cp_async16(base + r * 128 + ((u ^ (r & 7)) << 4), src, tok < M);
+      for (int v = 0; v < KS * BT * 8 / QK_WGMMA_THREADS; ++v) {
+        const int idx = v * QK_WGMMA_THREADS + threadIdx.x, q = idx / (BT * 8), r = (idx / 8) % BT, u = idx % 8;
+        const int tok = m0 + r, c = c0 + i * KS + q;
+        const uint16_t* src = x + (size_t)min(tok, M - 1) * K + (size_t)min(c, chunks - 1) * 64 + u * 8;
+        qk_cp_async16(base + q * BT * 128 + r * 128 + ((u ^ (r & 7)) << 4), src, tok < M && c < c1);
       }
     }
-    qk_cp_async_commit();  // one group per chunk, empty past the end, so the wait count stays uniform
+    qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
   };
   const uint4* wt = w + (size_t)(live ? tile : 0) * chunks * 32 + lane;
   const size_t meta_row = (size_t)(live ? tile : 0) * groups * 8 + gid;
-  auto load_w = [&](int i, uint4& wv, uint32_t& s_lo, uint32_t& s_hi, uint32_t& z_lo, uint32_t& z_hi) {
-    if (live && i < n_chunks) {
-      const int c = c0 + i;
-      wv = qk_ld_stream(wt + (size_t)c * 32);
-      qk_mma_meta<Tag, SYM>(meta, meta_row + (size_t)((64 * c + 16 * tig) / group_size) * 8, s_lo, s_hi, z_lo, z_hi);
-    } else {
-      wv = make_uint4(0, 0, 0, 0);
-      s_lo = s_hi = 0;
-      z_lo = z_hi = QkMagic<Tag>::pair;
+  auto load_w = [&](int i, uint4(&wv)[KS], uint2(&mv)[KS]) {
+#pragma unroll
+    for (int q = 0; q < KS; ++q) {
+      const int c = c0 + i * KS + q;
+      if (live && c < c1) {
+        wv[q] = qk_ld_stream(wt + (size_t)c * 32);
+        mv[q] = qk_mma_meta_load<SYM>(meta, meta_row + (size_t)((64 * c + 16 * tig) / group_size) * 8);
+      } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
+        wv[q] = make_uint4(0, 0, 0, 0);
+        mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
+      }
     }
   };
 
@@ -126,40 +132,41 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) load_x(s);
-  uint4 wq[PF];
-  uint32_t ms[PF][4];
-#pragma unroll
-  for (int p = 0; p < PF; ++p) load_w(p, wq[p], ms[p][0], ms[p][1], ms[p][2], ms[p][3]);
+  uint4 wq[KS];
+  uint2 mq[KS];
+  load_w(0, wq, mq);
 
-  // One chunk: wait for its x stage, refill the stage of chunk i - 1, dequantize, issue 4 wgmma, wait for them.
-  // (Waiting here costs little: the block's other warpgroup, and a second block on the SM, dequantize while these
-  // MMAs run. Leaving them in flight across the next dequantization makes ptxas serialize them anyway, C7513.)
-  auto step = [&](int i, uint4& wv, uint32_t(&m)[4]) {
+  // One step: wait for its x stage, refill the stage of step i - 1, dequantize KS chunks (then prefetch the next
+  // step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across the
+  // next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
+  for (int i = 0; i < n_steps; ++i) {
     qk_cp_async_wait<STAGES - 2>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();  // every warpgroup is done with chunk i - 1: its stage is free
+    __syncthreads();  // every warpgroup is done with step i - 1: its stage is free
     load_x(i + STAGES - 1);
-    uint32_t a[4][4];  // [k16 step][register]
-    const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+    uint32_t a[KS][4][4];  // [chunk][k16 step][register]
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int q = 0; q < KS; ++q) {
+      uint32_t s_lo, s_hi, z_lo, z_hi;
+      qk_mma_meta_unpack<Tag, SYM>(mq[q], s_lo, s_hi, z_lo, z_hi);
+      const uint32_t words[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        a[j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? m[3] : m[2], (r & 1) ? m[1] : m[0]);
-    load_w(i + PF, wv, m[0], m[1], m[2], m[3]);
-    const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * BT * 128));
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
+    }
+    load_w(i + 1, wq, mq);
+    const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
     qk_wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) QkWgmma<Tag, BT>::mma(acc, a[j], desc + 2 * j, 1);  // +32 bytes per k16 step
+    for (int q = 0; q < KS; ++q)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+        QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
     qk_wgmma_commit();
     qk_wgmma_wait<0>();
-  };
-  for (int i = 0; i < n_chunks; i += PF) {
-#pragma unroll
-    for (int p = 0; p < PF; ++p)
-      if (i + p < n_chunks) step(i + p, wq[p], ms[p]);  // p is a constant: the registers stay registers
   }
-  qk_wgmma_wait<0>();
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();
 
