@@ -32,8 +32,10 @@ BACKENDS = ("auto", "kernel", "reference", "mma", "wgmma", "dequant", "dot2")
 STREAM_MAX_M = 32
 MMA_MAX_M = 64
 STAGED_MIN_N = 12288
-# Hopper: the wgmma kernel above WGMMA_MIN_M rows (docs/kernel.md).
-WGMMA_MIN_M = 33
+# Hopper: the wgmma kernel from STREAM_MAX_M + 1 to WGMMA_MAX_M rows on layers of at least WGMMA_MIN_NK weights;
+# dequantize + cuBLAS elsewhere (measured on an H100: bench/results/kernel_h100.json, docs/kernel.md).
+WGMMA_MAX_M = 256
+WGMMA_MIN_NK = 1 << 25
 # Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
 # 64-k chunks.
 BLOCKS_PER_SM = 24
@@ -103,9 +105,11 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     return out
 
 
-def wgmma_bt(m: int) -> int:
-    """Tokens per block of the wgmma kernel (its MMA's N): 64, 128 or 256."""
-    return 64 if m <= 64 else 128 if m <= 128 else 256
+def wgmma_bt(m: int, n: int) -> int:
+    """Tokens per block of the wgmma kernel (its MMA's N: 64, 128 or 256), as measured fastest on an H100."""
+    if m <= 64 or (m <= 128 and n < 16384):
+        return 64
+    return 128
 
 
 def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
@@ -121,7 +125,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
-    bt = bt or wgmma_bt(m)
+    bt = bt or wgmma_bt(m, n)
     splits = splits or wgmma_splits(m, n, k, xw.device, bt)
     out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
@@ -211,10 +215,10 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
 
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     """The NVIDIA path for this shape (measured on an H100: docs/kernel.md)."""
-    if wgmma and m >= WGMMA_MIN_M:
-        return "wgmma"
     if m <= STREAM_MAX_M:
         return "mma"
+    if wgmma:
+        return "wgmma" if m <= WGMMA_MAX_M and n * k >= WGMMA_MIN_NK else "dequant"
     if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
         return "mma"
     if m <= 2 * MMA_MAX_M and n >= STAGED_MIN_N:
