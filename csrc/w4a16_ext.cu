@@ -190,7 +190,7 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   }
 #define QK_WGMMA_BT(TAG, SYM)                     \
   if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 4)  \
-  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 4) \
+  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 3) \
   else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4)
   if (bf) {
     if (sym) { QK_WGMMA_BT(QkBF16, true) } else { QK_WGMMA_BT(QkBF16, false) }

@@ -43,9 +43,9 @@ QK_MMA_ALL(QkBF16)
                                                               const uint16_t*, uint16_t*, float*, int*, int, int, int, \
                                                               int, int);
 QK_WGMMA_INSTANCE(QkBF16, 64, true, 4)
-QK_WGMMA_INSTANCE(QkBF16, 128, true, 4)
+QK_WGMMA_INSTANCE(QkBF16, 128, true, 3)
 QK_WGMMA_INSTANCE(QkBF16, 256, true, 4)
-QK_WGMMA_INSTANCE(QkF16, 128, false, 4)
+QK_WGMMA_INSTANCE(QkF16, 128, false, 3)
 template QK_GLOBAL void qk_mma_dequant<QkBF16, true>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 template QK_GLOBAL void qk_mma_dequant<QkF16, false>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 #endif

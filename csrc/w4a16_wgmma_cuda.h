@@ -1,21 +1,20 @@
-// w4a16_wgmma_cuda.h — the Hopper (sm_90a) prefill kernel: warpgroup MMA (wgmma.mma_async) over the dequantized
-// weights and the activations, both from shared memory. CUDA only.
+// w4a16_wgmma_cuda.h — the Hopper (sm_90a) prefill kernel: warpgroup MMA (wgmma.mma_async) with the
+// dequantized weights as the register A operand and the activations as the shared-memory B operand. CUDA only.
 //
 // Same transposed product as w4a16_mma_cuda.h (out^T = W x^T) over the same "mma" weight layout: warp w of a
-// warpgroup owns one 16-row tile, and the 16-byte word group a lane loads per 64-k chunk is its m16n8k16-style
-// A fragments for four k16 steps. The tile's fragments put physical k in a permuted order inside each 64-k chunk
+// warpgroup owns one 16-row tile, and the 16-byte word group a lane loads per 64-k chunk is exactly its
+// m16n8k16-style A fragments for four k16 steps, which is also the register A layout of wgmma m64nNk16 (warp w
+// supplies rows 16w..16w+15). The tile's fragments put physical k in a permuted order inside each 64-k chunk
 // (see w4a16_mma_cuda.h); B must follow the same order, so the caller passes x with each 64-k chunk already
-// permuted to the MMA's logical k order (quantkit.kernels.packing.PackedLinear.wgmma_x_index), which lets x go to
-// shared memory by plain 16-byte cp.async copies.
+// permuted to the MMA's logical k order (quantkit.kernels.ops.wgmma_x_order), which lets x go to shared memory
+// by plain 16-byte cp.async copies.
 //
 // Block: 2 warpgroups (256 threads) x 64 rows = 128 output features, BT tokens (the wgmma N: 64, 128 or 256).
-// Shared memory, every tile K-major and 128-byte swizzled (16-byte unit u of row r at unit u ^ (r % 8)):
-//   x stages: STAGES steps of KS chunks x BT rows x 128 bytes, filled by cp.async two steps ahead;
-//   A buffers: per warpgroup two of KS chunks x 64 rows x 128 bytes, written by the dequantization (each lane
-//   stores its fragments, 4 bytes at a time, at their logical k).
-// Step i: dequantize into A buffer i % 2 while step i - 1's MMAs run, then issue 4 KS wgmma (descriptors advanced
-// 32 bytes per k16 step) and wait only for step i - 1 (wait_group 1). A from registers would make ptxas serialize
-// the MMAs against the next dequantization (C7513); from shared memory they overlap.
+// x tile per chunk: BT rows x 128 bytes, 128-byte swizzled (16-byte unit u of row r at unit u ^ (r % 8)),
+// STAGES steps of KS chunks deep through cp.async groups. Per step each warpgroup dequantizes its KS x 4 x 4 A
+// registers (loaded one step ahead from global) and issues 4 KS wgmma (one per k16 step, the descriptor
+// advanced 32 bytes each), then waits for them; the other warpgroup (and a second block where registers allow)
+// fills that time.
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
 // C layout of tile 16w).
 #pragma once
@@ -34,12 +33,10 @@
 #define QK_WGMMA_THREADS 256
 #define QK_WGMMA_ROWS 128  // output features per block
 
-// 64-k chunks per pipeline step (per barrier and wgmma wait): as many as shared memory allows.
-__host__ __device__ constexpr int qk_wgmma_ks(int bt) { return bt <= 128 ? 2 : 1; }
-// x stages, then two A buffers (KS chunks x 64 rows x 128 bytes) per warpgroup, plus slack to align to 1024 bytes.
-__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages) {
-  return qk_wgmma_ks(bt) * (bt * 128 * stages + 2 * 2 * 64 * 128) + 1024;
-}
+// 64-k chunks per pipeline step (per barrier and wgmma wait): as many as the registers allow.
+__host__ __device__ constexpr int qk_wgmma_ks(int bt) { return bt <= 64 ? 4 : bt <= 128 ? 2 : 1; }
+// Shared memory the kernel needs for BT tokens and STAGES stages (plus slack to align the base to 1024 bytes).
+__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages) { return qk_wgmma_ks(bt) * bt * 128 * stages + 1024; }
 
 QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -76,20 +73,21 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 #endif
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
+// KS chunks go through one barrier and one wgmma wait (4 KS MMAs in flight per warpgroup); a stage holds KS chunks.
 template <typename Tag, int BT, bool SYM, int STAGES>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
-  static_assert(STAGES >= 3, "the load of step i + STAGES - 2 reuses the stage of step i - 2");
+  static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
   constexpr int ACC = BT / 2, MT = BT / 8;
   constexpr int KS = qk_wgmma_ks(BT);
-  constexpr int STAGE_BYTES = KS * BT * 128, A_BYTES = KS * 64 * 128;
+  constexpr int STAGE_BYTES = KS * BT * 128;
   extern __shared__ unsigned char qk_dyn_smem[];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
 
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile = blockIdx.y * (QK_WGMMA_ROWS / 16) + warp;
   const bool live = tile < n_tiles;  // dead warps still take part in their warpgroup's wgmma, with zero weights
@@ -97,8 +95,6 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int n_chunks = max(0, c1 - c0), n_steps = (n_chunks + KS - 1) / KS;
-  // This warpgroup's two A buffers (steps alternate) after the x stages.
-  const uint32_t a_smem = smem0 + STAGES * STAGE_BYTES + wg * 2 * A_BYTES;
 
   // x of step i: KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async units.
   auto load_x = [&](int i) {
@@ -135,20 +131,20 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
   for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
 
 #pragma unroll
-  for (int s = 0; s < STAGES - 2; ++s) load_x(s);
+  for (int s = 0; s < STAGES - 1; ++s) load_x(s);
   uint4 wq[KS];
   uint2 mq[KS];
   load_w(0, wq, mq);
 
-  // Step i: wait for its x stage; refill the stage of step i - 2 (its MMAs are done: wait_group 1 below, then the
-  // barrier); dequantize KS chunks into this warpgroup's A buffer i % 2 (step i - 2's, also done); issue 4 KS
-  // wgmma with A and B from shared memory and leave them running while the next step dequantizes.
+  // One step: wait for its x stage, refill the stage of step i - 1, dequantize KS chunks (then prefetch the next
+  // step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across the
+  // next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
   for (int i = 0; i < n_steps; ++i) {
-    qk_cp_async_wait<STAGES - 3>();
+    qk_cp_async_wait<STAGES - 2>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    load_x(i + STAGES - 2);
-    const uint32_t a_buf = a_smem + (uint32_t)((i & 1) * A_BYTES);
+    __syncthreads();  // every warpgroup is done with step i - 1: its stage is free
+    load_x(i + STAGES - 1);
+    uint32_t a[KS][4][4];  // [chunk][k16 step][register]
 #pragma unroll
     for (int q = 0; q < KS; ++q) {
       uint32_t s_lo, s_hi, z_lo, z_hi;
@@ -157,30 +153,20 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          // A fragment register r of k16 step j: row 16 (warp % 4) + gid + 8 (r & 1), k 16j + 8 (r >> 1) + 2 tig:
-          // 16-byte unit 2j + (r >> 1) of that 128-byte row, swizzled by the row's low 3 bits (= gid).
-          const uint32_t v =
-              QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
-          const int row = 16 * (warp % 4) + gid + 8 * (r & 1), unit = (2 * j + (r >> 1)) ^ gid;
-          asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(a_buf + q * 8192 + row * 128 + unit * 16 + tig * 4), "r"(v));
-        }
+        for (int r = 0; r < 4; ++r)
+          a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
     }
     load_w(i + 1, wq, mq);
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores above, for the tensor cores
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");   // the whole warpgroup's A tile is written
-    const uint64_t desc_b = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
-    const uint64_t desc_a = qk_wgmma_desc(a_buf);
+    const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
     qk_wgmma_fence();
 #pragma unroll
     for (int q = 0; q < KS; ++q)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step; per chunk +8 KB (A) and +BT*128 bytes (B), in 16 B
-        QkWgmmaSS<Tag, BT>::mma(acc, desc_a + (uint64_t)(q * 512 + 2 * j), desc_b + (uint64_t)(q * BT * 8 + 2 * j), 1);
+      for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+        QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
     qk_wgmma_commit();
-    qk_wgmma_wait<1>();  // step i - 1 done: its A buffer and x stage are free
+    qk_wgmma_wait<0>();
   }
-  qk_wgmma_wait<0>();
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();
 
