@@ -7,7 +7,8 @@
 #
 # Writes OUT_DIR/eval_llama-3-8b_g{128,32}[_compiled].{json,md,png} and logs. Each step has its own timeout so
 # that one hang cannot take the others' results with it; the whole script ends within DEADLINE_SECONDS (470).
-# CONFIG, BATCH, PROMPT and GEN override the shapes (a dry run on a CPU: CONFIG=tiny-llama PROMPT=8 GEN=2).
+# CONFIG, BATCH, PROMPT and GEN override the shapes (a dry run on a CPU: CONFIG=tiny-llama PROMPT=8 GEN=2);
+# ONLY=compiled runs only the --compile step, with all the time left.
 set -u -o pipefail
 OUT=${1:?usage: bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]}
 DEADLINE=$(( $(date +%s) + ${2:-470} ))
@@ -51,11 +52,13 @@ run() {  # run NAME SECONDS ARGS...
   timeout "$limit" python3 -m quantkit eval --random-weights "$CONFIG" --throughput --batch "$BATCH" --prompt-len "$PROMPT" \
     --gen-len "$GEN" --backend "$BACKEND" --json "$OUT/$name.json" --report "$OUT/$name.md" --plot "$OUT/$name.png" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-run eval_${CONFIG}_g128 $(( $(left) - 150 < 170 ? $(left) - 150 : 170 )) --group-size 128
-run eval_${CONFIG}_g32 $(( $(left) - 60 < 170 ? $(left) - 60 : 170 )) --group-size 32
+if [ "${ONLY:-}" != compiled ]; then
+  run eval_${CONFIG}_g128 $(( $(left) - 150 < 170 ? $(left) - 150 : 170 )) --group-size 128
+  run eval_${CONFIG}_g32 $(( $(left) - 60 < 170 ? $(left) - 60 : 170 )) --group-size 32
 
-echo "== GPU eval tests ($(left) s left)"
-timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log"
+  echo "== GPU eval tests ($(left) s left)"
+  timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log"
+fi
 
 if [ "$(left)" -gt 60 ]; then
   run eval_${CONFIG}_g128_compiled $(( $(left) - 5 )) --group-size 128 --compile --batch 1  # batch 1 only: one compile per model

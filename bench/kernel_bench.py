@@ -121,6 +121,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt)
+                for bt in (64, 128):
+                    contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                      dense=True)
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
@@ -130,7 +133,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             try:
                 err = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
             except CheckFailed as exc:
-                if name == "torch_int4":  # a baseline that fails its check is reported as such, never timed
+                if name == "torch_int4" or name.startswith("qk_wgmma_"):  # a baseline or tuning variant that fails
+                    # its check is reported as such, never timed
                     row[name] = {"error": str(exc)}
                     continue
                 raise

@@ -142,10 +142,11 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_launch("tensor-core W4A16 kernel");
 }
 
-// The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256).
+// The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
+// the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128.
 void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
-                int64_t splits) {
+                int64_t splits, bool dense) {
   const bool bf = is_bf16(x);
   check_tensor(x, "x", x.scalar_type(), 2);
   check_tensor(w, "packed weight", torch::kInt32, 4);
@@ -180,18 +181,20 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
-#define QK_WGMMA_LAUNCH(TAG, BT, SYM, STAGES)                                                                     \
+#define QK_WGMMA_LAUNCH(TAG, BT, SYM, STAGES, KS, MINB)                                                           \
   {                                                                                                             \
-    auto kernel = qk_wgmma_gemm<TAG, BT, SYM, STAGES>;                                                          \
-    const int smem = qk_wgmma_smem_bytes(BT, STAGES);                                                           \
+    auto kernel = qk_wgmma_gemm<TAG, BT, SYM, STAGES, KS, MINB>;                                                \
+    const int smem = qk_wgmma_smem_bytes(BT, STAGES, KS);                                                       \
     TORCH_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) == cudaSuccess, \
                 "the wgmma kernel cannot get ", smem, " bytes of shared memory");                               \
     kernel<<<grid, QK_WGMMA_THREADS, smem, stream>>>(QK_MMA_ARGS);                                              \
   }
-#define QK_WGMMA_BT(TAG, SYM)                     \
-  if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 4)  \
-  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 3) \
-  else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4)
+#define QK_WGMMA_BT(TAG, SYM)                                         \
+  if (bt == 64 && dense) QK_WGMMA_LAUNCH(TAG, 64, SYM, 3, 2, 2)         \
+  else if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 4, 4, 1)             \
+  else if (bt == 128 && dense) QK_WGMMA_LAUNCH(TAG, 128, SYM, 4, 1, 2)  \
+  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 3, 2, 1)           \
+  else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4, 1, 1)
   if (bf) {
     if (sym) { QK_WGMMA_BT(QkBF16, true) } else { QK_WGMMA_BT(QkBF16, false) }
   } else {

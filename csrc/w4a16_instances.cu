@@ -38,14 +38,15 @@ QK_WMMA_INSTANCE(QkBF16, false)
                                                             int, int, int);
 QK_MMA_ALL(QkF16)
 QK_MMA_ALL(QkBF16)
-#define QK_WGMMA_INSTANCE(TAG, BT, SYM, STAGES)                                                                  \
-  template QK_GLOBAL void qk_wgmma_gemm<TAG, BT, SYM, STAGES>(const uint16_t*, const uint4*, const uint16_t*,     \
-                                                              const uint16_t*, uint16_t*, float*, int*, int, int, int, \
-                                                              int, int);
-QK_WGMMA_INSTANCE(QkBF16, 64, true, 4)
-QK_WGMMA_INSTANCE(QkBF16, 128, true, 3)
-QK_WGMMA_INSTANCE(QkBF16, 256, true, 4)
-QK_WGMMA_INSTANCE(QkF16, 128, false, 3)
+#define QK_WGMMA_INSTANCE(TAG, BT, SYM, STAGES, KS, MINB)                                                        \
+  template QK_GLOBAL void qk_wgmma_gemm<TAG, BT, SYM, STAGES, KS, MINB>(                                         \
+      const uint16_t*, const uint4*, const uint16_t*, const uint16_t*, uint16_t*, float*, int*, int, int, int, int, int);
+QK_WGMMA_INSTANCE(QkBF16, 64, true, 4, 4, 1)
+QK_WGMMA_INSTANCE(QkBF16, 64, true, 3, 2, 2)
+QK_WGMMA_INSTANCE(QkBF16, 128, true, 3, 2, 1)
+QK_WGMMA_INSTANCE(QkBF16, 128, true, 4, 1, 2)
+QK_WGMMA_INSTANCE(QkBF16, 256, true, 4, 1, 1)
+QK_WGMMA_INSTANCE(QkF16, 128, false, 3, 2, 1)
 template QK_GLOBAL void qk_mma_dequant<QkBF16, true>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 template QK_GLOBAL void qk_mma_dequant<QkF16, false>(const uint4*, const uint16_t*, uint16_t*, int, int, int);
 #endif

@@ -33,10 +33,8 @@
 #define QK_WGMMA_THREADS 256
 #define QK_WGMMA_ROWS 128  // output features per block
 
-// 64-k chunks per pipeline step (per barrier and wgmma wait): as many as the registers allow.
-__host__ __device__ constexpr int qk_wgmma_ks(int bt) { return bt <= 64 ? 4 : bt <= 128 ? 2 : 1; }
 // Shared memory the kernel needs for BT tokens and STAGES stages (plus slack to align the base to 1024 bytes).
-__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages) { return qk_wgmma_ks(bt) * bt * 128 * stages + 1024; }
+__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages, int ks) { return ks * bt * 128 * stages + 1024; }
 
 QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -74,15 +72,16 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
 // KS chunks go through one barrier and one wgmma wait (4 KS MMAs in flight per warpgroup); a stage holds KS chunks.
-template <typename Tag, int BT, bool SYM, int STAGES>
-QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, 1)
+// KS: 64-k chunks per step (per barrier and wgmma wait); MINB: blocks per multiprocessor the registers must allow
+// (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization).
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB>
+QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
   static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
   constexpr int ACC = BT / 2, MT = BT / 8;
-  constexpr int KS = qk_wgmma_ks(BT);
   constexpr int STAGE_BYTES = KS * BT * 128;
   extern __shared__ unsigned char qk_dyn_smem[];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;

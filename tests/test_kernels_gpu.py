@@ -87,11 +87,11 @@ def test_wgmma_tiles_and_splits_agree(device):
     w = reference_weight(packed, torch.bfloat16)
     for m in (1, 65, 300):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=12 + m, device=device)
-        for bt in (64, 128, 256):
+        for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
             for splits in (1, 3, 8):
-                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits)
+                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, splits, err)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, splits, err)
 
 
 def test_cuda_graph_capture(device):

@@ -121,7 +121,8 @@ def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
     return max(1, min(math.ceil(sms / blocks), (k // 64) // MIN_CHUNKS_PER_SPLIT))
 
 
-def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None) -> torch.Tensor:
+def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
+           dense: bool = False) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -131,7 +132,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits)
+                   packed.zeros is None, bt, splits, dense and bt <= 128)
     return out
 
 
@@ -237,11 +238,12 @@ def w4a16_linear(
     staged: bool | None = None,
     deep: bool = False,
     bt: int | None = None,
+    dense: bool = False,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
     splits / mt / staged / deep override the split-K count, token tiles and kernel of the "mma" path, splits / bt
-    those of the "wgmma" path (benchmarking, tuning).
+    those of the "wgmma" path, dense its two-blocks-per-multiprocessor instance (benchmarking, tuning).
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
@@ -274,7 +276,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, deep)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt)
+        y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:

@@ -1,0 +1,39 @@
+"""One W4A16 kernel call, repeated, for Nsight Compute to profile (no CUDA graph, no timing of its own).
+
+    ncu --clock-control none -k regex:qk_ --launch-skip 3 --launch-count 1 --section SpeedOfLight \
+        --section WarpStateStats --section Occupancy python3 bench/kernel_ncu.py --n 28672 --k 8192 --m 64 \
+        --backend wgmma --bt 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from quantkit.kernels import prepare, testing, w4a16_linear
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--k", type=int, required=True)
+    ap.add_argument("--m", type=int, required=True)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--backend", default="kernel")
+    ap.add_argument("--bt", type=int, default=None)
+    ap.add_argument("--dense", action="store_true")
+    ap.add_argument("--calls", type=int, default=5)
+    args = ap.parse_args()
+    ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,
+                                dtype=torch.bfloat16, seed=1, device="cuda")
+    packed = prepare(ql, device="cuda", layouts=("mma",), keep_reference=False)
+    x = testing.random_activations(args.m, args.k, dtype=torch.bfloat16, seed=2, device="cuda")
+    extra = {"bt": args.bt, "dense": args.dense} if args.backend == "wgmma" else {}
+    for _ in range(args.calls):
+        w4a16_linear(x, packed, backend=args.backend, **extra)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
