@@ -20,7 +20,7 @@ from quantkit.manifest import MANIFEST, write_json
 from quantkit.methods import make_quantizer, scale_dtype
 from quantkit.plan import Plan, make_plan
 from quantkit.recipes import Recipe
-from quantkit.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
+from quantkit.shards import DEFAULT_MAX_SHARD_BYTES, TORCH_DTYPES, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,16 @@ def rdna3_refusals(recipe: Recipe, plan: Plan) -> list[str]:
     return why
 
 
-def _relative_error(weight: torch.Tensor, ql) -> float:
-    w = weight.float()
-    return float(torch.linalg.vector_norm(ql.dequantize() - w) / torch.linalg.vector_norm(w).clamp_min(1e-30))
-
-
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.to(dtype) if t.is_floating_point() else t
+def _relative_error(weight: torch.Tensor, ql, chunk: int = 1 << 20) -> float:
+    """||dequantized - W|| / ||W||, a block of rows at a time (no full-size fp32 copies), summed in fp64."""
+    num = den = 0.0
+    rows = max(1, chunk // weight.shape[1])
+    for start in range(0, weight.shape[0], rows):
+        w = weight[start : start + rows].float()
+        deq = ql.dequantize(rows=slice(start, start + rows))
+        num += float(torch.linalg.vector_norm(deq - w, dtype=torch.float64) ** 2)
+        den += float(torch.linalg.vector_norm(w, dtype=torch.float64) ** 2)
+    return (num ** 0.5) / max(den ** 0.5, 1e-30)
 
 
 def _quantization_config(recipe: Recipe, desc_act: bool) -> dict:
@@ -104,27 +107,12 @@ def convert(
             for name in plan.outside:
                 if tied and name == "lm_head.weight":
                     continue  # tied embeddings stay tied
-                writer.add(name, _cast(src.get(name), dtype))
+                _write_kept(writer, src, name, dtype)
             quantizer = make_quantizer(recipe, source=src, plan=plan, state_dir=state_dir)
             errors, layer_seconds, desc_act = {}, [], False
             for layer in tqdm(plan.layers, desc="quantizing layers", unit="layer", disable=not progress):
                 t0 = time.perf_counter()
-                weights = {n: src.get(n) for n in layer.kept}
-                weights.update({f"{lin.name}.weight": src.get(f"{lin.name}.weight") for lin in layer.linears})
-                weights.update({f"{lin.name}.bias": src.get(f"{lin.name}.bias") for lin in layer.linears if lin.has_bias})
-                quantized = quantizer.quantize_layer(layer, weights)
-                for lin in layer.linears:
-                    ql = quantized.get(lin.name)
-                    if ql is None:
-                        raise RuntimeError(f"{lin.name}: the {recipe.method} method left this layer unquantized")
-                    errors[lin.name] = round(_relative_error(weights[f"{lin.name}.weight"], ql), 6)
-                    desc_act = desc_act or not ql.static_groups
-                    tensors = gptq.pack(ql, checkpoint_format=recipe.checkpoint_format)
-                    for suffix, tensor in tensors.items():
-                        writer.add(f"{lin.name}.{suffix}", _cast(tensor, dtype) if suffix == "bias" else tensor)
-                for name in layer.kept:
-                    writer.add(name, _cast(weights[name], dtype))
-                del weights, quantized
+                desc_act = _convert_layer(layer, src, quantizer, writer, recipe, dtype, errors) or desc_act
                 src.close()  # unmap the shards read so far: their pages would otherwise stay resident
                 layer_seconds.append(round(time.perf_counter() - t0, 3))
             shard_names = writer.close()
@@ -156,6 +144,41 @@ def convert(
             write_json(tmp / MANIFEST, manifest)
         shutil.rmtree(state_dir, ignore_errors=True)
     return manifest
+
+
+def _write_kept(writer: ShardWriter, src: sources.TensorSource, name: str, dtype: torch.dtype) -> None:
+    """A tensor outside the blocks that stays unquantized (the embedding, lm_head, the final norm), in the model
+    dtype: read, cast and written piece by piece, never held whole nor mapped."""
+    stored = TORCH_DTYPES.get(src.dtype(name))
+    if stored is None:
+        raise InputError(f"{src.dir}: tensor {name} has dtype {src.dtype(name)}, which quantkit does not read; "
+                         "convert it to a float dtype first")
+    writer.add_pieces(name, src.shape(name), src.pieces(name), dtype=dtype if stored.is_floating_point else stored)
+
+
+def _write_linear(writer: ShardWriter, name: str, ql, recipe: Recipe, dtype: torch.dtype) -> None:
+    for suffix, tensor in gptq.pack(ql, checkpoint_format=recipe.checkpoint_format).items():
+        writer.add(f"{name}.{suffix}", tensor, dtype=dtype if suffix == "bias" and tensor.is_floating_point() else None)
+
+
+def _convert_layer(layer, src, quantizer, writer: ShardWriter, recipe: Recipe, dtype: torch.dtype, errors: dict) -> bool:
+    """Quantize one decoder block and write it; records each linear's relative error. True if any linear has
+    act-order groups (g_idx not k // group_size)."""
+    weights = {n: src.get(n) for n in layer.kept}
+    weights.update({f"{lin.name}.weight": src.get(f"{lin.name}.weight") for lin in layer.linears})
+    weights.update({f"{lin.name}.bias": src.get(f"{lin.name}.bias") for lin in layer.linears if lin.has_bias})
+    quantized = quantizer.quantize_layer(layer, weights)
+    desc_act = False
+    for lin in layer.linears:
+        ql = quantized.pop(lin.name, None)
+        if ql is None:
+            raise RuntimeError(f"{lin.name}: the {recipe.method} method left this layer unquantized")
+        errors[lin.name] = round(_relative_error(weights[f"{lin.name}.weight"], ql), 6)
+        desc_act = desc_act or not ql.static_groups
+        _write_linear(writer, lin.name, ql, recipe, dtype)
+    for name in layer.kept:
+        writer.add(name, weights[name], dtype=dtype if weights[name].is_floating_point() else None)
+    return desc_act
 
 
 def _write_configs(tmp: Path, src_dir: Path, config: dict, recipe: Recipe, desc_act: bool, dtype: torch.dtype) -> None:

@@ -55,9 +55,9 @@ class QuantizedLinear:
         expected = torch.arange(k, dtype=torch.int32) // self.group_size
         return bool(torch.equal(self.g_idx.to(torch.int32).cpu(), expected))
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The [N, K] weight this layer stands for, computed in fp32 and cast to ``dtype``."""
+    def dequantize(self, dtype: torch.dtype = torch.float32, *, rows: slice = slice(None)) -> torch.Tensor:
+        """The [N, K] weight this layer stands for (or its ``rows``), computed in fp32 and cast to ``dtype``."""
         g = self.g_idx.long()
-        scale = self.scales.float()[g].T  # [N, K]
-        zero = self.zeros.float()[g].T
-        return (scale * (self.codes.float() - zero)).to(dtype)
+        scale = self.scales[:, rows].float()[g].T  # [N, K]
+        zero = self.zeros[:, rows].float()[g].T
+        return (scale * (self.codes[rows].float() - zero)).to(dtype)

@@ -9,8 +9,10 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -64,6 +66,7 @@ class TensorSource:
         self._where = self._index()
         self._stack = ExitStack()
         self._handles: dict[Path, object] = {}
+        self._headers: dict[Path, tuple[int, dict]] = {}
 
     def _index(self) -> dict[str, Path]:
         index = self.dir / "model.safetensors.index.json"
@@ -105,6 +108,45 @@ class TensorSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self._where[name]).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype as safetensors names it (BF16, F32, I32 ...)."""
+        return self._open(self._where[name]).get_slice(name).get_dtype()
+
+    def pieces(self, name: str, max_bytes: int = 1 << 22) -> Iterator[torch.Tensor]:
+        """The flat values of tensor ``name``, in order, at most ``max_bytes`` at a time, read with plain file reads.
+        get() returns a view of the shard's memory map, whose pages stay resident as long as it is mapped; these
+        pieces are fresh buffers that nothing keeps once the caller drops them (for writing big kept tensors)."""
+        from quantkit.shards import TORCH_DTYPES
+
+        shard = self._where[name]
+        data_start, header = self._header(shard)
+        entry = header[name]
+        dtype = TORCH_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise InputError(f"{shard}: tensor {name} has dtype {entry['dtype']}, which quantkit does not read")
+        begin, end = entry["data_offsets"]
+        step = max(dtype.itemsize, max_bytes // dtype.itemsize * dtype.itemsize)
+        with open(shard, "rb", buffering=0) as f:
+            f.seek(data_start + begin)
+            for start in range(begin, end, step):
+                piece = bytearray(min(step, end - start))
+                if f.readinto(piece) != len(piece):
+                    raise InputError(f"{shard}: tensor {name} is cut short; re-download the shard")
+                yield torch.frombuffer(piece, dtype=dtype)
+                del piece
+
+    def _header(self, shard: Path) -> tuple[int, dict]:
+        """Where the data of ``shard`` starts, and its safetensors header (name -> dtype, shape, data_offsets)."""
+        if shard not in self._headers:
+            try:
+                with open(shard, "rb") as f:
+                    (length,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(length))
+            except (OSError, struct.error, ValueError) as e:
+                raise InputError(f"{shard}: corrupt or unreadable safetensors shard ({e}); re-download it") from e
+            self._headers[shard] = (8 + length, header)
+        return self._headers[shard]
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self._where:

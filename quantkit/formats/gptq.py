@@ -17,6 +17,7 @@ import torch
 from quantkit.qlinear import QuantizedLinear
 
 FORMATS = ("gptq", "gptq_v2")
+PACK_CHUNK = 1 << 20  # values packed per block (8 MB of int64 temporaries)
 
 
 def _to_int32(words: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,14 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     rows, cols = values.shape
     if rows % factor:
         raise ValueError(f"{rows} rows do not pack into {factor}-value words")
-    v = values.to(torch.int64).reshape(rows // factor, factor, cols)
     shifts = (torch.arange(factor, dtype=torch.int64) * bits).view(1, factor, 1)
-    return _to_int32((v << shifts).sum(dim=1))
+    out = torch.empty(rows // factor, cols, dtype=torch.int32, device=values.device)
+    step = max(1, PACK_CHUNK // max(1, cols * factor))  # words per block: int64 temporaries stay small
+    for w0 in range(0, rows // factor, step):
+        w1 = min(w0 + step, rows // factor)
+        v = values[w0 * factor : w1 * factor].to(torch.int64).reshape(w1 - w0, factor, cols)
+        out[w0:w1] = _to_int32((v << shifts).sum(dim=1))
+    return out
 
 
 def unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:

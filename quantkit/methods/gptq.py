@@ -478,8 +478,8 @@ class GPTQQuantizer:
 
     # ------------------------------------------------------------------------------------------ activations
     def _embed(self) -> torch.Tensor:
-        emb = self.source.get("model.embed_tokens.weight").float()
-        hidden = nn.functional.embedding(self.calib.tokens, emb)
+        emb = self.source.get("model.embed_tokens.weight")  # a view of the shard's map: only the rows used are read
+        hidden = nn.functional.embedding(self.calib.tokens, emb).float()
         return hidden.to(self.device) if self._fits(hidden) else hidden
 
     def _fits(self, hidden: torch.Tensor) -> bool:
