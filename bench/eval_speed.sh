@@ -35,7 +35,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda'
 
 echo "== kernel build and self-check ($(left) s left)"
 # If the kernels do not build or fail their self-check, measure through the reference backend and say so.
-if timeout $(( $(left) - 250 )) python3 -c "
+if timeout $(( $(left) - 250 > 60 ? $(left) - 250 : 60 )) python3 -c "
 import logging, sys; logging.basicConfig(level=logging.INFO)
 from quantkit.kernels import kernel_available, self_check
 ok, why = kernel_available(); print('kernel_available', ok, why)

@@ -1,6 +1,10 @@
 """Markdown tables and the issue-4 target check from the kernel benchmark's JSON.
 
     python bench/kernel_table.py bench/results/kernel_h100.json > bench/results/kernel_h100.md
+    python bench/kernel_table.py --variants bench/results/kernel_h100_wgmma.json > bench/results/kernel_h100_wgmma.md
+
+--variants: every contender of a --tune run for M >= 16, and the path today's dispatch (quantkit.kernels.ops)
+picks for each shape, to check the dispatch against the measurements it was set from.
 """
 
 from __future__ import annotations
@@ -68,6 +72,44 @@ def targets(rows) -> list[str]:
     return out
 
 
+VARIANTS = [("qk_stream", "stream"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
+            ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
+            ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
+
+
+def dispatched(m: int, n: int, k: int) -> str:
+    from quantkit.kernels import ops
+
+    path = ops.mma_or_dequant(m, n, k, wgmma=True)
+    if path == "mma":
+        return "stream"
+    if path == "dequant":
+        return "dequant"
+    bt = ops.wgmma_bt(m, n)
+    return f"wgmma {bt}" + (" x2" if bt <= 128 else "")
+
+
+def variants(data: dict) -> list[str]:
+    lines = [f"Speed-up over cuBLAS bf16 of each kernel variant on the {data['device']} (torch {data['torch']}), "
+             f"{data['timing']}. Command: `{data['command']}`. \"x2\": the two-blocks-per-multiprocessor instance; "
+             "**bold**: the path today's dispatch picks.", ""]
+    for n, k in SHAPES:
+        rows = sorted((r for r in data["results"] if (r["N"], r["K"]) == (n, k) and r["M"] >= 16), key=lambda r: r["M"])
+        if not rows:
+            continue
+        lines += [f"{n}x{k}, group {rows[0]['group']}:", "", "| M | " + " | ".join(v for _, v in VARIANTS) + " |",
+                  "|---" * (len(VARIANTS) + 1) + "|"]
+        for r in rows:
+            pick, cells = dispatched(r["M"], n, k), []
+            for key, label in VARIANTS:
+                t = r.get(key, {})
+                cell = f"{r['cublas_bf16']['us'] / t['us']:.2f}x" if "us" in t else ("failed" if "error" in t else "")
+                cells.append(f"**{cell}**" if label == pick and cell else cell)
+            lines.append(f"| {r['M']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     rows = data["results"]
@@ -79,5 +121,7 @@ def main(path: str) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:
+    sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])))) + "\n")
+elif __name__ == "__main__":
     main(sys.argv[1])

@@ -106,7 +106,8 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
 
 
 def wgmma_bt(m: int, n: int) -> int:
-    """Tokens per block of the wgmma kernel (its MMA's N: 64, 128 or 256), as measured fastest on an H100."""
+    """Tokens per block of the wgmma kernel (its MMA's N: 64, 128 or 256), as measured fastest on an H100 (with
+    the two-blocks-per-multiprocessor instance, which the automatic path uses)."""
     if m <= 64 or (m <= 128 and n < 16384):
         return 64
     return 128
@@ -122,7 +123,7 @@ def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool = False) -> torch.Tensor:
+           dense: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -132,7 +133,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, dense and bt <= 128)
+                   packed.zeros is None, bt, splits, (True if dense is None else dense) and bt <= 128)
     return out
 
 
@@ -238,12 +239,13 @@ def w4a16_linear(
     staged: bool | None = None,
     deep: bool = False,
     bt: int | None = None,
-    dense: bool = False,
+    dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
     splits / mt / staged / deep override the split-K count, token tiles and kernel of the "mma" path, splits / bt
-    those of the "wgmma" path, dense its two-blocks-per-multiprocessor instance (benchmarking, tuning).
+    those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
+    default is the two-blocks instance for 64 and 128 tokens per block).
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
