@@ -6,8 +6,8 @@
 // m16n8k16-style A fragments for four k16 steps, which is also the register A layout of wgmma m64nNk16 (warp w
 // supplies rows 16w..16w+15). The tile's fragments put physical k in a permuted order inside each 64-k chunk
 // (see w4a16_mma_cuda.h); B must follow the same order, so the caller passes x with each 64-k chunk already
-// permuted to the MMA's logical k order (quantkit.kernels.ops.wgmma_x_order), which lets x go to shared memory
-// by plain 16-byte cp.async copies.
+// permuted to the MMA's logical k order (quantkit.kernels.packing.PackedLinear.wgmma_x_index), which lets x go
+// to shared memory by plain 16-byte cp.async copies.
 //
 // Block: 2 warpgroups (256 threads) x 64 rows = 128 output features, BT tokens (the wgmma N: 64, 128 or 256).
 // x tile per chunk: BT rows x 128 bytes, 128-byte swizzled (16-byte unit u of row r at unit u ^ (r % 8)),
@@ -71,8 +71,8 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 #endif
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
-// KS chunks go through one barrier and one wgmma wait (4 KS MMAs in flight per warpgroup); a stage holds KS chunks.
-// KS: 64-k chunks per step (per barrier and wgmma wait); MINB: blocks per multiprocessor the registers must allow
+// KS: 64-k chunks per step (one barrier and one wgmma wait; a stage holds KS chunks, 4 KS MMAs in flight per
+// warpgroup); MINB: blocks per multiprocessor the registers must allow
 // (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization).
 template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
