@@ -56,6 +56,9 @@ def _parse_size(value: str) -> int:
 @click.option("--sym/--asym", default=None, help="Symmetric (uint4b8, zero 8) or asymmetric groups.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16"]), help="Dtype of scales and unquantized tensors.")
 @click.option("--skip", multiple=True, help="Keep matching linears unquantized: a glob on module names (*.down_proj) or re:REGEX.")
+@click.option("--quantize-lm-head/--keep-lm-head", "quantize_lm_head", default=None,
+              help="Quantize lm_head too (tied embeddings: the embedding stays, lm_head becomes its own tensor). "
+                   "Default: the recipe's quantize_lm_head (false in the shipped recipes).")
 @click.option("--format", "formats", help="Comma-separated outputs: gptq[,gguf].")
 @click.option("--checkpoint-format", type=click.Choice(["gptq", "gptq_v2"]), help="GPTQ zero-point convention.")
 @click.option("--calib", "calib_text", help="Calibration text (file, JSONL or Hub dataset) for GPTQ.")
@@ -66,14 +69,15 @@ def _parse_size(value: str) -> int:
 @click.option("--push-to", help="After converting, validate (perplexity vs MODEL) and publish to this Hub repo.")
 @click.option("--eval-windows", default=40, show_default=True, help="Perplexity windows of the validation before --push-to.")
 @click.pass_context
-def convert(ctx, model, out, recipe, method, bits, group_size, sym, dtype, skip, formats, checkpoint_format,
-            calib_text, calib_samples, calib_seq_len, max_shard_size, force, push_to, eval_windows):
+def convert(ctx, model, out, recipe, method, bits, group_size, sym, dtype, skip, quantize_lm_head, formats,
+            checkpoint_format, calib_text, calib_samples, calib_seq_len, max_shard_size, force, push_to, eval_windows):
     """Quantize MODEL (Hub id, checkpoint directory or .gguf file) into OUT."""
     from quantkit import convert as converting, recipes
 
     chosen = recipes.override(
         recipes.load(recipe), method=method, bits=bits, group_size=int(group_size) if group_size else None,
-        sym=sym, dtype=dtype, skip=skip or None, formats=formats, checkpoint_format=checkpoint_format,
+        sym=sym, dtype=dtype, skip=skip or None, quantize_lm_head=quantize_lm_head, formats=formats,
+        checkpoint_format=checkpoint_format,
         calib_text=calib_text, calib_samples=calib_samples, calib_seq_len=calib_seq_len,
     )
     manifest = converting.convert(model, out, chosen, force=force, max_shard_bytes=_parse_size(max_shard_size))

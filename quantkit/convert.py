@@ -64,7 +64,7 @@ def _relative_error(weight: torch.Tensor, ql, chunk: int = 1 << 20) -> float:
     return (num ** 0.5) / max(den ** 0.5, 1e-30)
 
 
-def _quantization_config(recipe: Recipe, desc_act: bool) -> dict:
+def _quantization_config(recipe: Recipe, desc_act: bool, lm_head: bool) -> dict:
     return gptq.quantization_config(
         bits=recipe.bits,
         group_size=recipe.group_size,
@@ -75,6 +75,7 @@ def _quantization_config(recipe: Recipe, desc_act: bool) -> dict:
         method=recipe.method,
         damp_percent=recipe.gptq.damp_percent if recipe.method == "gptq" else None,
         true_sequential=recipe.gptq.true_sequential,
+        lm_head=lm_head,
         meta={"quantizer": [f"quantkit:{__version__}"], "recipe": recipe.name},
     )
 
@@ -95,12 +96,16 @@ def convert(
     dtype = scale_dtype(recipe)
     with sources.TensorSource(src_dir) as src:
         shapes = {name: src.shape(name) for name in src.names()}
-        plan = make_plan(src.config, shapes, group_size=recipe.group_size, skip=list(recipe.skip))
+        plan = make_plan(src.config, shapes, group_size=recipe.group_size, skip=list(recipe.skip),
+                         quantize_lm_head=recipe.quantize_lm_head)
         for why in rdna3_refusals(recipe, plan):
             log.warning(
                 "vLLM's RDNA3 W4A16 kernel will refuse this checkpoint: %s; vLLM loads it through its ExLlama "
                 "GPTQ kernel instead (ROCm) or gptq/Marlin (NVIDIA) where those accept it", why)
         tied = bool(src.config.get("tie_word_embeddings", False))
+        if plan.head is not None and plan.head.tied:
+            log.info("lm_head is tied to %s: the embedding stays unquantized, lm_head is written as its own quantized "
+                     "tensor and config.json's tie_word_embeddings becomes false", plan.head.source)
         state_dir = out.parent / f".{out.name}.quantkit-state"
         with atomic_dir(out, force=force) as tmp:
             writer = ShardWriter(tmp, max_bytes=max_shard_bytes)
@@ -115,8 +120,14 @@ def convert(
                 desc_act = _convert_layer(layer, src, quantizer, writer, recipe, dtype, errors) or desc_act
                 src.close()  # unmap the shards read so far: their pages would otherwise stay resident
                 layer_seconds.append(round(time.perf_counter() - t0, 3))
+            head_seconds = None
+            if plan.head is not None:
+                t0 = time.perf_counter()
+                _convert_head(plan.head, src, quantizer, writer, recipe, dtype, errors)
+                src.close()
+                head_seconds = round(time.perf_counter() - t0, 3)
             shard_names = writer.close()
-            _write_configs(tmp, src_dir, src.config, recipe, desc_act, dtype)
+            _write_configs(tmp, src_dir, src.config, recipe, desc_act, dtype, lm_head=plan.head is not None)
             if "gguf" in recipe.formats:
                 from quantkit.formats.gguf import write_gguf
 
@@ -131,6 +142,7 @@ def convert(
                     "kept_unquantized": len(plan.skipped),
                     "skipped": plan.skipped,
                     "decoder_blocks": len(plan.layers),
+                    "lm_head": "quantized" if plan.head else "tied to the embeddings" if tied else "kept",
                 },
                 "shards": shard_names,
                 "relative_error": errors,
@@ -138,6 +150,7 @@ def convert(
                 "timings": {
                     "total_s": round(time.perf_counter() - started, 3),
                     "per_layer_s": layer_seconds,
+                    **({"lm_head_s": head_seconds} if head_seconds is not None else {}),
                     "peak_rss_mb": round(peak_rss_mb(), 1),
                 },
             }
@@ -181,10 +194,21 @@ def _convert_layer(layer, src, quantizer, writer: ShardWriter, recipe: Recipe, d
     return desc_act
 
 
-def _write_configs(tmp: Path, src_dir: Path, config: dict, recipe: Recipe, desc_act: bool, dtype: torch.dtype) -> None:
-    qcfg = _quantization_config(recipe, desc_act)
+def _convert_head(head, src, quantizer, writer: ShardWriter, recipe: Recipe, dtype: torch.dtype, errors: dict) -> None:
+    """Quantize lm_head (after the decoder blocks) and write it under lm_head.*."""
+    weight = src.get(head.source)
+    ql = quantizer.quantize_head(head, weight)
+    errors[head.linear.name] = round(_relative_error(weight, ql), 6)
+    _write_linear(writer, head.linear.name, ql, recipe, dtype)
+
+
+def _write_configs(tmp: Path, src_dir: Path, config: dict, recipe: Recipe, desc_act: bool, dtype: torch.dtype,
+                   *, lm_head: bool) -> None:
+    qcfg = _quantization_config(recipe, desc_act, lm_head)
     config = dict(config)
     config.pop("quantization_config", None)
+    if lm_head and config.get("tie_word_embeddings"):
+        config["tie_word_embeddings"] = False  # lm_head is its own (quantized) tensor now; the embedding stays
     config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
     config["quantization_config"] = qcfg
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

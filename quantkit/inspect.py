@@ -9,6 +9,8 @@ from quantkit.errors import InputError
 from quantkit.plan import LAYER_RE
 from quantkit.source import TensorSource
 
+DTYPE_BITS = {"F32": 32, "F16": 16, "BF16": 16}  # safetensors dtype names
+
 
 def _dir_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.iterdir() if p.suffix == ".safetensors")
@@ -40,11 +42,15 @@ def summarize(path: str | Path) -> dict:
                 params_other += numel
                 if name.endswith(".weight") and len(shape) == 2 and LAYER_RE.match(name):
                     kept_linear.append(name[: -len(".weight")])
+        packed_bytes = {}
         for name in src.names():
             if name.endswith((".qweight", ".qzeros", ".scales")):
                 shape = src.shape(name)
                 numel = shape[0] * shape[1]
-                bytes_q += numel * (2 if name.endswith(".scales") else 4)
+                prefix = name.rpartition(".")[0]
+                packed_bytes[prefix] = packed_bytes.get(prefix, 0) + numel * (2 if name.endswith(".scales") else 4)
+        bytes_q = sum(packed_bytes.values())
+        lm_head, lm_head_bpw = _lm_head(src, config, qcfg, packed_bytes)
     size = _dir_size(path)
     return {
         "path": str(path),
@@ -58,12 +64,27 @@ def summarize(path: str | Path) -> dict:
         "quantizer": (qcfg.get("meta") or {}).get("quantizer"),
         "linears_quantized": len(quantized),
         "linears_kept": len(kept_linear),
+        "lm_head": lm_head,
+        "lm_head_bits_per_weight": lm_head_bpw,
         "quantized_params": params_q,
         "other_params": params_other,
         "size_bytes": size,
         "bits_per_weight_quantized": round(8 * bytes_q / params_q, 3) if params_q else None,
         "bits_per_weight_overall": round(8 * size / (params_q + params_other), 3),
     }
+
+
+def _lm_head(src: TensorSource, config: dict, qcfg: dict, packed_bytes: dict[str, int]) -> tuple[str, float | None]:
+    """How lm_head is stored ("quantized", "kept", "tied to the embeddings" or "absent") and its bits per weight."""
+    if "lm_head.qweight" in src:
+        rows, cols = src.shape("lm_head.qweight")
+        params = rows * (32 // qcfg.get("bits", 4)) * cols
+        return "quantized", round(8 * packed_bytes["lm_head"] / params, 3)
+    if "lm_head.weight" in src:
+        return "kept", DTYPE_BITS.get(src.dtype("lm_head.weight"))
+    if config.get("tie_word_embeddings"):
+        return "tied to the embeddings", None
+    return "absent", None
 
 
 def render(summary: dict) -> str:

@@ -2,7 +2,9 @@
 
 The plan is computed from tensor names and shapes alone (nothing is loaded): the linears of each decoder
 block, in true-sequential order (attention inputs, attention output, MLP inputs, MLP output), MoE experts
-included as plain linears; routers, norms, embeddings and lm_head stay as they are.
+included as plain linears; routers, norms and embeddings stay as they are, and so does lm_head unless the
+recipe asks for it (``quantize_lm_head``): then it is one more linear, quantized after the decoder blocks. With
+tied embeddings its weight is read from ``model.embed_tokens.weight``; the embedding itself stays unquantized.
 """
 
 from __future__ import annotations
@@ -63,16 +65,31 @@ class LayerPlan:
         return [out[s] for s in sorted(out)]
 
 
+HEAD = "lm_head"
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """lm_head as a quantized linear: ``source`` is the tensor its weight is read from (``lm_head.weight``, or
+    ``model.embed_tokens.weight`` when the embeddings are tied)."""
+
+    linear: LinearPlan
+    source: str
+    tied: bool
+
+
 @dataclass
 class Plan:
     model_type: str
     layers: list[LayerPlan]
-    outside: list[str]  # tensors outside the decoder blocks (embeddings, final norm, lm_head)
+    outside: list[str]  # tensors outside the decoder blocks written as they are (embeddings, final norm, lm_head)
     skipped: list[str]  # linears kept unquantized by a skip rule
+    head: HeadPlan | None = None  # lm_head, when it is quantized (then not in ``outside``)
 
     @property
     def quantized(self) -> list[LinearPlan]:
-        return [lin for layer in self.layers for lin in layer.linears]
+        """Every quantized linear: the decoder blocks' in order, then lm_head if it is quantized."""
+        return [lin for layer in self.layers for lin in layer.linears] + ([self.head.linear] if self.head else [])
 
 
 def _stage(inner: str) -> int | None:
@@ -93,7 +110,8 @@ def _skipped(module: str, patterns: list[str]) -> bool:
     return False
 
 
-def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: int, skip: list[str] = ()) -> Plan:
+def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: int, skip: list[str] = (),
+              quantize_lm_head: bool = False) -> Plan:
     """Build the plan; raise a clear error for unsupported architectures and groups that do not divide K."""
     model_type = config.get("model_type", "")
     if model_type not in SUPPORTED:
@@ -139,7 +157,31 @@ def make_plan(config: dict, shapes: dict[str, tuple[int, ...]], *, group_size: i
         layer.linears.sort(key=lambda lin: (lin.stage, _natural(lin.name)))
     if not layers:
         raise InputError("checkpoint has no model.layers.N.* tensors; is this a decoder-only LM checkpoint?")
-    return Plan(model_type, [layers[i] for i in sorted(layers)], outside, skipped)
+    head = None
+    if quantize_lm_head:
+        if _skipped(HEAD, skip):
+            skipped.append(HEAD)
+        else:
+            head = _head_plan(config, shapes, group_size)
+            outside = [n for n in outside if n != f"{HEAD}.weight"]
+    return Plan(model_type, [layers[i] for i in sorted(layers)], outside, skipped, head)
+
+
+def _head_plan(config: dict, shapes: dict[str, tuple[int, ...]], group_size: int) -> HeadPlan:
+    tied = bool(config.get("tie_word_embeddings", False))
+    source = "model.embed_tokens.weight" if tied else f"{HEAD}.weight"
+    if source not in shapes:
+        raise InputError(f"{source}: not in the checkpoint, so lm_head cannot be quantized; "
+                         "check the checkpoint or drop --quantize-lm-head")
+    if f"{HEAD}.bias" in shapes:
+        raise UnsupportedError(f"{HEAD}.bias: an lm_head with a bias is not supported; drop --quantize-lm-head")
+    out_features, in_features = shapes[source]
+    if in_features % group_size:
+        raise InputError(
+            f"{HEAD}.weight: group size {group_size} does not divide K={in_features}; "
+            f"choose a group size that divides it or keep lm_head unquantized (--keep-lm-head)"
+        )
+    return HeadPlan(LinearPlan(HEAD, out_features, in_features, 0, False), source, tied)
 
 
 def _natural(name: str) -> list:

@@ -47,6 +47,7 @@ class Recipe:
     checkpoint_format: str = "gptq"
     formats: tuple[str, ...] = ("gptq",)
     skip: tuple[str, ...] = ()
+    quantize_lm_head: bool = False  # quantize lm_head too (tied embeddings: the embedding stays, lm_head is untied)
     calibration: Calibration = field(default_factory=Calibration)
     gptq: GPTQOptions = field(default_factory=GPTQOptions)
 

@@ -94,6 +94,9 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     with TensorSource(directory) as src:
         linears = read_linears(src, qcfg)
         config = _plain_config(directory, dtype)
+        if "lm_head" in linears and getattr(config, "tie_word_embeddings", False):
+            log.info("%s: lm_head is quantized, so it is not tied to the embeddings", directory)
+            config.tie_word_embeddings = False
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         fused = [name for name in linears if not isinstance(_module_or_none(model, name), nn.Linear)]

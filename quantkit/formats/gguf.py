@@ -1,8 +1,9 @@
 """GGUF writer (llama.cpp) from a quantized GPTQ checkpoint directory, and its reader for `inspect` (docs/gguf.md).
 
 The 4-bit weights are carried over exactly (docs/formats.md §3): a symmetric layer (zero 8 everywhere) becomes Q4_0,
-any other 4-bit layer Q4_1; groups of 64/128 repeat their scale over 32-blocks. Norms and biases are F32, the
-unquantized matrices (embedding, lm_head, layers left in full precision) F16 or BF16. Tensor names come from
+any other 4-bit layer Q4_1 (a quantized lm_head too, as output.weight); groups of 64/128 repeat their scale over
+32-blocks. Norms and biases are F32, the unquantized matrices (embedding, lm_head, layers left in full precision)
+F16 or BF16. Tensor names come from
 gguf.get_tensor_name_map; for the `llama` architecture the rows of q_proj/k_proj are permuted as llama.cpp expects
 (rows are outputs, so codes, scales and zeros move together and the groups along K survive). Hyper-parameters and
 the full tokenizer go into the metadata. Supported: llama, mistral (written as `llama`), qwen2, qwen3.

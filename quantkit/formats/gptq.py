@@ -118,9 +118,10 @@ def unpack(
 
 def quantization_config(
     *, bits: int, group_size: int, sym: bool, desc_act: bool, static_groups: bool, checkpoint_format: str,
-    method: str, damp_percent: float | None, true_sequential: bool, meta: dict,
+    method: str, damp_percent: float | None, true_sequential: bool, meta: dict, lm_head: bool = False,
 ) -> dict:
-    """The ``quantization_config`` block that vLLM, transformers (optimum/gptqmodel) read."""
+    """The ``quantization_config`` block that vLLM, transformers (optimum/gptqmodel) read; ``lm_head``: whether
+    lm_head is quantized (the key vLLM's GPTQConfig and GPTQModel read)."""
     cfg = {
         "quant_method": "gptq",
         "bits": bits,
@@ -130,7 +131,7 @@ def quantization_config(
         "static_groups": static_groups,
         "true_sequential": true_sequential,
         "checkpoint_format": checkpoint_format,
-        "lm_head": False,
+        "lm_head": lm_head,
         "meta": meta,
     }
     if damp_percent is not None:

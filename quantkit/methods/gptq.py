@@ -10,6 +10,9 @@ For each block (``quantize_layer``, called by convert in order):
    written back into the module, so later stages see the quantized earlier ones;
 4. the quantized block runs once more to produce the next block's inputs.
 
+lm_head, when the recipe quantizes it (``quantize_head``, called after the last block): its inputs are the final
+norm of the last quantized block's outputs, so it is solved like any other linear against their Hessian.
+
 MoE: transformers 5 fuses experts into 3-D parameters; the block's experts module is replaced by one holding
 the checkpoint's per-expert linears with the same routing, so every expert gets its own Hessian from the tokens
 routed to it. Experts (or any linear) that saw fewer than ``MIN_TOKENS`` calibration tokens are rounded to
@@ -109,7 +112,7 @@ class GPTQQuantizer:
             raise InputError(f"{source.dir}: cannot load the tokenizer for calibration ({e})") from e
         cal = recipe.calibration
         self.calib = calibration.build(tokenizer, cal.text, samples=cal.samples, seq_len=cal.seq_len)
-        self._layer_cls, self._rotary = self._model_parts()
+        self._layer_cls, self._rotary, self._final_norm = self._model_parts()
         self.state = BlockState(Path(state_dir), self._fingerprint())
         self.records: dict[str, dict] = {}
         self.expert_tokens: dict[str, int] = {}
@@ -131,7 +134,7 @@ class GPTQQuantizer:
         if layers is None or not hasattr(inner, "rotary_emb"):
             raise UnsupportedError(f"{self.config.model_type}: no model.layers / rotary_emb in the transformers model")
         rotary = type(inner.rotary_emb)(self.config).to(self.device)
-        return type(layers[0]), rotary
+        return type(layers[0]), rotary, getattr(inner, "norm", None)
 
     def _fingerprint(self) -> str:
         shapes = {n: list(self.source.shape(n)) for n in sorted(self.source.names())}
@@ -167,6 +170,46 @@ class GPTQQuantizer:
             log.warning("%s=%d: exiting hard (resume test)", KILL_AFTER_ENV, layer.index)
             os._exit(17)
         return results
+
+    def quantize_head(self, head, weight) -> QuantizedLinear:
+        """lm_head, solved against the Hessian of its inputs: the final norm of the last block's outputs."""
+        name = head.linear.name
+        stored = self.state.load_block(name)
+        if stored is not None:
+            results, records = stored
+            self._record(records)
+            log.info("%s: resumed from %s", name, self.state.dir)
+            return results[name]
+        t0 = time.perf_counter()
+        hidden = self._inputs_for(max(self.layers) + 1)
+        norm = self._build_final_norm()
+        hessian = _Hessian(head.linear.in_features, self.device)
+        with torch.no_grad():
+            for b in range(0, hidden.shape[0], FORWARD_BATCH):
+                hessian.add(norm(hidden[b : b + FORWARD_BATCH].to(self.device)))
+        del hidden, norm
+        self._hidden, self._next = None, -1
+        results, records = self._solve_group([head.linear], {name: hessian}, {f"{name}.weight": weight}, None)
+        self.state.save_block(name, results, records)
+        self._record(records)
+        self._seconds += time.perf_counter() - t0
+        return results[name]
+
+    def _build_final_norm(self) -> nn.Module:
+        """The model's final norm (model.norm) on the device, fp32, with the checkpoint's weights."""
+        import copy
+
+        prefix = "model.norm."
+        state = {n.removeprefix(prefix): self.source.get(n).float() for n in self.source.names() if n.startswith(prefix)}
+        if self._final_norm is None or not state:
+            raise UnsupportedError(f"{self.config.model_type}: no final norm (model.norm) to compute lm_head's inputs; "
+                                   "quantize lm_head with --method rtn")
+        norm = copy.deepcopy(self._final_norm).to_empty(device=self.device).float().eval()
+        missing, unexpected = norm.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UnsupportedError(f"model.norm: checkpoint tensors do not match the transformers norm "
+                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return norm
 
     def summary(self) -> dict:
         fallbacks = {n: r["fallback"] for n, r in self.records.items() if r.get("fallback")}
@@ -436,7 +479,8 @@ class GPTQQuantizer:
         return hessians
 
     def _solve_group(self, group, hessians, weights, modules):
-        """Solve linears sharing one Hessian as one stacked weight; RTN fallback where the rule says so."""
+        """Solve linears sharing one Hessian as one stacked weight; RTN fallback where the rule says so. The
+        dequantized weights are written into ``modules`` (if given), so that later stages see them."""
         h = hessians[group[0].name]
         results, records = {}, {}
         ws = [weights[f"{lin.name}.weight"].to(self.device, torch.float32) for lin in group]
@@ -472,7 +516,8 @@ class GPTQQuantizer:
                 deq = nearest.dequantize()
                 records[lin.name] = {"tokens": h.tokens, "fallback": f"rtn ({fallback})"}
             row += w.shape[0]
-            modules[lin.name].weight.data.copy_(deq)
+            if modules is not None:
+                modules[lin.name].weight.data.copy_(deq)
             results[lin.name] = ql
         return results, records
 
@@ -579,13 +624,17 @@ class BlockState:
         torch.save(obj, tmp)
         os.replace(tmp, path)
 
-    def save_block(self, index: int, results: dict[str, QuantizedLinear], records: dict) -> None:
+    def _path(self, index: int | str) -> Path:
+        """block-00003.pt for decoder block 3; lm_head.pt for the linear quantized after the blocks."""
+        return self.dir / (f"block-{index:05d}.pt" if isinstance(index, int) else f"{index}.pt")
+
+    def save_block(self, index: int | str, results: dict[str, QuantizedLinear], records: dict) -> None:
         blob = {name: {"codes": q.codes, "scales": q.scales, "zeros": q.zeros, "g_idx": q.g_idx, "bits": q.bits,
                        "group_size": q.group_size, "sym": q.sym, "bias": q.bias} for name, q in results.items()}
-        self._atomic_save({"linears": blob, "records": records}, self.dir / f"block-{index:05d}.pt")
+        self._atomic_save({"linears": blob, "records": records}, self._path(index))
 
-    def load_block(self, index: int):
-        path = self.dir / f"block-{index:05d}.pt"
+    def load_block(self, index: int | str):
+        path = self._path(index)
         if not path.is_file():
             return None
         blob = torch.load(path, weights_only=True)
