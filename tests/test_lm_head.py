@@ -253,3 +253,27 @@ def test_gptq_lm_head_resumes_to_the_same_bytes(tmp_path, tiny_llama):
     assert "replaying the saved quantized block" in done.stderr
     for f in straight.glob("*.safetensors"):
         assert f.read_bytes() == (out / f.name).read_bytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_kernel_backend_runs_the_quantized_lm_head(tmp_path, tiny_llama):
+    """The kernel backend builds its modules from the same checkpoint: lm_head runs on the W4A16 kernels and
+    agrees with the reference backend."""
+    from quantkit.eval import backends, ppl
+    from quantkit.kernels import kernel_available
+
+    ok, why = kernel_available()
+    if not ok:
+        pytest.skip(f"W4A16 kernels unavailable: {why}")
+    out = tmp_path / "q"
+    convert.convert(str(tiny_llama), out, HEAD, progress=False)
+    kernel = backends.load(out, "kernel", dtype=torch.bfloat16, device="cuda")
+    ref = backends.load(out, "reference", dtype=torch.bfloat16, device="cuda")
+    assert type(kernel.lm_head).__name__ == "W4A16Linear"
+    assert type(kernel.model.layers[0].mlp.down_proj).__name__ == "W4A16Linear"
+    wins = torch.randint(0, kernel.config.vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
+    s_ker, s_ref, agreement = ppl.score_against(kernel, ref, wins, progress=False)
+    d = agreement.to_dict()
+    assert abs(s_ker.ppl / s_ref.ppl - 1) < 0.005, (s_ker.ppl, s_ref.ppl)
+    assert d["kl_divergence"] < 1e-3 and d["top1_agreement"] > 0.9, d
