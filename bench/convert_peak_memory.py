@@ -4,7 +4,7 @@ conversion holds about one decoder layer plus the embeddings, never the whole mo
     python bench/convert_peak_memory.py [--config recipes/configs/llama-3.2-1b.json] [--out bench/results/convert_memory]
 
 The random checkpoint is written shard by shard (one layer at a time) by this script; `quantkit convert` then
-runs in its own process, and its peak RSS is read from the manifest (getrusage of that process).
+runs in its own process, and its peak RSS is read from the manifest (that process's VmHWM).
 """
 
 from __future__ import annotations
