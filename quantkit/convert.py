@@ -123,7 +123,7 @@ def convert(
             head_seconds = None
             if plan.head is not None:
                 t0 = time.perf_counter()
-                _convert_head(plan.head, src, quantizer, writer, recipe, dtype, errors)
+                desc_act = _convert_head(plan.head, src, quantizer, writer, recipe, dtype, errors) or desc_act
                 src.close()
                 head_seconds = round(time.perf_counter() - t0, 3)
             shard_names = writer.close()
@@ -194,12 +194,13 @@ def _convert_layer(layer, src, quantizer, writer: ShardWriter, recipe: Recipe, d
     return desc_act
 
 
-def _convert_head(head, src, quantizer, writer: ShardWriter, recipe: Recipe, dtype: torch.dtype, errors: dict) -> None:
-    """Quantize lm_head (after the decoder blocks) and write it under lm_head.*."""
+def _convert_head(head, src, quantizer, writer: ShardWriter, recipe: Recipe, dtype: torch.dtype, errors: dict) -> bool:
+    """Quantize lm_head (after the decoder blocks) and write it under lm_head.*; True if its groups are act-order."""
     weight = src.get(head.source)
     ql = quantizer.quantize_head(head, weight)
     errors[head.linear.name] = round(_relative_error(weight, ql), 6)
     _write_linear(writer, head.linear.name, ql, recipe, dtype)
+    return not ql.static_groups
 
 
 def _write_configs(tmp: Path, src_dir: Path, config: dict, recipe: Recipe, desc_act: bool, dtype: torch.dtype,

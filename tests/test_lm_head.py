@@ -236,6 +236,16 @@ def test_gptq_solves_lm_head_against_its_inputs(tmp_path, tiny_llama):
     assert ours < 0.8 * rtn_err, (ours, rtn_err)
 
 
+def test_gptq_act_order_lm_head_sets_desc_act(tmp_path, tiny_llama):
+    """Dynamic act-order groups in lm_head alone (every decoder linear skipped) still make desc_act true."""
+    recipe = recipes.override(HEAD, **FAST_GPTQ, gptq_static_groups=False, skip=("model.layers.*",))
+    manifest = convert.convert(str(tiny_llama), tmp_path / "q", recipe, progress=False)
+    assert manifest["layers"]["quantized"] == 1
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["desc_act"] is True
+    g_idx = tensors_of(tmp_path / "q")["lm_head.g_idx"]
+    assert not torch.equal(g_idx, torch.arange(g_idx.numel(), dtype=torch.int32) // 32)
+
+
 def test_gptq_lm_head_resumes_to_the_same_bytes(tmp_path, tiny_llama):
     """Killed after the last block, the rerun rebuilds lm_head's inputs by replaying the saved blocks."""
     from quantkit.methods import gptq
