@@ -3,9 +3,10 @@
 // owns every policy decision (which path, how many splits); this file only checks and launches.
 #include <torch/extension.h>
 
+#include <array>
+
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <ATen/cuda/CUDAContext.h>
 
 #include "w4a16_dot2.h"
 #include "w4a16_mma_cuda.h"
@@ -40,6 +41,39 @@ void check_bias(const c10::optional<torch::Tensor>& bias, const torch::Tensor& x
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
+}
+
+
+// The operands of the tensor-core kernels over the "mma" layout: types, shapes, alignment. Returns {M, K, N}.
+std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
+                                          const torch::Tensor& out, const torch::Tensor& ws,
+                                          const torch::Tensor& counters, int64_t group_size, bool sym) {
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(w, "packed weight", torch::kInt32, 4);
+  check_tensor(meta, "packed scales", x.scalar_type(), 4);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  check_tensor(ws, "workspace", torch::kFloat32, 1);
+  check_tensor(counters, "counters", torch::kInt32, 1);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
+  TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
+              K, ", got ", w.sizes());
+  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
+              ", got ", group_size);
+  TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
+              "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  return {M, K, N};
+}
+
+// Split-K (grid.z > 1) needs fp32 partial sums for every split and a counter per output tile.
+void check_split_workspace(const dim3& grid, int64_t M, int64_t N, const torch::Tensor& ws, const torch::Tensor& counters) {
+  if (grid.z > 1) {
+    TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
+                " floats, has ", ws.numel());
+    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
+                counters.numel());
+  }
 }
 
 }  // namespace
@@ -91,21 +125,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
               int64_t splits, bool staged, bool deep) {
   const bool bf = is_bf16(x);
-  check_tensor(x, "x", x.scalar_type(), 2);
-  check_tensor(w, "packed weight", torch::kInt32, 4);
-  check_tensor(meta, "packed scales", x.scalar_type(), 4);
-  check_tensor(out, "out", x.scalar_type(), 2);
-  check_tensor(ws, "workspace", torch::kFloat32, 1);
-  check_tensor(counters, "counters", torch::kInt32, 1);
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
-  TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
-              K, ", got ", w.sizes());
-  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
-              ", got ", group_size);
-  TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
-              "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
   TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
@@ -114,12 +134,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const int64_t per_split = (chunks + splits - 1) / splits;
   const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * QK_STREAM_WARPS;
   const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
-  if (grid.z > 1) {
-    TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
-                " floats, has ", ws.numel());
-    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
-                counters.numel());
-  }
+  check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
@@ -148,36 +163,19 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
                 int64_t splits, bool dense) {
   const bool bf = is_bf16(x);
-  check_tensor(x, "x", x.scalar_type(), 2);
-  check_tensor(w, "packed weight", torch::kInt32, 4);
-  check_tensor(meta, "packed scales", x.scalar_type(), 4);
-  check_tensor(out, "out", x.scalar_type(), 2);
-  check_tensor(ws, "workspace", torch::kFloat32, 1);
-  check_tensor(counters, "counters", torch::kInt32, 1);
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
-  TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
-              K, ", got ", w.sizes());
-  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
-              ", got ", group_size);
-  TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
-              "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
   check_bias(bias, x, N);
-  const auto props = at::cuda::getDeviceProperties(x.device().index());
-  TORCH_CHECK(props->major == 9 && props->minor == 0, "the wgmma kernel needs compute capability 9.0, this GPU is ",
-              props->major, ".", props->minor);
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.device().index());
+  TORCH_CHECK(major == 9 && minor == 0, "the wgmma kernel needs compute capability 9.0, this GPU is ", major, ".",
+              minor);
   const int64_t chunks = K / 64;
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
   const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
-  if (grid.z > 1) {
-    TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
-                " floats, has ", ws.numel());
-    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
-                counters.numel());
-  }
+  check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());

@@ -23,61 +23,53 @@ def _to_dtype_bits(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.to(dtype).float()
 
 
-def emulate_mma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
-    """The tensor-core kernel's arithmetic, lane by lane, with the PTX m16n8k16 fragment maps (fp64 sums)."""
+def mma_a_tile(packed, dtype: torch.dtype, t: int, c: int, j: int) -> torch.Tensor:
+    """The 16x16 A operand (rows n, k slots) that tile t's lanes hold for k16 step j of chunk c, decoded lane by
+    lane with the PTX m16n8k16 fragment map, in the kernels' dequantization arithmetic."""
     w, meta = packed.mma_weight.to(torch.int64) & 0xFFFFFFFF, packed.mma_meta(dtype).float()
-    tiles, chunks = w.shape[:2]
-    m, g = x.shape[0], packed.group_size
     magic = MAGIC_BIAS[dtype]
+    a = torch.zeros(16, 16, dtype=torch.float64)
+    for lane in range(32):
+        gid, tig = divmod(lane, 4)
+        word, grp = int(w[t, c, lane, j]), (64 * c + 16 * tig) // packed.group_size
+        for i in range(4):
+            rh, h = i & 1, i >> 1
+            s = meta[t, grp, gid, rh]
+            zc = meta[t, grp, gid, 2 + rh] if meta.shape[-1] == 4 else magic + 8
+            for e in range(2):
+                q = (word >> (4 * i + 16 * e)) & 0xF
+                a[gid + 8 * rh, 2 * tig + 8 * h + e] = _to_dtype_bits(((magic + q) - zc) * s, dtype)  # a{2i,2i+1}
+    return a
+
+
+def emulate_mma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
+    """The mma.sync kernels' arithmetic (fp64 sums): B fragments read x at the layout's permuted k."""
+    tiles, chunks = packed.mma_weight.shape[:2]
+    m = x.shape[0]
     out = torch.zeros(m, tiles * 16, dtype=torch.float64)
     for t in range(tiles):
         for c in range(chunks):
             for j in range(4):
-                a = torch.zeros(16, 16, dtype=torch.float64)  # rows n, 16 k slots
                 b = torch.zeros(16, m, dtype=torch.float64)  # k slots x tokens
-                for lane in range(32):
-                    gid, tig = divmod(lane, 4)
-                    word = int(w[t, c, lane, j])
-                    grp = (64 * c + 16 * tig) // g
-                    for i in range(4):
-                        rh, h = i & 1, i >> 1
-                        s = meta[t, grp, gid, rh]
-                        zc = meta[t, grp, gid, 2 + rh] if meta.shape[-1] == 4 else magic + 8
-                        for e in range(2):
-                            q = (word >> (4 * i + 16 * e)) & 0xF
-                            v = _to_dtype_bits(((magic + q) - zc) * s, dtype)
-                            a[gid + 8 * rh, 2 * tig + 8 * h + e] = v  # PTX: a{2i,2i+1} row gid(+8), col 2tig(+8)
-                    for e in range(2):  # B regs: rows 2tig+e and 2tig+8+e, column gid (a token)
-                        if gid < m:
-                            b[2 * tig + e, gid] = x[gid, 64 * c + 16 * tig + 4 * j + e].double()
-                            b[2 * tig + 8 + e, gid] = x[gid, 64 * c + 16 * tig + 4 * j + 2 + e].double()
-                out[:, 16 * t : 16 * t + 16] += (a @ b).T
+                for tig in range(4):  # B regs: rows 2tig+e and 2tig+8+e, column gid (a token)
+                    for e in range(2):
+                        b[2 * tig + e] = x[:, 64 * c + 16 * tig + 4 * j + e].double()
+                        b[2 * tig + 8 + e] = x[:, 64 * c + 16 * tig + 4 * j + 2 + e].double()
+                out[:, 16 * t : 16 * t + 16] += (mma_a_tile(packed, dtype, t, c, j) @ b).T
     return out
 
 
 def emulate_wgmma(x: torch.Tensor, packed, dtype: torch.dtype) -> torch.Tensor:
-    """The wgmma kernel's arithmetic: the same A fragments as emulate_mma, B read in plain k order from x gathered
-    by packed.wgmma_x_index() (k16 step j of chunk c is logical k 64c + 16j .. + 15)."""
+    """The wgmma kernel's arithmetic: the same A fragments, B read in plain k order from x gathered by
+    packed.wgmma_x_index() (k16 step j of chunk c is logical k 64c + 16j .. + 15)."""
     xw = x[:, packed.wgmma_x_index()].double()
-    w, meta = packed.mma_weight.to(torch.int64) & 0xFFFFFFFF, packed.mma_meta(dtype).float()
-    tiles, chunks = w.shape[:2]
-    g, magic = packed.group_size, MAGIC_BIAS[dtype]
+    tiles, chunks = packed.mma_weight.shape[:2]
     out = torch.zeros(x.shape[0], tiles * 16, dtype=torch.float64)
     for t in range(tiles):
         for c in range(chunks):
             for j in range(4):
-                a = torch.zeros(16, 16, dtype=torch.float64)
-                for lane in range(32):
-                    gid, tig = divmod(lane, 4)
-                    word, grp = int(w[t, c, lane, j]), (64 * c + 16 * tig) // g
-                    for i in range(4):
-                        rh, h = i & 1, i >> 1
-                        s = meta[t, grp, gid, rh]
-                        zc = meta[t, grp, gid, 2 + rh] if meta.shape[-1] == 4 else magic + 8
-                        for e in range(2):
-                            q = (word >> (4 * i + 16 * e)) & 0xF
-                            a[gid + 8 * rh, 2 * tig + 8 * h + e] = _to_dtype_bits(((magic + q) - zc) * s, dtype)
-                out[:, 16 * t : 16 * t + 16] += (a @ xw[:, 64 * c + 16 * j : 64 * c + 16 * j + 16].T).T
+                b = xw[:, 64 * c + 16 * j : 64 * c + 16 * j + 16].T
+                out[:, 16 * t : 16 * t + 16] += (mma_a_tile(packed, dtype, t, c, j) @ b).T
     return out
 
 
