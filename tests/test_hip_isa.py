@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,10 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     stacks = re.findall(r"(\d+) bytes stack frame", report)
     assert spills and all(s == ("0", "0") for s in spills), spills
     assert stacks and all(s == "0" for s in stacks), stacks
+
+
+def test_generated_wgmma_header_is_current():
+    """csrc/w4a16_wgmma_ops.h is written by csrc/gen/wgmma_ops.py; the committed file must be what it writes."""
+    gen = Path(__file__).resolve().parents[1] / "csrc" / "gen" / "wgmma_ops.py"
+    res = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, "csrc/w4a16_wgmma_ops.h differs from what csrc/gen/wgmma_ops.py writes; run it"
