@@ -220,7 +220,8 @@ def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     if m <= STREAM_MAX_M:
         return "mma"
     if wgmma:
-        return "wgmma" if m <= WGMMA_MAX_M and n * k >= WGMMA_MIN_NK else "dequant"
+        big = n * k >= WGMMA_MIN_NK and (m <= 128 or n >= 8192)  # 4096x14336 at M = 256: dequantize + cuBLAS
+        return "wgmma" if m <= WGMMA_MAX_M and big else "dequant"
     if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
         return "mma"
     if m <= 2 * MMA_MAX_M and n >= STAGED_MIN_N:
