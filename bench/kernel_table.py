@@ -93,6 +93,7 @@ def variants(data: dict) -> list[str]:
     lines = [f"Speed-up over cuBLAS bf16 of each kernel variant on the {data['device']} (torch {data['torch']}), "
              f"{data['timing']}. Command: `{data['command']}`. \"x2\": the two-blocks-per-multiprocessor instance; "
              "**bold**: the path today's dispatch picks.", ""]
+    picked: dict = {}
     for n, k in SHAPES:
         rows = sorted((r for r in data["results"] if (r["N"], r["K"]) == (n, k) and r["M"] >= 16), key=lambda r: r["M"])
         if not rows:
@@ -105,8 +106,13 @@ def variants(data: dict) -> list[str]:
                 t = r.get(key, {})
                 cell = f"{r['cublas_bf16']['us'] / t['us']:.2f}x" if "us" in t else ("failed" if "error" in t else "")
                 cells.append(f"**{cell}**" if label == pick and cell else cell)
+                if label == pick and "us" in t:
+                    picked.setdefault(r["M"], []).append(r["cublas_bf16"]["us"] / t["us"])
             lines.append(f"| {r['M']} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["Today's dispatch on these measurements, worst and best speed-up over the shapes:", "",
+              "| M | worst | best |", "|---|---|---|"]
+    lines += [f"| {m} | {min(v):.2f}x | {max(v):.2f}x |" for m, v in sorted(picked.items())]
     return lines
 
 
