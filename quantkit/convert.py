@@ -102,6 +102,9 @@ def convert(
             log.warning(
                 "vLLM's RDNA3 W4A16 kernel will refuse this checkpoint: %s; vLLM loads it through its ExLlama "
                 "GPTQ kernel instead (ROCm) or gptq/Marlin (NVIDIA) where those accept it", why)
+        if not recipe.sym and recipe.checkpoint_format == "gptq":
+            log.warning("asymmetric zero points in GPTQ format v1: GPTQModel refuses such checkpoints unless it wrote "
+                        "them itself; --checkpoint-format gptq_v2 stores the true zeros, which it loads")
         tied = bool(src.config.get("tie_word_embeddings", False))
         if plan.head is not None and plan.head.tied:
             log.info("lm_head is tied to %s: the embedding stays unquantized, lm_head is written as its own quantized "

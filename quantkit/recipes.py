@@ -146,4 +146,7 @@ def override(recipe: Recipe, **options) -> Recipe:
         changes["formats"] = tuple(f.strip() for f in changes["formats"].split(",") if f.strip())
     if "skip" in changes:
         changes["skip"] = tuple(recipe.skip) + tuple(changes["skip"])
+    changed = sorted(k for k, v in changes.items() if k != "name" and getattr(recipe, k) != v)
+    if changed and "name" not in changes:  # the output names what made it: "rdna3-w4a16-g32+group_size,sym"
+        changes["name"] = f"{recipe.name}+{','.join(changed)}"
     return dataclasses.replace(recipe, **changes).validate("command line")

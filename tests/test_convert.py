@@ -209,9 +209,23 @@ def test_missing_shard_named_in_index(tmp_path, tiny_llama):
 def test_rdna3_warning(tmp_path, tiny_llama, caplog):
     convert.convert(str(tiny_llama), tmp_path / "a", recipes.load("w4a16-g32-asym"), progress=False)
     assert "RDNA3 W4A16 kernel will refuse this checkpoint: asymmetric" in caplog.text
+    assert "asymmetric zero points in GPTQ format v1: GPTQModel refuses" in caplog.text
+    caplog.clear()
+    convert.convert(str(tiny_llama), tmp_path / "c", recipes.override(recipes.load("w4a16-g32-asym"),
+                                                                     checkpoint_format="gptq_v2"), progress=False)
+    assert "GPTQModel refuses" not in caplog.text
     caplog.clear()
     convert.convert(str(tiny_llama), tmp_path / "b", G32, progress=False)
-    assert "RDNA3" not in caplog.text
+    assert "RDNA3" not in caplog.text and "GPTQModel" not in caplog.text
+
+
+def test_overridden_recipe_is_named_by_its_overrides(tmp_path, tiny_llama):
+    assert recipes.override(G32, group_size=32, sym=True).name == "rdna3-w4a16-g32"  # nothing changed
+    r = recipes.override(G32, sym=False, group_size=64)
+    assert r.name == "rdna3-w4a16-g32+group_size,sym"
+    convert.convert(str(tiny_llama), tmp_path / "o", r, progress=False)
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["quantization_config"]["meta"]["recipe"] == "rdna3-w4a16-g32+group_size,sym"
 
 
 def test_recipe_validation(tmp_path):
