@@ -42,16 +42,7 @@ CONFIGS = {
 
 
 def decoder(directory: Path, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(directory)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = reference.dequantized_state_dict(directory, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    model.tie_weights()
-    return model.eval()
+    return reference.load_dequantized_model(directory, dtype=dtype)
 
 
 def logprobs(logits: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
             raise UnsupportedError(f"{directory}: {fused[0]} is not an nn.Linear in transformers (fused MoE experts?); "
                                    "only the reference (dequantized) backend can run this model")
         log.info("%s: %s is fused in transformers; building the model from dequantized weights", directory, fused[0])
-        return _load_dequantized(directory, dtype=dtype, device=device)
+        return load_dequantized_model(directory, dtype=dtype, device=device)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not m.rpartition(".")[0] in linears]
     if config.tie_word_embeddings:
@@ -135,12 +135,17 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() else t
 
 
-def _load_dequantized(directory: Path, *, dtype: torch.dtype, device: str):
+def load_dequantized_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A plain transformers model of a quantized directory: no quantized modules, every quantized linear's weight
+    is its dequantized weight (computed in fp32, then cast to ``dtype``), loaded through transformers' own loading
+    (which also fuses MoE experts where transformers does). The independent decoder other loaders are checked
+    against; every tensor must be used and every parameter covered."""
     import tempfile
 
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
+    directory = Path(directory)
     state = dequantized_state_dict(directory, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="quantkit-dequant-") as tmp:
         config = json.loads((directory / "config.json").read_text())
@@ -148,7 +153,10 @@ def _load_dequantized(directory: Path, *, dtype: torch.dtype, device: str):
         (Path(tmp) / "config.json").write_text(json.dumps(config))
         save_file({n: _as(t, dtype).contiguous() for n, t in state.items()}, str(Path(tmp) / "model.safetensors"),
                   metadata={"format": "pt"})
-        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, output_loading_info=True)
+    bad = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise InputError(f"{directory}: the dequantized tensors do not match the model ({bad})")
     return model.to(device).eval()
 
 

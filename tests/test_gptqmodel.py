@@ -112,20 +112,9 @@ def gptqmodel_outputs(directory: Path, wins: torch.Tensor, work: Path) -> dict:
 
 def decoder(directory: Path, dtype: torch.dtype):
     """Plain transformers model of the checkpoint's config in ``dtype``, linears = our dequantized weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from quantkit import reference
 
-    config = AutoConfig.from_pretrained(directory)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = reference.dequantized_state_dict(directory, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    if "lm_head.weight" in missing:
-        assert config.tie_word_embeddings
-        model.tie_weights()
-    return model.eval()
+    return reference.load_dequantized_model(directory, dtype=dtype)
 
 
 @torch.inference_mode()
