@@ -9,6 +9,7 @@
 # that one hang cannot take the others' results with it; the whole script ends within DEADLINE_SECONDS (470).
 # CONFIG, BATCH, PROMPT and GEN override the shapes (a dry run on a CPU: CONFIG=tiny-llama PROMPT=8 GEN=2);
 # ONLY=compiled runs only the --compile step, with all the time left.
+# EXTRA adds options to every eval (EXTRA=--quantize-lm-head: lm_head 4-bit too).
 set -u -o pipefail
 OUT=${1:?usage: bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]}
 DEADLINE=$(( $(date +%s) + ${2:-470} ))
@@ -50,7 +51,8 @@ run() {  # run NAME SECONDS ARGS...
   local name=$1 limit=$2; shift 2
   echo "== $name ($(left) s left, limit $limit s)"
   timeout "$limit" python3 -m quantkit eval --random-weights "$CONFIG" --throughput --batch "$BATCH" --prompt-len "$PROMPT" \
-    --gen-len "$GEN" --backend "$BACKEND" --json "$OUT/$name.json" --report "$OUT/$name.md" --plot "$OUT/$name.png" "$@" 2>&1 | tee "$OUT/$name.log"
+    --gen-len "$GEN" --backend "$BACKEND" --json "$OUT/$name.json" --report "$OUT/$name.md" --plot "$OUT/$name.png" \
+    ${EXTRA:-} "$@" 2>&1 | tee "$OUT/$name.log"
 }
 if [ "${ONLY:-}" != compiled ]; then
   run eval_${CONFIG}_g128 $(( $(left) - 150 < 170 ? $(left) - 150 : 170 )) --group-size 128

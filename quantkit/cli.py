@@ -161,6 +161,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--random-weights", help="Throughput of a random model of this config (config.json path or a name in recipes/configs/).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
               help="Group size of --random-weights.")
+@click.option("--quantize-lm-head", is_flag=True, help="With --random-weights: quantize lm_head too (as convert --quantize-lm-head).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results JSON here.")
 @click.option("--report", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
 @click.option("--plot", "png_path", type=click.Path(path_type=Path), help="Write the tokens/s plot (PNG) here.")
@@ -184,7 +185,8 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
     result = validate.evaluate(
         directory, text=text, baseline=baseline, ctx=kw["ctx_tokens"], max_windows=kw["max_windows"], device=kw["device"],
         backend=kw["backend"], perplexity=not no_ppl and kw["random_weights"] is None, throughput=settings,
-        random_weights=kw["random_weights"], group_size=int(kw["group_size"]), command=_command_line(ctx),
+        random_weights=kw["random_weights"], group_size=int(kw["group_size"]), quantize_lm_head=kw["quantize_lm_head"],
+        command=_command_line(ctx),
     )
     click.echo(result_text(result))
     json_path, md_path, png_path = kw["json_path"], kw["md_path"], kw["png_path"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from quantkit.errors import InputError
 from quantkit.eval import backends, ppl, report, throughput, validate
 from quantkit.manifest import EVAL_JSON, weights_digest
 from test_gguf import make_checkpoint
@@ -104,6 +105,21 @@ def test_cpu_throughput_runs_and_says_it_is_not_meaningful():
         assert row["quantized"]["decode"]["samples"] == 2
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
     assert section["checks"][0]["kl_divergence"] == 0  # reference QuantLinear vs the same dequantized weights
+
+
+def test_random_weights_can_quantize_lm_head(tmp_path):
+    from quantkit.eval import random_weights, validate
+    from quantkit.reference import QuantLinear
+
+    model, base, info = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                             module_factory=QuantLinear, progress=False, quantize_lm_head=True)
+    assert info["quantized_linears"] == 2 * 7 + 1 and info["lm_head_quantized"]
+    assert isinstance(model.lm_head, QuantLinear) and isinstance(base.lm_head, torch.nn.Linear)
+    assert not torch.equal(base.lm_head.weight, base.get_input_embeddings().weight)  # untied, embedding untouched
+    x = torch.randn(3, base.lm_head.in_features)
+    torch.testing.assert_close(model.lm_head(x), base.lm_head(x), rtol=1e-5, atol=1e-5)  # the same 4-bit weights
+    with pytest.raises(InputError, match="--quantize-lm-head is for --random-weights"):
+        validate.evaluate(tmp_path, quantize_lm_head=True, perplexity=False)
 
 
 def test_throughput_settings_errors():

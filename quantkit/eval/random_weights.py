@@ -7,7 +7,8 @@ quantkit.methods.rtn (round-to-nearest with its per-group scale search; 4-bit, s
 scales in the model dtype): the same code path as `quantkit convert --method rtn`, on random weights rather
 than random codes. The baseline is the same model in bf16 with those linears replaced by their *dequantized*
 weights, so both models compute the same function up to rounding and the run can check the kernels on it.
-Embeddings, norms and lm_head stay in bf16 in both, as a converted checkpoint keeps them.
+Embeddings, norms and lm_head stay in bf16 in both, as a converted checkpoint keeps them; with
+``quantize_lm_head`` lm_head is quantized too (and untied from the embedding), as `convert --quantize-lm-head` does.
 
 CONFIG is a plain Hugging Face config.json, a path or a name under recipes/configs/ (llama-3-8b, qwen3-8b, ...).
 """
@@ -79,13 +80,15 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @torch.inference_mode()
 def build(config_name: str | Path, *, group_size: int, dtype: torch.dtype, device: str, module_factory,
-          seed: int = 0, progress: bool = True):
+          seed: int = 0, progress: bool = True, quantize_lm_head: bool = False):
     """(quantized model, bf16 baseline of the same dequantized weights, info dict) on ``device``.
 
     module_factory(QuantizedLinear) makes each quantized module (quantkit.eval.backends: kernel or reference)."""
     from transformers import AutoModelForCausalLM
 
     config, path = load_config(config_name, dtype=dtype)
+    if quantize_lm_head:
+        config.tie_word_embeddings = False  # the 4-bit head is its own tensor, the embedding stays as it is
     torch.manual_seed(seed)
     with torch.device(device):
         baseline = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -93,6 +96,10 @@ def build(config_name: str | Path, *, group_size: int, dtype: torch.dtype, devic
     names = _decoder_linears(baseline)
     if not names:
         raise InputError(f"{path}: the {config.model_type} model has no nn.Linear in its decoder blocks to quantize")
+    if quantize_lm_head:
+        if not isinstance(getattr(baseline, "lm_head", None), nn.Linear):
+            raise InputError(f"{path}: the {config.model_type} model has no nn.Linear lm_head to quantize")
+        names.append("lm_head")
     for name in tqdm(names, desc="random weights: quantizing", unit="linear", disable=not progress):
         lin = baseline.get_submodule(name)
         ql = rtn.quantize(lin.weight, bits=4, group_size=group_size, sym=True, scale_dtype=dtype,
@@ -109,6 +116,6 @@ def build(config_name: str | Path, *, group_size: int, dtype: torch.dtype, devic
         torch.cuda.empty_cache()
     info = {"config": path.name, "model_type": config.model_type, "group_size": group_size, "bits": 4, "sym": True,
             "method": "rtn (quantkit.methods.rtn) on transformers' random initialisation", "seed": seed,
-            "quantized_linears": len(names),
+            "quantized_linears": len(names), "lm_head_quantized": quantize_lm_head,
             "parameters": sum(p.numel() for p in baseline.parameters())}
     return quantized.eval(), baseline.eval(), info

@@ -76,7 +76,8 @@ def render_markdown(result: dict, *, plot_name: str | None = None) -> str:
     if "random_weights" in model:
         rw = model["random_weights"]
         what = (f"random weights of `{rw['config']}` ({rw['model_type']}, {rw['parameters'] / 1e9:.2f} B parameters), "
-                f"4-bit group {rw['group_size']} symmetric, {rw['method']}")
+                f"4-bit group {rw['group_size']} symmetric, {rw['method']}"
+                + (", lm_head quantized too" if rw.get("lm_head_quantized") else ""))
     else:
         what = (f"`{model.get('directory', '?')}`: {model.get('bits')}-bit, group {model.get('group_size')}, "
                 f"{'symmetric' if model.get('sym') else 'asymmetric'}")

@@ -107,6 +107,7 @@ def evaluate(
     throughput: Settings | None = None,
     random_weights: str | Path | None = None,
     group_size: int = 128,
+    quantize_lm_head: bool = False,
     command: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -114,13 +115,16 @@ def evaluate(
 
     A checkpoint ``directory`` gets perplexity (unless ``perplexity`` is False) and, with ``throughput``
     settings, throughput against ``baseline`` or, without one, against its own dequantized weights in bf16.
-    ``random_weights`` (a config) measures throughput only, on a random model of those shapes.
+    ``random_weights`` (a config) measures throughput only, on a random model of those shapes (with
+    ``quantize_lm_head``, its lm_head quantized too).
     """
     from quantkit.eval import throughput as speed
     from quantkit.manifest import weights_digest
 
     if (directory is None) == (random_weights is None):
         raise InputError("give either a checkpoint directory or --random-weights CONFIG (not both)")
+    if quantize_lm_head and random_weights is None:
+        raise InputError("--quantize-lm-head is for --random-weights; a checkpoint's lm_head is as convert wrote it")
     device = device or default_device()
     dtype = compute_dtype(device)
     backend = backends.resolve(backend, device)
@@ -142,7 +146,7 @@ def evaluate(
 
         factory = backends.kernel_factory(device) if backend == "kernel" else reference.QuantLinear
         model, base, info = rw.build(random_weights, group_size=group_size, dtype=dtype, device=device,
-                                     module_factory=factory, progress=progress)
+                                     module_factory=factory, progress=progress, quantize_lm_head=quantize_lm_head)
         result["weights_digest"] = None
         result["model"] = {"random_weights": info, "backend": backend}
         result["throughput"] = speed.measure(model, base, settings=throughput, same_weights=True, progress=progress)
