@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors import safe_open
 
 from conftest import grid_errors, make_checkpoint
 from quantkit import convert, inspect, recipes, reference
@@ -20,20 +19,13 @@ from quantkit.cli import main
 from quantkit.errors import InputError
 from quantkit.methods import rtn
 from quantkit.source import TensorSource
+from test_convert import tensors_of
 from test_reference import fake_quant_model, perplexity
 
 ROOT = Path(__file__).resolve().parent.parent
 G32 = recipes.load("rdna3-w4a16-g32")
 HEAD = recipes.override(G32, quantize_lm_head=True)
 FAST_GPTQ = dict(method="gptq", calib_samples=8, calib_seq_len=64)
-
-
-def tensors_of(directory: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for shard in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def source_tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -270,8 +262,9 @@ def test_gptq_lm_head_resumes_to_the_same_bytes(tmp_path, tiny_llama):
 def test_kernel_backend_runs_the_quantized_lm_head(tmp_path, tiny_llama):
     """The kernel backend builds its modules from the same checkpoint: lm_head runs on the W4A16 kernels and
     agrees with the reference backend."""
-    from quantkit.eval import backends, ppl
+    from quantkit.eval import backends
     from quantkit.kernels import kernel_available
+    from test_eval_gpu import assert_kernel_agrees
 
     ok, why = kernel_available()
     if not ok:
@@ -282,8 +275,4 @@ def test_kernel_backend_runs_the_quantized_lm_head(tmp_path, tiny_llama):
     ref = backends.load(out, "reference", dtype=torch.bfloat16, device="cuda")
     assert type(kernel.lm_head).__name__ == "W4A16Linear"
     assert type(kernel.model.layers[0].mlp.down_proj).__name__ == "W4A16Linear"
-    wins = torch.randint(0, kernel.config.vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
-    s_ker, s_ref, agreement = ppl.score_against(kernel, ref, wins, progress=False)
-    d = agreement.to_dict()
-    assert abs(s_ker.ppl / s_ref.ppl - 1) < 0.005, (s_ker.ppl, s_ref.ppl)
-    assert d["kl_divergence"] < 1e-3 and d["top1_agreement"] > 0.9, d
+    assert_kernel_agrees(kernel, ref)
