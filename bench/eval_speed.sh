@@ -14,21 +14,10 @@ set -u -o pipefail
 OUT=${1:?usage: bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]}
 DEADLINE=$(( $(date +%s) + ${2:-470} ))
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
 left() { echo $(( DEADLINE - $(date +%s) )); }
 CONFIG=${CONFIG:-llama-3-8b} BATCH=${BATCH:-1,8,32} PROMPT=${PROMPT:-512} GEN=${GEN:-128}
 
-# Python packages the GPU image may lack, installed from wheels carried in .whl-eval (only those missing).
-need=()
-for spec in click:click yaml:pyyaml matplotlib:matplotlib contourpy:contourpy cycler:cycler fontTools:fonttools \
-            kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python_dateutil pytest:pytest pluggy:pluggy \
-            iniconfig:iniconfig pygments:pygments; do
-  python3 -c "import ${spec%%:*}" 2>/dev/null || need+=(.whl-eval/${spec#*:}-*.whl)
-done
-if [ ${#need[@]} -gt 0 ] && ls "${need[@]}" >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${need[@]}" && export PYTHONPATH=/tmp/site
-fi
-echo "installed from wheels: ${need[*]:-none}"
+. "$(dirname "$0")/device_env.sh"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
   | tee "$OUT/nvidia-smi.csv"

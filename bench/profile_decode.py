@@ -1,0 +1,135 @@
+"""Where a decode step's time goes: the GPU kernels of one step of `quantkit eval --throughput`, by kind.
+
+    python3 bench/profile_decode.py --out bench/results/decode_profile_h100.json [--batch 1,8,32] [--compile]
+
+Builds the same random-weight model as `quantkit eval --random-weights` (kernel backend, and its bf16 baseline),
+captures the same decode step (quantkit.eval.throughput.Runner), and for each model and batch size reports:
+the graph-replayed step's time (median of --reps replays, CUDA events), the sum of the step's kernel times
+(torch.profiler over eager steps), the gap between the two (launch gaps inside the graph), and the kernel time by
+kind (our W4A16 kernels, cuBLAS GEMMs, attention, the rest: norms, rotary, cache writes, casts...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quantkit.eval import backends, random_weights, throughput  # noqa: E402
+
+KINDS = (  # first match wins
+    ("w4a16", re.compile(r"qk_")),
+    ("gemm", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)),
+    ("other", re.compile(r"")),
+)
+
+
+def kind_of(name: str) -> str:
+    return next(k for k, rx in KINDS if rx.search(name))
+
+
+def profile_steps(runner: throughput.Runner, steps: int) -> tuple[dict, list]:
+    """Kernel microseconds per decode step by kind, and the top kernels, over ``steps`` eager steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.reset()
+    runner._prefill()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            runner._decode()
+        torch.cuda.synchronize()
+    by_kind: dict[str, float] = {k: 0.0 for k, _ in KINDS}
+    counts: dict[str, int] = {k: 0 for k, _ in KINDS}
+    per_name: dict[str, list] = {}
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+        k = kind_of(ev.name)
+        by_kind[k] += us / steps
+        counts[k] += 1
+        entry = per_name.setdefault(ev.name[:120], [0.0, 0])
+        entry[0] += us / steps
+        entry[1] += 1
+    top = sorted(([n, round(t, 1), c // steps] for n, (t, c) in per_name.items()), key=lambda r: -r[1])[:12]
+    return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top)
+
+
+def replay_us(runner: throughput.Runner, reps: int) -> float:
+    runner.reset()
+    runner.prefill()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        runner.decode()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+        if runner.pos.item() >= runner.s.prompt_len + runner.s.gen_len - 1:
+            runner.reset()
+            runner.prefill()
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="llama-3-8b")
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--batch", default="1,8,32")
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5, help="eager steps profiled")
+    ap.add_argument("--reps", type=int, default=50, help="graph replays timed")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step, as eval --compile")
+    ap.add_argument("--quantize-lm-head", action="store_true")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    device, dtype = "cuda", torch.bfloat16
+    settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
+                                   gen_len=args.gen_len, compile=args.compile).validate()
+    model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,
+                                             module_factory=backends.kernel_factory(device),
+                                             quantize_lm_head=args.quantize_lm_head)
+    result = {"command": "python3 bench/profile_decode.py " + " ".join(sys.argv[1:]),
+              "environment": throughput.environment(device, dtype), "model": info, "runs": []}
+    vocab = model.config.vocab_size
+    with throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
+        for name, m in (("quantized", model), ("baseline", base)):
+            decoder = throughput._compiled(m, "inductor") if args.compile else None
+            for batch in settings.batches:
+                prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
+                runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
+                with torch.inference_mode():
+                    runner.prepare()
+                    step = replay_us(runner, args.reps)
+                    kinds, top = profile_steps(runner, args.steps)
+                runner.close()
+                kernels = sum(v["us"] for v in kinds.values())
+                row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
+                       "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
+                       "by_kind": kinds, "top": top}
+                result["runs"].append(row)
+                print(f"{name:9s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
+                      f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
+                      flush=True)
+                torch.cuda.empty_cache()
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    for row in result["runs"]:
+        print(f"\n{row['model']} batch {row['batch']} top kernels (us/step, launches/step):")
+        for n, t, c in row["top"]:
+            print(f"  {t:8.1f} {c:4d}  {n}")
+
+
+if __name__ == "__main__":
+    main()
