@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantkit.eval import backends, random_weights, throughput  # noqa: E402
+from quantkit.eval import attention, backends, random_weights, throughput  # noqa: E402
 
 KINDS = (  # first match wins
     ("w4a16", re.compile(r"qk_")),
@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50, help="graph replays timed")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step, as eval --compile")
     ap.add_argument("--quantize-lm-head", action="store_true")
+    ap.add_argument("--plain-sdpa", action="store_true",
+                    help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
@@ -104,7 +106,9 @@ def main() -> None:
     result = {"command": "python3 bench/profile_decode.py " + " ".join(sys.argv[1:]),
               "environment": throughput.environment(device, dtype), "model": info, "runs": []}
     vocab = model.config.vocab_size
-    with throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
+    grouped = nullcontext() if args.plain_sdpa else attention.grouped_decode_attention(model, base)
+    with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
+        result["attention"] = model.config._attn_implementation
         for name, m in (("quantized", model), ("baseline", base)):
             decoder = throughput._compiled(m, "inductor") if args.compile else None
             for batch in settings.batches:

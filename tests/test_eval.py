@@ -234,3 +234,59 @@ def test_compiled_decode_traces_with_quantized_linears_opaque():
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear)
     assert not throughput._OPAQUE
+
+
+def test_decode_attention_reads_each_kv_head_once(monkeypatch):
+    """The throughput runs' attention (quantkit.eval.attention): a grouped-query decode step gives transformers'
+    SDPA logits without repeating the cache per query head, traced through torch.compile too (where transformers
+    itself repeats it: the count below is what makes this test able to fail)."""
+    import transformers.integrations.sdpa_attention as sdpa
+    from quantkit.eval import attention, random_weights
+    from quantkit.reference import QuantLinear
+
+    repeats, in_decode = [], []  # per repeat_kv call (at run time, or at trace time when compiled): in a decode step?
+    real_repeat, real_decode = sdpa.repeat_kv, throughput.Runner._decode
+
+    def decode_step(runner):
+        in_decode.append(True)
+        try:
+            real_decode(runner)
+        finally:
+            in_decode.pop()
+
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda h, n: repeats.append(bool(in_decode)) or real_repeat(h, n))
+    monkeypatch.setattr(throughput.Runner, "_decode", decode_step)
+    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                       module_factory=QuantLinear, progress=False)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=3)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def decode_logits(decoder=None):
+        runner = throughput.Runner(model, batch=2, settings=settings, prompt=prompt, decode_model=decoder)
+        runner.prepare()
+        runner.reset()
+        runner.prefill()
+        out = []
+        for _ in range(settings.gen_len):
+            runner.decode()
+            out.append(runner.decode_logits()[:, -1].clone())
+        return torch.stack(out)
+
+    with torch.inference_mode():
+        want = decode_logits()
+        torch._dynamo.reset()
+        repeats.clear()
+        decode_logits(throughput._compiled(model, "eager"))
+        assert True in repeats, "transformers' SDPA no longer repeats the cache in a compiled decode step"
+        with attention.grouped_decode_attention(model):
+            assert model.config._attn_implementation == attention.NAME
+            torch._dynamo.reset()
+            repeats.clear()
+            got = decode_logits(throughput._compiled(model, "eager"))
+            assert repeats and True not in repeats  # the prefill still repeats (transformers' SDPA), decode steps do not
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            eager = decode_logits()
+            assert torch.allclose(eager, want, rtol=1e-4, atol=1e-5)
+        assert model.config._attn_implementation == "sdpa"
+    torch._dynamo.reset()

@@ -7,12 +7,15 @@ import logging
 from pathlib import Path
 
 from quantkit.atomic import atomic_file
+from quantkit.eval.attention import NAME as ATTENTION
 from quantkit.manifest import write_json
 
 log = logging.getLogger(__name__)
 
 REPORT_MD = "quantkit_eval.md"
 PLOT_PNG = "quantkit_eval.png"
+ATTENTION_NOTE = ("SDPA attention, a decode step's grouped query heads reading each cached key/value head once "
+                  "(quantkit.eval.attention); ")
 COMPILED_NOTE = " (the decode step torch.compile'd first, quantized linears opaque to the compiler, the same for both models)"
 
 
@@ -48,6 +51,7 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
               f"driver {env.get('driver') or '—'}, transformers {env['transformers']}, quantkit {env['quantkit']}; "
               f"{t.get('backend', '?')} backend; baseline: {t.get('baseline', '?')}.", "",
               f"Prompt {s['prompt_len']} tokens, then {s['gen_len']} greedy decode steps, per sequence; static KV cache; "
+              f"{ATTENTION_NOTE if t.get('attention') == ATTENTION else ''}"
               f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}"
               f"{COMPILED_NOTE if t.get('compiled_decode') else ''}; "
               f"median of {s['repeats']} repeats after {s['warmup']} warm-up, spread = (max − min) / median.", "",

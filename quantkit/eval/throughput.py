@@ -7,7 +7,8 @@ decode step are each captured in a CUDA graph, so Python and launch overhead do 
 step feeds its argmax back as the next input and advances the position on the device. Timing with CUDA events:
 per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
-over the whole static cache, the same for both models.
+over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
+once instead of repeating it per query head (quantkit.eval.attention).
 
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
 (KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from quantkit.errors import InputError
 from quantkit.eval import ppl
+from quantkit.eval.attention import NAME as ATTENTION, grouped_decode_attention
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +396,8 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["checks"].append(agree)
     steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
     measured: dict = {}
-    with opaque_quantized_linears(model) if settings.compile else nullcontext():
+    with grouped_decode_attention(model, baseline), opaque_quantized_linears(model) if settings.compile else nullcontext():
+        result["attention"] = model.config._attn_implementation
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
                     if settings.compile else {})
         for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):

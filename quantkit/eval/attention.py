@@ -1,0 +1,66 @@
+"""The attention the throughput runs use: transformers' SDPA, with grouped-query decode steps done per KV head.
+
+A decode step with a static cache passes an explicit mask, and transformers' SDPA path then (up to 5.2x, and
+always under torch.compile) repeats every key/value head for each query head of its group before calling SDPA:
+on Llama-3-8B shapes (8 KV heads for 32 query heads) that writes four copies of the whole cache per layer and step,
+which measured (bench/results/decode_profile_h100.json) more time than the weights' own GEMMs at batch 8 and
+above. Here a single-token query is viewed as [batch, kv_heads, group, head_dim] instead, so SDPA reads each cached
+key and value once; everything else (prefill, models without GQA) is transformers' SDPA unchanged. Both models of
+a throughput run use it, so their comparison is unaffected.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NAME = "quantkit_grouped_sdpa"
+
+
+def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                 is_causal: bool | None = None, **kwargs):
+    """transformers' attention-function signature: query [B, H, Q, D], key/value [B, H_kv, S, D] -> ([B, Q, H, D], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or dropout or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    b, h, _, d = query.shape
+    q = query.reshape(b, h // groups, groups, d)  # head i = kv head i // groups, as transformers' repeat_kv orders them
+    mask = attention_mask
+    if mask is not None:
+        mask = mask[..., : key.shape[-2]]
+        if mask.shape[1] != 1:  # one mask row per query head: regroup it the same way
+            mask = mask.reshape(b, h // groups, groups, mask.shape[-1])
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, grouped_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # masks are built as for SDPA
+
+
+@contextmanager
+def grouped_decode_attention(*models: nn.Module):
+    """Within the block, the models that use transformers' "sdpa" attention use grouped_sdpa; restored after."""
+    _register()
+    changed = []
+    for model in models:
+        config = model.config
+        if getattr(config, "_attn_implementation", None) == "sdpa":
+            model.set_attn_implementation(NAME)
+            changed.append(model)
+    try:
+        yield
+    finally:
+        for model in changed:
+            model.set_attn_implementation("sdpa")
