@@ -119,11 +119,11 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
-// staged: the shared-memory prefill kernel instead of the streaming one; deep: the streaming kernel with twice
-// the loads in flight and the L2 prefetch hint (M <= 16); splits: split-K.
+// staged: the shared-memory prefill kernel instead of the streaming one; ring: the streaming kernel with its
+// weights in flight through a per-warp cp.async ring (8 chunks deep for mt <= 2, else 4); splits: split-K.
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool deep) {
+              int64_t splits, bool staged, bool ring) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -141,14 +141,15 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
 #define QK_MMA_ARGS                                                                                               \
   u16(x), wp, u16(meta), opt_u16(bias), u16_mut(out), ws.data_ptr<float>(), counters.data_ptr<int>(), M, N, K, \
       group_size, per_split
-#define QK_MMA_LAUNCH(TAG, SYM)                                                                             \
-  if (staged) qk_mma_staged<TAG, 8, SYM><<<grid, QK_STAGED_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);           \
-  else if (deep && mt == 1) qk_mma_stream<TAG, 1, SYM, true><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
-  else if (deep && mt == 2) qk_mma_stream<TAG, 2, SYM, true><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
-  else if (mt == 1) qk_mma_stream<TAG, 1, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
-  else if (mt == 2) qk_mma_stream<TAG, 2, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
-  else if (mt == 4) qk_mma_stream<TAG, 4, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);     \
-  else qk_mma_stream<TAG, 8, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);
+#define QK_STREAM_LAUNCH(TAG, MT, SYM)                                                                           \
+  if (ring) qk_mma_stream<TAG, MT, SYM, (MT <= 2 ? 8 : 4)><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
+  else qk_mma_stream<TAG, MT, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);
+#define QK_MMA_LAUNCH(TAG, SYM)                                                                   \
+  if (staged) qk_mma_staged<TAG, 8, SYM><<<grid, QK_STAGED_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
+  else if (mt == 1) { QK_STREAM_LAUNCH(TAG, 1, SYM) }                                              \
+  else if (mt == 2) { QK_STREAM_LAUNCH(TAG, 2, SYM) }                                              \
+  else if (mt == 4) { QK_STREAM_LAUNCH(TAG, 4, SYM) }                                              \
+  else { QK_STREAM_LAUNCH(TAG, 8, SYM) }
   if (bf) {
     if (sym) { QK_MMA_LAUNCH(QkBF16, true) } else { QK_MMA_LAUNCH(QkBF16, false) }
   } else {

@@ -28,14 +28,17 @@ QK_WMMA_INSTANCE(QkBF16, false)
 #define QK_MMA_INSTANCE(KERNEL, TAG, MT, SYM)                                                                \
   template QK_GLOBAL void KERNEL<TAG, MT, SYM>(const uint16_t*, const uint4*, const uint16_t*, const uint16_t*,   \
                                                uint16_t*, float*, int*, int, int, int, int, int);
+#define QK_RING_INSTANCE(TAG, MT, SYM, R)                                                                     \
+  template QK_GLOBAL void qk_mma_stream<TAG, MT, SYM, R>(const uint16_t*, const uint4*, const uint16_t*,        \
+                                                         const uint16_t*, uint16_t*, float*, int*, int, int, int, \
+                                                         int, int);
 #define QK_MMA_ALL(TAG)                                                                                        \
   QK_MMA_INSTANCE(qk_mma_stream, TAG, 1, true) QK_MMA_INSTANCE(qk_mma_stream, TAG, 2, true)                    \
   QK_MMA_INSTANCE(qk_mma_stream, TAG, 4, true) QK_MMA_INSTANCE(qk_mma_stream, TAG, 8, true)                    \
   QK_MMA_INSTANCE(qk_mma_stream, TAG, 1, false) QK_MMA_INSTANCE(qk_mma_staged, TAG, 8, true)                   \
   QK_MMA_INSTANCE(qk_mma_staged, TAG, 8, false)                                                               \
-  template QK_GLOBAL void qk_mma_stream<TAG, 1, true, true>(const uint16_t*, const uint4*, const uint16_t*,    \
-                                                            const uint16_t*, uint16_t*, float*, int*, int, int,  \
-                                                            int, int, int);
+  QK_RING_INSTANCE(TAG, 1, true, 8) QK_RING_INSTANCE(TAG, 2, true, 8) QK_RING_INSTANCE(TAG, 4, true, 4)       \
+  QK_RING_INSTANCE(TAG, 8, true, 4) QK_RING_INSTANCE(TAG, 1, false, 8)
 QK_MMA_ALL(QkF16)
 QK_MMA_ALL(QkBF16)
 #define QK_WGMMA_INSTANCE(TAG, BT, SYM, STAGES, KS, MINB)                                                        \

@@ -36,17 +36,6 @@
 // Shared memory the kernel needs for BT tokens and STAGES stages (plus slack to align the base to 1024 bytes).
 __host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages, int ks) { return ks * bt * 128 * stages + 1024; }
 
-QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16-byte global -> shared copy, zero-filled when !valid (rows past M).
-QK_INLINE void qk_cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-QK_INLINE void qk_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-QK_INLINE void qk_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Matrix descriptor of a K-major, 128-byte swizzled B tile: start address, leading offset (unused for swizzled
 // K-major; 1 by convention), stride 1024 bytes between 8-row core-matrix groups, layout type 1 (128B swizzle).

@@ -2,7 +2,7 @@
 
 Nothing here raises at import: kernel_available() says whether the extension could be had, and why not.
 The build directory is $QUANTKIT_KERNEL_CACHE (default ~/.cache/quantkit/kernels) / a name that hashes the
-sources and flags, so a changed source rebuilds and an unchanged one loads in well under a second.
+sources and flags, so a changed source rebuilds and an unchanged one loads its library straight away (no compiler run).
 """
 
 from __future__ import annotations
@@ -69,15 +69,15 @@ def load_extension():
         name = "quantkit_w4a16_" + digest.hexdigest()[:12]
         build_dir = Path(os.environ.get("QUANTKIT_KERNEL_CACHE", Path.home() / ".cache" / "quantkit" / "kernels")) / name
         build_dir.mkdir(parents=True, exist_ok=True)
+        built = build_dir / f"{name}.so"
         try:
-            from torch.utils import cpp_extension
-
-            log.info("building the W4A16 extension in %s (first use; cached afterwards)", build_dir)
-            module = cpp_extension.load(
-                name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cuda_cflags=flags,
-                extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(CSRC)], build_directory=str(build_dir),
-                verbose=bool(os.environ.get("QUANTKIT_KERNEL_VERBOSE")),
-            )
+            module = None
+            if built.exists():  # the directory's name hashes sources, flags and torch: this library is current
+                try:
+                    module = _import_library(name, built)
+                except ImportError as exc:  # e.g. a library left half-written: build it again
+                    log.warning("could not load %s (%s); rebuilding", built, exc)
+            module = module or _build(name, flags, build_dir)
         except Exception as exc:  # a compiler failure must not crash the caller: the reference path still works
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             reason = f"building the W4A16 extension failed ({first}); set QUANTKIT_KERNEL_VERBOSE=1 for the log"
@@ -85,6 +85,26 @@ def load_extension():
     _state["module"] = module
     _state["reason"] = reason
     return module
+
+
+def _import_library(name: str, path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(name: str, flags: list[str], build_dir: Path):
+    from torch.utils import cpp_extension
+
+    log.info("building the W4A16 extension in %s (first use; cached afterwards)", build_dir)
+    return cpp_extension.load(
+        name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cuda_cflags=flags,
+        extra_cflags=["-O3", "-std=c++17"], extra_include_paths=[str(CSRC)], build_directory=str(build_dir),
+        verbose=bool(os.environ.get("QUANTKIT_KERNEL_VERBOSE")),
+    )
 
 
 def kernel_available() -> tuple[bool, str]:

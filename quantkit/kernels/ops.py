@@ -40,6 +40,9 @@ WGMMA_MIN_NK = 1 << 25
 # 64-k chunks.
 BLOCKS_PER_SM = 24
 MIN_CHUNKS_PER_SPLIT = 8
+# The streaming kernel's weights: through a per-warp cp.async ring in shared memory (True) or loaded into registers
+# in batches (False).
+STREAM_RING = False
 
 _buffers: dict = {}
 
@@ -90,7 +93,7 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, deep: bool = False) -> torch.Tensor:
+         staged: bool | None, ring: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -101,7 +104,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, deep and mt <= 2 and not staged)
+                 packed.zeros is None, mt, splits, staged, (STREAM_RING if ring is None else ring) and not staged)
     return out
 
 
@@ -238,13 +241,14 @@ def w4a16_linear(
     splits: int | None = None,
     mt: int | None = None,
     staged: bool | None = None,
-    deep: bool = False,
+    ring: bool | None = None,
     bt: int | None = None,
     dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / deep override the split-K count, token tiles and kernel of the "mma" path, splits / bt
+    splits / mt / staged / ring override the split-K count, token tiles and kernel of the "mma" path (ring: the
+    streaming kernel's weights through a shared-memory cp.async ring, or in registers; default STREAM_RING), splits / bt
     those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
@@ -277,7 +281,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, deep)
+        y = _mma(x2, packed, b, splits, mt, staged, ring)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
