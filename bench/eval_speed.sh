@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 7 speed runs on a GPU: `quantkit eval --throughput` of W4A16 (group 128 and group 32) against bf16 on
 # Llama-3-8B shapes (random weights: recipes/configs/llama-3-8b.json), then the GPU eval tests, then, with the
-# time left, the g128 run at batch 1 with the decode step torch.compile'd (--compile; one compile per model).
+# time left, the g128 run with the decode step torch.compile'd (--compile) at the batches of COMPILED_BATCH (1).
 #
 #     bash bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]
 #
 # Writes OUT_DIR/eval_llama-3-8b_g{128,32}[_compiled].{json,md,png} and logs. Each step has its own timeout so
 # that one hang cannot take the others' results with it; the whole script ends within DEADLINE_SECONDS (470).
 # CONFIG, BATCH, PROMPT and GEN override the shapes (a dry run on a CPU: CONFIG=tiny-llama PROMPT=8 GEN=2);
-# ONLY=compiled runs only the --compile step, with all the time left.
+# STEPS picks the steps and their order (default "g128 g32 tests compiled"; STEPS=compiled: only the compiled run);
+# COMPILED_LIMIT caps the compiled run's seconds (default: all the time left).
 # EXTRA adds options to every eval (EXTRA=--quantize-lm-head: lm_head 4-bit too).
 set -u -o pipefail
 OUT=${1:?usage: bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]}
@@ -43,15 +44,15 @@ run() {  # run NAME SECONDS ARGS...
     --gen-len "$GEN" --backend "$BACKEND" --json "$OUT/$name.json" --report "$OUT/$name.md" --plot "$OUT/$name.png" \
     ${EXTRA:-} "$@" 2>&1 | tee "$OUT/$name.log"
 }
-if [ "${ONLY:-}" != compiled ]; then
-  run eval_${CONFIG}_g128 $(( $(left) - 150 < 170 ? $(left) - 150 : 170 )) --group-size 128
-  run eval_${CONFIG}_g32 $(( $(left) - 60 < 170 ? $(left) - 60 : 170 )) --group-size 32
-
-  echo "== GPU eval tests ($(left) s left)"
-  timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log"
-fi
-
-if [ "$(left)" -gt 60 ]; then
-  run eval_${CONFIG}_g128_compiled $(( $(left) - 5 )) --group-size 128 --compile --batch 1  # batch 1 only: one compile per model
-fi
+for step in ${STEPS:-g128 g32 tests compiled}; do
+  case $step in
+    g128|g32) run eval_${CONFIG}_$step $(( $(left) - 60 < 170 ? $(left) - 60 : 170 )) --group-size ${step#g} ;;
+    tests)
+      echo "== GPU eval tests ($(left) s left)"
+      timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log" ;;
+    compiled)  # one compile per model (dynamic shapes): every batch of COMPILED_BATCH reuses it
+      limit=$(( $(left) - 5 < ${COMPILED_LIMIT:-100000} ? $(left) - 5 : ${COMPILED_LIMIT:-100000} ))
+      [ "$limit" -gt 60 ] && run eval_${CONFIG}_g128_compiled $limit --group-size 128 --compile --batch "${COMPILED_BATCH:-1}" ;;
+  esac
+done
 echo "== done ($(left) s left)"
