@@ -2,8 +2,9 @@
 
     python bench/kernel_table.py bench/results/kernel_h100.json > bench/results/kernel_h100.md
     python bench/kernel_table.py --variants bench/results/kernel_h100_wgmma.json > bench/results/kernel_h100_wgmma.md
+    python bench/kernel_table.py --variants bench/results/kernel_h100_ring.json 1 > bench/results/kernel_h100_ring.md
 
---variants: every contender of a --tune run for M >= 16, and the path today's dispatch (quantkit.kernels.ops)
+--variants: every contender of a --tune run for M >= 16 (or M >= the number after the file), and the path today's dispatch (quantkit.kernels.ops)
 picks for each shape, to check the dispatch against the measurements it was set from.
 """
 
@@ -72,7 +73,7 @@ def targets(rows) -> list[str]:
     return out
 
 
-VARIANTS = [("qk_stream", "stream"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
+VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
             ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
             ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
 
@@ -89,20 +90,22 @@ def dispatched(m: int, n: int, k: int) -> str:
     return f"wgmma {bt}" + (" x2" if bt <= 128 else "")
 
 
-def variants(data: dict) -> list[str]:
+def variants(data: dict, min_m: int | None = None) -> list[str]:
     lines = [f"Speed-up over cuBLAS bf16 of each kernel variant on the {data['device']} (torch {data['torch']}), "
              f"{data['timing']}. Command: `{data['command']}`. \"x2\": the two-blocks-per-multiprocessor instance; "
              "**bold**: the path today's dispatch picks.", ""]
     picked: dict = {}
+    shown = [(key, label) for key, label in VARIANTS if any(key in r for r in data["results"])]
     for n, k in SHAPES:
-        rows = sorted((r for r in data["results"] if (r["N"], r["K"]) == (n, k) and r["M"] >= 16), key=lambda r: r["M"])
+        rows = sorted((r for r in data["results"] if (r["N"], r["K"]) == (n, k) and r["M"] >= (min_m or 16)),
+                      key=lambda r: r["M"])
         if not rows:
             continue
-        lines += [f"{n}x{k}, group {rows[0]['group']}:", "", "| M | " + " | ".join(v for _, v in VARIANTS) + " |",
-                  "|---" * (len(VARIANTS) + 1) + "|"]
+        lines += [f"{n}x{k}, group {rows[0]['group']}:", "", "| M | " + " | ".join(v for _, v in shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]
         for r in rows:
             pick, cells = dispatched(r["M"], n, k), []
-            for key, label in VARIANTS:
+            for key, label in shown:
                 t = r.get(key, {})
                 cell = f"{r['cublas_bf16']['us'] / t['us']:.2f}x" if "us" in t else ("failed" if "error" in t else "")
                 cells.append(f"**{cell}**" if label == pick and cell else cell)
@@ -127,7 +130,7 @@ def main(path: str) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:
-    sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])))) + "\n")
+if __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:  # --variants JSON [MIN_M (default 16)]
+    sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])), int(sys.argv[3]) if sys.argv[3:] else None)) + "\n")
 elif __name__ == "__main__":
     main(sys.argv[1])

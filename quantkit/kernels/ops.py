@@ -41,7 +41,7 @@ WGMMA_MIN_NK = 1 << 25
 BLOCKS_PER_SM = 24
 MIN_CHUNKS_PER_SPLIT = 8
 # The streaming kernel's weights: through a per-warp cp.async ring in shared memory (True) or loaded into registers
-# in batches (False).
+# in batches (False). The ring measured slower at M <= 32 on an H100 (bench/results/kernel_h100_ring.md).
 STREAM_RING = False
 
 _buffers: dict = {}

@@ -1,0 +1,44 @@
+"""Markdown table of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16.
+
+    python bench/profile_table.py bench/results/decode_profile_h100_{sdpa,grouped,compiled}.json \
+        > bench/results/decode_profile_h100.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def setup(run: dict) -> str:
+    attention = "transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa") \
+        else "grouped decode attention"
+    return attention + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
+
+
+def main(paths: list[str]) -> None:
+    runs = [json.load(open(p)) for p in paths]
+    env = runs[0]["environment"]
+    lines = [f"{env['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']}; Llama-3-8B shapes with "
+             "random weights, group 128; one decode step after a 512-token prompt, replayed from its CUDA graph "
+             "(median), and its kernels by kind (torch.profiler, eager steps). Commands: "
+             + "; ".join(f"`{r['command']}`" for r in runs) + ".", "",
+             "| setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | attention us | "
+             "other kernels us | launches |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        rows = {(r["model"], r["batch"]): r for r in run["runs"]}
+        for (model, batch), q in rows.items():
+            if model != "quantized":
+                continue
+            b = rows[("baseline", batch)]
+            lines.append(f"| {setup(run)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
+                         f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
+                         f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
+                         f"{q['by_kind']['attention']['us']:,.0f} | {q['by_kind']['other']['us']:,.0f} | {q['kernels']} |")
+    lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
