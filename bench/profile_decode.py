@@ -93,11 +93,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50, help="graph replays timed")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step, as eval --compile")
     ap.add_argument("--quantize-lm-head", action="store_true")
+    ap.add_argument("--pdl", action="store_true",
+                    help="the streaming kernel as a programmatic dependent launch (ops.STREAM_PDL = True)")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
+    if args.pdl:
+        from quantkit.kernels import ops
+
+        ops.STREAM_PDL = True
     settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
                                    gen_len=args.gen_len, compile=args.compile).validate()
     model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,

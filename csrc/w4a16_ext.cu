@@ -44,6 +44,31 @@ void check_launch(const char* what) {
 }
 
 
+// Launch with the programmatic-stream-serialization attribute when pdl (the kernel then overlaps its start with
+// the previous kernel's end; it must be written for it: qk_pdl_wait in w4a16_mma_cuda.h), else plainly.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl, const char* what,
+            Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
+}
+
+bool has_pdl(const torch::Tensor& x) {  // programmatic dependent launch: compute capability 9.0 and up
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
+  return major >= 9;
+}
+
 // The operands of the tensor-core kernels over the "mma" layout: types, shapes, alignment. Returns {M, K, N}.
 std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                                           const torch::Tensor& out, const torch::Tensor& ws,
@@ -120,10 +145,11 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; ring: the streaming kernel with its
-// weights in flight through a per-warp cp.async ring (8 chunks deep for mt <= 2, else 4); splits: split-K.
+// weights in flight through a per-warp cp.async ring (8 chunks deep for mt <= 2, else 4); splits: split-K;
+// pdl: the streaming kernel launched as a programmatic dependent launch (compute capability 9.0+, else ignored).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool ring) {
+              int64_t splits, bool staged, bool ring, bool pdl) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -137,13 +163,16 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
+  pdl = pdl && has_pdl(x);
   const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
 #define QK_MMA_ARGS                                                                                               \
   u16(x), wp, u16(meta), opt_u16(bias), u16_mut(out), ws.data_ptr<float>(), counters.data_ptr<int>(), M, N, K, \
       group_size, per_split
-#define QK_STREAM_LAUNCH(TAG, MT, SYM)                                                                           \
-  if (ring) qk_mma_stream<TAG, MT, SYM, (MT <= 2 ? 8 : 4)><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
-  else qk_mma_stream<TAG, MT, SYM><<<grid, QK_STREAM_WARPS * 32, 0, stream>>>(QK_MMA_ARGS);
+#define QK_STREAM_LAUNCH(TAG, MT, SYM)                                                                     \
+  if (ring) launch(qk_mma_stream<TAG, MT, SYM, (MT <= 2 ? 8 : 4)>, grid, QK_STREAM_WARPS * 32, stream, pdl,  \
+                   "tensor-core W4A16 kernel", QK_MMA_ARGS);                                                \
+  else launch(qk_mma_stream<TAG, MT, SYM>, grid, QK_STREAM_WARPS * 32, stream, pdl, "tensor-core W4A16 kernel", \
+              QK_MMA_ARGS);
 #define QK_MMA_LAUNCH(TAG, SYM)                                                                   \
   if (staged) qk_mma_staged<TAG, 8, SYM><<<grid, QK_STAGED_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
   else if (mt == 1) { QK_STREAM_LAUNCH(TAG, 1, SYM) }                                              \

@@ -91,6 +91,23 @@ QK_INLINE void qk_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Programmatic dependent launch (sm_90+; no-ops on older parts and when the launch did not ask for it).
+// qk_pdl_trigger lets the next kernel of the stream, if launched with the programmatic attribute, start its
+// prologue once every block of this one has triggered; qk_pdl_wait blocks until the kernel before this one has
+// finished and its writes are visible. A kernel launched with the attribute must not touch anything an earlier
+// kernel writes (x, out, the split-K workspace and counters) before qk_pdl_wait; the packed weights and scales
+// are constant, so their first loads go out before it, over the previous kernel's tail.
+QK_INLINE void qk_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+QK_INLINE void qk_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // Scales (and magic + zero) of this thread's two rows in its group: loaded raw (x: the two scales, y: the two
 // magic + zero when asymmetric), then splatted into 16-bit pairs.
 template <bool SYM>
@@ -138,6 +155,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                                int* __restrict__ counters, int M, int N) {
   const int gid = lane / 4, tig = lane % 4;
+  qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
   if (gridDim.z > 1) {
     float* part = ws + (size_t)blockIdx.z * M * N;
 #pragma unroll
@@ -197,6 +215,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 #define QK_STREAM_WARPS 4
 
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
+// Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // RING = 0: weights and scales loaded into registers U chunks at a time, all of a batch's loads issued before its
 // first use. RING > 0: each lane copies its 16 bytes of weights and its scales of chunk c + RING into this warp's
 // ring in shared memory (cp.async) while chunk c computes, so RING chunks are in flight at every moment; a lane
@@ -208,6 +227,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
   constexpr int U = MT <= 2 ? 4 : 2;  // without the ring: 16-byte weight loads in flight per thread
+  qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile = blockIdx.y * QK_STREAM_WARPS + warp;
@@ -260,6 +280,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     if (tile < n_tiles) {  // warp-uniform
 #pragma unroll
       for (int s = 0; s < R; ++s) issue(c0 + s, s);
+      qk_pdl_wait();  // x is the previous kernel's output
       uint32_t xb[MT][8];
       load_x(c0, xb);
       int slot = 0;
@@ -290,6 +311,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
           wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
           mv[u] = qk_mma_meta_load<SYM>(meta, meta_idx(c + u));
         }
+      if (c == c0) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
       uint32_t xb[MT][8];
       load_x(c, xb);
 #pragma unroll

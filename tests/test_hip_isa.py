@@ -78,6 +78,7 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     for n in (64, 128, 256):
         assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" in ptx, f"no m64n{n}k16 bf16 wgmma in the PTX"
     assert "cp.async.ca.shared.global" in ptx and "cp.async.wait_group 7" in ptx, "no cp.async ring in the decode kernel"
+    assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx, "no programmatic-launch hooks"
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # the SASS too, where the toolkit has the disassembler
         sass = subprocess.run([cuobjdump, "-sass", str(tmp_path / "w4a16.o")], capture_output=True, text=True).stdout
