@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "w4a16_dot2.h"
+#include "w4a16_launch.h"
 #include "w4a16_mma_cuda.h"
 #include "w4a16_wgmma_cuda.h"
 #include "w4a16_wmma_hip.h"
@@ -38,35 +39,8 @@ void check_bias(const c10::optional<torch::Tensor>& bias, const torch::Tensor& x
   TORCH_CHECK(bias->size(0) == n, "bias must have ", n, " elements, got ", bias->size(0));
 }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
+void check_launch(const char* what, cudaError_t err = cudaGetLastError()) {
   TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
-}
-
-
-// Launch with the programmatic-stream-serialization attribute when pdl (the kernel then overlaps its start with
-// the previous kernel's end; it must be written for it: qk_pdl_wait in w4a16_mma_cuda.h), else plainly.
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl, const char* what,
-            Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
-  TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
-}
-
-bool has_pdl(const torch::Tensor& x) {  // programmatic dependent launch: compute capability 9.0 and up
-  int major = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
-  return major >= 9;
 }
 
 // The operands of the tensor-core kernels over the "mma" layout: types, shapes, alignment. Returns {M, K, N}.
@@ -100,6 +74,21 @@ void check_split_workspace(const dim3& grid, int64_t M, int64_t N, const torch::
                 counters.numel());
   }
 }
+
+#if QK_IS_CUDA
+bool has_pdl(const torch::Tensor& x) {  // programmatic dependent launch: compute capability 9.0 and up
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
+  return major >= 9;
+}
+
+QkMmaArgs mma_args(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
+                   const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& ws,
+                   torch::Tensor& counters, int64_t M, int64_t N, int64_t K, int64_t group_size, int64_t per_split) {
+  return {u16(x), reinterpret_cast<const uint4*>(w.data_ptr()), u16(meta), opt_u16(bias), u16_mut(out),
+          ws.data_ptr<float>(), counters.data_ptr<int>(), (int)M, (int)N, (int)K, (int)group_size, (int)per_split};
+}
+#endif
 
 }  // namespace
 
@@ -163,28 +152,10 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  pdl = pdl && has_pdl(x);
-  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
-#define QK_MMA_ARGS                                                                                               \
-  u16(x), wp, u16(meta), opt_u16(bias), u16_mut(out), ws.data_ptr<float>(), counters.data_ptr<int>(), M, N, K, \
-      group_size, per_split
-#define QK_STREAM_LAUNCH(TAG, MT, SYM)                                                                     \
-  if (ring) launch(qk_mma_stream<TAG, MT, SYM, (MT <= 2 ? 8 : 4)>, grid, QK_STREAM_WARPS * 32, stream, pdl,  \
-                   "tensor-core W4A16 kernel", QK_MMA_ARGS);                                                \
-  else launch(qk_mma_stream<TAG, MT, SYM>, grid, QK_STREAM_WARPS * 32, stream, pdl, "tensor-core W4A16 kernel", \
-              QK_MMA_ARGS);
-#define QK_MMA_LAUNCH(TAG, SYM)                                                                   \
-  if (staged) qk_mma_staged<TAG, 8, SYM><<<grid, QK_STAGED_WARPS * 32, 0, stream>>>(QK_MMA_ARGS); \
-  else if (mt == 1) { QK_STREAM_LAUNCH(TAG, 1, SYM) }                                              \
-  else if (mt == 2) { QK_STREAM_LAUNCH(TAG, 2, SYM) }                                              \
-  else if (mt == 4) { QK_STREAM_LAUNCH(TAG, 4, SYM) }                                              \
-  else { QK_STREAM_LAUNCH(TAG, 8, SYM) }
-  if (bf) {
-    if (sym) { QK_MMA_LAUNCH(QkBF16, true) } else { QK_MMA_LAUNCH(QkBF16, false) }
-  } else {
-    if (sym) { QK_MMA_LAUNCH(QkF16, true) } else { QK_MMA_LAUNCH(QkF16, false) }
-  }
-  check_launch("tensor-core W4A16 kernel");
+  const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
+  check_launch("tensor-core W4A16 kernel",
+               staged ? qk_launch_staged(args, bf, sym, grid, stream)
+                      : qk_launch_stream(args, bf, sym, (int)mt, ring, pdl && has_pdl(x), grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
@@ -207,28 +178,9 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
   check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
-#define QK_WGMMA_LAUNCH(TAG, BT, SYM, STAGES, KS, MINB)                                                           \
-  {                                                                                                             \
-    auto kernel = qk_wgmma_gemm<TAG, BT, SYM, STAGES, KS, MINB>;                                                \
-    const int smem = qk_wgmma_smem_bytes(BT, STAGES, KS);                                                       \
-    TORCH_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) == cudaSuccess, \
-                "the wgmma kernel cannot get ", smem, " bytes of shared memory");                               \
-    kernel<<<grid, QK_WGMMA_THREADS, smem, stream>>>(QK_MMA_ARGS);                                              \
-  }
-#define QK_WGMMA_BT(TAG, SYM)                                         \
-  if (bt == 64 && dense) QK_WGMMA_LAUNCH(TAG, 64, SYM, 3, 2, 2)         \
-  else if (bt == 64) QK_WGMMA_LAUNCH(TAG, 64, SYM, 4, 4, 1)             \
-  else if (bt == 128 && dense) QK_WGMMA_LAUNCH(TAG, 128, SYM, 4, 1, 2)  \
-  else if (bt == 128) QK_WGMMA_LAUNCH(TAG, 128, SYM, 3, 2, 1)           \
-  else QK_WGMMA_LAUNCH(TAG, 256, SYM, 4, 1, 1)
-  if (bf) {
-    if (sym) { QK_WGMMA_BT(QkBF16, true) } else { QK_WGMMA_BT(QkBF16, false) }
-  } else {
-    if (sym) { QK_WGMMA_BT(QkF16, true) } else { QK_WGMMA_BT(QkF16, false) }
-  }
-  check_launch("wgmma W4A16 kernel");
+  const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
+  check_launch("wgmma W4A16 kernel",
+               qk_launch_wgmma(args, bf, sym, (int)bt, dense, grid, c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.
@@ -240,18 +192,9 @@ void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t
   const int64_t N = w.size(0) * 16, K = w.size(1) * 64;
   TORCH_CHECK(out.size(0) == N && out.size(1) == K, "out must be [", N, ", ", K, "], got ", out.sizes());
   const c10::cuda::CUDAGuard guard(w.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t threads = (N / 16) * (K / 64) * 32;
-  const unsigned blocks = (unsigned)((threads + 255) / 256);
-  const uint4* wp = reinterpret_cast<const uint4*>(w.data_ptr());
-  if (bf) {
-    if (sym) qk_mma_dequant<QkBF16, true><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
-    else qk_mma_dequant<QkBF16, false><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
-  } else {
-    if (sym) qk_mma_dequant<QkF16, true><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
-    else qk_mma_dequant<QkF16, false><<<blocks, 256, 0, stream>>>(wp, u16(meta), u16_mut(out), N, K, group_size);
-  }
-  check_launch("W4A16 dequantize kernel");
+  check_launch("W4A16 dequantize kernel",
+               qk_launch_dequant(reinterpret_cast<const uint4*>(w.data_ptr()), u16(meta), u16_mut(out), (int)N, (int)K,
+                                 (int)group_size, bf, sym, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 

@@ -1,0 +1,56 @@
+// w4a16_launch.h — launchers of the CUDA kernel families, each defined in its own translation unit
+// (w4a16_launch_{stream,staged,wgmma}.cu, no torch in them) so that the extension's build compiles them in
+// parallel. w4a16_ext.cu checks the operands and calls these; each returns the launch's error.
+#pragma once
+
+#include "platform.h"
+
+#if QK_IS_CUDA
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+// The operands every kernel over the "mma" layout takes (w4a16_mma_cuda.h).
+struct QkMmaArgs {
+  const uint16_t* x;
+  const uint4* w;
+  const uint16_t* meta;
+  const uint16_t* bias;
+  uint16_t* out;
+  float* ws;
+  int* counters;
+  int M, N, K, group_size, chunks_per_split;
+};
+
+// One mma-layout kernel instance, through cudaLaunchKernelEx; pdl adds the programmatic-stream-serialization
+// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h).
+template <typename... Params>
+cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, bool pdl = false) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, a.x, a.w, a.meta, a.bias, a.out, a.ws, a.counters, a.M, a.N, a.K,
+                            a.group_size, a.chunks_per_split);
+}
+
+// qk_mma_stream: mt token tiles (1, 2, 4, 8); ring: weights through the cp.async ring (8 chunks deep for
+// mt <= 2, else 4).
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool ring, bool pdl, dim3 grid,
+                             cudaStream_t stream);
+// qk_mma_staged, 8 token tiles.
+cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
+// qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128).
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, dim3 grid,
+                            cudaStream_t stream);
+// qk_mma_dequant: the [N, K] weight.
+cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,
+                              bool bf16, bool sym, cudaStream_t stream);
+#endif
