@@ -107,13 +107,11 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, ring=False),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
-        if m <= 32:
-            contenders["qk_ring"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, ring=True)
         if m in (16, 32):
             contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
         if ops.has_wgmma(device) and m >= 16:
@@ -154,17 +152,16 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                  row["path"])
     tuned = []
     if tune:
-        for m, staged, ring in ((1, False, False), (1, False, True), (16, False, True), (32, False, True),
-                                (128, True, False)):
+        for m, staged in ((1, False), (16, False), (32, False), (128, True)):
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T
             mt = 8 if staged else ops.mma_tiles(m)
             for splits in (1, 2, 4, 8, 16, 32):
-                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged, ring=ring)
+                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)
                 check(f"mma splits={splits}", fn(), truth, testing.TOLERANCE[dtype])
                 t = time_call(fn, flush, reps)
                 default = ops.mma_splits(m, n, k, device, staged=staged, mt=mt)
-                tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "ring": ring, "splits": splits, **t,
+                tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "splits": splits, **t,
                               "default": splits == default})
     del weight, packed, int4
     torch.cuda.empty_cache()

@@ -16,10 +16,8 @@
 //         T [N/16, G, 8, 4] (asym): those scales, then (magic + zero) of the same two rows.
 //   Dequantization (v - (magic + zero)) * scale in 16-bit arithmetic: bit-identical to the reference's weights.
 // Two kernels over it:
-//   qk_mma_stream (decode, and small N): one warp = one 16-row tile, no barriers; x fragments straight from
-//     global (L1-resident); many small blocks + split-K. Weights either in registers, U chunks in flight per warp
-//     loaded in batches, or (RING) copied by cp.async into a per-warp ring in shared memory, RING chunks always in
-//     flight without holding registers.
+//   qk_mma_stream (decode, and small N): one warp = one 16-row tile, no shared memory and no barriers; x fragments
+//     straight from global (L1-resident), U chunks of weights in flight per warp; many small blocks + split-K.
 //   qk_mma_staged (prefill on wide N): 8 warps x 2 tiles share x staged in shared memory per block, the next
 //     stage's weights and x loaded while this one computes.
 // Split-K (gridDim.z > 1): each split writes fp32 partial sums to ws [z, M, N]; the last block of each (x, y)
@@ -78,11 +76,6 @@ QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic
 // 16 bytes, bypassing L1 (.cg), zero-filled when !valid (rows past M).
 QK_INLINE void qk_cp_async16(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-// 4 or 8 bytes through L1 (.ca; only 16-byte copies may bypass it).
-template <int BYTES>
-QK_INLINE void qk_cp_async_small(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(BYTES));
 }
 QK_INLINE void qk_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Wait until at most N of this thread's groups are pending; a compiler barrier for shared-memory reads after it.
@@ -216,17 +209,14 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
-// RING = 0: weights and scales loaded into registers U chunks at a time, all of a batch's loads issued before its
-// first use. RING > 0: each lane copies its 16 bytes of weights and its scales of chunk c + RING into this warp's
-// ring in shared memory (cp.async) while chunk c computes, so RING chunks are in flight at every moment; a lane
-// reads back only what it copied itself, so there is no barrier, and a slot is refilled only after the chunk read
-// from it has been computed (no write-after-read race on the slot).
-template <typename Tag, int MT, bool SYM, int RING = 0>
+// Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
+// use.
+template <typename Tag, int MT, bool SYM>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = MT <= 2 ? 4 : 2;  // without the ring: 16-byte weight loads in flight per thread
+  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -264,42 +254,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
 #pragma unroll
       for (int q = 0; q < 8; ++q) dst[t][q] = src[t][q];
   };
-  if constexpr (RING > 0) {
-    constexpr int R = RING > 0 ? RING : 1;
-    __shared__ __align__(16) uint4 wring[QK_STREAM_WARPS][R][32];
-    __shared__ __align__(8) uint2 mring[QK_STREAM_WARPS][R][32];
-    auto issue = [&](int cc, int slot) {  // one commit group per chunk, empty past the end: uniform wait counts
-      if (cc < c1) {
-        qk_cp_async16(qk_smem_addr(&wring[warp][slot][lane]), wt + (size_t)cc * 32, true);
-        const size_t mi = meta_idx(cc);
-        if (SYM) qk_cp_async_small<4>(qk_smem_addr(&mring[warp][slot][lane]), reinterpret_cast<const uint32_t*>(meta) + mi);
-        else qk_cp_async_small<8>(qk_smem_addr(&mring[warp][slot][lane]), reinterpret_cast<const uint2*>(meta) + mi);
-      }
-      qk_cp_async_commit();
-    };
-    if (tile < n_tiles) {  // warp-uniform
-#pragma unroll
-      for (int s = 0; s < R; ++s) issue(c0 + s, s);
-      qk_pdl_wait();  // x is the previous kernel's output
-      uint32_t xb[MT][8];
-      load_x(c0, xb);
-      int slot = 0;
-      for (int c = c0; c < c1; ++c) {
-        uint32_t xn[MT][8];
-        if (c + 1 < c1) load_x(c + 1, xn);  // next chunk's x in flight during this one
-        qk_cp_async_wait<R - 1>();          // chunk c's group has landed
-        const uint4 wv = wring[warp][slot][lane];
-        const uint2 mv = mring[warp][slot][lane];
-        uint32_t s_lo, s_hi, z_lo, z_hi;
-        qk_mma_meta_unpack<Tag, SYM>(mv, s_lo, s_hi, z_lo, z_hi);
-        qk_mma_chunk<Tag, MT>(acc[0], wv, xb, s_lo, s_hi, z_lo, z_hi);
-        issue(c + R, slot);
-        slot = slot + 1 == R ? 0 : slot + 1;
-        copy_x(xb, xn);
-      }
-    }
-    qk_cp_async_wait<0>();
-  } else if (tile < n_tiles) {
+  if (tile < n_tiles) {
     for (int c = c0; c < c1; c += U) {
       // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
       // chunk's x (L1/L2), so the batch pays one memory latency, not one per chunk.

@@ -40,9 +40,6 @@ WGMMA_MIN_NK = 1 << 25
 # 64-k chunks.
 BLOCKS_PER_SM = 24
 MIN_CHUNKS_PER_SPLIT = 8
-# The streaming kernel's weights: through a per-warp cp.async ring in shared memory (True) or loaded into registers
-# in batches (False). The ring measured slower at M <= 32 on an H100 (bench/results/kernel_h100_ring.md).
-STREAM_RING = False
 # The streaming kernel as a programmatic dependent launch (Hopper and later): its first weight loads overlap the end
 # of the kernel before it. Off until measured on a GPU (bench/profile_decode.py --pdl).
 STREAM_PDL = False
@@ -96,7 +93,7 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, ring: bool | None = None, pdl: bool | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -107,8 +104,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, (STREAM_RING if ring is None else ring) and not staged,
-                 STREAM_PDL if pdl is None else pdl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl)
     return out
 
 
@@ -245,16 +241,14 @@ def w4a16_linear(
     splits: int | None = None,
     mt: int | None = None,
     staged: bool | None = None,
-    ring: bool | None = None,
     pdl: bool | None = None,
     bt: int | None = None,
     dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / ring override the split-K count, token tiles and kernel of the "mma" path (ring: the
-    streaming kernel's weights through a shared-memory cp.async ring, or in registers; default STREAM_RING; pdl: launch
-    it as a programmatic dependent launch, default STREAM_PDL), splits / bt
+    splits / mt / staged / pdl override the split-K count, token tiles and kernel of the "mma" path (pdl: launch the
+    streaming kernel as a programmatic dependent launch, default STREAM_PDL), splits / bt
     those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
@@ -287,7 +281,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, ring, pdl)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
