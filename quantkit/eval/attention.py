@@ -1,10 +1,10 @@
 """The attention the throughput runs use: transformers' SDPA, with grouped-query decode steps done per KV head.
 
-A decode step with a static cache passes an explicit mask, and transformers' SDPA path then (up to 5.2x, and
-always under torch.compile) repeats every key/value head for each query head of its group before calling SDPA:
-on Llama-3-8B shapes (8 KV heads for 32 query heads) that writes four copies of the whole cache per layer and step,
-which measured (bench/results/decode_profile_h100.json) more time than the weights' own GEMMs at batch 8 and
-above. Here a single-token query is viewed as [batch, kv_heads, group, head_dim] instead, so SDPA reads each cached
+A decode step with a static cache passes an explicit mask, and transformers' SDPA path then repeats every
+key/value head for each query head of its group before calling SDPA (transformers 5.17, the H100's; later versions
+avoid it in eager mode, but not under torch.compile): on Llama-3-8B shapes (8 KV heads for 32 query heads) that
+writes four copies of the whole cache per layer and step, which measured (bench/results/decode_profile_h100.md)
+more time than the weights' own GEMMs at batch 8 and above. Here a single-token query is viewed as [batch, kv_heads, group, head_dim] instead, so SDPA reads each cached
 key and value once; everything else (prefill, models without GQA) is transformers' SDPA unchanged. Both models of
 a throughput run use it, so their comparison is unaffected.
 """

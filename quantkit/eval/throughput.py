@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from quantkit.errors import InputError
 from quantkit.eval import ppl
-from quantkit.eval.attention import NAME as ATTENTION, grouped_decode_attention
+from quantkit.eval.attention import grouped_decode_attention
 
 log = logging.getLogger(__name__)
 
