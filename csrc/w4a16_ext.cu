@@ -133,11 +133,12 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
-// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K;
+// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; lean: the streaming
+// kernel's lean instance for mt 4 (w4a16_mma_cuda.h);
 // pdl: the streaming kernel launched as a programmatic dependent launch (compute capability 9.0+, else ignored).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool pdl) {
+              int64_t splits, bool staged, bool lean, bool pdl) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -154,7 +155,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, pdl && has_pdl(x), grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, lean, pdl && has_pdl(x), grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

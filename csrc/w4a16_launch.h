@@ -41,8 +41,9 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
                             a.group_size, a.chunks_per_split);
 }
 
-// qk_mma_stream: mt token tiles (1, 2, 4, 8); pdl: as a programmatic dependent launch.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool pdl, dim3 grid,
+// qk_mma_stream: mt token tiles (1, 2, 4, 8); lean: its LEAN instance (mt 4 only, else ignored); pdl: as a
+// programmatic dependent launch.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool lean, bool pdl, dim3 grid,
                              cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);

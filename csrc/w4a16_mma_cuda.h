@@ -210,13 +210,16 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
-// use.
-template <typename Tag, int MT, bool SYM>
-QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
+// use. LEAN (4 token tiles, where x fragments take most registers): x is not prefetched a chunk ahead, which
+// frees 32 registers, spent on 4 (not 2) weight loads in flight per thread and on 5 blocks per multiprocessor
+// when symmetric (95 registers; asymmetric: 4 blocks, 5 would spill; with 8 token tiles it would spill).
+template <typename Tag, int MT, bool SYM, bool LEAN = false>
+QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
+  static_assert(!LEAN || MT == 4, "the lean streaming kernel is for 4 token tiles");
+  constexpr int U = (MT <= 2 || LEAN) ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -272,12 +275,13 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (c + u >= c1) break;
+        if (LEAN && u > 0) load_x(c + u, xb);
         uint32_t xn[MT][8];
-        if (u + 1 < U && c + u + 1 < c1) load_x(c + u + 1, xn);  // next chunk's x in flight during this one
+        if (!LEAN && u + 1 < U && c + u + 1 < c1) load_x(c + u + 1, xn);  // next chunk's x in flight during this one
         uint32_t s_lo, s_hi, z_lo, z_hi;
         qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
         qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb, s_lo, s_hi, z_lo, z_hi);
-        if (u + 1 < U) copy_x(xb, xn);
+        if (!LEAN && u + 1 < U) copy_x(xb, xn);
       }
     }
   }

@@ -59,8 +59,8 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
             torch.full((m * n * 2,), float("nan"), device=device)  # poison the allocator's next block
             if backend == "staged":
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
-            elif backend == "stream":  # the streaming kernel at every M, as a programmatic dependent launch
-                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True)
+            elif backend == "stream":  # the streaming kernel at every M: programmatic launch, lean at 17 <= M <= 32
+                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, lean=True)
             else:
                 y = w4a16_linear(x, packed, bias, backend=backend)
             err = testing.relative_error(y, w, x, bias)
@@ -77,10 +77,10 @@ def test_splits_and_tiles_agree(device):
     w = reference_weight(packed, torch.bfloat16)
     for splits in (1, 2, 3, 8, 32):
         for mt, staged in ((1, False), (2, False), (4, False), (8, False), (8, True)):
-            for pdl in (False, True) if not staged else (False,):
-                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl)
+            for pdl, lean in ((False, False), (True, False), (False, True)) if not staged else ((False, False),):
+                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl, lean=lean)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, err)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, lean, err)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

@@ -43,6 +43,9 @@ MIN_CHUNKS_PER_SPLIT = 8
 # The streaming kernel as a programmatic dependent launch (Hopper and later): its first weight loads overlap the end
 # of the kernel before it. Off until measured on a GPU (bench/profile_decode.py --pdl).
 STREAM_PDL = False
+# The streaming kernel's lean instance at 4 token tiles (17 <= M <= 32): no x prefetch, twice the weight loads in
+# flight, more warps. Off until measured on a GPU (bench/kernel_bench.py: qk_stream_lean).
+STREAM_LEAN = False
 
 _buffers: dict = {}
 
@@ -93,7 +96,8 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None,
+         lean: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -104,7 +108,8 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl)
+                 packed.zeros is None, mt, splits, staged, STREAM_LEAN if lean is None else lean,
+                 STREAM_PDL if pdl is None else pdl)
     return out
 
 
@@ -242,13 +247,15 @@ def w4a16_linear(
     mt: int | None = None,
     staged: bool | None = None,
     pdl: bool | None = None,
+    lean: bool | None = None,
     bt: int | None = None,
     dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl override the split-K count, token tiles and kernel of the "mma" path (pdl: launch the
-    streaming kernel as a programmatic dependent launch, default STREAM_PDL), splits / bt
+    splits / mt / staged / pdl / lean override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    launch the streaming kernel as a programmatic dependent launch, default STREAM_PDL; lean: its lean instance at
+    4 token tiles, default STREAM_LEAN), splits / bt
     those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
@@ -281,7 +288,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl, lean)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
