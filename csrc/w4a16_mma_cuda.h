@@ -84,6 +84,44 @@ QK_INLINE void qk_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Bulk copies (sm_90+: the copy engine moves a whole contiguous range; one thread issues it) completing on an
+// mbarrier in shared memory: the barrier's phase ends when its one arrival (with the expected byte count) and all
+// those bytes have landed. Device code for older parts compiles without them (QK_SM90 is 0 there: the bulk
+// kernel's body is empty and the host never launches it on them).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define QK_SM90 1
+#else
+#define QK_SM90 0
+#endif
+#if QK_SM90
+QK_INLINE void qk_mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(qk_smem_addr(bar)) : "memory");
+}
+QK_INLINE void qk_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+QK_INLINE void qk_bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%2], [%3], %1, [%0];\n" ::"r"(
+          qk_smem_addr(bar)),
+      "r"(bytes), "r"(qk_smem_addr(dst)), "l"(src)
+      : "memory");
+}
+// Spin until the barrier's phase with this parity has completed.
+QK_INLINE void qk_mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred ready;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
+      "@!ready bra retry;\n"
+      "}\n" ::"r"(qk_smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Order this thread's earlier generic-proxy accesses of shared memory before later async-proxy (bulk copy) ones.
+QK_INLINE void qk_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#endif
+
 // Programmatic dependent launch (sm_90+; no-ops on older parts and when the launch did not ask for it).
 // qk_pdl_trigger lets the next kernel of the stream, if launched with the programmatic attribute, start its
 // prologue once every block of this one has triggered; qk_pdl_wait blocks until the kernel before this one has
@@ -91,12 +129,12 @@ QK_INLINE void qk_cp_async_wait() {
 // kernel writes (x, out, the split-K workspace and counters) before qk_pdl_wait; the packed weights and scales
 // are constant, so their first loads go out before it, over the previous kernel's tail.
 QK_INLINE void qk_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if QK_SM90
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
 QK_INLINE void qk_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if QK_SM90
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
@@ -286,6 +324,102 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
     }
   }
   qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+}
+
+// Decode through the bulk-copy engine (sm_90+, MT <= 2): like qk_mma_stream (same grid, split-K, epilogue,
+// programmatic launch), but each warp's weights arrive in a ring of QK_BULK_STAGES stages of QK_BULK_CHUNKS
+// chunks in shared memory (2 KB each, per warp), each stage one bulk copy issued by lane 0 and completed on the
+// stage's mbarrier: up to 12 chunks of the warp's range in flight from its first instruction, without the
+// registers or the load instructions of 32 lanes. A stage is refilled once every lane has read it (__syncwarp,
+// then a proxy fence before the copy engine writes it again). Scales and x as in qk_mma_stream.
+#define QK_BULK_STAGES 3
+#define QK_BULK_CHUNKS 4
+template <typename Tag, int MT, bool SYM>
+QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
+    qk_mma_bulk(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
+                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
+                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+  static_assert(MT <= 2, "the bulk-copy decode kernel is for up to 16 tokens");
+#if QK_SM90
+  constexpr int S = QK_BULK_STAGES, P = QK_BULK_CHUNKS;
+  __shared__ __align__(128) uint4 ring[QK_STREAM_WARPS][S][P * 32];
+  __shared__ __align__(8) uint64_t full[QK_STREAM_WARPS][S];
+  qk_pdl_trigger();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int n_tiles = N / 16, tile = blockIdx.y * QK_STREAM_WARPS + warp;
+  const int m0 = blockIdx.x * 8 * MT;
+  const int chunks = K / 64, groups = K / group_size;
+  const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+
+  float acc[1][MT][4];
+#pragma unroll
+  for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
+  const uint4* xrow[MT];
+#pragma unroll
+  for (int t = 0; t < MT; ++t) {
+    const int tok = m0 + t * 8 + gid;
+    xrow[t] = tok < M ? reinterpret_cast<const uint4*>(x + (size_t)tok * K + 16 * tig) : nullptr;
+  }
+  const uint4* wt = w + (size_t)tile * chunks * 32;  // this tile's chunk 0 (the whole warp's, not a lane's)
+  const size_t meta_row = (size_t)tile * groups * 8 + gid;
+  auto meta_idx = [&](int cc) { return meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8; };
+  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+      if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
+      xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
+      xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
+    }
+  };
+  if (lane == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) qk_mbar_init(&full[warp][s]);
+    qk_mbar_init_fence();
+  }
+  __syncwarp();
+  const int stages = tile < n_tiles && c0 < c1 ? (c1 - c0 + P - 1) / P : 0;  // warp-uniform
+  auto issue = [&](int i) {  // lane 0: stage i of this warp's range into ring slot i % S
+    const int cs = c0 + i * P, n = min(P, c1 - cs);
+    qk_bulk_load(&ring[warp][i % S][0], wt + (size_t)cs * 32, (uint32_t)n * 512u, &full[warp][i % S]);
+  };
+  if (lane == 0)
+    for (int i = 0; i < S && i < stages; ++i) issue(i);
+  if (stages > 0) {
+    qk_pdl_wait();  // x is the previous kernel's output: the weights are already on their way
+    uint32_t xb[MT][8];
+    load_x(c0, xb);
+    for (int i = 0; i < stages; ++i) {
+      const int cs = c0 + i * P;
+      uint2 mv[P];
+#pragma unroll
+      for (int u = 0; u < P; ++u)
+        if (cs + u < c1) mv[u] = qk_mma_meta_load<SYM>(meta, meta_idx(cs + u));
+      qk_mbar_wait(&full[warp][i % S], (uint32_t)(i / S) & 1u);
+#pragma unroll
+      for (int u = 0; u < P; ++u) {
+        if (cs + u >= c1) break;
+        uint32_t xn[MT][8];
+        if (cs + u + 1 < c1) load_x(cs + u + 1, xn);  // next chunk's x in flight during this one
+        const uint4 wv = ring[warp][i % S][u * 32 + lane];
+        uint32_t s_lo, s_hi, z_lo, z_hi;
+        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
+        qk_mma_chunk<Tag, MT>(acc[0], wv, xb, s_lo, s_hi, z_lo, z_hi);
+#pragma unroll
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+          for (int q = 0; q < 8; ++q) xb[t][q] = xn[t][q];
+      }
+      __syncwarp();  // every lane has read slot i % S
+      if (lane == 0 && i + S < stages) {
+        qk_fence_proxy_async();
+        issue(i + S);
+      }
+    }
+  }
+  qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+#endif
 }
 
 #define QK_STAGED_WARPS 8

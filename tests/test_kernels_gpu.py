@@ -43,6 +43,7 @@ def _backends(m):
 @pytest.mark.parametrize("group,sym,act", LAYERS, ids=[f"g{g}-{'sym' if s else 'asym'}{'-act' if a else ''}" for g, s, a in LAYERS])
 @pytest.mark.parametrize("n,k", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
 def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
+    sm90 = torch.cuda.get_device_capability()[0] >= 9 and not torch.version.hip
     if k % group:
         pytest.skip("group does not divide K")
     seed = n + k + group
@@ -59,8 +60,9 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
             torch.full((m * n * 2,), float("nan"), device=device)  # poison the allocator's next block
             if backend == "staged":
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
-            elif backend == "stream":  # the streaming kernel at every M: programmatic launch, lean at 17 <= M <= 32
-                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, lean=True)
+            elif backend == "stream":  # the decode kernels at every M: programmatic launch; bulk up to 16, lean to 32
+                kind = "bulk" if m <= 16 and sm90 else "lean" if 16 < m <= 32 else "plain"
+                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, stream=kind)
             else:
                 y = w4a16_linear(x, packed, bias, backend=backend)
             err = testing.relative_error(y, w, x, bias)
@@ -71,16 +73,18 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
 
 
 def test_splits_and_tiles_agree(device):
+    sm90 = torch.cuda.get_device_capability()[0] >= 9
     ql = testing.random_qlinear(1024, 2048, group_size=128, sym=False, act_order=False, dtype=torch.bfloat16, seed=7)
     packed = prepare(ql, device=device)
     x = testing.random_activations(20, 2048, dtype=torch.bfloat16, seed=8, device=device)
     w = reference_weight(packed, torch.bfloat16)
     for splits in (1, 2, 3, 8, 32):
         for mt, staged in ((1, False), (2, False), (4, False), (8, False), (8, True)):
-            for pdl, lean in ((False, False), (True, False), (False, True)) if not staged else ((False, False),):
-                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl, lean=lean)
+            kinds = ["plain"] + (["lean"] if mt == 4 else []) + (["bulk"] if mt <= 2 and sm90 else [])
+            for pdl, kind in [(False, k) for k in kinds] + [(True, "plain")] if not staged else [(False, None)]:
+                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl, stream=kind)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, lean, err)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, kind, err)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -113,8 +117,9 @@ def test_cuda_graph_capture(device):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs compute capability 9.0+")
-@pytest.mark.parametrize("m", [1, 4, 32])
-def test_programmatic_launch_chain(device, m):
+@pytest.mark.parametrize("m,kind", [(1, "plain"), (4, "plain"), (32, "plain"), (1, "bulk"), (16, "bulk"),
+                                    (32, "lean")])
+def test_programmatic_launch_chain(device, m, kind):
     """pdl=True: each streaming launch overlaps the end of the one before and reads its output only after
     griddepcontrol.wait. A chain of layers, each fed the previous output and sharing the split-K workspace, eagerly
     and replayed from a CUDA graph, must give exactly what the same chain gives without it."""
@@ -126,10 +131,10 @@ def test_programmatic_launch_chain(device, m):
         y = x
         for _ in range(3):
             for packed in layers:  # back to back, no other kernel between (values stay O(1) with these layers)
-                y = w4a16_linear(y, packed, backend="mma", staged=False, pdl=pdl, splits=4)
+                y = w4a16_linear(y, packed, backend="mma", staged=False, pdl=pdl, splits=4, stream=kind)
         return y
 
-    want = chain(False)
+    want = chain(False)  # the same kernel without programmatic launch (itself checked against the reference above)
     assert torch.isfinite(want).all() and want.abs().mean() > 1e-3
     assert torch.equal(chain(True), want)
     graph = torch.cuda.CUDAGraph()
