@@ -107,7 +107,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, stream="plain"),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if m >= 32:
