@@ -73,7 +73,8 @@ def targets(rows) -> list[str]:
     return out
 
 
-VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
+VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bulk", "stream, bulk"),
+            ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
             ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
             ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
 
