@@ -243,6 +243,29 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
   }
 }
 
+// The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
+// m0 + 8t + gid, k = 64cc + 16tig .. +16), straight from global memory (L1-resident), zero past M.
+template <int MT>
+struct QkDecodeX {
+  const uint4* row[MT];
+  QK_INLINE QkDecodeX(const uint16_t* x, int m0, int gid, int tig, int M, int K) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+      const int tok = m0 + t * 8 + gid;
+      row[t] = tok < M ? reinterpret_cast<const uint4*>(x + (size_t)tok * K + 16 * tig) : nullptr;
+    }
+  }
+  QK_INLINE void load(int cc, uint32_t (&xb)[MT][8]) const {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+      if (row[t]) lo = __ldg(row[t] + cc * 8), hi = __ldg(row[t] + cc * 8 + 1);
+      xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
+      xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
+    }
+  }
+};
+
 #define QK_STREAM_WARPS 4
 
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
@@ -269,26 +292,11 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
   float acc[1][MT][4];
 #pragma unroll
   for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
-  const uint4* xrow[MT];
-#pragma unroll
-  for (int t = 0; t < MT; ++t) {
-    const int tok = m0 + t * 8 + gid;
-    xrow[t] = tok < M ? reinterpret_cast<const uint4*>(x + (size_t)tok * K + 16 * tig) : nullptr;
-  }
+  const QkDecodeX<MT> xs(x, m0, gid, tig, M, K);
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const size_t meta_row = (size_t)tile * groups * 8 + gid;
   auto meta_idx = [&](int cc) { return meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8; };
-
-  // x fragments of chunk cc for every token tile (zero past M).
-  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) {
-#pragma unroll
-    for (int t = 0; t < MT; ++t) {
-      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-      if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
-      xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
-      xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
-    }
-  };
+  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) { xs.load(cc, xb); };
   auto copy_x = [&](uint32_t(&dst)[MT][8], const uint32_t(&src)[MT][8]) {
 #pragma unroll
     for (int t = 0; t < MT; ++t)
@@ -355,24 +363,11 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
   float acc[1][MT][4];
 #pragma unroll
   for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
-  const uint4* xrow[MT];
-#pragma unroll
-  for (int t = 0; t < MT; ++t) {
-    const int tok = m0 + t * 8 + gid;
-    xrow[t] = tok < M ? reinterpret_cast<const uint4*>(x + (size_t)tok * K + 16 * tig) : nullptr;
-  }
+  const QkDecodeX<MT> xs(x, m0, gid, tig, M, K);
   const uint4* wt = w + (size_t)tile * chunks * 32;  // this tile's chunk 0 (the whole warp's, not a lane's)
   const size_t meta_row = (size_t)tile * groups * 8 + gid;
   auto meta_idx = [&](int cc) { return meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8; };
-  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) {
-#pragma unroll
-    for (int t = 0; t < MT; ++t) {
-      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-      if (xrow[t]) lo = __ldg(xrow[t] + cc * 8), hi = __ldg(xrow[t] + cc * 8 + 1);
-      xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
-      xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
-    }
-  };
+  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) { xs.load(cc, xb); };
   if (lane == 0) {
 #pragma unroll
     for (int s = 0; s < S; ++s) qk_mbar_init(&full[warp][s]);
