@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call that measures the decode-kernel options left off in ops.py (docs/kernel.md, Dispatch): builds
+# the extension (timed) and self-checks it, runs the GPU tests, benchmarks the decode kernels at M <= 32
+# (plain / bulk / lean / 16-token blocks), and profiles whole decode steps with and without programmatic launch.
+#
+#     bash bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]
+#
+# Leaves OUT_DIR/round.tgz (every log and JSON) and the built library (*.so, to carry into the next call under
+# .qkcache/<its name>/ so that it loads without a build): two files, within the device tool's limits.
+set -u -o pipefail
+OUT=${1:?usage: bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]}
+DEADLINE=$(( $(date +%s) + ${2:-560} ))
+R="$OUT/round"
+mkdir -p "$R"
+left() { echo $(( DEADLINE - $(date +%s) )); }
+. "$(dirname "$0")/device_env.sh"
+export QUANTKIT_KERNEL_CACHE=${QUANTKIT_KERNEL_CACHE:-$PWD/.qkcache}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$R/nvidia-smi.csv"
+git log -1 --format='%H %s' 2>/dev/null | tee "$R/commit.txt"
+
+start=$(date +%s)
+timeout $(( $(left) - 300 )) python3 -c "
+import logging, sys; logging.basicConfig(level=logging.INFO)
+from quantkit.kernels import kernel_available, self_check
+ok, why = kernel_available(); print('kernel_available', ok, why)
+sys.exit(1) if not ok else self_check()" > "$R/build.log" 2>&1
+echo "build and self-check: rc $? in $(( $(date +%s) - start )) s" | tee -a "$R/build.log"
+cp "$QUANTKIT_KERNEL_CACHE"/*/*.so "$OUT/" 2>/dev/null
+
+step() {  # step NAME SECONDS COMMAND...: one step under its own timeout, its output in round/NAME.log
+  local name=$1 limit=$2; shift 2
+  [ "$limit" -gt "$(( $(left) - 5 ))" ] && limit=$(( $(left) - 5 ))
+  [ "$limit" -lt 20 ] && { echo "== $name: no time left" | tee "$R/$name.log"; return; }
+  echo "== $name ($(left) s left, limit $limit s)"
+  timeout "$limit" "$@" > "$R/$name.log" 2>&1
+  echo "== $name: rc $?"; tail -n 3 "$R/$name.log"
+}
+step gpu_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py
+step kernel_variants 150 python3 bench/kernel_bench.py --out "$R/kernel_variants.json" --ms 1,2,4,8,16,32 --groups 128 --reps 20
+step profile 120 python3 bench/profile_decode.py --batch 1,8,32 --out "$R/profile.json"
+step profile_pdl 120 python3 bench/profile_decode.py --batch 1,8,32 --pdl --out "$R/profile_pdl.json"
+tar -C "$OUT" -czf "$OUT/round.tgz" round && rm -rf "$R"
+echo "== done ($(left) s left)"
