@@ -4,8 +4,9 @@
     python bench/kernel_table.py --variants bench/results/kernel_h100_wgmma.json > bench/results/kernel_h100_wgmma.md
     python bench/kernel_table.py --variants bench/results/kernel_h100_ring.json 1 > bench/results/kernel_h100_ring.md
 
---variants: every contender of a --tune run for M >= 16 (or M >= the number after the file), and the path today's dispatch (quantkit.kernels.ops)
-picks for each shape, to check the dispatch against the measurements it was set from.
+--variants: every contender of a --tune run for M >= 16 (or M >= the number after the file), and the path
+today's dispatch (quantkit.kernels.ops) picks for each shape, to check the dispatch against the measurements it
+was set from.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def targets(rows) -> list[str]:
 
 
 VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bulk", "stream, bulk"),
-            ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"), ("qk_dequant", "dequant"), ("qk_wgmma_bt64", "wgmma 64"),
-            ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
+            ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"), ("qk_dequant", "dequant"),
+            ("qk_wgmma_bt64", "wgmma 64"), ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
             ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
 
 
