@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call that measures the decode-kernel options left off in ops.py (docs/kernel.md, Dispatch): builds
-# the extension (timed) and self-checks it, runs the GPU tests, benchmarks the decode kernels at M <= 32
-# (plain / bulk / lean / 16-token blocks), and profiles whole decode steps with and without programmatic launch.
+# One device call after a kernel change: builds the extension (timed) and self-checks it, runs the GPU kernel and
+# eval tests, benchmarks every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py; KERNEL_ARGS
+# replaces its default arguments, the full table), and profiles whole decode steps (bench/profile_decode.py).
 #
 #     bash bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -36,9 +36,8 @@ step() {  # step NAME SECONDS COMMAND...: one step under its own timeout, its ou
   timeout "$limit" "$@" > "$R/$name.log" 2>&1
   echo "== $name: rc $?"; tail -n 3 "$R/$name.log"
 }
-step gpu_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py
-step kernel_variants 150 python3 bench/kernel_bench.py --out "$R/kernel_variants.json" --ms 1,2,4,8,16,32 --groups 128 --reps 20
+step gpu_tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py
+step kernel_bench 240 python3 bench/kernel_bench.py --out "$R/kernel_bench.json" ${KERNEL_ARGS:---reps 20}
 step profile 120 python3 bench/profile_decode.py --batch 1,8,32 --out "$R/profile.json"
-step profile_pdl 120 python3 bench/profile_decode.py --batch 1,8,32 --pdl --out "$R/profile_pdl.json"
 tar -C "$OUT" -czf "$OUT/round.tgz" round && rm -rf "$R"
 echo "== done ($(left) s left)"

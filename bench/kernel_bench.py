@@ -107,7 +107,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, stream="plain"),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if m >= 32:
@@ -116,10 +116,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
             contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2)
-        if 16 < m <= 32:  # the lean instance (4 token tiles)
-            contenders["qk_stream_lean"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, stream="lean")
-        if m <= 16 and ops.has_wgmma(device):  # the bulk-copy decode kernel (Hopper)
-            contenders["qk_stream_bulk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, stream="bulk")
         if ops.has_wgmma(device) and m >= 16:
             contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma")
             if tune:

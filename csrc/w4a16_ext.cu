@@ -56,8 +56,9 @@ std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::T
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * 16;
   TORCH_CHECK(w.size(1) * 64 == K && w.size(2) == 32 && w.size(3) == 4, "packed weight must be [N/16, K/64, 32, 4] with K=",
               K, ", got ", w.sizes());
-  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0, "group size must be a multiple of 16 dividing K=", K,
-              ", got ", group_size);
+  TORCH_CHECK(K % group_size == 0 && group_size % 16 == 0 && group_size >= 32,
+              "group size must be a multiple of 16, at least 32, dividing K=", K, ", got ", group_size);
+  TORCH_CHECK(K < (1 << 20), "K must be below 2^20 (the kernels' group index), got ", K);
   TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
               "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
@@ -76,7 +77,7 @@ void check_split_workspace(const dim3& grid, int64_t M, int64_t N, const torch::
 }
 
 #if QK_IS_CUDA
-bool sm90_or_later(const torch::Tensor& x) {  // programmatic dependent launch, bulk copies: compute capability 9.0+
+bool sm90_or_later(const torch::Tensor& x) {  // programmatic dependent launch: compute capability 9.0+
   int major = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
   return major >= 9;
@@ -133,20 +134,16 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
-// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; kind: which decode kernel
-// (w4a16_launch.h: 0 qk_mma_stream, 1 its lean instance, mt 4 only, 2 qk_mma_bulk, mt <= 2 on compute capability 9.0+);
-// pdl: the streaming kernel launched as a programmatic dependent launch (compute capability 9.0+, else ignored).
+// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; pdl: the streaming kernel
+// launched as a programmatic dependent launch (compute capability 9.0+, else ignored).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, int64_t kind, bool pdl) {
+              int64_t splits, bool staged, bool pdl) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
   TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
-  TORCH_CHECK(kind == kQkStreamPlain || (kind == kQkStreamLean && mt == 4) || (kind == kQkStreamBulk && mt <= 2),
-              "decode kernel kind ", kind, " does not exist for mt=", mt, " (lean: mt 4; bulk: mt 1 or 2)");
-  TORCH_CHECK(kind != kQkStreamBulk || sm90_or_later(x), "the bulk-copy decode kernel needs compute capability 9.0+");
   const int64_t chunks = K / 64;
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
@@ -158,7 +155,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, (int)kind, pdl && sm90_or_later(x), grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, pdl && sm90_or_later(x), grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

@@ -41,12 +41,8 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
                             a.group_size, a.chunks_per_split);
 }
 
-// The decode kernels over the mma layout (w4a16_mma_cuda.h): qk_mma_stream, its LEAN instance (mt 4) and
-// qk_mma_bulk (mt <= 2, sm_90+).
-enum QkStreamKind : int { kQkStreamPlain = 0, kQkStreamLean = 1, kQkStreamBulk = 2 };
-// mt token tiles (1, 2, 4, 8) of the given kind (the caller checks that it exists for mt); pdl: as a programmatic
-// dependent launch.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, int kind, bool pdl, dim3 grid,
+// qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); pdl: as a programmatic dependent launch.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool pdl, dim3 grid,
                              cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);

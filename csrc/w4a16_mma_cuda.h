@@ -84,42 +84,11 @@ QK_INLINE void qk_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Bulk copies (sm_90+: the copy engine moves a whole contiguous range; one thread issues it) completing on an
-// mbarrier in shared memory: the barrier's phase ends when its one arrival (with the expected byte count) and all
-// those bytes have landed. Device code for older parts compiles without them (QK_SM90 is 0 there: the bulk
-// kernel's body is empty and the host never launches it on them).
+// Hopper and later (sm_90+): the device code of the programmatic-launch hooks below; 0 on older parts.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define QK_SM90 1
 #else
 #define QK_SM90 0
-#endif
-#if QK_SM90
-QK_INLINE void qk_mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(qk_smem_addr(bar)) : "memory");
-}
-QK_INLINE void qk_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-QK_INLINE void qk_bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%2], [%3], %1, [%0];\n" ::"r"(
-          qk_smem_addr(bar)),
-      "r"(bytes), "r"(qk_smem_addr(dst)), "l"(src)
-      : "memory");
-}
-// Spin until the barrier's phase with this parity has completed.
-QK_INLINE void qk_mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred ready;\n"
-      "retry:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-      "@!ready bra retry;\n"
-      "}\n" ::"r"(qk_smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// Order this thread's earlier generic-proxy accesses of shared memory before later async-proxy (bulk copy) ones.
-QK_INLINE void qk_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 #endif
 
 // Programmatic dependent launch (sm_90+; no-ops on older parts and when the launch did not ask for it).
@@ -138,6 +107,18 @@ QK_INLINE void qk_pdl_wait() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+
+// The group of a lane's weights in chunk c, (64c + 16 tig) / group_size, without a division in the loop: the
+// group size is a multiple of 16, so it is n / d with n = 4c + tig and d = group_size / 16, which is the high word
+// of n * ceil(2^32 / d). With n = qd + r and e = d ceil(2^32 / d) - 2^32 < d, that high word is
+// q + floor((r + ne / 2^32) / d): exact while n (d - 1) < 2^32, which K < 2^20 guarantees. d >= 2 (group size
+// >= 32) keeps ceil(2^32 / d) in 32 bits. The host checks both.
+struct QkGroupOf {
+  uint32_t mul, tig;
+  QK_INLINE QkGroupOf(int group_size, int lane_tig)
+      : mul(0xffffffffu / (uint32_t)(group_size / 16) + 1u), tig((uint32_t)lane_tig) {}
+  QK_INLINE int operator()(int c) const { return (int)__umulhi(4u * (uint32_t)c + tig, mul); }
+};
 
 // Scales (and magic + zero) of this thread's two rows in its group: loaded raw (x: the two scales, y: the two
 // magic + zero when asymmetric), then splatted into 16-bit pairs.
@@ -271,16 +252,13 @@ struct QkDecodeX {
 // Decode: grid x = ceil(M / 8MT) token tiles, y = ceil(N / 64) (4 warps, one tile each), z = split-K.
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
-// use. LEAN (4 token tiles, where x fragments take most registers): x is not prefetched a chunk ahead, which
-// frees 32 registers, spent on 4 (not 2) weight loads in flight per thread and on 5 blocks per multiprocessor
-// when symmetric (95 registers; asymmetric: 4 blocks, 5 would spill; with 8 token tiles it would spill).
-template <typename Tag, int MT, bool SYM, bool LEAN = false>
-QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
+// use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
+template <typename Tag, int MT, bool SYM>
+QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  static_assert(!LEAN || MT == 4, "the lean streaming kernel is for 4 token tiles");
-  constexpr int U = (MT <= 2 || LEAN) ? 4 : 2;  // 16-byte weight loads in flight per thread
+  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -293,16 +271,9 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
 #pragma unroll
   for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
   const QkDecodeX<MT> xs(x, m0, gid, tig, M, K);
+  const QkGroupOf group_of(group_size, tig);
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
-  const size_t meta_row = (size_t)tile * groups * 8 + gid;
-  auto meta_idx = [&](int cc) { return meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8; };
-  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) { xs.load(cc, xb); };
-  auto copy_x = [&](uint32_t(&dst)[MT][8], const uint32_t(&src)[MT][8]) {
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-      for (int q = 0; q < 8; ++q) dst[t][q] = src[t][q];
-  };
+  const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
   if (tile < n_tiles) {
     for (int c = c0; c < c1; c += U) {
       // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
@@ -313,108 +284,22 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, LEAN ? (SYM ? 5 : 4) : 0)
       for (int u = 0; u < U; ++u)
         if (c + u < c1) {
           wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
-          mv[u] = qk_mma_meta_load<SYM>(meta, meta_idx(c + u));
+          mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
         }
       if (c == c0) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
-      uint32_t xb[MT][8];
-      load_x(c, xb);
+      uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
+      xs.load(c, xb[0]);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (c + u >= c1) break;
-        if (LEAN && u > 0) load_x(c + u, xb);
-        uint32_t xn[MT][8];
-        if (!LEAN && u + 1 < U && c + u + 1 < c1) load_x(c + u + 1, xn);  // next chunk's x in flight during this one
+        if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
         uint32_t s_lo, s_hi, z_lo, z_hi;
         qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
-        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb, s_lo, s_hi, z_lo, z_hi);
-        if (!LEAN && u + 1 < U) copy_x(xb, xn);
+        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
       }
     }
   }
   qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
-}
-
-// Decode through the bulk-copy engine (sm_90+, MT <= 2): like qk_mma_stream (same grid, split-K, epilogue,
-// programmatic launch), but each warp's weights arrive in a ring of QK_BULK_STAGES stages of QK_BULK_CHUNKS
-// chunks in shared memory (2 KB each, per warp), each stage one bulk copy issued by lane 0 and completed on the
-// stage's mbarrier: up to 12 chunks of the warp's range in flight from its first instruction, without the
-// registers or the load instructions of 32 lanes. A stage is refilled once every lane has read it (__syncwarp,
-// then a proxy fence before the copy engine writes it again). Scales and x as in qk_mma_stream.
-#define QK_BULK_STAGES 3
-#define QK_BULK_CHUNKS 4
-template <typename Tag, int MT, bool SYM>
-QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
-    qk_mma_bulk(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
-                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  static_assert(MT <= 2, "the bulk-copy decode kernel is for up to 16 tokens");
-#if QK_SM90
-  constexpr int S = QK_BULK_STAGES, P = QK_BULK_CHUNKS;
-  __shared__ __align__(128) uint4 ring[QK_STREAM_WARPS][S][P * 32];
-  __shared__ __align__(8) uint64_t full[QK_STREAM_WARPS][S];
-  qk_pdl_trigger();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int gid = lane / 4, tig = lane % 4;
-  const int n_tiles = N / 16, tile = blockIdx.y * QK_STREAM_WARPS + warp;
-  const int m0 = blockIdx.x * 8 * MT;
-  const int chunks = K / 64, groups = K / group_size;
-  const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-
-  float acc[1][MT][4];
-#pragma unroll
-  for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
-  const QkDecodeX<MT> xs(x, m0, gid, tig, M, K);
-  const uint4* wt = w + (size_t)tile * chunks * 32;  // this tile's chunk 0 (the whole warp's, not a lane's)
-  const size_t meta_row = (size_t)tile * groups * 8 + gid;
-  auto meta_idx = [&](int cc) { return meta_row + (size_t)((64 * cc + 16 * tig) / group_size) * 8; };
-  auto load_x = [&](int cc, uint32_t(&xb)[MT][8]) { xs.load(cc, xb); };
-  if (lane == 0) {
-#pragma unroll
-    for (int s = 0; s < S; ++s) qk_mbar_init(&full[warp][s]);
-    qk_mbar_init_fence();
-  }
-  __syncwarp();
-  const int stages = tile < n_tiles && c0 < c1 ? (c1 - c0 + P - 1) / P : 0;  // warp-uniform
-  auto issue = [&](int i) {  // lane 0: stage i of this warp's range into ring slot i % S
-    const int cs = c0 + i * P, n = min(P, c1 - cs);
-    qk_bulk_load(&ring[warp][i % S][0], wt + (size_t)cs * 32, (uint32_t)n * 512u, &full[warp][i % S]);
-  };
-  if (lane == 0)
-    for (int i = 0; i < S && i < stages; ++i) issue(i);
-  if (stages > 0) {
-    qk_pdl_wait();  // x is the previous kernel's output: the weights are already on their way
-    uint32_t xb[MT][8];
-    load_x(c0, xb);
-    for (int i = 0; i < stages; ++i) {
-      const int cs = c0 + i * P;
-      uint2 mv[P];
-#pragma unroll
-      for (int u = 0; u < P; ++u)
-        if (cs + u < c1) mv[u] = qk_mma_meta_load<SYM>(meta, meta_idx(cs + u));
-      qk_mbar_wait(&full[warp][i % S], (uint32_t)(i / S) & 1u);
-#pragma unroll
-      for (int u = 0; u < P; ++u) {
-        if (cs + u >= c1) break;
-        uint32_t xn[MT][8];
-        if (cs + u + 1 < c1) load_x(cs + u + 1, xn);  // next chunk's x in flight during this one
-        const uint4 wv = ring[warp][i % S][u * 32 + lane];
-        uint32_t s_lo, s_hi, z_lo, z_hi;
-        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
-        qk_mma_chunk<Tag, MT>(acc[0], wv, xb, s_lo, s_hi, z_lo, z_hi);
-#pragma unroll
-        for (int t = 0; t < MT; ++t)
-#pragma unroll
-          for (int q = 0; q < 8; ++q) xb[t][q] = xn[t][q];
-      }
-      __syncwarp();  // every lane has read slot i % S
-      if (lane == 0 && i + S < stages) {
-        qk_fence_proxy_async();
-        issue(i + S);
-      }
-    }
-  }
-  qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
-#endif
 }
 
 #define QK_STAGED_WARPS 8
@@ -439,6 +324,7 @@ QK_GLOBAL void __launch_bounds__(QK_STAGED_WARPS * 32)
   const int m0 = blockIdx.x * ROWS;
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+  const QkGroupOf group_of(group_size, tig);
 
   float acc[NT][MT][4];
 #pragma unroll
@@ -490,8 +376,7 @@ QK_GLOBAL void __launch_bounds__(QK_STAGED_WARPS * 32)
         const int tile = tile0 + nt;
         if (tile >= n_tiles) break;  // warp-uniform
         uint32_t s_lo, s_hi, z_lo, z_hi;
-        qk_mma_meta<Tag, SYM>(meta, ((size_t)tile * groups + (64 * (cs + u) + 16 * tig) / group_size) * 8 + gid, s_lo,
-                              s_hi, z_lo, z_hi);
+        qk_mma_meta<Tag, SYM>(meta, ((size_t)tile * groups + group_of(cs + u)) * 8 + gid, s_lo, s_hi, z_lo, z_hi);
         qk_mma_chunk<Tag, MT>(acc[nt], wc[u][nt], xb, s_lo, s_hi, z_lo, z_hi);
       }
     }

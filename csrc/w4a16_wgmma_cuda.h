@@ -83,6 +83,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int n_chunks = max(0, c1 - c0), n_steps = (n_chunks + KS - 1) / KS;
+  const QkGroupOf group_of(group_size, tig);
 
   // x of step i: KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async units.
   auto load_x = [&](int i) {
@@ -106,7 +107,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       const int c = c0 + i * KS + q;
       if (live && c < c1) {
         wv[q] = qk_ld_stream(wt + (size_t)c * 32);
-        mv[q] = qk_mma_meta_load<SYM>(meta, meta_row + (size_t)((64 * c + 16 * tig) / group_size) * 8);
+        mv[q] = qk_mma_meta_load<SYM>(meta, meta_row + (size_t)group_of(c) * 8);
       } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
         wv[q] = make_uint4(0, 0, 0, 0);
         mv[q] = make_uint2(0u, QkMagic<Tag>::pair);

@@ -71,15 +71,13 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc failed on {TU.name}: {res.stderr.strip()[:2000]}"
     report = res.stderr
-    assert report.count("Compiling entry function") == 68, report[:2000]
+    assert report.count("Compiling entry function") == 56, report[:2000]
     assert "qk_mma_stream" in report and "qk_mma_staged" in report and "qk_wgmma_gemm" in report
     assert "C7513" not in report, "ptxas serialized the wgmma pipeline"
     ptx = "".join(f.read_text() for f in tmp_path.glob("*.ptx"))
     for n in (64, 128, 256):
         assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" in ptx, f"no m64n{n}k16 bf16 wgmma in the PTX"
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx, "no programmatic-launch hooks"
-    assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in ptx and "mbarrier.try_wait" in ptx, \
-        "no bulk-copy decode kernel"
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # the SASS too, where the toolkit has the disassembler
         sass = subprocess.run([cuobjdump, "-sass", str(tmp_path / "w4a16.o")], capture_output=True, text=True).stdout

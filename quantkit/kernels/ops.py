@@ -41,15 +41,9 @@ WGMMA_MIN_NK = 1 << 25
 BLOCKS_PER_SM = 24
 MIN_CHUNKS_PER_SPLIT = 8
 # The streaming kernel as a programmatic dependent launch (Hopper and later): its first weight loads overlap the end
-# of the kernel before it. Off until measured on a GPU (bench/profile_decode.py --pdl).
+# of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
+# (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
-# The decode kernel of the "mma" path (csrc/w4a16_launch.h): "plain" (qk_mma_stream), "lean" (its instance for 4
-# token tiles, 17 <= M <= 32: no x prefetch, twice the weight loads in flight, more warps) or "bulk" (qk_mma_bulk,
-# M <= 16 on compute capability 9.0+: weights through the bulk-copy engine into a shared-memory ring). The default
-# per token-tile count; lean and bulk stay off until measured on a GPU (bench/kernel_bench.py: qk_stream_lean,
-# qk_stream_bulk).
-STREAM_KINDS = {"plain": 0, "lean": 1, "bulk": 2}
-STREAM_KIND = {1: "plain", 2: "plain", 4: "plain", 8: "plain"}
 
 _buffers: dict = {}
 
@@ -100,8 +94,7 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None,
-         stream: str | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -112,8 +105,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, 0 if staged else STREAM_KINDS[stream or STREAM_KIND[mt]],
-                 STREAM_PDL if pdl is None else pdl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl)
     return out
 
 
@@ -251,20 +243,15 @@ def w4a16_linear(
     mt: int | None = None,
     staged: bool | None = None,
     pdl: bool | None = None,
-    stream: str | None = None,
     bt: int | None = None,
     dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl / stream override the split-K count, token tiles and kernel of the "mma" path (pdl:
-    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; stream: which decode kernel,
-    "plain", "lean" (4 token tiles) or "bulk" (1 or 2, Hopper), default STREAM_KIND), splits / bt
-    those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
+    splits / mt / staged / pdl override the split-K count, token tiles and kernel of the "mma" path (pdl: launch the
+    decode kernel as a programmatic dependent launch, default STREAM_PDL), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
-    if stream is not None and stream not in STREAM_KINDS:
-        raise InputError(f"stream must be one of {tuple(STREAM_KINDS)}, got {stream!r}")
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
         return reference_linear(x, packed, bias)
@@ -294,7 +281,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, stream)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
