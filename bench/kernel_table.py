@@ -75,7 +75,9 @@ def targets(rows) -> list[str]:
 
 
 VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bulk", "stream, bulk"),
-            ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"), ("qk_dequant", "dequant"),
+            ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"),
+            ("qk_stream_pf4", "stream, 4 + 4 in flight"), ("qk_stream_pf2", "stream, 2 + 2 in flight"),
+            ("qk_stream_b8", "stream, batches of 8"), ("qk_dequant", "dequant"),
             ("qk_wgmma_bt64", "wgmma 64"), ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
             ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
 
