@@ -110,9 +110,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
-        if m <= 16:  # the streaming kernel's batchings of weight loads (ops.STREAM_VARIANT)
-            for v, name in ((1, "qk_stream_pf4"), (2, "qk_stream_pf2")) + (((3, "qk_stream_b8"),) if m <= 8 else ()):
-                contenders[name] = lambda v=v: w4a16_linear(x, packed, backend="mma", staged=False, variant=v)
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
         if m in (16, 32):

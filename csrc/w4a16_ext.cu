@@ -134,19 +134,16 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
-// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; variant: the streaming
-// kernel's batching (w4a16_launch.h); pdl: the streaming kernel launched as a programmatic dependent launch
-// (compute capability 9.0+, else ignored).
+// staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; pdl: the streaming kernel
+// launched as a programmatic dependent launch (compute capability 9.0+, else ignored).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, int64_t variant, bool pdl) {
+              int64_t splits, bool staged, bool pdl) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
   TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
-  TORCH_CHECK(variant == 0 || (variant <= 2 && mt <= 2) || (variant == 3 && mt == 1), "streaming variant ", variant,
-              " does not exist for mt=", mt, " (1, 2: mt <= 2; 3: mt 1)");
   const int64_t chunks = K / 64;
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
@@ -158,7 +155,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, (int)variant, pdl && sm90_or_later(x), grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, pdl && sm90_or_later(x), grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

@@ -41,10 +41,8 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
                             a.group_size, a.chunks_per_split);
 }
 
-// qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); pdl: as a programmatic dependent launch;
-// variant (0 for mt > 2): 0 batches of 4 chunks, 1 of 4 with the next batch prefetched, 2 of 2 prefetched, 3 (mt 1)
-// of 8.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, int variant, bool pdl, dim3 grid,
+// qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); pdl: as a programmatic dependent launch.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool pdl, dim3 grid,
                              cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);

@@ -253,11 +253,12 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-// PF: the next batch's loads are issued before this batch is computed (two register buffers), so a warp always
-// has loads in flight; without it a warp computes a batch with nothing in flight.
+// One token tile (M <= 8) keeps the next batch's loads in flight while it computes this one (two register buffers;
+// batches of 2: 1-5% faster than batches of 4 from M = 2 to 8, bench/results/kernel_h100_stream_batching.md).
+// More token tiles (more registers for x) compute a batch with nothing in flight.
 template <int MT>
-constexpr int qk_stream_u() { return MT <= 2 ? 4 : 2; }  // 16-byte weight loads per thread per batch
-template <typename Tag, int MT, bool SYM, int U = qk_stream_u<MT>(), bool PF = false>
+constexpr int qk_stream_u() { return MT == 2 ? 4 : 2; }  // 16-byte weight loads per thread per batch
+template <typename Tag, int MT, bool SYM, int U = qk_stream_u<MT>(), bool PF = MT == 1>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,

@@ -78,12 +78,10 @@ def test_splits_and_tiles_agree(device):
     w = reference_weight(packed, torch.bfloat16)
     for splits in (1, 2, 3, 8, 32):
         for mt, staged in ((1, False), (2, False), (4, False), (8, False), (8, True)):
-            variants = (0, 1, 2, 3) if mt == 1 else (0, 1, 2) if mt == 2 else (0,)
-            runs = [(False, v) for v in variants] + [(True, 0)] if not staged else [(False, 0)]
-            for pdl, variant in runs:
-                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl, variant=variant)
+            for pdl in (False, True) if not staged else (False,):
+                y = w4a16_linear(x, packed, backend="mma", splits=splits, mt=mt, staged=staged, pdl=pdl)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, variant, err)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, err)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

@@ -44,9 +44,6 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
-# Batching of the streaming kernel's weight loads, by token tiles (csrc/w4a16_launch.h): 0 batches of 4 chunks,
-# 1 of 4 with the next batch in flight during this one, 2 of 2 likewise, 3 (1 tile) of 8.
-STREAM_VARIANT = {1: 0, 2: 0, 4: 0, 8: 0}
 
 _buffers: dict = {}
 
@@ -97,7 +94,7 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None, variant: int | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -108,8 +105,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, 0 if staged else STREAM_VARIANT[mt] if variant is None else variant,
-                 STREAM_PDL if pdl is None else pdl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl)
     return out
 
 
@@ -247,15 +243,13 @@ def w4a16_linear(
     mt: int | None = None,
     staged: bool | None = None,
     pdl: bool | None = None,
-    variant: int | None = None,
     bt: int | None = None,
     dense: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl / variant override the split-K count, token tiles and kernel of the "mma" path (pdl:
-    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; variant: its batching of weight
-    loads, default STREAM_VARIANT), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
+    splits / mt / staged / pdl override the split-K count, token tiles and kernel of the "mma" path (pdl: launch the
+    decode kernel as a programmatic dependent launch, default STREAM_PDL), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
     _check_inputs(x, packed, bias, backend)
@@ -287,7 +281,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, variant)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense)
     elif backend == "dequant":
