@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call after a kernel change: builds the extension (timed) and self-checks it, runs the GPU kernel and
 # eval tests, benchmarks every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py; KERNEL_ARGS
-# replaces its default arguments, the full table), and profiles whole decode steps (bench/profile_decode.py).
+# replaces its default arguments, the full table), and profiles whole decode steps (bench/profile_decode.py, one
+# profile per option set in PROFILES).
 #
 #     bash bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -17,7 +18,7 @@ left() { echo $(( DEADLINE - $(date +%s) )); }
 export QUANTKIT_KERNEL_CACHE=${QUANTKIT_KERNEL_CACHE:-$PWD/.qkcache}
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$R/nvidia-smi.csv"
-git log -1 --format='%H %s' 2>/dev/null | tee "$R/commit.txt"
+echo "${COMMIT:-$(git log -1 --format='%H %s' 2>/dev/null)}" | tee "$R/commit.txt"  # COMMIT: when .git is not current
 
 start=$(date +%s)
 timeout $(( $(left) - 300 )) python3 -c "
@@ -38,6 +39,10 @@ step() {  # step NAME SECONDS COMMAND...: one step under its own timeout, its ou
 }
 step gpu_tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py
 step kernel_bench 240 python3 bench/kernel_bench.py --out "$R/kernel_bench.json" ${KERNEL_ARGS:---reps 20}
-step profile 120 python3 bench/profile_decode.py --batch 1,8,32 --out "$R/profile.json"
+# PROFILES: profile_decode.py option sets separated by ';', one profile each (default: as eval runs, fused).
+IFS=';' read -ra sets <<< "${PROFILES:---fuse}"
+for i in "${!sets[@]}"; do
+  step profile_$i 240 python3 bench/profile_decode.py --batch 1,8,32 ${sets[$i]} --out "$R/profile_$i.json"
+done
 tar -C "$OUT" -czf "$OUT/round.tgz" round && rm -rf "$R"
 echo "== done ($(left) s left)"

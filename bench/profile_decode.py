@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantkit.eval import attention, backends, random_weights, throughput  # noqa: E402
+from quantkit.eval import attention, backends, fuse, random_weights, throughput  # noqa: E402
 
 KINDS = (  # first match wins
     ("w4a16", re.compile(r"qk_")),
@@ -97,6 +97,8 @@ def main() -> None:
                     help="the streaming kernel as a programmatic dependent launch (ops.STREAM_PDL = True)")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
+    ap.add_argument("--fuse", action="store_true",
+                    help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
@@ -111,6 +113,9 @@ def main() -> None:
                                              quantize_lm_head=args.quantize_lm_head)
     result = {"command": "python3 bench/profile_decode.py " + " ".join(sys.argv[1:]),
               "environment": throughput.environment(device, dtype), "model": info, "runs": []}
+    if args.fuse:
+        result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),
+                                                                                     ("baseline", base))}
     vocab = model.config.vocab_size
     grouped = nullcontext() if args.plain_sdpa else attention.grouped_decode_attention(model, base)
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():

@@ -13,7 +13,8 @@ import sys
 def setup(run: dict) -> str:
     attention = "transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa") \
         else "grouped decode attention"
-    return (attention + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
+    return (attention + (", fused q/k/v and gate/up" if "--fuse" in run["command"] else "")
+            + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", programmatic launch" if "--pdl" in run["command"] else ""))
 
 

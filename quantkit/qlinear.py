@@ -61,3 +61,19 @@ class QuantizedLinear:
         scale = self.scales[:, rows].float()[g].T  # [N, K]
         zero = self.zeros[:, rows].float()[g].T
         return (scale * (self.codes[rows].float() - zero)).to(dtype)
+
+
+def concat(layers: list[QuantizedLinear]) -> QuantizedLinear:
+    """One layer for several of the same input: output rows one after the other (e.g. q, k and v projections).
+    They must share K, bits, group size and g_idx."""
+    first = layers[0]
+    for i, ql in enumerate(layers):
+        if (ql.in_features, ql.bits, ql.group_size) != (first.in_features, first.bits, first.group_size) or \
+                not torch.equal(ql.g_idx, first.g_idx):
+            raise ValueError(f"layer {i} differs from layer 0 in K, bits, group size or g_idx; it cannot be concatenated")
+    bias = None
+    if any(ql.bias is not None for ql in layers):
+        bias = torch.cat([ql.bias if ql.bias is not None else ql.scales.new_zeros(ql.out_features) for ql in layers])
+    return QuantizedLinear(codes=torch.cat([ql.codes for ql in layers]), scales=torch.cat([ql.scales for ql in layers], 1),
+                           zeros=torch.cat([ql.zeros for ql in layers], 1), g_idx=first.g_idx, bits=first.bits,
+                           group_size=first.group_size, sym=all(ql.sym for ql in layers), bias=bias)

@@ -14,6 +14,7 @@ from torch import nn
 
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.formats import gptq
+from quantkit import qlinear
 from quantkit.qlinear import QuantizedLinear
 from quantkit.source import TensorSource
 
@@ -36,6 +37,14 @@ class QuantLinear(nn.Module):
             w = self.ql.dequantize(torch.float32).to(device=device, dtype=dtype)
             self._weight = w
         return w
+
+    @classmethod
+    def concat(cls, layers: list["QuantLinear"]) -> "QuantLinear":
+        """One module computing several of the same input, outputs one after the other (qlinear.concat)."""
+        try:
+            return cls(qlinear.concat([m.ql for m in layers]))
+        except ValueError as e:
+            raise InputError(str(e)) from e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight_as(x.dtype, x.device)

@@ -290,3 +290,30 @@ def test_decode_attention_reads_each_kv_head_once(monkeypatch):
             assert torch.allclose(eager, want, rtol=1e-4, atol=1e-5)
         assert model.config._attn_implementation == "sdpa"
     torch._dynamo.reset()
+
+
+def test_fused_projections_compute_the_same_function():
+    """quantkit.eval.fuse: q/k/v and gate/up as one linear each, in the quantized (reference modules) and the bf16
+    model alike, give the same logits; a projection handed a new input recomputes; the throughput run records it."""
+    from quantkit.eval import fuse, random_weights
+    from quantkit.reference import QuantLinear
+
+    model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                          module_factory=QuantLinear, progress=False)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = [m(ids).logits for m in (model, base)]
+        attn = base.model.layers[0].self_attn
+        x, x2 = torch.randn(2, 3, attn.q_proj.in_features), torch.randn(2, 3, attn.q_proj.in_features)
+        k_want = attn.k_proj(x2)
+        for m in (model, base):
+            assert fuse.fuse_projections(m) == {"qkv": 2, "gate_up": 2, "model_type": "llama"}
+        assert isinstance(base.model.layers[0].mlp, fuse.FusedGatedMLP)
+        assert isinstance(model.model.layers[1].self_attn.q_proj.shared.fused, QuantLinear)
+        for m, w in zip((model, base), want):
+            assert torch.equal(m(ids).logits, w)
+        attn.q_proj(x)
+        assert torch.equal(attn.k_proj(x2), k_want)  # not x's k: recomputed for x2
+    section = throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True, progress=False)
+    assert section["fused_projections"]["baseline"]["qkv"] == 0  # already fused above: nothing left to fuse
+    assert all(c["passed"] for c in section["checks"] if "passed" in c)

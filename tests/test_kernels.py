@@ -191,3 +191,30 @@ def test_module_forward_matches_reference():
     x = testing.random_activations(4, 128, dtype=torch.float16, seed=0, device="cpu")
     assert torch.equal(layer(x), w4a16_linear(x, layer.packed, bias, backend="reference"))
     assert "group_size=64" in repr(layer)
+
+
+def test_concatenated_layers_compute_each_part():
+    """packing.concat (q/k/v or gate/up as one layer): every layout, the reference path and the module with a bias
+    give the parts' outputs one after the other; layers of different act-order permutations are refused."""
+    from quantkit.kernels import W4A16Linear
+    from quantkit.kernels.packing import concat
+
+    parts = [_layer(n=n, k=256, g=64, sym=s, act=True, seed=5) for n, s in ((48, True), (16, False), (32, True))]
+    parts = [type(p)(**{**p.__dict__, "g_idx": parts[0].g_idx}) for p in parts]  # one input: one permutation
+    packed = [prepare(p, device="cpu", layouts=("mma", "dot2")) for p in parts]
+    fused = concat(packed)
+    assert fused.out_features == 96 and fused.zeros is not None and torch.equal(fused.perm, packed[0].perm)
+    assert torch.equal(fused.mma_weight, torch.cat([p.mma_weight for p in packed]))
+    assert torch.equal(fused.dot2_qweight, torch.cat([p.dot2_qweight for p in packed], dim=1))
+    assert torch.equal(fused.mma_meta(torch.bfloat16)[:3, ..., :2], packed[0].mma_meta(torch.bfloat16))  # scales
+    assert torch.equal(fused.zeros[:, :48], torch.full((4, 48), 8, dtype=torch.uint8))  # a symmetric part's zeros
+    x = testing.random_activations(3, 256, dtype=torch.bfloat16, seed=6, device="cpu")
+    want = torch.cat([w4a16_linear(x, p, backend="reference") for p in packed], dim=-1)
+    assert torch.equal(w4a16_linear(x, fused, backend="reference"), want)
+    bias = [None, torch.randn(16).to(torch.bfloat16), None]
+    mods = [W4A16Linear(p, b, backend="reference") for p, b in zip(packed, bias)]
+    y = W4A16Linear.concat(mods)(x)
+    assert torch.equal(y, torch.cat([m(x) for m in mods], dim=-1))
+    other = prepare(_layer(n=16, k=256, g=64, act=True, seed=7), device="cpu")
+    with pytest.raises(InputError, match="act-order permutation"):
+        concat([packed[0], other])

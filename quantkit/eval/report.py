@@ -16,6 +16,7 @@ REPORT_MD = "quantkit_eval.md"
 PLOT_PNG = "quantkit_eval.png"
 ATTENTION_NOTE = ("SDPA attention, a decode step's grouped query heads reading each cached key/value head once "
                   "(quantkit.eval.attention); ")
+FUSED_NOTE = "q/k/v and gate/up projections run as one linear each in both models (quantkit.eval.fuse); "
 COMPILED_NOTE = " (the decode step torch.compile'd first, quantized linears opaque to the compiler, the same for both models)"
 
 
@@ -42,6 +43,12 @@ def _perplexity_md(p: dict) -> list[str]:
     return lines
 
 
+def _fused(t: dict) -> bool:
+    """Both models of the run had every block's projections fused."""
+    parts = t.get("fused_projections") or {}
+    return len(parts) == 2 and all(p.get("qkv") and p["qkv"] == p.get("gate_up") for p in parts.values())
+
+
 def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
     s, env = t["settings"], t["environment"]
     lines = ["## Throughput", ""]
@@ -52,6 +59,7 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
               f"{t.get('backend', '?')} backend; baseline: {t.get('baseline', '?')}.", "",
               f"Prompt {s['prompt_len']} tokens, then {s['gen_len']} greedy decode steps, per sequence; static KV cache; "
               f"{ATTENTION_NOTE if t.get('attention') == ATTENTION else ''}"
+              f"{FUSED_NOTE if _fused(t) else ''}"
               f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}"
               f"{COMPILED_NOTE if t.get('compiled_decode') else ''}; "
               f"median of {s['repeats']} repeats after {s['warmup']} warm-up, spread = (max − min) / median.", "",

@@ -8,7 +8,8 @@ step feeds its argmax back as the next input and advances the position on the de
 per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
 over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
-once instead of repeating it per query head (quantkit.eval.attention).
+once instead of repeating it per query head (quantkit.eval.attention). Unless ``fuse`` is off, both models run
+their q/k/v and gate/up projections as one linear each, as serving engines do (quantkit.eval.fuse; in place).
 
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
 (KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
@@ -41,6 +42,7 @@ from tqdm import tqdm
 from quantkit.errors import InputError
 from quantkit.eval import ppl
 from quantkit.eval.attention import grouped_decode_attention
+from quantkit.eval.fuse import fuse_projections
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Settings:
     cuda_graphs: bool = True
     compile: bool = False  # torch.compile the decode step (fuses the ops around the linears), then graph-capture it
     compile_backend: str = "inductor"  # "eager" traces without code generation (tests)
+    fuse: bool = True  # q/k/v and gate/up projections as one linear each, in both models (quantkit.eval.fuse)
     seed: int = 0
 
     def validate(self) -> "Settings":
@@ -394,6 +397,8 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
             log.error("the quantized model disagrees with the bf16 model of the same weights (relative error %.3g)",
                       agree["prob_rel_error"])
     result["checks"].append(agree)
+    if settings.fuse:
+        result["fused_projections"] = {name: fuse_projections(m) for name, m in (("quantized", model), ("baseline", baseline))}
     steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
     measured: dict = {}
     with grouped_decode_attention(model, baseline), opaque_quantized_linears(model) if settings.compile else nullcontext():

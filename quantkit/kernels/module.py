@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from quantkit.kernels.ops import w4a16_linear
-from quantkit.kernels.packing import PackedLinear, prepare
+from quantkit.kernels.packing import PackedLinear, concat, prepare
 from quantkit.qlinear import QuantizedLinear
 
 
@@ -29,6 +29,15 @@ class W4A16Linear(nn.Module):
         cls, ql: QuantizedLinear, *, device: torch.device | str, backend: str = "auto", **prepare_kwargs
     ) -> "W4A16Linear":
         return cls(prepare(ql, device=device, **prepare_kwargs), ql.bias, backend=backend)
+
+    @classmethod
+    def concat(cls, layers: list["W4A16Linear"]) -> "W4A16Linear":
+        """One module computing several of the same input, outputs one after the other (packing.concat)."""
+        bias = None
+        if any(m.bias is not None for m in layers):
+            bias = torch.cat([m.bias if m.bias is not None else m.packed.scales.new_zeros(m.out_features)
+                              for m in layers])
+        return cls(concat([m.packed for m in layers]), bias, backend=layers[0].backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend)

@@ -197,6 +197,42 @@ def prepare(
     return out
 
 
+def concat(parts: list[PackedLinear]) -> PackedLinear:
+    """One layer that computes several layers of the same input at once: their output features one after the other
+    (W's rows stacked), e.g. the q, k and v projections of an attention block. Every layout the parts have is
+    concatenated as it is (the layouts keep output rows independent); the parts must share K, the group size, the
+    dtype, the device and the act-order permutation."""
+    if not parts:
+        raise InputError("concat needs at least one layer")
+    first = parts[0]
+    for i, p in enumerate(parts):
+        if p.kernel_reason:
+            raise UnsupportedError(f"layer {i} of the concatenation cannot run on the kernels: {p.kernel_reason}")
+        same = (p.in_features, p.group_size, p.dtype, p.device) == (first.in_features, first.group_size, first.dtype,
+                                                                    first.device)
+        same_perm = (p.perm is None) == (first.perm is None) and (p.perm is None or torch.equal(p.perm, first.perm))
+        if not same or not same_perm:
+            raise InputError(f"layer {i} of the concatenation differs from layer 0 in K, group size, dtype, device or "
+                             "act-order permutation; only layers of the same input quantized alike concatenate")
+    n = sum(p.out_features for p in parts)
+    out = PackedLinear(out_features=n, in_features=first.in_features, group_size=first.group_size,
+                       sym=all(p.sym for p in parts), dtype=first.dtype, device=first.device, checkpoint=None,
+                       perm=first.perm, kernel_reason="")
+    out.scales = torch.cat([p.scales for p in parts], dim=1)
+    if any(p.zeros is not None for p in parts):  # a symmetric part's zeros are 8
+        out.zeros = torch.cat([p.zeros if p.zeros is not None else torch.full_like(p.scales, 8, dtype=torch.uint8)
+                               for p in parts], dim=1)
+    if all(p.mma_weight is not None for p in parts):
+        out.mma_weight = torch.cat([p.mma_weight for p in parts], dim=0)
+    if all(p.dot2_qweight is not None for p in parts):
+        out.dot2_qweight = torch.cat([p.dot2_qweight for p in parts], dim=1)
+    if all(p.checkpoint is not None for p in parts):  # GPTQ tensors: output columns last (qzeros: 8 per word)
+        out.checkpoint = {key: torch.cat([p.checkpoint[key] for p in parts], dim=1)
+                          for key in ("qweight", "qzeros", "scales")}
+        out.checkpoint["g_idx"] = first.checkpoint["g_idx"]
+    return out
+
+
 def prepare_from_checkpoint(
     qweight: torch.Tensor,
     qzeros: torch.Tensor,
