@@ -253,16 +253,14 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-// One token tile (M <= 8) keeps the next batch's loads in flight while it computes this one (two register buffers;
-// batches of 2: 1-5% faster than batches of 4 from M = 2 to 8, bench/results/kernel_h100_stream_batching.md).
-// More token tiles (more registers for x) compute a batch with nothing in flight.
-template <int MT>
-constexpr int qk_stream_u() { return MT == 2 ? 4 : 2; }  // 16-byte weight loads per thread per batch
-template <typename Tag, int MT, bool SYM, int U = qk_stream_u<MT>(), bool PF = MT == 1>
+// (Keeping the next batch's loads in flight while computing one, with two register buffers, measured no faster:
+// bench/results/kernel_h100_stream_batching.md, and slower inside a decode step, decode_profile_h100_pf2.json.)
+template <typename Tag, int MT, bool SYM>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -278,48 +276,29 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
   const QkGroupOf group_of(group_size, tig);
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
-  // A batch: the weights (DRAM) and scales (L2) of chunks c .. c + U - 1 that exist.
-  auto load_batch = [&](int c, uint4(&wv)[U], uint2(&mv)[U]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (c + u < c1) {
-        wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
-        mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
-      }
-  };
-  auto compute_batch = [&](int c, const uint4(&wv)[U], const uint2(&mv)[U]) {
-    uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
-    xs.load(c, xb[0]);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (c + u >= c1) break;
-      if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
-      uint32_t s_lo, s_hi, z_lo, z_hi;
-      qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
-      qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
-    }
-  };
-  if constexpr (PF) {
-    if (tile < n_tiles && c0 < c1) {
-      uint4 wa[U], wb[U];
-      uint2 ma[U], mb[U];
-      load_batch(c0, wa, ma);
-      qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
-      for (int c = c0; c < c1; c += 2 * U) {  // the two buffers take turns
-        load_batch(c + U, wb, mb);
-        compute_batch(c, wa, ma);
-        if (c + U >= c1) break;
-        load_batch(c + 2 * U, wa, ma);
-        compute_batch(c + U, wb, mb);
-      }
-    }
-  } else if (tile < n_tiles) {
+  if (tile < n_tiles) {
     for (int c = c0; c < c1; c += U) {
+      // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
+      // chunk's x (L1/L2), so the batch pays one memory latency, not one per chunk.
       uint4 wv[U];
       uint2 mv[U];
-      load_batch(c, wv, mv);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + u < c1) {
+          wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
+          mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
+        }
       if (c == c0) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
-      compute_batch(c, wv, mv);
+      uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
+      xs.load(c, xb[0]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (c + u >= c1) break;
+        if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
+        uint32_t s_lo, s_hi, z_lo, z_hi;
+        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
+        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
+      }
     }
   }
   qk_mma_epilogue<Tag, 1, MT>(acc, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
