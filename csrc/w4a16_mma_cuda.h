@@ -253,8 +253,6 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-// (Keeping the next batch's loads in flight while computing one, with two register buffers, measured no faster:
-// bench/results/kernel_h100_stream_batching.md, and slower inside a decode step, decode_profile_h100_pf2.json.)
 template <typename Tag, int MT, bool SYM>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
