@@ -1,6 +1,6 @@
 """Markdown table of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16.
 
-    python bench/profile_table.py bench/results/decode_profile_h100_{sdpa,grouped,compiled}.json \
+    python bench/profile_table.py [KERNEL=]bench/results/decode_profile_h100_{sdpa,grouped,compiled}.json ... \
         > bench/results/decode_profile_h100.md
 """
 
@@ -18,23 +18,25 @@ def setup(run: dict) -> str:
             + (", programmatic launch" if "--pdl" in run["command"] else ""))
 
 
-def main(paths: list[str]) -> None:
-    runs = [json.load(open(p)) for p in paths]
+def main(args: list[str]) -> None:
+    """args: JSON paths, each optionally prefixed "KERNEL=" (which kernel build it measured, a column)."""
+    labels = [a.partition("=")[0] if "=" in a else "" for a in args]
+    runs = [json.load(open(a.partition("=")[2] if "=" in a else a)) for a in args]
     env = runs[0]["environment"]
     lines = [f"{env['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']}; Llama-3-8B shapes with "
              "random weights, group 128; one decode step after a 512-token prompt, replayed from its CUDA graph "
              "(median), and its kernels by kind (torch.profiler, eager steps). Commands: "
              + "; ".join(f"`{r['command']}`" for r in runs) + ".", "",
-             "| setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | attention us | "
-             "other kernels us | launches |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run in runs:
+             "| kernels | setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | "
+             "attention us | other kernels us | launches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, run in zip(labels, runs):
         rows = {(r["model"], r["batch"]): r for r in run["runs"]}
         for (model, batch), q in rows.items():
             if model != "quantized":
                 continue
             b = rows[("baseline", batch)]
-            lines.append(f"| {setup(run)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
+            lines.append(f"| {label} | {setup(run)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
                          f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {q['by_kind']['other']['us']:,.0f} | {q['kernels']} |")
