@@ -1,7 +1,8 @@
 """README table and the issue-7 target check from the eval throughput JSON files.
 
     python bench/eval_table.py bench/results/eval_llama-3-8b_g128.json bench/results/eval_llama-3-8b_g128_compiled.json \
-        bench/results/eval_llama-3-8b_g32.json > bench/results/eval_speed.md
+        bench/results/eval_llama-3-8b_g128_compiled_lm_head.json bench/results/eval_llama-3-8b_g32.json \
+        > bench/results/eval_speed.md
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import sys
 TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group 128); prefill >= 0.9x everywhere
 
 
-def setup(t: dict) -> str:
-    """How both models ran: attention (quantkit.eval.attention from its introduction on; before it transformers' SDPA
+def setup(run: dict) -> str:
+    """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention (quantkit.eval.attention from its introduction on; before it transformers' SDPA
     repeated the cache per head), fused projections (quantkit.eval.fuse), torch.compile'd decode step."""
+    t = run["throughput"]
     parts = ["grouped decode attention" if t.get("attention") == "quantkit_grouped_sdpa" else "SDPA, cache repeated"]
     fused = t.get("fused_projections") or {}
     if fused and all(f.get("qkv") for f in fused.values()):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
+    if run["model"]["random_weights"].get("lm_head_quantized"):
+        parts.append("**lm_head 4-bit too** (--quantize-lm-head)")
     return ", ".join(parts)
 
 
@@ -43,7 +47,7 @@ def main(paths: list[str]) -> None:
             if target is not None:
                 ok = r["decode_speedup"] >= target and r["prefill_speedup"] >= 0.9
                 verdict = f"decode >= {target}x, prefill >= 0.9x: {'holds' if ok else 'no'}"
-            lines.append(f"| {group} | {setup(run['throughput'])} | {r['batch']} | "
+            lines.append(f"| {group} | {setup(run)} | {r['batch']} | "
                          f"{r['prefill_tok_s']:,.0f} ({r['baseline_prefill_tok_s']:,.0f}) | "
                          f"{r['prefill_speedup']:.2f}x | {r['decode_tok_s']:,.1f} ({r['baseline_decode_tok_s']:,.1f}) | "
                          f"{r['decode_speedup']:.2f}x | {verdict} |")
