@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantkit import qlinear
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.formats import gptq
-from quantkit import qlinear
 from quantkit.qlinear import QuantizedLinear
 from quantkit.source import TensorSource
 

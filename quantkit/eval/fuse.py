@@ -30,11 +30,11 @@ def _concat(layers: list[nn.Module]) -> nn.Module | None:
         return None
     kind = kinds.pop()
     if kind is nn.Linear:
+        if len({m.bias is None for m in layers}) != 1:
+            return None
         w = layers[0].weight
         fused = nn.Linear(w.shape[1], sum(m.out_features for m in layers), bias=layers[0].bias is not None,
                           device=w.device, dtype=w.dtype)
-        if any((m.bias is None) != (fused.bias is None) for m in layers):
-            return None
         with torch.no_grad():
             fused.weight.copy_(torch.cat([m.weight for m in layers]))
             if fused.bias is not None:
