@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import sys
 
+from quantkit.eval.report import projections_fused
+
 TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group 128); prefill >= 0.9x everywhere
 
 
 def setup(run: dict) -> str:
-    """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention (quantkit.eval.attention from its introduction on; before it transformers' SDPA
-    repeated the cache per head), fused projections (quantkit.eval.fuse), torch.compile'd decode step."""
+    """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
+    (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head),
+    fused projections (quantkit.eval.fuse), torch.compile'd decode step."""
     t = run["throughput"]
     parts = ["grouped decode attention" if t.get("attention") == "quantkit_grouped_sdpa" else "SDPA, cache repeated"]
-    fused = t.get("fused_projections") or {}
-    if fused and all(f.get("qkv") for f in fused.values()):
+    if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if run["model"]["random_weights"].get("lm_head_quantized"):

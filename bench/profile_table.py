@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
+from quantkit.eval.report import projections_fused
+
 
 def setup(run: dict) -> str:
     attention = "transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa") \
         else "grouped decode attention"
-    return (attention + (", fused q/k/v and gate/up" if "--fuse" in run["command"] else "")
+    return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", programmatic launch" if "--pdl" in run["command"] else ""))
 

@@ -43,9 +43,9 @@ def _perplexity_md(p: dict) -> list[str]:
     return lines
 
 
-def _fused(t: dict) -> bool:
-    """Both models of the run had every block's projections fused."""
-    parts = t.get("fused_projections") or {}
+def projections_fused(section: dict) -> bool:
+    """Both models of a throughput run (or a bench/profile_decode.py run) had every block's projections fused."""
+    parts = section.get("fused_projections") or {}
     return len(parts) == 2 and all(p.get("qkv") and p["qkv"] == p.get("gate_up") for p in parts.values())
 
 
@@ -59,7 +59,7 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
               f"{t.get('backend', '?')} backend; baseline: {t.get('baseline', '?')}.", "",
               f"Prompt {s['prompt_len']} tokens, then {s['gen_len']} greedy decode steps, per sequence; static KV cache; "
               f"{ATTENTION_NOTE if t.get('attention') == ATTENTION else ''}"
-              f"{FUSED_NOTE if _fused(t) else ''}"
+              f"{FUSED_NOTE if projections_fused(t) else ''}"
               f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}"
               f"{COMPILED_NOTE if t.get('compiled_decode') else ''}; "
               f"median of {s['repeats']} repeats after {s['warmup']} warm-up, spread = (max − min) / median.", "",
