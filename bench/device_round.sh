@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One device call after a kernel change: builds the extension (timed) and self-checks it, runs the GPU kernel and
-# eval tests, benchmarks every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py; KERNEL_ARGS
-# replaces its default arguments, the full table), and profiles whole decode steps (bench/profile_decode.py, one
-# profile per option set in PROFILES).
+# One device call after a kernel change: builds the extension (timed) and self-checks it, then the steps of STEPS
+# in order (default "tests bench profile"): tests, the GPU kernel and eval tests; probe, the read-only access-pattern
+# probe (bench/stream_probe.py); bench, every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py;
+# KERNEL_ARGS replaces its default arguments, the full table); profile, whole decode steps (bench/profile_decode.py,
+# one profile per option set in PROFILES).
 #
 #     bash bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -37,12 +38,17 @@ step() {  # step NAME SECONDS COMMAND...: one step under its own timeout, its ou
   timeout "$limit" "$@" > "$R/$name.log" 2>&1
   echo "== $name: rc $?"; tail -n 3 "$R/$name.log"
 }
-step gpu_tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py
-step kernel_bench 240 python3 bench/kernel_bench.py --out "$R/kernel_bench.json" ${KERNEL_ARGS:---reps 20}
-# PROFILES: profile_decode.py option sets separated by ';', one profile each (default: as eval runs, fused).
-IFS=';' read -ra sets <<< "${PROFILES:---fuse}"
-for i in "${!sets[@]}"; do
-  step profile_$i 240 python3 bench/profile_decode.py --batch 1,8,32 ${sets[$i]} --out "$R/profile_$i.json"
+for what in ${STEPS:-tests bench profile}; do
+  case $what in
+    tests) step gpu_tests ${TESTS_LIMIT:-150} python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py ;;
+    probe) step stream_probe 90 python3 bench/stream_probe.py --out "$R/stream_probe.json" ;;
+    bench) step kernel_bench ${BENCH_LIMIT:-240} python3 bench/kernel_bench.py --out "$R/kernel_bench.json" ${KERNEL_ARGS:---reps 20} ;;
+    profile)  # PROFILES: profile_decode.py option sets separated by ';', one profile each (default: as eval runs, fused)
+      IFS=';' read -ra sets <<< "${PROFILES:---fuse}"
+      for i in "${!sets[@]}"; do
+        step profile_$i 240 python3 bench/profile_decode.py --batch 1,8,32 ${sets[$i]} --out "$R/profile_$i.json"
+      done ;;
+  esac
 done
 tar -C "$OUT" -czf "$OUT/round.tgz" round && rm -rf "$R"
 echo "== done ($(left) s left)"

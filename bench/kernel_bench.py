@@ -107,17 +107,24 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=1, wk=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
+        if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
+            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=1, wk=True)
+        if 8 < m <= 32:  # two 16-row tiles per warp, sharing its x fragments (and with the warps sharing them)
+            contenders["qk_stream_nt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=2, wk=False)
+            contenders["qk_stream_nt2_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=2,
+                                                                  wk=True)
         if m in (16, 32):
             contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
             contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2)
         if ops.has_wgmma(device) and m >= 16:
-            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma")
+            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", ovl=False)
+            contenders["qk_wgmma_ovl"] = lambda: w4a16_linear(x, packed, backend="wgmma", ovl=True)
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
@@ -125,6 +132,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                       dense=True)
+                for bt, dense in ((64, True), (128, True), (256, False)):
+                    contenders[f"qk_wgmma_ovl_bt{bt}"] = lambda bt=bt, dense=dense: w4a16_linear(
+                        x, packed, backend="wgmma", bt=bt, dense=dense, ovl=True)
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
@@ -212,6 +222,8 @@ def main(argv=None) -> int:
                 rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw, args.tune and group == 128)
                 result["results"] += rows
                 result["tune"] += tuned
+                with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
+                    json.dump(result, f, indent=1)
     except CheckFailed as exc:
         log.error("check failed, no figures reported: %s", exc)
         return 4

@@ -42,7 +42,7 @@ def table(rows, group) -> list[str]:
     return out
 
 
-def targets(rows) -> list[str]:
+def targets(rows, device: str) -> list[str]:
     def worst(ms, shapes=SHAPES, group=128):
         vals = [speedup(rows, n, k, m, group)[0] for m in ms for n, k in shapes]
         return min(v for v in vals if v is not None)
@@ -69,7 +69,8 @@ def targets(rows) -> list[str]:
         ("every M: >= 0.9x", worst(ms_all), 0.9),
         ("group 32 within 15% of group 128 (g32/g128 speed)", min(v for _, v in g32), 0.85),
     ]
-    out = ["| target (H100, group 128, bf16) | measured (worst case) | holds |", "|---|---|---|"]
+    where = "H100" if "H100" in device else f"{device}; the targets were set for an H100"
+    out = [f"| target ({where}, group 128, bf16) | measured (worst case) | holds |", "|---|---|---|"]
     out += [f"| {name} | {value:.2f}x | {'yes' if value >= bar else 'no'} |" for name, value, bar in checks]
     return out
 
@@ -77,9 +78,12 @@ def targets(rows) -> list[str]:
 VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bulk", "stream, bulk"),
             ("qk_stream_lean", "stream, lean"), ("qk_stream_mt2", "stream, 16-token blocks"),
             ("qk_stream_pf4", "stream, 4 + 4 in flight"), ("qk_stream_pf2", "stream, 2 + 2 in flight"),
-            ("qk_stream_b8", "stream, batches of 8"), ("qk_dequant", "dequant"),
+            ("qk_stream_b8", "stream, batches of 8"), ("qk_stream_wk", "stream, warps share a tile"),
+            ("qk_stream_nt2", "stream, 2 tiles a warp"), ("qk_stream_nt2_wk", "stream, 2 tiles, warps share"),
+            ("qk_dequant", "dequant"),
             ("qk_wgmma_bt64", "wgmma 64"), ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
-            ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256")]
+            ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256"), ("qk_wgmma_ovl_bt64", "wgmma 64 x2 ovl"),
+            ("qk_wgmma_ovl_bt128", "wgmma 128 x2 ovl"), ("qk_wgmma_ovl_bt256", "wgmma 256 ovl")]
 
 
 def dispatched(m: int, n: int, k: int) -> str:
@@ -87,11 +91,14 @@ def dispatched(m: int, n: int, k: int) -> str:
 
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma":
-        return "stream"
+        mt = ops.mma_tiles(m)
+        nt, wk = ops.STREAM_NT[mt], ops.STREAM_WK[mt]
+        return {(1, False): "stream", (1, True): "stream, warps share a tile", (2, False): "stream, 2 tiles a warp",
+                (2, True): "stream, 2 tiles, warps share"}[nt, wk]
     if path == "dequant":
         return "dequant"
     bt = ops.wgmma_bt(m, n)
-    return f"wgmma {bt}" + (" x2" if bt <= 128 else "")
+    return f"wgmma {bt}" + (" x2" if bt <= 128 else "") + (" ovl" if ops.WGMMA_OVL else "")
 
 
 def variants(data: dict, min_m: int | None = None) -> list[str]:
@@ -130,7 +137,7 @@ def main(path: str) -> None:
              f"copy bandwidth {data['copy_bandwidth_Bps'] / 1e12:.2f} TB/s. Command: `{data['command']}`.", ""]
     for group in (128, 32):
         lines += [f"Group {group}:", ""] + table(rows, group) + [""]
-    lines += targets(rows)
+    lines += targets(rows, data["device"])
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -62,8 +62,9 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
 // KS: 64-k chunks per step (one barrier and one wgmma wait; a stage holds KS chunks, 4 KS MMAs in flight per
 // warpgroup); MINB: blocks per multiprocessor the registers must allow
-// (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB>
+// (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization);
+// OVL: each warpgroup dequantizes the next step while its MMAs of this one run (two sets of A registers).
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, bool OVL = false>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
@@ -125,15 +126,15 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   uint2 mq[KS];
   load_w(0, wq, mq);
 
-  // One step: wait for its x stage, refill the stage of step i - 1, dequantize KS chunks (then prefetch the next
-  // step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across the
-  // next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
-  for (int i = 0; i < n_steps; ++i) {
+  // Wait for step i's x stage and refill the stage of step i - 1 (every warpgroup is done with it).
+  auto next_stage = [&](int i) {
     qk_cp_async_wait<STAGES - 2>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();  // every warpgroup is done with step i - 1: its stage is free
+    __syncthreads();
     load_x(i + STAGES - 1);
-    uint32_t a[KS][4][4];  // [chunk][k16 step][register]
+  };
+  // The A registers of the KS chunks in wq / mq, then the next step's weights requested into wq / mq.
+  auto dequant = [&](int next, uint32_t(&a)[KS][4][4]) {
 #pragma unroll
     for (int q = 0; q < KS; ++q) {
       uint32_t s_lo, s_hi, z_lo, z_hi;
@@ -145,7 +146,10 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
         for (int r = 0; r < 4; ++r)
           a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
     }
-    load_w(i + 1, wq, mq);
+    load_w(next, wq, mq);
+  };
+  // Step i's 4 KS wgmma over its x stage, committed as one group.
+  auto issue = [&](int i, const uint32_t(&a)[KS][4][4]) {
     const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
     qk_wgmma_fence();
 #pragma unroll
@@ -154,7 +158,34 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
         QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
     qk_wgmma_commit();
-    qk_wgmma_wait<0>();
+  };
+
+  if constexpr (!OVL) {
+    // One step: next stage, dequantize, issue, wait. (Leaving MMAs in flight across the next dequantization of the
+    // same registers makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
+    for (int i = 0; i < n_steps; ++i) {
+      next_stage(i);
+      uint32_t a[KS][4][4];  // [chunk][k16 step][register]
+      dequant(i + 1, a);
+      issue(i, a);
+      qk_wgmma_wait<0>();
+    }
+  } else {
+    // Two register sets taking turns: step i + 1 is dequantized while step i's MMAs run (different registers, so
+    // ptxas keeps them asynchronous); unrolled by two so that every register index is a constant.
+    uint32_t a0[KS][4][4], a1[KS][4][4];
+    dequant(1, a0);
+    for (int i = 0; i < n_steps; i += 2) {
+      next_stage(i);
+      issue(i, a0);
+      if (i + 1 < n_steps) dequant(i + 2, a1);
+      qk_wgmma_wait<0>();
+      if (i + 1 >= n_steps) break;
+      next_stage(i + 1);
+      issue(i + 1, a1);
+      if (i + 2 < n_steps) dequant(i + 3, a0);
+      qk_wgmma_wait<0>();
+    }
   }
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();

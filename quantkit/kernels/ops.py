@@ -36,6 +36,9 @@ STAGED_MIN_N = 12288
 # dequantize + cuBLAS elsewhere (measured on an H100: bench/results/kernel_h100.json, docs/kernel.md).
 WGMMA_MAX_M = 256
 WGMMA_MIN_NK = 1 << 25
+# Each warpgroup dequantizes the next step's weights while its MMAs of this step run (two sets of A registers;
+# instances for the two-blocks-per-multiprocessor tiles and for 256 tokens).
+WGMMA_OVL = False
 # Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
 # 64-k chunks.
 BLOCKS_PER_SM = 24
@@ -44,6 +47,12 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
+# The streaming kernel's work split, by token tiles (mma_tiles): 16-row tiles per warp (nt: 1, or 2 at 2 and 4 token
+# tiles, one warp's x fragments then serving both) and whether the block's 4 warps share their tiles and take turns
+# over the chunks (wk: the block reads 4 batches of a tile's consecutive chunks at once, warps' sums added in shared
+# memory; up to 4 token tiles).
+STREAM_NT = {1: 1, 2: 1, 4: 1, 8: 1}
+STREAM_WK = {1: False, 2: False, 4: False, 8: False}
 
 _buffers: dict = {}
 
@@ -72,40 +81,44 @@ def mma_tiles(m: int) -> int:
     return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
 
 
-def mma_n_per_block(staged: bool) -> int:
-    """Outputs per block (csrc/w4a16_mma_cuda.h): 4 warps x 16 streaming, 8 warps x 2 x 16 staged."""
-    return 256 if staged else 64
+def mma_n_per_block(staged: bool, nt: int = 1, wk: bool = False) -> int:
+    """Outputs per block (csrc/w4a16_mma_cuda.h): 8 warps x 2 x 16 staged; streaming, 4 warps x nt x 16, or nt x 16
+    when the warps share their tiles (wk)."""
+    return 256 if staged else 16 * nt * (1 if wk else 4)
 
 
 def mma_staged(m: int, n: int) -> bool:
     return m > STREAM_MAX_M and n >= STAGED_MIN_N
 
 
-def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt: int) -> int:
-    """Split-K count. Streaming: enough blocks to keep every SM streaming. Staged: split only a grid that leaves
-    most SMs idle (measured: docs/kernel.md)."""
+def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt: int, nt: int = 1,
+               wk: bool = False) -> int:
+    """Split-K count. Streaming: enough blocks to keep every SM streaming, each warp at least MIN_CHUNKS_PER_SPLIT
+    chunks. Staged: split only a grid that leaves most SMs idle (measured: docs/kernel.md)."""
     sms = _sm_count(device)
-    blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
+    blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, nt, wk))
     if staged:
         want = math.ceil(sms / blocks) if 2 * blocks < sms else 1
     else:
         want = math.ceil(BLOCKS_PER_SM * sms / blocks)
-    return max(1, min(want, (k // 64) // MIN_CHUNKS_PER_SPLIT))
+    return max(1, min(want, (k // 64) // (MIN_CHUNKS_PER_SPLIT * (4 if wk else 1))))
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None, nt: int | None = None, wk: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
     staged = mma_staged(m, n) if staged is None else staged
     mt = 8 if staged else (mt or mma_tiles(m))
-    splits = splits or mma_splits(m, n, k, x2.device, staged=staged, mt=mt)
+    nt = 1 if staged else (nt or STREAM_NT[mt])
+    wk = False if staged else (STREAM_WK[mt] if wk is None else wk)
+    splits = splits or mma_splits(m, n, k, x2.device, staged=staged, mt=mt, nt=nt, wk=wk)
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged))
+    tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, nt, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, nt, wk)
     return out
 
 
@@ -127,7 +140,7 @@ def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None = None) -> torch.Tensor:
+           dense: bool | None = None, ovl: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -136,8 +149,10 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
+    dense = (True if dense is None else dense) and bt <= 128
+    ovl = WGMMA_OVL if ovl is None else ovl
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, (True if dense is None else dense) and bt <= 128)
+                   packed.zeros is None, bt, splits, dense, ovl and (dense or bt == 256))
     return out
 
 
@@ -245,11 +260,16 @@ def w4a16_linear(
     pdl: bool | None = None,
     bt: int | None = None,
     dense: bool | None = None,
+    nt: int | None = None,
+    wk: bool | None = None,
+    ovl: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl override the split-K count, token tiles and kernel of the "mma" path (pdl: launch the
-    decode kernel as a programmatic dependent launch, default STREAM_PDL), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
+    splits / mt / staged / pdl / nt / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; nt, wk: the decode kernel's
+    tiles per warp and warps sharing tiles, defaults STREAM_NT and STREAM_WK), ovl the wgmma kernel's overlap of
+    dequantization and MMAs (default WGMMA_OVL), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
     default is the two-blocks instance for 64 and 128 tokens per block).
     """
     _check_inputs(x, packed, bias, backend)
@@ -281,9 +301,9 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl, nt, wk)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense)
+        y = _wgmma(x2, packed, b, splits, bt, dense, ovl)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
