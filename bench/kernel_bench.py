@@ -107,34 +107,30 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=1, wk=False),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
         if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
-            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=1, wk=True)
-        if 8 < m <= 32:  # two 16-row tiles per warp, sharing its x fragments (and with the warps sharing them)
-            contenders["qk_stream_nt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=2, wk=False)
-            contenders["qk_stream_nt2_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, nt=2,
-                                                                  wk=True)
+            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True)
         if m in (16, 32):
-            contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1)
+            contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1, wk=False)
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
-            contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2)
+            contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
         if ops.has_wgmma(device) and m >= 16:
-            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", ovl=False)
-            contenders["qk_wgmma_ovl"] = lambda: w4a16_linear(x, packed, backend="wgmma", ovl=True)
+            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False)
+            contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True)
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                dense=False)
+                                                                                dense=False, wsm=False)
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                      dense=True)
-                for bt, dense in ((64, True), (128, True), (256, False)):
-                    contenders[f"qk_wgmma_ovl_bt{bt}"] = lambda bt=bt, dense=dense: w4a16_linear(
-                        x, packed, backend="wgmma", bt=bt, dense=dense, ovl=True)
+                                                                                      dense=True, wsm=False)
+                for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+                    contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
+                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True))
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
@@ -169,10 +165,12 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             truth = x.float() @ weight.float().T
             mt = 8 if staged else ops.mma_tiles(m)
             for splits in (1, 2, 4, 8, 16, 32):
-                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)
+                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)  # default wk
                 check(f"mma splits={splits}", fn(), truth, testing.TOLERANCE[dtype])
                 t = time_call(fn, flush, reps)
-                default = ops.mma_splits(m, n, k, device, staged=staged, mt=mt)
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                wk = not staged and ops.stream_wk(m, n, k, sms)
+                default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
                 tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "splits": splits, **t,
                               "default": splits == default})
     del weight, packed, int4

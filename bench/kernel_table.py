@@ -82,8 +82,10 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_stream_nt2", "stream, 2 tiles a warp"), ("qk_stream_nt2_wk", "stream, 2 tiles, warps share"),
             ("qk_dequant", "dequant"),
             ("qk_wgmma_bt64", "wgmma 64"), ("qk_wgmma_dense_bt64", "wgmma 64 x2"), ("qk_wgmma_bt128", "wgmma 128"),
-            ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256"), ("qk_wgmma_ovl_bt64", "wgmma 64 x2 ovl"),
-            ("qk_wgmma_ovl_bt128", "wgmma 128 x2 ovl"), ("qk_wgmma_ovl_bt256", "wgmma 256 ovl")]
+            ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256"), ("qk_wgmma_wsm_bt64", "wgmma 64 wsm"),
+            ("qk_wgmma_wsm_bt64_dense", "wgmma 64 x2 wsm"), ("qk_wgmma_wsm_bt128", "wgmma 128 wsm"),
+            ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
+            ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm")]
 
 
 def dispatched(m: int, n: int, k: int) -> str:
@@ -91,14 +93,12 @@ def dispatched(m: int, n: int, k: int) -> str:
 
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma":
-        mt = ops.mma_tiles(m)
-        nt, wk = ops.STREAM_NT[mt], ops.STREAM_WK[mt]
-        return {(1, False): "stream", (1, True): "stream, warps share a tile", (2, False): "stream, 2 tiles a warp",
-                (2, True): "stream, 2 tiles, warps share"}[nt, wk]
+        sms = 132  # the H100 SXM and the H200 the tables were measured on
+        return "stream, warps share a tile" if ops.stream_wk(m, n, k, sms) else "stream"
     if path == "dequant":
         return "dequant"
     bt = ops.wgmma_bt(m, n)
-    return f"wgmma {bt}" + (" x2" if bt <= 128 else "") + (" ovl" if ops.WGMMA_OVL else "")
+    return f"wgmma {bt}" + (" x2" if bt <= 128 else "") + (" wsm" if ops.WGMMA_WSM else "")
 
 
 def variants(data: dict, min_m: int | None = None) -> list[str]:

@@ -9,6 +9,8 @@ Patterns (each warp reads 16 bytes a lane, 512 contiguous bytes a load, as qk_mm
   tiles       qk_mma_stream's: grid (1, N/64, splits), warp = one 16-row tile, its split's chunks in batches of U
   tiles_wk    the block's 4 warps share one tile and take turns over batches of U chunks (4U x 512 contiguous bytes)
   tiles_work  tiles with about as many integer instructions per chunk as the real kernel's dequantization and MMAs
+  tiles_meta  tiles_work plus each chunk's scales loaded as the kernel loads them (4 bytes a lane); _l2: with an
+              L2 prefetch hint of 256 bytes on those loads
   linear      a grid-stride read of the whole buffer, U loads in flight per thread, 8 blocks per multiprocessor
 A pattern that streams near the copy rate here but not in the kernel says the kernel's time is in its arithmetic
 and latency structure; one that streams slowly here says the access pattern itself is the limit.
@@ -28,7 +30,6 @@ import torch.nn.functional as F
 log = logging.getLogger("stream_probe")
 
 SOURCE = r"""
-#include <cstdint>
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -43,9 +44,17 @@ __device__ __forceinline__ unsigned mix(uint4 v, int work) {
   }
   return a ^ b ^ c ^ d;
 }
-template <int U, int WORK, bool WK>
+__device__ __forceinline__ unsigned ld_meta(const unsigned* p, int hint) {
+  unsigned r;
+  if (hint) asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(r) : "l"(p));
+  else asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(r) : "l"(p));
+  return r;
+}
+// META 0: weights only; 1: also each chunk's scales as the kernel loads them (4 bytes a lane, group size 128,
+// layout [tile][group][8][2 x 16 bit]); 2: the same with an L2 prefetch hint of 256 bytes.
+template <int U, int WORK, bool WK, int META>
 __global__ void __launch_bounds__(128) probe_tiles(const uint4* __restrict__ w, unsigned* out, int n_tiles,
-                                                  int chunks, int cps) {
+                                                  int chunks, int cps, const unsigned* __restrict__ meta) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = WK ? blockIdx.y : blockIdx.y * 4 + warp;
   const int c0 = blockIdx.z * cps, c1 = min(chunks, c0 + cps);
@@ -58,9 +67,13 @@ __global__ void __launch_bounds__(128) probe_tiles(const uint4* __restrict__ w, 
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (c + u < c1) v[u] = ld_stream(wt + (size_t)(c + u) * 32);
+      unsigned m[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (c + u < c1) acc += WORK ? mix(v[u], WORK) : (v[u].x ^ v[u].y ^ v[u].z ^ v[u].w);
+        if (META && c + u < c1) m[u] = ld_meta(meta + ((size_t)tile * (chunks / 2) + (c + u) / 2) * 8 + lane / 4, META == 2);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + u < c1) acc += (WORK ? mix(v[u], WORK) : (v[u].x ^ v[u].y ^ v[u].z ^ v[u].w)) + (META ? m[u] : 0u);
     }
   }
   if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;  // (never, in practice) keeps the loads
@@ -84,9 +97,10 @@ __global__ void __launch_bounds__(128) probe_linear(const uint4* __restrict__ w,
 
 # (name, instance): probe_tiles<U, work steps, warps share a tile>; work 11: about 92 instructions per chunk, as the
 # real kernel's dequantization and MMAs at M = 1
-TILE_VARIANTS = (("tiles", "probe_tiles<4, 0, false>"), ("tiles_u8", "probe_tiles<8, 0, false>"),
-                 ("tiles_wk", "probe_tiles<4, 0, true>"), ("tiles_work", "probe_tiles<4, 11, false>"),
-                 ("tiles_wk_work", "probe_tiles<4, 11, true>"))
+TILE_VARIANTS = (("tiles", "probe_tiles<4, 0, false, 0>"), ("tiles_u8", "probe_tiles<8, 0, false, 0>"),
+                 ("tiles_wk", "probe_tiles<4, 0, true, 0>"), ("tiles_work", "probe_tiles<4, 11, false, 0>"),
+                 ("tiles_wk_work", "probe_tiles<4, 11, true, 0>"), ("tiles_meta", "probe_tiles<4, 11, false, 1>"),
+                 ("tiles_meta_l2", "probe_tiles<4, 11, false, 2>"))
 LINEAR_VARIANTS = (("linear", "probe_linear<4>"), ("linear_u8", "probe_linear<8>"))
 
 
@@ -113,6 +127,8 @@ def graph_timer(launch, flush: torch.Tensor, reps: int) -> dict:
 def main(argv=None) -> int:
     import cupy as cp
 
+    from kernel_bench import copy_bandwidth  # bench/ is this script's directory
+
     from quantkit.kernels import kernel_available, ops, prepare, testing, w4a16_linear
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,14 +143,11 @@ def main(argv=None) -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     sink = torch.zeros(1 << 16, dtype=torch.int32, device=device)
-    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    copy = graph_timer(lambda: b.copy_(a), flush, args.reps)
-    copy_bw = 2 * a.numel() / (copy["us"] * 1e-6)
-    del a, b
+    copy_bw = copy_bandwidth(device)  # as bench/kernel_bench.py measures it
     result = {"command": "python3 bench/stream_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "copy_bandwidth_Bps": copy_bw,
-              "timing": "one launch replayed from a CUDA graph after a 256 MB L2 flush, CUDA events, median",
+              "timing": "one launch replayed from a CUDA graph after a 256 MB L2 flush, CUDA events, median; bw_frac "
+                        "against the copy rate of bench/kernel_bench.py",
               "kernel": kernel_available()[0], "shapes": []}
     log.info("%s: copy %.2f TB/s (read + write)", result["device"], copy_bw / 1e12)
     for shape in args.shapes.split(";"):
@@ -146,9 +159,10 @@ def main(argv=None) -> int:
         nbytes = w.numel() * 4
         chunks, n_tiles = k // 64, n // 16
         wc, sc = cp.asarray(w.view(-1)), cp.asarray(sink)
+        mc = cp.asarray(packed.mma_meta(torch.bfloat16).view(torch.int32).reshape(-1))  # [N/16, K/128, 8] words
         row = {"N": n, "K": k, "weight_bytes": nbytes, "patterns": {}}
         for wk in (False, True):
-            splits = ops.mma_splits(1, n, k, device, staged=False, mt=1, wk=wk)
+            splits = ops.mma_splits(1, n, k, sms, staged=False, mt=1, wk=wk)
             cps = -(-chunks // splits)
             for name, tmpl in TILE_VARIANTS:
                 if ("_wk" in name) != wk:
@@ -158,7 +172,7 @@ def main(argv=None) -> int:
 
                 def launch(kern=kern, grid=grid):
                     with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-                        kern(grid, (128,), (wc, sc, cp.int32(n_tiles), cp.int32(chunks), cp.int32(cps)))
+                        kern(grid, (128,), (wc, sc, cp.int32(n_tiles), cp.int32(chunks), cp.int32(cps), mc))
                 row["patterns"][name] = {**graph_timer(launch, flush, args.reps), "splits": splits}
         for name, tmpl in LINEAR_VARIANTS:
             kern = module.get_function(tmpl)

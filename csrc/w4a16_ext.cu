@@ -135,23 +135,22 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; the streaming kernel's
-// nt (16-row tiles per warp: 1, or 2 at mt 2 and 4) and wk (its warps share their tiles and split the chunks,
-// mt <= 4), and pdl (a programmatic dependent launch, compute capability 9.0+, else ignored).
+// wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
+// capability 9.0+, else ignored).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool pdl, int64_t nt, bool wk) {
+              int64_t splits, bool staged, bool pdl, bool wk) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
   TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
-  TORCH_CHECK(staged ? nt == 1 && !wk : (nt == 1 && (!wk || mt <= 4)) || (nt == 2 && (mt == 2 || mt == 4)),
-              "the streaming kernel takes nt 1 (wk with mt <= 4) or nt 2 with mt 2 or 4, the staged one neither; got mt ",
-              mt, ", nt ", nt, ", wk ", wk);
+  TORCH_CHECK(!wk || (!staged && mt <= 4), "wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt ",
+              mt, staged ? ", staged" : "");
   const int64_t chunks = K / 64;
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
-  const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * nt * (wk ? 1 : QK_STREAM_WARPS);
+  const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * (wk ? 1 : QK_STREAM_WARPS);
   const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
   check_split_workspace(grid, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -159,21 +158,18 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, (int)nt, wk, pdl && sm90_or_later(x), grid,
-                                         stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
-// the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; ovl: the
-// instance that dequantizes the next step during this one's MMAs (dense, or bt 256).
+// the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; wsm: the
+// weights and scales through the shared-memory stages with x.
 void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
-                int64_t splits, bool dense, bool ovl) {
+                int64_t splits, bool dense, bool wsm) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
-  TORCH_CHECK(!ovl || dense || bt == 256, "the overlapped wgmma instance exists for the dense ones and bt 256, got bt ",
-              bt, " not dense");
   check_bias(bias, x, N);
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
@@ -188,7 +184,7 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   const c10::cuda::CUDAGuard guard(x.device());
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("wgmma W4A16 kernel",
-               qk_launch_wgmma(args, bf, sym, (int)bt, dense, ovl, grid, c10::cuda::getCurrentCUDAStream()));
+               qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, grid, c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.

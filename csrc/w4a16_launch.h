@@ -41,16 +41,15 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
                             a.group_size, a.chunks_per_split);
 }
 
-// qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8), nt 16-row tiles per warp (1; 2 at mt 2, 4), wk:
-// the block's warps share their tiles and split the chunks (mt <= 4); pdl: as a programmatic dependent launch.
-// cudaErrorInvalidValue for a combination without an instance.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, int nt, bool wk, bool pdl, dim3 grid,
+// qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
+// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, dim3 grid,
                              cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);
-// ovl: the next step dequantized during this one's MMAs (dense instances and bt 256; else cudaErrorInvalidValue).
-cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool ovl, dim3 grid,
+// wsm: the weights and scales through the shared-memory stages with x instead of one step ahead in registers.
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, dim3 grid,
                             cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,

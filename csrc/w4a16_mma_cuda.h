@@ -16,9 +16,9 @@
 //         T [N/16, G, 8, 4] (asym): those scales, then (magic + zero) of the same two rows.
 //   Dequantization (v - (magic + zero)) * scale in 16-bit arithmetic: bit-identical to the reference's weights.
 // Two kernels over it:
-//   qk_mma_stream (decode, and small N): one warp = NT 16-row tiles (or the block's 4 warps = the same NT tiles,
-//     each taking every 4th batch of chunks), no barriers; x fragments straight from global (L1-resident), U chunks
-//     of weights in flight per warp; many small blocks + split-K.
+//   qk_mma_stream (decode, and small N): one warp = one 16-row tile (or the block's 4 warps = one tile, each taking
+//     every 4th batch of chunks), no barriers; x fragments straight from global (L1-resident), U chunks of weights
+//     in flight per warp; many small blocks + split-K.
 //   qk_mma_staged (prefill on wide N): 8 warps x 2 tiles share x staged in shared memory per block, the next
 //     stage's weights and x loaded while this one computes.
 // Split-K (gridDim.z > 1): each split writes fp32 partial sums to ws [z, M, N]; the last block of each (x, y)
@@ -77,6 +77,12 @@ QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic
 // 16 bytes, bypassing L1 (.cg), zero-filled when !valid (rows past M).
 QK_INLINE void qk_cp_async16(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+// 4 or 8 bytes through L1 (.ca: the only kind for these sizes), zero-filled when !valid.
+template <int BYTES>
+QK_INLINE void qk_cp_async_small(uint32_t dst, const void* src, bool valid) {
+  static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(BYTES), "r"(valid ? BYTES : 0));
 }
 QK_INLINE void qk_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Wait until at most N of this thread's groups are pending; a compiler barrier for shared-memory reads after it.
@@ -251,53 +257,48 @@ struct QkDecodeX {
 #define QK_STREAM_WARPS 4
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
-//   WK false: y = ceil(N / 64NT); each warp owns NT adjacent 16-row tiles and streams all of the split's chunks.
-//   WK true:  y = ceil(N / 16NT); the 4 warps own the same NT tiles and take turns over the split's chunks in
-//             batches of U, so that the block reads 4U consecutive chunks of a tile at a time (one contiguous run
-//             of 4U x 512 bytes per tile), then add their partial sums through shared memory.
-// NT > 1: one warp's x fragments serve NT tiles (x is re-read from L1 once per NT tiles instead of once per tile).
+//   WK false: y = ceil(N / 64); each warp owns one 16-row tile and streams all of the split's chunks.
+//   WK true:  y = N / 16; the 4 warps own the same tile and take turns over the split's chunks in batches of U, so
+//             that the block reads 4U consecutive chunks of its tile at a time (one contiguous run of 4U x 512
+//             bytes), then add their partial sums through shared memory. A quarter of the split-K partial sums for
+//             the same number of blocks.
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-template <typename Tag, int MT, bool SYM, int NT = 1, bool WK = false>
+template <typename Tag, int MT, bool SYM, bool WK = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = MT * NT <= 2 ? 4 : 2;  // chunks per batch: U * NT 16-byte weight loads in flight per thread
-  constexpr int META_WORDS = SYM ? 2 : 4;   // 16-bit meta values per row pair and group
+  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
-  const int n_tiles = N / 16, tile0 = (WK ? blockIdx.y : blockIdx.y * QK_STREAM_WARPS + warp) * NT;
+  const int n_tiles = N / 16, tile = WK ? blockIdx.y : blockIdx.y * QK_STREAM_WARPS + warp;
   const int m0 = blockIdx.x * 8 * MT;
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int first = WK ? c0 + warp * U : c0, step = WK ? QK_STREAM_WARPS * U : U;
 
-  float acc[NT][MT][4];
+  float acc[1][MT][4];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int t = 0; t < MT; ++t) acc[nt][t][0] = acc[nt][t][1] = acc[nt][t][2] = acc[nt][t][3] = 0.f;
+  for (int t = 0; t < MT; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
   const QkDecodeX<MT> xs(x, m0, gid, tig, M, K);
   const QkGroupOf group_of(group_size, tig);
-  const uint4* wt = w + (size_t)tile0 * chunks * 32 + lane;  // tile0 + nt: nt * chunks * 32 further
-  const uint16_t* meta_row = meta + ((size_t)tile0 * groups * 8 + gid) * META_WORDS;  // this lane's, group 0
-  if (tile0 < n_tiles) {
+  const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
+  const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
+  if (tile < n_tiles) {
     for (int c = first; c < c1; c += step) {
       // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
       // chunk's x (L1/L2), so the batch pays one memory latency, not one per chunk.
-      uint4 wv[U][NT];
-      uint2 mv[U][NT];
+      uint4 wv[U];
+      uint2 mv[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          if (c + u < c1 && tile0 + nt < n_tiles) {
-            wv[u][nt] = qk_ld_stream(wt + ((size_t)nt * chunks + c + u) * 32);
-            mv[u][nt] = qk_mma_meta_load<SYM>(meta_row + (size_t)nt * groups * 8 * META_WORDS, group_of(c + u) * 8);
-          }
+        if (c + u < c1) {
+          wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
+          mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
+        }
       if (c == first) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
       xs.load(c, xb[0]);
@@ -305,31 +306,29 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
       for (int u = 0; u < U; ++u) {
         if (c + u >= c1) break;
         if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if (tile0 + nt >= n_tiles) break;  // warp-uniform
-          uint32_t s_lo, s_hi, z_lo, z_hi;
-          qk_mma_meta_unpack<Tag, SYM>(mv[u][nt], s_lo, s_hi, z_lo, z_hi);
-          qk_mma_chunk<Tag, MT>(acc[nt], wv[u][nt], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
-        }
+        uint32_t s_lo, s_hi, z_lo, z_hi;
+        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
+        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
       }
     }
   }
-  if constexpr (WK) {  // warps 1..3 hand their partial sums to warp 0, which alone writes the tiles
-    __shared__ float part[QK_STREAM_WARPS - 1][NT * MT * 4][32];
-    float* flat = &acc[0][0][0];
+  if constexpr (WK) {  // warps 1..3 hand their partial sums to warp 0, which alone writes the tile
+    __shared__ float part[QK_STREAM_WARPS - 1][MT * 4][32];
     if (warp > 0)
 #pragma unroll
-      for (int i = 0; i < NT * MT * 4; ++i) part[warp - 1][i][lane] = flat[i];
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[warp - 1][4 * t + e][lane] = acc[0][t][e];
     __syncthreads();
     if (warp == 0)
 #pragma unroll
       for (int v = 0; v < QK_STREAM_WARPS - 1; ++v)
 #pragma unroll
-        for (int i = 0; i < NT * MT * 4; ++i) flat[i] += part[v][i][lane];
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[0][t][e] += part[v][4 * t + e][lane];
   }
-  qk_mma_epilogue<Tag, NT, MT>(acc, WK && warp > 0 ? n_tiles : tile0, n_tiles, m0, lane, bias, out, ws, counters, M,
-                               N);
+  qk_mma_epilogue<Tag, 1, MT>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
 }
 
 #define QK_STAGED_WARPS 8

@@ -33,8 +33,16 @@
 #define QK_WGMMA_THREADS 256
 #define QK_WGMMA_ROWS 128  // output features per block
 
-// Shared memory the kernel needs for BT tokens and STAGES stages (plus slack to align the base to 1024 bytes).
-__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages, int ks) { return ks * bt * 128 * stages + 1024; }
+// Shared memory of one stage: x (KS sub-tiles of BT rows x 128 bytes) and, when the weights go through shared memory
+// (wsm), the step's weights (KS chunks x 8 warps x 512 bytes) and scales (KS x 256 threads x 4 bytes, 8 asymmetric).
+// Every stage starts 1024-byte aligned (the 128-byte swizzle repeats every 1024 bytes).
+__host__ __device__ constexpr int qk_wgmma_stage_bytes(int bt, int ks, bool wsm, bool sym) {
+  return ks * bt * 128 + (wsm ? ks * (8 * 512 + QK_WGMMA_THREADS * (sym ? 4 : 8)) : 0);
+}
+// The whole ring, plus slack to align its base to 1024 bytes.
+__host__ __device__ constexpr int qk_wgmma_smem_bytes(int bt, int stages, int ks, bool wsm, bool sym) {
+  return qk_wgmma_stage_bytes(bt, ks, wsm, sym) * stages + 1024;
+}
 
 
 // Matrix descriptor of a K-major, 128-byte swizzled B tile: start address, leading offset (unused for swizzled
@@ -63,8 +71,9 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 // KS: 64-k chunks per step (one barrier and one wgmma wait; a stage holds KS chunks, 4 KS MMAs in flight per
 // warpgroup); MINB: blocks per multiprocessor the registers must allow
 // (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization);
-// OVL: each warpgroup dequantizes the next step while its MMAs of this one run (two sets of A registers).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, bool OVL = false>
+// WSM: the weights and scales travel with x through the shared-memory stages (cp.async, STAGES - 1 steps ahead; each
+// thread copies and later reads back its own 16 + 4 or 8 bytes a chunk), instead of one step ahead in registers.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, bool WSM = false>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
@@ -72,9 +81,11 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
 #if QK_HAS_WGMMA
   static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
   constexpr int ACC = BT / 2, MT = BT / 8;
-  constexpr int STAGE_BYTES = KS * BT * 128;
+  constexpr int X_BYTES = KS * BT * 128, W_BYTES = KS * 8 * 512, MV = SYM ? 4 : 8;
+  constexpr int STAGE_BYTES = qk_wgmma_stage_bytes(BT, KS, WSM, SYM);
   extern __shared__ unsigned char qk_dyn_smem[];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
+  const unsigned char* smem0_ptr = qk_dyn_smem + (smem0 - qk_smem_addr(qk_dyn_smem));
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -85,9 +96,13 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int n_chunks = max(0, c1 - c0), n_steps = (n_chunks + KS - 1) / KS;
   const QkGroupOf group_of(group_size, tig);
+  const uint4* wt = w + (size_t)(live ? tile : 0) * chunks * 32 + lane;
+  const size_t meta_row = (size_t)(live ? tile : 0) * groups * 8 + gid;
 
-  // x of step i: KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async units.
-  auto load_x = [&](int i) {
+  // Stage of step i: x as KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async
+  // units; with WSM also this thread's weights and scales of the step's chunks, zero past the range and for dead
+  // warps (scale 0 makes a zero weight).
+  auto load_stage = [&](int i) {
     if (i < n_steps) {
       const uint32_t base = smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES);
 #pragma unroll
@@ -97,11 +112,21 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
         const uint16_t* src = x + (size_t)min(tok, M - 1) * K + (size_t)min(c, chunks - 1) * 64 + u * 8;
         qk_cp_async16(base + q * BT * 128 + r * 128 + ((u ^ (r & 7)) << 4), src, tok < M && c < c1);
       }
+      if constexpr (WSM) {
+#pragma unroll
+        for (int q = 0; q < KS; ++q) {
+          const int c = c0 + i * KS + q, cc = min(c, chunks - 1);
+          const bool ok = live && c < c1;
+          qk_cp_async16(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16, wt + (size_t)cc * 32, ok);
+          qk_cp_async_small<MV>(base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV,
+                                reinterpret_cast<const unsigned char*>(meta) + (meta_row + (size_t)group_of(cc) * 8) * MV,
+                                ok);
+        }
+      }
     }
     qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
   };
-  const uint4* wt = w + (size_t)(live ? tile : 0) * chunks * 32 + lane;
-  const size_t meta_row = (size_t)(live ? tile : 0) * groups * 8 + gid;
+  // Without WSM: step i's weights and scales straight into registers (issued one step ahead).
   auto load_w = [&](int i, uint4(&wv)[KS], uint2(&mv)[KS]) {
 #pragma unroll
     for (int q = 0; q < KS; ++q) {
@@ -115,41 +140,56 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       }
     }
   };
-
-  float acc[ACC];
+  // With WSM: step i's weights and scales from its stage (this thread's own copies).
+  auto read_w = [&](int i, uint4(&wv)[KS], uint2(&mv)[KS]) {
+    const unsigned char* base = smem0_ptr + (i % STAGES) * STAGE_BYTES;
 #pragma unroll
-  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) load_x(s);
-  uint4 wq[KS];
-  uint2 mq[KS];
-  load_w(0, wq, mq);
-
-  // Wait for step i's x stage and refill the stage of step i - 1 (every warpgroup is done with it).
+    for (int q = 0; q < KS; ++q) {
+      wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16);
+      const unsigned char* m = base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV;
+      mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
+    }
+  };
+  // Wait for step i's stage and refill the stage of step i - 1 (every warpgroup is done with it).
   auto next_stage = [&](int i) {
     qk_cp_async_wait<STAGES - 2>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    load_x(i + STAGES - 1);
+    load_stage(i + STAGES - 1);
   };
-  // The A registers of the KS chunks in wq / mq, then the next step's weights requested into wq / mq.
-  auto dequant = [&](int next, uint32_t(&a)[KS][4][4]) {
+  // The A registers of KS chunks: [chunk][k16 step][register].
+  auto dequant = [&](const uint4(&wv)[KS], const uint2(&mv)[KS], uint32_t(&a)[KS][4][4]) {
 #pragma unroll
     for (int q = 0; q < KS; ++q) {
       uint32_t s_lo, s_hi, z_lo, z_hi;
-      qk_mma_meta_unpack<Tag, SYM>(mq[q], s_lo, s_hi, z_lo, z_hi);
-      const uint32_t words[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
+      qk_mma_meta_unpack<Tag, SYM>(mv[q], s_lo, s_hi, z_lo, z_hi);
+      const uint32_t words[4] = {wv[q].x, wv[q].y, wv[q].z, wv[q].w};
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
           a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
     }
-    load_w(next, wq, mq);
   };
-  // Step i's 4 KS wgmma over its x stage, committed as one group.
-  auto issue = [&](int i, const uint32_t(&a)[KS][4][4]) {
+
+  float acc[ACC];
+#pragma unroll
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) load_stage(s);
+  uint4 wq[KS];
+  uint2 mq[KS];
+  if constexpr (!WSM) load_w(0, wq, mq);
+
+  // One step: wait for its stage (and refill the one before), dequantize KS chunks (without WSM, then request the
+  // next step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across
+  // the next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
+  for (int i = 0; i < n_steps; ++i) {
+    next_stage(i);
+    uint32_t a[KS][4][4];
+    if constexpr (WSM) read_w(i, wq, mq);
+    dequant(wq, mq, a);
+    if constexpr (!WSM) load_w(i + 1, wq, mq);
     const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
     qk_wgmma_fence();
 #pragma unroll
@@ -158,34 +198,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
         QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
     qk_wgmma_commit();
-  };
-
-  if constexpr (!OVL) {
-    // One step: next stage, dequantize, issue, wait. (Leaving MMAs in flight across the next dequantization of the
-    // same registers makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
-    for (int i = 0; i < n_steps; ++i) {
-      next_stage(i);
-      uint32_t a[KS][4][4];  // [chunk][k16 step][register]
-      dequant(i + 1, a);
-      issue(i, a);
-      qk_wgmma_wait<0>();
-    }
-  } else {
-    // Two register sets taking turns: step i + 1 is dequantized while step i's MMAs run (different registers, so
-    // ptxas keeps them asynchronous); unrolled by two so that every register index is a constant.
-    uint32_t a0[KS][4][4], a1[KS][4][4];
-    dequant(1, a0);
-    for (int i = 0; i < n_steps; i += 2) {
-      next_stage(i);
-      issue(i, a0);
-      if (i + 1 < n_steps) dequant(i + 2, a1);
-      qk_wgmma_wait<0>();
-      if (i + 1 >= n_steps) break;
-      next_stage(i + 1);
-      issue(i + 1, a1);
-      if (i + 2 < n_steps) dequant(i + 3, a0);
-      qk_wgmma_wait<0>();
-    }
+    qk_wgmma_wait<0>();
   }
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();

@@ -36,8 +36,8 @@ def _backends(m):
     if torch.version.hip:
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    return (("auto", "mma", "stream", "stream_nt2", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_ovl") if hopper else ()))
+    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
+            + (("wgmma", "wgmma_wsm") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -61,11 +61,9 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
             if backend == "staged":
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
             elif backend == "stream":  # the decode kernel at every M, as a programmatic launch where there is one
-                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True)
-            elif backend == "wgmma_ovl":  # dequantization of the next step during this one's MMAs
-                y = w4a16_linear(x, packed, bias, backend="wgmma", ovl=True)
-            elif backend == "stream_nt2":  # two 16-row tiles per warp (16 or 32 tokens per block)
-                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=2 if m <= 16 else 4, nt=2)
+                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, wk=False)
+            elif backend == "wgmma_wsm":  # weights and scales through the shared-memory stages
+                y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=True)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
             else:
@@ -90,22 +88,21 @@ def test_splits_and_tiles_agree(device):
                 assert err <= testing.TOLERANCE[torch.bfloat16], (splits, mt, staged, pdl, err)
 
 
-def test_stream_work_splits_agree(device):
-    """The decode kernel's work splits (nt tiles per warp, warps sharing tiles) on a layer with an odd number of
-    16-row tiles (65), at token counts that leave tiles partly filled, with every split-K count."""
+def test_stream_warps_sharing_a_tile_agree(device):
+    """The decode kernel with its warps sharing one tile (wk) on a layer with an odd number of 16-row tiles (65), at
+    token counts that leave token tiles partly filled, with every split-K count (a warp may get no chunk)."""
     ql = testing.random_qlinear(1040, 2048, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=13)
     packed = prepare(ql, device=device)
     w = reference_weight(packed, torch.bfloat16)
     for m in (1, 5, 13, 20, 32, 40):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=14 + m, device=device)
-        for mt, nt, wk in ((1, 1, True), (2, 1, True), (4, 1, True), (2, 2, False), (4, 2, False), (2, 2, True),
-                           (4, 2, True)):
-            for splits in (None, 1, 3, 8):
-                y = w4a16_linear(x, packed, backend="mma", staged=False, mt=mt, nt=nt, wk=wk, splits=splits)
+        for mt in (1, 2, 4):
+            for splits in (None, 1, 3, 8, 32):
+                y = w4a16_linear(x, packed, backend="mma", staged=False, mt=mt, wk=True, splits=splits)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (m, mt, nt, wk, splits, err)
-    with pytest.raises(RuntimeError, match="nt 2 with mt 2 or 4"):
-        w4a16_linear(x, packed, backend="mma", staged=False, mt=1, nt=2)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (m, mt, splits, err)
+    with pytest.raises(RuntimeError, match="wk .* mt <= 4"):
+        w4a16_linear(x, packed, backend="mma", staged=False, mt=8, wk=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -116,12 +113,12 @@ def test_wgmma_tiles_and_splits_agree(device):
     w = reference_weight(packed, torch.bfloat16)
     for m in (1, 65, 300):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=12 + m, device=device)
-        for bt, dense, ovl in ((64, False, False), (64, True, False), (128, False, False), (128, True, False),
-                               (256, False, False), (64, True, True), (128, True, True), (256, False, True)):
-            for splits in (1, 3, 8):
-                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, ovl=ovl)
-                err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, ovl, splits, err)
+        for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+            for wsm in (False, True):
+                for splits in (1, 3, 8):
+                    y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
+                    err = testing.relative_error(y, w, x)
+                    assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
 
 
 def test_cuda_graph_capture(device):

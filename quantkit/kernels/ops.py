@@ -36,9 +36,9 @@ STAGED_MIN_N = 12288
 # dequantize + cuBLAS elsewhere (measured on an H100: bench/results/kernel_h100.json, docs/kernel.md).
 WGMMA_MAX_M = 256
 WGMMA_MIN_NK = 1 << 25
-# Each warpgroup dequantizes the next step's weights while its MMAs of this step run (two sets of A registers;
-# instances for the two-blocks-per-multiprocessor tiles and for 256 tokens).
-WGMMA_OVL = False
+# The wgmma kernel's weights and scales through its shared-memory stages with x (cp.async, several steps ahead)
+# instead of one step ahead in registers.
+WGMMA_WSM = False
 # Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
 # 64-k chunks.
 BLOCKS_PER_SM = 24
@@ -47,12 +47,14 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
-# The streaming kernel's work split, by token tiles (mma_tiles): 16-row tiles per warp (nt: 1, or 2 at 2 and 4 token
-# tiles, one warp's x fragments then serving both) and whether the block's 4 warps share their tiles and take turns
-# over the chunks (wk: the block reads 4 batches of a tile's consecutive chunks at once, warps' sums added in shared
-# memory; up to 4 token tiles).
-STREAM_NT = {1: 1, 2: 1, 4: 1, 8: 1}
-STREAM_WK = {1: False, 2: False, 4: False, 8: False}
+# The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
+# reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
+# quarter of the split-K partial sums for the same number of blocks. Measured on an H200
+# (bench/results/kernel_h200_variants.md): 2-12% faster at M = 8-16 on every shape but 4096x4096 at M = 8 (-2%),
+# at M = 32 faster only where the plain kernel splits K 16 or more ways (up to 14%, else up to 10% slower), and
+# at M <= 4 equal or up to 4% slower. stream_wk() is that rule.
+STREAM_WK_M = (8, 32)
+STREAM_WK_MIN_SPLITS_ABOVE_16 = 16
 
 _buffers: dict = {}
 
@@ -81,22 +83,29 @@ def mma_tiles(m: int) -> int:
     return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
 
 
-def mma_n_per_block(staged: bool, nt: int = 1, wk: bool = False) -> int:
-    """Outputs per block (csrc/w4a16_mma_cuda.h): 8 warps x 2 x 16 staged; streaming, 4 warps x nt x 16, or nt x 16
-    when the warps share their tiles (wk)."""
-    return 256 if staged else 16 * nt * (1 if wk else 4)
+def mma_n_per_block(staged: bool, wk: bool = False) -> int:
+    """Outputs per block (csrc/w4a16_mma_cuda.h): 8 warps x 2 x 16 staged; streaming, 4 warps x 16, or 16 when the
+    warps share their tile (wk)."""
+    return 256 if staged else 16 if wk else 64
+
+
+def stream_wk(m: int, n: int, k: int, sms: int) -> bool:
+    """Whether the streaming kernel runs with its warps sharing a tile on a GPU of sms multiprocessors
+    (STREAM_WK_M, measured on an H200)."""
+    if not STREAM_WK_M[0] <= m <= STREAM_WK_M[1]:
+        return False
+    return m <= 16 or mma_splits(m, n, k, sms, staged=False, mt=mma_tiles(m)) >= STREAM_WK_MIN_SPLITS_ABOVE_16
 
 
 def mma_staged(m: int, n: int) -> bool:
     return m > STREAM_MAX_M and n >= STAGED_MIN_N
 
 
-def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt: int, nt: int = 1,
-               wk: bool = False) -> int:
+def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: bool = False) -> int:
     """Split-K count. Streaming: enough blocks to keep every SM streaming, each warp at least MIN_CHUNKS_PER_SPLIT
-    chunks. Staged: split only a grid that leaves most SMs idle (measured: docs/kernel.md)."""
-    sms = _sm_count(device)
-    blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, nt, wk))
+    chunks. Staged: split only a grid that leaves most SMs idle (measured: docs/kernel.md). sms: the GPU's
+    multiprocessor count."""
+    blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     if staged:
         want = math.ceil(sms / blocks) if 2 * blocks < sms else 1
     else:
@@ -105,20 +114,20 @@ def mma_splits(m: int, n: int, k: int, device: torch.device, *, staged: bool, mt
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None, nt: int | None = None, wk: bool | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None, wk: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
     staged = mma_staged(m, n) if staged is None else staged
     mt = 8 if staged else (mt or mma_tiles(m))
-    nt = 1 if staged else (nt or STREAM_NT[mt])
-    wk = False if staged else (STREAM_WK[mt] if wk is None else wk)
-    splits = splits or mma_splits(m, n, k, x2.device, staged=staged, mt=mt, nt=nt, wk=wk)
+    sms = _sm_count(x2.device)
+    wk = False if staged else (stream_wk(m, n, k, sms) and mt <= 4 if wk is None else wk)
+    splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, nt, wk))
+    tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, nt, wk)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk)
     return out
 
 
@@ -140,7 +149,7 @@ def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None = None, ovl: bool | None = None) -> torch.Tensor:
+           dense: bool | None = None, wsm: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -150,9 +159,8 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
     dense = (True if dense is None else dense) and bt <= 128
-    ovl = WGMMA_OVL if ovl is None else ovl
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, dense, ovl and (dense or bt == 256))
+                   packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm)
     return out
 
 
@@ -260,17 +268,17 @@ def w4a16_linear(
     pdl: bool | None = None,
     bt: int | None = None,
     dense: bool | None = None,
-    nt: int | None = None,
     wk: bool | None = None,
-    ovl: bool | None = None,
+    wsm: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl / nt / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
-    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; nt, wk: the decode kernel's
-    tiles per warp and warps sharing tiles, defaults STREAM_NT and STREAM_WK), ovl the wgmma kernel's overlap of
-    dequantization and MMAs (default WGMMA_OVL), splits / bt those of the "wgmma" path, dense=False its one-block-per-multiprocessor instance (benchmarking, tuning; the
-    default is the two-blocks instance for 64 and 128 tokens per block).
+    splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
+    sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
+    the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
+    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM). For benchmarking and
+    tuning.
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
@@ -301,9 +309,9 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, nt, wk)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, ovl)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
