@@ -18,10 +18,29 @@ SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 2867
 LARGEST = SHAPES[3:]
 
 
-def speedup(rows, n, k, m, group, who="quantkit"):
+SMS = 132  # multiprocessors of the H100 SXM and the H200 the tables were measured on (the split-K rules use it)
+
+
+def pick(r: dict) -> str:
+    """The contender of row r that the dispatch in this commit (quantkit.kernels.ops) runs, measured in the same run;
+    "quantkit" (what the run's own dispatch ran) when the run has no such contender."""
+    from quantkit.kernels import ops
+
+    m, n, k = r["M"], r["N"], r["K"]
+    path = ops.mma_or_dequant(m, n, k, wgmma=True)
+    if path == "mma" and m <= ops.STREAM_MAX_M:
+        key = "qk_stream_wk" if ops.stream_wk(m, n, k, SMS) else "qk_stream"
+    elif path == "wgmma":
+        key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
+    else:
+        key = "qk_dequant" if path == "dequant" else "quantkit"
+    return key if "us" in r.get(key, {}) else "quantkit"
+
+
+def speedup(rows, n, k, m, group):
     for r in rows:
         if (r["N"], r["K"], r["M"], r["group"]) == (n, k, m, group):
-            return r[who]["speedup_vs_cublas"], r
+            return r[pick(r)]["speedup_vs_cublas"], r
     return None, None
 
 
@@ -35,7 +54,8 @@ def table(rows, group) -> list[str]:
             if s is None:
                 cells.append("")
             elif m == 1:
-                cells.append(f"{s:.2f}x ({r['quantkit']['us']:.1f} us, {100 * r['quantkit']['bw_frac']:.0f}% BW)")
+                t = r[pick(r)]
+                cells.append(f"{s:.2f}x ({t['us']:.1f} us, {100 * t['bw_frac']:.0f}% BW)")
             else:
                 cells.append(f"{s:.2f}x")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -50,7 +70,7 @@ def targets(rows, device: str) -> list[str]:
     int4 = []
     for n, k in LARGEST:
         _, r = speedup(rows, n, k, 1, 128)
-        int4.append(r["torch_int4"]["us"] / r["quantkit"]["us"])
+        int4.append(r["torch_int4"]["us"] / r[pick(r)]["us"])
     ms_all = sorted({r["M"] for r in rows})
     g32 = []
     for m in ms_all:
@@ -67,8 +87,9 @@ def targets(rows, device: str) -> list[str]:
         ("M = 64: >= 1.5x", worst([64]), 1.5),
         ("M = 128: >= 1x", worst([128]), 1.0),
         ("every M: >= 0.9x", worst(ms_all), 0.9),
-        ("group 32 within 15% of group 128 (g32/g128 speed)", min(v for _, v in g32), 0.85),
     ]
+    if g32:  # a run of both groups
+        checks.append(("group 32 within 15% of group 128 (g32/g128 speed)", min(v for _, v in g32), 0.85))
     where = "H100" if "H100" in device else f"{device}; the targets were set for an H100"
     out = [f"| target ({where}, group 128, bf16) | measured (worst case) | holds |", "|---|---|---|"]
     out += [f"| {name} | {value:.2f}x | {'yes' if value >= bar else 'no'} |" for name, value, bar in checks]
@@ -93,8 +114,7 @@ def dispatched(m: int, n: int, k: int) -> str:
 
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma":
-        sms = 132  # the H100 SXM and the H200 the tables were measured on
-        return "stream, warps share a tile" if ops.stream_wk(m, n, k, sms) else "stream"
+        return "stream, warps share a tile" if ops.stream_wk(m, n, k, SMS) else "stream"
     if path == "dequant":
         return "dequant"
     bt = ops.wgmma_bt(m, n)
@@ -134,7 +154,9 @@ def main(path: str) -> None:
     data = json.load(open(path))
     rows = data["results"]
     lines = [f"Speed-up over cuBLAS bf16 on the {data['device']} (torch {data['torch']}), {data['timing']}; "
-             f"copy bandwidth {data['copy_bandwidth_Bps'] / 1e12:.2f} TB/s. Command: `{data['command']}`.", ""]
+             f"copy bandwidth {data['copy_bandwidth_Bps'] / 1e12:.2f} TB/s. Command: `{data['command']}`. Each cell "
+             "is the kernel that quantkit's dispatch (this commit's quantkit.kernels.ops) runs for that shape, as "
+             "measured in that run.", ""]
     for group in (128, 32):
         lines += [f"Group {group}:", ""] + table(rows, group) + [""]
     lines += targets(rows, data["device"])
