@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quantkit.errors import UnsupportedError
 from quantkit.kernels import kernel_available, prepare, reference_weight, self_check, w4a16_linear
 from quantkit.kernels import ops, testing
 
@@ -101,7 +102,7 @@ def test_stream_warps_sharing_a_tile_agree(device):
                 y = w4a16_linear(x, packed, backend="mma", staged=False, mt=mt, wk=True, splits=splits)
                 err = testing.relative_error(y, w, x)
                 assert err <= testing.TOLERANCE[torch.bfloat16], (m, mt, splits, err)
-    with pytest.raises(RuntimeError, match="wk .* mt <= 4"):
+    with pytest.raises(UnsupportedError, match="wk .* mt <= 4"):
         w4a16_linear(x, packed, backend="mma", staged=False, mt=8, wk=True)
 
 
