@@ -1,4 +1,5 @@
-"""Plot a kernel_bench.py result: speed-up over cuBLAS bf16 against M, one panel per (N, K), group 128 and 32.
+"""Plot a kernel_bench.py result: speed-up over cuBLAS bf16 against M, one panel per (N, K), group 128 and 32;
+quantkit's points are the contenders this commit's dispatch picks (kernel_table.pick).
 
     python3 bench/kernel_plot.py bench/results/kernel_h100.json bench/results/kernel_h100.png
 """
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from kernel_table import pick  # noqa: E402  (bench/ is this script's directory)
 
 
 def main(src: str, dst: str) -> None:
@@ -25,7 +27,7 @@ def main(src: str, dst: str) -> None:
             if not sel:
                 continue
             ms = [r["M"] for r in sel]
-            ax.plot(ms, [r["quantkit"]["speedup_vs_cublas"] for r in sel], "o" + style, color="C0",
+            ax.plot(ms, [r[pick(r)]["speedup_vs_cublas"] for r in sel], "o" + style, color="C0",
                     label=f"quantkit g{group}")
             int4 = [(r["M"], r["torch_int4"]["speedup_vs_cublas"]) for r in sel if "us" in r.get("torch_int4", {})]
             if int4:

@@ -50,10 +50,10 @@ MIN_CHUNKS_PER_SPLIT = 8
 STREAM_PDL = False
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
 # reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
-# quarter of the split-K partial sums for the same number of blocks. Measured on an H200
-# (bench/results/kernel_h200_variants.md): 2-12% faster at M = 8-16 on every shape but 4096x4096 at M = 8 (-2%),
-# at M = 32 faster only where the plain kernel splits K 16 or more ways (up to 14%, else up to 10% slower), and
-# at M <= 4 equal or up to 4% slower. stream_wk() is that rule.
+# quarter of the split-K partial sums for the same number of blocks. Measured twice on an H200
+# (bench/results/kernel_h200_variants.json, kernel_h200.json): at M = 8-16 up to 13% faster on the long-K layers
+# and within 2% either way on the others; at M = 32 4-15% faster where the plain kernel splits K 16 or more ways,
+# else up to 10% slower; at M <= 4 equal or up to 5% slower. stream_wk() is that rule.
 STREAM_WK_M = (8, 32)
 STREAM_WK_MIN_SPLITS_ABOVE_16 = 16
 
