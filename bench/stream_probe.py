@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 
 import torch
@@ -104,30 +103,10 @@ TILE_VARIANTS = (("tiles", "probe_tiles<4, 0, false, 0>"), ("tiles_u8", "probe_t
 LINEAR_VARIANTS = (("linear", "probe_linear<4>"), ("linear_u8", "probe_linear<8>"))
 
 
-def graph_timer(launch, flush: torch.Tensor, reps: int) -> dict:
-    launch()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        launch()
-    graph.replay()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        pairs.append((s, e))
-    torch.cuda.synchronize()
-    us = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    return {"us": statistics.median(us), "p10": us[len(us) // 10], "p90": us[(9 * len(us)) // 10]}
-
-
 def main(argv=None) -> int:
     import cupy as cp
 
-    from kernel_bench import copy_bandwidth  # bench/ is this script's directory
+    from kernel_bench import copy_bandwidth, time_call  # bench/ is this script's directory: the same timing
 
     from quantkit.kernels import kernel_available, ops, prepare, testing, w4a16_linear
 
@@ -173,21 +152,21 @@ def main(argv=None) -> int:
                 def launch(kern=kern, grid=grid):
                     with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
                         kern(grid, (128,), (wc, sc, cp.int32(n_tiles), cp.int32(chunks), cp.int32(cps), mc))
-                row["patterns"][name] = {**graph_timer(launch, flush, args.reps), "splits": splits}
+                row["patterns"][name] = {**time_call(launch, flush, args.reps), "splits": splits}
         for name, tmpl in LINEAR_VARIANTS:
             kern = module.get_function(tmpl)
 
             def launch(kern=kern):
                 with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
                     kern((8 * sms,), (128,), (wc, sc, cp.int64(nbytes // 16)))
-            row["patterns"][name] = graph_timer(launch, flush, args.reps)
+            row["patterns"][name] = time_call(launch, flush, args.reps)
         x = testing.random_activations(1, k, dtype=torch.bfloat16, seed=2, device=device)
         if result["kernel"]:
-            row["patterns"]["kernel_m1"] = graph_timer(lambda: w4a16_linear(x, packed, backend="mma"), flush, args.reps)
-            row["patterns"]["kernel_m1_wk"] = graph_timer(lambda: w4a16_linear(x, packed, backend="mma", wk=True),
+            row["patterns"]["kernel_m1"] = time_call(lambda: w4a16_linear(x, packed, backend="mma"), flush, args.reps)
+            row["patterns"]["kernel_m1_wk"] = time_call(lambda: w4a16_linear(x, packed, backend="mma", wk=True),
                                                           flush, args.reps)
         weight = torch.randn(n, k, dtype=torch.bfloat16, device=device)
-        row["patterns"]["cublas_bf16_m1"] = graph_timer(lambda: F.linear(x, weight), flush, args.reps)
+        row["patterns"]["cublas_bf16_m1"] = time_call(lambda: F.linear(x, weight), flush, args.reps)
         row["patterns"]["cublas_bf16_m1"]["bytes"] = n * k * 2
         for name, t in row["patterns"].items():
             t["bw_frac"] = t.get("bytes", nbytes) / (t["us"] * 1e-6) / copy_bw
