@@ -16,9 +16,10 @@
 //         T [N/16, G, 8, 4] (asym): those scales, then (magic + zero) of the same two rows.
 //   Dequantization (v - (magic + zero)) * scale in 16-bit arithmetic: bit-identical to the reference's weights.
 // Two kernels over it:
-//   qk_mma_stream (decode, and small N): one warp = one 16-row tile (or the block's 4 warps = one tile, each taking
-//     every 4th batch of chunks), no barriers; x fragments straight from global (L1-resident), U chunks of weights
-//     in flight per warp; many small blocks + split-K.
+//   qk_mma_stream (decode, and small N): one warp = one 16-row tile, no shared memory and no barriers (or the
+//     block's 4 warps = one tile, each taking every 4th batch of chunks, their sums added through shared memory
+//     after one barrier); x fragments straight from global (L1-resident), U chunks of weights in flight per warp;
+//     many small blocks + split-K.
 //   qk_mma_staged (prefill on wide N): 8 warps x 2 tiles share x staged in shared memory per block, the next
 //     stage's weights and x loaded while this one computes.
 // Split-K (gridDim.z > 1): each split writes fp32 partial sums to ws [z, M, N]; the last block of each (x, y)

@@ -38,7 +38,7 @@ def _backends(m):
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_wsm") if hopper else ()))
+            + (("wgmma", "wgmma_regs") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -63,8 +63,8 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
             elif backend == "stream":  # the decode kernel at every M, as a programmatic launch where there is one
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, wk=False)
-            elif backend == "wgmma_wsm":  # weights and scales through the shared-memory stages
-                y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=True)
+            elif backend == "wgmma_regs":  # weights one step ahead in registers (default: through shared memory)
+                y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=False)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
             else:
