@@ -164,13 +164,13 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T
             mt = 8 if staged else ops.mma_tiles(m)
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            wk = not staged and ops.stream_wk(m, n, k, sms)  # what the calls below run (wk left to the default)
+            default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
             for splits in (1, 2, 4, 8, 16, 32):
-                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)  # default wk
+                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)
                 check(f"mma splits={splits}", fn(), truth, testing.TOLERANCE[dtype])
                 t = time_call(fn, flush, reps)
-                sms = torch.cuda.get_device_properties(device).multi_processor_count
-                wk = not staged and ops.stream_wk(m, n, k, sms)
-                default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
                 tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "splits": splits, **t,
                               "default": splits == default})
     del weight, packed, int4

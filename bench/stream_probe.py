@@ -120,6 +120,10 @@ def main(argv=None) -> int:
     module = cp.RawModule(code=SOURCE, options=("-std=c++17",),
                           name_expressions=[t for _, t in TILE_VARIANTS + LINEAR_VARIANTS])
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def torch_stream():  # CuPy launches on torch's current stream (the one a CUDA graph is capturing, in capture)
+        return cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     sink = torch.zeros(1 << 16, dtype=torch.int32, device=device)
     copy_bw = copy_bandwidth(device)  # as bench/kernel_bench.py measures it
@@ -150,14 +154,14 @@ def main(argv=None) -> int:
                 grid = (1, n_tiles if wk else -(-n_tiles // 4), -(-chunks // cps))
 
                 def launch(kern=kern, grid=grid):
-                    with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                    with torch_stream():
                         kern(grid, (128,), (wc, sc, cp.int32(n_tiles), cp.int32(chunks), cp.int32(cps), mc))
                 row["patterns"][name] = {**time_call(launch, flush, args.reps), "splits": splits}
         for name, tmpl in LINEAR_VARIANTS:
             kern = module.get_function(tmpl)
 
             def launch(kern=kern):
-                with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                with torch_stream():
                     kern((8 * sms,), (128,), (wc, sc, cp.int64(nbytes // 16)))
             row["patterns"][name] = time_call(launch, flush, args.reps)
         x = testing.random_activations(1, k, dtype=torch.bfloat16, seed=2, device=device)
