@@ -30,6 +30,10 @@ log = logging.getLogger("kernel_bench")
 SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672))  # (N, K)
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 GROUPS = (128, 32)
+# --tune: the split-K sweep (every count, split-K through global memory and through a cluster) of the decode kernel
+# at these M, and of the prefill kernel (wgmma on Hopper, else the staged one at M = 128) at those
+TUNE_STREAM_MS = (1, 2, 4, 8, 16, 32)
+TUNE_PREFILL_MS = (64, 128, 256)
 
 
 class CheckFailed(Exception):
@@ -110,6 +114,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
+        if ops.cluster_size(2, k, device, True):  # the dispatched kernel with split-K through global memory
+            contenders["quantkit_nocluster"] = lambda: w4a16_linear(x, packed, backend="kernel", cluster=False)
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
         if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
@@ -160,19 +166,32 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                  row["path"])
     tuned = []
     if tune:
-        for m, staged in ((1, False), (16, False), (32, False), (128, True)):
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        clusters = (False, True) if ops.cluster_size(2, k, device, True) else (False,)
+        sweeps = [("stream", m) for m in TUNE_STREAM_MS]
+        sweeps += [("wgmma", m) for m in TUNE_PREFILL_MS] if ops.has_wgmma(device) else [("staged", 128)]
+        for kernel, m in sweeps:
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T
-            mt = 8 if staged else ops.mma_tiles(m)
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            wk = not staged and ops.stream_wk(m, n, k, sms)  # what the calls below run (wk left to the default)
-            default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
-            for splits in (1, 2, 4, 8, 16, 32):
-                fn = lambda: w4a16_linear(x, packed, backend="mma", splits=splits, staged=staged)
-                check(f"mma splits={splits}", fn(), truth, testing.TOLERANCE[dtype])
-                t = time_call(fn, flush, reps)
-                tuned.append({"N": n, "K": k, "group": group, "M": m, "staged": staged, "splits": splits, **t,
-                              "default": splits == default})
+            if kernel == "wgmma":
+                bt = ops.wgmma_bt(m, n)
+                default = ops.wgmma_splits(m, n, k, sms, bt)
+                call = lambda splits, cl: w4a16_linear(x, packed, backend="wgmma", splits=splits, cluster=cl)
+            else:
+                staged = kernel == "staged"
+                mt = 8 if staged else ops.mma_tiles(m)
+                wk = not staged and ops.stream_wk(m, n, k, sms)  # what the calls below run (wk left to the default)
+                default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
+                call = lambda splits, cl, staged=staged: w4a16_linear(x, packed, backend="mma", splits=splits,
+                                                                      staged=staged, cluster=cl)
+            for splits in sorted({1, 2, 4, 8, 16, 32, default}):
+                for cl in clusters:
+                    fn = lambda: call(splits, cl)
+                    check(f"{kernel} splits={splits} cluster={cl}", fn(), truth, testing.TOLERANCE[dtype])
+                    t = time_call(fn, flush, reps)
+                    tuned.append({"N": n, "K": k, "group": group, "M": m, "kernel": kernel, "staged": kernel == "staged",
+                                  "cluster": cl, "splits": splits, "grid_splits": ops.grid_splits(k, splits), **t,
+                                  "default": splits == default})
     del weight, packed, int4
     torch.cuda.empty_cache()
     return rows, tuned
@@ -185,7 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--groups", default=",".join(map(str, GROUPS)))
     ap.add_argument("--shapes", default=";".join(f"{n}x{k}" for n, k in SHAPES))
-    ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits)")
+    ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits and "
+                    "ops.wgmma_splits), with and without clusters")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 

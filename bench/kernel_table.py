@@ -7,6 +7,10 @@
 --variants: every contender of a --tune run for M >= 16 (or M >= the number after the file), and the path
 today's dispatch (quantkit.kernels.ops) picks for each shape, to check the dispatch against the measurements it
 was set from.
+--splits: a --tune run's split-K sweep, each kernel's time at every split count with split-K through global memory
+and through a cluster, beside the count today's rules (ops.mma_splits, ops.wgmma_splits) pick.
+
+    python bench/kernel_table.py --splits bench/results/kernel_h200.json > bench/results/kernel_h200_splits.md
 """
 
 from __future__ import annotations
@@ -150,6 +154,45 @@ def variants(data: dict, min_m: int | None = None) -> list[str]:
     return lines
 
 
+def rule_splits(kernel: str, m: int, n: int, k: int) -> int:
+    """The split count this commit's rules pick for a --tune sweep row (the sweep ran wk as the rules say)."""
+    from quantkit.kernels import ops
+
+    if kernel == "wgmma":
+        return ops.wgmma_splits(m, n, k, SMS, ops.wgmma_bt(m, n))
+    mt = 8 if kernel == "staged" else ops.mma_tiles(m)
+    wk = kernel == "stream" and ops.stream_wk(m, n, k, SMS)
+    return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk)
+
+
+def splits_table(data: dict) -> list[str]:
+    tune = data["tune"]
+    counts = sorted({t["splits"] for t in tune})
+    lines = [f"Split-K sweep on the {data['device']} (torch {data['torch']}), {data['timing']}, time in us. Command: "
+             f"`{data['command']}`. Each cell: split-K through global memory / through a thread-block cluster "
+             "(distributed shared memory; one figure where the GPU has no clusters or the count is above 16). "
+             "**bold**: the fastest of the row; * the count this commit's rules pick, and its time over the fastest (rule / best); (sweep): the count the run's "
+             "own rules picked.", "",
+             "| shape | kernel | M | " + " | ".join(str(c) for c in counts) + " | rule / best |",
+             "|---" * (len(counts) + 4) + "|"]
+    keys = sorted({(t["N"], t["K"], t.get("kernel", "staged" if t["staged"] else "stream"), t["M"]) for t in tune},
+                  key=lambda v: (SHAPES.index(v[:2]) if v[:2] in SHAPES else 99, v[2] != "stream", v[3]))
+    for n, k, kernel, m in keys:
+        rows = [t for t in tune if (t["N"], t["K"], t["M"]) == (n, k, m)
+                and t.get("kernel", "staged" if t["staged"] else "stream") == kernel]
+        best = min(rows, key=lambda t: t["us"])
+        rule = rule_splits(kernel, m, n, k)
+        at_rule = [t["us"] for t in rows if t["splits"] == rule]
+        cells = []
+        for c in counts:
+            ts = sorted((t for t in rows if t["splits"] == c), key=lambda t: t.get("cluster", False))
+            txt = " / ".join(f"**{t['us']:.1f}**" if t is best else f"{t['us']:.1f}" for t in ts)
+            cells.append(txt + ("*" if c == rule and ts else "") + (" (sweep)" if ts and ts[0]["default"] else ""))
+        ratio = f"{min(at_rule) / best['us']:.2f}" if at_rule else "n/a"
+        lines.append(f"| {n}x{k} | {kernel} | {m} | " + " | ".join(cells) + f" | {ratio} |")
+    return lines
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     rows = data["results"]
@@ -163,7 +206,9 @@ def main(path: str) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:  # --variants JSON [MIN_M (default 16)]
+if __name__ == "__main__" and sys.argv[1:2] == ["--splits"]:
+    sys.stdout.write("\n".join(splits_table(json.load(open(sys.argv[2])))) + "\n")
+elif __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:  # --variants JSON [MIN_M (default 16)]
     sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])), int(sys.argv[3]) if sys.argv[3:] else None)) + "\n")
 elif __name__ == "__main__":
     main(sys.argv[1])

@@ -66,9 +66,13 @@ std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::T
   return {M, K, N};
 }
 
-// Split-K (grid.z > 1) needs fp32 partial sums for every split and a counter per output tile.
-void check_split_workspace(const dim3& grid, int64_t M, int64_t N, const torch::Tensor& ws, const torch::Tensor& counters) {
-  if (grid.z > 1) {
+// Split-K (grid.z > 1) needs fp32 partial sums for every split and a counter per output tile, unless the splits of
+// a tile are one cluster (cluster == grid.z, at most 16), which reduce through distributed shared memory.
+void check_split_workspace(const dim3& grid, int64_t cluster, int64_t M, int64_t N, const torch::Tensor& ws,
+                           const torch::Tensor& counters) {
+  TORCH_CHECK(cluster <= 1 || (cluster == (int64_t)grid.z && cluster <= 16),
+              "cluster must be 0, 1 or the number of splits (", grid.z, ", at most 16), got ", cluster);
+  if (grid.z > 1 && cluster <= 1) {
     TORCH_CHECK(ws.numel() >= (int64_t)grid.z * M * N, "workspace must hold splits*M*N = ", grid.z * M * N,
                 " floats, has ", ws.numel());
     TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
@@ -136,10 +140,11 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; the streaming kernel's
 // wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
-// capability 9.0+, else ignored).
+// capability 9.0+, else ignored); cluster: the streaming kernel's splits of a tile as one thread-block cluster
+// (sm_90+, = the number of splits, at most 16; 0 or 1: not).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool pdl, bool wk) {
+              int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -152,21 +157,22 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const int64_t per_split = (chunks + splits - 1) / splits;
   const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * (wk ? 1 : QK_STREAM_WARPS);
   const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
-  check_split_workspace(grid, M, N, ws, counters);
+  TORCH_CHECK(cluster <= 1 || (!staged && sm90_or_later(x)), "cluster needs the streaming kernel on compute capability 9.0+");
+  check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
 // the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; wsm: the
-// weights and scales through the shared-memory stages with x.
+// weights and scales through the shared-memory stages with x; cluster: as mma_gemm's.
 void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
-                int64_t splits, bool dense, bool wsm) {
+                int64_t splits, bool dense, bool wsm, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
@@ -180,11 +186,11 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
   const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
-  check_split_workspace(grid, M, N, ws, counters);
+  check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
-  check_launch("wgmma W4A16 kernel",
-               qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, grid, c10::cuda::getCurrentCUDAStream()));
+  check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, (int)cluster, grid,
+                                                     c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.

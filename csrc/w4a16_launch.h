@@ -23,34 +23,51 @@ struct QkMmaArgs {
 };
 
 // One mma-layout kernel instance, through cudaLaunchKernelEx; pdl adds the programmatic-stream-serialization
-// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h).
+// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster > 1 makes every
+// cluster blocks along z one thread-block cluster (sm_90+; the kernels then reduce split-K through distributed
+// shared memory when cluster == grid.z). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes
+// the GPU supports (16 on Hopper).
 template <typename... Params>
 cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
-                                 cudaStream_t stream, bool pdl = false) {
+                                 cudaStream_t stream, bool pdl = false, int cluster = 1) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attribute[2];
+  int n = 0;
+  if (pdl) {
+    attribute[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    if (cluster > 8) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+      if (err != cudaSuccess) return err;
+    }
+    attribute[n].id = cudaLaunchAttributeClusterDimension;
+    attribute[n].val.clusterDim.x = 1;
+    attribute[n].val.clusterDim.y = 1;
+    attribute[n++].val.clusterDim.z = cluster;
+  }
   config.attrs = attribute;
-  config.numAttrs = pdl ? 1 : 0;
+  config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, a.x, a.w, a.meta, a.bias, a.out, a.ws, a.counters, a.M, a.N, a.K,
                             a.group_size, a.chunks_per_split);
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
-// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, dim3 grid,
+// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);
-// wsm: the weights and scales through the shared-memory stages with x instead of one step ahead in registers.
-cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, dim3 grid,
-                            cudaStream_t stream);
+// wsm: the weights and scales through the shared-memory stages with x instead of one step ahead in registers;
+// cluster: as above.
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
+                            dim3 grid, cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,
                               bool bf16, bool sym, cudaStream_t stream);

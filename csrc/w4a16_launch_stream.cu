@@ -8,32 +8,32 @@ namespace {
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk).
 template <typename Tag, bool SYM, int MT>
-cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, dim3 grid, cudaStream_t stream) {
+cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
   if constexpr (MT <= 4) {
-    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl);
+    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl, cluster);
   }
   if (wk) return cudaErrorInvalidValue;
-  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl);
+  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl, cluster);
 }
 
 template <typename Tag, bool SYM>
-cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, dim3 grid, cudaStream_t stream) {
+cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid, cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, grid, stream);
-    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, grid, stream);
-    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, grid, stream);
-    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, grid, stream);
+    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, cluster, grid, stream);
+    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, cluster, grid, stream);
+    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, cluster, grid, stream);
+    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, cluster, grid, stream);
   }
 }
 
 }  // namespace
 
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, dim3 grid,
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              cudaStream_t stream) {
-  if (bf16) return sym ? stream_tiles<QkBF16, true>(a, mt, wk, pdl, grid, stream)
-                       : stream_tiles<QkBF16, false>(a, mt, wk, pdl, grid, stream);
-  return sym ? stream_tiles<QkF16, true>(a, mt, wk, pdl, grid, stream)
-             : stream_tiles<QkF16, false>(a, mt, wk, pdl, grid, stream);
+  if (bf16) return sym ? stream_tiles<QkBF16, true>(a, mt, wk, pdl, cluster, grid, stream)
+                       : stream_tiles<QkBF16, false>(a, mt, wk, pdl, cluster, grid, stream);
+  return sym ? stream_tiles<QkF16, true>(a, mt, wk, pdl, cluster, grid, stream)
+             : stream_tiles<QkF16, false>(a, mt, wk, pdl, cluster, grid, stream);
 }
 #endif

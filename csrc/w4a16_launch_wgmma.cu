@@ -2,14 +2,14 @@
 #include "w4a16_launch_wgmma.h"
 
 #if QK_IS_CUDA
-cudaError_t qk_launch_wgmma_regs(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, dim3 grid,
+cudaError_t qk_launch_wgmma_regs(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                  cudaStream_t stream) {
-  return qk_wgmma_instances<false>(a, bf16, sym, bt, dense, grid, stream);
+  return qk_wgmma_instances<false>(a, bf16, sym, bt, dense, cluster, grid, stream);
 }
 
-cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, dim3 grid,
-                            cudaStream_t stream) {
-  return wsm ? qk_launch_wgmma_wsm(a, bf16, sym, bt, dense, grid, stream)
-             : qk_launch_wgmma_regs(a, bf16, sym, bt, dense, grid, stream);
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
+                            dim3 grid, cudaStream_t stream) {
+  return wsm ? qk_launch_wgmma_wsm(a, bf16, sym, bt, dense, cluster, grid, stream)
+             : qk_launch_wgmma_regs(a, bf16, sym, bt, dense, cluster, grid, stream);
 }
 #endif

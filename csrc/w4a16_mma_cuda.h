@@ -23,12 +23,16 @@
 //   qk_mma_staged (prefill on wide N): 8 warps x 2 tiles share x staged in shared memory per block, the next
 //     stage's weights and x loaded while this one computes.
 // Split-K (gridDim.z > 1): each split writes fp32 partial sums to ws [z, M, N]; the last block of each (x, y)
-// tile, counted in counters[] (zero on entry, left zero on exit), sums them in a fixed order and writes out.
+// tile, counted in counters[] (zero on entry, left zero on exit), sums them in a fixed order and writes out. On
+// Hopper, when the launch makes the splits of a tile one thread-block cluster (cluster dims (1, 1, gridDim.z)),
+// they add their sums through distributed shared memory instead (qk_cluster_reduce): no workspace, no counters,
+// no global round trips, and the same additions in the same order, so the same bits.
 #pragma once
 
 #include "w4a16_common.h"
 
 #if QK_IS_CUDA
+#include <cooperative_groups.h>
 
 template <typename Tag>
 struct QkMma;
@@ -167,15 +171,78 @@ QK_INLINE void qk_mma_chunk(float (&acc)[MT][4], const uint4 wv, const uint32_t 
   }
 }
 
+// The block's C fragments as one array in shared memory, for a cluster reduction: warp w's tile nt, token tile
+// t, element e, lane l at red[((w NT + nt) MT 4 + 4t + e) 32 + l]; warps w < warps hold sums (with WK only warp 0),
+// and warp w's tile nt is tile tile_base + w NT + nt. red: shared memory of warps x NT x MT x 512 bytes that nothing
+// else uses during the epilogue.
+struct QkClusterTile {
+  float* red;
+  int tile_base, warps;
+};
+
+// The fp32 sum of element idx of red over the cluster's blocks, in rank order (the same order as the workspace
+// path's loop over z), plus the bias, rounded once.
+template <typename Tag>
+QK_INLINE uint16_t qk_cluster_sum(const float* red, int idx, int blocks, float b) {
+#if QK_SM90
+  namespace cg = cooperative_groups;
+  float v = 0.f;
+#pragma unroll 1
+  for (int p = 0; p < blocks; ++p) v += cg::this_cluster().map_shared_rank(red, p)[idx];
+  return qk_float_to_bits(v + b, Tag());
+#else
+  return 0;
+#endif
+}
+
+// Split-K inside a cluster (sm_90): every block stores its sums in its shared memory, then block r of the cluster
+// adds the cluster's sums for elements r, r + S, ... (in units of the block's threads) and writes them out.
+// Returns false (doing nothing) unless the launch made gridDim.z blocks one cluster.
+template <typename Tag, int NT, int MT>
+QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterTile& ct, int n_tiles, int m0,
+                                 int lane, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M,
+                                 int N) {
+#if QK_SM90
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int blocks = (int)cluster.num_blocks();
+  if (ct.red == nullptr || blocks != (int)gridDim.z) return false;
+  const int warp = threadIdx.x / 32;
+  __syncthreads();  // the kernel may reuse shared memory the other warps still read (the wgmma kernel's stages)
+  if (warp < ct.warps)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ct.red[((warp * NT + nt) * MT * 4 + 4 * t + e) * 32 + lane] = acc[nt][t][e];
+  cluster.sync();
+  const int elements = ct.warps * NT * MT * 4 * 32, threads = (int)blockDim.x;
+#pragma unroll 1
+  for (int idx = (int)cluster.block_rank() * threads + (int)threadIdx.x; idx < elements; idx += blocks * threads) {
+    const int l = idx % 32, f = idx / 32, e = f % 4, t = (f / 4) % MT, tile = ct.tile_base + f / (4 * MT);
+    const int n = tile * 16 + l / 4 + 8 * (e >> 1), tok = m0 + 8 * t + 2 * (l % 4) + (e & 1);
+    if (tile < n_tiles && tok < M)
+      out[(size_t)tok * N + n] = qk_cluster_sum<Tag>(ct.red, idx, blocks, bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Write (or, split-K, reduce then write) the C fragments of NT tiles x MT token tiles. Every thread of the block
 // must call it (it holds barriers when gridDim.z > 1). acc[nt][t][0..1]: row n = 16*tile + gid, tokens
-// m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8.
+// m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8. ct: the block's tile for a cluster reduction (red null:
+// the kernel has none, the workspace path).
 template <typename Tag, int NT, int MT>
 QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                               int* __restrict__ counters, int M, int N) {
+                               int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0}) {
   const int gid = lane / 4, tig = lane % 4;
   qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
+  if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT>(acc, ct, n_tiles, m0, lane, bias, out, M, N)) return;
   if (gridDim.z > 1) {
     float* part = ws + (size_t)blockIdx.z * M * N;
 #pragma unroll
@@ -313,8 +380,10 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
       }
     }
   }
+  // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
+  __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];
+  __shared__ float part[WK ? QK_STREAM_WARPS - 1 : 1][WK ? MT * 4 : 1][32];
   if constexpr (WK) {  // warps 1..3 hand their partial sums to warp 0, which alone writes the tile
-    __shared__ float part[QK_STREAM_WARPS - 1][MT * 4][32];
     if (warp > 0)
 #pragma unroll
       for (int t = 0; t < MT; ++t)
@@ -329,7 +398,10 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[0][t][e] += part[v][4 * t + e][lane];
   }
-  qk_mma_epilogue<Tag, 1, MT>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+  const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
+                              : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
+  qk_mma_epilogue<Tag, 1, MT>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
+                              ct);
 }
 
 #define QK_STAGED_WARPS 8

@@ -16,7 +16,7 @@
 // advanced 32 bytes each), then waits for them; the other warpgroup (and a second block where registers allow)
 // fills that time.
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
-// C layout of tile 16w).
+// C layout of tile 16w); a cluster reduction keeps the block's sums in the stage ring.
 #pragma once
 
 #include "w4a16_mma_cuda.h"
@@ -203,8 +203,12 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();
 
+  // A cluster split-K reduction reuses the stage ring for the block's sums (8 warps x BT / 8 x 512 bytes).
+  static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");
   float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-  qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N);
+  const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)),
+                         (int)blockIdx.y * (QK_WGMMA_ROWS / 16), QK_WGMMA_THREADS / 32};
+  qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
 #endif
 }
 

@@ -122,6 +122,41 @@ def test_wgmma_tiles_and_splits_agree(device):
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="thread-block clusters need compute capability 9.0+")
+def test_cluster_split_k_is_bit_equal(device):
+    """Split-K through a thread-block cluster (distributed shared memory) adds the same fp32 sums in the same order
+    as the workspace path, so both give the same bits: the decode kernel (plain and wk, every token-tile count) and
+    the wgmma kernel (every instance), with a bias, on 65 tiles, split counts that are not powers of two, 16 (the
+    largest cluster) and 32 (more than a cluster: the workspace path either way); eagerly and from a CUDA graph."""
+    ql = testing.random_qlinear(1040, 2048, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=15)
+    packed = prepare(ql, device=device)
+    w = reference_weight(packed, torch.bfloat16)
+    bias = testing.random_activations(1, 1040, dtype=torch.bfloat16, seed=16, device=device)[0]
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    cases = [dict(backend="mma", staged=False, mt=mt, wk=wk) for mt in (1, 2, 4, 8) for wk in (False, True)
+             if not (wk and mt == 8)]
+    if hopper:
+        cases += [dict(backend="wgmma", bt=bt, dense=dense) for bt, dense in ((64, False), (64, True), (128, True),
+                                                                              (256, False))]
+    for m in (1, 13, 40, 130):
+        x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=17 + m, device=device)
+        for case in cases:
+            for splits in (2, 3, 7, 16, 32):
+                want = w4a16_linear(x, packed, bias, splits=splits, cluster=False, **case)
+                got = w4a16_linear(x, packed, bias, splits=splits, cluster=True, **case)
+                assert testing.relative_error(got, w, x, bias) <= testing.TOLERANCE[torch.bfloat16], (m, case, splits)
+                assert torch.equal(got, want), (m, case, splits)
+    x = testing.random_activations(16, 2048, dtype=torch.bfloat16, seed=18, device=device)
+    want = w4a16_linear(x, packed, bias, backend="mma", staged=False, splits=8, cluster=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = w4a16_linear(x, packed, bias, backend="mma", staged=False, splits=8, cluster=True, pdl=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
 def test_cuda_graph_capture(device):
     ql = testing.random_qlinear(512, 1024, group_size=32, sym=True, act_order=True, dtype=torch.float16, seed=9)
     packed = prepare(ql, device=device)

@@ -56,6 +56,12 @@ STREAM_PDL = False
 # else up to 10% slower; at M <= 4 equal or up to 5% slower. stream_wk() is that rule.
 STREAM_WK_M = (8, 32)
 STREAM_WK_MIN_SPLITS_ABOVE_16 = 16
+# Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
+# distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
+# a counter and a last-block pass; up to CLUSTER_MAX splits (16 is Hopper's largest cluster), more go the global way.
+STREAM_CLUSTER = True
+WGMMA_CLUSTER = True
+CLUSTER_MAX = 16
 
 _buffers: dict = {}
 
@@ -114,8 +120,29 @@ def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: b
     return max(1, min(want, (k // 64) // (MIN_CHUNKS_PER_SPLIT * (4 if wk else 1))))
 
 
+def grid_splits(k: int, splits: int) -> int:
+    """The split-K count a launch gets for a requested one (as csrc/w4a16_ext.cu computes it): whole chunks per
+    split, so 7 requested over 64 chunks is 64 / ceil(64 / 7) = 7 splits of 10 chunks (the last short), 12 over 64
+    is 11."""
+    chunks = k // 64
+    per_split = math.ceil(chunks / max(1, min(splits, chunks)))
+    return math.ceil(chunks / per_split)
+
+
+def cluster_size(splits: int, k: int, device: torch.device, enabled: bool) -> int:
+    """The thread-block cluster for these splits: all of them (Hopper and later, 2 to CLUSTER_MAX), else 0."""
+    z = grid_splits(k, splits)
+    if not enabled or not 1 < z <= CLUSTER_MAX:
+        return 0
+    key = ("cc", device)
+    if key not in _buffers:
+        _buffers[key] = torch.cuda.get_device_capability(device)
+    return z if _buffers[key][0] >= 9 else 0
+
+
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
-         staged: bool | None, pdl: bool | None = None, wk: bool | None = None) -> torch.Tensor:
+         staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
+         cluster: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -127,11 +154,12 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
                                f"{', staged' if staged else ''}")
     wk = False if staged else (stream_wk(m, n, k, sms) and mt <= 4 if wk is None else wk)
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
+    cl = 0 if staged else cluster_size(splits, k, x2.device, STREAM_CLUSTER if cluster is None else cluster)
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
-    ws, counters = _workspace(x2.device, splits * m * n if splits > 1 else 0, tiles)
+    ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl)
     return out
 
 
@@ -143,9 +171,8 @@ def wgmma_bt(m: int, n: int) -> int:
     return 128
 
 
-def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
-    """Split-K for the wgmma kernel: only when the grid leaves multiprocessors idle."""
-    sms = _sm_count(device)
+def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
+    """Split-K for the wgmma kernel on a GPU of sms multiprocessors: only when the grid leaves multiprocessors idle."""
     blocks = math.ceil(m / bt) * math.ceil(n / 128)
     if blocks >= sms:
         return 1
@@ -153,18 +180,19 @@ def wgmma_splits(m: int, n: int, k: int, device: torch.device, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None = None, wsm: bool | None = None) -> torch.Tensor:
+           dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
     bt = bt or wgmma_bt(m, n)
-    splits = splits or wgmma_splits(m, n, k, xw.device, bt)
+    splits = splits or wgmma_splits(m, n, k, _sm_count(xw.device), bt)
+    cl = cluster_size(splits, k, xw.device, WGMMA_CLUSTER if cluster is None else cluster)
     out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
-    ws, counters = _workspace(xw.device, splits * m * n if splits > 1 else 0, tiles)
+    ws, counters = _workspace(xw.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     dense = (True if dense is None else dense) and bt <= 128
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm)
+                   packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm, cl)
     return out
 
 
@@ -274,6 +302,7 @@ def w4a16_linear(
     dense: bool | None = None,
     wk: bool | None = None,
     wsm: bool | None = None,
+    cluster: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -281,8 +310,9 @@ def w4a16_linear(
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
     sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
-    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM). For benchmarking and
-    tuning.
+    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
+    through a thread-block cluster on Hopper (mma streaming and wgmma paths; default STREAM_CLUSTER /
+    WGMMA_CLUSTER). For benchmarking and tuning.
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
@@ -313,9 +343,9 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
