@@ -114,7 +114,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
-        if ops.cluster_size(2, k, device, True):  # the dispatched kernel with split-K through global memory
+        if ops.cluster_size(2, k, device, ops.CLUSTER_MAX):  # the dispatched kernel with split-K through global memory
             contenders["quantkit_nocluster"] = lambda: w4a16_linear(x, packed, backend="kernel", cluster=False)
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
@@ -167,7 +167,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
     tuned = []
     if tune:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        clusters = (False, True) if ops.cluster_size(2, k, device, True) else (False,)
+        clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
         sweeps = [("stream", m) for m in TUNE_STREAM_MS]
         sweeps += [("wgmma", m) for m in TUNE_PREFILL_MS] if ops.has_wgmma(device) else [("staged", 128)]
         for kernel, m in sweeps:

@@ -218,3 +218,26 @@ def test_concatenated_layers_compute_each_part():
     other = prepare(_layer(n=16, k=256, g=64, act=True, seed=7), device="cpu")
     with pytest.raises(InputError, match="act-order permutation"):
         concat([packed[0], other])
+
+
+def test_split_k_rules_on_the_benchmark_shapes():
+    """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
+    counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid
+    keeps them (ops.grid_splits); the clusters the dispatch would launch follow STREAM_CLUSTER_MAX."""
+    from quantkit.kernels import ops
+
+    shapes = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672))
+    want = {1: (8, 4, 16, 2, 8), 4: (8, 4, 16, 2, 8), 8: (2, 1, 4, 1, 2), 16: (2, 1, 4, 1, 2), 32: (8, 2, 2, 1, 1)}
+    wk_at_32 = (False, False, True, False, True)
+    for m, counts in want.items():
+        got = []
+        for i, (n, k) in enumerate(shapes):
+            wk = ops.stream_wk(m, n, k, 132)
+            assert wk == (8 <= m <= 16 or (m == 32 and wk_at_32[i])), (m, n, k)
+            s = ops.mma_splits(m, n, k, 132, staged=False, mt=ops.mma_tiles(m), wk=wk)
+            assert s & (s - 1) == 0 and ops.grid_splits(k, s) == s
+            got.append(s)
+        assert tuple(got) == counts, (m, got)
+    assert ops.grid_splits(4096, 7) == 7 and ops.grid_splits(4096, 12) == 11 and ops.grid_splits(4096, 100) == 64
+    assert ops.cluster_size(1, 4096, torch.device("cpu"), 16) == 0  # one split: nothing to reduce
+    assert ops.cluster_size(4, 4096, torch.device("cpu"), 2) == 0  # above the limit: the workspace path

@@ -40,9 +40,12 @@ WGMMA_MIN_NK = 1 << 25
 # instead of one step ahead in registers: measured on an H200 (bench/results/kernel_h200.json) 10-16% faster at
 # M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
 WGMMA_WSM = True
-# Split-K of the streaming kernel: aim for this many blocks per multiprocessor, each split at least this many
-# 64-k chunks.
-BLOCKS_PER_SM = 24
+# Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
+# STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
+# 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
+# 1 to 32 at M = 1-32 on the five benchmark shapes): 2% from the fastest count on geometric mean, 24% at worst
+# (8192x28672, M = 16), against 17% and 35% for the rule before it (24 blocks per multiprocessor, not rounded).
+STREAM_BLOCKS_PER_SM = (8, 4)
 MIN_CHUNKS_PER_SPLIT = 8
 # The streaming kernel as a programmatic dependent launch (Hopper and later): its first weight loads overlap the end
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
@@ -54,14 +57,22 @@ STREAM_PDL = False
 # (bench/results/kernel_h200_variants.json, kernel_h200.json): at M = 8-16 up to 13% faster on the long-K layers
 # and within 2% either way on the others; at M = 32 4-15% faster where the plain kernel splits K 16 or more ways,
 # else up to 10% slower; at M <= 4 equal or up to 5% slower. stream_wk() is that rule.
+# Above M = 16 only on a small grid of a long layer: the plain kernel's grid under STREAM_WK_MAX_BLOCKS_PER_SM blocks
+# per multiprocessor and K of at least STREAM_WK_MIN_K (there the plain kernel would split K 16 or more ways).
 STREAM_WK_M = (8, 32)
-STREAM_WK_MIN_SPLITS_ABOVE_16 = 16
+STREAM_WK_MAX_BLOCKS_PER_SM = 1.6
+STREAM_WK_MIN_K = 8192
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
-# a counter and a last-block pass; up to CLUSTER_MAX splits (16 is Hopper's largest cluster), more go the global way.
-STREAM_CLUSTER = True
-WGMMA_CLUSTER = True
+# a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
+# (bench/results/kernel_h200_splits.md): in the wgmma kernel faster at every split count up to 16 where the rule
+# splits (4096x4096 at M = 64: 59.9 -> 29.0 us); in the decode kernel faster in clusters of 2 at every M, and of up
+# to 8 at M = 17-32 (4096x14336 at M = 32: 37.8 -> 30.2 us), but from 4 or 8 blocks at M <= 16 up to 40% slower on
+# some layers (8192x28672 at M = 1 in 8 splits: 49.1 -> 68.8 us), and in clusters of 16 slower nearly everywhere.
+# STREAM_CLUSTER_MAX (M <= 16, M > 16) and WGMMA_CLUSTER_MAX are the largest clusters the dispatch launches.
 CLUSTER_MAX = 16
+STREAM_CLUSTER_MAX = (2, 8)
+WGMMA_CLUSTER_MAX = 16
 
 _buffers: dict = {}
 
@@ -98,10 +109,11 @@ def mma_n_per_block(staged: bool, wk: bool = False) -> int:
 
 def stream_wk(m: int, n: int, k: int, sms: int) -> bool:
     """Whether the streaming kernel runs with its warps sharing a tile on a GPU of sms multiprocessors
-    (STREAM_WK_M, measured on an H200)."""
+    (STREAM_WK_*, measured on an H200)."""
     if not STREAM_WK_M[0] <= m <= STREAM_WK_M[1]:
         return False
-    return m <= 16 or mma_splits(m, n, k, sms, staged=False, mt=mma_tiles(m)) >= STREAM_WK_MIN_SPLITS_ABOVE_16
+    plain_blocks = math.ceil(m / (8 * mma_tiles(m))) * math.ceil(n / mma_n_per_block(False))
+    return m <= 16 or (plain_blocks < STREAM_WK_MAX_BLOCKS_PER_SM * sms and k >= STREAM_WK_MIN_K)
 
 
 def mma_staged(m: int, n: int) -> bool:
@@ -109,15 +121,16 @@ def mma_staged(m: int, n: int) -> bool:
 
 
 def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: bool = False) -> int:
-    """Split-K count. Streaming: enough blocks to keep every SM streaming, each warp at least MIN_CHUNKS_PER_SPLIT
-    chunks. Staged: split only a grid that leaves most SMs idle (measured: docs/kernel.md). sms: the GPU's
-    multiprocessor count."""
+    """Split-K count. Streaming: the largest power of two that keeps the grid within STREAM_BLOCKS_PER_SM blocks per
+    multiprocessor, each warp at least MIN_CHUNKS_PER_SPLIT chunks. Staged: split only a grid that leaves most SMs
+    idle (measured: docs/kernel.md). sms: the GPU's multiprocessor count."""
     blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     if staged:
         want = math.ceil(sms / blocks) if 2 * blocks < sms else 1
-    else:
-        want = math.ceil(BLOCKS_PER_SM * sms / blocks)
-    return max(1, min(want, (k // 64) // (MIN_CHUNKS_PER_SPLIT * (4 if wk else 1))))
+        return max(1, min(want, (k // 64) // MIN_CHUNKS_PER_SPLIT))
+    want = STREAM_BLOCKS_PER_SM[m > 16] * sms // blocks
+    cap = (k // 64) // (MIN_CHUNKS_PER_SPLIT * (4 if wk else 1))
+    return 1 << (max(1, min(want, cap)).bit_length() - 1)
 
 
 def grid_splits(k: int, splits: int) -> int:
@@ -129,15 +142,20 @@ def grid_splits(k: int, splits: int) -> int:
     return math.ceil(chunks / per_split)
 
 
-def cluster_size(splits: int, k: int, device: torch.device, enabled: bool) -> int:
-    """The thread-block cluster for these splits: all of them (Hopper and later, 2 to CLUSTER_MAX), else 0."""
+def cluster_size(splits: int, k: int, device: torch.device, limit: int) -> int:
+    """The thread-block cluster for these splits: all of them where there are 2 to limit (at most CLUSTER_MAX) and
+    the GPU has clusters (compute capability 9.0+), else 0."""
     z = grid_splits(k, splits)
-    if not enabled or not 1 < z <= CLUSTER_MAX:
+    if not 1 < z <= min(limit, CLUSTER_MAX):
         return 0
     key = ("cc", device)
     if key not in _buffers:
         _buffers[key] = torch.cuda.get_device_capability(device)
     return z if _buffers[key][0] >= 9 else 0
+
+
+def _cluster_limit(cluster: bool | None, default: int) -> int:
+    return default if cluster is None else CLUSTER_MAX if cluster else 0
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
@@ -154,7 +172,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
                                f"{', staged' if staged else ''}")
     wk = False if staged else (stream_wk(m, n, k, sms) and mt <= 4 if wk is None else wk)
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
-    cl = 0 if staged else cluster_size(splits, k, x2.device, STREAM_CLUSTER if cluster is None else cluster)
+    cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
@@ -186,7 +204,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     n = packed.out_features
     bt = bt or wgmma_bt(m, n)
     splits = splits or wgmma_splits(m, n, k, _sm_count(xw.device), bt)
-    cl = cluster_size(splits, k, xw.device, WGMMA_CLUSTER if cluster is None else cluster)
+    cl = cluster_size(splits, k, xw.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 and not cl else 0, tiles)
@@ -311,8 +329,9 @@ def w4a16_linear(
     sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
-    through a thread-block cluster on Hopper (mma streaming and wgmma paths; default STREAM_CLUSTER /
-    WGMMA_CLUSTER). For benchmarking and tuning.
+    through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
+    splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
+    and tuning.
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
