@@ -44,7 +44,7 @@ WGMMA_WSM = True
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
 # 1 to 32 at M = 1-32 on the five benchmark shapes): 2% from the fastest count on geometric mean, 24% at worst
-# (8192x28672, M = 16), against 17% and 35% for the rule before it (24 blocks per multiprocessor, not rounded).
+# (8192x28672, M = 16), against 14% and 59% for the rule before it (24 blocks per multiprocessor, not rounded).
 STREAM_BLOCKS_PER_SM = (8, 4)
 MIN_CHUNKS_PER_SPLIT = 8
 # The streaming kernel as a programmatic dependent launch (Hopper and later): its first weight loads overlap the end
