@@ -34,8 +34,14 @@ def pick(r: dict) -> str:
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma" and m <= ops.STREAM_MAX_M:
         key = "qk_stream_wk" if ops.stream_wk(m, n, k, SMS) else "qk_stream"
-    elif path == "wgmma":
-        key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
+    elif path == "wgmma":  # the variant of the rule's tokens per block when the run has it (--tune)
+        bt = ops.wgmma_bt(m, n)
+        if ops.WGMMA_WSM:
+            key = f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"
+        else:
+            key = f"qk_wgmma_dense_bt{bt}" if bt <= 128 else "qk_wgmma_bt256"
+        if "us" not in r.get(key, {}):
+            key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
     else:
         key = "qk_dequant" if path == "dequant" else "quantkit"
     return key if "us" in r.get(key, {}) else "quantkit"

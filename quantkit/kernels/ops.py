@@ -32,10 +32,13 @@ BACKENDS = ("auto", "kernel", "reference", "mma", "wgmma", "dequant", "dot2")
 STREAM_MAX_M = 32
 MMA_MAX_M = 64
 STAGED_MIN_N = 12288
-# Hopper: the wgmma kernel from STREAM_MAX_M + 1 to WGMMA_MAX_M rows on layers of at least WGMMA_MIN_NK weights;
-# dequantize + cuBLAS elsewhere (measured on an H100: bench/results/kernel_h100.json, docs/kernel.md).
+# Hopper: the wgmma kernel from STREAM_MAX_M + 1 to WGMMA_MAX_M rows on layers of at least WGMMA_MIN_NK weights
+# (up to M = 64, WGMMA_MIN_NK_64); dequantize + cuBLAS elsewhere (measured on an H100, bench/results/kernel_h100.json,
+# and again on an H200 with split-K through clusters, bench/results/kernel_h200.json: on 4096x4096 the wgmma kernel
+# takes 29.1 us at M = 64 against 31.0 for dequantize + cuBLAS, the same at M = 128, and 42.0 against 36.3 at M = 256).
 WGMMA_MAX_M = 256
 WGMMA_MIN_NK = 1 << 25
+WGMMA_MIN_NK_64 = 1 << 24
 # The wgmma kernel's weights and scales through its shared-memory stages with x (cp.async, STAGES - 1 steps ahead)
 # instead of one step ahead in registers: measured on an H200 (bench/results/kernel_h200.json) 10-16% faster at
 # M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
@@ -53,15 +56,12 @@ MIN_CHUNKS_PER_SPLIT = 8
 STREAM_PDL = False
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
 # reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
-# quarter of the split-K partial sums for the same number of blocks. Measured twice on an H200
-# (bench/results/kernel_h200_variants.json, kernel_h200.json): at M = 8-16 up to 13% faster on the long-K layers
-# and within 2% either way on the others; at M = 32 4-15% faster where the plain kernel splits K 16 or more ways,
-# else up to 10% slower; at M <= 4 equal or up to 5% slower. stream_wk() is that rule.
-# Above M = 16 only on a small grid of a long layer: the plain kernel's grid under STREAM_WK_MAX_BLOCKS_PER_SM blocks
-# per multiprocessor and K of at least STREAM_WK_MIN_K (there the plain kernel would split K 16 or more ways).
+# quarter of the split-K partial sums for the same number of blocks. Measured on an H200: at M = 8-16 up to 13% faster
+# on the long-K layers and within 2% either way on the others (bench/results/kernel_h200_variants.json); at M = 17-32,
+# with the split rule below, faster on every benchmark shape in two runs (kernel_h200.json and kernel_h200_splits.json:
+# 28672x8192 106.6 -> 91.6 us, 4096x4096 16.8 -> 14.9 us, equal at most on the others); at M <= 4 equal or up to 5%
+# slower. stream_wk() is that rule.
 STREAM_WK_M = (8, 32)
-STREAM_WK_MAX_BLOCKS_PER_SM = 1.6
-STREAM_WK_MIN_K = 8192
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
@@ -108,12 +108,9 @@ def mma_n_per_block(staged: bool, wk: bool = False) -> int:
 
 
 def stream_wk(m: int, n: int, k: int, sms: int) -> bool:
-    """Whether the streaming kernel runs with its warps sharing a tile on a GPU of sms multiprocessors
-    (STREAM_WK_*, measured on an H200)."""
-    if not STREAM_WK_M[0] <= m <= STREAM_WK_M[1]:
-        return False
-    plain_blocks = math.ceil(m / (8 * mma_tiles(m))) * math.ceil(n / mma_n_per_block(False))
-    return m <= 16 or (plain_blocks < STREAM_WK_MAX_BLOCKS_PER_SM * sms and k >= STREAM_WK_MIN_K)
+    """Whether the streaming kernel runs with its warps sharing a tile (STREAM_WK_M, measured on an H200). n, k and
+    sms (the GPU's multiprocessor count) are taken for rules that depend on them; this one does not."""
+    return STREAM_WK_M[0] <= m <= STREAM_WK_M[1]
 
 
 def mma_staged(m: int, n: int) -> bool:
@@ -182,9 +179,10 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
 
 
 def wgmma_bt(m: int, n: int) -> int:
-    """Tokens per block of the wgmma kernel (its MMA's N: 64, 128 or 256), as measured fastest on an H100 (with
-    the two-blocks-per-multiprocessor instance, which the automatic path uses)."""
-    if m <= 64 or (m <= 128 and n < 16384):
+    """Tokens per block of the wgmma kernel (its MMA's N: 64, 128 or 256), as measured fastest on an H100 and an H200
+    (with the two-blocks-per-multiprocessor instance, which the automatic path uses; on the H200 64 tokens also on
+    layers of N < 8192 at M = 256: 4096x14336 101.0 us against 120.2 with 128)."""
+    if m <= 64 or (m <= 128 and n < 16384) or n < 8192:
         return 64
     return 128
 
@@ -297,7 +295,7 @@ def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     if m <= STREAM_MAX_M:
         return "mma"
     if wgmma:
-        big = n * k >= WGMMA_MIN_NK and (m <= 128 or n >= 8192)  # 4096x14336 at M = 256: dequantize + cuBLAS
+        big = n * k >= (WGMMA_MIN_NK_64 if m <= 64 else WGMMA_MIN_NK)
         return "wgmma" if m <= WGMMA_MAX_M and big else "dequant"
     if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
         return "mma"
