@@ -175,23 +175,24 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             truth = x.float() @ weight.float().T
             if kernel == "wgmma":
                 bt = ops.wgmma_bt(m, n)
-                default = ops.wgmma_splits(m, n, k, sms, bt)
-                call = lambda splits, cl: w4a16_linear(x, packed, backend="wgmma", splits=splits, cluster=cl)
+                default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt}
+                call = lambda splits, cl, bt=bt: w4a16_linear(x, packed, backend="wgmma", splits=splits, bt=bt,
+                                                              cluster=cl)
             else:
                 staged = kernel == "staged"
                 mt = 8 if staged else ops.mma_tiles(m)
-                wk = not staged and ops.stream_wk(m, n, k, sms)  # what the calls below run (wk left to the default)
-                default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
-                call = lambda splits, cl, staged=staged: w4a16_linear(x, packed, backend="mma", splits=splits,
-                                                                      staged=staged, cluster=cl)
+                wk = not staged and ops.stream_wk(m, n, k, sms)
+                default, config = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk), {"wk": wk}
+                call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
+                                                                             staged=staged, wk=wk, cluster=cl)
             for splits in sorted({1, 2, 4, 8, 16, 32, default}):
                 for cl in clusters:
                     fn = lambda: call(splits, cl)
                     check(f"{kernel} splits={splits} cluster={cl}", fn(), truth, testing.TOLERANCE[dtype])
                     t = time_call(fn, flush, reps)
-                    tuned.append({"N": n, "K": k, "group": group, "M": m, "kernel": kernel, "staged": kernel == "staged",
-                                  "cluster": cl, "splits": splits, "grid_splits": ops.grid_splits(k, splits), **t,
-                                  "default": splits == default})
+                    tuned.append({"N": n, "K": k, "group": group, "M": m, "kernel": kernel, **config,
+                                  "staged": kernel == "staged", "cluster": cl, "splits": splits,
+                                  "grid_splits": ops.grid_splits(k, splits), **t, "default": splits == default})
     del weight, packed, int4
     torch.cuda.empty_cache()
     return rows, tuned

@@ -10,7 +10,7 @@ was set from.
 --splits: a --tune run's split-K sweep, each kernel's time at every split count with split-K through global memory
 and through a cluster, beside the count today's rules (ops.mma_splits, ops.wgmma_splits) pick.
 
-    python bench/kernel_table.py --splits bench/results/kernel_h200.json > bench/results/kernel_h200_splits.md
+    python bench/kernel_table.py --splits bench/results/kernel_h200_splits.json > bench/results/kernel_h200_splits.md
 """
 
 from __future__ import annotations
@@ -160,14 +160,19 @@ def variants(data: dict, min_m: int | None = None) -> list[str]:
     return lines
 
 
-def rule_splits(kernel: str, m: int, n: int, k: int) -> int:
-    """The split count this commit's rules pick for a --tune sweep row (the sweep ran wk as the rules say)."""
+def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
+    """The split count this commit's rules pick for a --tune sweep row, or None where they would run another
+    configuration than the row records (wk, tokens per block). Rows of runs before the configuration was recorded
+    are taken to have run this commit's configuration."""
     from quantkit.kernels import ops
 
     if kernel == "wgmma":
-        return ops.wgmma_splits(m, n, k, SMS, ops.wgmma_bt(m, n))
+        bt = ops.wgmma_bt(m, n)
+        return ops.wgmma_splits(m, n, k, SMS, bt) if row.get("bt", bt) == bt else None
     mt = 8 if kernel == "staged" else ops.mma_tiles(m)
     wk = kernel == "stream" and ops.stream_wk(m, n, k, SMS)
+    if row.get("wk", wk) != wk:
+        return None
     return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk)
 
 
@@ -177,8 +182,8 @@ def splits_table(data: dict) -> list[str]:
     lines = [f"Split-K sweep on the {data['device']} (torch {data['torch']}), {data['timing']}, time in us. Command: "
              f"`{data['command']}`. Each cell: split-K through global memory / through a thread-block cluster "
              "(distributed shared memory; one figure where the GPU has no clusters or the count is above 16). "
-             "**bold**: the fastest of the row; * the count this commit's rules pick, and its time over the fastest (rule / best); (sweep): the count the run's "
-             "own rules picked.", "",
+             "**bold**: the fastest of the row; * the count this commit's rules pick, and its time over the fastest "
+             "(rule / best); (sweep): the count the run's own rules picked.", "",
              "| shape | kernel | M | " + " | ".join(str(c) for c in counts) + " | rule / best |",
              "|---" * (len(counts) + 4) + "|"]
     keys = sorted({(t["N"], t["K"], t.get("kernel", "staged" if t["staged"] else "stream"), t["M"]) for t in tune},
@@ -187,7 +192,7 @@ def splits_table(data: dict) -> list[str]:
         rows = [t for t in tune if (t["N"], t["K"], t["M"]) == (n, k, m)
                 and t.get("kernel", "staged" if t["staged"] else "stream") == kernel]
         best = min(rows, key=lambda t: t["us"])
-        rule = rule_splits(kernel, m, n, k)
+        rule = rule_splits(kernel, m, n, k, rows[0])
         at_rule = [t["us"] for t in rows if t["splits"] == rule]
         cells = []
         for c in counts:

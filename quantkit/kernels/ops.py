@@ -33,15 +33,16 @@ STREAM_MAX_M = 32
 MMA_MAX_M = 64
 STAGED_MIN_N = 12288
 # Hopper: the wgmma kernel from STREAM_MAX_M + 1 to WGMMA_MAX_M rows on layers of at least WGMMA_MIN_NK weights
-# (up to M = 64, WGMMA_MIN_NK_64); dequantize + cuBLAS elsewhere (measured on an H100, bench/results/kernel_h100.json,
-# and again on an H200 with split-K through clusters, bench/results/kernel_h200.json: on 4096x4096 the wgmma kernel
-# takes 29.1 us at M = 64 against 31.0 for dequantize + cuBLAS, the same at M = 128, and 42.0 against 36.3 at M = 256).
+# (up to M = 64, WGMMA_MIN_NK_64); dequantize + cuBLAS elsewhere. Measured on an H100 (bench/results/kernel_h100.json)
+# and again on an H200 with split-K through clusters (bench/results/kernel_h200_tune_e967323.json): on 4096x4096 the
+# wgmma kernel takes 29.1 us at M = 64 against 31.0 for dequantize + cuBLAS, the same at M = 128, 42.0 against 36.3
+# at M = 256.
 WGMMA_MAX_M = 256
 WGMMA_MIN_NK = 1 << 25
 WGMMA_MIN_NK_64 = 1 << 24
 # The wgmma kernel's weights and scales through its shared-memory stages with x (cp.async, STAGES - 1 steps ahead)
-# instead of one step ahead in registers: measured on an H200 (bench/results/kernel_h200.json) 10-16% faster at
-# M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
+# instead of one step ahead in registers: measured on an H200 (session 13, bench/results/kernel_h200.json at a743557)
+# 10-16% faster at M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
 WGMMA_WSM = True
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
@@ -58,9 +59,9 @@ STREAM_PDL = False
 # reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
 # quarter of the split-K partial sums for the same number of blocks. Measured on an H200: at M = 8-16 up to 13% faster
 # on the long-K layers and within 2% either way on the others (bench/results/kernel_h200_variants.json); at M = 17-32,
-# with the split rule below, faster on every benchmark shape in two runs (kernel_h200.json and kernel_h200_splits.json:
-# 28672x8192 106.6 -> 91.6 us, 4096x4096 16.8 -> 14.9 us, equal at most on the others); at M <= 4 equal or up to 5%
-# slower. stream_wk() is that rule.
+# with the split rule below, faster on every benchmark shape in two runs (bench/results/kernel_h200_tune_e967323.json,
+# kernel_h200_splits.json: 28672x8192 106.6 -> 91.6 us, 4096x4096 16.8 -> 14.9 us, equal at most on the others); at
+# M <= 4 equal or up to 5% slower. stream_wk() is that rule.
 STREAM_WK_M = (8, 32)
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
