@@ -78,6 +78,11 @@ def time_call(fn, flush: torch.Tensor, reps: int) -> dict:
     return {"us": statistics.median(us), "p10": q(0.1), "p90": q(0.9)}
 
 
+def write_json(path: str, result: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def int4_pack(ql, device):
     """torch's int4 layout for the same codes: (q - 8) * scale + zero with zero = scale * (8 - our zero)."""
     codes = ql.codes.to(device).to(torch.int32)
@@ -181,7 +186,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             else:
                 staged = kernel == "staged"
                 mt = 8 if staged else ops.mma_tiles(m)
-                wk = not staged and ops.stream_wk(m, n, k, sms)
+                wk = not staged and ops.stream_wk(m)
                 default, config = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk), {"wk": wk}
                 call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
                                                                              staged=staged, wk=wk, cluster=cl)
@@ -241,13 +246,11 @@ def main(argv=None) -> int:
                 rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw, args.tune and group == 128)
                 result["results"] += rows
                 result["tune"] += tuned
-                with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
-                    json.dump(result, f, indent=1)
+                write_json(args.out, result)  # after every shape: a run cut short keeps what it measured
     except CheckFailed as exc:
         log.error("check failed, no figures reported: %s", exc)
         return 4
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.out, result)  # also when no shape ran
     log.info("wrote %s", args.out)
     return 0
 

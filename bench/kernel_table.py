@@ -33,7 +33,7 @@ def pick(r: dict) -> str:
     m, n, k = r["M"], r["N"], r["K"]
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma" and m <= ops.STREAM_MAX_M:
-        key = "qk_stream_wk" if ops.stream_wk(m, n, k, SMS) else "qk_stream"
+        key = "qk_stream_wk" if ops.stream_wk(m) else "qk_stream"
     elif path == "wgmma":  # the variant of the rule's tokens per block when the run has it (--tune)
         bt = ops.wgmma_bt(m, n)
         if ops.WGMMA_WSM:
@@ -124,7 +124,7 @@ def dispatched(m: int, n: int, k: int) -> str:
 
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
     if path == "mma":
-        return "stream, warps share a tile" if ops.stream_wk(m, n, k, SMS) else "stream"
+        return "stream, warps share a tile" if ops.stream_wk(m) else "stream"
     if path == "dequant":
         return "dequant"
     bt = ops.wgmma_bt(m, n)
@@ -170,7 +170,7 @@ def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
         bt = ops.wgmma_bt(m, n)
         return ops.wgmma_splits(m, n, k, SMS, bt) if row.get("bt", bt) == bt else None
     mt = 8 if kernel == "staged" else ops.mma_tiles(m)
-    wk = kernel == "stream" and ops.stream_wk(m, n, k, SMS)
+    wk = kernel == "stream" and ops.stream_wk(m)
     if row.get("wk", wk) != wk:
         return None
     return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk)

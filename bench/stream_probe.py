@@ -19,7 +19,6 @@ and latency structure; one that streams slowly here says the access pattern itse
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -106,7 +105,7 @@ LINEAR_VARIANTS = (("linear", "probe_linear<4>"), ("linear_u8", "probe_linear<8>
 def main(argv=None) -> int:
     import cupy as cp
 
-    from kernel_bench import copy_bandwidth, time_call  # bench/ is this script's directory: the same timing
+    from kernel_bench import copy_bandwidth, time_call, write_json  # bench/ is this script's directory: same timing
 
     from quantkit.kernels import kernel_available, ops, prepare, testing, w4a16_linear
 
@@ -179,8 +178,7 @@ def main(argv=None) -> int:
         result["shapes"].append(row)
         del weight, packed, w
         torch.cuda.empty_cache()
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.out, result)
     log.info("wrote %s", args.out)
     return 0
 

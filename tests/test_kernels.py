@@ -231,7 +231,7 @@ def test_split_k_rules_on_the_benchmark_shapes():
     for m, counts in want.items():
         got = []
         for n, k in shapes:
-            wk = ops.stream_wk(m, n, k, 132)
+            wk = ops.stream_wk(m)
             assert wk == (m >= 8), (m, n, k)
             s = ops.mma_splits(m, n, k, 132, staged=False, mt=ops.mma_tiles(m), wk=wk)
             assert s & (s - 1) == 0 and ops.grid_splits(k, s) == s

@@ -108,9 +108,8 @@ def mma_n_per_block(staged: bool, wk: bool = False) -> int:
     return 256 if staged else 16 if wk else 64
 
 
-def stream_wk(m: int, n: int, k: int, sms: int) -> bool:
-    """Whether the streaming kernel runs with its warps sharing a tile (STREAM_WK_M, measured on an H200). n, k and
-    sms (the GPU's multiprocessor count) are taken for rules that depend on them; this one does not."""
+def stream_wk(m: int) -> bool:
+    """Whether the streaming kernel runs with its warps sharing a tile at M rows (STREAM_WK_M, measured on an H200)."""
     return STREAM_WK_M[0] <= m <= STREAM_WK_M[1]
 
 
@@ -168,7 +167,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     if wk and (staged or mt > 4):  # checked here: the extension's own check would be its last line of defence
         raise UnsupportedError(f"wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt={mt}"
                                f"{', staged' if staged else ''}")
-    wk = False if staged else (stream_wk(m, n, k, sms) and mt <= 4 if wk is None else wk)
+    wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
