@@ -83,6 +83,8 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   constexpr int ACC = BT / 2, MT = BT / 8;
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = KS * 8 * 512, MV = SYM ? 4 : 8;
   constexpr int STAGE_BYTES = qk_wgmma_stage_bytes(BT, KS, WSM, SYM);
+  static_assert(STAGE_BYTES == X_BYTES + (WSM ? W_BYTES + KS * QK_WGMMA_THREADS * MV : 0),
+                "qk_wgmma_stage_bytes must match the stage layout below (x, then weights, then scales)");
   extern __shared__ unsigned char qk_dyn_smem[];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
   const unsigned char* smem0_ptr = qk_dyn_smem + (smem0 - qk_smem_addr(qk_dyn_smem));
