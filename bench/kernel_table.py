@@ -25,25 +25,30 @@ LARGEST = SHAPES[3:]
 SMS = 132  # multiprocessors of the H100 SXM and the H200 the tables were measured on (the split-K rules use it)
 
 
-def pick(r: dict) -> str:
-    """The contender of row r that the dispatch in this commit (quantkit.kernels.ops) runs, measured in the same run;
-    "quantkit" (what the run's own dispatch ran) when the run has no such contender."""
+def dispatched_key(m: int, n: int, k: int) -> str:
+    """The benchmark contender that is exactly what this commit's dispatch (quantkit.kernels.ops) runs for this shape
+    on Hopper (the wgmma variants exist in --tune runs only)."""
     from quantkit.kernels import ops
 
-    m, n, k = r["M"], r["N"], r["K"]
     path = ops.mma_or_dequant(m, n, k, wgmma=True)
-    if path == "mma" and m <= ops.STREAM_MAX_M:
-        key = "qk_stream_wk" if ops.stream_wk(m) else "qk_stream"
-    elif path == "wgmma":  # the variant of the rule's tokens per block when the run has it (--tune)
-        bt = ops.wgmma_bt(m, n)
-        if ops.WGMMA_WSM:
-            key = f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"
-        else:
-            key = f"qk_wgmma_dense_bt{bt}" if bt <= 128 else "qk_wgmma_bt256"
-        if "us" not in r.get(key, {}):
-            key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
-    else:
-        key = "qk_dequant" if path == "dequant" else "quantkit"
+    if path == "mma":
+        return "qk_stream_wk" if ops.stream_wk(m) else "qk_stream"
+    if path == "dequant":
+        return "qk_dequant"
+    bt = ops.wgmma_bt(m, n)
+    if ops.WGMMA_WSM:
+        return f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"
+    return f"qk_wgmma_dense_bt{bt}" if bt <= 128 else "qk_wgmma_bt256"
+
+
+def pick(r: dict) -> str:
+    """The contender of row r that the dispatch in this commit runs, measured in the same run: dispatched_key, else
+    the run's default wgmma contender (a run without --tune), else "quantkit" (what the run's own dispatch ran)."""
+    from quantkit.kernels import ops
+
+    key = dispatched_key(r["M"], r["N"], r["K"])
+    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma"):
+        key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
     return key if "us" in r.get(key, {}) else "quantkit"
 
 
@@ -120,15 +125,8 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
 
 
 def dispatched(m: int, n: int, k: int) -> str:
-    from quantkit.kernels import ops
-
-    path = ops.mma_or_dequant(m, n, k, wgmma=True)
-    if path == "mma":
-        return "stream, warps share a tile" if ops.stream_wk(m) else "stream"
-    if path == "dequant":
-        return "dequant"
-    bt = ops.wgmma_bt(m, n)
-    return f"wgmma {bt}" + (" x2" if bt <= 128 else "") + (" wsm" if ops.WGMMA_WSM else "")
+    """The label (VARIANTS) of what this commit's dispatch runs for this shape."""
+    return dict(VARIANTS)[dispatched_key(m, n, k)]
 
 
 def variants(data: dict, min_m: int | None = None) -> list[str]:
