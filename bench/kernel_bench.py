@@ -108,7 +108,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
     packed = prepare(ql, device=device, layouts=("mma",), keep_reference=False)
     weight = ql.dequantize(dtype)  # the reference dequantization (QuantizedLinear.dequantize)
     int4 = int4_pack(ql, device) if hasattr(torch, "_weight_int4pack_mm") else None
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     rows = []
     for m in ms:
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
@@ -117,7 +116,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         contenders = {
             "cublas_bf16": lambda: F.linear(x, weight),
             "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False, fs=False),
+            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
             "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
         }
         if ops.cluster_size(2, k, device, ops.CLUSTER_MAX):  # the dispatched kernel with split-K through global memory
@@ -125,16 +124,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         if m >= 32:
             contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
         if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
-            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True, fs=False)
-        if m <= 32 and group % 64 == 0:  # each chunk's sums scaled in fp32
-            contenders["qk_stream_fs"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False, fs=True)
-            contenders["qk_stream_wk_fs"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True,
-                                                                 fs=True)
-        if m <= 8 and group % 64 == 0:  # and 8 weight loads in flight per thread, at the rule's splits and half
-            rule = ops.mma_splits(m, n, k, sms, staged=False, mt=1)
-            for name, splits in (("qk_stream_fs_deep", rule), ("qk_stream_fs_deep_half", max(1, rule // 2))):
-                contenders[name] = lambda splits=splits: w4a16_linear(x, packed, backend="mma", staged=False, mt=1,
-                                                                      wk=False, fs=True, loads=8, splits=splits)
+            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True)
         if m in (16, 32):
             contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1, wk=False)
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
@@ -181,6 +171,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                  row["path"])
     tuned = []
     if tune:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
         sweeps = [("stream", m) for m in TUNE_STREAM_MS]
         sweeps += [("wgmma", m) for m in TUNE_PREFILL_MS] if ops.has_wgmma(device) else [("staged", 128)]
@@ -197,10 +188,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 mt = 8 if staged else ops.mma_tiles(m)
                 wk = not staged and ops.stream_wk(m)
                 default, config = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk), {"wk": wk}
-                fs = not staged and ops.stream_fs(m, group)
-                config["fs"] = fs
-                call = lambda splits, cl, staged=staged, wk=wk, fs=fs: w4a16_linear(
-                    x, packed, backend="mma", splits=splits, staged=staged, wk=wk, fs=fs, cluster=cl)
+                call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
+                                                                             staged=staged, wk=wk, cluster=cl)
             for splits in sorted({1, 2, 4, 8, 16, 32, default}):
                 for cl in clusters:
                     fn = lambda: call(splits, cl)

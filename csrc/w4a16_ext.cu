@@ -139,14 +139,12 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 #if QK_IS_CUDA
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; the streaming kernel's
-// wk (its warps share one tile and split its chunks, mt <= 4), fs (the scales applied in fp32 to each chunk's sums,
-// mt <= 4, group sizes that are multiples of 64), loads (weight loads in flight per thread: 0, the default, or 8
-// with mt 1 and fs) and pdl (a programmatic dependent launch, compute
+// wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
 // capability 9.0+, else ignored); cluster: the streaming kernel's splits of a tile as one thread-block cluster
 // (sm_90+, = the number of splits, at most 16; 0 or 1: not).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool pdl, bool wk, bool fs, int64_t loads, int64_t cluster) {
+              int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -154,9 +152,6 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
   TORCH_CHECK(!wk || (!staged && mt <= 4), "wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt ",
               mt, staged ? ", staged" : "");
-  TORCH_CHECK(!fs || (!staged && mt <= 4 && group_size % 64 == 0),
-              "fs (scales in fp32) is the streaming kernel's, with mt <= 4 and a group size that is a multiple of 64");
-  TORCH_CHECK(loads == 0 || (loads == 8 && mt == 1 && fs && !staged), "loads must be 0, or 8 with mt 1 and fs");
   const int64_t chunks = K / 64;
   splits = std::max<int64_t>(1, std::min(splits, chunks));
   const int64_t per_split = (chunks + splits - 1) / splits;
@@ -169,7 +164,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, wk, fs, (int)loads, pdl && sm90_or_later(x), (int)cluster, grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

@@ -58,11 +58,9 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
-// chunks (mt <= 4, else cudaErrorInvalidValue); fs: the scales applied in fp32 to each chunk's sums (mt <= 4 and a
-// group size that is a multiple of 64, else cudaErrorInvalidValue); loads: 16-byte weight loads in flight per
-// thread, 0 for the default or 8 (mt == 1 with fs only); pdl: as a programmatic dependent launch; cluster: as above.
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool fs, int loads, bool pdl,
-                             int cluster, dim3 grid, cudaStream_t stream);
+// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above.
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
+                             cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);

@@ -6,47 +6,34 @@
 namespace {
 
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
-// sharing a tile (wk); each of mt <= 4 also with the scales in fp32 (fs).
-template <typename Tag, bool SYM, int MT, bool FS, int UD = 0>
+// sharing a tile (wk).
+template <typename Tag, bool SYM, int MT>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
   if constexpr (MT <= 4) {
-    if (wk)
-      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, FS, UD>, a, grid, block, 0, stream, pdl, cluster);
+    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl, cluster);
   }
   if (wk) return cudaErrorInvalidValue;
-  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false, FS, UD>, a, grid, block, 0, stream, pdl, cluster);
+  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl, cluster);
 }
 
 template <typename Tag, bool SYM>
-cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool fs, int loads, bool pdl, int cluster, dim3 grid,
-                         cudaStream_t stream) {
-  if (loads) {
-    if (loads != 8 || mt != 1 || !fs) return cudaErrorInvalidValue;
-    return stream_shape<Tag, SYM, 1, true, 8>(a, wk, pdl, cluster, grid, stream);
-  }
-  if (fs) switch (mt) {
-      case 1: return stream_shape<Tag, SYM, 1, true>(a, wk, pdl, cluster, grid, stream);
-      case 2: return stream_shape<Tag, SYM, 2, true>(a, wk, pdl, cluster, grid, stream);
-      case 4: return stream_shape<Tag, SYM, 4, true>(a, wk, pdl, cluster, grid, stream);
-      default: return cudaErrorInvalidValue;
-    }
+cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid, cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1, false>(a, wk, pdl, cluster, grid, stream);
-    case 2: return stream_shape<Tag, SYM, 2, false>(a, wk, pdl, cluster, grid, stream);
-    case 4: return stream_shape<Tag, SYM, 4, false>(a, wk, pdl, cluster, grid, stream);
-    default: return stream_shape<Tag, SYM, 8, false>(a, wk, pdl, cluster, grid, stream);
+    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, cluster, grid, stream);
+    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, cluster, grid, stream);
+    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, cluster, grid, stream);
+    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, cluster, grid, stream);
   }
 }
 
 }  // namespace
 
-cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool fs, int loads, bool pdl,
-                             int cluster, dim3 grid, cudaStream_t stream) {
-  if (a.group_size % 64 && fs) return cudaErrorInvalidValue;
-  if (bf16) return sym ? stream_tiles<QkBF16, true>(a, mt, wk, fs, loads, pdl, cluster, grid, stream)
-                       : stream_tiles<QkBF16, false>(a, mt, wk, fs, loads, pdl, cluster, grid, stream);
-  return sym ? stream_tiles<QkF16, true>(a, mt, wk, fs, loads, pdl, cluster, grid, stream)
-             : stream_tiles<QkF16, false>(a, mt, wk, fs, loads, pdl, cluster, grid, stream);
+cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
+                             cudaStream_t stream) {
+  if (bf16) return sym ? stream_tiles<QkBF16, true>(a, mt, wk, pdl, cluster, grid, stream)
+                       : stream_tiles<QkBF16, false>(a, mt, wk, pdl, cluster, grid, stream);
+  return sym ? stream_tiles<QkF16, true>(a, mt, wk, pdl, cluster, grid, stream)
+             : stream_tiles<QkF16, false>(a, mt, wk, pdl, cluster, grid, stream);
 }
 #endif

@@ -39,12 +39,8 @@ struct QkMma;
 template <>
 struct QkMma<QkF16> {
   static QK_INLINE uint32_t dequant(uint32_t v, uint32_t zc2, uint32_t s2) {
-    uint32_t d = sub(v, zc2);
-    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&d), *reinterpret_cast<__half2*>(&s2));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static QK_INLINE uint32_t sub(uint32_t v, uint32_t zc2) {
-    __half2 r = __hsub2(*reinterpret_cast<__half2*>(&v), *reinterpret_cast<__half2*>(&zc2));
+    __half2 r = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&v), *reinterpret_cast<__half2*>(&zc2)),
+                        *reinterpret_cast<__half2*>(&s2));
     return *reinterpret_cast<uint32_t*>(&r);
   }
   static QK_INLINE void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
@@ -58,12 +54,9 @@ struct QkMma<QkF16> {
 template <>
 struct QkMma<QkBF16> {
   static QK_INLINE uint32_t dequant(uint32_t v, uint32_t zc2, uint32_t s2) {
-    uint32_t d = sub(v, zc2);
-    __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&d), *reinterpret_cast<__nv_bfloat162*>(&s2));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static QK_INLINE uint32_t sub(uint32_t v, uint32_t zc2) {
-    __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&v), *reinterpret_cast<__nv_bfloat162*>(&zc2));
+    __nv_bfloat162 r = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&v),
+                                       *reinterpret_cast<__nv_bfloat162*>(&zc2)),
+                               *reinterpret_cast<__nv_bfloat162*>(&s2));
     return *reinterpret_cast<uint32_t*>(&r);
   }
   static QK_INLINE void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
@@ -176,34 +169,6 @@ QK_INLINE void qk_mma_chunk(float (&acc)[MT][4], const uint4 wv, const uint32_t 
 #pragma unroll
     for (int t = 0; t < MT; ++t) QkMma<Tag>::mma(acc[t], a, xb[t][2 * j], xb[t][2 * j + 1]);
   }
-}
-
-// The same chunk with the scales applied in fp32 (FS; group sizes that are multiples of 64, so that every lane's
-// weights of the chunk, hence every k of each MMA, share one group per row): the MMAs take the exact 16-bit
-// (q - zero) and start from zero sums, which the chunk's two row scales then multiply into acc. 16 fewer 16-bit
-// multiplies per chunk for 4 MT fp32 FMAs, and no chunk's MMAs wait for the previous chunk's. The weights are
-// scale * (q - zero) unrounded, where the other paths round them to 16 bits first (quantkit.kernels.testing).
-// scales: the two rows' scales (row gid in the low half, gid + 8 in the high).
-template <typename Tag, int MT>
-QK_INLINE void qk_mma_chunk_fs(float (&acc)[MT][4], const uint4 wv, const uint32_t (&xb)[MT][8], uint32_t scales,
-                               uint32_t z_lo, uint32_t z_hi) {
-  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-  float part[MT][4];
-#pragma unroll
-  for (int t = 0; t < MT; ++t) part[t][0] = part[t][1] = part[t][2] = part[t][3] = 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    uint32_t a[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = QkMma<Tag>::sub(qk_magic_pair<Tag>(words[j], i), (i & 1) ? z_hi : z_lo);
-#pragma unroll
-    for (int t = 0; t < MT; ++t) QkMma<Tag>::mma(part[t], a, xb[t][2 * j], xb[t][2 * j + 1]);
-  }
-  const float s_lo = qk_bits_to_float(qk_lo(scales), Tag()), s_hi = qk_bits_to_float(qk_hi(scales), Tag());
-#pragma unroll
-  for (int t = 0; t < MT; ++t)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[t][e] = fmaf(part[t][e], (e >> 1) ? s_hi : s_lo, acc[t][e]);
 }
 
 // The block's C fragments as one array in shared memory, for a cluster reduction: warp w's tile nt, token tile
@@ -368,14 +333,12 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-// FS: each chunk's sums scaled in fp32 (qk_mma_chunk_fs); the host launches it only for group sizes that are
-// multiples of 64. UD: weight loads in flight per thread when not the default (MT <= 2: 4, else 2).
-template <typename Tag, int MT, bool SYM, bool WK = false, bool FS = false, int UD = 0>
+template <typename Tag, int MT, bool SYM, bool WK = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = UD ? UD : MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
+  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -413,10 +376,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
         if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
         uint32_t s_lo, s_hi, z_lo, z_hi;
         qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
-        if constexpr (FS)
-          qk_mma_chunk_fs<Tag, MT>(acc[0], wv[u], xb[u % 2], mv[u].x, z_lo, z_hi);
-        else
-          qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
+        qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
       }
     }
   }

@@ -37,8 +37,8 @@ def _backends(m):
     if torch.version.hip:
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("stream_fs",) if m <= 32 else ())
-            + (("dot2",) if m <= 8 else ()) + (("wgmma", "wgmma_regs") if hopper else ()))
+    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
+            + (("wgmma", "wgmma_regs") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -67,10 +67,6 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=False)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
-            elif backend == "stream_fs":  # each chunk's sums scaled in fp32 (group sizes that are multiples of 64)
-                if group % 64:
-                    continue
-                y = w4a16_linear(x, packed, bias, backend="mma", staged=False, fs=True)
             else:
                 y = w4a16_linear(x, packed, bias, backend=backend)
             err = testing.relative_error(y, w, x, bias)
@@ -110,33 +106,6 @@ def test_stream_warps_sharing_a_tile_agree(device):
         w4a16_linear(x, packed, backend="mma", staged=False, mt=8, wk=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_stream_fp32_scales_agree(device, dtype):
-    """The decode kernel with each chunk's sums scaled in fp32 (fs), on 65 tiles, group sizes 64 (asymmetric) and
-    192 (symmetric, not a power of two), at token counts that leave token tiles partly filled, every token-tile count,
-    plain and wk, several split-K counts, and with 8 weight loads in flight (mt 1); refused where it cannot run."""
-    for group, sym in ((64, False), (192, True)):
-        ql = testing.random_qlinear(1040, 1920, group_size=group, sym=sym, act_order=False, dtype=dtype, seed=group)
-        packed = prepare(ql, device=device)
-        w = reference_weight(packed, dtype)
-        for m in (1, 5, 13, 20, 32):
-            x = testing.random_activations(m, 1920, dtype=dtype, seed=40 + m, device=device)
-            configs = [dict(mt=mt, wk=wk) for mt in (1, 2, 4) for wk in (False, True)]
-            configs += [dict(mt=1, wk=wk, loads=8) for wk in (False, True)]
-            for config in configs:
-                for splits in (None, 1, 3, 8):
-                    y = w4a16_linear(x, packed, backend="mma", staged=False, fs=True, splits=splits, **config)
-                    err = testing.relative_error(y, w, x)
-                    assert err <= testing.TOLERANCE[dtype], (group, m, config, splits, err)
-    g32 = prepare(testing.random_qlinear(64, 256, group_size=32, sym=True, act_order=False, dtype=dtype, seed=3),
-                  device=device)
-    with pytest.raises(UnsupportedError, match="fs .* multiple of 64"):
-        w4a16_linear(testing.random_activations(1, 256, dtype=dtype, seed=4, device=device), g32, backend="mma",
-                     staged=False, fs=True)
-    with pytest.raises(UnsupportedError, match="loads must be 0, or 8"):
-        w4a16_linear(x, packed, backend="mma", staged=False, mt=2, fs=True, loads=8)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
 def test_wgmma_tiles_and_splits_agree(device):
@@ -157,8 +126,7 @@ def test_wgmma_tiles_and_splits_agree(device):
                     reason="thread-block clusters need compute capability 9.0+")
 def test_cluster_split_k_is_bit_equal(device):
     """Split-K through a thread-block cluster (distributed shared memory) adds the same fp32 sums in the same order
-    as the workspace path, so both give the same bits: the decode kernel (plain and wk, every token-tile count, with
-    and without fs) and
+    as the workspace path, so both give the same bits: the decode kernel (plain and wk, every token-tile count) and
     the wgmma kernel (every instance), with a bias, on 65 tiles, split counts that are not powers of two, 16 (the
     largest cluster) and 32 (more than a cluster: the workspace path either way); eagerly and from a CUDA graph."""
     ql = testing.random_qlinear(1040, 2048, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=15)
@@ -168,7 +136,6 @@ def test_cluster_split_k_is_bit_equal(device):
     hopper = torch.cuda.get_device_capability() == (9, 0)
     cases = [dict(backend="mma", staged=False, mt=mt, wk=wk) for mt in (1, 2, 4, 8) for wk in (False, True)
              if not (wk and mt == 8)]
-    cases += [dict(backend="mma", staged=False, mt=mt, wk=wk, fs=True) for mt in (1, 2, 4) for wk in (False, True)]
     if hopper:
         cases += [dict(backend="wgmma", bt=bt, dense=dense) for bt, dense in ((64, False), (64, True), (128, True),
                                                                               (256, False))]

@@ -74,11 +74,6 @@ STREAM_WK_M = (8, 32)
 CLUSTER_MAX = 16
 STREAM_CLUSTER_MAX = (2, 8)
 WGMMA_CLUSTER_MAX = 16
-# The streaming kernel with each chunk's sums scaled in fp32 ("fs": its MMAs on the exact q - zero, the two row
-# scales applied to the chunk's sums instead of to every weight pair): 15% fewer instructions per chunk at M <= 8
-# and no dependence between the chunks' MMAs. Needs a group size that is a multiple of 64 and at most 4 token tiles.
-# stream_fs() is the rule: at most STREAM_FS_MAX_M rows (0: never).
-STREAM_FS_MAX_M = 0
 
 _buffers: dict = {}
 
@@ -116,11 +111,6 @@ def mma_n_per_block(staged: bool, wk: bool = False) -> int:
 def stream_wk(m: int) -> bool:
     """Whether the streaming kernel runs with its warps sharing a tile at M rows (STREAM_WK_M, measured on an H200)."""
     return STREAM_WK_M[0] <= m <= STREAM_WK_M[1]
-
-
-def stream_fs(m: int, group_size: int) -> bool:
-    """Whether the streaming kernel scales each chunk's sums in fp32 at M rows (STREAM_FS_MAX_M)."""
-    return m <= STREAM_FS_MAX_M and group_size % 64 == 0 and mma_tiles(m) <= 4
 
 
 def mma_staged(m: int, n: int) -> bool:
@@ -167,7 +157,7 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
-         cluster: bool | None = None, fs: bool | None = None, loads: int = 0) -> torch.Tensor:
+         cluster: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -178,20 +168,13 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
         raise UnsupportedError(f"wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt={mt}"
                                f"{', staged' if staged else ''}")
     wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
-    if fs and (staged or mt > 4 or packed.group_size % 64):
-        raise UnsupportedError(f"fs (scales in fp32) is the streaming kernel's, with mt <= 4 and a group size that is a "
-                               f"multiple of 64; got mt={mt}, group size {packed.group_size}"
-                               f"{', staged' if staged else ''}")
-    fs = False if staged else (stream_fs(m, packed.group_size) and mt <= 4 if fs is None else fs)
-    if loads and not (loads == 8 and mt == 1 and fs):
-        raise UnsupportedError(f"loads must be 0, or 8 with mt=1 and fs; got loads={loads}, mt={mt}, fs={fs}")
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, fs, loads, cl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl)
     return out
 
 
@@ -336,15 +319,12 @@ def w4a16_linear(
     wk: bool | None = None,
     wsm: bool | None = None,
     cluster: bool | None = None,
-    fs: bool | None = None,
-    loads: int = 0,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
-    splits / mt / staged / pdl / wk / fs / loads override the split-K count, token tiles and kernel of the "mma" path
-    (pdl: launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's
-    warps sharing a tile, default stream_wk(); fs: its chunks' sums scaled in fp32, default stream_fs(); loads: its
-    weight loads in flight per thread, 0 (default) or 8 with mt=1 and fs); splits / bt / dense / wsm those of
+    splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
+    sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
@@ -380,7 +360,7 @@ def w4a16_linear(
         x2 = x2.clone()
     b = None if bias is None else bias.to(x.dtype).contiguous()
     if backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, fs, loads)
+        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster)
     elif backend == "dequant":
