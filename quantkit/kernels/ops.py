@@ -61,8 +61,10 @@ STREAM_PDL = False
 # on the long-K layers and within 2% either way on the others (bench/results/kernel_h200_variants.json); at M = 17-32,
 # with the split rule below, faster on every benchmark shape in two runs (bench/results/kernel_h200_tune_e967323.json,
 # kernel_h200_splits.json: 28672x8192 106.6 -> 91.6 us, 4096x4096 16.8 -> 14.9 us, equal at most on the others); at
-# M <= 4 equal or up to 5% slower. stream_wk() is that rule.
-STREAM_WK_M = (8, 32)
+# M = 1-4, with the split rule and clusters of session 14, faster on every benchmark shape, by 4-17% of the time
+# (bench/results/kernel_h200_fs_de194b9.json: 28672x8192 at M = 2 58.7 -> 50.0 us, 14336x4096 at M = 1 19.5 -> 16.6
+# us; session 13, before that rule, had measured it equal or up to 5% slower there). stream_wk() is that rule.
+STREAM_WK_M = (1, 32)
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
