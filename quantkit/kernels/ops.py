@@ -87,6 +87,13 @@ def _sm_count(device: torch.device) -> int:
     return _buffers[key]
 
 
+def _capability(device: torch.device) -> tuple[int, int]:
+    key = ("cc", device)
+    if key not in _buffers:
+        _buffers[key] = torch.cuda.get_device_capability(device)
+    return _buffers[key]
+
+
 def _workspace(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 split-K partial sums (any content) and tile counters (zero, and left zero by the kernel)."""
     ws, counters = _buffers.get(("ws", device), (None, None))
@@ -147,10 +154,7 @@ def cluster_size(splits: int, k: int, device: torch.device, limit: int) -> int:
     z = grid_splits(k, splits)
     if not 1 < z <= min(limit, CLUSTER_MAX):
         return 0
-    key = ("cc", device)
-    if key not in _buffers:
-        _buffers[key] = torch.cuda.get_device_capability(device)
-    return z if _buffers[key][0] >= 9 else 0
+    return z if _capability(device)[0] >= 9 else 0
 
 
 def _cluster_limit(cluster: bool | None, default: int) -> int:
@@ -220,7 +224,7 @@ def has_wgmma(device: torch.device) -> bool:
     if key not in _buffers:
         ext = build.load_extension()
         _buffers[key] = (ext is not None and hasattr(ext, "wgmma_gemm") and not torch.version.hip
-                         and torch.cuda.get_device_capability(device) == (9, 0))
+                         and _capability(device) == (9, 0))
     return _buffers[key]
 
 
