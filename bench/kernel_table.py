@@ -174,6 +174,11 @@ def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
     return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk)
 
 
+def _sweep_kernel(t: dict) -> str:
+    """A sweep row's kernel (rows of runs before it was recorded: staged or stream)."""
+    return t.get("kernel", "staged" if t["staged"] else "stream")
+
+
 def splits_table(data: dict) -> list[str]:
     tune = data["tune"]
     counts = sorted({t["splits"] for t in tune})
@@ -184,11 +189,10 @@ def splits_table(data: dict) -> list[str]:
              "(rule / best); (sweep): the count the run's own rules picked.", "",
              "| shape | kernel | M | " + " | ".join(str(c) for c in counts) + " | rule / best |",
              "|---" * (len(counts) + 4) + "|"]
-    keys = sorted({(t["N"], t["K"], t.get("kernel", "staged" if t["staged"] else "stream"), t["M"]) for t in tune},
+    keys = sorted({(t["N"], t["K"], _sweep_kernel(t), t["M"]) for t in tune},
                   key=lambda v: (SHAPES.index(v[:2]) if v[:2] in SHAPES else 99, v[2] != "stream", v[3]))
     for n, k, kernel, m in keys:
-        rows = [t for t in tune if (t["N"], t["K"], t["M"]) == (n, k, m)
-                and t.get("kernel", "staged" if t["staged"] else "stream") == kernel]
+        rows = [t for t in tune if (t["N"], t["K"], t["M"], _sweep_kernel(t)) == (n, k, m, kernel)]
         best = min(rows, key=lambda t: t["us"])
         rule = rule_splits(kernel, m, n, k, rows[0])
         at_rule = [t["us"] for t in rows if t["splits"] == rule]
