@@ -122,7 +122,7 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm")]
 # Since the mbarrier pipeline, each pipeline's contenders are named qk_wgmma_{pipe}[_bt{bt}[_dense]] (ops.WGMMA_PIPES);
 # the wsm names above are already of that form.
-VARIANTS += [(f"qk_wgmma_{pipe}{tile}", f"wgmma{label} {pipe}") for pipe in ("regs", "mbar", "bulk")
+VARIANTS += [(f"qk_wgmma_{pipe}{tile}", f"wgmma{label} {pipe}") for pipe in ("regs", "mbar")
              for tile, label in (("_bt64", " 64"), ("_bt64_dense", " 64 x2"), ("_bt128", " 128"),
                                  ("_bt128_dense", " 128 x2"), ("_bt256", " 256"), ("", ""))]
 

@@ -170,15 +170,14 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
 // the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; pipe: 0
 // the weights and scales one step ahead in registers, 1 through the shared-memory stages with x, 2 the same with
-// per-stage mbarriers instead of the block barrier, 3 those stages filled by bulk copies, x packed by wgmma_pack_x
-// (QK_WGMMA_REGS / WSM / MBAR / BULK); cluster: as mma_gemm's.
+// per-stage mbarriers instead of the block barrier (QK_WGMMA_REGS / WSM / MBAR); cluster: as mma_gemm's.
 void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
                 int64_t splits, bool dense, int64_t pipe, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
-  TORCH_CHECK(pipe >= QK_WGMMA_REGS && pipe <= QK_WGMMA_BULK, "pipe must be 0 to 3, got ", pipe);
+  TORCH_CHECK(pipe >= QK_WGMMA_REGS && pipe <= QK_WGMMA_MBAR, "pipe must be 0, 1 or 2, got ", pipe);
   check_bias(bias, x, N);
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
@@ -194,22 +193,6 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, (int)pipe, (int)cluster, grid,
                                                      c10::cuda::getCurrentCUDAStream()));
-}
-
-// x [M, K] into the layout of the wgmma kernel's bulk pipeline (qk_wgmma_pack_x): out has x's shape and type and
-// holds [K / 64][M][64], k in the order of index (int64 [K]).
-void wgmma_pack_x(torch::Tensor x, torch::Tensor index, torch::Tensor out) {
-  is_bf16(x);
-  check_tensor(x, "x", x.scalar_type(), 2);
-  check_tensor(index, "index", torch::kInt64, 1);
-  check_tensor(out, "out", x.scalar_type(), 2);
-  TORCH_CHECK(x.size(1) % 64 == 0 && index.size(0) == x.size(1), "index must have K = ", x.size(1),
-              " elements (a multiple of 64), got ", index.size(0));
-  TORCH_CHECK(out.sizes() == x.sizes(), "out must be shaped like x ", x.sizes(), ", got ", out.sizes());
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_launch("wgmma x packing kernel",
-               qk_launch_wgmma_pack_x(u16(x), index.data_ptr<int64_t>(), reinterpret_cast<uint4*>(out.data_ptr()),
-                                      (int)x.size(0), (int)x.size(1), c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.
@@ -234,6 +217,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
-  m.def("wgmma_pack_x", &wgmma_pack_x, "x in the wgmma kernel's bulk-pipeline layout");
 #endif
 }

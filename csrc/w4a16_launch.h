@@ -65,13 +65,9 @@ cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bo
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);
 // pipe: QK_WGMMA_REGS (weights one step ahead in registers), QK_WGMMA_WSM (through the shared-memory stages with x)
-// or QK_WGMMA_MBAR (the same with per-stage mbarriers instead of the block barrier) or QK_WGMMA_BULK (those stages
-// filled by bulk copies; x packed by qk_launch_wgmma_pack_x); cluster: as above.
+// or QK_WGMMA_MBAR (the same with per-stage mbarriers instead of the block barrier); cluster: as above.
 cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int pipe, int cluster,
                             dim3 grid, cudaStream_t stream);
-// qk_wgmma_pack_x: x [M, K] in the BULK pipeline's layout ([K / 64][M][64], k in index order, swizzled).
-cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,
-                                   cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,
                               bool bf16, bool sym, cudaStream_t stream);

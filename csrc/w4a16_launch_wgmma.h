@@ -1,7 +1,7 @@
-// w4a16_launch_wgmma.h — the wgmma kernel's instances (w4a16_wgmma_cuda.h), for the four translation units that
+// w4a16_launch_wgmma.h — the wgmma kernel's instances (w4a16_wgmma_cuda.h), for the three translation units that
 // compile them in parallel, one per pipeline: w4a16_launch_wgmma.cu (weights in registers, and the launcher),
-// w4a16_launch_wgmma_wsm.cu (weights through shared memory), w4a16_launch_wgmma_mbar.cu (the same with per-stage
-// mbarriers) and w4a16_launch_wgmma_bulk.cu (the same filled by bulk copies).
+// w4a16_launch_wgmma_wsm.cu (weights through shared memory) and w4a16_launch_wgmma_mbar.cu (the same with
+// per-stage mbarriers).
 #pragma once
 
 #include <type_traits>
@@ -45,7 +45,5 @@ cudaError_t qk_launch_wgmma_regs(const QkMmaArgs& a, bool bf16, bool sym, int bt
 cudaError_t qk_launch_wgmma_wsm(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                 cudaStream_t stream);
 cudaError_t qk_launch_wgmma_mbar(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
-                                 cudaStream_t stream);
-cudaError_t qk_launch_wgmma_bulk(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                  cudaStream_t stream);
 #endif

@@ -15,13 +15,10 @@
 // registers (loaded one step ahead from global) and issues 4 KS wgmma (one per k16 step, the descriptor
 // advanced 32 bytes each), then waits for them; the other warpgroup (and a second block where registers allow)
 // fills that time.
-// Four pipelines (PIPE): REGS, the weights and scales one step ahead in registers and a block barrier per step;
+// Three pipelines (PIPE): REGS, the weights and scales one step ahead in registers and a block barrier per step;
 // WSM, the weights and scales through the stages with x, same barrier; MBAR, the stages of WSM with a full and an
 // empty mbarrier each instead of the block barrier, so that the two warpgroups (and the two blocks of the dense
-// instances) drift apart and one dequantizes while the other's MMAs run (the barrier had both dequantize at once);
-// BULK, the stages of MBAR filled by one thread's bulk copies (cp.async.bulk, the TMA engine, completing on the
-// full mbarrier by bytes) instead of every thread's 16-byte copies and their address arithmetic: x comes packed
-// by qk_wgmma_pack_x, so that a step's x tile is one contiguous image of the swizzled shared-memory tile.
+// instances) drift apart and one dequantizes while the other's MMAs run (the barrier had both dequantize at once).
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
 // C layout of tile 16w); a cluster reduction keeps the block's sums in the stage ring.
 #pragma once
@@ -43,7 +40,6 @@
 #define QK_WGMMA_REGS 0
 #define QK_WGMMA_WSM 1
 #define QK_WGMMA_MBAR 2
-#define QK_WGMMA_BULK 3
 
 // Shared memory of one stage: x (KS sub-tiles of BT rows x 128 bytes) and, when the weights go through shared memory
 // (wsm), the step's weights (KS chunks x 8 warps x 512 bytes) and scales (KS x 256 threads x 4 bytes, 8 asymmetric).
@@ -82,15 +78,6 @@ QK_INLINE void qk_mbar_arrive(uint32_t bar) {
 QK_INLINE void qk_mbar_arrive_cp_async(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-// BULK: the arrival that sets the bytes a phase waits for, and one bulk copy (16-byte multiples) completing on it.
-QK_INLINE void qk_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-QK_INLINE void qk_bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
-}
 QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done = 0;
   while (!done)
@@ -114,9 +101,7 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 // PIPE: REGS, the weights and scales one step ahead in registers; WSM and MBAR, through the shared-memory stages with
 // x (cp.async, STAGES - 1 steps ahead; each thread copies and later reads back its own 16 + 4 or 8 bytes a chunk);
 // MBAR, per-stage mbarriers instead of the block barrier: full (every thread's copies of the stage landed: cp.async
-// arrivals) and empty (every warp's MMAs on it done); BULK, the same barriers, full completed by the bytes of thread
-// 0's bulk copies (x packed by qk_wgmma_pack_x; a stage holds the weights [warp][chunk] and the scales of the step's
-// groups [warp][group][row]).
+// arrivals) and empty (every warp's MMAs on it done).
 template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, int PIPE = QK_WGMMA_REGS>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
@@ -124,7 +109,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
   static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
-  constexpr bool WSM = PIPE != QK_WGMMA_REGS, BULK = PIPE == QK_WGMMA_BULK, MBAR = PIPE == QK_WGMMA_MBAR || BULK;
+  constexpr bool WSM = PIPE != QK_WGMMA_REGS, MBAR = PIPE == QK_WGMMA_MBAR;
   constexpr int ACC = BT / 2, MT = BT / 8;
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = KS * 8 * 512, MV = SYM ? 4 : 8;
   constexpr int STAGE_BYTES = qk_wgmma_stage_bytes(BT, KS, WSM, SYM);
@@ -149,68 +134,44 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   __shared__ __align__(8) uint64_t qk_bars[MBAR ? 2 * STAGES : 1];
   const uint32_t full0 = qk_smem_addr(qk_bars), empty0 = full0 + 8 * STAGES;
   if constexpr (MBAR) {
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0)
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
-        qk_mbar_init(full0 + 8 * s, BULK ? 1 : QK_WGMMA_THREADS);
+        qk_mbar_init(full0 + 8 * s, QK_WGMMA_THREADS);
         qk_mbar_init(empty0 + 8 * s, QK_WGMMA_THREADS / 32);
       }
-      // the initialized barriers visible to the bulk copies' completions (async proxy)
-      asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
-    }
     __syncthreads();
   }
-  // BULK: the first group of a step's chunks (the groups of its lanes' weights follow it in the stage).
-  const QkGroupOf group_of0(group_size, 0);
-  const int g_max = BULK ? 2 * KS : 0;  // groups a step's chunks can touch (group size >= 32)
 
   // Stage of step i: x as KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async
   // units; with WSM also this thread's weights and scales of the step's chunks, zero past the range and for dead
   // warps (scale 0 makes a zero weight).
   auto load_stage = [&](int i) {
-    if constexpr (BULK) {  // thread 0 only: the whole stage
-      if (i >= n_steps) return;
-      const uint32_t base = smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES), bar = full0 + 8 * (i % STAGES);
-      const int cs = c0 + i * KS, nc = min(KS, c1 - cs), g_lo = group_of0(cs);
-      const int ng = (64 * (cs + nc) - 1) / group_size - g_lo + 1;
-      const int rows = min(BT, M - m0), live_tiles = min(QK_WGMMA_ROWS / 16, n_tiles - (int)blockIdx.y * 8);
-      qk_mbar_arrive_expect_tx(bar, (uint32_t)(KS * rows * 128 + live_tiles * (nc * 512 + ng * 8 * MV)));
+    if (i < n_steps) {
+      const uint32_t base = smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES);
 #pragma unroll
-      for (int q = 0; q < KS; ++q)  // past the range, a real chunk's x (finite; its weights are made zero)
-        qk_bulk_copy(base + q * BT * 128, x + ((size_t)min(cs + q, chunks - 1) * M + m0) * 64, rows * 128, bar);
-      for (int t = 0; t < live_tiles; ++t) {
-        const size_t tt = (size_t)blockIdx.y * 8 + t;
-        qk_bulk_copy(base + X_BYTES + t * KS * 512, w + (tt * chunks + cs) * 32, nc * 512, bar);
-        qk_bulk_copy(base + X_BYTES + W_BYTES + t * g_max * 8 * MV,
-                     reinterpret_cast<const unsigned char*>(meta) + (tt * groups + g_lo) * 8 * MV, ng * 8 * MV, bar);
+      for (int v = 0; v < KS * BT * 8 / QK_WGMMA_THREADS; ++v) {
+        const int idx = v * QK_WGMMA_THREADS + threadIdx.x, q = idx / (BT * 8), r = (idx / 8) % BT, u = idx % 8;
+        const int tok = m0 + r, c = c0 + i * KS + q;
+        const uint16_t* src = x + (size_t)min(tok, M - 1) * K + (size_t)min(c, chunks - 1) * 64 + u * 8;
+        qk_cp_async16(base + q * BT * 128 + r * 128 + ((u ^ (r & 7)) << 4), src, tok < M && c < c1);
       }
+      if constexpr (WSM) {
+#pragma unroll
+        for (int q = 0; q < KS; ++q) {
+          const int c = c0 + i * KS + q, cc = min(c, chunks - 1);
+          const bool ok = live && c < c1;
+          qk_cp_async16(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16, wt + (size_t)cc * 32, ok);
+          qk_cp_async_small<MV>(base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV,
+                                reinterpret_cast<const unsigned char*>(meta) + (meta_row + (size_t)group_of(cc) * 8) * MV,
+                                ok);
+        }
+      }
+    }
+    if constexpr (MBAR) {
+      if (i < n_steps) qk_mbar_arrive_cp_async(full0 + 8 * (i % STAGES));
     } else {
-      if (i < n_steps) {
-        const uint32_t base = smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES);
-#pragma unroll
-        for (int v = 0; v < KS * BT * 8 / QK_WGMMA_THREADS; ++v) {
-          const int idx = v * QK_WGMMA_THREADS + threadIdx.x, q = idx / (BT * 8), r = (idx / 8) % BT, u = idx % 8;
-          const int tok = m0 + r, c = c0 + i * KS + q;
-          const uint16_t* src = x + (size_t)min(tok, M - 1) * K + (size_t)min(c, chunks - 1) * 64 + u * 8;
-          qk_cp_async16(base + q * BT * 128 + r * 128 + ((u ^ (r & 7)) << 4), src, tok < M && c < c1);
-        }
-        if constexpr (WSM) {
-#pragma unroll
-          for (int q = 0; q < KS; ++q) {
-            const int c = c0 + i * KS + q, cc = min(c, chunks - 1);
-            const bool ok = live && c < c1;
-            qk_cp_async16(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16, wt + (size_t)cc * 32, ok);
-            qk_cp_async_small<MV>(base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV,
-                                  reinterpret_cast<const unsigned char*>(meta) + (meta_row + (size_t)group_of(cc) * 8) * MV,
-                                  ok);
-          }
-        }
-      }
-      if constexpr (MBAR) {
-        if (i < n_steps) qk_mbar_arrive_cp_async(full0 + 8 * (i % STAGES));
-      } else {
-        qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
-      }
+      qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
     }
   };
   // Without WSM: step i's weights and scales straight into registers (issued one step ahead).
@@ -227,30 +188,14 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       }
     }
   };
-  // With WSM: step i's weights and scales from its stage (this thread's own copies; BULK: the warp's tile's).
+  // With WSM: step i's weights and scales from its stage (this thread's own copies).
   auto read_w = [&](int i, uint4(&wv)[KS], uint2(&mv)[KS]) {
     const unsigned char* base = smem0_ptr + (i % STAGES) * STAGE_BYTES;
-    if constexpr (BULK) {
-      const int cs = c0 + i * KS, g_lo = group_of0(cs);
 #pragma unroll
-      for (int q = 0; q < KS; ++q) {
-        const int c = cs + q;
-        if (live && c < c1) {
-          wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (warp * KS + q) * 512 + lane * 16);
-          const unsigned char* m = base + X_BYTES + W_BYTES + ((warp * g_max + group_of(c) - g_lo) * 8 + gid) * MV;
-          mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
-        } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
-          wv[q] = make_uint4(0, 0, 0, 0);
-          mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int q = 0; q < KS; ++q) {
-        wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16);
-        const unsigned char* m = base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV;
-        mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
-      }
+    for (int q = 0; q < KS; ++q) {
+      wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (q * 8 + warp) * 512 + lane * 16);
+      const unsigned char* m = base + X_BYTES + W_BYTES + (q * QK_WGMMA_THREADS + threadIdx.x) * MV;
+      mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
     }
   };
   // Wait for step i's stage and refill the stage of step i - 1 (every warpgroup is done with it).
@@ -278,9 +223,8 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   float acc[ACC];
 #pragma unroll
   for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
-  if (!BULK || threadIdx.x == 0)
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) load_stage(s);
+  for (int s = 0; s < STAGES - 1; ++s) load_stage(s);
   uint4 wq[KS];
   uint2 mq[KS];
   if constexpr (!WSM) load_w(0, wq, mq);
@@ -293,7 +237,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       // Step i's stage has landed (every thread's copies); the proxy fence orders those generic-proxy writes
       // before this warpgroup's wgmma reads of them (async proxy).
       qk_mbar_wait(full0 + 8 * (i % STAGES), (i / STAGES) & 1);
-      if constexpr (!BULK) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     } else {
       next_stage(i);
     }
@@ -312,11 +256,8 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     if constexpr (MBAR) {
       // While the MMAs run: refill the stage of step i - 1 with step i + STAGES - 1 once every warp is done with it.
       const int j = i + STAGES - 1;
-      if (!BULK || threadIdx.x == 0) {
-        if (j < n_steps && i >= 1) qk_mbar_wait(empty0 + 8 * (j % STAGES), ((j / STAGES) - 1) & 1);
-        load_stage(j);
-      }
-      if constexpr (BULK) __syncwarp();  // warp 0 whole again before the aligned wgmma wait
+      if (j < n_steps && i >= 1) qk_mbar_wait(empty0 + 8 * (j % STAGES), ((j / STAGES) - 1) & 1);
+      load_stage(j);
     }
     qk_wgmma_wait<0>();
     if constexpr (MBAR) {

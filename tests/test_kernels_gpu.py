@@ -38,7 +38,7 @@ def _backends(m):
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_regs", "wgmma_mbar", "wgmma_bulk") if hopper else ()))
+            + (("wgmma", "wgmma_regs", "wgmma_mbar") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -63,7 +63,7 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
             elif backend == "stream":  # the decode kernel at every M, as a programmatic launch where there is one
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, wk=False)
-            elif backend in ("wgmma_regs", "wgmma_mbar", "wgmma_bulk"):  # the pipelines besides the default one
+            elif backend in ("wgmma_regs", "wgmma_mbar"):  # the pipelines besides the default one
                 y = w4a16_linear(x, packed, bias, backend="wgmma", pipe=backend.split("_")[1])
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
@@ -139,7 +139,7 @@ def test_cluster_split_k_is_bit_equal(device):
     if hopper:
         cases += [dict(backend="wgmma", bt=bt, dense=dense, pipe=pipe) for bt, dense in ((64, False), (64, True),
                                                                                         (128, True), (256, False))
-                  for pipe in ("wsm", "mbar", "bulk")]
+                  for pipe in ("wsm", "mbar")]
     for m in (1, 13, 40, 130):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=17 + m, device=device)
         for case in cases:

@@ -44,10 +44,8 @@ WGMMA_MIN_NK_64 = 1 << 24
 # registers; "wsm", through its shared-memory stages with x (cp.async, STAGES - 1 steps ahead), measured on an H200
 # (session 13, bench/results/kernel_h200.json at a743557) 10-16% faster than "regs" at M = 16-64 on the two largest
 # shapes, a few percent on the others, never more than 2% slower; "mbar", the stages of "wsm" with per-stage
-# mbarriers instead of the block barrier, so that the block's two warpgroups need not dequantize at the same time;
-# "bulk", those stages filled by one thread's bulk copies (the TMA engine) from x packed per call (ext.wgmma_pack_x)
-# instead of every thread's 16-byte copies.
-WGMMA_PIPES = {"regs": 0, "wsm": 1, "mbar": 2, "bulk": 3}
+# mbarriers instead of the block barrier, so that the block's two warpgroups need not dequantize at the same time.
+WGMMA_PIPES = {"regs": 0, "wsm": 1, "mbar": 2}
 WGMMA_PIPE = "wsm"
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
@@ -207,7 +205,7 @@ def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None, pipe: str, cluster: bool | None = None) -> torch.Tensor:
+           dense: bool | None = None, pipe: str | None = None, cluster: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -219,7 +217,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     dense = (True if dense is None else dense) and bt <= 128
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, dense, WGMMA_PIPES[pipe], cl)
+                   packed.zeros is None, bt, splits, dense, WGMMA_PIPES[pipe or WGMMA_PIPE], cl)
     return out
 
 
@@ -365,12 +363,7 @@ def w4a16_linear(
     if m == 0:
         return x.new_zeros(*lead, packed.out_features)
     x2 = x.reshape(m, k)
-    pipe = pipe or WGMMA_PIPE
-    if backend == "wgmma" and pipe == "bulk":  # the same order, in the bulk pipeline's tiles
-        xw = torch.empty_like(x2)
-        build.load_extension().wgmma_pack_x(x2.contiguous(), packed.wgmma_x_index(), xw)
-        x2 = xw
-    elif backend == "wgmma":  # act-order and the MMA's k order inside each chunk, in one gather
+    if backend == "wgmma":  # act-order and the MMA's k order inside each chunk, in one gather
         x2 = x2.index_select(1, packed.wgmma_x_index())
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
