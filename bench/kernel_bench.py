@@ -126,9 +126,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         if m >= 64:  # dequantize + cuBLAS over the whole weight at once (qk_dequant: in ops.dequant_rows slices)
             contenders["qk_dequant_whole"] = lambda: w4a16_linear(x, packed, backend="dequant", rows=n)
             if tune:
-                for size in (512, 1024, 2048):
-                    contenders[f"qk_dequant_rows{size}"] = lambda size=size: w4a16_linear(x, packed, backend="dequant",
-                                                                                        rows=size)
+                for rows in (512, 1024, 2048):
+                    contenders[f"qk_dequant_rows{rows}"] = lambda rows=rows: w4a16_linear(x, packed, backend="dequant",
+                                                                                        rows=rows)
         if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
             contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True)
         if m in (16, 32):
