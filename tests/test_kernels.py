@@ -11,7 +11,7 @@ from quantkit.formats import gptq
 from quantkit.kernels import (
     W4A16Linear, kernel_available, prepare, prepare_from_checkpoint, reference_weight, w4a16_linear,
 )
-from quantkit.kernels import ops, testing
+from quantkit.kernels import testing
 from quantkit.kernels.packing import MAGIC_BIAS
 
 
@@ -183,20 +183,6 @@ def test_bad_inputs_raise_one_line_errors():
         w4a16_linear(torch.zeros(1, 256, dtype=torch.bfloat16), packed, backend="fast")
 
 
-def test_dequant_slices_where_they_save_bytes():
-    """ops.dequant_rows: slices of DEQUANT_SLICE_BYTES of bf16 weight (multiples of 16 rows) where the extra reads
-    of x cost under half the weight traffic they save, else the whole weight at once."""
-    assert ops.dequant_rows(512, 28672, 8192) == 1024  # 27 extra reads of 8 MB against 940 MB saved
-    assert ops.dequant_rows(512, 14336, 4096) == 2048
-    assert ops.dequant_rows(512, 4096, 14336) == 576
-    assert ops.dequant_rows(512, 8192, 28672) == 8192  # x is 29 MB: 28 extra reads cost more than they save
-    assert ops.dequant_rows(4096, 14336, 4096) == 14336  # batch-8 prefill: x re-read 6 times, 192 MB > 117 MB
-    assert ops.dequant_rows(512, 1024, 4096) == 1024  # the weight is one slice
-    for m, n, k in ((300, 1040, 2048), (64, 4096, 4096), (1024, 28672, 8192)):
-        rows = ops.dequant_rows(m, n, k)
-        assert rows == n or (rows % 16 == 0 and rows * k * 2 <= ops.DEQUANT_SLICE_BYTES)
-
-
 def test_module_forward_matches_reference():
     ql = _layer(n=32, k=128, g=64, sym=False, dtype=torch.float16)
     bias = torch.randn(32).to(torch.float16)
@@ -238,6 +224,8 @@ def test_split_k_rules_on_the_benchmark_shapes():
     """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
     counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid
     keeps them (ops.grid_splits); the clusters the dispatch would launch follow STREAM_CLUSTER_MAX."""
+    from quantkit.kernels import ops
+
     shapes = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672))
     want = {1: (2, 1, 4, 1, 2), 4: (2, 1, 4, 1, 2), 8: (2, 1, 4, 1, 2), 16: (2, 1, 4, 1, 2), 32: (2, 1, 2, 1, 1)}
     for m, counts in want.items():

@@ -122,20 +122,6 @@ def test_wgmma_tiles_and_splits_agree(device):
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
 
 
-def test_dequant_slices_agree(device):
-    """The dequantize + cuBLAS path in slices of output rows (ops.dequant_rows), with a bias and act-order: every
-    slice size, including one that leaves a short last slice, gives the product within the kernels' tolerance."""
-    ql = testing.random_qlinear(1040, 2048, group_size=64, sym=False, act_order=True, dtype=torch.bfloat16, seed=19)
-    packed = prepare(ql, device=device)
-    w = reference_weight(packed, torch.bfloat16)
-    bias = testing.random_activations(1, 1040, dtype=torch.bfloat16, seed=20, device=device)[0]
-    x = testing.random_activations(300, 2048, dtype=torch.bfloat16, seed=21, device=device)
-    for rows in (16, 48, 512, 1040, None):
-        y = w4a16_linear(x, packed, bias, backend="dequant", rows=rows)
-        assert y.is_contiguous() and y.shape == (300, 1040)
-        assert testing.relative_error(y, w, x, bias) <= testing.TOLERANCE[torch.bfloat16], rows
-
-
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="thread-block clusters need compute capability 9.0+")
 def test_cluster_split_k_is_bit_equal(device):

@@ -76,11 +76,6 @@ STREAM_WK_M = (1, 32)
 CLUSTER_MAX = 16
 STREAM_CLUSTER_MAX = (2, 8)
 WGMMA_CLUSTER_MAX = 16
-# The dequantize + cuBLAS path in slices of output rows (dequant_rows): each slice's bf16 weight (at most
-# DEQUANT_SLICE_BYTES) is written by the dequantize kernel and read by its GEMM while it is still in L2 (50 MB on the
-# H100 and H200), instead of the whole [N, K] weight going to memory and back (4 bytes a weight); each slice's GEMM
-# reads x again, so slicing is used only where those extra reads are under half the bytes it saves.
-DEQUANT_SLICE_BYTES = 16 << 20
 
 _buffers: dict = {}
 
@@ -233,40 +228,12 @@ def has_wgmma(device: torch.device) -> bool:
     return _buffers[key]
 
 
-def dequantize_weight(packed: PackedLinear, dtype: torch.dtype, rows: slice = slice(None)) -> torch.Tensor:
-    """The [N, K] weight (act-order sorted) from the mma layout, by the dequantize kernel; rows: those output rows
-    only (multiples of 16)."""
+def dequantize_weight(packed: PackedLinear, dtype: torch.dtype) -> torch.Tensor:
+    """The [N, K] weight (act-order sorted) from the mma layout, by the dequantize kernel."""
     ext = build.load_extension()
-    tiles = slice(None if rows.start is None else rows.start // 16, None if rows.stop is None else rows.stop // 16)
-    w16, meta = packed.mma_weight[tiles], packed.mma_meta(dtype)[tiles]
-    w = torch.empty(w16.shape[0] * 16, packed.in_features, dtype=dtype, device=w16.device)
-    ext.mma_dequant(w16, meta, w, packed.group_size, packed.zeros is None)
+    w = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.mma_weight.device)
+    ext.mma_dequant(packed.mma_weight, packed.mma_meta(dtype), w, packed.group_size, packed.zeros is None)
     return w
-
-
-def dequant_rows(m: int, n: int, k: int) -> int:
-    """Output rows per slice of the dequantize + cuBLAS path: n (no slicing) unless slices of DEQUANT_SLICE_BYTES
-    re-read x (2 m k bytes a slice after the first) for less than half the 4 n k bytes that keeping the weight in L2
-    saves."""
-    rows = max(16, DEQUANT_SLICE_BYTES // (2 * k) // 16 * 16)
-    if rows >= n or (math.ceil(n / rows) - 1) * 2 * m * k >= 2 * n * k:
-        return n
-    return rows
-
-
-def _dequant(x2: torch.Tensor, packed: PackedLinear, bias, rows: int | None) -> torch.Tensor:
-    m, k = x2.shape
-    n = packed.out_features
-    rows = rows or dequant_rows(m, n, k)
-    if rows % 16:
-        raise InputError(f"rows must be a multiple of 16, got {rows}")
-    if rows >= n:
-        return F.linear(x2, dequantize_weight(packed, x2.dtype), bias)
-    out_t = torch.empty(n, m, dtype=x2.dtype, device=x2.device)  # y^T: each slice's rows are contiguous
-    for n0 in range(0, n, rows):
-        torch.matmul(dequantize_weight(packed, x2.dtype, slice(n0, n0 + rows)), x2.T, out=out_t[n0:n0 + rows])
-    y = out_t.T
-    return (y + bias if bias is not None else y).contiguous()
 
 
 def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
@@ -358,7 +325,6 @@ def w4a16_linear(
     wk: bool | None = None,
     wsm: bool | None = None,
     cluster: bool | None = None,
-    rows: int | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -368,8 +334,8 @@ def w4a16_linear(
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
-    splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits; rows: output
-    rows per slice of the "dequant" path (default dequant_rows(); N: one slice). For benchmarking and tuning.
+    splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
+    and tuning.
     """
     _check_inputs(x, packed, bias, backend)
     if backend == "reference":
@@ -404,7 +370,7 @@ def w4a16_linear(
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster)
     elif backend == "dequant":
-        y = _dequant(x2, packed, b, rows)
+        y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
         y = _dot2(x2, packed, b)
     return y.reshape(*lead, packed.out_features)
