@@ -18,8 +18,7 @@
 // Three pipelines (PIPE): REGS, the weights and scales one step ahead in registers and a block barrier per step;
 // WSM, the weights and scales through the stages with x, same barrier; MBAR, the stages of WSM with a full and an
 // empty mbarrier each instead of the block barrier, so that the two warpgroups (and the two blocks of the dense
-// instances) drift apart, with two A register sets so that a warpgroup dequantizes its next step while its MMAs of
-// this one run (wait_group 1; with the block barrier that overlap had measured nothing, docs/kernel.md item 17).
+// instances) drift apart and one dequantizes while the other's MMAs run (the barrier had both dequantize at once).
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
 // C layout of tile 16w); a cluster reduction keeps the block's sums in the stage ring.
 #pragma once
@@ -230,61 +229,40 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   uint2 mq[KS];
   if constexpr (!WSM) load_w(0, wq, mq);
 
-  if constexpr (MBAR) {
-    // Two A register sets: step i + 1 is dequantized while step i's MMAs run, and step i - 1's MMAs are waited for
-    // (wait_group 1) before their registers and their stage are reused.
-    uint32_t a[2][KS][4][4];
-    auto stage_in = [&](int i, uint32_t(&ai)[KS][4][4]) {  // step i's stage landed (every thread's copies): dequantize
+  // One step: wait for its stage (and refill the one before), dequantize KS chunks (without WSM, then request the
+  // next step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across
+  // the next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
+  for (int i = 0; i < n_steps; ++i) {
+    if constexpr (MBAR) {
+      // Step i's stage has landed (every thread's copies); the proxy fence orders those generic-proxy writes
+      // before this warpgroup's wgmma reads of them (async proxy).
       qk_mbar_wait(full0 + 8 * (i % STAGES), (i / STAGES) & 1);
-      // the proxy fence orders those generic-proxy writes before this warpgroup's wgmma reads (async proxy)
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      read_w(i, wq, mq);
-      dequant(wq, mq, ai);
-    };
-    auto step = [&](int i, uint32_t(&ai)[KS][4][4], uint32_t(&an)[KS][4][4]) {
-      const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
-      qk_wgmma_fence();
+    } else {
+      next_stage(i);
+    }
+    uint32_t a[KS][4][4];
+    if constexpr (WSM) read_w(i, wq, mq);
+    dequant(wq, mq, a);
+    if constexpr (!WSM) load_w(i + 1, wq, mq);
+    const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
+    qk_wgmma_fence();
 #pragma unroll
-      for (int q = 0; q < KS; ++q)
+    for (int q = 0; q < KS; ++q)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) QkWgmma<Tag, BT>::mma(acc, ai[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
-      qk_wgmma_commit();
-      qk_wgmma_wait<1>();  // step i - 1's MMAs are done
-      if (i >= 1) {
-        __syncwarp();
-        if (lane == 0) qk_mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
-        // refill step i - 1's stage with step i + STAGES - 1 once every warp is done with it
-        const int j = i + STAGES - 1;
-        if (j < n_steps) qk_mbar_wait(empty0 + 8 * (j % STAGES), ((j / STAGES) - 1) & 1);
-      }
-      load_stage(i + STAGES - 1);
-      if (i + 1 < n_steps) stage_in(i + 1, an);
-    };
-    if (n_steps > 0) stage_in(0, a[0]);
-    for (int i = 0; i < n_steps; i += 2) {  // by twos, so that each register set has fixed registers
-      step(i, a[0], a[1]);
-      if (i + 1 < n_steps) step(i + 1, a[1], a[0]);
+      for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+        QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
+    qk_wgmma_commit();
+    if constexpr (MBAR) {
+      // While the MMAs run: refill the stage of step i - 1 with step i + STAGES - 1 once every warp is done with it.
+      const int j = i + STAGES - 1;
+      if (j < n_steps && i >= 1) qk_mbar_wait(empty0 + 8 * (j % STAGES), ((j / STAGES) - 1) & 1);
+      load_stage(j);
     }
     qk_wgmma_wait<0>();
-  } else {
-    // One step: wait for its stage (and refill the one before), dequantize KS chunks (without WSM, then request the
-    // next step's weights into the same registers), issue 4 KS wgmma, wait for them (the other warpgroup, and a
-    // second block where registers allow, fill that time).
-    for (int i = 0; i < n_steps; ++i) {
-      next_stage(i);
-      uint32_t a[KS][4][4];
-      if constexpr (WSM) read_w(i, wq, mq);
-      dequant(wq, mq, a);
-      if constexpr (!WSM) load_w(i + 1, wq, mq);
-      const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
-      qk_wgmma_fence();
-#pragma unroll
-      for (int q = 0; q < KS; ++q)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
-          QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
-      qk_wgmma_commit();
-      qk_wgmma_wait<0>();
+    if constexpr (MBAR) {
+      __syncwarp();
+      if (lane == 0) qk_mbar_arrive(empty0 + 8 * (i % STAGES));
     }
   }
   qk_wgmma_hold(acc);
