@@ -31,7 +31,7 @@ SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 2867
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 GROUPS = (128, 32)
 # --tune: the split-K sweep (every count, split-K through global memory and through a cluster) of the decode kernel
-# at these M, and of the prefill kernel (wgmma on Hopper, else the staged one at M = 128) at those, where --ms has them
+# at these M, and of the prefill kernel (wgmma on Hopper, else the staged one at M = 128) at those
 TUNE_STREAM_MS = (1, 2, 4, 8, 16, 32)
 TUNE_PREFILL_MS = (64, 128, 256)
 
@@ -130,14 +130,18 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
             contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
         if ops.has_wgmma(device) and m >= 16:
-            for pipe in ops.WGMMA_PIPES:  # each pipeline at the dispatch's tile
-                contenders[f"qk_wgmma_{pipe}"] = lambda pipe=pipe: w4a16_linear(x, packed, backend="wgmma", pipe=pipe)
-            if tune:  # and at every tile
-                for pipe in ops.WGMMA_PIPES:
-                    for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
-                        contenders[f"qk_wgmma_{pipe}_bt{bt}{'_dense' if dense else ''}"] = (
-                            lambda bt=bt, dense=dense, pipe=pipe: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                               dense=dense, pipe=pipe))
+            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False)
+            contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True)
+            if tune:
+                for bt in (64, 128, 256):
+                    contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                dense=False, wsm=False)
+                for bt in (64, 128):
+                    contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                      dense=True, wsm=False)
+                for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+                    contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
+                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True))
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
@@ -169,9 +173,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
     if tune:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
-        sweeps = [("stream", m) for m in TUNE_STREAM_MS if m in ms]  # at the run's M only
-        sweeps += ([("wgmma", m) for m in TUNE_PREFILL_MS if m in ms] if ops.has_wgmma(device)
-                   else [("staged", 128)] if 128 in ms else [])
+        sweeps = [("stream", m) for m in TUNE_STREAM_MS]
+        sweeps += [("wgmma", m) for m in TUNE_PREFILL_MS] if ops.has_wgmma(device) else [("staged", 128)]
         for kernel, m in sweeps:
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T

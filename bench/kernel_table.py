@@ -36,7 +36,9 @@ def dispatched_key(m: int, n: int, k: int) -> str:
     if path == "dequant":
         return "qk_dequant"
     bt = ops.wgmma_bt(m, n)
-    return f"qk_wgmma_{ops.WGMMA_PIPE}_bt{bt}{'_dense' if bt <= 128 else ''}"
+    if ops.WGMMA_WSM:
+        return f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"
+    return f"qk_wgmma_dense_bt{bt}" if bt <= 128 else "qk_wgmma_bt256"
 
 
 def pick(r: dict) -> str:
@@ -46,7 +48,7 @@ def pick(r: dict) -> str:
 
     key = dispatched_key(r["M"], r["N"], r["K"])
     if "us" not in r.get(key, {}) and key.startswith("qk_wgmma"):
-        key = f"qk_wgmma_{ops.WGMMA_PIPE}"
+        key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
     return key if "us" in r.get(key, {}) else "quantkit"
 
 
@@ -120,11 +122,6 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_wsm_bt64_dense", "wgmma 64 x2 wsm"), ("qk_wgmma_wsm_bt128", "wgmma 128 wsm"),
             ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
             ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm")]
-# Since the mbarrier pipeline, each pipeline's contenders are named qk_wgmma_{pipe}[_bt{bt}[_dense]] (ops.WGMMA_PIPES);
-# the wsm names above are already of that form.
-VARIANTS += [(f"qk_wgmma_{pipe}{tile}", f"wgmma{label} {pipe}") for pipe in ("regs", "mbar")
-             for tile, label in (("_bt64", " 64"), ("_bt64_dense", " 64 x2"), ("_bt128", " 128"),
-                                 ("_bt128_dense", " 128 x2"), ("_bt256", " 256"), ("", ""))]
 
 
 def dispatched(m: int, n: int, k: int) -> str:

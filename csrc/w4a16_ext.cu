@@ -168,16 +168,14 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
-// the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; pipe: 0
-// the weights and scales one step ahead in registers, 1 through the shared-memory stages with x, 2 the same with
-// per-stage mbarriers instead of the block barrier (QK_WGMMA_REGS / WSM / MBAR); cluster: as mma_gemm's.
+// the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; wsm: the
+// weights and scales through the shared-memory stages with x; cluster: as mma_gemm's.
 void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
-                int64_t splits, bool dense, int64_t pipe, int64_t cluster) {
+                int64_t splits, bool dense, bool wsm, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
-  TORCH_CHECK(pipe >= QK_WGMMA_REGS && pipe <= QK_WGMMA_MBAR, "pipe must be 0, 1 or 2, got ", pipe);
   check_bias(bias, x, N);
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
@@ -191,7 +189,7 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
-  check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, (int)pipe, (int)cluster, grid,
+  check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, (int)cluster, grid,
                                                      c10::cuda::getCurrentCUDAStream()));
 }
 

@@ -64,9 +64,9 @@ cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bo
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);
-// pipe: QK_WGMMA_REGS (weights one step ahead in registers), QK_WGMMA_WSM (through the shared-memory stages with x)
-// or QK_WGMMA_MBAR (the same with per-stage mbarriers instead of the block barrier); cluster: as above.
-cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int pipe, int cluster,
+// wsm: the weights and scales through the shared-memory stages with x instead of one step ahead in registers;
+// cluster: as above.
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
                             dim3 grid, cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,

@@ -4,16 +4,12 @@
 #if QK_IS_CUDA
 cudaError_t qk_launch_wgmma_regs(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                  cudaStream_t stream) {
-  return qk_wgmma_instances<QK_WGMMA_REGS>(a, bf16, sym, bt, dense, cluster, grid, stream);
+  return qk_wgmma_instances<false>(a, bf16, sym, bt, dense, cluster, grid, stream);
 }
 
-cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int pipe, int cluster,
+cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
                             dim3 grid, cudaStream_t stream) {
-  switch (pipe) {
-    case QK_WGMMA_REGS: return qk_launch_wgmma_regs(a, bf16, sym, bt, dense, cluster, grid, stream);
-    case QK_WGMMA_WSM: return qk_launch_wgmma_wsm(a, bf16, sym, bt, dense, cluster, grid, stream);
-    case QK_WGMMA_MBAR: return qk_launch_wgmma_mbar(a, bf16, sym, bt, dense, cluster, grid, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return wsm ? qk_launch_wgmma_wsm(a, bf16, sym, bt, dense, cluster, grid, stream)
+             : qk_launch_wgmma_regs(a, bf16, sym, bt, dense, cluster, grid, stream);
 }
 #endif

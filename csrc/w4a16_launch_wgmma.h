@@ -1,7 +1,6 @@
-// w4a16_launch_wgmma.h — the wgmma kernel's instances (w4a16_wgmma_cuda.h), for the three translation units that
-// compile them in parallel, one per pipeline: w4a16_launch_wgmma.cu (weights in registers, and the launcher),
-// w4a16_launch_wgmma_wsm.cu (weights through shared memory) and w4a16_launch_wgmma_mbar.cu (the same with
-// per-stage mbarriers).
+// w4a16_launch_wgmma.h — the wgmma kernel's instances (w4a16_wgmma_cuda.h), for the two translation units that
+// compile them in parallel: w4a16_launch_wgmma.cu (weights in registers, and the launcher) and
+// w4a16_launch_wgmma_wsm.cu (weights through shared memory).
 #pragma once
 
 #include <type_traits>
@@ -10,10 +9,10 @@
 #include "w4a16_wgmma_cuda.h"
 
 #if QK_IS_CUDA
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, int PIPE>
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, bool WSM>
 cudaError_t qk_wgmma_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
-  auto kernel = qk_wgmma_gemm<Tag, BT, SYM, STAGES, KS, MINB, PIPE>;
-  const int smem = qk_wgmma_smem_bytes(BT, STAGES, KS, PIPE != QK_WGMMA_REGS, SYM);
+  auto kernel = qk_wgmma_gemm<Tag, BT, SYM, STAGES, KS, MINB, WSM>;
+  const int smem = qk_wgmma_smem_bytes(BT, STAGES, KS, WSM, SYM);
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   return qk_launch_mma_kernel(kernel, a, grid, dim3(QK_WGMMA_THREADS), smem, stream, false, cluster);
@@ -21,17 +20,17 @@ cudaError_t qk_wgmma_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaSt
 
 // The instances: 64 tokens x 4 chunks per step, 128 x 2, 256 x 1 (one block per multiprocessor), and the dense
 // (two blocks per multiprocessor, registers capped) 64 x 2 and 128 x 1.
-template <int PIPE>
+template <bool WSM>
 cudaError_t qk_wgmma_instances(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                cudaStream_t stream) {
   auto pick = [&](auto tag, auto sym_c) {
     using Tag = decltype(tag);
     constexpr bool S = decltype(sym_c)::value;
-    if (bt == 64 && dense) return qk_wgmma_instance<Tag, 64, S, 3, 2, 2, PIPE>(a, cluster, grid, stream);
-    if (bt == 64) return qk_wgmma_instance<Tag, 64, S, 4, 4, 1, PIPE>(a, cluster, grid, stream);
-    if (bt == 128 && dense) return qk_wgmma_instance<Tag, 128, S, 4, 1, 2, PIPE>(a, cluster, grid, stream);
-    if (bt == 128) return qk_wgmma_instance<Tag, 128, S, 3, 2, 1, PIPE>(a, cluster, grid, stream);
-    return qk_wgmma_instance<Tag, 256, S, 4, 1, 1, PIPE>(a, cluster, grid, stream);
+    if (bt == 64 && dense) return qk_wgmma_instance<Tag, 64, S, 3, 2, 2, WSM>(a, cluster, grid, stream);
+    if (bt == 64) return qk_wgmma_instance<Tag, 64, S, 4, 4, 1, WSM>(a, cluster, grid, stream);
+    if (bt == 128 && dense) return qk_wgmma_instance<Tag, 128, S, 4, 1, 2, WSM>(a, cluster, grid, stream);
+    if (bt == 128) return qk_wgmma_instance<Tag, 128, S, 3, 2, 1, WSM>(a, cluster, grid, stream);
+    return qk_wgmma_instance<Tag, 256, S, 4, 1, 1, WSM>(a, cluster, grid, stream);
   };
   using True = std::integral_constant<bool, true>;
   using False = std::integral_constant<bool, false>;
@@ -44,6 +43,4 @@ cudaError_t qk_launch_wgmma_regs(const QkMmaArgs& a, bool bf16, bool sym, int bt
                                  cudaStream_t stream);
 cudaError_t qk_launch_wgmma_wsm(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                 cudaStream_t stream);
-cudaError_t qk_launch_wgmma_mbar(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
-                                 cudaStream_t stream);
 #endif

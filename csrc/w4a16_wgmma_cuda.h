@@ -15,10 +15,6 @@
 // registers (loaded one step ahead from global) and issues 4 KS wgmma (one per k16 step, the descriptor
 // advanced 32 bytes each), then waits for them; the other warpgroup (and a second block where registers allow)
 // fills that time.
-// Three pipelines (PIPE): REGS, the weights and scales one step ahead in registers and a block barrier per step;
-// WSM, the weights and scales through the stages with x, same barrier; MBAR, the stages of WSM with a full and an
-// empty mbarrier each instead of the block barrier, so that the two warpgroups (and the two blocks of the dense
-// instances) drift apart and one dequantizes while the other's MMAs run (the barrier had both dequantize at once).
 // Split-K and the epilogue are w4a16_mma_cuda.h's (the wgmma accumulator layout of warp w equals the mma.sync
 // C layout of tile 16w); a cluster reduction keeps the block's sums in the stage ring.
 #pragma once
@@ -36,10 +32,6 @@
 
 #define QK_WGMMA_THREADS 256
 #define QK_WGMMA_ROWS 128  // output features per block
-// The kernel's pipelines (template parameter PIPE; see the top of this file).
-#define QK_WGMMA_REGS 0
-#define QK_WGMMA_WSM 1
-#define QK_WGMMA_MBAR 2
 
 // Shared memory of one stage: x (KS sub-tiles of BT rows x 128 bytes) and, when the weights go through shared memory
 // (wsm), the step's weights (KS chunks x 8 warps x 512 bytes) and scales (KS x 256 threads x 4 bytes, 8 asymmetric).
@@ -67,25 +59,6 @@ template <int N>
 QK_INLINE void qk_wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Shared-memory mbarriers (the MBAR pipeline): init with an arrival count, arrive (plain, or when this thread's
-// earlier cp.async copies have landed, counted against the init count), and wait for the phase of a parity.
-QK_INLINE void qk_mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-QK_INLINE void qk_mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-QK_INLINE void qk_mbar_arrive_cp_async(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-}
 // Keep the compiler from moving accumulator reads/writes across the asynchronous MMAs.
 template <int R>
 QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
@@ -98,18 +71,15 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 // KS: 64-k chunks per step (one barrier and one wgmma wait; a stage holds KS chunks, 4 KS MMAs in flight per
 // warpgroup); MINB: blocks per multiprocessor the registers must allow
 // (2 halves the registers a thread may use, so that two blocks' warpgroups interleave their dequantization);
-// PIPE: REGS, the weights and scales one step ahead in registers; WSM and MBAR, through the shared-memory stages with
-// x (cp.async, STAGES - 1 steps ahead; each thread copies and later reads back its own 16 + 4 or 8 bytes a chunk);
-// MBAR, per-stage mbarriers instead of the block barrier: full (every thread's copies of the stage landed: cp.async
-// arrivals) and empty (every warp's MMAs on it done).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, int PIPE = QK_WGMMA_REGS>
+// WSM: the weights and scales travel with x through the shared-memory stages (cp.async, STAGES - 1 steps ahead; each
+// thread copies and later reads back its own 16 + 4 or 8 bytes a chunk), instead of one step ahead in registers.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, int MINB, bool WSM = false>
 QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     qk_wgmma_gemm(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
   static_assert(STAGES >= 2, "the load of step i + STAGES - 1 reuses the stage of step i - 1");
-  constexpr bool WSM = PIPE != QK_WGMMA_REGS, MBAR = PIPE == QK_WGMMA_MBAR;
   constexpr int ACC = BT / 2, MT = BT / 8;
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = KS * 8 * 512, MV = SYM ? 4 : 8;
   constexpr int STAGE_BYTES = qk_wgmma_stage_bytes(BT, KS, WSM, SYM);
@@ -130,18 +100,6 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   const QkGroupOf group_of(group_size, tig);
   const uint4* wt = w + (size_t)(live ? tile : 0) * chunks * 32 + lane;
   const size_t meta_row = (size_t)(live ? tile : 0) * groups * 8 + gid;
-  // MBAR: full[s] and empty[s] of stage s, 8 bytes each.
-  __shared__ __align__(8) uint64_t qk_bars[MBAR ? 2 * STAGES : 1];
-  const uint32_t full0 = qk_smem_addr(qk_bars), empty0 = full0 + 8 * STAGES;
-  if constexpr (MBAR) {
-    if (threadIdx.x == 0)
-#pragma unroll
-      for (int s = 0; s < STAGES; ++s) {
-        qk_mbar_init(full0 + 8 * s, QK_WGMMA_THREADS);
-        qk_mbar_init(empty0 + 8 * s, QK_WGMMA_THREADS / 32);
-      }
-    __syncthreads();
-  }
 
   // Stage of step i: x as KS sub-tiles of BT rows x 128 bytes (each a 128B-swizzled K-major tile), 16-byte cp.async
   // units; with WSM also this thread's weights and scales of the step's chunks, zero past the range and for dead
@@ -168,11 +126,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
         }
       }
     }
-    if constexpr (MBAR) {
-      if (i < n_steps) qk_mbar_arrive_cp_async(full0 + 8 * (i % STAGES));
-    } else {
-      qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
-    }
+    qk_cp_async_commit();  // one group per step, empty past the end, so the wait count stays uniform
   };
   // Without WSM: step i's weights and scales straight into registers (issued one step ahead).
   auto load_w = [&](int i, uint4(&wv)[KS], uint2(&mv)[KS]) {
@@ -233,14 +187,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
   // next step's weights into the same registers), issue 4 KS wgmma, wait for them. (Leaving MMAs in flight across
   // the next dequantization makes ptxas serialize them anyway, C7513; the other warpgroup fills that time.)
   for (int i = 0; i < n_steps; ++i) {
-    if constexpr (MBAR) {
-      // Step i's stage has landed (every thread's copies); the proxy fence orders those generic-proxy writes
-      // before this warpgroup's wgmma reads of them (async proxy).
-      qk_mbar_wait(full0 + 8 * (i % STAGES), (i / STAGES) & 1);
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    } else {
-      next_stage(i);
-    }
+    next_stage(i);
     uint32_t a[KS][4][4];
     if constexpr (WSM) read_w(i, wq, mq);
     dequant(wq, mq, a);
@@ -253,20 +200,10 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
       for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
         QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
     qk_wgmma_commit();
-    if constexpr (MBAR) {
-      // While the MMAs run: refill the stage of step i - 1 with step i + STAGES - 1 once every warp is done with it.
-      const int j = i + STAGES - 1;
-      if (j < n_steps && i >= 1) qk_mbar_wait(empty0 + 8 * (j % STAGES), ((j / STAGES) - 1) & 1);
-      load_stage(j);
-    }
     qk_wgmma_wait<0>();
-    if constexpr (MBAR) {
-      __syncwarp();
-      if (lane == 0) qk_mbar_arrive(empty0 + 8 * (i % STAGES));
-    }
   }
   qk_wgmma_hold(acc);
-  if constexpr (!MBAR) qk_cp_async_wait<0>();
+  qk_cp_async_wait<0>();
 
   // A cluster split-K reduction reuses the stage ring for the block's sums (8 warps x BT / 8 x 512 bytes).
   static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");

@@ -71,7 +71,7 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc failed on {TU.name}: {res.stderr.strip()[:2000]}"
     report = res.stderr
-    assert report.count("Compiling entry function") == 108, report[:2000]
+    assert report.count("Compiling entry function") == 88, report[:2000]
     assert "qk_mma_stream" in report and "qk_mma_staged" in report and "qk_wgmma_gemm" in report
     assert "C7513" not in report, "ptxas serialized the wgmma pipeline"
     ptx = "".join(f.read_text() for f in tmp_path.glob("*.ptx"))

@@ -181,8 +181,6 @@ def test_bad_inputs_raise_one_line_errors():
         w4a16_linear(torch.zeros(1, 100, dtype=torch.bfloat16), packed)
     with pytest.raises(InputError, match="backend"):
         w4a16_linear(torch.zeros(1, 256, dtype=torch.bfloat16), packed, backend="fast")
-    with pytest.raises(InputError, match="pipe must be one of regs, wsm, mbar"):
-        w4a16_linear(torch.zeros(1, 256, dtype=torch.bfloat16), packed, pipe="tma")
 
 
 def test_module_forward_matches_reference():

@@ -38,7 +38,7 @@ def _backends(m):
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_regs", "wgmma_mbar") if hopper else ()))
+            + (("wgmma", "wgmma_regs") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -63,8 +63,8 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
             elif backend == "stream":  # the decode kernel at every M, as a programmatic launch where there is one
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, wk=False)
-            elif backend in ("wgmma_regs", "wgmma_mbar"):  # the pipelines besides the default one
-                y = w4a16_linear(x, packed, bias, backend="wgmma", pipe=backend.split("_")[1])
+            elif backend == "wgmma_regs":  # weights one step ahead in registers (default: through shared memory)
+                y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=False)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
             else:
@@ -115,11 +115,11 @@ def test_wgmma_tiles_and_splits_agree(device):
     for m in (1, 65, 300):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=12 + m, device=device)
         for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
-            for pipe in ops.WGMMA_PIPES:
+            for wsm in (False, True):
                 for splits in (1, 3, 8):
-                    y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, pipe=pipe)
+                    y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
                     err = testing.relative_error(y, w, x)
-                    assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, pipe, splits, err)
+                    assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -137,9 +137,8 @@ def test_cluster_split_k_is_bit_equal(device):
     cases = [dict(backend="mma", staged=False, mt=mt, wk=wk) for mt in (1, 2, 4, 8) for wk in (False, True)
              if not (wk and mt == 8)]
     if hopper:
-        cases += [dict(backend="wgmma", bt=bt, dense=dense, pipe=pipe) for bt, dense in ((64, False), (64, True),
-                                                                                        (128, True), (256, False))
-                  for pipe in ("wsm", "mbar")]
+        cases += [dict(backend="wgmma", bt=bt, dense=dense) for bt, dense in ((64, False), (64, True), (128, True),
+                                                                              (256, False))]
     for m in (1, 13, 40, 130):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=17 + m, device=device)
         for case in cases:

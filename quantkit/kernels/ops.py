@@ -40,13 +40,10 @@ STAGED_MIN_N = 12288
 WGMMA_MAX_M = 256
 WGMMA_MIN_NK = 1 << 25
 WGMMA_MIN_NK_64 = 1 << 24
-# The wgmma kernel's pipeline (csrc/w4a16_wgmma_cuda.h, PIPE): "regs", the weights and scales one step ahead in
-# registers; "wsm", through its shared-memory stages with x (cp.async, STAGES - 1 steps ahead), measured on an H200
-# (session 13, bench/results/kernel_h200.json at a743557) 10-16% faster than "regs" at M = 16-64 on the two largest
-# shapes, a few percent on the others, never more than 2% slower; "mbar", the stages of "wsm" with per-stage
-# mbarriers instead of the block barrier, so that the block's two warpgroups need not dequantize at the same time.
-WGMMA_PIPES = {"regs": 0, "wsm": 1, "mbar": 2}
-WGMMA_PIPE = "wsm"
+# The wgmma kernel's weights and scales through its shared-memory stages with x (cp.async, STAGES - 1 steps ahead)
+# instead of one step ahead in registers: measured on an H200 (session 13, bench/results/kernel_h200.json at a743557)
+# 10-16% faster at M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
+WGMMA_WSM = True
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -205,7 +202,7 @@ def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
 
 
 def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None = None, pipe: str | None = None, cluster: bool | None = None) -> torch.Tensor:
+           dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = xw.shape
     n = packed.out_features
@@ -217,7 +214,7 @@ def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ws, counters = _workspace(xw.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     dense = (True if dense is None else dense) and bt <= 128
     ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
-                   packed.zeros is None, bt, splits, dense, WGMMA_PIPES[pipe or WGMMA_PIPE], cl)
+                   packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm, cl)
     return out
 
 
@@ -326,23 +323,21 @@ def w4a16_linear(
     bt: int | None = None,
     dense: bool | None = None,
     wk: bool | None = None,
-    pipe: str | None = None,
+    wsm: bool | None = None,
     cluster: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
-    sharing a tile, default stream_wk()); splits / bt / dense / pipe those of
+    sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
-    for 64 and 128 tokens per block; pipe: one of WGMMA_PIPES, default WGMMA_PIPE); cluster: split-K
+    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
     """
     _check_inputs(x, packed, bias, backend)
-    if pipe is not None and pipe not in WGMMA_PIPES:
-        raise InputError(f"pipe must be one of {', '.join(WGMMA_PIPES)}, got {pipe!r}")
     if backend == "reference":
         return reference_linear(x, packed, bias)
     lead, k = x.shape[:-1], x.shape[-1]
@@ -373,7 +368,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, pipe, cluster)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
