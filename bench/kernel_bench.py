@@ -31,7 +31,7 @@ SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 2867
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 GROUPS = (128, 32)
 # --tune: the split-K sweep (every count, split-K through global memory and through a cluster) of the decode kernel
-# at these M, and of the prefill kernel (wgmma on Hopper, else the staged one at M = 128) at those
+# at these M, and of the prefill kernel (wgmma on Hopper, else the staged one at M = 128) at those, where --ms has them
 TUNE_STREAM_MS = (1, 2, 4, 8, 16, 32)
 TUNE_PREFILL_MS = (64, 128, 256)
 
@@ -173,8 +173,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
     if tune:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
-        sweeps = [("stream", m) for m in TUNE_STREAM_MS]
-        sweeps += [("wgmma", m) for m in TUNE_PREFILL_MS] if ops.has_wgmma(device) else [("staged", 128)]
+        sweeps = [("stream", m) for m in TUNE_STREAM_MS if m in ms]  # at the run's M only
+        sweeps += ([("wgmma", m) for m in TUNE_PREFILL_MS if m in ms] if ops.has_wgmma(device)
+                   else [("staged", 128)] if 128 in ms else [])
         for kernel, m in sweeps:
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T
