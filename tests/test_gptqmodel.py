@@ -19,9 +19,15 @@ What is asserted, and why these bounds:
    cannot see a writer bug that both readers undo alike, such as qzeros written without the v1 zero-minus-one
    quirk (every weight then lands one scale off: on the tiny llama this error goes from 0.083 to 0.31, measured
    with that quirk removed from the writer); this check does.
-3. Logits against the bf16 decoder: equal within one bf16 rounding of each logit (rtol 2^-8). GPTQModel's torch
-   backend is dequantize-then-matmul in bf16, so it should compute what transformers computes in bf16 on the same
-   weights; measured bit-identical here (torch 2.13 CPU, gptqmodel 7.7.0).
+3. Logits against the bf16 decoder. GPTQModel's torch backend is dequantize-then-matmul in bf16, so it computes
+   what transformers computes in bf16 on the same weights, up to the order in which the CPU's matmul kernels add a
+   product's fp32 terms before rounding it to bf16 (GPTQModel multiplies by its [K, N] weight, the decoder by the
+   [N, K] one; on an AVX2-only AMD EPYC the two give different bf16 roundings in 0.01% of a 64x576x1536 product's
+   outputs). With torch 2.13 CPU and gptqmodel 7.7.0 the logits were bit-identical on the machine where this test
+   was written. On that AMD EPYC, 95-99% of the tiny llama's logits are equal, the others one bf16 step
+   apart, and on the 30-layer stand-in only 10% are equal, up to 1.3 apart at a logit scale of 38. So the bound is
+   the one bf16 arithmetic sets: the two bf16 evaluations are no further apart (per-token KL divergence, top-1
+   agreement with 0.5 points of slack) than the bf16 decoder is from the fp32 one.
 4. Against the fp32 decoder. formats.md asks for the same perplexity "within 0.02%". That does not hold for any
    bf16 evaluation: bf16 activations alone move the perplexity by 0.005-0.034% on the tiny llama, by 0.055% on the
    SmolLM2 stand-in with the default recipe and by 0.21% with g64 asymmetric (2 windows of 512 tokens; 0.057% and
@@ -168,21 +174,25 @@ def check(src: Path, out: Path, ctx: int, count: int, work: Path) -> dict:
         assert abs(err - recorded[name]) <= 0.01 * recorded[name] + 1e-5, \
             f"{name}: GPTQModel's weight is {err:.5f} (relative) from the source, convert recorded {recorded[name]:.5f}"
 
-    # 3. logits against the bf16 decoder
+    # 3. logits against the bf16 decoder: two bf16 evaluations of the same weights, no further apart than bf16
+    # arithmetic moves the decoder from fp32 (see the module docstring)
     gl = g["logits"].float()
     bf16 = all_logits(decoder(out, torch.bfloat16), wins).float()
+    fp32 = all_logits(decoder(out, torch.float32), wins)
     assert g["logits_dtype"] == "torch.bfloat16"
-    torch.testing.assert_close(gl, bf16, rtol=2**-8, atol=1e-6)
+    kl_16, top1_16 = agreement(fp32, bf16)
+    kl_gb, top1_gb = agreement(bf16, gl)
+    equal = float((gl == bf16).double().mean())
+    assert kl_gb <= kl_16 + 1e-7 and top1_gb >= top1_16 - 0.005, (kl_gb, kl_16, top1_gb, top1_16, equal)
 
     # 4. against the fp32 decoder: no further than bf16 arithmetic itself
-    fp32 = all_logits(decoder(out, torch.float32), wins)
     p32, p16, pg = perplexity(fp32, wins), perplexity(bf16, wins), perplexity(gl, wins)
     dev_g, dev_16 = abs(pg / p32 - 1), abs(p16 / p32 - 1)
     kl_g, top1_g = agreement(fp32, gl)
-    kl_16, top1_16 = agreement(fp32, bf16)
     figures = dict(ppl_fp32=p32, ppl_bf16=p16, ppl_gptqmodel=pg, dev_gptqmodel=dev_g, dev_bf16=dev_16,
                    kl_gptqmodel=kl_g, kl_bf16=kl_16, top1_gptqmodel=top1_g, top1_bf16=top1_16,
-                   max_logit_diff_fp32=float((gl - fp32).abs().max()), logit_scale=float(fp32.abs().max()))
+                   max_logit_diff_fp32=float((gl - fp32).abs().max()), logit_scale=float(fp32.abs().max()),
+                   kl_gptqmodel_bf16=kl_gb, top1_gptqmodel_bf16=top1_gb, equal_to_bf16=equal)
     print(out.name, {k: round(v, 6) for k, v in figures.items()})
     assert dev_g <= dev_16 + 1e-4, figures  # no further from fp32 than bf16 arithmetic itself
     assert dev_g <= 5e-3, figures  # a sanity cap on that floor (measured up to 0.21%)
