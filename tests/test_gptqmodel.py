@@ -26,8 +26,11 @@ What is asserted, and why these bounds:
    outputs). With torch 2.13 CPU and gptqmodel 7.7.0 the logits were bit-identical on the machine where this test
    was written. On that AMD EPYC, 95-99% of the tiny llama's logits are equal, the others one bf16 step
    apart, and on the 30-layer stand-in only 10% are equal, up to 1.3 apart at a logit scale of 38. So the bound is
-   the one bf16 arithmetic sets: the two bf16 evaluations are no further apart (per-token KL divergence, top-1
-   agreement with 0.5 points of slack) than the bf16 decoder is from the fp32 one.
+   the one bf16 arithmetic sets. Two evaluations that each carry their own bf16 rounding are apart by about the sum
+   of their distances from fp32 (KL divergences add for small independent perturbations). Check 4 bounds GPTQModel's
+   distance at 1.1 times the bf16 decoder's, so the two are apart by at most 2.1 times the bf16 decoder's distance
+   from fp32, in per-token KL and in top-1 disagreement (plus 0.5 points). Measured on the stand-in with the default
+   recipe: 1.31 times in KL (0.00173 against 0.00132), and 97.6% top-1 agreement against 96.6%.
 4. Against the fp32 decoder. formats.md asks for the same perplexity "within 0.02%". That does not hold for any
    bf16 evaluation: bf16 activations alone move the perplexity by 0.005-0.034% on the tiny llama, by 0.055% on the
    SmolLM2 stand-in with the default recipe and by 0.21% with g64 asymmetric (2 windows of 512 tokens; 0.057% and
@@ -174,26 +177,27 @@ def check(src: Path, out: Path, ctx: int, count: int, work: Path) -> dict:
         assert abs(err - recorded[name]) <= 0.01 * recorded[name] + 1e-5, \
             f"{name}: GPTQModel's weight is {err:.5f} (relative) from the source, convert recorded {recorded[name]:.5f}"
 
-    # 3. logits against the bf16 decoder: two bf16 evaluations of the same weights, no further apart than bf16
-    # arithmetic moves the decoder from fp32 (see the module docstring)
+    # 3 and 4: the figures first, so that a failure prints them all
     gl = g["logits"].float()
     bf16 = all_logits(decoder(out, torch.bfloat16), wins).float()
     fp32 = all_logits(decoder(out, torch.float32), wins)
     assert g["logits_dtype"] == "torch.bfloat16"
-    kl_16, top1_16 = agreement(fp32, bf16)
-    kl_gb, top1_gb = agreement(bf16, gl)
-    equal = float((gl == bf16).double().mean())
-    assert kl_gb <= kl_16 + 1e-7 and top1_gb >= top1_16 - 0.005, (kl_gb, kl_16, top1_gb, top1_16, equal)
-
-    # 4. against the fp32 decoder: no further than bf16 arithmetic itself
     p32, p16, pg = perplexity(fp32, wins), perplexity(bf16, wins), perplexity(gl, wins)
     dev_g, dev_16 = abs(pg / p32 - 1), abs(p16 / p32 - 1)
     kl_g, top1_g = agreement(fp32, gl)
+    kl_16, top1_16 = agreement(fp32, bf16)
+    kl_gb, top1_gb = agreement(bf16, gl)
     figures = dict(ppl_fp32=p32, ppl_bf16=p16, ppl_gptqmodel=pg, dev_gptqmodel=dev_g, dev_bf16=dev_16,
                    kl_gptqmodel=kl_g, kl_bf16=kl_16, top1_gptqmodel=top1_g, top1_bf16=top1_16,
                    max_logit_diff_fp32=float((gl - fp32).abs().max()), logit_scale=float(fp32.abs().max()),
-                   kl_gptqmodel_bf16=kl_gb, top1_gptqmodel_bf16=top1_gb, equal_to_bf16=equal)
+                   kl_gptqmodel_bf16=kl_gb, top1_gptqmodel_bf16=top1_gb, equal_to_bf16=float((gl == bf16).double().mean()))
     print(out.name, {k: round(v, 6) for k, v in figures.items()})
+
+    # 3. against the bf16 decoder: two bf16 evaluations, apart by at most the sum of their distances from fp32
+    assert kl_gb <= 2.1 * kl_16 + 1e-7, figures
+    assert 1 - top1_gb <= 2.1 * (1 - top1_16) + 0.005, figures
+
+    # 4. against the fp32 decoder: no further than bf16 arithmetic itself
     assert dev_g <= dev_16 + 1e-4, figures  # no further from fp32 than bf16 arithmetic itself
     assert dev_g <= 5e-3, figures  # a sanity cap on that floor (measured up to 0.21%)
     assert kl_g <= 1.1 * kl_16 + 1e-7, figures
