@@ -194,17 +194,19 @@ def check(src: Path, out: Path, ctx: int, count: int, work: Path) -> dict:
     figures = dict(ppl_fp32=p32, ppl_bf16=p16, ppl_gptqmodel=pg, dev_gptqmodel=dev_g, dev_bf16=dev_16,
                    kl_gptqmodel=kl_g, kl_bf16=kl_16, top1_gptqmodel=top1_g, top1_bf16=top1_16,
                    max_logit_diff_fp32=float((gl - fp32).abs().max()), logit_scale=float(fp32.abs().max()),
-                   kl_gptqmodel_bf16=kl_gb, top1_gptqmodel_bf16=top1_gb, equal_to_bf16=float((gl == bf16).double().mean()))
+                   kl_gptqmodel_bf16=kl_gb, top1_gptqmodel_bf16=top1_gb,
+                   equal_to_bf16=float((gl == bf16).double().mean()))
     print(out.name, {k: round(v, 6) for k, v in figures.items()})
+    kl_slack = 1.1  # check 4: GPTQModel's KL from fp32 against the bf16 decoder's
 
     # 3. against the bf16 decoder: two bf16 evaluations, apart by at most the sum of their distances from fp32
-    assert kl_gb <= 2.1 * kl_16 + 1e-7, figures
-    assert 1 - top1_gb <= 2.1 * (1 - top1_16) + 0.005, figures
+    assert kl_gb <= (1 + kl_slack) * kl_16 + 1e-7, figures
+    assert 1 - top1_gb <= (1 + kl_slack) * (1 - top1_16) + 0.005, figures
 
-    # 4. against the fp32 decoder: no further than bf16 arithmetic itself
+    # 4. against the fp32 decoder: within what bf16 arithmetic itself moves
     assert dev_g <= 2 * dev_16 + 1e-4, figures  # bf16 rounding noise of its own, of the bf16 decoder's size
     assert dev_g <= 1e-2, figures  # a sanity cap on that floor (measured up to 0.54%)
-    assert kl_g <= 1.1 * kl_16 + 1e-7, figures
+    assert kl_g <= kl_slack * kl_16 + 1e-7, figures
     assert top1_g >= top1_16 - 0.005, figures
     return figures
 
