@@ -4,7 +4,7 @@
 need=()
 for spec in click:click yaml:pyyaml matplotlib:matplotlib contourpy:contourpy cycler:cycler fontTools:fonttools \
             kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python_dateutil pytest:pytest pluggy:pluggy \
-            iniconfig:iniconfig pygments:pygments; do
+            iniconfig:iniconfig pygments:pygments packaging:packaging; do
   python3 -c "import ${spec%%:*}" 2>/dev/null || need+=(.whl-eval/${spec#*:}-*.whl)
 done
 if [ ${#need[@]} -gt 0 ] && ls "${need[@]}" >/dev/null 2>&1; then

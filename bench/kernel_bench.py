@@ -132,6 +132,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         if ops.has_wgmma(device) and m >= 16:
             contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False)
             contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True)
+            contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
@@ -139,6 +140,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                       dense=True, wsm=False)
+                for bt in (64, 128):  # the warp-specialized kernel
+                    contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                   ws=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
                     contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
                         lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True))
@@ -174,16 +178,17 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
         sweeps = [("stream", m) for m in TUNE_STREAM_MS if m in ms]  # at the run's M only
-        sweeps += ([("wgmma", m) for m in TUNE_PREFILL_MS if m in ms] if ops.has_wgmma(device)
-                   else [("staged", 128)] if 128 in ms else [])
+        sweeps += ([(kernel, m) for kernel in ("wgmma", "wgmma_ws") for m in TUNE_PREFILL_MS if m in ms]
+                   if ops.has_wgmma(device) else [("staged", 128)] if 128 in ms else [])
         for kernel, m in sweeps:
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
             truth = x.float() @ weight.float().T
-            if kernel == "wgmma":
-                bt = ops.wgmma_bt(m, n)
+            if kernel.startswith("wgmma"):
+                ws = kernel == "wgmma_ws"
+                bt = ops.wgmma_ws_bt(m) if ws else ops.wgmma_bt(m, n)
                 default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt}
-                call = lambda splits, cl, bt=bt: w4a16_linear(x, packed, backend="wgmma", splits=splits, bt=bt,
-                                                              cluster=cl)
+                call = lambda splits, cl, bt=bt, ws=ws: w4a16_linear(x, packed, backend="wgmma", splits=splits, bt=bt,
+                                                                     cluster=cl, ws=ws)
             else:
                 staged = kernel == "staged"
                 mt = 8 if staged else ops.mma_tiles(m)

@@ -137,6 +137,32 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 }
 
 #if QK_IS_CUDA
+namespace {
+
+// The wgmma kernels need an sm_90 part (wgmma is sm_90a-only).
+void check_hopper(const torch::Tensor& x) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.device().index());
+  TORCH_CHECK(major == 9 && minor == 0, "the wgmma kernels need compute capability 9.0, this GPU is ", major, ".",
+              minor);
+}
+
+// 64-k chunks per split for a requested split count (whole chunks, at least one split).
+int64_t split_chunks(int64_t K, int64_t splits) {
+  const int64_t chunks = K / 64;
+  splits = std::max<int64_t>(1, std::min(splits, chunks));
+  return (chunks + splits - 1) / splits;
+}
+
+// The wgmma kernels' grid: token tiles of bt, 128 output features a block, the splits.
+dim3 wgmma_grid(int64_t M, int64_t K, int64_t N, int64_t bt, int64_t splits) {
+  const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
+  return dim3((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
+}
+
+}  // namespace
+
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; the streaming kernel's
 // wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
@@ -152,9 +178,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
   TORCH_CHECK(!wk || (!staged && mt <= 4), "wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt ",
               mt, staged ? ", staged" : "");
-  const int64_t chunks = K / 64;
-  splits = std::max<int64_t>(1, std::min(splits, chunks));
-  const int64_t per_split = (chunks + splits - 1) / splits;
+  const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
   const int64_t n_per_block = staged ? 16 * QK_STAGED_WARPS * QK_STAGED_NT : 16 * (wk ? 1 : QK_STREAM_WARPS);
   const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
   TORCH_CHECK(cluster <= 1 || (!staged && sm90_or_later(x)), "cluster needs the streaming kernel on compute capability 9.0+");
@@ -177,20 +201,47 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
   check_bias(bias, x, N);
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.device().index());
-  TORCH_CHECK(major == 9 && minor == 0, "the wgmma kernel needs compute capability 9.0, this GPU is ", major, ".",
-              minor);
-  const int64_t chunks = K / 64;
-  splits = std::max<int64_t>(1, std::min(splits, chunks));
-  const int64_t per_split = (chunks + splits - 1) / splits;
-  const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
+  check_hopper(x);
+  const dim3 grid = wgmma_grid(M, K, N, bt, splits);
   check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(x.device());
-  const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
+  const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));
   check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, (int)cluster, grid,
                                                      c10::cuda::getCurrentCUDAStream()));
+}
+
+// The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
+// contents [K / 64][M][64]); bt tokens per block (64 or 128); cluster: as mma_gemm's.
+void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
+                   torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
+                   int64_t bt, int64_t splits, int64_t cluster) {
+  const bool bf = is_bf16(xp);
+  const auto [M, K, N] = check_mma_operands(xp, w, meta, out, ws, counters, group_size, sym);
+  TORCH_CHECK(bt == 64 || bt == 128, "bt must be 64 or 128, got ", bt);
+  check_bias(bias, xp, N);
+  check_hopper(xp);
+  const dim3 grid = wgmma_grid(M, K, N, bt, splits);
+  check_split_workspace(grid, cluster, M, N, ws, counters);
+  const c10::cuda::CUDAGuard guard(xp.device());
+  const QkMmaArgs args = mma_args(xp, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));
+  check_launch("warp-specialized wgmma W4A16 kernel",
+               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, grid, c10::cuda::getCurrentCUDAStream()));
+}
+
+// x [M, K] into the warp-specialized kernel's layout (qk_wgmma_pack_x): out has x's shape and type and holds
+// [K / 64][M][64], k in the order of index (int64 [K]).
+void wgmma_pack_x(torch::Tensor x, torch::Tensor index, torch::Tensor out) {
+  is_bf16(x);
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(index, "index", torch::kInt64, 1);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  TORCH_CHECK(x.size(1) % 64 == 0 && index.size(0) == x.size(1), "index must have K = ", x.size(1),
+              " elements (a multiple of 64), got ", index.size(0));
+  TORCH_CHECK(out.sizes() == x.sizes(), "out must be shaped like x ", x.sizes(), ", got ", out.sizes());
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch("wgmma x packing kernel",
+               qk_launch_wgmma_pack_x(u16(x), index.data_ptr<int64_t>(), reinterpret_cast<uint4*>(out.data_ptr()),
+                                      (int)x.size(0), (int)x.size(1), c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.
@@ -215,5 +266,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
+  m.def("wgmma_ws_gemm", &wgmma_ws_gemm, "warp-specialized Hopper wgmma W4A16 GEMM, x packed by wgmma_pack_x");
+  m.def("wgmma_pack_x", &wgmma_pack_x, "x in the warp-specialized wgmma kernel's layout");
 #endif
 }

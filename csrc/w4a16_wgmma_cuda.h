@@ -67,6 +67,23 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 }
 #endif
 
+// The wgmma A registers of KS chunks, [chunk][k16 step][register], from a thread's 16 weight bytes and raw scales
+// (qk_mma_meta_load) of each chunk.
+template <typename Tag, bool SYM, int KS>
+QK_INLINE void qk_wgmma_dequant(const uint4 (&wv)[KS], const uint2 (&mv)[KS], uint32_t (&a)[KS][4][4]) {
+#pragma unroll
+  for (int q = 0; q < KS; ++q) {
+    uint32_t s_lo, s_hi, z_lo, z_hi;
+    qk_mma_meta_unpack<Tag, SYM>(mv[q], s_lo, s_hi, z_lo, z_hi);
+    const uint32_t words[4] = {wv[q].x, wv[q].y, wv[q].z, wv[q].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
+  }
+}
+
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K. x is in wgmma k order (see top).
 // KS: 64-k chunks per step (one barrier and one wgmma wait; a stage holds KS chunks, 4 KS MMAs in flight per
 // warpgroup); MINB: blocks per multiprocessor the registers must allow
@@ -159,20 +176,6 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     __syncthreads();
     load_stage(i + STAGES - 1);
   };
-  // The A registers of KS chunks: [chunk][k16 step][register].
-  auto dequant = [&](const uint4(&wv)[KS], const uint2(&mv)[KS], uint32_t(&a)[KS][4][4]) {
-#pragma unroll
-    for (int q = 0; q < KS; ++q) {
-      uint32_t s_lo, s_hi, z_lo, z_hi;
-      qk_mma_meta_unpack<Tag, SYM>(mv[q], s_lo, s_hi, z_lo, z_hi);
-      const uint32_t words[4] = {wv[q].x, wv[q].y, wv[q].z, wv[q].w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          a[q][j][r] = QkMma<Tag>::dequant(qk_magic_pair<Tag>(words[j], r), (r & 1) ? z_hi : z_lo, (r & 1) ? s_hi : s_lo);
-    }
-  };
 
   float acc[ACC];
 #pragma unroll
@@ -190,7 +193,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     next_stage(i);
     uint32_t a[KS][4][4];
     if constexpr (WSM) read_w(i, wq, mq);
-    dequant(wq, mq, a);
+    qk_wgmma_dequant<Tag, SYM>(wq, mq, a);
     if constexpr (!WSM) load_w(i + 1, wq, mq);
     const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
     qk_wgmma_fence();

@@ -38,7 +38,7 @@ def _backends(m):
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_regs") if hopper else ()))
+            + (("wgmma", "wgmma_regs", "wgmma_ws") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -65,6 +65,8 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, pdl=True, wk=False)
             elif backend == "wgmma_regs":  # weights one step ahead in registers (default: through shared memory)
                 y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=False)
+            elif backend == "wgmma_ws":  # the warp-specialized kernel
+                y = w4a16_linear(x, packed, bias, backend="wgmma", ws=True)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
             else:
@@ -120,6 +122,11 @@ def test_wgmma_tiles_and_splits_agree(device):
                     y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
                     err = testing.relative_error(y, w, x)
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
+        for bt in (64, 128):  # the warp-specialized kernel; 7 splits leave the last one a short step
+            for splits in (1, 3, 7, 8):
+                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
+                err = testing.relative_error(y, w, x)
+                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, "ws", splits, err)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -139,6 +146,7 @@ def test_cluster_split_k_is_bit_equal(device):
     if hopper:
         cases += [dict(backend="wgmma", bt=bt, dense=dense) for bt, dense in ((64, False), (64, True), (128, True),
                                                                               (256, False))]
+        cases += [dict(backend="wgmma", bt=bt, ws=True) for bt in (64, 128)]
     for m in (1, 13, 40, 130):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=17 + m, device=device)
         for case in cases:

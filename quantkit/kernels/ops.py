@@ -44,6 +44,9 @@ WGMMA_MIN_NK_64 = 1 << 24
 # instead of one step ahead in registers: measured on an H200 (session 13, bench/results/kernel_h200.json at a743557)
 # 10-16% faster at M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
 WGMMA_WSM = True
+# The warp-specialized wgmma kernel (csrc/w4a16_wgmma_ws_cuda.h: a producer warp's bulk copies on mbarriers, two
+# consumer warpgroups, x packed per call) instead of qk_wgmma_gemm; off until measured.
+WGMMA_WS = False
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -201,19 +204,36 @@ def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
     return max(1, min(math.ceil(sms / blocks), (k // 64) // MIN_CHUNKS_PER_SPLIT))
 
 
-def _wgmma(xw: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
-           dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None) -> torch.Tensor:
+def wgmma_ws_bt(m: int) -> int:
+    """Tokens per block of the warp-specialized wgmma kernel (64 or 128)."""
+    return 64 if m <= 64 else 128
+
+
+def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
+           dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
+           ws: bool | None = None) -> torch.Tensor:
+    """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
+    image of the swizzled tiles (ws, qk_wgmma_ws), here."""
     ext = build.load_extension()
-    m, k = xw.shape
+    m, k = x2.shape
     n = packed.out_features
-    bt = bt or wgmma_bt(m, n)
-    splits = splits or wgmma_splits(m, n, k, _sm_count(xw.device), bt)
-    cl = cluster_size(splits, k, xw.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
-    out = torch.empty(m, n, dtype=xw.dtype, device=xw.device)
+    ws = WGMMA_WS if ws is None else ws
+    bt = bt or (wgmma_ws_bt(m) if ws else wgmma_bt(m, n))
+    splits = splits or wgmma_splits(m, n, k, _sm_count(x2.device), bt)
+    cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
+    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
-    ws, counters = _workspace(xw.device, splits * m * n if splits > 1 and not cl else 0, tiles)
+    part, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
+    meta = packed.mma_meta(x2.dtype)
+    if ws:
+        xp = torch.empty_like(x2)
+        ext.wgmma_pack_x(x2, packed.wgmma_x_index(), xp)
+        ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
+                          packed.zeros is None, bt, splits, cl)
+        return out
+    xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
-    ext.wgmma_gemm(xw, packed.mma_weight, packed.mma_meta(xw.dtype), bias, out, ws, counters, packed.group_size,
+    ext.wgmma_gemm(xw, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                    packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm, cl)
     return out
 
@@ -325,6 +345,7 @@ def w4a16_linear(
     wk: bool | None = None,
     wsm: bool | None = None,
     cluster: bool | None = None,
+    ws: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -332,7 +353,8 @@ def w4a16_linear(
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
     sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
-    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM); cluster: split-K
+    for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
+    kernel, default WGMMA_WS, which takes bt and splits but neither dense nor wsm); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -358,8 +380,8 @@ def w4a16_linear(
     if m == 0:
         return x.new_zeros(*lead, packed.out_features)
     x2 = x.reshape(m, k)
-    if backend == "wgmma":  # act-order and the MMA's k order inside each chunk, in one gather
-        x2 = x2.index_select(1, packed.wgmma_x_index())
+    if backend == "wgmma":  # _wgmma puts x in its kernel's k order (and act-order) itself
+        x2 = x2.contiguous()
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
     if x2.data_ptr() % 16:
@@ -368,7 +390,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:

@@ -1,0 +1,61 @@
+// w4a16_launch_wgmma_ws.cu — the warp-specialized Hopper kernel's instances (w4a16_wgmma_ws_cuda.h: qk_wgmma_ws),
+// their launcher, and the packing of x they read.
+#include <algorithm>
+
+#include "w4a16_launch.h"
+#include "w4a16_wgmma_ws_cuda.h"
+
+#if QK_IS_CUDA
+QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int64_t* __restrict__ index,
+                               uint4* __restrict__ out, int M, int K) {
+  const long long units = (long long)M * (K / 8);
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < units;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int v = (int)(i % 8), r = (int)((i / 8) % M), c = (int)(i / 8 / M);
+    const int64_t* idx = index + (size_t)c * 64 + (size_t)((v ^ (r & 7)) * 8);
+    const uint16_t* row = x + (size_t)r * K;
+    uint32_t word[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) word[j] = (uint32_t)row[idx[2 * j]] | ((uint32_t)row[idx[2 * j + 1]] << 16);
+    out[i] = make_uint4(word[0], word[1], word[2], word[3]);
+  }
+}
+
+cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,
+                                   cudaStream_t stream) {
+  const long long units = (long long)M * (K / 8);
+  const int blocks = (int)std::min<long long>((units + 255) / 256, 1 << 16);
+  if (blocks > 0) qk_wgmma_pack_x<<<blocks, 256, 0, stream>>>(x, index, out, M, K);
+  return cudaGetLastError();
+}
+
+namespace {
+
+template <typename Tag, int BT, bool SYM, int STAGES, int KS>
+cudaError_t ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
+  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
+  constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
+  static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  return qk_launch_mma_kernel(kernel, a, grid, dim3(QK_WS_THREADS), smem, stream, false, cluster);
+}
+
+// The instances: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (each about 200 KB). 256 tokens would need
+// 128 accumulators a thread: at 168 registers ptxas spills and serializes the wgmma (C7512).
+template <typename Tag, bool SYM>
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStream_t stream) {
+  if (bt == 64) return ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
+  if (bt == 128) return ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
+                               cudaStream_t stream) {
+  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, grid, stream)
+                       : ws_tile<QkBF16, false>(a, bt, cluster, grid, stream);
+  return sym ? ws_tile<QkF16, true>(a, bt, cluster, grid, stream) : ws_tile<QkF16, false>(a, bt, cluster, grid, stream);
+}
+#endif

@@ -1,0 +1,187 @@
+// w4a16_wgmma_ws_cuda.h — the Hopper (sm_90a) prefill kernel, warp-specialized: one producer warp only loads,
+// through bulk copies (cp.async.bulk, the TMA engine) that complete on per-stage mbarriers, and two consumer
+// warpgroups only dequantize and multiply. CUDA only.
+//
+// Same product, weight layout, register A operand and shared-memory B tile as qk_wgmma_gemm (w4a16_wgmma_cuda.h),
+// which keeps both warpgroups in step with a block barrier and has every thread copy its own part of each stage:
+// there both warpgroups dequantize at the same time and the tensor cores wait (docs/kernel.md, item 25). Here:
+//   - warp 8 (the producer; one lane issues) fills stage s with step i's x tile (KS copies of the packed image of
+//     the swizzled tile: x comes from qk_wgmma_pack_x as [K / 64][M][64], act-order and MMA k order applied), the
+//     8 tiles' weights (a copy each) and the scales of the step's groups (a copy each), the bytes counted on
+//     full[s]; before refilling a stage it waits on empty[s];
+//   - warps 0-7 (warpgroups 0 and 1, 64 rows each) wait on full[s], read their 16 weight bytes and scales, dequantize,
+//     issue 4 KS wgmma (N = BT tokens), wait for them and arrive on empty[s] (a warp each). Nothing else ties the two
+//     warpgroups together, so one dequantizes while the other's MMAs run.
+// One block of 288 threads per multiprocessor, 64 or 128 tokens a block (168 registers a thread: the register file is
+// split over the 4 schedulers and one of them holds 3 warps); the epilogue and split-K are the mma kernels' (the
+// producer warp joins it with no tile of its own).
+#pragma once
+
+#include "w4a16_wgmma_cuda.h"
+
+#if QK_IS_CUDA
+
+#define QK_WS_CONSUMER_WARPS 8
+#define QK_WS_THREADS (32 * QK_WS_CONSUMER_WARPS + 32)
+
+// One stage: x (KS sub-tiles of BT rows x 128 bytes), the weights [tile][chunk] (8 x KS x 512 bytes), the scales
+// [tile][group][row] (8 x 2 KS groups x 8 rows x 4 bytes, 8 asymmetric: a step of KS chunks touches at most 2 KS
+// groups), rounded up to 1024 bytes (the 128-byte swizzle repeats every 1024).
+__host__ __device__ constexpr int qk_ws_stage_bytes(int bt, int ks, bool sym) {
+  return (ks * bt * 128 + 8 * ks * 512 + 8 * 2 * ks * 8 * (sym ? 4 : 8) + 1023) / 1024 * 1024;
+}
+// The whole ring, plus slack to align its base to 1024 bytes.
+__host__ __device__ constexpr int qk_ws_smem_bytes(int bt, int stages, int ks, bool sym) {
+  return qk_ws_stage_bytes(bt, ks, sym) * stages + 1024;
+}
+
+#if QK_HAS_WGMMA
+// Shared-memory mbarriers: init with an arrival count, arrive, arrive and set the bytes the phase waits for, wait
+// for the phase of a parity to complete.
+QK_INLINE void qk_mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+QK_INLINE void qk_mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+QK_INLINE void qk_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+}
+// One bulk copy global -> shared (16-byte multiples, 16-byte aligned), completing on bar by its bytes.
+QK_INLINE void qk_bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+#endif
+
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K; xp is x packed by qk_wgmma_pack_x.
+// STAGES steps of KS chunks in flight.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS>
+QK_GLOBAL void __launch_bounds__(QK_WS_THREADS, 1)
+    qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
+                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
+                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+#if QK_HAS_WGMMA
+  constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
+  constexpr int X_BYTES = KS * BT * 128, W_BYTES = 8 * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
+  static_assert(X_BYTES + W_BYTES + 8 * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
+  static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");
+  extern __shared__ unsigned char qk_dyn_smem[];
+  __shared__ __align__(8) uint64_t bars[2 * STAGES];
+  const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
+  const unsigned char* smem0_ptr = qk_dyn_smem + (smem0 - qk_smem_addr(qk_dyn_smem));
+  const uint32_t full0 = qk_smem_addr(bars), empty0 = full0 + 8 * STAGES;
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bool producer = warp == QK_WS_CONSUMER_WARPS;
+  const int gid = lane / 4, tig = lane % 4;
+  const int n_tiles = N / 16, tile0 = (int)blockIdx.y * 8;
+  const int tile = producer ? n_tiles : tile0 + warp;  // the producer has no tile (a dead one in the epilogue)
+  const bool live = tile < n_tiles;  // dead consumer warps still take part in their warpgroup's wgmma, zero weights
+  const int m0 = (int)blockIdx.x * BT;
+  const int chunks = K / 64, groups = K / group_size;
+  const int c0 = (int)blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+  const int n_steps = (max(0, c1 - c0) + KS - 1) / KS;
+  const QkGroupOf group_of(group_size, tig), group_of0(group_size, 0);
+
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      qk_mbar_init(full0 + 8 * s, 1);                     // the producer's arrival (with the stage's bytes)
+      qk_mbar_init(empty0 + 8 * s, QK_WS_CONSUMER_WARPS);  // a consumer warp's each, after its MMAs on the stage
+    }
+    // the initialized barriers visible to the bulk copies' completions (async proxy)
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  float acc[ACC];
+#pragma unroll
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
+
+  if (producer) {
+    if (lane == 0) {
+      const int rows = min(BT, M - m0), live_tiles = min(8, n_tiles - tile0);
+      const unsigned char* meta_bytes = reinterpret_cast<const unsigned char*>(meta);
+#pragma unroll 1
+      for (int i = 0; i < n_steps; ++i) {
+        const int s = i % STAGES;
+        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES, done
+        const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
+        const int cs = c0 + i * KS, nc = min(KS, c1 - cs), g_lo = group_of0(cs);
+        const int ng = (64 * (cs + nc) - 1) / group_size - g_lo + 1;
+        qk_mbar_arrive_expect_tx(bar, (uint32_t)(KS * rows * 128 + live_tiles * (nc * 512 + ng * 8 * MV)));
+#pragma unroll
+        for (int q = 0; q < KS; ++q)  // past the range, a real chunk's x (finite; its weights are made zero)
+          qk_bulk_copy(base + q * BT * 128, xp + ((size_t)min(cs + q, chunks - 1) * M + m0) * 64, rows * 128, bar);
+#pragma unroll 1
+        for (int t = 0; t < live_tiles; ++t) {
+          const size_t tt = (size_t)(tile0 + t);
+          qk_bulk_copy(base + X_BYTES + t * KS * 512, w + (tt * chunks + cs) * 32, nc * 512, bar);
+          qk_bulk_copy(base + X_BYTES + W_BYTES + t * G_MAX * 8 * MV, meta_bytes + (tt * groups + g_lo) * 8 * MV,
+                       ng * 8 * MV, bar);
+        }
+      }
+    }
+    __syncwarp();
+  } else {
+#pragma unroll 1
+    for (int i = 0; i < n_steps; ++i) {
+      const int s = i % STAGES;
+      qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
+      const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
+      const int cs = c0 + i * KS, g_lo = group_of0(cs);
+      uint4 wv[KS];
+      uint2 mv[KS];
+#pragma unroll
+      for (int q = 0; q < KS; ++q) {
+        const int c = cs + q;
+        if (live && c < c1) {
+          wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (warp * KS + q) * 512 + lane * 16);
+          const unsigned char* m = base + X_BYTES + W_BYTES + ((warp * G_MAX + group_of(c) - g_lo) * 8 + gid) * MV;
+          mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
+        } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
+          wv[q] = make_uint4(0, 0, 0, 0);
+          mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
+        }
+      }
+      uint32_t a[KS][4][4];
+      qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
+      const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)(s * STAGE_BYTES));
+      qk_wgmma_fence();
+#pragma unroll
+      for (int q = 0; q < KS; ++q)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+          QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
+      qk_wgmma_commit();
+      qk_wgmma_wait<0>();
+      __syncwarp();
+      if (lane == 0) qk_mbar_arrive(empty0 + 8 * s);
+    }
+    qk_wgmma_hold(acc);
+  }
+
+  // Every copy has landed (the consumers waited for each stage), so a cluster reduction may reuse the ring.
+  float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
+  const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), tile0, QK_WS_CONSUMER_WARPS};
+  qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
+#endif
+}
+
+// x [M, K] -> out [K / 64][M][64]: row r of chunk c is x[r, index[64c .. 64c + 63]] (act-order and the MMA's k order,
+// PackedLinear.wgmma_x_index) with its 16-byte unit u stored at u ^ (r % 8), the image of the kernel's 128B-swizzled
+// tile, so that one bulk copy brings a chunk's rows of a token tile. One 16-byte unit a thread, grid-stride.
+QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int64_t* __restrict__ index,
+                               uint4* __restrict__ out, int M, int K);
+
+#endif  // QK_IS_CUDA
