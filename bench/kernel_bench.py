@@ -140,7 +140,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                       dense=True, wsm=False)
-                for bt in (64, 128):  # the warp-specialized kernel
+                for bt in (64, 128, 256):  # the warp-specialized kernel
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
@@ -186,7 +186,9 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             if kernel.startswith("wgmma"):
                 ws = kernel == "wgmma_ws"
                 bt = ops.wgmma_ws_bt(m) if ws else ops.wgmma_bt(m, n)
-                default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt}
+                default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt, "ws": ws}
+                if ws and bt == 256:  # no split-K there
+                    default = 1
                 call = lambda splits, cl, bt=bt, ws=ws: w4a16_linear(x, packed, backend="wgmma", splits=splits, bt=bt,
                                                                      cluster=cl, ws=ws)
             else:
@@ -196,7 +198,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 default, config = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk), {"wk": wk}
                 call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
                                                                              staged=staged, wk=wk, cluster=cl)
-            for splits in sorted({1, 2, 4, 8, 16, 32, default}):
+            no_split = config.get("ws") and config["bt"] == 256
+            for splits in (1,) if no_split else sorted({1, 2, 4, 8, 16, 32, default}):
                 for cl in clusters:
                     fn = lambda: call(splits, cl)
                     check(f"{kernel} splits={splits} cluster={cl}", fn(), truth, testing.TOLERANCE[dtype])

@@ -211,16 +211,17 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
-// contents [K / 64][M][64]); bt tokens per block (64 or 128); cluster: as mma_gemm's.
+// contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's.
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster) {
   const bool bf = is_bf16(xp);
   const auto [M, K, N] = check_mma_operands(xp, w, meta, out, ws, counters, group_size, sym);
-  TORCH_CHECK(bt == 64 || bt == 128, "bt must be 64 or 128, got ", bt);
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
   check_bias(bias, xp, N);
   check_hopper(xp);
   const dim3 grid = wgmma_grid(M, K, N, bt, splits);
+  TORCH_CHECK(bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(xp.device());
   const QkMmaArgs args = mma_args(xp, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));

@@ -38,15 +38,16 @@ cudaError_t ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  return qk_launch_mma_kernel(kernel, a, grid, dim3(QK_WS_THREADS), smem, stream, false, cluster);
+  if (BT == 256 && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
+  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster);
 }
 
-// The instances: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (each about 200 KB). 256 tokens would need
-// 128 accumulators a thread: at 168 registers ptxas spills and serializes the wgmma (C7512).
+// The instances: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages; 256 x 1, 6 stages (each 210-228 KB).
 template <typename Tag, bool SYM>
 cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStream_t stream) {
   if (bt == 64) return ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
   if (bt == 128) return ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
+  if (bt == 256) return ws_instance<Tag, 256, SYM, 6, 1>(a, cluster, grid, stream);
   return cudaErrorInvalidValue;
 }
 

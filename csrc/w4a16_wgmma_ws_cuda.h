@@ -12,9 +12,11 @@
 //   - warps 0-7 (warpgroups 0 and 1, 64 rows each) wait on full[s], read their 16 weight bytes and scales, dequantize,
 //     issue 4 KS wgmma (N = BT tokens), wait for them and arrive on empty[s] (a warp each). Nothing else ties the two
 //     warpgroups together, so one dequantizes while the other's MMAs run.
-// One block of 288 threads per multiprocessor, 64 or 128 tokens a block (168 registers a thread: the register file is
+// One block per multiprocessor. 64 or 128 tokens a block: 288 threads (168 registers a thread: the register file is
 // split over the 4 schedulers and one of them holds 3 warps); the epilogue and split-K are the mma kernels' (the
-// producer warp joins it with no tile of its own).
+// producer warp joins it with no tile of its own). 256 tokens (128 accumulators a thread): 384 threads, the producer
+// is warpgroup 2, which gives registers to the consumers (setmaxnreg: 40 for it, 232 for them) and leaves after its
+// last copy; no split-K (the epilogue then has no barrier the producer would have to join).
 #pragma once
 
 #include "w4a16_wgmma_cuda.h"
@@ -22,7 +24,12 @@
 #if QK_IS_CUDA
 
 #define QK_WS_CONSUMER_WARPS 8
-#define QK_WS_THREADS (32 * QK_WS_CONSUMER_WARPS + 32)
+// Threads of a block: the consumers' 8 warps and a producer warp, or (bt 256) a producer warpgroup.
+__host__ __device__ constexpr int qk_ws_threads(int bt) { return 32 * QK_WS_CONSUMER_WARPS + (bt == 256 ? 128 : 32); }
+// bt 256: registers a thread of the producer warpgroup keeps and one of the consumers' gets (40 x 128 + 232 x 256
+// <= 65536; setmaxnreg takes multiples of 8 from 24 to 256).
+#define QK_WS_PRODUCER_REGS 40
+#define QK_WS_CONSUMER_REGS 232
 
 // One stage: x (KS sub-tiles of BT rows x 128 bytes), the weights [tile][chunk] (8 x KS x 512 bytes), the scales
 // [tile][group][row] (8 x 2 KS groups x 8 rows x 4 bytes, 8 asymmetric: a step of KS chunks touches at most 2 KS
@@ -61,17 +68,27 @@ QK_INLINE void qk_bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint3
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+// The registers of every thread of the executing warpgroup, lowered or raised (warpgroup-wide).
+template <int R>
+QK_INLINE void qk_setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+template <int R>
+QK_INLINE void qk_setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
 #endif
 
-// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K; xp is x packed by qk_wgmma_pack_x.
-// STAGES steps of KS chunks in flight.
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256); xp is x packed by
+// qk_wgmma_pack_x. STAGES steps of KS chunks in flight.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-QK_GLOBAL void __launch_bounds__(QK_WS_THREADS, 1)
+QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
+  constexpr bool REGS = BT == 256;  // the producer warpgroup hands its registers to the consumers
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = 8 * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + 8 * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
   static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");
@@ -82,7 +99,7 @@ QK_GLOBAL void __launch_bounds__(QK_WS_THREADS, 1)
   const uint32_t full0 = qk_smem_addr(bars), empty0 = full0 + 8 * STAGES;
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const bool producer = warp == QK_WS_CONSUMER_WARPS;
+  const bool producer = warp >= QK_WS_CONSUMER_WARPS;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile0 = (int)blockIdx.y * 8;
   const int tile = producer ? n_tiles : tile0 + warp;  // the producer has no tile (a dead one in the epilogue)
@@ -109,7 +126,8 @@ QK_GLOBAL void __launch_bounds__(QK_WS_THREADS, 1)
   for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
 
   if (producer) {
-    if (lane == 0) {
+    if constexpr (REGS) qk_setmaxnreg_dec<QK_WS_PRODUCER_REGS>();
+    if (warp == QK_WS_CONSUMER_WARPS && lane == 0) {
       const int rows = min(BT, M - m0), live_tiles = min(8, n_tiles - tile0);
       const unsigned char* meta_bytes = reinterpret_cast<const unsigned char*>(meta);
 #pragma unroll 1
@@ -133,7 +151,9 @@ QK_GLOBAL void __launch_bounds__(QK_WS_THREADS, 1)
       }
     }
     __syncwarp();
+    if constexpr (REGS) return;  // no split-K at BT 256: the epilogue has no barrier to join
   } else {
+    if constexpr (REGS) qk_setmaxnreg_inc<QK_WS_CONSUMER_REGS>();
 #pragma unroll 1
     for (int i = 0; i < n_steps; ++i) {
       const int s = i % STAGES;

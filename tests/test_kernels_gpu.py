@@ -122,11 +122,13 @@ def test_wgmma_tiles_and_splits_agree(device):
                     y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
                     err = testing.relative_error(y, w, x)
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
-        for bt in (64, 128):  # the warp-specialized kernel; 7 splits leave the last one a short step
-            for splits in (1, 3, 7, 8):
+        for bt in (64, 128, 256):  # the warp-specialized kernel; 7 splits leave the last one a short step
+            for splits in (1, 3, 7, 8) if bt < 256 else (1,):
                 y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
                 err = testing.relative_error(y, w, x)
                 assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, "ws", splits, err)
+    with pytest.raises(UnsupportedError, match="no split-K with 256 tokens"):
+        w4a16_linear(x, packed, backend="wgmma", bt=256, splits=2, ws=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,

@@ -205,8 +205,8 @@ def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
 
 
 def wgmma_ws_bt(m: int) -> int:
-    """Tokens per block of the warp-specialized wgmma kernel (64 or 128)."""
-    return 64 if m <= 64 else 128
+    """Tokens per block of the warp-specialized wgmma kernel (64, 128 or 256)."""
+    return 64 if m <= 64 else 128 if m <= 128 else 256
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
@@ -219,6 +219,11 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     n = packed.out_features
     ws = WGMMA_WS if ws is None else ws
     bt = bt or (wgmma_ws_bt(m) if ws else wgmma_bt(m, n))
+    if ws and bt == 256:  # checked here: the extension's own check would be its last line of defence
+        if (splits or 1) > 1:
+            raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with 256 tokens a block, got "
+                                   f"splits={splits}")
+        splits = 1
     splits = splits or wgmma_splits(m, n, k, _sm_count(x2.device), bt)
     cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
