@@ -1,9 +1,9 @@
 // w4a16_launch_wgmma_ws.cu — the warp-specialized Hopper kernel's instances (w4a16_wgmma_ws_cuda.h: qk_wgmma_ws),
 // their launcher, and the packing of x they read.
 #include <algorithm>
+#include <type_traits>
 
-#include "w4a16_launch.h"
-#include "w4a16_wgmma_ws_cuda.h"
+#include "w4a16_launch_wgmma_ws.h"
 
 #if QK_IS_CUDA
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int64_t* __restrict__ index,
@@ -31,32 +31,22 @@ cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint
 
 namespace {
 
-template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-cudaError_t ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
-  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
-  constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
-  static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  if (BT == 256 && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
-  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster);
-}
-
-// The instances: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages; 256 x 1, 6 stages (each 210-228 KB).
+// The instances of this translation unit, 128 rows a block: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages
+// (208-216 KB). The 128-accumulator ones are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStream_t stream) {
-  if (bt == 64) return ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
-  if (bt == 128) return ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
-  if (bt == 256) return ws_instance<Tag, 256, SYM, 6, 1>(a, cluster, grid, stream);
-  return cudaErrorInvalidValue;
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int rows, int cluster, dim3 grid, cudaStream_t stream) {
+  if (rows == 128 && bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
+  if (rows == 128 && bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
+  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, rows, cluster, grid, stream);
 }
 
 }  // namespace
 
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int rows, int cluster, dim3 grid,
                                cudaStream_t stream) {
-  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, grid, stream)
-                       : ws_tile<QkBF16, false>(a, bt, cluster, grid, stream);
-  return sym ? ws_tile<QkF16, true>(a, bt, cluster, grid, stream) : ws_tile<QkF16, false>(a, bt, cluster, grid, stream);
+  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, rows, cluster, grid, stream)
+                       : ws_tile<QkBF16, false>(a, bt, rows, cluster, grid, stream);
+  return sym ? ws_tile<QkF16, true>(a, bt, rows, cluster, grid, stream)
+             : ws_tile<QkF16, false>(a, bt, rows, cluster, grid, stream);
 }
 #endif
