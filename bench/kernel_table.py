@@ -123,7 +123,9 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_dense_bt128", "wgmma 128 x2"), ("qk_wgmma_bt256", "wgmma 256"), ("qk_wgmma_wsm_bt64", "wgmma 64 wsm"),
             ("qk_wgmma_wsm_bt64_dense", "wgmma 64 x2 wsm"), ("qk_wgmma_wsm_bt128", "wgmma 128 wsm"),
             ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
-            ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm")]
+            ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm"),
+            ("qk_wgmma_ws_bt64", "ws 128x64"), ("qk_wgmma_ws_bt128", "ws 128x128"), ("qk_wgmma_ws_bt256", "ws 128x256"),
+            ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
 
 
 def dispatched(m: int, n: int, k: int) -> str:
