@@ -138,26 +138,31 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, NT), 1)
 
   if (producer) {
     if constexpr (REGS) qk_setmaxnreg_dec<QK_WS_PRODUCER_REGS>();
-    if (warp == QK_WS_CONSUMER_WARPS && lane == 0) {
+    // The copies of a stage are issued by the producer warp's lanes at once (one lane issuing them one after another
+    // paced the whole kernel): lane t < TILES the weights and scales of tile t, lane TILES + q the x of chunk q.
+    static_assert(TILES + KS <= 32, "a lane per copy");
+    if (warp == QK_WS_CONSUMER_WARPS) {
       const int rows = min(BT, M - m0), live_tiles = min(TILES, n_tiles - tile0);
       const unsigned char* meta_bytes = reinterpret_cast<const unsigned char*>(meta);
+      const size_t tt = (size_t)(tile0 + lane);  // lane < TILES: its tile
 #pragma unroll 1
       for (int i = 0; i < n_steps; ++i) {
         const int s = i % STAGES;
-        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES, done
         const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
         const int cs = c0 + i * KS, nc = min(KS, c1 - cs), g_lo = group_of0(cs);
         const int ng = (64 * (cs + nc) - 1) / group_size - g_lo + 1;
-        qk_mbar_arrive_expect_tx(bar, (uint32_t)(KS * rows * 128 + live_tiles * (nc * 512 + ng * 8 * MV)));
-#pragma unroll
-        for (int q = 0; q < KS; ++q)  // past the range, a real chunk's x (finite; its weights are made zero)
-          qk_bulk_copy(base + q * BT * 128, xp + ((size_t)min(cs + q, chunks - 1) * M + m0) * 64, rows * 128, bar);
-#pragma unroll 1
-        for (int t = 0; t < live_tiles; ++t) {
-          const size_t tt = (size_t)(tile0 + t);
-          qk_bulk_copy(base + X_BYTES + t * KS * 512, w + (tt * chunks + cs) * 32, nc * 512, bar);
-          qk_bulk_copy(base + X_BYTES + W_BYTES + t * G_MAX * 8 * MV, meta_bytes + (tt * groups + g_lo) * 8 * MV,
+        if (lane == 0) {
+          if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES
+          qk_mbar_arrive_expect_tx(bar, (uint32_t)(KS * rows * 128 + live_tiles * (nc * 512 + ng * 8 * MV)));
+        }
+        __syncwarp();  // the stage is free and its bytes are expected before any copy is issued
+        if (lane < live_tiles) {
+          qk_bulk_copy(base + X_BYTES + lane * KS * 512, w + (tt * chunks + cs) * 32, nc * 512, bar);
+          qk_bulk_copy(base + X_BYTES + W_BYTES + lane * G_MAX * 8 * MV, meta_bytes + (tt * groups + g_lo) * 8 * MV,
                        ng * 8 * MV, bar);
+        } else if (lane >= TILES && lane < TILES + KS) {  // past the range, a real chunk's x (its weights are zero)
+          const int q = lane - TILES;
+          qk_bulk_copy(base + q * BT * 128, xp + ((size_t)min(cs + q, chunks - 1) * M + m0) * 64, rows * 128, bar);
         }
       }
     }
