@@ -143,8 +143,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128, 256):  # the warp-specialized kernel
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
-                contenders["qk_wgmma_ws_rows256_bt128"] = lambda: w4a16_linear(x, packed, backend="wgmma", bt=128,
-                                                                               rows=256, ws=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
                     contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
                         lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True))

@@ -155,10 +155,10 @@ int64_t split_chunks(int64_t K, int64_t splits) {
   return (chunks + splits - 1) / splits;
 }
 
-// The wgmma kernels' grid: token tiles of bt, rows output features a block, the splits.
-dim3 wgmma_grid(int64_t M, int64_t K, int64_t N, int64_t bt, int64_t splits, int64_t rows = QK_WGMMA_ROWS) {
+// The wgmma kernels' grid: token tiles of bt, 128 output features a block, the splits.
+dim3 wgmma_grid(int64_t M, int64_t K, int64_t N, int64_t bt, int64_t splits) {
   const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
-  return dim3((M + bt - 1) / bt, (N + rows - 1) / rows, (chunks + per_split - 1) / per_split);
+  return dim3((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
 }
 
 }  // namespace
@@ -211,25 +211,22 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
-// contents [K / 64][M][64]); rows x bt outputs x tokens a block: 128 x 64, 128 x 128, and without split-K 128 x 256
-// and 256 x 128; cluster: as mma_gemm's.
+// contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's.
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
-                   int64_t bt, int64_t rows, int64_t splits, int64_t cluster) {
+                   int64_t bt, int64_t splits, int64_t cluster) {
   const bool bf = is_bf16(xp);
   const auto [M, K, N] = check_mma_operands(xp, w, meta, out, ws, counters, group_size, sym);
-  TORCH_CHECK((rows == 128 && (bt == 64 || bt == 128 || bt == 256)) || (rows == 256 && bt == 128),
-              "rows x bt must be 128 x 64, 128 x 128, 128 x 256 or 256 x 128, got ", rows, " x ", bt);
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
   check_bias(bias, xp, N);
   check_hopper(xp);
-  const dim3 grid = wgmma_grid(M, K, N, bt, splits, rows);
-  TORCH_CHECK(bt * rows < 256 * 128 || grid.z == 1, rows, " x ", bt, " takes no split-K, got ", grid.z, " splits");
+  const dim3 grid = wgmma_grid(M, K, N, bt, splits);
+  TORCH_CHECK(bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   const c10::cuda::CUDAGuard guard(xp.device());
   const QkMmaArgs args = mma_args(xp, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));
   check_launch("warp-specialized wgmma W4A16 kernel",
-               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)rows, (int)cluster, grid,
-                                  c10::cuda::getCurrentCUDAStream()));
+               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, grid, c10::cuda::getCurrentCUDAStream()));
 }
 
 // x [M, K] into the warp-specialized kernel's layout (qk_wgmma_pack_x): out has x's shape and type and holds

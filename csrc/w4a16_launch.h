@@ -68,10 +68,9 @@ cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid,
 // cluster: as above.
 cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
                             dim3 grid, cudaStream_t stream);
-// qk_wgmma_ws (w4a16_wgmma_ws_cuda.h), the warp-specialized kernel: x packed by qk_launch_wgmma_pack_x, rows x bt
-// (outputs x tokens) a block: 128 x 64, 128 x 128, and without split-K 128 x 256 and 256 x 128 (else
-// cudaErrorInvalidValue); cluster: as above.
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int rows, int cluster, dim3 grid,
+// qk_wgmma_ws (w4a16_wgmma_ws_cuda.h), the warp-specialized kernel: x packed by qk_launch_wgmma_pack_x, bt tokens
+// per block (64, 128, or 256 without split-K; else cudaErrorInvalidValue); cluster: as above.
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
                                cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order (int64 [K]), each row's 16-byte units swizzled.
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,

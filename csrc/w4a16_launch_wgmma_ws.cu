@@ -31,22 +31,21 @@ cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint
 
 namespace {
 
-// The instances of this translation unit, 128 rows a block: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages
-// (208-216 KB). The 128-accumulator ones are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
+// The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
+// 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, int rows, int cluster, dim3 grid, cudaStream_t stream) {
-  if (rows == 128 && bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
-  if (rows == 128 && bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
-  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, rows, cluster, grid, stream);
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStream_t stream) {
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
+  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, cluster, grid, stream);
 }
 
 }  // namespace
 
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int rows, int cluster, dim3 grid,
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
                                cudaStream_t stream) {
-  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, rows, cluster, grid, stream)
-                       : ws_tile<QkBF16, false>(a, bt, rows, cluster, grid, stream);
-  return sym ? ws_tile<QkF16, true>(a, bt, rows, cluster, grid, stream)
-             : ws_tile<QkF16, false>(a, bt, rows, cluster, grid, stream);
+  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, grid, stream)
+                       : ws_tile<QkBF16, false>(a, bt, cluster, grid, stream);
+  return sym ? ws_tile<QkF16, true>(a, bt, cluster, grid, stream) : ws_tile<QkF16, false>(a, bt, cluster, grid, stream);
 }
 #endif

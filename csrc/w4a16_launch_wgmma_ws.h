@@ -1,25 +1,25 @@
 // w4a16_launch_wgmma_ws.h — the warp-specialized wgmma kernel's instances (w4a16_wgmma_ws_cuda.h), for the two
-// translation units that compile them in parallel: w4a16_launch_wgmma_ws.cu (128 x 64 and 128 x 128 outputs x tokens
-// a block, the launcher and the packing of x) and w4a16_launch_wgmma_ws_big.cu (128 x 256 and 256 x 128, whose
-// 128 accumulators a thread take ptxas the longest).
+// translation units that compile them in parallel: w4a16_launch_wgmma_ws.cu (64 and 128 tokens a block, the launcher
+// and the packing of x) and w4a16_launch_wgmma_ws_big.cu (256 tokens, whose 128 accumulators a thread take ptxas the
+// longest).
 #pragma once
 
 #include "w4a16_launch.h"
 #include "w4a16_wgmma_ws_cuda.h"
 
 #if QK_IS_CUDA
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int NT = 1>
+template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
-  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS, NT>;
-  constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM, NT);
+  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
+  constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  if (qk_ws_regs(BT, NT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
-  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT, NT)), smem, stream, false, cluster);
+  if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
+  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster);
 }
 
-// The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other rows x bt.
-cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int rows, int cluster, dim3 grid,
+// The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
+cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
                                    cudaStream_t stream);
 #endif

@@ -12,12 +12,12 @@
 //   - warps 0-7 (warpgroups 0 and 1, 64 rows each) wait on full[s], read their 16 weight bytes and scales, dequantize,
 //     issue 4 KS wgmma (N = BT tokens), wait for them and arrive on empty[s] (a warp each). Nothing else ties the two
 //     warpgroups together, so one dequantizes while the other's MMAs run.
-// One block per multiprocessor, 128 rows (a 16-row tile a consumer warp) or 256 (two). 128 x 64 or 128 x 128 outputs x
-// tokens: 288 threads (168 registers a thread: the register file is split over the 4 schedulers and one of them holds
-// 3 warps); the epilogue and split-K are the mma kernels' (the producer warp joins it with no tile of its own).
-// 128 x 256 and 256 x 128 (128 accumulators a thread): 384 threads, the producer is warpgroup 2, which gives
-// registers to the consumers (setmaxnreg: 40 for it, 232 for them) and leaves after its last copy; no split-K (the
-// epilogue then has no barrier the producer would have to join).
+// One block per multiprocessor, 128 rows (a 16-row tile a consumer warp). 64 or 128 tokens: 288 threads (168
+// registers a thread: the register file is split over the 4 schedulers and one of them holds 3 warps); the epilogue
+// and split-K are the mma kernels' (the producer warp joins it with no tile of its own). 256 tokens (128 accumulators
+// a thread): 384 threads, the producer is warpgroup 2, which gives registers to the consumers (setmaxnreg: 40 for it,
+// 232 for them) and leaves after its last copy; no split-K (the epilogue then has no barrier the producer would have
+// to join).
 #pragma once
 
 #include "w4a16_wgmma_cuda.h"
@@ -25,27 +25,24 @@
 #if QK_IS_CUDA
 
 #define QK_WS_CONSUMER_WARPS 8
-// Whether the producer warpgroup hands its registers to the consumers: 128 accumulators a thread (bt 256, or 2 row
-// tiles of 64 at bt 128).
-__host__ __device__ constexpr bool qk_ws_regs(int bt, int nt) { return bt * nt >= 256; }
+// Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
+__host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.
-__host__ __device__ constexpr int qk_ws_threads(int bt, int nt) {
-  return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt, nt) ? 128 : 32);
-}
+__host__ __device__ constexpr int qk_ws_threads(int bt) { return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt) ? 128 : 32); }
 // qk_ws_regs: registers a thread of the producer warpgroup keeps and one of the consumers' gets (40 x 128 + 232 x 256
 // <= 65536; setmaxnreg takes multiples of 8 from 24 to 256).
 #define QK_WS_PRODUCER_REGS 40
 #define QK_WS_CONSUMER_REGS 232
 
-// One stage: x (KS sub-tiles of BT rows x 128 bytes), the weights [tile][chunk] (8 NT tiles x KS x 512 bytes), the
-// scales [tile][group][row] (8 NT x 2 KS groups x 8 rows x 4 bytes, 8 asymmetric: a step of KS chunks touches at most
+// One stage: x (KS sub-tiles of BT rows x 128 bytes), the weights [tile][chunk] (8 tiles x KS x 512 bytes), the
+// scales [tile][group][row] (8 x 2 KS groups x 8 rows x 4 bytes, 8 asymmetric: a step of KS chunks touches at most
 // 2 KS groups), rounded up to 1024 bytes (the 128-byte swizzle repeats every 1024).
-__host__ __device__ constexpr int qk_ws_stage_bytes(int bt, int ks, bool sym, int nt) {
-  return (ks * bt * 128 + 8 * nt * ks * 512 + 8 * nt * 2 * ks * 8 * (sym ? 4 : 8) + 1023) / 1024 * 1024;
+__host__ __device__ constexpr int qk_ws_stage_bytes(int bt, int ks, bool sym) {
+  return (ks * bt * 128 + 8 * ks * 512 + 8 * 2 * ks * 8 * (sym ? 4 : 8) + 1023) / 1024 * 1024;
 }
 // The whole ring, plus slack to align its base to 1024 bytes.
-__host__ __device__ constexpr int qk_ws_smem_bytes(int bt, int stages, int ks, bool sym, int nt) {
-  return qk_ws_stage_bytes(bt, ks, sym, nt) * stages + 1024;
+__host__ __device__ constexpr int qk_ws_smem_bytes(int bt, int stages, int ks, bool sym) {
+  return qk_ws_stage_bytes(bt, ks, sym) * stages + 1024;
 }
 
 #if QK_HAS_WGMMA
@@ -85,22 +82,20 @@ QK_INLINE void qk_setmaxnreg_inc() {
 }
 #endif
 
-// grid x = ceil(M / BT) token tiles, y = ceil(N / (128 NT)), z = split-K (1 where qk_ws_regs); xp is x packed by
-// qk_wgmma_pack_x. STAGES steps of KS chunks in flight. NT: 16-row tiles a consumer warp owns (2: a block of 256 rows,
-// warp w's tiles 2w and 2w + 1, each warpgroup issuing one wgmma per tile and k16 step against the same x tile, so
-// that the block reads a third fewer bytes per MMA than 128 rows x 256 tokens).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, int NT = 1>
-QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, NT), 1)
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256); xp is x packed by
+// qk_wgmma_pack_x. STAGES steps of KS chunks in flight.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS>
+QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
-  constexpr bool REGS = qk_ws_regs(BT, NT);  // the producer warpgroup hands its registers to the consumers
-  constexpr int TILES = 8 * NT;  // 16-row tiles a block
-  constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM, NT);
+  constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
+  constexpr int TILES = 8;              // 16-row tiles a block, one a consumer warp
+  constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
-  static_assert(STAGES * STAGE_BYTES >= NT * BT * 512, "the stage ring must hold the block's fp32 sums");
+  static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");
   extern __shared__ unsigned char qk_dyn_smem[];
   __shared__ __align__(8) uint64_t bars[2 * STAGES];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
@@ -111,8 +106,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, NT), 1)
   const bool producer = warp >= QK_WS_CONSUMER_WARPS;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile0 = (int)blockIdx.y * TILES;
-  const int tile = producer ? n_tiles : tile0 + NT * warp;  // the producer has no tile (a dead one in the epilogue)
-  // dead tiles (past N) still take part in their warpgroup's wgmma, with zero weights
+  const int tile = producer ? n_tiles : tile0 + warp;  // the producer has no tile (a dead one in the epilogue)
+  const bool live = tile < n_tiles;  // dead consumer warps still take part in their warpgroup's wgmma, zero weights
   const int m0 = (int)blockIdx.x * BT;
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = (int)blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
@@ -130,11 +125,9 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, NT), 1)
   }
   __syncthreads();
 
-  float acc[NT][ACC];
+  float acc[ACC];
 #pragma unroll
-  for (int h = 0; h < NT; ++h)
-#pragma unroll
-    for (int i = 0; i < ACC; ++i) acc[h][i] = 0.f;
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
 
   if (producer) {
     if constexpr (REGS) qk_setmaxnreg_dec<QK_WS_PRODUCER_REGS>();
@@ -176,47 +169,41 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, NT), 1)
       qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
       const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
       const int cs = c0 + i * KS, g_lo = group_of0(cs);
-      uint32_t a[NT][KS][4][4];
+      uint4 wv[KS];
+      uint2 mv[KS];
 #pragma unroll
-      for (int h = 0; h < NT; ++h) {
-        const int tl = NT * warp + h;  // the tile's place in the block
-        uint4 wv[KS];
-        uint2 mv[KS];
-#pragma unroll
-        for (int q = 0; q < KS; ++q) {
-          const int c = cs + q;
-          if (tile0 + tl < n_tiles && c < c1) {
-            wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (tl * KS + q) * 512 + lane * 16);
-            const unsigned char* m = base + X_BYTES + W_BYTES + ((tl * G_MAX + group_of(c) - g_lo) * 8 + gid) * MV;
-            mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
-          } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
-            wv[q] = make_uint4(0, 0, 0, 0);
-            mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
-          }
+      for (int q = 0; q < KS; ++q) {
+        const int c = cs + q;
+        if (live && c < c1) {
+          wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (warp * KS + q) * 512 + lane * 16);
+          const unsigned char* m = base + X_BYTES + W_BYTES + ((warp * G_MAX + group_of(c) - g_lo) * 8 + gid) * MV;
+          mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
+        } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
+          wv[q] = make_uint4(0, 0, 0, 0);
+          mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
         }
-        qk_wgmma_dequant<Tag, SYM>(wv, mv, a[h]);
       }
+      uint32_t a[KS][4][4];
+      qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
       const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)(s * STAGE_BYTES));
       qk_wgmma_fence();
 #pragma unroll
       for (int q = 0; q < KS; ++q)
 #pragma unroll
         for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
-#pragma unroll
-          for (int h = 0; h < NT; ++h) QkWgmma<Tag, BT>::mma(acc[h], a[h][q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
+          QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
       qk_wgmma_commit();
       qk_wgmma_wait<0>();
       __syncwarp();
       if (lane == 0) qk_mbar_arrive(empty0 + 8 * s);
     }
-#pragma unroll
-    for (int h = 0; h < NT; ++h) qk_wgmma_hold(acc[h]);
+    qk_wgmma_hold(acc);
   }
 
   // Every copy has landed (the consumers waited for each stage), so a cluster reduction may reuse the ring.
-  float(&acc4)[NT][MT][4] = *reinterpret_cast<float(*)[NT][MT][4]>(acc);
+  float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
   const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), tile0, QK_WS_CONSUMER_WARPS};
-  qk_mma_epilogue<Tag, NT, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
+  qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
 #endif
 }
 

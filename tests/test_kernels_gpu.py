@@ -38,7 +38,7 @@ def _backends(m):
         return ("auto", "dot2") if m <= 8 else ("auto",)
     hopper = torch.cuda.get_device_capability() == (9, 0)
     return (("auto", "mma", "stream", "stream_wk", "staged", "dequant") + (("dot2",) if m <= 8 else ())
-            + (("wgmma", "wgmma_regs", "wgmma_ws", "wgmma_ws_tall") if hopper else ()))
+            + (("wgmma", "wgmma_regs", "wgmma_ws") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -67,8 +67,6 @@ def test_kernels_match_reference(device, dtype, group, sym, act, n, k):
                 y = w4a16_linear(x, packed, bias, backend="wgmma", wsm=False)
             elif backend == "wgmma_ws":  # the warp-specialized kernel
                 y = w4a16_linear(x, packed, bias, backend="wgmma", ws=True)
-            elif backend == "wgmma_ws_tall":  # the same with 256 rows a block
-                y = w4a16_linear(x, packed, bias, backend="wgmma", ws=True, bt=128, rows=256)
             elif backend == "stream_wk":  # the block's warps share one tile and take turns over the chunks
                 y = w4a16_linear(x, packed, bias, backend="mma", staged=False, mt=min(ops.mma_tiles(m), 4), wk=True)
             else:
@@ -124,17 +122,13 @@ def test_wgmma_tiles_and_splits_agree(device):
                     y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
                     err = testing.relative_error(y, w, x)
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
-        # the warp-specialized kernel (1040 rows: the last block of 256 has 1 live tile of 16); 7 splits leave the
-        # last one a short step
-        for rows, bt in ((128, 64), (128, 128), (128, 256), (256, 128)):
-            for splits in (1, 3, 7, 8) if rows * bt < 256 * 128 else (1,):
-                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, rows=rows, splits=splits, ws=True)
+        for bt in (64, 128, 256):  # the warp-specialized kernel; 7 splits leave the last one a short step
+            for splits in (1, 3, 7, 8) if bt < 256 else (1,):
+                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
                 err = testing.relative_error(y, w, x)
-                assert err <= testing.TOLERANCE[torch.bfloat16], (m, rows, bt, "ws", splits, err)
-    with pytest.raises(UnsupportedError, match="no split-K with 128 x 256"):
+                assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, "ws", splits, err)
+    with pytest.raises(UnsupportedError, match="no split-K with 256 tokens"):
         w4a16_linear(x, packed, backend="wgmma", bt=256, splits=2, ws=True)
-    with pytest.raises(UnsupportedError, match="got 256 x 64"):
-        w4a16_linear(x, packed, backend="wgmma", bt=64, rows=256, ws=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,

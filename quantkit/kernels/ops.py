@@ -211,34 +211,30 @@ def wgmma_ws_bt(m: int) -> int:
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
-           ws: bool | None = None, rows: int | None = None) -> torch.Tensor:
+           ws: bool | None = None) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
     ws = WGMMA_WS if ws is None else ws
-    rows = rows or 128
     bt = bt or (wgmma_ws_bt(m) if ws else wgmma_bt(m, n))
-    if (rows, bt) not in ((128, 64), (128, 128), (128, 256), (256, 128)) or (rows == 256 and not ws):
-        raise UnsupportedError(f"the wgmma kernels take rows x bt of 128 x 64, 128 x 128, 128 x 256, and 256 x 128 "
-                               f"when warp-specialized (ws=True); got {rows} x {bt}")
-    if ws and rows * bt >= 128 * 256:  # checked here: the extension's own check would be its last line of defence
+    if ws and bt == 256:  # checked here: the extension's own check would be its last line of defence
         if (splits or 1) > 1:
-            raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with {rows} x {bt} outputs x "
-                                   f"tokens a block, got splits={splits}")
+            raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with 256 tokens a block, got "
+                                   f"splits={splits}")
         splits = 1
     splits = splits or wgmma_splits(m, n, k, _sm_count(x2.device), bt)
     cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    tiles = math.ceil(m / bt) * math.ceil(n / rows)
+    tiles = math.ceil(m / bt) * math.ceil(n / 128)
     part, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     meta = packed.mma_meta(x2.dtype)
     if ws:
         xp = torch.empty_like(x2)
         ext.wgmma_pack_x(x2, packed.wgmma_x_index(), xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
-                          packed.zeros is None, bt, rows, splits, cl)
+                          packed.zeros is None, bt, splits, cl)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -355,7 +351,6 @@ def w4a16_linear(
     wsm: bool | None = None,
     cluster: bool | None = None,
     ws: bool | None = None,
-    rows: int | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -364,8 +359,7 @@ def w4a16_linear(
     sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
-    kernel, default WGMMA_WS, which takes bt, rows (outputs a block: 128, or 256 with bt 128) and splits but neither
-    dense nor wsm); cluster: split-K
+    kernel, default WGMMA_WS, which takes bt and splits but neither dense nor wsm); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -401,7 +395,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, rows)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
