@@ -65,6 +65,20 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+// One step of a warpgroup: 4 KS wgmma (one per k16 step of each of KS chunks) of its A registers against the x tile
+// at stage (KS sub-tiles of BT rows x 128 bytes), then a wait for them.
+template <typename Tag, int BT, int KS>
+QK_INLINE void qk_wgmma_step(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4], uint32_t stage) {
+  const uint64_t desc = qk_wgmma_desc(stage);
+  qk_wgmma_fence();
+#pragma unroll
+  for (int q = 0; q < KS; ++q)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+      QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
+  qk_wgmma_commit();
+  qk_wgmma_wait<0>();
+}
 #endif
 
 // The wgmma A registers of KS chunks, [chunk][k16 step][register], from a thread's 16 weight bytes and raw scales
@@ -195,15 +209,7 @@ QK_GLOBAL void __launch_bounds__(QK_WGMMA_THREADS, MINB)
     if constexpr (WSM) read_w(i, wq, mq);
     qk_wgmma_dequant<Tag, SYM>(wq, mq, a);
     if constexpr (!WSM) load_w(i + 1, wq, mq);
-    const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
-    qk_wgmma_fence();
-#pragma unroll
-    for (int q = 0; q < KS; ++q)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
-        QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
-    qk_wgmma_commit();
-    qk_wgmma_wait<0>();
+    qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
   }
   qk_wgmma_hold(acc);
   qk_cp_async_wait<0>();

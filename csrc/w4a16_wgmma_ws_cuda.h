@@ -185,15 +185,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       }
       uint32_t a[KS][4][4];
       qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
-      const uint64_t desc = qk_wgmma_desc(smem0 + (uint32_t)(s * STAGE_BYTES));
-      qk_wgmma_fence();
-#pragma unroll
-      for (int q = 0; q < KS; ++q)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
-          QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), 1);
-      qk_wgmma_commit();
-      qk_wgmma_wait<0>();
+      qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)(s * STAGE_BYTES));
       __syncwarp();
       if (lane == 0) qk_mbar_arrive(empty0 + 8 * s);
     }
