@@ -139,15 +139,6 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 #if QK_IS_CUDA
 namespace {
 
-// The wgmma kernels need an sm_90 part (wgmma is sm_90a-only).
-void check_hopper(const torch::Tensor& x) {
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.device().index());
-  TORCH_CHECK(major == 9 && minor == 0, "the wgmma kernels need compute capability 9.0, this GPU is ", major, ".",
-              minor);
-}
-
 // 64-k chunks per split for a requested split count (whole chunks, at least one split).
 int64_t split_chunks(int64_t K, int64_t splits) {
   const int64_t chunks = K / 64;
@@ -155,10 +146,31 @@ int64_t split_chunks(int64_t K, int64_t splits) {
   return (chunks + splits - 1) / splits;
 }
 
-// The wgmma kernels' grid: token tiles of bt, 128 output features a block, the splits.
-dim3 wgmma_grid(int64_t M, int64_t K, int64_t N, int64_t bt, int64_t splits) {
+struct WgmmaLaunch {
+  dim3 grid;
+  QkMmaArgs args;
+};
+
+// What both wgmma kernels check before a launch (operands, bt, bias, an sm_90 GPU — wgmma is sm_90a-only — and the
+// split-K workspace; no_split_256: bt 256 takes no split-K), and their grid (token tiles of bt, 128 output features
+// a block, the splits) and arguments.
+WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
+                         const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& ws,
+                         torch::Tensor& counters, int64_t group_size, bool sym, int64_t bt, int64_t splits,
+                         int64_t cluster, bool no_split_256) {
+  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
+  check_bias(bias, x, N);
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.device().index());
+  TORCH_CHECK(major == 9 && minor == 0, "the wgmma kernels need compute capability 9.0, this GPU is ", major, ".",
+              minor);
   const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
-  return dim3((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
+  const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
+  TORCH_CHECK(!no_split_256 || bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
+  check_split_workspace(grid, cluster, M, N, ws, counters);
+  return {grid, mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split)};
 }
 
 }  // namespace
@@ -198,14 +210,9 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
                 torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t bt,
                 int64_t splits, bool dense, bool wsm, int64_t cluster) {
   const bool bf = is_bf16(x);
-  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
-  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
-  check_bias(bias, x, N);
-  check_hopper(x);
-  const dim3 grid = wgmma_grid(M, K, N, bt, splits);
-  check_split_workspace(grid, cluster, M, N, ws, counters);
+  const auto [grid, args] =
+      wgmma_launch(x, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/false);
   const c10::cuda::CUDAGuard guard(x.device());
-  const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));
   check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, (int)cluster, grid,
                                                      c10::cuda::getCurrentCUDAStream()));
 }
@@ -216,15 +223,9 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster) {
   const bool bf = is_bf16(xp);
-  const auto [M, K, N] = check_mma_operands(xp, w, meta, out, ws, counters, group_size, sym);
-  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
-  check_bias(bias, xp, N);
-  check_hopper(xp);
-  const dim3 grid = wgmma_grid(M, K, N, bt, splits);
-  TORCH_CHECK(bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
-  check_split_workspace(grid, cluster, M, N, ws, counters);
+  const auto [grid, args] =
+      wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/true);
   const c10::cuda::CUDAGuard guard(xp.device());
-  const QkMmaArgs args = mma_args(xp, w, meta, bias, out, ws, counters, M, N, K, group_size, split_chunks(K, splits));
   check_launch("warp-specialized wgmma W4A16 kernel",
                qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, grid, c10::cuda::getCurrentCUDAStream()));
 }

@@ -5,10 +5,10 @@
 // Same product, weight layout, register A operand and shared-memory B tile as qk_wgmma_gemm (w4a16_wgmma_cuda.h),
 // which keeps both warpgroups in step with a block barrier and has every thread copy its own part of each stage:
 // there both warpgroups dequantize at the same time and the tensor cores wait (docs/kernel.md, item 25). Here:
-//   - warp 8 (the producer; one lane issues) fills stage s with step i's x tile (KS copies of the packed image of
-//     the swizzled tile: x comes from qk_wgmma_pack_x as [K / 64][M][64], act-order and MMA k order applied), the
-//     8 tiles' weights (a copy each) and the scales of the step's groups (a copy each), the bytes counted on
-//     full[s]; before refilling a stage it waits on empty[s];
+//   - warp 8 (the producer; its lanes issue a stage's copies at once, a lane per copy) fills stage s with step i's x
+//     tile (KS copies of the packed image of the swizzled tile: x comes from qk_wgmma_pack_x as [K / 64][M][64],
+//     act-order and MMA k order applied), the 8 tiles' weights (a copy each) and the scales of the step's groups (a
+//     copy each), the bytes counted on full[s]; before refilling a stage its lane 0 waits on empty[s];
 //   - warps 0-7 (warpgroups 0 and 1, 64 rows each) wait on full[s], read their 16 weight bytes and scales, dequantize,
 //     issue 4 KS wgmma (N = BT tokens), wait for them and arrive on empty[s] (a warp each). Nothing else ties the two
 //     warpgroups together, so one dequantizes while the other's MMAs run.
