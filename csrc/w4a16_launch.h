@@ -26,10 +26,10 @@ struct QkMmaArgs {
 // attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster > 1 makes every
 // cluster blocks along z one thread-block cluster (sm_90+; the kernels then reduce split-K through distributed
 // shared memory when cluster == grid.z). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes
-// the GPU supports (16 on Hopper).
-template <typename... Params>
+// the GPU supports (16 on Hopper). extra: the kernel's parameters after QkMmaArgs's, if it has any.
+template <typename... Params, typename... Extra>
 cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
-                                 cudaStream_t stream, bool pdl = false, int cluster = 1) {
+                                 cudaStream_t stream, bool pdl = false, int cluster = 1, const Extra&... extra) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -54,7 +54,7 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
   config.attrs = attribute;
   config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, a.x, a.w, a.meta, a.bias, a.out, a.ws, a.counters, a.M, a.N, a.K,
-                            a.group_size, a.chunks_per_split);
+                            a.group_size, a.chunks_per_split, extra...);
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
@@ -69,7 +69,8 @@ cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid,
 cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
                             dim3 grid, cudaStream_t stream);
 // qk_wgmma_ws (w4a16_wgmma_ws_cuda.h), the warp-specialized kernel: x packed by qk_launch_wgmma_pack_x, bt tokens
-// per block (64, 128, or 256 without split-K; else cudaErrorInvalidValue); cluster: as above.
+// per block (64, 128, or 256 without split-K; else cudaErrorInvalidValue); cluster: as above. x, w and meta must be
+// 16-byte aligned (the tensor maps' rule; else cudaErrorInvalidValue).
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
                                cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order (int64 [K]), each row's 16-byte units swizzled.

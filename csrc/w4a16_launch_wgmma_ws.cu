@@ -6,6 +6,8 @@
 #include "w4a16_launch_wgmma_ws.h"
 
 #if QK_IS_CUDA
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
+
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int64_t* __restrict__ index,
                                uint4* __restrict__ out, int M, int K) {
   const long long units = (long long)M * (K / 8);
@@ -31,6 +33,31 @@ cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint
 
 namespace {
 
+// cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda); null where it is missing.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// A 3-D map over base: dims and box innermost first, the byte strides of dims 1 and 2; no swizzle, zeros out of
+// bounds.
+bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, const cuuint64_t (&dims)[3],
+               const cuuint64_t (&strides)[2], const cuuint32_t (&box)[3]) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encode && encode(map, type, 3, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 // The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
 template <typename Tag, bool SYM>
@@ -41,6 +68,18 @@ cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStre
 }
 
 }  // namespace
+
+cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, QkWsMaps* maps) {
+  const cuuint64_t chunks = a.K / 64, groups = a.K / a.group_size, tiles = a.N / 16, mv = sym ? 4 : 8;
+  const bool ok =
+      encode_3d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT16, a.x, {64, (cuuint64_t)a.M, chunks},
+                {128, (cuuint64_t)a.M * 128}, {64, (cuuint32_t)bt, (cuuint32_t)ks}) &&
+      encode_3d(&maps->w, CU_TENSOR_MAP_DATA_TYPE_UINT32, a.w, {128, chunks, tiles}, {512, chunks * 512},
+                {128, (cuuint32_t)ks, 8}) &&
+      encode_3d(&maps->s, CU_TENSOR_MAP_DATA_TYPE_UINT32, a.meta, {2 * mv, groups, tiles}, {8 * mv, groups * 8 * mv},
+                {(cuuint32_t)(2 * mv), (cuuint32_t)(2 * ks), 8});
+  return ok ? cudaSuccess : cudaErrorInvalidValue;
+}
 
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
                                cudaStream_t stream) {

@@ -8,6 +8,10 @@
 #include "w4a16_wgmma_ws_cuda.h"
 
 #if QK_IS_CUDA
+// The kernel's tensor maps over a's xp, w and meta for bt tokens and ks chunks a stage (w4a16_launch_wgmma_ws.cu);
+// cudaErrorInvalidValue where the driver's encoder refuses them (an operand not 16-byte aligned) or is missing.
+cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, QkWsMaps* maps);
+
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
   auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
@@ -16,7 +20,10 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStrea
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
-  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster);
+  QkWsMaps maps;
+  const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, &maps);
+  if (enc != cudaSuccess) return enc;
+  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster, maps);
 }
 
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.

@@ -1,14 +1,15 @@
 // w4a16_wgmma_ws_cuda.h — the Hopper (sm_90a) prefill kernel, warp-specialized: one producer warp only loads,
-// through bulk copies (cp.async.bulk, the TMA engine) that complete on per-stage mbarriers, and two consumer
-// warpgroups only dequantize and multiply. CUDA only.
+// through tensor copies (cp.async.bulk.tensor, the TMA engine, over tensor maps the launcher encodes) that complete
+// on per-stage mbarriers, and two consumer warpgroups only dequantize and multiply. CUDA only.
 //
 // Same product, weight layout, register A operand and shared-memory B tile as qk_wgmma_gemm (w4a16_wgmma_cuda.h),
 // which keeps both warpgroups in step with a block barrier and has every thread copy its own part of each stage:
 // there both warpgroups dequantize at the same time and the tensor cores wait (docs/kernel.md, item 25). Here:
-//   - warp 8 (the producer; its lanes issue a stage's copies at once, a lane per copy) fills stage s with step i's x
-//     tile (KS copies of the packed image of the swizzled tile: x comes from qk_wgmma_pack_x as [K / 64][M][64],
-//     act-order and MMA k order applied), the 8 tiles' weights (a copy each) and the scales of the step's groups (a
-//     copy each), the bytes counted on full[s]; before refilling a stage its lane 0 waits on empty[s];
+//   - warp 8 (the producer; its lane 0) fills stage s with three tensor copies (QkWsMaps): step i's x tile (the
+//     block's rows of KS chunks of the packed image of the swizzled tile: x comes from qk_wgmma_pack_x as
+//     [K / 64][M][64], act-order and MMA k order applied), the 8 tiles' weights of those chunks, and the scales of
+//     2 KS groups from the step's first (every box a fixed size: rows, tiles, chunks and groups past the tensor's end
+//     arrive as zeros and count their bytes all the same), on full[s]; before refilling a stage it waits on empty[s];
 //   - warps 0-7 (warpgroups 0 and 1, 64 rows each) wait on full[s], read their 16 weight bytes and scales, dequantize,
 //     issue 4 KS wgmma (N = BT tokens), wait for them and arrive on empty[s] (a warp each). Nothing else ties the two
 //     warpgroups together, so one dequantizes while the other's MMAs run.
@@ -23,6 +24,15 @@
 #include "w4a16_wgmma_cuda.h"
 
 #if QK_IS_CUDA
+#include <cuda.h>  // CUtensorMap (the driver's encoder is reached through the runtime: no link to libcuda)
+
+// The producer's three tensor maps (encoded by the launcher, qk_ws_encode_maps; a kernel parameter, __grid_constant__):
+//   x: xp as [chunks][M][64] 16-bit, box [KS][BT][64];
+//   w: the weights as [N / 16 tiles][chunks][128] 32-bit words (512 bytes a tile's chunk), box [8][KS][128];
+//   s: the scales as [N / 16 tiles][groups][2 MV] 32-bit words (8 rows x MV bytes a group), box [8][2 KS][2 MV].
+struct QkWsMaps {
+  CUtensorMap x, w, s;
+};
 
 #define QK_WS_CONSUMER_WARPS 8
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
@@ -65,11 +75,17 @@ QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
                  : "r"(bar), "r"(parity)
                  : "memory");
 }
-// One bulk copy global -> shared (16-byte multiples, 16-byte aligned), completing on bar by its bytes.
-QK_INLINE void qk_bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
+// One 3-D tensor copy global -> shared of map's box at (c0, c1, c2) (innermost first), completing on bar by the box's
+// bytes; dst 128-byte aligned.
+QK_INLINE void qk_tensor_copy_3d(uint32_t dst, const CUtensorMap& map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+QK_INLINE void qk_tensor_map_prefetch(const CUtensorMap& map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map)) : "memory");
 }
 // The registers of every thread of the executing warpgroup, lowered or raised (warpgroup-wide).
 template <int R>
@@ -82,13 +98,14 @@ QK_INLINE void qk_setmaxnreg_inc() {
 }
 #endif
 
-// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256); xp is x packed by
-// qk_wgmma_pack_x. STAGES steps of KS chunks in flight.
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256); maps (QkWsMaps) cover xp (x packed
+// by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps of KS chunks in flight.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
+                const __grid_constant__ QkWsMaps maps) {
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
   constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
@@ -109,7 +126,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
   const int tile = producer ? n_tiles : tile0 + warp;  // the producer has no tile (a dead one in the epilogue)
   const bool live = tile < n_tiles;  // dead consumer warps still take part in their warpgroup's wgmma, zero weights
   const int m0 = (int)blockIdx.x * BT;
-  const int chunks = K / 64, groups = K / group_size;
+  const int chunks = K / 64;
   const int c0 = (int)blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int n_steps = (max(0, c1 - c0) + KS - 1) / KS;
   const QkGroupOf group_of(group_size, tig), group_of0(group_size, 0);
@@ -131,32 +148,24 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
 
   if (producer) {
     if constexpr (REGS) qk_setmaxnreg_dec<QK_WS_PRODUCER_REGS>();
-    // The copies of a stage are issued by the producer warp's lanes at once (one lane issuing them one after another
-    // paced the whole kernel): lane t < TILES the weights and scales of tile t, lane TILES + q the x of chunk q.
-    static_assert(TILES + KS <= 32, "a lane per copy");
-    if (warp == QK_WS_CONSUMER_WARPS) {
-      const int rows = min(BT, M - m0), live_tiles = min(TILES, n_tiles - tile0);
-      const unsigned char* meta_bytes = reinterpret_cast<const unsigned char*>(meta);
-      const size_t tt = (size_t)(tile0 + lane);  // lane < TILES: its tile
+    // Lane 0 issues a stage's three tensor copies (issuing 8 + 8 + KS bulk copies, a lane each, had paced the
+    // kernel: docs/kernel.md, item 27).
+    if (warp == QK_WS_CONSUMER_WARPS && lane == 0) {
+      constexpr uint32_t TX = X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV;  // every box whole, zeros included
+      qk_tensor_map_prefetch(maps.x);
+      qk_tensor_map_prefetch(maps.w);
+      qk_tensor_map_prefetch(maps.s);
 #pragma unroll 1
       for (int i = 0; i < n_steps; ++i) {
         const int s = i % STAGES;
         const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
-        const int cs = c0 + i * KS, nc = min(KS, c1 - cs), g_lo = group_of0(cs);
-        const int ng = (64 * (cs + nc) - 1) / group_size - g_lo + 1;
-        if (lane == 0) {
-          if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES
-          qk_mbar_arrive_expect_tx(bar, (uint32_t)(KS * rows * 128 + live_tiles * (nc * 512 + ng * 8 * MV)));
-        }
-        __syncwarp();  // the stage is free and its bytes are expected before any copy is issued
-        if (lane < live_tiles) {
-          qk_bulk_copy(base + X_BYTES + lane * KS * 512, w + (tt * chunks + cs) * 32, nc * 512, bar);
-          qk_bulk_copy(base + X_BYTES + W_BYTES + lane * G_MAX * 8 * MV, meta_bytes + (tt * groups + g_lo) * 8 * MV,
-                       ng * 8 * MV, bar);
-        } else if (lane >= TILES && lane < TILES + KS) {  // past the range, a real chunk's x (its weights are zero)
-          const int q = lane - TILES;
-          qk_bulk_copy(base + q * BT * 128, xp + ((size_t)min(cs + q, chunks - 1) * M + m0) * 64, rows * 128, bar);
-        }
+        const int cs = c0 + i * KS;
+        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES
+        qk_mbar_arrive_expect_tx(bar, TX);
+        // chunks past the split's range bring x (or zeros past K) against weights the consumers zero
+        qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
+        qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
+        qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
       }
     }
     __syncwarp();
