@@ -130,22 +130,26 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
         if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
             contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
         if ops.has_wgmma(device) and m >= 16:
-            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False)
-            contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True)
+            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
+            contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
             contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
+            contenders["qk_wgmma_ws_nomc"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, multicast=False)
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                dense=False, wsm=False)
+                                                                                dense=False, wsm=False, ws=False)
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                      dense=True, wsm=False)
-                for bt in (64, 128, 256):  # the warp-specialized kernel
+                                                                                      dense=True, wsm=False, ws=False)
+                for bt in (64, 128, 256):  # the warp-specialized kernel, with and without blocks sharing x
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
+                    contenders[f"qk_wgmma_ws_bt{bt}_nomc"] = lambda bt=bt: w4a16_linear(
+                        x, packed, backend="wgmma", bt=bt, ws=True, multicast=False)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
                     contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
-                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True))
+                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True,
+                                                                ws=False))
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
@@ -185,7 +189,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             truth = x.float() @ weight.float().T
             if kernel.startswith("wgmma"):
                 ws = kernel == "wgmma_ws"
-                bt = ops.wgmma_ws_bt(m) if ws else ops.wgmma_bt(m, n)
+                bt = ops.wgmma_ws_bt(m, n, sms) if ws else ops.wgmma_bt(m, n)
                 default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt, "ws": ws}
                 if ws and bt == 256:  # no split-K there
                     default = 1

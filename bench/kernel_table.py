@@ -35,8 +35,8 @@ def dispatched_key(m: int, n: int, k: int) -> str:
         return "qk_stream_wk" if ops.stream_wk(m) else "qk_stream"
     if path == "dequant":
         return "qk_dequant"
-    if ops.WGMMA_WS:
-        return f"qk_wgmma_ws_bt{ops.wgmma_ws_bt(m)}"
+    if ops.wgmma_ws(m, n, k):
+        return f"qk_wgmma_ws_bt{ops.wgmma_ws_bt(m, n, SMS)}"
     bt = ops.wgmma_bt(m, n)
     if ops.WGMMA_WSM:
         return f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"

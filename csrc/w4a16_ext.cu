@@ -218,16 +218,21 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
-// contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's.
+// contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's;
+// multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks), else 1.
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
-                   int64_t bt, int64_t splits, int64_t cluster) {
+                   int64_t bt, int64_t splits, int64_t cluster, int64_t multicast) {
   const bool bf = is_bf16(xp);
   const auto [grid, args] =
       wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/true);
+  TORCH_CHECK(multicast == 1 || (multicast == 2 && grid.z == 1 && grid.y % 2 == 0),
+              "multicast must be 1, or 2 with no split-K and an even number of 128-row blocks; got ", multicast,
+              " with ", grid.z, " splits and ", grid.y, " blocks");
   const c10::cuda::CUDAGuard guard(xp.device());
   check_launch("warp-specialized wgmma W4A16 kernel",
-               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, grid, c10::cuda::getCurrentCUDAStream()));
+               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, (int)multicast, grid,
+                                  c10::cuda::getCurrentCUDAStream()));
 }
 
 // x [M, K] into the warp-specialized kernel's layout (qk_wgmma_pack_x): out has x's shape and type and holds

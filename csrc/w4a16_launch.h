@@ -23,13 +23,13 @@ struct QkMmaArgs {
 };
 
 // One mma-layout kernel instance, through cudaLaunchKernelEx; pdl adds the programmatic-stream-serialization
-// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster > 1 makes every
-// cluster blocks along z one thread-block cluster (sm_90+; the kernels then reduce split-K through distributed
-// shared memory when cluster == grid.z). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes
-// the GPU supports (16 on Hopper). extra: the kernel's parameters after QkMmaArgs's, if it has any.
+// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster: the thread-block cluster's
+// dims, where it has more than one block (sm_90+; the kernels reduce split-K through distributed shared memory when
+// the cluster is (1, 1, grid.z)). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes the GPU
+// supports (16 on Hopper). extra: the kernel's parameters after QkMmaArgs's, if it has any.
 template <typename... Params, typename... Extra>
-cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
-                                 cudaStream_t stream, bool pdl = false, int cluster = 1, const Extra&... extra) {
+cudaError_t qk_launch_mma_kernel_in(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
+                                    cudaStream_t stream, bool pdl, dim3 cluster, const Extra&... extra) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -41,20 +41,26 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
     attribute[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (cluster > 1) {
-    if (cluster > 8) {
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    if (cluster.x * cluster.y * cluster.z > 8) {
       const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
       if (err != cudaSuccess) return err;
     }
     attribute[n].id = cudaLaunchAttributeClusterDimension;
-    attribute[n].val.clusterDim.x = 1;
-    attribute[n].val.clusterDim.y = 1;
-    attribute[n++].val.clusterDim.z = cluster;
+    attribute[n].val.clusterDim.x = cluster.x;
+    attribute[n].val.clusterDim.y = cluster.y;
+    attribute[n++].val.clusterDim.z = cluster.z;
   }
   config.attrs = attribute;
   config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, a.x, a.w, a.meta, a.bias, a.out, a.ws, a.counters, a.M, a.N, a.K,
                             a.group_size, a.chunks_per_split, extra...);
+}
+// The same with cluster > 1 making every cluster blocks along z one cluster (the split-K reduction's).
+template <typename... Params>
+cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, bool pdl = false, int cluster = 1) {
+  return qk_launch_mma_kernel_in(kernel, a, grid, block, smem, stream, pdl, dim3(1, 1, cluster > 1 ? cluster : 1));
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
@@ -69,9 +75,10 @@ cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid,
 cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, bool wsm, int cluster,
                             dim3 grid, cudaStream_t stream);
 // qk_wgmma_ws (w4a16_wgmma_ws_cuda.h), the warp-specialized kernel: x packed by qk_launch_wgmma_pack_x, bt tokens
-// per block (64, 128, or 256 without split-K; else cudaErrorInvalidValue); cluster: as above. x, w and meta must be
-// 16-byte aligned (the tensor maps' rule; else cudaErrorInvalidValue).
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
+// per block (64, 128, or 256 without split-K); cluster: as above; multicast 2: pairs of blocks along y one cluster
+// that share each x tile (grid.z 1, grid.y even), else 1. Anything else, or x, w or meta not 16-byte aligned (the
+// tensor maps' rule): cudaErrorInvalidValue.
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast, dim3 grid,
                                cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order (int64 [K]), each row's 16-byte units swizzled.
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,

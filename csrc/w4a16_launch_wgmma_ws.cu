@@ -61,19 +61,23 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
 // The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, dim3 grid, cudaStream_t stream) {
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, grid, stream);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, grid, stream);
-  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, cluster, grid, stream);
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, dim3 grid, cudaStream_t stream) {
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, mc, grid, stream);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, mc, grid, stream);
+  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, cluster, mc, grid, stream);
 }
 
 }  // namespace
 
-cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, QkWsMaps* maps) {
+cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int multicast, QkWsMaps* maps) {
   const cuuint64_t chunks = a.K / 64, groups = a.K / a.group_size, tiles = a.N / 16, mv = sym ? 4 : 8;
+  // a multicast pair: each block loads half of the x box, half of its chunks (or, one chunk a stage, of its rows)
+  const cuuint32_t x_rows = (cuuint32_t)(multicast > 1 && ks == 1 ? bt / 2 : bt),
+                   x_chunks = (cuuint32_t)(multicast > 1 && ks > 1 ? ks / 2 : ks);
+  maps->multicast = multicast;
   const bool ok =
       encode_3d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT16, a.x, {64, (cuuint64_t)a.M, chunks},
-                {128, (cuuint64_t)a.M * 128}, {64, (cuuint32_t)bt, (cuuint32_t)ks}) &&
+                {128, (cuuint64_t)a.M * 128}, {64, x_rows, x_chunks}) &&
       encode_3d(&maps->w, CU_TENSOR_MAP_DATA_TYPE_UINT32, a.w, {128, chunks, tiles}, {512, chunks * 512},
                 {128, (cuuint32_t)ks, 8}) &&
       encode_3d(&maps->s, CU_TENSOR_MAP_DATA_TYPE_UINT32, a.meta, {2 * mv, groups, tiles}, {8 * mv, groups * 8 * mv},
@@ -81,10 +85,11 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, QkWs
   return ok ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast, dim3 grid,
                                cudaStream_t stream) {
-  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, grid, stream)
-                       : ws_tile<QkBF16, false>(a, bt, cluster, grid, stream);
-  return sym ? ws_tile<QkF16, true>(a, bt, cluster, grid, stream) : ws_tile<QkF16, false>(a, bt, cluster, grid, stream);
+  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, multicast, grid, stream)
+                       : ws_tile<QkBF16, false>(a, bt, cluster, multicast, grid, stream);
+  return sym ? ws_tile<QkF16, true>(a, bt, cluster, multicast, grid, stream)
+             : ws_tile<QkF16, false>(a, bt, cluster, multicast, grid, stream);
 }
 #endif

@@ -8,25 +8,28 @@
 #include "w4a16_wgmma_ws_cuda.h"
 
 #if QK_IS_CUDA
-// The kernel's tensor maps over a's xp, w and meta for bt tokens and ks chunks a stage (w4a16_launch_wgmma_ws.cu);
-// cudaErrorInvalidValue where the driver's encoder refuses them (an operand not 16-byte aligned) or is missing.
-cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, QkWsMaps* maps);
+// The kernel's tensor maps over a's xp, w and meta for bt tokens and ks chunks a stage, each block of a multicast
+// pair loading half of the x box (w4a16_launch_wgmma_ws.cu); cudaErrorInvalidValue where the driver's encoder refuses
+// them (an operand not 16-byte aligned) or is missing.
+cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int multicast, QkWsMaps* maps);
 
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaStream_t stream) {
+cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, dim3 grid, cudaStream_t stream) {
   auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
   constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
+  if (multicast != 1 && (multicast != 2 || grid.z > 1 || grid.y % 2)) return cudaErrorInvalidValue;
   QkWsMaps maps;
-  const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, &maps);
+  const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, multicast, &maps);
   if (enc != cudaSuccess) return enc;
-  return qk_launch_mma_kernel(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, cluster, maps);
+  const dim3 dims = multicast > 1 ? dim3(1, multicast, 1) : dim3(1, 1, cluster > 1 ? cluster : 1);
+  return qk_launch_mma_kernel_in(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, dims, maps);
 }
 
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
-cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, dim3 grid,
-                                   cudaStream_t stream);
+cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                                   dim3 grid, cudaStream_t stream);
 #endif

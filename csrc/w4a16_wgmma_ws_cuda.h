@@ -29,9 +29,13 @@
 // The producer's three tensor maps (encoded by the launcher, qk_ws_encode_maps; a kernel parameter, __grid_constant__):
 //   x: xp as [chunks][M][64] 16-bit, box [KS][BT][64];
 //   w: the weights as [N / 16 tiles][chunks][128] 32-bit words (512 bytes a tile's chunk), box [8][KS][128];
-//   s: the scales as [N / 16 tiles][groups][2 MV] 32-bit words (8 rows x MV bytes a group), box [8][2 KS][2 MV].
+//   s: the scales as [N / 16 tiles][groups][2 MV] 32-bit words (8 rows x MV bytes a group), box [8][2 KS][2 MV];
+//   multicast 2: the launch pairs blocks along y into clusters, which share x: each loads half of the x box (half
+//   its chunks, or, at one chunk a stage, half its rows; the x map's box is that half) into both blocks' stages at
+//   once (.multicast::cluster), and a stage is refilled only when the consumers of both have released it.
 struct QkWsMaps {
   CUtensorMap x, w, s;
+  int multicast;
 };
 
 #define QK_WS_CONSUMER_WARPS 8
@@ -67,6 +71,34 @@ QK_INLINE void qk_mbar_arrive(uint32_t bar) {
 QK_INLINE void qk_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// Arrive on the barrier at the same shared-memory offset in block rank of the cluster (release at cluster scope).
+QK_INLINE void qk_mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+QK_INLINE uint32_t qk_cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// Every thread of every block of the cluster (release / acquire).
+QK_INLINE void qk_cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// Wait for the phase of a parity to complete, acquiring at cluster scope (arrivals from other blocks' threads).
+QK_INLINE void qk_mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+}
 QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done = 0;
   while (!done)
@@ -82,6 +114,15 @@ QK_INLINE void qk_tensor_copy_3d(uint32_t dst, const CUtensorMap& map, int c0, i
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
       "[%5];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+// The same, the box landing at dst in every block of the cluster that mask names, each completing on its own bar.
+QK_INLINE void qk_tensor_copy_3d_multicast(uint32_t dst, const CUtensorMap& map, int c0, int c1, int c2, uint32_t bar,
+                                           uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(mask)
       : "memory");
 }
 QK_INLINE void qk_tensor_map_prefetch(const CUtensorMap& map) {
@@ -130,17 +171,22 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
   const int c0 = (int)blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
   const int n_steps = (max(0, c1 - c0) + KS - 1) / KS;
   const QkGroupOf group_of(group_size, tig), group_of0(group_size, 0);
+  const int mc = maps.multicast;  // 2: this block and its pair along y share x (QkWsMaps)
 
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
-      qk_mbar_init(full0 + 8 * s, 1);                     // the producer's arrival (with the stage's bytes)
-      qk_mbar_init(empty0 + 8 * s, QK_WS_CONSUMER_WARPS);  // a consumer warp's each, after its MMAs on the stage
+      qk_mbar_init(full0 + 8 * s, 1);  // the producer's arrival (with the stage's bytes)
+      // a consumer warp's each, of this block and of its pair, after its MMAs on the stage
+      qk_mbar_init(empty0 + 8 * s, QK_WS_CONSUMER_WARPS * mc);
     }
-    // the initialized barriers visible to the bulk copies' completions (async proxy)
+    // the initialized barriers visible to the copies' completions (async proxy) and to the pair's block
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
-  __syncthreads();
+  if (mc > 1)
+    qk_cluster_sync();  // both blocks' barriers exist before either's copies or arrivals reach them
+  else
+    __syncthreads();
 
   float acc[ACC];
 #pragma unroll
@@ -155,21 +201,32 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       qk_tensor_map_prefetch(maps.x);
       qk_tensor_map_prefetch(maps.w);
       qk_tensor_map_prefetch(maps.s);
+      const int rank = mc > 1 ? (int)qk_cluster_rank() : 0;
+      // a multicast pair: this block's half of the x box (KS > 1: chunks rank KS / 2.., else rows rank BT / 2..)
+      const int x_chunk = KS > 1 ? rank * (KS / 2) : 0, x_row = KS > 1 ? 0 : rank * (BT / 2);
+      const uint32_t x_dst = (uint32_t)((x_chunk * BT + x_row) * 128);
 #pragma unroll 1
       for (int i = 0; i < n_steps; ++i) {
         const int s = i % STAGES;
         const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
         const int cs = c0 + i * KS;
-        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);  // its last use, step i - STAGES
+        // its last use, step i - STAGES (in both blocks of a pair)
+        if (i >= STAGES) qk_mbar_wait_cluster(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
         qk_mbar_arrive_expect_tx(bar, TX);
         // chunks past the split's range bring x (or zeros past K) against weights the consumers zero
-        qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
+        if (mc > 1)
+          qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
+        else
+          qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
         qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
         qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
       }
     }
     __syncwarp();
-    if constexpr (REGS) return;  // no split-K here: the epilogue has no barrier to join
+    if constexpr (REGS) {  // no split-K here: the epilogue has no barrier to join
+      if (mc > 1) qk_cluster_sync();
+      return;
+    }
   } else {
     if constexpr (REGS) qk_setmaxnreg_inc<QK_WS_CONSUMER_REGS>();
 #pragma unroll 1
@@ -196,7 +253,12 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
       qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)(s * STAGE_BYTES));
       __syncwarp();
-      if (lane == 0) qk_mbar_arrive(empty0 + 8 * s);
+      if (lane == 0) {
+        if (mc > 1)
+          for (int r = 0; r < mc; ++r) qk_mbar_arrive_cluster(empty0 + 8 * s, (uint32_t)r);
+        else
+          qk_mbar_arrive(empty0 + 8 * s);
+      }
     }
     qk_wgmma_hold(acc);
   }
@@ -205,6 +267,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
   float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
   const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), tile0, QK_WS_CONSUMER_WARPS};
   qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
+  if (mc > 1) qk_cluster_sync();  // no block leaves while its pair's arrivals may still reach it
 #endif
 }
 

@@ -240,3 +240,22 @@ def test_split_k_rules_on_the_benchmark_shapes():
     assert ops.grid_splits(4096, 7) == 7 and ops.grid_splits(4096, 12) == 11 and ops.grid_splits(4096, 100) == 64
     assert ops.cluster_size(1, 4096, torch.device("cpu"), 16) == 0  # one split: nothing to reduce
     assert ops.cluster_size(4, 4096, torch.device("cpu"), 2) == 0  # above the limit: the workspace path
+
+
+def test_hopper_dispatch_on_the_benchmark_shapes():
+    """On Hopper the warp-specialized wgmma kernel takes M = 33-1024 on layers of 2^25 weights and more, with the
+    tile the H200 run measured fastest (bench/results/kernel_h200_ws_tma_fc2e238.json) on a 132-multiprocessor GPU;
+    4096x4096 keeps qk_wgmma_gemm up to M = 64 and dequantize + cuBLAS above; M = 2048 is dequantize + cuBLAS."""
+    from quantkit.kernels import ops
+
+    assert ops.mma_or_dequant(32, 28672, 8192, wgmma=True) == "mma"
+    for n, k in ((14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)):
+        for m in (33, 64, 128, 256, 512, 1024):
+            assert ops.mma_or_dequant(m, n, k, wgmma=True) == "wgmma" and ops.wgmma_ws(m, n, k), (m, n, k)
+        assert ops.mma_or_dequant(2048, n, k, wgmma=True) == "dequant"
+    assert ops.mma_or_dequant(64, 4096, 4096, wgmma=True) == "wgmma" and not ops.wgmma_ws(64, 4096, 4096)
+    assert ops.mma_or_dequant(128, 4096, 4096, wgmma=True) == "dequant"
+    # tokens a block: (M, N) -> bt
+    want = {(64, 28672): 64, (128, 28672): 128, (256, 28672): 256, (128, 14336): 64, (256, 14336): 256,
+            (128, 8192): 64, (256, 8192): 128, (512, 8192): 256, (256, 4096): 64, (512, 4096): 128, (1024, 4096): 256}
+    assert {key: ops.wgmma_ws_bt(*key, 132) for key in want} == want

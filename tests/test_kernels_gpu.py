@@ -131,6 +131,28 @@ def test_wgmma_tiles_and_splits_agree(device):
         w4a16_linear(x, packed, backend="wgmma", bt=256, splits=2, ws=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
+@pytest.mark.parametrize("dtype,sym", [(torch.bfloat16, True), (torch.float16, False)], ids=["bf16-sym", "fp16-asym"])
+def test_wgmma_ws_multicast_is_bit_equal(device, dtype, sym):
+    """The warp-specialized kernel with pairs of blocks sharing x through multicast tensor copies gives the bits it
+    gives without: every tile (a stage of 4, 2 and 1 chunks: halves by chunks and by rows), token counts that leave
+    the last token tile part empty, 73 row tiles (10 blocks of 128 rows, the last with one live tile), act-order and
+    group 32 (two groups a chunk)."""
+    ql = testing.random_qlinear(1168, 2048, group_size=32, sym=sym, act_order=True, dtype=dtype, seed=19)
+    packed = prepare(ql, device=device)
+    w = reference_weight(packed, dtype)
+    for m in (1, 65, 300):
+        x = testing.random_activations(m, 2048, dtype=dtype, seed=20 + m, device=device)
+        for bt in (64, 128, 256):
+            want = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=1, ws=True, multicast=False)
+            got = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=1, ws=True, multicast=True)
+            assert testing.relative_error(got, w, x) <= testing.TOLERANCE[dtype], (m, bt)
+            assert torch.equal(got, want), (m, bt)
+    with pytest.raises(UnsupportedError, match="multicast needs no split-K"):
+        w4a16_linear(x, packed, backend="wgmma", bt=64, splits=2, ws=True, multicast=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="thread-block clusters need compute capability 9.0+")
 def test_cluster_split_k_is_bit_equal(device):

@@ -44,9 +44,22 @@ WGMMA_MIN_NK_64 = 1 << 24
 # instead of one step ahead in registers: measured on an H200 (session 13, bench/results/kernel_h200.json at a743557)
 # 10-16% faster at M = 16-64 on the two largest shapes, a few percent on the others, never more than 2% slower.
 WGMMA_WSM = True
-# The warp-specialized wgmma kernel (csrc/w4a16_wgmma_ws_cuda.h: a producer warp's bulk copies on mbarriers, two
-# consumer warpgroups, x packed per call) instead of qk_wgmma_gemm; off until measured.
-WGMMA_WS = False
+# The warp-specialized wgmma kernel (csrc/w4a16_wgmma_ws_cuda.h: a producer warp's tensor copies on mbarriers, two
+# consumer warpgroups, x packed per call) instead of qk_wgmma_gemm and dequantize + cuBLAS, from STREAM_MAX_M + 1 to
+# WS_MAX_M rows on layers of at least WGMMA_MIN_NK weights. Measured on an H200 with its copies through tensor maps
+# (bench/results/kernel_h200_ws_tma_fc2e238.json): faster than both at every M from 64 to 1024 on the four large
+# benchmark layers (28672x8192 at M = 256: 198 us against 320 for qk_wgmma_gemm; at M = 1024: 686 against 815 for
+# dequantize + cuBLAS) but 14336x4096 at M = 1024 (214 against 210 us); at M = 2048 slower on two of the four. On
+# 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster.
+WGMMA_WS = True
+WS_MAX_M = 1024
+# Its tile (wgmma_ws_bt): 256 tokens a block where those blocks fill WS_FILL[0] of the multiprocessors, 128 where they
+# fill WS_FILL[1], else 64 (with split-K): from the same run, e.g. 8192x28672 (64 blocks of 128 rows) at M = 256:
+# 312 / 226 / 253 us at 256 / 128 / 64 tokens; 14336x4096 (112 blocks) at M = 128: 57 us at 128, 48 at 64.
+WS_FILL = (0.8, 0.9)
+# Where it takes no split-K and has an even number of 128-row blocks, pairs of blocks along N run as one thread-block
+# cluster and share each x tile (a tensor copy multicast to both: half the x a block reads from L2).
+WS_MULTICAST = True
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -204,21 +217,32 @@ def wgmma_splits(m: int, n: int, k: int, sms: int, bt: int) -> int:
     return max(1, min(math.ceil(sms / blocks), (k // 64) // MIN_CHUNKS_PER_SPLIT))
 
 
-def wgmma_ws_bt(m: int) -> int:
-    """Tokens per block of the warp-specialized wgmma kernel (64, 128 or 256)."""
-    return 64 if m <= 64 else 128 if m <= 128 else 256
+def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
+    """Tokens per block of the warp-specialized wgmma kernel (64, 128 or 256; WS_FILL) on a GPU of sms
+    multiprocessors."""
+    row_blocks = math.ceil(n / 128)
+    if m > 128 and math.ceil(m / 256) * row_blocks >= WS_FILL[0] * sms:
+        return 256
+    if m > 64 and math.ceil(m / 128) * row_blocks >= WS_FILL[1] * sms:
+        return 128
+    return 64
+
+
+def wgmma_ws(m: int, n: int, k: int) -> bool:
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M, WGMMA_MIN_NK)."""
+    return WGMMA_WS and m <= WS_MAX_M and n * k >= WGMMA_MIN_NK
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
-           ws: bool | None = None) -> torch.Tensor:
+           ws: bool | None = None, multicast: bool | None = None) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
-    ws = WGMMA_WS if ws is None else ws
-    bt = bt or (wgmma_ws_bt(m) if ws else wgmma_bt(m, n))
+    ws = wgmma_ws(m, n, k) if ws is None else ws
+    bt = bt or (wgmma_ws_bt(m, n, _sm_count(x2.device)) if ws else wgmma_bt(m, n))
     if ws and bt == 256:  # checked here: the extension's own check would be its last line of defence
         if (splits or 1) > 1:
             raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with 256 tokens a block, got "
@@ -226,6 +250,13 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         splits = 1
     splits = splits or wgmma_splits(m, n, k, _sm_count(x2.device), bt)
     cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
+    mc = 1
+    if ws:
+        can = grid_splits(k, splits) == 1 and math.ceil(n / 128) % 2 == 0  # WS_MULTICAST's conditions
+        if multicast and not can:
+            raise UnsupportedError(f"multicast needs no split-K and an even number of 128-row blocks; got "
+                                   f"{grid_splits(k, splits)} splits and {math.ceil(n / 128)} blocks")
+        mc = 2 if can and (WS_MULTICAST if multicast is None else multicast) else 1
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     part, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
@@ -234,7 +265,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         xp = torch.empty_like(x2)
         ext.wgmma_pack_x(x2, packed.wgmma_x_index(), xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
-                          packed.zeros is None, bt, splits, cl)
+                          packed.zeros is None, bt, splits, cl, mc)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -326,6 +357,8 @@ def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     if m <= STREAM_MAX_M:
         return "mma"
     if wgmma:
+        if wgmma_ws(m, n, k):
+            return "wgmma"
         big = n * k >= (WGMMA_MIN_NK_64 if m <= 64 else WGMMA_MIN_NK)
         return "wgmma" if m <= WGMMA_MAX_M and big else "dequant"
     if m <= MMA_MAX_M and (n >= STAGED_MIN_N or n * k > 1 << 24):
@@ -351,6 +384,7 @@ def w4a16_linear(
     wsm: bool | None = None,
     cluster: bool | None = None,
     ws: bool | None = None,
+    multicast: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -359,7 +393,8 @@ def w4a16_linear(
     sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
-    kernel, default WGMMA_WS, which takes bt and splits but neither dense nor wsm); cluster: split-K
+    kernel, default wgmma_ws(), which takes bt and splits but neither dense nor wsm; multicast: its blocks sharing x
+    in pairs, default WS_MULTICAST where it can); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -395,7 +430,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
