@@ -108,6 +108,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
     packed = prepare(ql, device=device, layouts=("mma",), keep_reference=False)
     weight = ql.dequantize(dtype)  # the reference dequantization (QuantizedLinear.dequantize)
     int4 = int4_pack(ql, device) if hasattr(torch, "_weight_int4pack_mm") else None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     rows = []
     for m in ms:
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
@@ -133,7 +134,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
             contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
             contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
             contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
-            contenders["qk_wgmma_ws_nomc"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, multicast=False)
             if tune:
                 for bt in (64, 128, 256):
                     contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
@@ -141,11 +141,12 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128):
                     contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                       dense=True, wsm=False, ws=False)
-                for bt in (64, 128, 256):  # the warp-specialized kernel, with and without blocks sharing x
+                for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
-                    contenders[f"qk_wgmma_ws_bt{bt}_nomc"] = lambda bt=bt: w4a16_linear(
-                        x, packed, backend="wgmma", bt=bt, ws=True, multicast=False)
+                    if (n // 128) % 2 == 0 and (bt == 256 or ops.wgmma_splits(m, n, k, sms, bt) == 1):
+                        contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
+                            x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
                     contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
                         lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True,
@@ -179,7 +180,6 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                  row["path"])
     tuned = []
     if tune:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = (False, True) if ops.cluster_size(2, k, device, ops.CLUSTER_MAX) else (False,)
         sweeps = [("stream", m) for m in TUNE_STREAM_MS if m in ms]  # at the run's M only
         sweeps += ([(kernel, m) for kernel in ("wgmma", "wgmma_ws") for m in TUNE_PREFILL_MS if m in ms]

@@ -71,11 +71,11 @@ QK_INLINE void qk_mbar_arrive(uint32_t bar) {
 QK_INLINE void qk_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-// Arrive on the barrier at the same shared-memory offset in block rank of the cluster (release at cluster scope).
+// Arrive on the barrier at the same shared-memory offset in block rank of the cluster.
 QK_INLINE void qk_mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
   asm volatile(
       "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
       "r"(rank)
       : "memory");
 }
@@ -87,17 +87,6 @@ QK_INLINE uint32_t qk_cluster_rank() {
 // Every thread of every block of the cluster (release / acquire).
 QK_INLINE void qk_cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// Wait for the phase of a parity to complete, acquiring at cluster scope (arrivals from other blocks' threads).
-QK_INLINE void qk_mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
 }
 QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done = 0;
@@ -211,7 +200,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
         const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
         const int cs = c0 + i * KS;
         // its last use, step i - STAGES (in both blocks of a pair)
-        if (i >= STAGES) qk_mbar_wait_cluster(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
+        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
         qk_mbar_arrive_expect_tx(bar, TX);
         // chunks past the split's range bring x (or zeros past K) against weights the consumers zero
         if (mc > 1)

@@ -46,20 +46,25 @@ WGMMA_MIN_NK_64 = 1 << 24
 WGMMA_WSM = True
 # The warp-specialized wgmma kernel (csrc/w4a16_wgmma_ws_cuda.h: a producer warp's tensor copies on mbarriers, two
 # consumer warpgroups, x packed per call) instead of qk_wgmma_gemm and dequantize + cuBLAS, from STREAM_MAX_M + 1 to
-# WS_MAX_M rows on layers of at least WGMMA_MIN_NK weights. Measured on an H200 with its copies through tensor maps
-# (bench/results/kernel_h200_ws_tma_fc2e238.json): faster than both at every M from 64 to 1024 on the four large
-# benchmark layers (28672x8192 at M = 256: 198 us against 320 for qk_wgmma_gemm; at M = 1024: 686 against 815 for
-# dequantize + cuBLAS) but 14336x4096 at M = 1024 (214 against 210 us); at M = 2048 slower on two of the four. On
-# 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster.
+# WS_MAX_M rows (WS_MAX_M_DEEP where K >= WS_DEEP_K) on layers of at least WGMMA_MIN_NK weights. Measured on an H200
+# with its copies through tensor maps (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json):
+# faster than both from M = 64 to 512 on the four large benchmark layers (28672x8192 at M = 256: 198-211 us against
+# 320 for qk_wgmma_gemm; at M = 512: 388-405 against 518 for dequantize + cuBLAS), and at M = 1024 where K >= 8192
+# (686-713 against 815-817 us) but not on 14336x4096 (214-225 against 210); at M = 2048 slower on two of the four.
+# On 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster.
 WGMMA_WS = True
-WS_MAX_M = 1024
+WS_MAX_M = 512
+WS_MAX_M_DEEP = 1024
+WS_DEEP_K = 8192
 # Its tile (wgmma_ws_bt): 256 tokens a block where those blocks fill WS_FILL[0] of the multiprocessors, 128 where they
 # fill WS_FILL[1], else 64 (with split-K): from the same run, e.g. 8192x28672 (64 blocks of 128 rows) at M = 256:
 # 312 / 226 / 253 us at 256 / 128 / 64 tokens; 14336x4096 (112 blocks) at M = 128: 57 us at 128, 48 at 64.
 WS_FILL = (0.8, 0.9)
-# Where it takes no split-K and has an even number of 128-row blocks, pairs of blocks along N run as one thread-block
-# cluster and share each x tile (a tensor copy multicast to both: half the x a block reads from L2).
-WS_MULTICAST = True
+# Pairs of its blocks along N as one thread-block cluster sharing each x tile (a tensor copy multicast to both, half
+# the x a block reads from L2), where it takes no split-K and has an even number of 128-row blocks. Off: measured
+# 1.4-1.7x slower than without on the large layers (kernel_h200_mc_d3dd64d.json, with the empty barriers' arrivals
+# and waits at cluster scope: 28672x8192 at M = 256, 353 against 211 us).
+WS_MULTICAST = False
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -229,8 +234,8 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
 
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M, WGMMA_MIN_NK)."""
-    return WGMMA_WS and m <= WS_MAX_M and n * k >= WGMMA_MIN_NK
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK)."""
+    return WGMMA_WS and m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M) and n * k >= WGMMA_MIN_NK
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
