@@ -3,6 +3,8 @@
     python bench/eval_table.py bench/results/eval_llama-3-8b_g128.json bench/results/eval_llama-3-8b_g128_compiled.json \
         bench/results/eval_llama-3-8b_g128_compiled_lm_head.json bench/results/eval_llama-3-8b_g32.json \
         > bench/results/eval_speed.md
+
+A file given as PATH@COMMIT adds a column naming the commit whose kernels and dispatch that run measured.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def setup(run: dict) -> str:
     return ", ".join(parts)
 
 
-def main(paths: list[str]) -> None:
+def main(args: list[str]) -> None:
+    paths = [a.rpartition("@")[0] or a for a in args]
+    commits = [a.rpartition("@")[2] if "@" in a else "" for a in args]
     runs = [json.load(open(p)) for p in paths]
     first = runs[0]["throughput"]
     env = first["environment"]
@@ -38,10 +42,10 @@ def main(paths: list[str]) -> None:
              f"Llama-3-8B shapes with random weights (RTN-quantized), prompt {s['prompt_len']} + {s['gen_len']} decode "
              f"steps, static KV cache, CUDA graphs, median of {s['repeats']}; baseline: {first['baseline']}. "
              "Commands: " + "; ".join(f"`{run['command']}`" for run in runs) + ".", "",
-             "| group | setup (both models) | batch | prefill tok/s (bf16) | prefill ratio | decode tok/s (bf16) | "
-             "decode ratio | target |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run in runs:
+             ("| kernels " if any(commits) else "") + "| group | setup (both models) | batch | prefill tok/s (bf16) | "
+             "prefill ratio | decode tok/s (bf16) | decode ratio | target |",
+             ("|---" if any(commits) else "") + "|---|---|---|---|---|---|---|---|"]
+    for run, commit in zip(runs, commits):
         group = run["model"]["random_weights"]["group_size"]
         for r in run["throughput"]["rows"]:
             target = TARGETS.get(r["batch"]) if group == 128 else None
@@ -49,7 +53,7 @@ def main(paths: list[str]) -> None:
             if target is not None:
                 ok = r["decode_speedup"] >= target and r["prefill_speedup"] >= 0.9
                 verdict = f"decode >= {target}x, prefill >= 0.9x: {'holds' if ok else 'no'}"
-            lines.append(f"| {group} | {setup(run)} | {r['batch']} | "
+            lines.append((f"| {commit} " if any(commits) else "") + f"| {group} | {setup(run)} | {r['batch']} | "
                          f"{r['prefill_tok_s']:,.0f} ({r['baseline_prefill_tok_s']:,.0f}) | "
                          f"{r['prefill_speedup']:.2f}x | {r['decode_tok_s']:,.1f} ({r['baseline_decode_tok_s']:,.1f}) | "
                          f"{r['decode_speedup']:.2f}x | {verdict} |")

@@ -45,11 +45,14 @@ def dispatched_key(m: int, n: int, k: int) -> str:
 
 def pick(r: dict) -> str:
     """The contender of row r that the dispatch in this commit runs, measured in the same run: dispatched_key, else
-    the run's default wgmma contender (a run without --tune), else "quantkit" (what the run's own dispatch ran)."""
+    the run's default contender of that wgmma kernel (a run or group without --tune: the warp-specialized kernel at
+    its default tile, or qk_wgmma_gemm's), else "quantkit" (what the run's own dispatch ran)."""
     from quantkit.kernels import ops
 
     key = dispatched_key(r["M"], r["N"], r["K"])
-    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma"):
+    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_"):
+        key = "qk_wgmma_ws"
+    elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma"):
         key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
     return key if "us" in r.get(key, {}) else "quantkit"
 
@@ -125,7 +128,8 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
             ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm"),
             ("qk_wgmma_ws_bt64", "ws 128x64"), ("qk_wgmma_ws_bt128", "ws 128x128"), ("qk_wgmma_ws_bt256", "ws 128x256"),
-            ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
+            ("qk_wgmma_ws_bt64_mc", "ws 128x64 multicast"), ("qk_wgmma_ws_bt128_mc", "ws 128x128 multicast"),
+            ("qk_wgmma_ws_bt256_mc", "ws 128x256 multicast"), ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
 
 
 def dispatched(m: int, n: int, k: int) -> str:
@@ -140,7 +144,8 @@ def variants(data: dict, min_m: int | None = None) -> list[str]:
     picked: dict = {}
     shown = [(key, label) for key, label in VARIANTS if any(key in r for r in data["results"])]
     for n, k in SHAPES:
-        rows = sorted((r for r in data["results"] if (r["N"], r["K"]) == (n, k) and r["M"] >= (min_m or 16)),
+        rows = sorted((r for r in data["results"]  # group 128 (what --tune measures every variant at)
+                       if (r["N"], r["K"], r["group"]) == (n, k, 128) and r["M"] >= (min_m or 16)),
                       key=lambda r: r["M"])
         if not rows:
             continue
