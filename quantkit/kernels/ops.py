@@ -61,9 +61,9 @@ WS_DEEP_K = 8192
 # 312 / 226 / 253 us at 256 / 128 / 64 tokens; 14336x4096 (112 blocks) at M = 128: 57 us at 128, 48 at 64.
 WS_FILL = (0.8, 0.9)
 # Pairs of its blocks along N as one thread-block cluster sharing each x tile (a tensor copy multicast to both, half
-# the x a block reads from L2), where it takes no split-K and has an even number of 128-row blocks. Off: measured
-# 1.4-1.7x slower than without on the large layers (kernel_h200_mc_d3dd64d.json, with the empty barriers' arrivals
-# and waits at cluster scope: 28672x8192 at M = 256, 353 against 211 us).
+# the x a block reads from L2), where it takes no split-K and has an even number of 128-row blocks. Off: slower at
+# every tile and layer measured, by 1-34% (median 6%; bench/results/kernel_h200.json, the _mc contenders) and, with
+# the empty barriers' arrivals and waits at cluster scope, by a median 1.5x (kernel_h200_mc_d3dd64d.json).
 WS_MULTICAST = False
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
