@@ -53,7 +53,8 @@ def main(args: list[str]) -> None:
             if target is not None:
                 ok = r["decode_speedup"] >= target and r["prefill_speedup"] >= 0.9
                 verdict = f"decode >= {target}x, prefill >= 0.9x: {'holds' if ok else 'no'}"
-            lines.append((f"| {commit} " if any(commits) else "") + f"| {group} | {setup(run)} | {r['batch']} | "
+            lead = f"| {commit} " if any(commits) else ""
+            lines.append(lead + f"| {group} | {setup(run)} | {r['batch']} | "
                          f"{r['prefill_tok_s']:,.0f} ({r['baseline_prefill_tok_s']:,.0f}) | "
                          f"{r['prefill_speedup']:.2f}x | {r['decode_tok_s']:,.1f} ({r['baseline_decode_tok_s']:,.1f}) | "
                          f"{r['decode_speedup']:.2f}x | {verdict} |")

@@ -144,13 +144,13 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
-                    if (n // 128) % 2 == 0 and (bt == 256 or ops.wgmma_splits(m, n, k, sms, bt) == 1):
+                    if math.ceil(n / 128) % 2 == 0 and (bt == 256 or ops.wgmma_splits(m, n, k, sms, bt) == 1):
                         contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
                             x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
                     contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
-                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense, wsm=True,
-                                                                ws=False))
+                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense,
+                                                                wsm=True, ws=False))
         if int4 is not None:
             contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
         wbytes = n * k // 2 + (n * k // group) * 2
