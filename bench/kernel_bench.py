@@ -144,7 +144,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
                     contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                                    ws=True)
-                    if math.ceil(n / 128) % 2 == 0 and (bt == 256 or ops.wgmma_splits(m, n, k, sms, bt) == 1):
+                    if ops.ws_multicast_fits(n, k, 1 if bt == 256 else ops.wgmma_splits(m, n, k, sms, bt)):
                         contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
                             x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)
                 for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):

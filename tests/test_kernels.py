@@ -262,3 +262,6 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     want = {(64, 28672): 64, (128, 28672): 128, (256, 28672): 256, (128, 14336): 64, (256, 14336): 256,
             (128, 8192): 64, (256, 8192): 128, (512, 8192): 256, (256, 4096): 64, (512, 4096): 128, (1024, 4096): 256}
     assert {key: ops.wgmma_ws_bt(*key, 132) for key in want} == want
+    # pairs of blocks sharing x: no split-K and an even number of 128-row blocks
+    assert ops.ws_multicast_fits(1168, 2048, 1) and not ops.ws_multicast_fits(1040, 2048, 1)
+    assert not ops.ws_multicast_fits(1168, 2048, 2)

@@ -233,6 +233,12 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
     return 64
 
 
+def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
+    """Whether the warp-specialized kernel's blocks can share x in pairs (WS_MULTICAST): no split-K and an even number
+    of 128-row blocks."""
+    return grid_splits(k, splits) == 1 and math.ceil(n / 128) % 2 == 0
+
+
 def wgmma_ws(m: int, n: int, k: int) -> bool:
     """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK)."""
     return WGMMA_WS and m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M) and n * k >= WGMMA_MIN_NK
@@ -257,7 +263,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     mc = 1
     if ws:
-        can = grid_splits(k, splits) == 1 and math.ceil(n / 128) % 2 == 0  # WS_MULTICAST's conditions
+        can = ws_multicast_fits(n, k, splits)
         if multicast and not can:
             raise UnsupportedError(f"multicast needs no split-K and an even number of 128-row blocks; got "
                                    f"{grid_splits(k, splits)} splits and {math.ceil(n / 128)} blocks")
