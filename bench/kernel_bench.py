@@ -55,8 +55,22 @@ def copy_bandwidth(device) -> float:
     return 2 * a.numel() / statistics.median(times[2:])
 
 
-def time_call(fn, flush: torch.Tensor, reps: int) -> dict:
-    """Median / p10 / p90 microseconds of one call, replayed from a CUDA graph after an L2 flush each time."""
+# --cache: the state of the L2 cache each timed call meets
+CACHE_MODES = {
+    "zero": "CUDA graph replay of one call after zeroing a 256 MB buffer (triton's do_bench flush; it leaves the L2 "
+            "full of dirty lines, which the timed call then writes back)",
+    "clean": "CUDA graph replay of one call after reading a 256 MB buffer (a cold L2 of clean lines, as a model's "
+             "previous layers leave it)",
+    "rotate": "CUDA graph replay of {copies} calls over {copies} copies of the layer (every contender's copies at least "
+              "4x the L2), no flush, time / calls",
+}
+
+
+def time_call(fn, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
+    """Median / p10 / p90 microseconds of one call, replayed from a CUDA graph. ``fn`` makes ``calls`` calls (over
+    as many copies of the layer with cache="rotate", no flush); else before every replay the L2 is flushed by
+    zeroing ``flush`` (cache="zero") or by reading it (cache="clean")."""
+    prepare = {"zero": flush.zero_, "clean": lambda: flush.view(torch.int64).sum(), "rotate": lambda: None}[cache]
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -66,16 +80,38 @@ def time_call(fn, flush: torch.Tensor, reps: int) -> dict:
     run()
     times = []
     for _ in range(reps):
-        flush.zero_()
+        prepare()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         run()
         e.record()
         times.append((s, e))
     torch.cuda.synchronize()
-    us = sorted(s.elapsed_time(e) * 1e3 for s, e in times)
+    us = sorted(s.elapsed_time(e) * 1e3 / calls for s, e in times)
     q = lambda f: us[min(len(us) - 1, int(f * len(us)))]
     return {"us": statistics.median(us), "p10": q(0.1), "p90": q(0.9)}
+
+
+def rotation_copies(wbytes: int, device) -> int:
+    """Copies of a layer whose 4-bit weights (``wbytes`` each, the smallest form of any contender) fill the L2 4x."""
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 60 << 20
+    return max(4, min(64, math.ceil(4 * l2 / wbytes)))
+
+
+def cache_probe(flush: torch.Tensor, device, reps: int) -> list[dict]:
+    """A plain read (a sum) of buffers from 8 MB to 512 MB timed after each kind of flush: what the L2's state alone
+    costs a kernel that only reads, with no contender in it."""
+    rows = []
+    for mb in (8, 32, 128, 512):
+        buf = torch.ones(mb << 17, dtype=torch.int64, device=device)  # mb MB
+        read = lambda: buf.sum()
+        row = {"MB": mb}
+        for cache in ("zero", "clean"):
+            row[cache] = time_call(read, flush, reps, cache)["us"]
+        rows.append(row)
+        log.info("read of %d MB: %.1f us after a zeroing flush, %.1f us after a reading flush", mb, row["zero"],
+                 row["clean"])
+    return rows
 
 
 def write_json(path: str, result: dict) -> None:
@@ -101,61 +137,72 @@ def check(name: str, y: torch.Tensor, truth: torch.Tensor, tol: float) -> float:
     return err
 
 
-def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dict]:
+def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) -> dict:
+    """Every contender at this M, each a call of no arguments on this copy of the layer."""
+    contenders = {
+        "cublas_bf16": lambda: F.linear(x, weight),
+        "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
+        "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
+        "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
+    }
+    if ops.cluster_size(2, k, device, ops.CLUSTER_MAX):  # the dispatched kernel with split-K through global memory
+        contenders["quantkit_nocluster"] = lambda: w4a16_linear(x, packed, backend="kernel", cluster=False)
+    if m >= 32:
+        contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
+    if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
+        contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True)
+    if m in (16, 32):
+        contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1, wk=False)
+    if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
+        contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
+    if ops.has_wgmma(device) and m >= 16:
+        contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
+        contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
+        contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
+        if tune:
+            for bt in (64, 128, 256):
+                contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                            dense=False, wsm=False, ws=False)
+            for bt in (64, 128):
+                contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                  dense=True, wsm=False, ws=False)
+            for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
+                contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                               ws=True)
+                if ops.ws_multicast_fits(n, k, 1 if bt == 256 else ops.wgmma_splits(m, n, k, sms, bt)):
+                    contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
+                        x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)
+            for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
+                contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
+                    lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense,
+                                                            wsm=True, ws=False))
+    if int4 is not None:
+        contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
+    return contenders
+
+
+def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero") -> list[dict]:
     dtype = torch.bfloat16
     ql = testing.random_qlinear(n, k, group_size=group, sym=True, act_order=False, dtype=dtype, seed=n + k + group,
                                 device=device)
-    packed = prepare(ql, device=device, layouts=("mma",), keep_reference=False)
-    weight = ql.dequantize(dtype)  # the reference dequantization (QuantizedLinear.dequantize)
-    int4 = int4_pack(ql, device) if hasattr(torch, "_weight_int4pack_mm") else None
+    wbytes = n * k // 2 + (n * k // group) * 2
+    copies = rotation_copies(wbytes, device) if cache == "rotate" else 1
+    # (packed, bf16 weight, torch int4) per copy; copy 0 is also what the tuning sweeps time
+    layers = [(prepare(ql, device=device, layouts=("mma",), keep_reference=False),
+               ql.dequantize(dtype),  # the reference dequantization (QuantizedLinear.dequantize)
+               int4_pack(ql, device) if hasattr(torch, "_weight_int4pack_mm") else None) for _ in range(copies)]
+    packed, weight, _ = layers[0]
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     rows = []
     for m in ms:
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
         truth = x.float() @ weight.float().T
         tol = testing.TOLERANCE[dtype]
-        contenders = {
-            "cublas_bf16": lambda: F.linear(x, weight),
-            "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
-            "qk_stream": lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=False),
-            "qk_dequant": lambda: w4a16_linear(x, packed, backend="dequant"),
-        }
-        if ops.cluster_size(2, k, device, ops.CLUSTER_MAX):  # the dispatched kernel with split-K through global memory
-            contenders["quantkit_nocluster"] = lambda: w4a16_linear(x, packed, backend="kernel", cluster=False)
-        if m >= 32:
-            contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
-        if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks
-            contenders["qk_stream_wk"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, wk=True)
-        if m in (16, 32):
-            contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1, wk=False)
-        if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
-            contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
-        if ops.has_wgmma(device) and m >= 16:
-            contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
-            contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
-            contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
-            if tune:
-                for bt in (64, 128, 256):
-                    contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                dense=False, wsm=False, ws=False)
-                for bt in (64, 128):
-                    contenders[f"qk_wgmma_dense_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                      dense=True, wsm=False, ws=False)
-                for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
-                    contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                                   ws=True)
-                    if ops.ws_multicast_fits(n, k, 1 if bt == 256 else ops.wgmma_splits(m, n, k, sms, bt)):
-                        contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
-                            x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)
-                for bt, dense in ((64, False), (64, True), (128, False), (128, True), (256, False)):
-                    contenders[f"qk_wgmma_wsm_bt{bt}{'_dense' if dense else ''}"] = (
-                        lambda bt=bt, dense=dense: w4a16_linear(x, packed, backend="wgmma", bt=bt, dense=dense,
-                                                                wsm=True, ws=False))
-        if int4 is not None:
-            contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
-        wbytes = n * k // 2 + (n * k // group) * 2
+        per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune) for layer in layers]
+        contenders = per_copy[0]
         nbytes = wbytes + m * k * 2 + m * n * 2
-        row = {"N": n, "K": k, "group": group, "M": m, "bytes": nbytes, "path": ops.kernel_path(m, packed, x)[0]}
+        row = {"N": n, "K": k, "group": group, "M": m, "bytes": nbytes, "path": ops.kernel_path(m, packed, x)[0],
+               "copies": copies}
         for name, fn in contenders.items():
             try:
                 err = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
@@ -165,7 +212,10 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                     row[name] = {"error": str(exc)}
                     continue
                 raise
-            t = time_call(fn, flush, reps)
+            if copies > 1:
+                t = time_call(lambda name=name: [c[name]() for c in per_copy], flush, reps, cache, calls=copies)
+            else:
+                t = time_call(fn, flush, reps, cache)
             t["err"] = err
             t["bw_frac"] = nbytes / (t["us"] * 1e-6) / copy_bw
             row[name] = t
@@ -207,11 +257,11 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune) -> list[dic
                 for cl in clusters:
                     fn = lambda: call(splits, cl)
                     check(f"{kernel} splits={splits} cluster={cl}", fn(), truth, testing.TOLERANCE[dtype])
-                    t = time_call(fn, flush, reps)
+                    t = time_call(fn, flush, reps, "clean" if cache == "rotate" else cache)
                     tuned.append({"N": n, "K": k, "group": group, "M": m, "kernel": kernel, **config,
                                   "staged": kernel == "staged", "cluster": cl, "splits": splits,
                                   "grid_splits": ops.grid_splits(k, splits), **t, "default": splits == default})
-    del weight, packed, int4
+    layers = per_copy = contenders = packed = weight = None  # free this shape's copies before the next
     torch.cuda.empty_cache()
     return rows, tuned
 
@@ -223,6 +273,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--groups", default=",".join(map(str, GROUPS)))
     ap.add_argument("--shapes", default=";".join(f"{n}x{k}" for n, k in SHAPES))
+    ap.add_argument("--cache", choices=tuple(CACHE_MODES), default="zero", help="the L2 state each timed call "
+                    "meets: zero (flush by zeroing a 256 MB buffer, the default), clean (flush by reading it), rotate "
+                    "(no flush, many calls over copies of the layer in one graph; the tuning sweeps then flush clean)")
     ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits and "
                     "ops.wgmma_splits), with and without clusters")
     args = ap.parse_args(argv)
@@ -247,16 +300,19 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(device),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "copy_bandwidth_Bps": copy_bw, "reps": args.reps, "dtype": "bfloat16", "sym": True,
-        "timing": "CUDA graph replay of one call after a 256 MB L2 flush, CUDA events, median of reps",
+        "cache": args.cache,
+        "timing": CACHE_MODES[args.cache].format(copies="R") + ", CUDA events, median of reps",
         "results": [], "tune": [],
     }
     log.info("device %s, copy bandwidth %.2f TB/s (read+write)", result["device"], copy_bw / 1e12)
+    result["cache_probe"] = cache_probe(flush, device, args.reps)
     ms = [int(v) for v in args.ms.split(",")]
     try:
         for group in (int(g) for g in args.groups.split(",")):
             for shape in args.shapes.split(";"):
                 n, k = (int(v) for v in shape.split("x"))
-                rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw, args.tune and group == 128)
+                rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw,
+                                           args.tune and group == 128, args.cache)
                 result["results"] += rows
                 result["tune"] += tuned
                 write_json(args.out, result)  # after every shape: a run cut short keeps what it measured
