@@ -61,8 +61,8 @@ CACHE_MODES = {
             "full of dirty lines, which the timed call then writes back)",
     "clean": "CUDA graph replay of one call after reading a 256 MB buffer (a cold L2 of clean lines, as a model's "
              "previous layers leave it)",
-    "rotate": "CUDA graph replay of {copies} calls over {copies} copies of the layer (every contender's copies at least "
-              "4x the L2), no flush, time / calls",
+    "rotate": "CUDA graph replay of {copies} calls over {copies} copies of the layer (every contender's copies at "
+              "least 4x the L2), no flush, time / calls",
 }
 
 
@@ -158,8 +158,13 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
     if ops.has_wgmma(device) and m >= 16:
         contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
         contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
-        contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True)
+        contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=False)
+        # stream-K (ops.ws_stream_k, forced wherever it can run; its own tile, ops.ws_stream_k_bt)
+        contenders["qk_wgmma_ws_sk"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=True)
         if tune:
+            for bt in (64, 128, 256):
+                contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                                  ws=True, stream_k=True)
             for bt in (64, 128, 256):
                 contenders[f"qk_wgmma_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                             dense=False, wsm=False, ws=False)
@@ -168,7 +173,7 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
                                                                                   dense=True, wsm=False, ws=False)
             for bt in (64, 128, 256):  # the warp-specialized kernel, and with its blocks sharing x where they can
                 contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
-                                                                               ws=True)
+                                                                               ws=True, stream_k=False)
                 if ops.ws_multicast_fits(n, k, 1 if bt == 256 else ops.wgmma_splits(m, n, k, sms, bt)):
                     contenders[f"qk_wgmma_ws_bt{bt}_mc"] = lambda bt=bt: w4a16_linear(
                         x, packed, backend="wgmma", bt=bt, ws=True, multicast=True)

@@ -36,7 +36,8 @@ def dispatched_key(m: int, n: int, k: int) -> str:
     if path == "dequant":
         return "qk_dequant"
     if ops.wgmma_ws(m, n, k):
-        return f"qk_wgmma_ws_bt{ops.wgmma_ws_bt(m, n, SMS)}"
+        bt, ctas, _ = ops.ws_plan(m, n, k, SMS)
+        return f"qk_wgmma_ws_sk_bt{bt}" if ctas else f"qk_wgmma_ws_bt{bt}"
     bt = ops.wgmma_bt(m, n)
     if ops.WGMMA_WSM:
         return f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"
@@ -50,7 +51,9 @@ def pick(r: dict) -> str:
     from quantkit.kernels import ops
 
     key = dispatched_key(r["M"], r["N"], r["K"])
-    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_"):
+    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_sk_"):
+        key = "qk_wgmma_ws_sk"
+    elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_"):
         key = "qk_wgmma_ws"
     elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma"):
         key = "qk_wgmma_wsm" if ops.WGMMA_WSM else "qk_wgmma"
@@ -128,8 +131,10 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
             ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm"),
             ("qk_wgmma_ws_bt64", "ws 128x64"), ("qk_wgmma_ws_bt128", "ws 128x128"), ("qk_wgmma_ws_bt256", "ws 128x256"),
-            ("qk_wgmma_ws_bt64_mc", "ws 128x64 multicast"), ("qk_wgmma_ws_bt128_mc", "ws 128x128 multicast"),
-            ("qk_wgmma_ws_bt256_mc", "ws 128x256 multicast"), ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
+            ("qk_wgmma_ws_sk_bt64", "ws 128x64 stream-K"), ("qk_wgmma_ws_sk_bt128", "ws 128x128 stream-K"),
+            ("qk_wgmma_ws_sk_bt256", "ws 128x256 stream-K"), ("qk_wgmma_ws_bt64_mc", "ws 128x64 multicast"),
+            ("qk_wgmma_ws_bt128_mc", "ws 128x128 multicast"), ("qk_wgmma_ws_bt256_mc", "ws 128x256 multicast"),
+            ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
 
 
 def dispatched(m: int, n: int, k: int) -> str:

@@ -12,6 +12,7 @@
 #include "w4a16_launch.h"
 #include "w4a16_mma_cuda.h"
 #include "w4a16_wgmma_cuda.h"
+#include "w4a16_wgmma_ws_cuda.h"
 #include "w4a16_wmma_hip.h"
 
 namespace {
@@ -217,21 +218,49 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
                                                      c10::cuda::getCurrentCUDAStream()));
 }
 
+// The depth of the split-K workspace (partial sums per tile) that the warp-specialized kernel's stream-K needs at this
+// shape and bt, over ctas persistent blocks with what is left after whole waves cut among the first sk_blocks
+// (QkWsWalk::max_splits), or 0 where some block's run would be empty (or the walk's 32-bit arithmetic overflow).
+int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int64_t ctas, int64_t sk_blocks) {
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
+  TORCH_CHECK(0 < sk_blocks && sk_blocks <= ctas && M > 0 && N > 0 && K >= 64,
+              "stream-K needs 0 < sk_blocks <= ctas, M, N > 0 and K >= 64, got ", sk_blocks, ", ", ctas, ", ", M, ", ",
+              N, ", ", K);
+  const QkWsWalk walk((int)ctas, (int)sk_blocks, (int)M, (int)N, (int)K, (int)bt, qk_ws_ks((int)bt));
+  return !walk.fits() || (walk.units > 0 && walk.units < (unsigned)sk_blocks) ? 0 : walk.max_splits();
+}
+
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
 // contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's;
-// multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks), else 1.
+// multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks), else 1;
+// sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster or
+// multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
-                   int64_t bt, int64_t splits, int64_t cluster, int64_t multicast) {
+                   int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,
+                   int64_t sk_blocks) {
   const bool bf = is_bf16(xp);
-  const auto [grid, args] =
+  TORCH_CHECK(sk_blocks <= 0 || (splits <= 1 && cluster <= 1 && multicast == 1),
+              "stream-K takes no split-K, cluster or multicast; got splits ", splits, ", cluster ", cluster,
+              ", multicast ", multicast);
+  auto [grid, args] =
       wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/true);
   TORCH_CHECK(multicast == 1 || (multicast == 2 && grid.z == 1 && grid.y % 2 == 0),
               "multicast must be 1, or 2 with no split-K and an even number of 128-row blocks; got ", multicast,
               " with ", grid.z, " splits and ", grid.y, " blocks");
+  if (sk_blocks > 0) {
+    const int64_t depth = wgmma_ws_stream_k_depth(args.M, args.N, args.K, bt, sk_ctas, sk_blocks);
+    TORCH_CHECK(depth > 0, "stream-K over ", sk_blocks, " blocks leaves some without work at M ", args.M, ", N ",
+                args.N, ", K ", args.K, ", bt ", bt);
+    TORCH_CHECK(depth == 1 || ws.numel() >= depth * args.M * args.N, "workspace must hold ", depth, "*M*N = ",
+                depth * args.M * args.N, " floats for stream-K, has ", ws.numel());
+    TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
+                counters.numel());
+    grid = dim3((unsigned)sk_ctas, 1, 1);
+  }
   const c10::cuda::CUDAGuard guard(xp.device());
   check_launch("warp-specialized wgmma W4A16 kernel",
-               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, (int)multicast, grid,
+               qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, (int)multicast, (int)sk_blocks, grid,
                                   c10::cuda::getCurrentCUDAStream()));
 }
 
@@ -275,5 +304,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
   m.def("wgmma_ws_gemm", &wgmma_ws_gemm, "warp-specialized Hopper wgmma W4A16 GEMM, x packed by wgmma_pack_x");
   m.def("wgmma_pack_x", &wgmma_pack_x, "x in the warp-specialized wgmma kernel's layout");
+  m.def("wgmma_ws_stream_k_depth", &wgmma_ws_stream_k_depth, "split-K workspace depth of the ws kernel's stream-K");
 #endif
 }

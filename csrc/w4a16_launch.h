@@ -77,9 +77,10 @@ cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, boo
 // qk_wgmma_ws (w4a16_wgmma_ws_cuda.h), the warp-specialized kernel: x packed by qk_launch_wgmma_pack_x, bt tokens
 // per block (64, 128, or 256 without split-K); cluster: as above; multicast 2: pairs of blocks along y one cluster
 // that share each x tile (grid.z 1, grid.y even), else 1. Anything else, or x, w or meta not 16-byte aligned (the
-// tensor maps' rule): cudaErrorInvalidValue.
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast, dim3 grid,
-                               cudaStream_t stream);
+// tensor maps' rule): cudaErrorInvalidValue. sk_blocks > 0: stream-K over the grid's blocks (grid (ctas, 1, 1)), what is
+// left after whole waves cut among the first sk_blocks (QkWsWalk in w4a16_wgmma_ws_cuda.h), no cluster or multicast.
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                               int sk_blocks, dim3 grid, cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order (int64 [K]), each row's 16-byte units swizzled.
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,
                                    cudaStream_t stream);

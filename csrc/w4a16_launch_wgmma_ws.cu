@@ -61,10 +61,10 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
 // The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big).
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, dim3 grid, cudaStream_t stream) {
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, 4>(a, cluster, mc, grid, stream);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, 2>(a, cluster, mc, grid, stream);
-  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, cluster, mc, grid, stream);
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, dim3 grid, cudaStream_t stream) {
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, grid, stream);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, grid, stream);
+  return qk_launch_wgmma_ws_big(a, std::is_same<Tag, QkBF16>::value, SYM, bt, cluster, mc, sk, grid, stream);
 }
 
 }  // namespace
@@ -85,11 +85,11 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
   return ok ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast, dim3 grid,
-                               cudaStream_t stream) {
-  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, multicast, grid, stream)
-                       : ws_tile<QkBF16, false>(a, bt, cluster, multicast, grid, stream);
-  return sym ? ws_tile<QkF16, true>(a, bt, cluster, multicast, grid, stream)
-             : ws_tile<QkF16, false>(a, bt, cluster, multicast, grid, stream);
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                               int sk_blocks, dim3 grid, cudaStream_t stream) {
+  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
+                       : ws_tile<QkBF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+  return sym ? ws_tile<QkF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
+             : ws_tile<QkF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
 }
 #endif

@@ -13,8 +13,12 @@
 // them (an operand not 16-byte aligned) or is missing.
 cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int multicast, QkWsMaps* maps);
 
+// sk_blocks > 0: stream-K (QkWsWalk) over grid (ctas, 1, 1), the rest of the tiles after whole waves cut among the
+// first sk_blocks blocks (at most ctas, each at least a step), no cluster or multicast, the workspace as deep as
+// QkWsWalk::max_splits.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, dim3 grid, cudaStream_t stream) {
+cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int sk_blocks, dim3 grid,
+                           cudaStream_t stream) {
   auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
   constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
@@ -22,14 +26,18 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, dim3 
   if (err != cudaSuccess) return err;
   if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
   if (multicast != 1 && (multicast != 2 || grid.z > 1 || grid.y % 2)) return cudaErrorInvalidValue;
+  const QkWsWalk walk(sk_blocks > 0 ? (int)grid.x : 0, sk_blocks, a.M, a.N, a.K, BT, KS);
+  if (sk_blocks > 0 && (sk_blocks > (int)grid.x || grid.y != 1 || grid.z != 1 || cluster > 1 || multicast != 1 ||
+                        !walk.fits() || (walk.units > 0 && walk.units < (unsigned)sk_blocks)))
+    return cudaErrorInvalidValue;
   QkWsMaps maps;
   const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, multicast, &maps);
   if (enc != cudaSuccess) return enc;
   const dim3 dims = multicast > 1 ? dim3(1, multicast, 1) : dim3(1, 1, cluster > 1 ? cluster : 1);
-  return qk_launch_mma_kernel_in(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, dims, maps);
+  return qk_launch_mma_kernel_in(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, dims, maps, walk);
 }
 
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                   dim3 grid, cudaStream_t stream);
+                                   int sk_blocks, dim3 grid, cudaStream_t stream);
 #endif

@@ -4,11 +4,12 @@
 
 #if QK_IS_CUDA
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                   dim3 grid, cudaStream_t stream) {
+                                   int sk_blocks, dim3 grid, cudaStream_t stream) {
   if (bt != 256) return cudaErrorInvalidValue;
-  if (bf16) return sym ? qk_ws_instance<QkBF16, 256, true, 6, 1>(a, cluster, multicast, grid, stream)
-                       : qk_ws_instance<QkBF16, 256, false, 6, 1>(a, cluster, multicast, grid, stream);
-  return sym ? qk_ws_instance<QkF16, 256, true, 6, 1>(a, cluster, multicast, grid, stream)
-             : qk_ws_instance<QkF16, 256, false, 6, 1>(a, cluster, multicast, grid, stream);
+  constexpr int KS = qk_ws_ks(256);
+  if (bf16) return sym ? qk_ws_instance<QkBF16, 256, true, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream)
+                       : qk_ws_instance<QkBF16, 256, false, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream);
+  return sym ? qk_ws_instance<QkF16, 256, true, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream)
+             : qk_ws_instance<QkF16, 256, false, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream);
 }
 #endif

@@ -39,6 +39,8 @@ struct QkWsMaps {
 };
 
 #define QK_WS_CONSUMER_WARPS 8
+// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big}.cu): 64 x 4, 128 x 2, 256 x 1.
+__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 64 ? 4 : bt == 128 ? 2 : 1; }
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
 __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.
@@ -128,14 +130,79 @@ QK_INLINE void qk_setmaxnreg_inc() {
 }
 #endif
 
-// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256); maps (QkWsMaps) cover xp (x packed
-// by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps of KS chunks in flight.
+// What a block of qk_wgmma_ws computes, one work item at a time: tile (bx token tile, by 128-row block; cell = by
+// tiles_x + bx, the index of its split-K counter), chunks [c0, c1) of it, and which of the tile's nz partial sums that
+// is (z). The grid's block (ctas 0) has one item, (blockIdx.x, blockIdx.y) and split blockIdx.z. Stream-K (ctas > 0
+// persistent blocks, the grid along x, one a multiprocessor): of the tiles, the first dp_tiles (whole waves of ctas)
+// go whole to the blocks in turn (block g: g, g + ctas, ...); the steps (KS chunks) of the rest are cut into runs as
+// equal as can be among the first sk_blocks blocks, block g's [g U / sk_blocks, (g + 1) U / sk_blocks) of U = (tiles -
+// dp_tiles) steps_per_tile. A run that covers part of a tile gives a partial sum, added through the split-K workspace
+// (qk_mma_write) in the order of the blocks that hold the tile's runs (z = g - the first of them). Every run must be
+// at least a step (units >= sk_blocks). __host__ too: the launcher checks that and sizes the workspace (max_splits).
+struct QkWsWalk {
+  int ctas, sk_blocks, tiles_x, tiles, steps, ks, chunks, dp_tiles;
+  unsigned units;  // 32-bit arithmetic (64-bit division is a long routine that the consumers' registers cannot afford):
+                   // fits() checks that units x sk_blocks does not overflow
+  QK_INLINE __host__ QkWsWalk(int ctas_, int sk_blocks_, int M, int N, int K, int bt, int ks_)
+      : ctas(ctas_), sk_blocks(sk_blocks_), tiles_x((M + bt - 1) / bt), tiles(tiles_x * ((N + 127) / 128)),
+        steps((K / 64 + ks_ - 1) / ks_), ks(ks_), chunks(K / 64), dp_tiles(ctas_ > 0 ? tiles / ctas_ * ctas_ : 0),
+        units((unsigned)(tiles - dp_tiles) * (unsigned)steps) {}
+  QK_INLINE __host__ bool fits() const {
+    return (unsigned long long)(tiles - dp_tiles) * steps * (sk_blocks + 1) < (1ull << 32);
+  }
+  // The first unit of block g's stream-K run (g >= sk_blocks: the end, an empty run).
+  QK_INLINE __host__ unsigned start(int g) const { return units * (unsigned)min(g, sk_blocks) / (unsigned)sk_blocks; }
+  // The block whose run holds unit u: the last g with start(g) <= u.
+  QK_INLINE __host__ int owner(unsigned u) const {
+    return (int)(((u + 1) * (unsigned)sk_blocks + units - 1) / units) - 1;
+  }
+  // The most partial sums any tile has (the workspace's depth); 1 without stream-K.
+  QK_INLINE __host__ int max_splits() const {
+    if (ctas == 0 || units == 0) return 1;
+    const unsigned least = units / (unsigned)sk_blocks;  // steps in the shortest run
+    return least > 0 ? (int)((steps - 1) / least + 2) : sk_blocks;
+  }
+};
+struct QkWsItem {
+  int bx, by, cell, c0, c1, z, nz;
+};
+// Item j of block g (QkWsWalk), false past its last. Stateless, so that a consumer can work it out again after its
+// main loop instead of holding it in registers through it.
+QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split, QkWsItem& it) {
+  if (w.ctas == 0) {  // the grid's one item
+    const int c0 = (int)blockIdx.z * chunks_per_split;
+    it = {(int)blockIdx.x, (int)blockIdx.y, (int)(blockIdx.y * gridDim.x + blockIdx.x), c0,
+          min(w.chunks, c0 + chunks_per_split), (int)blockIdx.z, (int)gridDim.z};
+    return j == 0;
+  }
+  const int whole = g < w.dp_tiles ? (w.dp_tiles - g + w.ctas - 1) / w.ctas : 0;  // block g's whole tiles
+  int cell, s0 = 0, s1 = w.steps, z = 0, nz = 1;
+  if (j < whole) {
+    cell = g + j * w.ctas;
+  } else {
+    if (w.units == 0) return false;
+    const unsigned u0 = w.start(g), u1 = w.start(g + 1);
+    const int t = (int)(u0 / (unsigned)w.steps) + (j - whole);  // the run's (j - whole)-th tile of the rest
+    const unsigned t0 = (unsigned)t * (unsigned)w.steps;
+    if (u0 >= u1 || t0 >= u1) return false;
+    s0 = u0 > t0 ? (int)(u0 - t0) : 0, s1 = (int)min((unsigned)w.steps, u1 - t0);
+    const int first = w.owner(t0), last = w.owner(t0 + w.steps - 1);
+    z = g - first, nz = last - first + 1;
+    cell = w.dp_tiles + t;
+  }
+  it = {cell % w.tiles_x, cell / w.tiles_x, cell, s0 * w.ks, min(w.chunks, s1 * w.ks), z, nz};
+  return true;
+}
+
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256), or (walk.ctas > 0) stream-K over
+// (walk.ctas, 1, 1) blocks (QkWsWalk); maps (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the
+// kernel reads through them only. STAGES steps of KS chunks in flight.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
-                const __grid_constant__ QkWsMaps maps) {
+                const __grid_constant__ QkWsMaps maps, const __grid_constant__ QkWsWalk walk) {
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
   constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
@@ -152,13 +219,10 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const bool producer = warp >= QK_WS_CONSUMER_WARPS;
   const int gid = lane / 4, tig = lane % 4;
-  const int n_tiles = N / 16, tile0 = (int)blockIdx.y * TILES;
-  const int tile = producer ? n_tiles : tile0 + warp;  // the producer has no tile (a dead one in the epilogue)
-  const bool live = tile < n_tiles;  // dead consumer warps still take part in their warpgroup's wgmma, zero weights
-  const int m0 = (int)blockIdx.x * BT;
-  const int chunks = K / 64;
-  const int c0 = (int)blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const int n_steps = (max(0, c1 - c0) + KS - 1) / KS;
+  const int n_tiles = N / 16;
+  // the block's work items (qk_ws_item over walk, a parameter, so read from the constant bank rather than held in
+  // registers): the grid's one, or (walk.ctas > 0) stream-K's
+  const bool sk = walk.ctas > 0;
   const QkGroupOf group_of(group_size, tig), group_of0(group_size, 0);
   const int mc = maps.multicast;  // 2: this block and its pair along y share x (QkWsMaps)
 
@@ -194,68 +258,108 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       // a multicast pair: this block's half of the x box (KS > 1: chunks rank KS / 2.., else rows rank BT / 2..)
       const int x_chunk = KS > 1 ? rank * (KS / 2) : 0, x_row = KS > 1 ? 0 : rank * (BT / 2);
       const uint32_t x_dst = (uint32_t)((x_chunk * BT + x_row) * 128);
+      QkWsItem it;
+      int i = 0;  // steps issued, over all items: the ring's position and phase
+      for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
+        const int m0 = it.bx * BT, tile0 = it.by * TILES;
 #pragma unroll 1
-      for (int i = 0; i < n_steps; ++i) {
-        const int s = i % STAGES;
-        const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
-        const int cs = c0 + i * KS;
-        // its last use, step i - STAGES (in both blocks of a pair)
-        if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
-        qk_mbar_arrive_expect_tx(bar, TX);
-        // chunks past the split's range bring x (or zeros past K) against weights the consumers zero
-        if (mc > 1)
-          qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
-        else
-          qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
-        qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
-        qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
+        for (int cs = it.c0; cs < it.c1; cs += KS, ++i) {
+          const int s = i % STAGES;
+          const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
+          // its last use, step i - STAGES (in both blocks of a pair)
+          if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
+          qk_mbar_arrive_expect_tx(bar, TX);
+          // chunks past the item's range bring x (or zeros past K) against weights the consumers zero
+          if (mc > 1)
+            qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
+          else
+            qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
+          qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
+          qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
+        }
       }
     }
     __syncwarp();
-    if constexpr (REGS) {  // no split-K here: the epilogue has no barrier to join
+    // REGS: no split-K through the grid, so the epilogue has no barrier to join; stream-K: the consumers' epilogues
+    // synchronize among themselves only
+    if (REGS || sk) {
       if (mc > 1) qk_cluster_sync();
       return;
     }
   } else {
     if constexpr (REGS) qk_setmaxnreg_inc<QK_WS_CONSUMER_REGS>();
+    QkWsItem it;
+    int i = 0;  // steps consumed, over all items (as the producer counts them)
+    for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
+      const int c1 = it.c1;
+      const bool live = it.by * TILES + warp < n_tiles;
+      // dead consumer warps still take part in their warpgroup's wgmma, zero weights
 #pragma unroll 1
-    for (int i = 0; i < n_steps; ++i) {
-      const int s = i % STAGES;
-      qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
-      const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
-      const int cs = c0 + i * KS, g_lo = group_of0(cs);
-      uint4 wv[KS];
-      uint2 mv[KS];
+      for (int cs = it.c0; cs < c1; cs += KS, ++i) {
+        const int s = i % STAGES;
+        qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
+        const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
+        const int g_lo = group_of0(cs);
+        uint4 wv[KS];
+        uint2 mv[KS];
 #pragma unroll
-      for (int q = 0; q < KS; ++q) {
-        const int c = cs + q;
-        if (live && c < c1) {
-          wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (warp * KS + q) * 512 + lane * 16);
-          const unsigned char* m = base + X_BYTES + W_BYTES + ((warp * G_MAX + group_of(c) - g_lo) * 8 + gid) * MV;
-          mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
-        } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
-          wv[q] = make_uint4(0, 0, 0, 0);
-          mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
+        for (int q = 0; q < KS; ++q) {
+          const int c = cs + q;
+          if (live && c < c1) {
+            wv[q] = *reinterpret_cast<const uint4*>(base + X_BYTES + (warp * KS + q) * 512 + lane * 16);
+            const unsigned char* m = base + X_BYTES + W_BYTES + ((warp * G_MAX + group_of(c) - g_lo) * 8 + gid) * MV;
+            mv[q] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(m), 0u) : *reinterpret_cast<const uint2*>(m);
+          } else {  // zero weights: scale 0 (and zero = magic when asymmetric)
+            wv[q] = make_uint4(0, 0, 0, 0);
+            mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
+          }
+        }
+        uint32_t a[KS][4][4];
+        qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
+        qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)(s * STAGE_BYTES), cs != it.c0);  // an item's first: acc =
+        __syncwarp();
+        if (lane == 0) {
+          if (mc > 1)
+            for (int r = 0; r < mc; ++r) qk_mbar_arrive_cluster(empty0 + 8 * s, (uint32_t)r);
+          else
+            qk_mbar_arrive(empty0 + 8 * s);
         }
       }
-      uint32_t a[KS][4][4];
-      qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
-      qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)(s * STAGE_BYTES));
-      __syncwarp();
-      if (lane == 0) {
-        if (mc > 1)
-          for (int r = 0; r < mc; ++r) qk_mbar_arrive_cluster(empty0 + 8 * s, (uint32_t)r);
-        else
-          qk_mbar_arrive(empty0 + 8 * s);
-      }
+      qk_wgmma_hold(acc);
+      if (!sk) break;  // the grid's one item: the epilogue below, which the producer warp joins
+      // stream-K: a whole tile's sums written out, a part's stored in the workspace (added up after the loop), while
+      // the producer already fills the ring with the next item's steps. The item again rather than held through the
+      // loop (registers: 128 accumulators at 256 tokens).
+      asm volatile("" : "+r"(j));
+      qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it);
+      float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
+      const int tile = it.by * TILES + warp, m0 = it.bx * BT;
+      if (it.nz > 1)
+        qk_mma_store_part<1, MT>(acc4, tile, n_tiles, m0, lane, ws + (size_t)it.z * M * N, M, N);
+      else
+        qk_mma_store_out<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, M, N);
     }
-    qk_wgmma_hold(acc);
+    if (sk) {
+      // The parts (a block's first and last run of the rest, at most): the last block to store a tile's part adds
+      // them all in the order of the blocks and writes the tile.
+      for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
+        if (it.nz == 1) continue;
+        if (!qk_split_arrive<32 * QK_WS_CONSUMER_WARPS>(QkSplit{it.z, it.nz, counters + it.cell})) continue;
+        qk_mma_sum_parts_out<Tag, 1, MT>(it.by * TILES + warp, n_tiles, it.bx * BT, lane, ws, it.nz, bias, out, M, N);
+      }
+      if (mc > 1) qk_cluster_sync();
+      return;
+    }
   }
-
-  // Every copy has landed (the consumers waited for each stage), so a cluster reduction may reuse the ring.
+  // The grid's block: every copy has landed (the consumers waited for each stage), so a cluster reduction may reuse
+  // the ring. The producer warp (not at REGS) joins with no tile of its own.
+  QkWsItem it;
+  qk_ws_item(walk, (int)blockIdx.x, 0, chunks_per_split, it);
   float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-  const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), tile0, QK_WS_CONSUMER_WARPS};
-  qk_mma_epilogue<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, ws, counters, M, N, ct);
+  const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), it.by * TILES,
+                         QK_WS_CONSUMER_WARPS};
+  qk_mma_epilogue<Tag, 1, MT>(acc4, producer ? n_tiles : it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out,
+                              ws, counters, M, N, ct);
   if (mc > 1) qk_cluster_sync();  // no block leaves while its pair's arrivals may still reach it
 #endif
 }

@@ -242,6 +242,24 @@ def test_split_k_rules_on_the_benchmark_shapes():
     assert ops.cluster_size(4, 4096, torch.device("cpu"), 2) == 0  # above the limit: the workspace path
 
 
+def test_ws_stream_k_rule():
+    """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: where the grid's last
+    wave leaves multiprocessors idle, all of them persistent and the tiles after whole waves cut among at most
+    WS_SK_MAX_SPLIT blocks a tile; whole waves, or a last wave nearly full, keep the grid unless forced."""
+    from quantkit.kernels import ops
+
+    assert ops.WS_SK_MAX_SPLIT == 4 and ops.WS_SK_MIN_IDLE == 0.1
+    assert ops.ws_stream_k(256, 28672, 8192, 132, 256) == (132, 132)  # 224 tiles: 132 whole, 92 cut among 132
+    assert ops.ws_stream_k(256, 4096, 14336, 132, 256) == (128, 128)  # 32 tiles, each cut in 4
+    assert ops.ws_stream_k(256, 17024, 4096, 132, 256) == (132, 4)  # 133 tiles: the last one cut in 4
+    assert ops.ws_stream_k(512, 16896, 4096, 132, 256, force=True) == (0, 0)  # 264 tiles: two whole waves
+    assert ops.ws_stream_k(256, 32512, 4096, 132, 256) == (0, 0)  # 254 tiles: the last wave 92% full
+    assert ops.ws_stream_k(256, 32512, 4096, 132, 256, force=True) == (132, 132)
+    assert ops.ws_stream_k(64, 128, 64, 132, 64) == (0, 0)  # one step of one tile cannot be cut in 4
+    assert ops.ws_plan(256, 28672, 8192, 132, stream_k=False) == (256, 0, 0)
+    assert ops.ws_plan(100, 4096, 14336, 132, stream_k=True) == (128, 128, 128)
+
+
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
     where K >= 8192), with the tile the H200 runs measured fastest (bench/results/kernel_h200_ws_tma_fc2e238.json,

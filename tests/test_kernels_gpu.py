@@ -153,6 +153,33 @@ def test_wgmma_ws_multicast_is_bit_equal(device, dtype, sym):
         w4a16_linear(x, packed, backend="wgmma", bt=64, splits=2, ws=True, multicast=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
+@pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, True, False), (torch.float16, False, True)],
+                         ids=["bf16-sym", "fp16-asym-act"])
+def test_wgmma_ws_stream_k(device, dtype, sym, act):
+    """Stream-K of the warp-specialized kernel against the reference, at every tile: fewer tiles than multiprocessors
+    (each tile cut into runs, one tile of 128 rows cut in four), more (whole waves, then the rest cut into runs: 16 x
+    10 tiles at 64 tokens), token counts and 73 row tiles that leave the last tiles part empty, act-order and two
+    groups a chunk; the same bits twice (the partial sums are added in a fixed order)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for n, k, ms in ((1168, 2048, (1, 65, 300, 1000)), (128, 2048, (64,))):
+        ql = testing.random_qlinear(n, k, group_size=32, sym=sym, act_order=act, dtype=dtype, seed=23 + n)
+        packed = prepare(ql, device=device)
+        w = reference_weight(packed, dtype)
+        for m in ms:
+            x = testing.random_activations(m, k, dtype=dtype, seed=24 + m, device=device)
+            for bt in (64, 128, 256):
+                ctas, blocks = ops.ws_stream_k(m, n, k, sms, bt, force=True)
+                assert ctas > 0, (n, m, bt)  # every case here runs stream-K, not the grid
+                y = w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True, stream_k=True)
+                err = testing.relative_error(y, w, x)
+                assert err <= testing.TOLERANCE[dtype], (n, m, bt, ctas, blocks, err)
+                assert torch.equal(y, w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True, stream_k=True))
+    with pytest.raises(UnsupportedError, match="stream-K takes no split-K"):
+        w4a16_linear(x, packed, backend="wgmma", bt=64, splits=2, ws=True, stream_k=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="thread-block clusters need compute capability 9.0+")
 def test_cluster_split_k_is_bit_equal(device):

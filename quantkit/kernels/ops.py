@@ -65,6 +65,18 @@ WS_FILL = (0.8, 0.9)
 # every tile and layer measured, by 1-34% (median 6%; bench/results/kernel_h200.json, the _mc contenders) and, with
 # the empty barriers' arrivals and waits at cluster scope, by a median 1.5x (kernel_h200_mc_d3dd64d.json).
 WS_MULTICAST = False
+# Stream-K (ws_stream_k): the warp-specialized kernel's blocks persistent, one a multiprocessor, the tiles of whole
+# waves given out whole and the steps of the rest cut into runs of equal length, partial tiles added through the
+# split-K workspace (csrc/w4a16_wgmma_ws_cuda.h, QkWsWalk), instead of a grid whose last wave leaves multiprocessors
+# idle (224 tiles on 132 multiprocessors: a second wave 70% full) and of split-K. The tiles after whole waves are cut
+# among at most WS_SK_MAX_SPLIT blocks each; where the grid's last wave would leave less than WS_SK_MIN_IDLE of the
+# multiprocessors idle, the grid stays. Its tile (ws_stream_k_bt): 64 tokens up to M = 64, 128 up to 128, else 256,
+# the most efficient per token once the waves no longer decide.
+WS_STREAM_K = False
+WS_SK_MAX_SPLIT = 4
+WS_SK_MIN_IDLE = 0.1
+# 64-k chunks a stage of the warp-specialized kernel holds at 64 / 128 / 256 tokens (csrc: qk_ws_ks)
+WS_KS = {64: 4, 128: 2, 256: 1}
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -233,6 +245,38 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
     return 64
 
 
+def ws_stream_k_bt(m: int) -> int:
+    """Tokens per block of the warp-specialized kernel under stream-K (WS_STREAM_K)."""
+    return 64 if m <= 64 else 128 if m <= 128 else 256
+
+
+def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
+    """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
+    this shape and tile on a GPU of sms multiprocessors, or (0, 0) where the grid is as good: whole waves, or a last
+    wave that leaves less than WS_SK_MIN_IDLE of the multiprocessors idle (force: stream-K wherever it can run)."""
+    tiles = math.ceil(m / bt) * math.ceil(n / 128)
+    steps = math.ceil((k // 64) / WS_KS[bt])
+    ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
+    left = tiles % ctas  # the tiles after whole waves of ctas
+    blocks = min(ctas, left * WS_SK_MAX_SPLIT)
+    if not left or left * steps < blocks or (not force and math.ceil(tiles / ctas) - tiles / ctas < WS_SK_MIN_IDLE):
+        return 0, 0
+    return ctas, blocks
+
+
+def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: bool | None = None
+            ) -> tuple[int, int, int]:
+    """(tokens a block, persistent blocks, blocks sharing the last wave) of the warp-specialized kernel: stream-K's
+    (stream_k None: WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the grid's tile
+    (wgmma_ws_bt) and (0, 0). bt: the tile, else the rule's."""
+    if WS_STREAM_K if stream_k is None else stream_k:
+        sk_bt = bt or ws_stream_k_bt(m)
+        ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k))
+        if ctas:
+            return sk_bt, ctas, blocks
+    return bt or wgmma_ws_bt(m, n, sms), 0, 0
+
+
 def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
     """Whether the warp-specialized kernel's blocks can share x in pairs (WS_MULTICAST): no split-K and an even number
     of 128-row blocks."""
@@ -246,23 +290,32 @@ def wgmma_ws(m: int, n: int, k: int) -> bool:
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
-           ws: bool | None = None, multicast: bool | None = None) -> torch.Tensor:
+           ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
-    image of the swizzled tiles (ws, qk_wgmma_ws), here."""
+    image of the swizzled tiles (ws, qk_wgmma_ws), here. stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K
+    wherever every block gets work (else the grid); False, the grid."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
     ws = wgmma_ws(m, n, k) if ws is None else ws
-    bt = bt or (wgmma_ws_bt(m, n, _sm_count(x2.device)) if ws else wgmma_bt(m, n))
-    if ws and bt == 256:  # checked here: the extension's own check would be its last line of defence
+    sms = _sm_count(x2.device)
+    sk = sk_blocks = depth = 0  # stream-K's persistent blocks, those sharing the last wave, workspace depth; 0: grid
+    if stream_k and (splits or cluster or multicast):
+        raise UnsupportedError("stream-K takes no split-K, cluster or multicast")
+    if ws and not (splits or cluster or multicast):
+        plan_bt, sk, sk_blocks = ws_plan(m, n, k, sms, bt, stream_k)
+        depth = ext.wgmma_ws_stream_k_depth(m, n, k, plan_bt, sk, sk_blocks) if sk else 0
+        sk, bt = (sk, plan_bt) if depth else (0, bt)  # 0: some run would be empty, the grid instead
+    bt = bt or (wgmma_ws_bt(m, n, sms) if ws else wgmma_bt(m, n))
+    if ws and bt == 256 and not sk:  # checked here: the extension's own check would be its last line of defence
         if (splits or 1) > 1:
             raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with 256 tokens a block, got "
                                    f"splits={splits}")
         splits = 1
-    splits = splits or wgmma_splits(m, n, k, _sm_count(x2.device), bt)
-    cl = cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
+    splits = 1 if sk else splits or wgmma_splits(m, n, k, sms, bt)
+    cl = 0 if sk else cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     mc = 1
-    if ws:
+    if ws and not sk:
         can = ws_multicast_fits(n, k, splits)
         if multicast and not can:
             raise UnsupportedError(f"multicast needs no split-K and an even number of 128-row blocks; got "
@@ -270,13 +323,14 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         mc = 2 if can and (WS_MULTICAST if multicast is None else multicast) else 1
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
-    part, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
+    depth = depth if depth > 1 else splits if splits > 1 and not cl else 0
+    part, counters = _workspace(x2.device, depth * m * n, tiles)
     meta = packed.mma_meta(x2.dtype)
     if ws:
         xp = torch.empty_like(x2)
         ext.wgmma_pack_x(x2, packed.wgmma_x_index(), xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
-                          packed.zeros is None, bt, splits, cl, mc)
+                          packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -396,6 +450,7 @@ def w4a16_linear(
     cluster: bool | None = None,
     ws: bool | None = None,
     multicast: bool | None = None,
+    stream_k: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -405,7 +460,8 @@ def w4a16_linear(
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
     kernel, default wgmma_ws(), which takes bt and splits but neither dense nor wsm; multicast: its blocks sharing x
-    in pairs, default WS_MULTICAST where it can); cluster: split-K
+    in pairs, default WS_MULTICAST where it can; stream_k: its blocks persistent over the tiles and their steps,
+    default WS_STREAM_K's rule, True wherever it can, False never); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -441,7 +497,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     else:
