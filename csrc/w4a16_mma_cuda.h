@@ -284,29 +284,68 @@ QK_INLINE bool qk_split_arrive(const QkSplit& split) {
   if (threadIdx.x == 0) *split.counter = 0;
   return true;
 }
-// The sum of the nz partial sums in ws ([nz][M][N]), in the order of z (so the same bits whichever split arrived
-// last), (+ bias) rounded once to 16 bits into out [M, N]. From memory to memory, a token tile at a time (no
-// accumulators held: the caller's may all be live, or it may have 128 a thread).
-template <typename Tag, int NT, int MT>
-QK_INLINE void qk_mma_sum_parts_out(int tile0, int n_tiles, int m0, int lane, const float* __restrict__ ws, int nz,
-                                    const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
+// acc = the sum of the nz partial sums in ws ([nz][M][N]) in the order of z (so the same bits whichever split
+// arrived last).
+template <int NT, int MT>
+QK_INLINE void qk_mma_sum_parts(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
+                                const float* __restrict__ ws, int nz, int M, int N) {
   const int gid = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     if (tile0 + nt >= n_tiles) break;
     const int n_lo = (tile0 + nt) * 16 + gid;
-    const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
-    const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
-#pragma unroll 1
+#pragma unroll
     for (int t = 0; t < MT; ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = m0 + 8 * t + 2 * tig + (e & 1);
         if (tok >= M) continue;
-        const size_t at = (size_t)tok * N + n_lo + 8 * (e >> 1);
         float v = 0.f;
-        for (int z = 0; z < nz; ++z) v += __ldcg(ws + (size_t)z * M * N + at);
-        out[at] = qk_float_to_bits(v + ((e >> 1) ? b_hi : b_lo), Tag());
+        for (int z = 0; z < nz; ++z) v += __ldcg(ws + ((size_t)z * M + tok) * N + n_lo + 8 * (e >> 1));
+        acc[nt][t][e] = v;
+      }
+  }
+}
+// The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
+// by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
+// in flight a thread, no accumulators held (the caller's may be live).
+template <typename Tag, int ROWS, int THREADS>
+QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restrict__ ws, int nz,
+                                     const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
+  constexpr int VEC = ROWS * 32, U = 4;  // float4s of the tile; in flight a thread
+  static_assert(VEC % (THREADS * U) == 0, "the tile must split evenly over the threads");
+#pragma unroll 1
+  for (int base = t; base < VEC; base += THREADS * U) {
+    float4 v[U];
+    size_t at[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * THREADS, tok = m0 + idx / 32, n = n0 + idx % 32 * 4;
+      ok[u] = tok < M && n < N;  // N % 16 == 0: a row's 4 outputs are all in or all out
+      at[u] = (size_t)tok * N + n;
+      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    for (int z = 0; z < nz; ++z)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (ok[u]) {
+          const float4 p = __ldcg(reinterpret_cast<const float4*>(ws + (size_t)z * M * N + at[u]));
+          v[u].x += p.x, v[u].y += p.y, v[u].z += p.z, v[u].w += p.w;
+        }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (ok[u]) {
+        const size_t n = at[u] % (size_t)N;
+        float b[4] = {0.f, 0.f, 0.f, 0.f};
+        if (bias)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) b[q] = qk_bits_to_float(bias[n + q], Tag());
+        const uint32_t lo = (uint32_t)qk_float_to_bits(v[u].x + b[0], Tag()) |
+                            ((uint32_t)qk_float_to_bits(v[u].y + b[1], Tag()) << 16);
+        const uint32_t hi = (uint32_t)qk_float_to_bits(v[u].z + b[2], Tag()) |
+                            ((uint32_t)qk_float_to_bits(v[u].w + b[3], Tag()) << 16);
+        *reinterpret_cast<uint2*>(out + at[u]) = make_uint2(lo, hi);
       }
   }
 }
@@ -333,7 +372,7 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
 }
 
 // Write (or, split.nz > 1, reduce through the workspace then write) the C fragments: each split stores its sums to
-// ws[split.z]; the last to arrive on split.counter adds them all and writes out (qk_mma_sum_parts_out). Every thread that
+// ws[split.z]; the last to arrive on split.counter adds them all (qk_mma_sum_parts) and writes out. Every thread that
 // SYNC names must call it (it holds barriers when split.nz > 1).
 template <typename Tag, int NT, int MT, int SYNC = 0>
 QK_INLINE void qk_mma_write(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
@@ -341,9 +380,8 @@ QK_INLINE void qk_mma_write(float (&acc)[NT][MT][4], int tile0, int n_tiles, int
                             const QkSplit& split, int M, int N) {
   if (split.nz > 1) {
     qk_mma_store_part<NT, MT>(acc, tile0, n_tiles, m0, lane, ws + (size_t)split.z * M * N, M, N);
-    if (qk_split_arrive<SYNC>(split))
-      qk_mma_sum_parts_out<Tag, NT, MT>(tile0, n_tiles, m0, lane, ws, split.nz, bias, out, M, N);
-    return;
+    if (!qk_split_arrive<SYNC>(split)) return;
+    qk_mma_sum_parts<NT, MT>(acc, tile0, n_tiles, m0, lane, ws, split.nz, M, N);
   }
   qk_mma_store_out<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
 }

@@ -345,7 +345,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
         if (it.nz == 1) continue;
         if (!qk_split_arrive<32 * QK_WS_CONSUMER_WARPS>(QkSplit{it.z, it.nz, counters + it.cell})) continue;
-        qk_mma_sum_parts_out<Tag, 1, MT>(it.by * TILES + warp, n_tiles, it.bx * BT, lane, ws, it.nz, bias, out, M, N);
+        qk_tile_sum_parts_out<Tag, BT, 32 * QK_WS_CONSUMER_WARPS>((int)threadIdx.x, it.bx * BT, it.by * 128, ws, it.nz,
+                                                                  bias, out, M, N);
       }
       if (mc > 1) qk_cluster_sync();
       return;
