@@ -308,11 +308,12 @@ QK_INLINE void qk_mma_sum_parts(float (&acc)[NT][MT][4], int tile0, int n_tiles,
 }
 // The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
 // by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
-// in flight a thread, no accumulators held (the caller's may be live).
+// for each of two parts in flight a thread (a tile is 128-512 KB a part, and one block's loads in flight, not the
+// bandwidth, set the pace), no accumulators held (the caller's may be live).
 template <typename Tag, int ROWS, int THREADS>
 QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restrict__ ws, int nz,
                                      const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
-  constexpr int VEC = ROWS * 32, U = 4;  // float4s of the tile; in flight a thread
+  constexpr int VEC = ROWS * 32, U = 8;  // float4s of the tile; of a part in flight a thread
   static_assert(VEC % (THREADS * U) == 0, "the tile must split evenly over the threads");
 #pragma unroll 1
   for (int base = t; base < VEC; base += THREADS * U) {
@@ -326,6 +327,7 @@ QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restr
       at[u] = (size_t)tok * N + n;
       v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
+#pragma unroll 2
     for (int z = 0; z < nz; ++z)
 #pragma unroll
       for (int u = 0; u < U; ++u)

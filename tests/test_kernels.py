@@ -243,28 +243,30 @@ def test_split_k_rules_on_the_benchmark_shapes():
 
 
 def test_ws_stream_k_rule():
-    """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: where the grid's last
-    wave leaves multiprocessors idle, all of them persistent and the tiles after whole waves cut among at most
-    WS_SK_MAX_SPLIT blocks a tile; whole waves, or a last wave nearly full, keep the grid unless forced."""
+    """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: all of them persistent,
+    the tiles after whole waves cut among at most WS_SK_MAX_SPLIT blocks a tile; by rule only up to M = WS_SK_MAX_M
+    where the tiles fill at most WS_SK_MAX_FILL of the multiprocessors, forced wherever every block gets a step."""
     from quantkit.kernels import ops
 
-    assert ops.WS_SK_MAX_SPLIT == 4 and ops.WS_SK_MIN_IDLE == 0.1
-    assert ops.ws_stream_k(256, 28672, 8192, 132, 256) == (132, 132)  # 224 tiles: 132 whole, 92 cut among 132
+    assert (ops.WS_SK_MAX_SPLIT, ops.WS_SK_MAX_M, ops.WS_SK_MAX_FILL) == (4, 256, 0.5)
     assert ops.ws_stream_k(256, 4096, 14336, 132, 256) == (128, 128)  # 32 tiles, each cut in 4
-    assert ops.ws_stream_k(256, 17024, 4096, 132, 256) == (132, 4)  # 133 tiles: the last one cut in 4
+    assert ops.ws_stream_k(64, 8192, 28672, 132, 64) == (132, 132)  # 64 tiles
+    assert ops.ws_stream_k(256, 14336, 4096, 132, 256) == (0, 0)  # 112 tiles: the grid
+    assert ops.ws_stream_k(512, 4096, 14336, 132, 256) == (0, 0)  # M = 512: the grid
+    assert ops.ws_stream_k(256, 28672, 8192, 132, 256, force=True) == (132, 132)  # 224 tiles: 132 whole, 92 cut
+    assert ops.ws_stream_k(256, 17024, 4096, 132, 256, force=True) == (132, 4)  # 133 tiles: the last one cut in 4
     assert ops.ws_stream_k(512, 16896, 4096, 132, 256, force=True) == (0, 0)  # 264 tiles: two whole waves
-    assert ops.ws_stream_k(256, 32512, 4096, 132, 256) == (0, 0)  # 254 tiles: the last wave 92% full
-    assert ops.ws_stream_k(256, 32512, 4096, 132, 256, force=True) == (132, 132)
-    assert ops.ws_stream_k(64, 128, 64, 132, 64) == (0, 0)  # one step of one tile cannot be cut in 4
-    assert ops.ws_plan(256, 28672, 8192, 132, stream_k=False) == (256, 0, 0)
-    assert ops.ws_plan(100, 4096, 14336, 132, stream_k=True) == (128, 128, 128)
+    assert ops.ws_stream_k(64, 128, 64, 132, 64, force=True) == (0, 0)  # one step of one tile cannot be cut in 4
+    assert ops.ws_plan(256, 28672, 8192, 132) == (256, 0, 0)
+    assert ops.ws_plan(100, 4096, 14336, 132) == (128, 128, 128)
+    assert ops.ws_plan(100, 4096, 14336, 132, stream_k=False) == (64, 0, 0)
 
 
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
     where K >= 8192), with the tile the H200 runs measured fastest (bench/results/kernel_h200_ws_tma_fc2e238.json,
-    kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU; 4096x4096 keeps qk_wgmma_gemm up to M = 64 and
-    dequantize + cuBLAS above; M = 2048 is dequantize + cuBLAS."""
+    kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and with stream-K M = 33-128 on 4096x4096; above that
+    4096x4096 is dequantize + cuBLAS; M = 2048 is dequantize + cuBLAS."""
     from quantkit.kernels import ops
 
     assert ops.mma_or_dequant(32, 28672, 8192, wgmma=True) == "mma"
@@ -274,8 +276,9 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
             assert ops.mma_or_dequant(m, n, k, wgmma=True) == ("wgmma" if ws else "dequant"), (m, n, k)
             assert ops.wgmma_ws(m, n, k) == ws, (m, n, k)
         assert ops.mma_or_dequant(2048, n, k, wgmma=True) == "dequant"
-    assert ops.mma_or_dequant(64, 4096, 4096, wgmma=True) == "wgmma" and not ops.wgmma_ws(64, 4096, 4096)
-    assert ops.mma_or_dequant(128, 4096, 4096, wgmma=True) == "dequant"
+    for m in (33, 64, 128):
+        assert ops.mma_or_dequant(m, 4096, 4096, wgmma=True) == "wgmma" and ops.wgmma_ws(m, 4096, 4096)
+    assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "dequant"
     # tokens a block: (M, N) -> bt
     want = {(64, 28672): 64, (128, 28672): 128, (256, 28672): 256, (128, 14336): 64, (256, 14336): 256,
             (128, 8192): 64, (256, 8192): 128, (512, 8192): 256, (256, 4096): 64, (512, 4096): 128, (1024, 4096): 256}

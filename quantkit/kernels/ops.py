@@ -67,14 +67,20 @@ WS_FILL = (0.8, 0.9)
 WS_MULTICAST = False
 # Stream-K (ws_stream_k): the warp-specialized kernel's blocks persistent, one a multiprocessor, the tiles of whole
 # waves given out whole and the steps of the rest cut into runs of equal length, partial tiles added through the
-# split-K workspace (csrc/w4a16_wgmma_ws_cuda.h, QkWsWalk), instead of a grid whose last wave leaves multiprocessors
-# idle (224 tiles on 132 multiprocessors: a second wave 70% full) and of split-K. The tiles after whole waves are cut
-# among at most WS_SK_MAX_SPLIT blocks each; where the grid's last wave would leave less than WS_SK_MIN_IDLE of the
-# multiprocessors idle, the grid stays. Its tile (ws_stream_k_bt): 64 tokens up to M = 64, 128 up to 128, else 256,
-# the most efficient per token once the waves no longer decide.
-WS_STREAM_K = False
+# split-K workspace (csrc/w4a16_wgmma_ws_cuda.h, QkWsWalk), instead of the grid and its split-K. The tiles after whole
+# waves are cut among at most WS_SK_MAX_SPLIT blocks each. Its tile (ws_stream_k_bt): 64 tokens up to M = 64, 128 up
+# to 128, else 256. Measured on an H200 (bench/results/kernel_h200_sk_f4010c0.json): faster where the grid's tiles
+# are few, up to M = 256 (4096x14336 at M = 128: 46 against 68 us; 8192x28672 at M = 64: 90 against 111 us; 4096x4096
+# at M = 64: 22 against 29 us), slower where they are many (14336x4096 at M = 256, 112 tiles: 85 against 63 us, every
+# tile cut in two and added up again) and at M >= 1024 (8192x28672: 834 against 734 us; the blocks no longer read x at
+# the same k at the same time). So by rule (not forced) only at M <= WS_SK_MAX_M where the tiles fill at most
+# WS_SK_MAX_FILL of the multiprocessors, and on layers of 2^24 weights (4096x4096) up to WS_SK_SMALL_M, where it beats
+# qk_wgmma_gemm and dequantize + cuBLAS.
+WS_STREAM_K = True
 WS_SK_MAX_SPLIT = 4
-WS_SK_MIN_IDLE = 0.1
+WS_SK_MAX_M = 256
+WS_SK_MAX_FILL = 0.5
+WS_SK_SMALL_M = 128
 # 64-k chunks a stage of the warp-specialized kernel holds at 64 / 128 / 256 tokens (csrc: qk_ws_ks)
 WS_KS = {64: 4, 128: 2, 256: 1}
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
@@ -252,14 +258,15 @@ def ws_stream_k_bt(m: int) -> int:
 
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
-    this shape and tile on a GPU of sms multiprocessors, or (0, 0) where the grid is as good: whole waves, or a last
-    wave that leaves less than WS_SK_MIN_IDLE of the multiprocessors idle (force: stream-K wherever it can run)."""
+    this shape and tile on a GPU of sms multiprocessors, or (0, 0): by rule, where M <= WS_SK_MAX_M and the tiles fill
+    at most WS_SK_MAX_FILL of the multiprocessors; forced, wherever every block gets a step and whole waves do not
+    already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
     ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
     blocks = min(ctas, left * WS_SK_MAX_SPLIT)
-    if not left or left * steps < blocks or (not force and math.ceil(tiles / ctas) - tiles / ctas < WS_SK_MIN_IDLE):
+    if not left or left * steps < blocks or (not force and (m > WS_SK_MAX_M or tiles > WS_SK_MAX_FILL * sms)):
         return 0, 0
     return ctas, blocks
 
@@ -284,8 +291,13 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK)."""
-    return WGMMA_WS and m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M) and n * k >= WGMMA_MIN_NK
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK;
+    with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights)."""
+    if not WGMMA_WS:
+        return False
+    if n * k >= WGMMA_MIN_NK:
+        return m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M)
+    return WS_STREAM_K and m <= WS_SK_SMALL_M and n * k >= WGMMA_MIN_NK_64
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
