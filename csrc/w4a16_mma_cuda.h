@@ -249,9 +249,11 @@ QK_INLINE void qk_epilogue_sync() {
     asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
-// The pieces of an epilogue over the C fragments of NT tiles x MT token tiles: acc[nt][t][0..1] is row n = 16*tile +
-// gid, tokens m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3] row n + 8. Tiles from n_tiles on and tokens from M on are
-// skipped.
+// The pieces of a persistent kernel's epilogue (qk_wgmma_ws's stream-K) over the C fragments of NT tiles x MT token
+// tiles: acc[nt][t][0..1] is row n = 16*tile + gid, tokens m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3] row n + 8.
+// Tiles from n_tiles on and tokens from M on are skipped. The grid's epilogue (qk_mma_epilogue, below) keeps its own
+// copies of the two store loops: calling these instead changed ptxas's schedule of the decode kernel that shares it
+// (5-7% slower at M <= 8 with its warps sharing a tile, measured on the H200).
 // The fp32 sums into part ([M, N], one split's share of the split-K workspace).
 template <int NT, int MT>
 QK_INLINE void qk_mma_store_part(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
@@ -283,28 +285,6 @@ QK_INLINE bool qk_split_arrive(const QkSplit& split) {
   __threadfence();
   if (threadIdx.x == 0) *split.counter = 0;
   return true;
-}
-// acc = the sum of the nz partial sums in ws ([nz][M][N]) in the order of z (so the same bits whichever split
-// arrived last).
-template <int NT, int MT>
-QK_INLINE void qk_mma_sum_parts(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
-                                const float* __restrict__ ws, int nz, int M, int N) {
-  const int gid = lane / 4, tig = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    if (tile0 + nt >= n_tiles) break;
-    const int n_lo = (tile0 + nt) * 16 + gid;
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = m0 + 8 * t + 2 * tig + (e & 1);
-        if (tok >= M) continue;
-        float v = 0.f;
-        for (int z = 0; z < nz; ++z) v += __ldcg(ws + ((size_t)z * M + tok) * N + n_lo + 8 * (e >> 1));
-        acc[nt][t][e] = v;
-      }
-  }
 }
 // The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
 // by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
@@ -373,33 +353,71 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
   }
 }
 
-// Write (or, split.nz > 1, reduce through the workspace then write) the C fragments: each split stores its sums to
-// ws[split.z]; the last to arrive on split.counter adds them all (qk_mma_sum_parts) and writes out. Every thread that
-// SYNC names must call it (it holds barriers when split.nz > 1).
-template <typename Tag, int NT, int MT, int SYNC = 0>
-QK_INLINE void qk_mma_write(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
-                            const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                            const QkSplit& split, int M, int N) {
-  if (split.nz > 1) {
-    qk_mma_store_part<NT, MT>(acc, tile0, n_tiles, m0, lane, ws + (size_t)split.z * M * N, M, N);
-    if (!qk_split_arrive<SYNC>(split)) return;
-    qk_mma_sum_parts<NT, MT>(acc, tile0, n_tiles, m0, lane, ws, split.nz, M, N);
-  }
-  qk_mma_store_out<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
-}
-
-// The epilogue of a grid's block: qk_mma_write with the grid's split (blockIdx.z of gridDim.z, the counter of the
-// block's (x, y) tile), or, where the launch made the splits one cluster, qk_cluster_reduce. Every thread of the
-// block must call it. ct: the block's tile for a cluster reduction (red null: the kernel has none, the workspace
-// path).
+// Write (or, split-K, reduce then write) the C fragments of NT tiles x MT token tiles. Every thread of the block
+// must call it (it holds barriers when gridDim.z > 1). acc[nt][t][0..1]: row n = 16*tile + gid, tokens
+// m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8. ct: the block's tile for a cluster reduction (red null:
+// the kernel has none, the workspace path).
 template <typename Tag, int NT, int MT>
 QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                                int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0}) {
+  const int gid = lane / 4, tig = lane % 4;
   qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
   if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT>(acc, ct, n_tiles, m0, lane, bias, out, M, N)) return;
-  const QkSplit split{(int)blockIdx.z, (int)gridDim.z, counters + blockIdx.y * gridDim.x + blockIdx.x};
-  qk_mma_write<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, ws, split, M, N);
+  if (gridDim.z > 1) {
+    float* part = ws + (size_t)blockIdx.z * M * N;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (tile0 + nt >= n_tiles) break;
+      const int n_lo = (tile0 + nt) * 16 + gid;
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+          if (tok < M) __stcg(part + (size_t)tok * N + n_lo + 8 * (e >> 1), acc[nt][t][e]);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    int* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == (int)gridDim.z - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *counter = 0;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (tile0 + nt >= n_tiles) break;
+      const int n_lo = (tile0 + nt) * 16 + gid;
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+          if (tok >= M) continue;
+          float v = 0.f;
+          for (int z = 0; z < (int)gridDim.z; ++z) v += __ldcg(ws + ((size_t)z * M + tok) * N + n_lo + 8 * (e >> 1));
+          acc[nt][t][e] = v;
+        }
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    if (tile0 + nt >= n_tiles) break;
+    const int n_lo = (tile0 + nt) * 16 + gid;
+    const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
+    const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = m0 + 8 * t + 2 * tig + (e & 1);
+        if (tok < M)
+          out[(size_t)tok * N + n_lo + 8 * (e >> 1)] = qk_float_to_bits(acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), Tag());
+      }
+  }
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
