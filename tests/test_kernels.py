@@ -245,14 +245,17 @@ def test_split_k_rules_on_the_benchmark_shapes():
 def test_ws_stream_k_rule():
     """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: all of them persistent,
     the tiles after whole waves cut among at most WS_SK_MAX_SPLIT blocks a tile; by rule only up to M = WS_SK_MAX_M
-    where the tiles fill at most WS_SK_MAX_FILL of the multiprocessors, forced wherever every block gets a step."""
+    where the tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave the grid's last wave at least
+    WS_SK_MIN_IDLE idle, forced wherever every block gets a step."""
     from quantkit.kernels import ops
 
-    assert (ops.WS_SK_MAX_SPLIT, ops.WS_SK_MAX_M, ops.WS_SK_MAX_FILL) == (4, 256, 0.5)
+    assert (ops.WS_SK_MAX_SPLIT, ops.WS_SK_MAX_M, ops.WS_SK_MAX_FILL, ops.WS_SK_MIN_IDLE) == (4, 512, 0.5, 0.5)
     assert ops.ws_stream_k(256, 4096, 14336, 132, 256) == (128, 128)  # 32 tiles, each cut in 4
     assert ops.ws_stream_k(64, 8192, 28672, 132, 64) == (132, 132)  # 64 tiles
-    assert ops.ws_stream_k(256, 14336, 4096, 132, 256) == (0, 0)  # 112 tiles: the grid
-    assert ops.ws_stream_k(512, 4096, 14336, 132, 256) == (0, 0)  # M = 512: the grid
+    assert ops.ws_stream_k(256, 14336, 4096, 132, 256) == (0, 0)  # 112 tiles, the last wave 15% idle: the grid
+    assert ops.ws_stream_k(512, 28672, 8192, 132, 256) == (132, 132)  # 448 tiles, the last wave 61% idle
+    assert ops.ws_stream_k(512, 8192, 28672, 132, 256) == (0, 0)  # 128 tiles: one wave nearly full
+    assert ops.ws_stream_k(1024, 4096, 14336, 132, 256) == (0, 0)  # M = 1024: the grid
     assert ops.ws_stream_k(256, 28672, 8192, 132, 256, force=True) == (132, 132)  # 224 tiles: 132 whole, 92 cut
     assert ops.ws_stream_k(256, 17024, 4096, 132, 256, force=True) == (132, 4)  # 133 tiles: the last one cut in 4
     assert ops.ws_stream_k(512, 16896, 4096, 132, 256, force=True) == (0, 0)  # 264 tiles: two whole waves

@@ -73,13 +73,15 @@ WS_MULTICAST = False
 # are few, up to M = 256 (4096x14336 at M = 128: 46 against 68 us; 8192x28672 at M = 64: 90 against 111 us; 4096x4096
 # at M = 64: 22 against 29 us), slower where they are many (14336x4096 at M = 256, 112 tiles: 85 against 63 us, every
 # tile cut in two and added up again) and at M >= 1024 (8192x28672: 834 against 734 us; the blocks no longer read x at
-# the same k at the same time). So by rule (not forced) only at M <= WS_SK_MAX_M where the tiles fill at most
-# WS_SK_MAX_FILL of the multiprocessors, and on layers of 2^24 weights (4096x4096) up to WS_SK_SMALL_M, where it beats
-# qk_wgmma_gemm and dequantize + cuBLAS.
+# the same k at the same time); at M = 512 faster on 28672x8192, whose 448 tiles leave the grid's last wave 61% idle
+# (385-390 against 414 us). So by rule (not forced) only at M <= WS_SK_MAX_M where the tiles fill at most
+# WS_SK_MAX_FILL of the multiprocessors or the grid's last wave would leave at least WS_SK_MIN_IDLE of them idle, and
+# on layers of 2^24 weights (4096x4096) up to WS_SK_SMALL_M, where it beats qk_wgmma_gemm and dequantize + cuBLAS.
 WS_STREAM_K = True
 WS_SK_MAX_SPLIT = 4
-WS_SK_MAX_M = 256
+WS_SK_MAX_M = 512
 WS_SK_MAX_FILL = 0.5
+WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
 # 64-k chunks a stage of the warp-specialized kernel holds at 64 / 128 / 256 tokens (csrc: qk_ws_ks)
 WS_KS = {64: 4, 128: 2, 256: 1}
@@ -259,14 +261,15 @@ def ws_stream_k_bt(m: int) -> int:
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
     this shape and tile on a GPU of sms multiprocessors, or (0, 0): by rule, where M <= WS_SK_MAX_M and the tiles fill
-    at most WS_SK_MAX_FILL of the multiprocessors; forced, wherever every block gets a step and whole waves do not
-    already fill them all."""
+    at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE of the grid's last wave idle; forced,
+    wherever every block gets a step and whole waves do not already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
     ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
     blocks = min(ctas, left * WS_SK_MAX_SPLIT)
-    if not left or left * steps < blocks or (not force and (m > WS_SK_MAX_M or tiles > WS_SK_MAX_FILL * sms)):
+    few, idle = tiles <= WS_SK_MAX_FILL * sms, math.ceil(tiles / sms) - tiles / sms
+    if not left or left * steps < blocks or (not force and (m > WS_SK_MAX_M or not (few or idle >= WS_SK_MIN_IDLE))):
         return 0, 0
     return ctas, blocks
 
