@@ -62,7 +62,7 @@ WS_DEEP_K = 8192
 WS_FILL = (0.8, 0.9)
 # Pairs of its blocks along N as one thread-block cluster sharing each x tile (a tensor copy multicast to both, half
 # the x a block reads from L2), where it takes no split-K and has an even number of 128-row blocks. Off: slower at
-# every tile and layer measured, by 1-34% (median 6%; bench/results/kernel_h200.json, the _mc contenders) and, with
+# every tile and layer measured, by 1-34% (median 6%; bench/results/kernel_h200_03c4000.json, the _mc contenders), with
 # the empty barriers' arrivals and waits at cluster scope, by a median 1.5x (kernel_h200_mc_d3dd64d.json).
 WS_MULTICAST = False
 # Stream-K (ws_stream_k): the warp-specialized kernel's blocks persistent, one a multiprocessor, the tiles of whole
