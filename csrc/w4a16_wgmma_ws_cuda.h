@@ -166,15 +166,9 @@ struct QkWsWalk {
 struct QkWsItem {
   int bx, by, cell, c0, c1, z, nz;
 };
-// Item j of block g (QkWsWalk), false past its last. Stateless, so that a consumer can work it out again after its
-// main loop instead of holding it in registers through it.
-QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split, QkWsItem& it) {
-  if (w.ctas == 0) {  // the grid's one item
-    const int c0 = (int)blockIdx.z * chunks_per_split;
-    it = {(int)blockIdx.x, (int)blockIdx.y, (int)(blockIdx.y * gridDim.x + blockIdx.x), c0,
-          min(w.chunks, c0 + chunks_per_split), (int)blockIdx.z, (int)gridDim.z};
-    return j == 0;
-  }
+// Stream-K item j of block g (w.ctas > 0), false past its last. __host__ too, for the walk's CPU test
+// (tests/test_ws_walk.py).
+QK_INLINE __host__ bool qk_ws_sk_item(const QkWsWalk& w, int g, int j, QkWsItem& it) {
   const int whole = g < w.dp_tiles ? (w.dp_tiles - g + w.ctas - 1) / w.ctas : 0;  // block g's whole tiles
   int cell, s0 = 0, s1 = w.steps, z = 0, nz = 1;
   if (j < whole) {
@@ -192,6 +186,17 @@ QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split,
   }
   it = {cell % w.tiles_x, cell / w.tiles_x, cell, s0 * w.ks, min(w.chunks, s1 * w.ks), z, nz};
   return true;
+}
+// Item j of block g (QkWsWalk), false past its last: the grid's one, or stream-K's (qk_ws_sk_item). Stateless, so
+// that a consumer can work it out again after its main loop instead of holding it in registers through it.
+QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split, QkWsItem& it) {
+  if (w.ctas == 0) {  // the grid's one item
+    const int c0 = (int)blockIdx.z * chunks_per_split;
+    it = {(int)blockIdx.x, (int)blockIdx.y, (int)(blockIdx.y * gridDim.x + blockIdx.x), c0,
+          min(w.chunks, c0 + chunks_per_split), (int)blockIdx.z, (int)gridDim.z};
+    return j == 0;
+  }
+  return qk_ws_sk_item(w, g, j, it);
 }
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256), or (walk.ctas > 0) stream-K over
