@@ -227,7 +227,7 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
               "stream-K needs 0 < sk_blocks <= ctas, M, N > 0 and K >= 64, got ", sk_blocks, ", ", ctas, ", ", M, ", ",
               N, ", ", K);
   const QkWsWalk walk((int)ctas, (int)sk_blocks, (int)M, (int)N, (int)K, (int)bt, qk_ws_ks((int)bt));
-  return !walk.fits() || (walk.units > 0 && walk.units < (unsigned)sk_blocks) ? 0 : walk.max_splits();
+  return walk.valid() ? walk.max_splits() : 0;
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its

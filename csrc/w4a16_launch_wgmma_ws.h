@@ -27,8 +27,8 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int s
   if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
   if (multicast != 1 && (multicast != 2 || grid.z > 1 || grid.y % 2)) return cudaErrorInvalidValue;
   const QkWsWalk walk(sk_blocks > 0 ? (int)grid.x : 0, sk_blocks, a.M, a.N, a.K, BT, KS);
-  if (sk_blocks > 0 && (sk_blocks > (int)grid.x || grid.y != 1 || grid.z != 1 || cluster > 1 || multicast != 1 ||
-                        !walk.fits() || (walk.units > 0 && walk.units < (unsigned)sk_blocks)))
+  if (sk_blocks > 0 &&
+      (sk_blocks > (int)grid.x || grid.y != 1 || grid.z != 1 || cluster > 1 || multicast != 1 || !walk.valid()))
     return cudaErrorInvalidValue;
   QkWsMaps maps;
   const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, multicast, &maps);

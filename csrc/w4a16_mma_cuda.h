@@ -232,21 +232,11 @@ QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterT
 #endif
 }
 
-// Which of a tile's nz partial sums a block holds (z), and the tile's arrival counter, for split-K through the
-// workspace: the grid's (blockIdx.z of gridDim.z), or a persistent kernel's own (qk_wgmma_ws's stream-K).
-struct QkSplit {
-  int z, nz;
-  int* counter;
-};
-
-// A barrier over the block (THREADS 0) or over its first THREADS threads only (named barrier 1), for epilogues
-// that some warps of the block do not join.
+// A barrier over the block's first THREADS threads only (named barrier 1), for epilogues that some warps of the
+// block do not join.
 template <int THREADS>
 QK_INLINE void qk_epilogue_sync() {
-  if constexpr (THREADS == 0)
-    __syncthreads();
-  else
-    asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
+  asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory");
 }
 
 // The pieces of a persistent kernel's epilogue (qk_wgmma_ws's stream-K) over the C fragments of NT tiles x MT token
@@ -272,18 +262,18 @@ QK_INLINE void qk_mma_store_part(const float (&acc)[NT][MT][4], int tile0, int n
       }
   }
 }
-// Whether this block is the last of the tile's split.nz splits to arrive (its partial sums, like every other's, in
-// the workspace); the last sets the counter back to zero. Every thread that SYNC names calls it.
+// Whether this block is the last of a tile's nz parts to arrive on its counter (its partial sums, like every
+// other's, in the workspace); the last sets the counter back to zero. The block's first SYNC threads call it.
 template <int SYNC>
-QK_INLINE bool qk_split_arrive(const QkSplit& split) {
+QK_INLINE bool qk_split_arrive(int* counter, int nz) {
   __threadfence();
   qk_epilogue_sync<SYNC>();
   __shared__ int last;
-  if (threadIdx.x == 0) last = atomicAdd(split.counter, 1) == split.nz - 1;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == nz - 1;
   qk_epilogue_sync<SYNC>();
   if (!last) return false;  // (a later arrival sets last only after its first barrier: all have read it by then)
   __threadfence();
-  if (threadIdx.x == 0) *split.counter = 0;
+  if (threadIdx.x == 0) *counter = 0;
   return true;
 }
 // The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],

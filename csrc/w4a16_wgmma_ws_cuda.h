@@ -138,17 +138,19 @@ QK_INLINE void qk_setmaxnreg_inc() {
 // equal as can be among the first sk_blocks blocks, block g's [g U / sk_blocks, (g + 1) U / sk_blocks) of U = (tiles -
 // dp_tiles) steps_per_tile. A run that covers part of a tile gives a partial sum, added through the split-K workspace
 // (qk_mma_write) in the order of the blocks that hold the tile's runs (z = g - the first of them). Every run must be
-// at least a step (units >= sk_blocks). __host__ too: the launcher checks that and sizes the workspace (max_splits).
+// at least a step (valid()). __host__ too: the launcher checks that and sizes the workspace (max_splits).
 struct QkWsWalk {
   int ctas, sk_blocks, tiles_x, tiles, steps, ks, chunks, dp_tiles;
   unsigned units;  // 32-bit arithmetic (64-bit division is a long routine that the consumers' registers cannot afford):
-                   // fits() checks that units x sk_blocks does not overflow
+                   // valid() checks that units x sk_blocks does not overflow
   QK_INLINE __host__ QkWsWalk(int ctas_, int sk_blocks_, int M, int N, int K, int bt, int ks_)
       : ctas(ctas_), sk_blocks(sk_blocks_), tiles_x((M + bt - 1) / bt), tiles(tiles_x * ((N + 127) / 128)),
         steps((K / 64 + ks_ - 1) / ks_), ks(ks_), chunks(K / 64), dp_tiles(ctas_ > 0 ? tiles / ctas_ * ctas_ : 0),
         units((unsigned)(tiles - dp_tiles) * (unsigned)steps) {}
-  QK_INLINE __host__ bool fits() const {
-    return (unsigned long long)(tiles - dp_tiles) * steps * (sk_blocks + 1) < (1ull << 32);
+  // Whether the kernel can walk it: units x sk_blocks within 32 bits, and every stream-K run at least a step.
+  QK_INLINE __host__ bool valid() const {
+    return (unsigned long long)(tiles - dp_tiles) * steps * (sk_blocks + 1) < (1ull << 32) &&
+           (units == 0 || units >= (unsigned)sk_blocks);
   }
   // The first unit of block g's stream-K run (g >= sk_blocks: the end, an empty run).
   QK_INLINE __host__ unsigned start(int g) const { return units * (unsigned)min(g, sk_blocks) / (unsigned)sk_blocks; }
@@ -349,7 +351,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
       // them all in the order of the blocks and writes the tile.
       for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
         if (it.nz == 1) continue;
-        if (!qk_split_arrive<32 * QK_WS_CONSUMER_WARPS>(QkSplit{it.z, it.nz, counters + it.cell})) continue;
+        if (!qk_split_arrive<32 * QK_WS_CONSUMER_WARPS>(counters + it.cell, it.nz)) continue;
         qk_tile_sum_parts_out<Tag, BT, 32 * QK_WS_CONSUMER_WARPS>((int)threadIdx.x, it.bx * BT, it.by * 128, ws, it.nz,
                                                                   bias, out, M, N);
       }

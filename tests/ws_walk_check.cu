@@ -18,7 +18,7 @@ int main() {
   while (std::scanf("%d %d %d %d %d %d %d", &M, &N, &K, &bt, &ks, &ctas, &sk_blocks) == 7) {
     ++cases;
     const QkWsWalk w(ctas, sk_blocks, M, N, K, bt, ks);
-    if (!w.fits() || (w.units > 0 && w.units < (unsigned)sk_blocks)) {
+    if (!w.valid()) {
       fail("walk refused", (int)w.units, sk_blocks);
       continue;
     }
