@@ -155,6 +155,12 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
         contenders["qk_stream_mt1"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=1, wk=False)
     if m == 32:  # two blocks of 16 tokens: fewer registers (more warps in flight), the weights read twice
         contenders["qk_stream_mt2"] = lambda: w4a16_linear(x, packed, backend="mma", staged=False, mt=2, wk=False)
+    if ops.has_wgmma(device) and m <= 32:  # the warp-specialized kernel with 16 or 32 tokens a block
+        for bt in (16, 32):
+            contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                              ws=True, stream_k=True)
+            contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
+                                                                           ws=True, stream_k=False)
     if ops.has_wgmma(device) and m >= 16:
         contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
         contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)

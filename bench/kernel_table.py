@@ -130,6 +130,8 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_wsm_bt64_dense", "wgmma 64 x2 wsm"), ("qk_wgmma_wsm_bt128", "wgmma 128 wsm"),
             ("qk_wgmma_wsm_bt128_dense", "wgmma 128 x2 wsm"), ("qk_wgmma_wsm_bt256", "wgmma 256 wsm"),
             ("qk_wgmma", "wgmma"), ("qk_wgmma_ovl", "wgmma ovl"), ("qk_wgmma_wsm", "wgmma wsm"),
+            ("qk_wgmma_ws_bt16", "ws 128x16"), ("qk_wgmma_ws_bt32", "ws 128x32"),
+            ("qk_wgmma_ws_sk_bt16", "ws 128x16 stream-K"), ("qk_wgmma_ws_sk_bt32", "ws 128x32 stream-K"),
             ("qk_wgmma_ws_bt64", "ws 128x64"), ("qk_wgmma_ws_bt128", "ws 128x128"), ("qk_wgmma_ws_bt256", "ws 128x256"),
             ("qk_wgmma_ws_sk_bt64", "ws 128x64 stream-K"), ("qk_wgmma_ws_sk_bt128", "ws 128x128 stream-K"),
             ("qk_wgmma_ws_sk_bt256", "ws 128x256 stream-K"), ("qk_wgmma_ws_bt64_mc", "ws 128x64 multicast"),

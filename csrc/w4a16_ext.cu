@@ -147,20 +147,26 @@ int64_t split_chunks(int64_t K, int64_t splits) {
   return (chunks + splits - 1) / splits;
 }
 
+// The tokens a block of the wgmma kernel (64, 128, 256) or of the warp-specialized one (also 16 and 32).
+void check_wgmma_bt(int64_t bt, bool ws_kernel) {
+  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256 || (ws_kernel && (bt == 16 || bt == 32)), "bt must be ",
+              ws_kernel ? "16, 32, " : "", "64, 128 or 256, got ", bt);
+}
+
 struct WgmmaLaunch {
   dim3 grid;
   QkMmaArgs args;
 };
 
 // What both wgmma kernels check before a launch (operands, bt, bias, an sm_90 GPU — wgmma is sm_90a-only — and the
-// split-K workspace; no_split_256: bt 256 takes no split-K), and their grid (token tiles of bt, 128 output features
-// a block, the splits) and arguments.
+// split-K workspace; ws: the warp-specialized kernel's, which also has 16 and 32 tokens a block and takes no split-K
+// at 256), and their grid (token tiles of bt, 128 output features a block, the splits) and arguments.
 WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& ws,
                          torch::Tensor& counters, int64_t group_size, bool sym, int64_t bt, int64_t splits,
-                         int64_t cluster, bool no_split_256) {
+                         int64_t cluster, bool ws_kernel) {
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
-  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
+  check_wgmma_bt(bt, ws_kernel);
   check_bias(bias, x, N);
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index());
@@ -169,7 +175,7 @@ WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const t
               minor);
   const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
   const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
-  TORCH_CHECK(!no_split_256 || bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
+  TORCH_CHECK(!ws_kernel || bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   return {grid, mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split)};
 }
@@ -212,7 +218,7 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
                 int64_t splits, bool dense, bool wsm, int64_t cluster) {
   const bool bf = is_bf16(x);
   const auto [grid, args] =
-      wgmma_launch(x, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/false);
+      wgmma_launch(x, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*ws_kernel=*/false);
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch("wgmma W4A16 kernel", qk_launch_wgmma(args, bf, sym, (int)bt, dense, wsm, (int)cluster, grid,
                                                      c10::cuda::getCurrentCUDAStream()));
@@ -222,7 +228,7 @@ void wgmma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optio
 // shape and bt, over ctas persistent blocks with what is left after whole waves cut among the first sk_blocks
 // (QkWsWalk::max_splits), or 0 where some block's run would be empty (or the walk's 32-bit arithmetic overflow).
 int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int64_t ctas, int64_t sk_blocks) {
-  TORCH_CHECK(bt == 64 || bt == 128 || bt == 256, "bt must be 64, 128 or 256, got ", bt);
+  check_wgmma_bt(bt, /*ws_kernel=*/true);
   TORCH_CHECK(0 < sk_blocks && sk_blocks <= ctas && M > 0 && N > 0 && K >= 64,
               "stream-K needs 0 < sk_blocks <= ctas, M, N > 0 and K >= 64, got ", sk_blocks, ", ", ctas, ", ", M, ", ",
               N, ", ", K);
@@ -231,7 +237,8 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
-// contents [K / 64][M][64]); bt tokens per block (64, 128 or 256, which takes no split-K); cluster: as mma_gemm's;
+// contents [K / 64][M][64]); bt tokens per block (16, 32, 64, 128 or 256, which takes no split-K); cluster: as
+// mma_gemm's;
 // multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks), else 1;
 // sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster or
 // multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).
@@ -244,7 +251,7 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
               "stream-K takes no split-K, cluster or multicast; got splits ", splits, ", cluster ", cluster,
               ", multicast ", multicast);
   auto [grid, args] =
-      wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*no_split_256=*/true);
+      wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*ws_kernel=*/true);
   TORCH_CHECK(multicast == 1 || (multicast == 2 && grid.z == 1 && grid.y % 2 == 0),
               "multicast must be 1, or 2 with no split-K and an even number of 128-row blocks; got ", multicast,
               " with ", grid.z, " splits and ", grid.y, " blocks");

@@ -31,4 +31,5 @@ QK_WMMA_INSTANCE(QkBF16, false)
 #include "w4a16_launch_wgmma_wsm.cu"
 #include "w4a16_launch_wgmma_ws.cu"
 #include "w4a16_launch_wgmma_ws_big.cu"
+#include "w4a16_launch_wgmma_ws_small.cu"
 #endif

@@ -1,7 +1,7 @@
-// w4a16_launch_wgmma_ws.h — the warp-specialized wgmma kernel's instances (w4a16_wgmma_ws_cuda.h), for the two
+// w4a16_launch_wgmma_ws.h — the warp-specialized wgmma kernel's instances (w4a16_wgmma_ws_cuda.h), for the three
 // translation units that compile them in parallel: w4a16_launch_wgmma_ws.cu (64 and 128 tokens a block, the launcher
-// and the packing of x) and w4a16_launch_wgmma_ws_big.cu (256 tokens, whose 128 accumulators a thread take ptxas the
-// longest).
+// and the packing of x), w4a16_launch_wgmma_ws_big.cu (256 tokens, whose 128 accumulators a thread take ptxas the
+// longest) and w4a16_launch_wgmma_ws_small.cu (16 and 32 tokens).
 #pragma once
 
 #include "w4a16_launch.h"
@@ -40,4 +40,7 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int s
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                    int sk_blocks, dim3 grid, cudaStream_t stream);
+// The instances of 16 and 32 tokens (w4a16_launch_wgmma_ws_small.cu); cudaErrorInvalidValue for any other bt.
+cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                                     int sk_blocks, dim3 grid, cudaStream_t stream);
 #endif

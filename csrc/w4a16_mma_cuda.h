@@ -278,12 +278,13 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
 }
 // The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
 // by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
-// for each of two parts in flight a thread (a tile is 128-512 KB a part, and one block's loads in flight, not the
+// for each of two parts in flight a thread (a tile's part is 8-128 KB, and one block's loads in flight, not the
 // bandwidth, set the pace), no accumulators held (the caller's may be live).
 template <typename Tag, int ROWS, int THREADS>
 QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restrict__ ws, int nz,
                                      const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
-  constexpr int VEC = ROWS * 32, U = 8;  // float4s of the tile; of a part in flight a thread
+  // float4s of the tile; of a part in flight a thread (fewer where the tile has fewer than 8 a thread: 16 or 32 rows)
+  constexpr int VEC = ROWS * 32, U = VEC / THREADS < 8 ? VEC / THREADS : 8;
   static_assert(VEC % (THREADS * U) == 0, "the tile must split evenly over the threads");
 #pragma unroll 1
   for (int base = t; base < VEC; base += THREADS * U) {

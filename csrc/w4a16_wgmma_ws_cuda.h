@@ -39,8 +39,9 @@ struct QkWsMaps {
 };
 
 #define QK_WS_CONSUMER_WARPS 8
-// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big}.cu): 64 x 4, 128 x 2, 256 x 1.
-__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 64 ? 4 : bt == 128 ? 2 : 1; }
+// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big,_small}.cu): 16, 32 and 64 x 4 (more
+// would not leave the registers for the A operand), 128 x 2, 256 x 1.
+__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt <= 64 ? 4 : bt == 128 ? 2 : 1; }
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
 __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.

@@ -122,7 +122,7 @@ def test_wgmma_tiles_and_splits_agree(device):
                     y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, dense=dense, wsm=wsm)
                     err = testing.relative_error(y, w, x)
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
-        for bt in (64, 128, 256):  # the warp-specialized kernel; 7 splits leave the last one a short step
+        for bt in (16, 32, 64, 128, 256):  # the warp-specialized kernel; 7 splits leave the last one a short step
             for splits in (1, 3, 7, 8) if bt < 256 else (1,):
                 y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
                 err = testing.relative_error(y, w, x)
@@ -169,7 +169,7 @@ def test_wgmma_ws_stream_k(device, dtype, sym, act):
         w = reference_weight(packed, dtype)
         for m in ms:
             x = testing.random_activations(m, k, dtype=dtype, seed=24 + m, device=device)
-            for bt in (64, 128, 256):
+            for bt in (16, 32, 64, 128, 256):
                 ctas, blocks = ops.ws_stream_k(m, n, k, sms, bt, force=True)
                 assert ctas > 0, (n, m, bt)  # every case here runs stream-K, not the grid
                 y = w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True, stream_k=True)

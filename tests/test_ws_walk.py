@@ -21,7 +21,7 @@ NVCC = shutil.which("nvcc")
 def _cases() -> list[tuple[int, ...]]:
     cases = set()
     for n, k, m, bt, sms in itertools.product((128, 1168, 4096, 14336, 28672), (64, 448, 2048, 28672),
-                                              (1, 64, 65, 200, 512, 2048), (64, 128, 256), (132, 78)):
+                                              (1, 64, 65, 200, 512, 2048), (16, 32, 64, 128, 256), (132, 78)):
         for force in (False, True):
             ctas, blocks = ops.ws_stream_k(m, n, k, sms, bt, force=force)
             if ctas:

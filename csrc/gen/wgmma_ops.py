@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-WIDTHS = (64, 128, 256)
+WIDTHS = (16, 32, 64, 128, 256)
 TYPES = (("QkF16", "f16"), ("QkBF16", "bf16"))
 OUT = Path(__file__).resolve().parents[1] / "w4a16_wgmma_ops.h"
 

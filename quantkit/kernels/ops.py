@@ -83,8 +83,8 @@ WS_SK_MAX_M = 512
 WS_SK_MAX_FILL = 0.5
 WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
-# 64-k chunks a stage of the warp-specialized kernel holds at 64 / 128 / 256 tokens (csrc: qk_ws_ks)
-WS_KS = {64: 4, 128: 2, 256: 1}
+# 64-k chunks a stage of the warp-specialized kernel holds at 16 / 32 / 64 / 128 / 256 tokens (csrc: qk_ws_ks)
+WS_KS = {16: 4, 32: 4, 64: 4, 128: 2, 256: 1}
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from

@@ -1,0 +1,25 @@
+// w4a16_launch_wgmma_ws_small.cu — the warp-specialized wgmma kernel's instances for few tokens: 16 tokens a block,
+// 4 chunks a stage, 8 stages (216-225 KB); 32 tokens, 4 chunks, 6 stages (205-217 KB). The weights of a 128-row
+// block stream through the ring (16 KB a stage) as at 64 tokens, against a tile of x a quarter or an eighth as large
+// and MMAs of N = 16 or 32: decode-sized batches on the bulk-copy path.
+#include "w4a16_launch_wgmma_ws.h"
+
+#if QK_IS_CUDA
+namespace {
+template <typename Tag, bool SYM>
+cudaError_t ws_small(const QkMmaArgs& a, int bt, int cluster, int multicast, int sk_blocks, dim3 grid,
+                     cudaStream_t stream) {
+  if (bt == 16) return qk_ws_instance<Tag, 16, SYM, 8, qk_ws_ks(16)>(a, cluster, multicast, sk_blocks, grid, stream);
+  if (bt == 32) return qk_ws_instance<Tag, 32, SYM, 6, qk_ws_ks(32)>(a, cluster, multicast, sk_blocks, grid, stream);
+  return cudaErrorInvalidValue;
+}
+}  // namespace
+
+cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                                     int sk_blocks, dim3 grid, cudaStream_t stream) {
+  if (bf16) return sym ? ws_small<QkBF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
+                       : ws_small<QkBF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+  return sym ? ws_small<QkF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
+             : ws_small<QkF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+}
+#endif
