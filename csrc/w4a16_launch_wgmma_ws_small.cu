@@ -1,5 +1,5 @@
 // w4a16_launch_wgmma_ws_small.cu — the warp-specialized wgmma kernel's instances for few tokens: 16 tokens a block,
-// 4 chunks a stage, 8 stages (216-225 KB); 32 tokens, 4 chunks, 6 stages (205-217 KB). The weights of a 128-row
+// 2 chunks a stage, 7 stages, two blocks a multiprocessor; 32 tokens, 4 chunks, 6 stages (205-217 KB). The weights of a 128-row
 // block stream through the ring (16 KB a stage) as at 64 tokens, against a tile of x a quarter or an eighth as large
 // and MMAs of N = 16 or 32: decode-sized batches on the bulk-copy path.
 #include "w4a16_launch_wgmma_ws.h"
@@ -9,7 +9,8 @@ namespace {
 template <typename Tag, bool SYM>
 cudaError_t ws_small(const QkMmaArgs& a, int bt, int cluster, int multicast, int sk_blocks, dim3 grid,
                      cudaStream_t stream) {
-  if (bt == 16) return qk_ws_instance<Tag, 16, SYM, 8, qk_ws_ks(16)>(a, cluster, multicast, sk_blocks, grid, stream);
+  // two blocks a multiprocessor (qk_ws_blocks_per_sm): 7 stages of 2 chunks (92-99 KB)
+  if (bt == 16) return qk_ws_instance<Tag, 16, SYM, 7, qk_ws_ks(16)>(a, cluster, multicast, sk_blocks, grid, stream);
   if (bt == 32) return qk_ws_instance<Tag, 32, SYM, 6, qk_ws_ks(32)>(a, cluster, multicast, sk_blocks, grid, stream);
   return cudaErrorInvalidValue;
 }

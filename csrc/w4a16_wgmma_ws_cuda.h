@@ -39,11 +39,15 @@ struct QkWsMaps {
 };
 
 #define QK_WS_CONSUMER_WARPS 8
-// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big,_small}.cu): 16, 32 and 64 x 4 (more
-// would not leave the registers for the A operand), 128 x 2, 256 x 1.
-__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt <= 64 ? 4 : bt == 128 ? 2 : 1; }
+// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big,_small}.cu): 32 and 64 x 4 (more
+// would not leave the registers for the A operand), 16 x 2 (two blocks a multiprocessor: qk_ws_blocks_per_sm),
+// 128 x 2, 256 x 1.
+__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 16 || bt == 128 ? 2 : bt == 256 ? 1 : 4; }
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
 __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
+// Blocks a multiprocessor holds: two at 16 tokens (registers capped at 96 a thread, 2 chunks a stage, so that twice
+// the consumer warps dequantize and wait for their MMAs), else one.
+__host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt) { return bt == 16 ? 2 : 1; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.
 __host__ __device__ constexpr int qk_ws_threads(int bt) { return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt) ? 128 : 32); }
 // qk_ws_regs: registers a thread of the producer warpgroup keeps and one of the consumers' gets (40 x 128 + 232 x 256
@@ -206,7 +210,7 @@ QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split,
 // (walk.ctas, 1, 1) blocks (QkWsWalk); maps (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the
 // kernel reads through them only. STAGES steps of KS chunks in flight.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), 1)
+QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,

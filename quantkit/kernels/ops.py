@@ -84,7 +84,9 @@ WS_SK_MAX_FILL = 0.5
 WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
 # 64-k chunks a stage of the warp-specialized kernel holds at 16 / 32 / 64 / 128 / 256 tokens (csrc: qk_ws_ks)
-WS_KS = {16: 4, 32: 4, 64: 4, 128: 2, 256: 1}
+WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
+# its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1
+WS_BLOCKS_PER_SM = {16: 2}
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -260,11 +262,12 @@ def ws_stream_k_bt(m: int) -> int:
 
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
-    this shape and tile on a GPU of sms multiprocessors, or (0, 0): by rule, where M <= WS_SK_MAX_M and the tiles fill
+    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where M <= WS_SK_MAX_M and the tiles fill
     at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE of the grid's last wave idle; forced,
     wherever every block gets a step and whole waves do not already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
+    sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
     ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
     blocks = min(ctas, left * WS_SK_MAX_SPLIT)
