@@ -272,7 +272,16 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     4096x4096 is dequantize + cuBLAS; M = 2048 is dequantize + cuBLAS."""
     from quantkit.kernels import ops
 
-    assert ops.mma_or_dequant(32, 28672, 8192, wgmma=True) == "mma"
+    # decode-sized batches: the warp-specialized kernel at 16 tokens a block on K-long layers at M = 9-16, at 32 on
+    # layers of 2^25 weights and more at M = 17-32, with stream-K; else the decode kernel
+    for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)):
+        for m in (1, 8, 9, 16, 17, 32):
+            ws = m > 16 and n * k >= 1 << 25 or 8 < m <= 16 and k >= 14336
+            assert ops.mma_or_dequant(m, n, k, wgmma=True) == ("wgmma" if ws else "mma"), (m, n, k)
+            assert ops.mma_or_dequant(m, n, k, wgmma=False) == "mma"
+            if ws:
+                bt, ctas, blocks = ops.ws_plan(m, n, k, 132)
+                assert bt == (16 if m <= 16 else 32) and ctas > 0, (m, n, k, bt, ctas)
     for n, k in ((14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)):
         for m in (33, 64, 128, 256, 512, 1024):
             ws = m <= 512 or k >= 8192

@@ -83,6 +83,18 @@ WS_SK_MAX_M = 512
 WS_SK_MAX_FILL = 0.5
 WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
+# Decode-sized batches on the warp-specialized kernel (ws_decode): 16 tokens a block at M = 9-16 on layers of
+# K >= WS_DECODE_MIN_K_16, 32 tokens at M = 17-32 on layers of N K >= WS_DECODE_MIN_NK, always with stream-K; the
+# decode kernel (qk_mma_stream) elsewhere at M <= 32. Measured on an H200 (bench/results/kernel_h200_ws16_*.json):
+# at M = 16 it takes 8192x28672 from 91 to 66-69 us and 4096x14336 from 33 to 28-29 (the decode kernel's 16-row tiles
+# each read all of x, 4 times the weights' bytes at M = 16, which K-long layers do not keep in L1), at M = 32
+# 28672x8192 from 91 to 71, 8192x28672 from 96 to 72, 4096x14336 from 31 to 29, 14336x4096 from 34 to 32; it loses
+# at M <= 8 everywhere (64-68 against 45-56 us on the largest layers: its consumers, 8 warps a multiprocessor, issue
+# an instruction every 4.3 cycles each and stream about 1.9 TB/s whatever the tile), at M = 16 on K <= 8192 and on
+# 4096x4096.
+WS_DECODE = True
+WS_DECODE_MIN_K_16 = 12288
+WS_DECODE_MIN_NK = 1 << 25
 # 64-k chunks a stage of the warp-specialized kernel holds at 16 / 32 / 64 / 128 / 256 tokens (csrc: qk_ws_ks)
 WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
 # its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1
@@ -256,8 +268,16 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
 
 
 def ws_stream_k_bt(m: int) -> int:
-    """Tokens per block of the warp-specialized kernel under stream-K (WS_STREAM_K)."""
-    return 64 if m <= 64 else 128 if m <= 128 else 256
+    """Tokens per block of the warp-specialized kernel under stream-K (WS_STREAM_K; 16 and 32: ws_decode)."""
+    return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
+
+
+def ws_decode(m: int, n: int, k: int) -> bool:
+    """Whether a decode-sized batch (M <= 32) runs the warp-specialized kernel rather than the decode kernel
+    (WS_DECODE)."""
+    if not (WS_DECODE and WGMMA_WS and WS_STREAM_K and STREAM_MAX_M >= m > 8):
+        return False
+    return k >= WS_DECODE_MIN_K_16 if m <= 16 else n * k >= WS_DECODE_MIN_NK
 
 
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
@@ -284,7 +304,8 @@ def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: b
     (wgmma_ws_bt) and (0, 0). bt: the tile, else the rule's."""
     if WS_STREAM_K if stream_k is None else stream_k:
         sk_bt = bt or ws_stream_k_bt(m)
-        ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k))
+        # 16 and 32 tokens (ws_decode) were measured with stream-K wherever it can run
+        ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k) or sk_bt < 64)
         if ctas:
             return sk_bt, ctas, blocks
     return bt or wgmma_ws_bt(m, n, sms), 0, 0
@@ -298,9 +319,11 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
     """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK;
-    with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights)."""
+    with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at M <= 32, ws_decode)."""
     if not WGMMA_WS:
         return False
+    if m <= STREAM_MAX_M:
+        return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
         return m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M)
     return WS_STREAM_K and m <= WS_SK_SMALL_M and n * k >= WGMMA_MIN_NK_64
@@ -438,7 +461,7 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
     """The NVIDIA path for this shape (measured on an H100: docs/kernel.md)."""
     if m <= STREAM_MAX_M:
-        return "mma"
+        return "wgmma" if wgmma and ws_decode(m, n, k) else "mma"
     if wgmma:
         if wgmma_ws(m, n, k):
             return "wgmma"
