@@ -282,9 +282,10 @@ def ws_decode(m: int, n: int, k: int) -> bool:
 
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
-    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where M <= WS_SK_MAX_M and the tiles fill
-    at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE of the grid's last wave idle; forced,
-    wherever every block gets a step and whole waves do not already fill them all."""
+    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where
+    M <= WS_SK_MAX_M and the tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE
+    of the grid's last wave idle; forced, wherever every block gets a step and whole waves do not already fill them
+    all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
     sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
