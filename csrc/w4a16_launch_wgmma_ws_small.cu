@@ -1,7 +1,7 @@
 // w4a16_launch_wgmma_ws_small.cu — the warp-specialized wgmma kernel's instances for few tokens: 16 tokens a block,
-// 2 chunks a stage, 7 stages, two blocks a multiprocessor; 32 tokens, 4 chunks, 6 stages (205-217 KB). The weights of a 128-row
-// block stream through the ring (16 KB a stage) as at 64 tokens, against a tile of x a quarter or an eighth as large
-// and MMAs of N = 16 or 32: decode-sized batches on the bulk-copy path.
+// 2 chunks a stage, 7 stages, two blocks a multiprocessor; 32 tokens, 4 chunks, 6 stages (205-217 KB). The weights of
+// a 128-row block stream through the ring (8 or 16 KB a stage) as at 64 tokens, against a tile of x a quarter or an
+// eighth as large and MMAs of N = 16 or 32: decode-sized batches on the bulk-copy path.
 #include "w4a16_launch_wgmma_ws.h"
 
 #if QK_IS_CUDA
