@@ -238,10 +238,9 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
 // contents [K / 64][M][64]); bt tokens per block (16, 32, 64, 128 or 256, which takes no split-K); cluster: as
-// mma_gemm's;
-// multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks), else 1;
-// sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster or
-// multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).
+// mma_gemm's; multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks),
+// else 1; sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster
+// or multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,

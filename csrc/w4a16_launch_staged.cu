@@ -22,15 +22,14 @@ cudaError_t dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, 
 }  // namespace
 
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream) {
-  if (bf16) return sym ? staged<QkBF16, true>(a, grid, stream) : staged<QkBF16, false>(a, grid, stream);
-  return sym ? staged<QkF16, true>(a, grid, stream) : staged<QkF16, false>(a, grid, stream);
+  return qk_by_type(bf16, sym,
+                    [&](auto tag, auto s) { return staged<decltype(tag), decltype(s)::value>(a, grid, stream); });
 }
 
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,
                               bool bf16, bool sym, cudaStream_t stream) {
-  if (bf16) return sym ? dequant<QkBF16, true>(w, meta, out, N, K, group_size, stream)
-                       : dequant<QkBF16, false>(w, meta, out, N, K, group_size, stream);
-  return sym ? dequant<QkF16, true>(w, meta, out, N, K, group_size, stream)
-             : dequant<QkF16, false>(w, meta, out, N, K, group_size, stream);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    return dequant<decltype(tag), decltype(s)::value>(w, meta, out, N, K, group_size, stream);
+  });
 }
 #endif

@@ -31,9 +31,8 @@ cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int clus
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              cudaStream_t stream) {
-  if (bf16) return sym ? stream_tiles<QkBF16, true>(a, mt, wk, pdl, cluster, grid, stream)
-                       : stream_tiles<QkBF16, false>(a, mt, wk, pdl, cluster, grid, stream);
-  return sym ? stream_tiles<QkF16, true>(a, mt, wk, pdl, cluster, grid, stream)
-             : stream_tiles<QkF16, false>(a, mt, wk, pdl, cluster, grid, stream);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    return stream_tiles<decltype(tag), decltype(s)::value>(a, mt, wk, pdl, cluster, grid, stream);
+  });
 }
 #endif

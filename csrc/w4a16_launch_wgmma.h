@@ -23,7 +23,7 @@ cudaError_t qk_wgmma_instance(const QkMmaArgs& a, int cluster, dim3 grid, cudaSt
 template <bool WSM>
 cudaError_t qk_wgmma_instances(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool dense, int cluster, dim3 grid,
                                cudaStream_t stream) {
-  auto pick = [&](auto tag, auto sym_c) {
+  return qk_by_type(bf16, sym, [&](auto tag, auto sym_c) {
     using Tag = decltype(tag);
     constexpr bool S = decltype(sym_c)::value;
     if (bt == 64 && dense) return qk_wgmma_instance<Tag, 64, S, 3, 2, 2, WSM>(a, cluster, grid, stream);
@@ -31,11 +31,7 @@ cudaError_t qk_wgmma_instances(const QkMmaArgs& a, bool bf16, bool sym, int bt, 
     if (bt == 128 && dense) return qk_wgmma_instance<Tag, 128, S, 4, 1, 2, WSM>(a, cluster, grid, stream);
     if (bt == 128) return qk_wgmma_instance<Tag, 128, S, 3, 2, 1, WSM>(a, cluster, grid, stream);
     return qk_wgmma_instance<Tag, 256, S, 4, 1, 1, WSM>(a, cluster, grid, stream);
-  };
-  using True = std::integral_constant<bool, true>;
-  using False = std::integral_constant<bool, false>;
-  if (bf16) return sym ? pick(QkBF16(), True()) : pick(QkBF16(), False());
-  return sym ? pick(QkF16(), True()) : pick(QkF16(), False());
+  });
 }
 
 // Each defined in its own translation unit.

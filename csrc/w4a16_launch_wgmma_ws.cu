@@ -89,9 +89,8 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
 
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                int sk_blocks, dim3 grid, cudaStream_t stream) {
-  if (bf16) return sym ? ws_tile<QkBF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
-                       : ws_tile<QkBF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
-  return sym ? ws_tile<QkF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
-             : ws_tile<QkF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    return ws_tile<decltype(tag), decltype(s)::value>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+  });
 }
 #endif

@@ -6,10 +6,9 @@
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                    int sk_blocks, dim3 grid, cudaStream_t stream) {
   if (bt != 256) return cudaErrorInvalidValue;
-  constexpr int KS = qk_ws_ks(256);
-  if (bf16) return sym ? qk_ws_instance<QkBF16, 256, true, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream)
-                       : qk_ws_instance<QkBF16, 256, false, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream);
-  return sym ? qk_ws_instance<QkF16, 256, true, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream)
-             : qk_ws_instance<QkF16, 256, false, 6, KS>(a, cluster, multicast, sk_blocks, grid, stream);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    return qk_ws_instance<decltype(tag), 256, decltype(s)::value, 6, qk_ws_ks(256)>(a, cluster, multicast, sk_blocks,
+                                                                                    grid, stream);
+  });
 }
 #endif

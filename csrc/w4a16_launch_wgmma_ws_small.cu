@@ -5,22 +5,15 @@
 #include "w4a16_launch_wgmma_ws.h"
 
 #if QK_IS_CUDA
-namespace {
-template <typename Tag, bool SYM>
-cudaError_t ws_small(const QkMmaArgs& a, int bt, int cluster, int multicast, int sk_blocks, dim3 grid,
-                     cudaStream_t stream) {
-  // two blocks a multiprocessor (qk_ws_blocks_per_sm): 7 stages of 2 chunks (92-99 KB)
-  if (bt == 16) return qk_ws_instance<Tag, 16, SYM, 7, qk_ws_ks(16)>(a, cluster, multicast, sk_blocks, grid, stream);
-  if (bt == 32) return qk_ws_instance<Tag, 32, SYM, 6, qk_ws_ks(32)>(a, cluster, multicast, sk_blocks, grid, stream);
-  return cudaErrorInvalidValue;
-}
-}  // namespace
-
 cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                      int sk_blocks, dim3 grid, cudaStream_t stream) {
-  if (bf16) return sym ? ws_small<QkBF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
-                       : ws_small<QkBF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
-  return sym ? ws_small<QkF16, true>(a, bt, cluster, multicast, sk_blocks, grid, stream)
-             : ws_small<QkF16, false>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    using Tag = decltype(tag);
+    constexpr bool SYM = decltype(s)::value;
+    // two blocks a multiprocessor (qk_ws_blocks_per_sm): 7 stages of 2 chunks (92-99 KB)
+    if (bt == 16) return qk_ws_instance<Tag, 16, SYM, 7, qk_ws_ks(16)>(a, cluster, multicast, sk_blocks, grid, stream);
+    if (bt == 32) return qk_ws_instance<Tag, 32, SYM, 6, qk_ws_ks(32)>(a, cluster, multicast, sk_blocks, grid, stream);
+    return cudaErrorInvalidValue;
+  });
 }
 #endif
