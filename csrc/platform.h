@@ -6,6 +6,13 @@
 //   qk_dot2(a_pair, b_pair, acc, Tag)        acc + a.x*b.x + a.y*b.y with fp32 accumulation
 //                                            (v_dot2_f32_f16 / v_dot2_f32_bf16 on gfx11; fp32 FMAs on CUDA)
 //   qk_atomic_cas64, qk_atomic_cas32         compare-and-swap (gfx11 has no packed 16-bit float atomic add)
+//   qk_sub_mul2(a, z, s)                     (a - z) * s on two packed fp16 values (v_pk_add/mul_f16; HSUB2/HMUL2)
+//   qk_wmma16(c, a, b, Tag)                  c += A B for one 16x16x16 tile, fp32 accumulation, in gfx11's wave32
+//                                            WMMA layout: lane l holds row l % 16 of A and column l % 16 of B, 16
+//                                            values along k each (8 pairs, k order), and c[i] = C[2i + l / 16][l % 16]
+//                                            (v_wmma_f32_16x16x16_{f16,bf16}_w32 on gfx11; on CUDA warp shuffles and
+//                                            fp32 FMAs stand in, in the same layout, so the WMMA kernel's indexing and
+//                                            arithmetic run, slowly, on NVIDIA too)
 //   qk_to_float / qk_from_float              scalar conversions for both 16-bit types
 //   QK_IS_HIP / QK_IS_CUDA                   for the few kernels that exist on one platform only
 #pragma once
@@ -63,20 +70,37 @@ QK_INLINE unsigned long long qk_atomic_cas64(unsigned long long* p, unsigned lon
   return atomicCAS(p, cmp, v);
 }
 QK_INLINE unsigned int qk_atomic_cas32(unsigned int* p, unsigned int cmp, unsigned int v) { return atomicCAS(p, cmp, v); }
+QK_INLINE uint32_t qk_sub_mul2(uint32_t a, uint32_t z, uint32_t s) {
+  return __builtin_bit_cast(
+      uint32_t, (__builtin_bit_cast(qk_half2v, a) - __builtin_bit_cast(qk_half2v, z)) * __builtin_bit_cast(qk_half2v, s));
+}
+// v_wmma_f32_16x16x16_{f16,bf16}_w32 on 8 packed pairs of A and of B a lane
+#define QK_WMMA16(TAG, VEC, BUILTIN)                                                                \
+  QK_INLINE void qk_wmma16(float(&c)[8], const uint32_t(&a)[8], const uint32_t(&b)[8], TAG) {      \
+    VEC va, vb;                                                                                      \
+    __builtin_memcpy(&va, a, sizeof(va));                                                            \
+    __builtin_memcpy(&vb, b, sizeof(vb));                                                            \
+    qk_float8v acc;                                                                                  \
+    _Pragma("unroll") for (int i = 0; i < 8; ++i) acc[i] = c[i];                                     \
+    acc = BUILTIN(va, vb, acc);                                                                      \
+    _Pragma("unroll") for (int i = 0; i < 8; ++i) c[i] = acc[i];                                     \
+  }
+QK_WMMA16(QkF16, qk_half16v, __builtin_amdgcn_wmma_f32_16x16x16_f16_w32)
+QK_WMMA16(QkBF16, qk_bf1616v, __builtin_amdgcn_wmma_f32_16x16x16_bf16_w32)
+#undef QK_WMMA16
 #define QK_WAVE 32
 #else
 typedef __half qk_half;
 typedef __nv_bfloat16 qk_bf16;
 
 // No dot2 on NVIDIA's CUDA cores: two fp32 FMAs in the same order give the same fp32-accumulated result.
-QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, QkF16) {
-  float2 fa = __half22float2(*reinterpret_cast<const __half2*>(&a));
-  float2 fb = __half22float2(*reinterpret_cast<const __half2*>(&b));
-  return fmaf(fa.y, fb.y, fmaf(fa.x, fb.x, acc));
+QK_INLINE float2 qk_pair_to_float2(uint32_t v, QkF16) { return __half22float2(*reinterpret_cast<const __half2*>(&v)); }
+QK_INLINE float2 qk_pair_to_float2(uint32_t v, QkBF16) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
 }
-QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, QkBF16) {
-  float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
-  float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
+template <typename Tag>
+QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, Tag) {
+  const float2 fa = qk_pair_to_float2(a, Tag()), fb = qk_pair_to_float2(b, Tag());
   return fmaf(fa.y, fb.y, fmaf(fa.x, fb.x, acc));
 }
 QK_INLINE float qk_bits_to_float(uint16_t h, QkF16) { return __half2float(__ushort_as_half(h)); }
@@ -87,5 +111,32 @@ QK_INLINE unsigned long long qk_atomic_cas64(unsigned long long* p, unsigned lon
   return atomicCAS(p, cmp, v);
 }
 QK_INLINE unsigned int qk_atomic_cas32(unsigned int* p, unsigned int cmp, unsigned int v) { return atomicCAS(p, cmp, v); }
+QK_INLINE uint32_t qk_sub_mul2(uint32_t a, uint32_t z, uint32_t s) {
+  const __half2 r = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&z)),
+                            *reinterpret_cast<const __half2*>(&s));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+// The stand-in for gfx11's WMMA: lane l's c[i] is row r = 2i + l / 16 of A (held by lane r) times its own column of
+// B, added to c[i] in k order.
+template <typename Tag>
+QK_INLINE void qk_wmma16(float (&c)[8], const uint32_t (&a)[8], const uint32_t (&b)[8], Tag) {
+  const int half = (threadIdx.x % 32) / 16;
+  float bk[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 f = qk_pair_to_float2(b[j], Tag());
+    bk[2 * j] = f.x, bk[2 * j + 1] = f.y;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    float sum = c[i];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 f = qk_pair_to_float2(__shfl_sync(0xffffffffu, a[j], 2 * i + half), Tag());
+      sum = fmaf(f.y, bk[2 * j + 1], fmaf(f.x, bk[2 * j], sum));
+    }
+    c[i] = sum;
+  }
+}
 #define QK_WAVE 32
 #endif

@@ -13,7 +13,7 @@
 #include "w4a16_mma_cuda.h"
 #include "w4a16_wgmma_cuda.h"
 #include "w4a16_wgmma_ws_cuda.h"
-#include "w4a16_wmma_hip.h"
+#include "w4a16_wmma.h"
 
 namespace {
 
@@ -135,6 +135,34 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
     if (zeros) { QK_DOT2_MR(QkF16, false) } else { QK_DOT2_MR(QkF16, true) }
   }
   check_launch("dot2 decode kernel");
+}
+
+// The RDNA3 prefill kernel (w4a16_wmma.h), on the same dot2 layout; on CUDA a stand-in with the same lane layout
+// replaces gfx11's WMMA, so the HIP design is checked on NVIDIA hardware too. out must be zero when K > k_split.
+void wmma_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10::optional<torch::Tensor> zeros,
+               c10::optional<torch::Tensor> bias, torch::Tensor out, int64_t group_size, int64_t k_split) {
+  check_tensor(x, "x", x.scalar_type(), 2);
+  check_tensor(qweight, "qweight", torch::kInt32, 2);
+  check_tensor(scales, "scales", x.scalar_type(), 2);
+  check_tensor(out, "out", x.scalar_type(), 2);
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
+  TORCH_CHECK(qweight.size(0) * 8 == K, "qweight must be [K/8, N] = [", K / 8, ", N], got ", qweight.sizes());
+  TORCH_CHECK(N % 16 == 0 && K % 16 == 0, "the WMMA kernel takes N and K multiples of 16, got ", N, " and ", K);
+  TORCH_CHECK(k_split > 0 && k_split % group_size == 0 && k_split % 16 == 0,
+              "k_split must be a multiple of the group size and of 16, got ", k_split);
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  if (zeros) check_tensor(*zeros, "zeros", torch::kUInt8, 2);
+  check_bias(bias, x, N);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const dim3 grid((N + 63) / 64, (M + 31) / 32, (K + k_split - 1) / k_split);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const uint8_t* z = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(qweight.data_ptr());
+  qk_by_type(is_bf16(x), !zeros.has_value(), [&](auto tag, auto sym) {
+    qk_wmma_prefill<decltype(tag), decltype(sym)::value><<<grid, QK_WMMA_THREADS, 0, stream>>>(
+        u16(x), q, u16(scales), z, opt_u16(bias), u16_mut(out), M, N, K, group_size, k_split);
+  });
+  check_launch("WMMA prefill kernel");
 }
 
 #if QK_IS_CUDA
@@ -304,6 +332,7 @@ void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quantkit W4A16 kernels (csrc/)";
   m.def("dot2_gemm", &dot2_gemm, "dot2 decode kernel (formats.md §2), M <= 8");
+  m.def("wmma_gemm", &wmma_gemm, "RDNA3 WMMA prefill kernel (formats.md §2; a stand-in for WMMA on CUDA)");
 #if QK_IS_CUDA
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");

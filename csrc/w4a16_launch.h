@@ -5,11 +5,21 @@
 
 #include "platform.h"
 
+#include <type_traits>
+
+// f(Tag(), std::bool_constant<SYM>()) for a launch's activation type and symmetry: the one place a launcher turns its
+// runtime bf16 and sym flags into an instance's template arguments (both platforms: w4a16_ext.cu launches the dot2
+// and WMMA kernels itself).
+template <typename F>
+auto qk_by_type(bool bf16, bool sym, F&& f) -> decltype(f(QkF16(), std::true_type())) {
+  if (bf16) return sym ? f(QkBF16(), std::true_type()) : f(QkBF16(), std::false_type());
+  return sym ? f(QkF16(), std::true_type()) : f(QkF16(), std::false_type());
+}
+
 #if QK_IS_CUDA
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 // The operands every kernel over the "mma" layout takes (w4a16_mma_cuda.h).
 struct QkMmaArgs {
@@ -62,14 +72,6 @@ template <typename... Params>
 cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
                                  cudaStream_t stream, bool pdl = false, int cluster = 1) {
   return qk_launch_mma_kernel_in(kernel, a, grid, block, smem, stream, pdl, dim3(1, 1, cluster > 1 ? cluster : 1));
-}
-
-// f(Tag(), std::bool_constant<SYM>()) for a launch's activation type and symmetry: the one place a launcher turns its
-// runtime bf16 and sym flags into an instance's template arguments.
-template <typename F>
-cudaError_t qk_by_type(bool bf16, bool sym, F&& f) {
-  if (bf16) return sym ? f(QkBF16(), std::true_type()) : f(QkBF16(), std::false_type());
-  return sym ? f(QkF16(), std::true_type()) : f(QkF16(), std::false_type());
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its

@@ -242,6 +242,21 @@ def test_split_k_rules_on_the_benchmark_shapes():
     assert ops.cluster_size(4, 4096, torch.device("cpu"), 2) == 0  # above the limit: the workspace path
 
 
+def test_wmma_split_rule():
+    """The RDNA3 WMMA kernel's split-K (ops.wmma_splits, on a 96-compute-unit RX 7900 XTX): k_split a multiple of
+    the group size (so of 16), 1 to WMMA_MAX_SPLITS splits, splits only where the grid is short of blocks."""
+    from quantkit.kernels import ops
+
+    cases = {  # (m, n, k, group): splits
+        (16, 4096, 4096, 128): 3, (16, 4096, 14336, 32): 3, (9, 1024, 4096, 128): 4, (512, 4096, 4096, 128): 1,
+        (64, 28672, 4096, 128): 1, (16, 192, 576, 192): 1, (300, 1536, 576, 64): 1,
+    }
+    for (m, n, k, g), want in cases.items():
+        k_split = ops.wmma_splits(m, n, k, g, 96)
+        assert k_split % g == 0 and k_split % 16 == 0, (m, n, k, g, k_split)
+        assert -(-k // k_split) == want, (m, n, k, g, k_split)
+
+
 def test_ws_stream_k_rule():
     """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: all of them persistent,
     the tiles after whole waves cut among at most WS_SK_MAX_SPLIT blocks a tile; by rule only up to M = WS_SK_MAX_M

@@ -6,6 +6,8 @@ Paths (backend=):
   "wgmma"      Hopper (sm_90) warpgroup-MMA kernel over the same layout, for prefill sizes.
   "dequant"    the "mma" layout dequantized to [N, K] by a kernel, then cuBLAS (torch.nn.functional.linear).
   "dot2"       the RDNA3 decode kernel of formats.md §2 (M <= 8); on NVIDIA it runs with fp32 FMAs for dot2.
+  "wmma"       the RDNA3 prefill kernel of formats.md §2 (gfx11 WMMA), every M, over the same layout as "dot2"; on
+               NVIDIA it runs with a stand-in for WMMA (warp shuffles and fp32 FMAs: correct, not fast).
   "kernel"     the best kernel path for this shape (what "auto" picks on a GPU); raises if none can run.
   "auto"       "kernel" when the extension is available and x is on its device, else "reference".
 """
@@ -25,7 +27,7 @@ from quantkit.kernels.reference import reference_linear
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "kernel", "reference", "mma", "wgmma", "dequant", "dot2")
+BACKENDS = ("auto", "kernel", "reference", "mma", "wgmma", "dequant", "dot2", "wmma")
 # Dispatch on NVIDIA (mma_or_dequant; docs/kernel.md has the measurements behind it): the streaming tensor-core
 # kernel up to STREAM_MAX_M rows, then the shared-memory one on wide layers (N >= STAGED_MIN_N, up to
 # 2 * MMA_MAX_M rows) or the streaming one on large layers up to MMA_MAX_M, dequantize + cuBLAS otherwise.
@@ -131,6 +133,14 @@ STREAM_WK_M = (1, 32)
 CLUSTER_MAX = 16
 STREAM_CLUSTER_MAX = (2, 8)
 WGMMA_CLUSTER_MAX = 16
+# ROCm: the dot2 decode kernel up to DOT2_MAX_M rows, the WMMA kernel above. Its split-K (wmma_splits): enough splits
+# that the grid holds WMMA_BLOCKS_PER_CU blocks a compute unit, at most WMMA_MAX_SPLITS (each split's sums are added
+# into the 16-bit output, one more rounding each) and at least WMMA_MIN_K_PER_SPLIT inputs a split. Not measured: no
+# RDNA3 card has run these kernels (README: measured on NVIDIA, compile-checked for RDNA3).
+DOT2_MAX_M = 8
+WMMA_BLOCKS_PER_CU = 2
+WMMA_MAX_SPLITS = 4
+WMMA_MIN_K_PER_SPLIT = 512
 
 _buffers: dict = {}
 
@@ -414,6 +424,26 @@ def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
     return out
 
 
+def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int) -> int:
+    """The WMMA kernel's k_split (a multiple of the group size): see WMMA_BLOCKS_PER_CU."""
+    blocks = -(-n // 64) * -(-m // 32)
+    splits = max(1, min(WMMA_MAX_SPLITS, WMMA_BLOCKS_PER_CU * cus // blocks, k // WMMA_MIN_K_PER_SPLIT))
+    return -(-k // splits // group_size) * group_size
+
+
+def _wmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None) -> torch.Tensor:
+    ext = build.load_extension()
+    m, k = x2.shape
+    g = packed.group_size
+    k_split = -(-k // splits // g) * g if splits else wmma_splits(m, packed.out_features, k, g, _sm_count(x2.device))
+    if k_split % 16:
+        raise UnsupportedError(f"the WMMA kernel takes group sizes that are multiples of 16, this layer has {g}")
+    alloc = torch.zeros if k > k_split else torch.empty
+    out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
+    ext.wmma_gemm(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, g, k_split)
+    return out
+
+
 def _check_inputs(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, backend: str) -> None:
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -434,7 +464,7 @@ def _check_forced(backend: str, packed: PackedLinear, x: torch.Tensor) -> None:
         reason = "the layer was prepared without the 'mma' layout (prepare(..., layouts=('mma',)))"
     if not reason and backend == "wgmma" and not has_wgmma(x.device):
         reason = f"the wgmma kernel needs a Hopper GPU (compute capability 9.0), {x.device} is not one"
-    if not reason and backend == "dot2" and packed.dot2_qweight is None:
+    if not reason and backend in ("dot2", "wmma") and packed.dot2_qweight is None:
         reason = "the layer was prepared without the 'dot2' layout (prepare(..., layouts=('dot2',)))"
     if reason:
         raise UnsupportedError(f"backend {backend!r} cannot run: {reason}")
@@ -453,7 +483,7 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
     if torch.version.hip:
         if packed.dot2_qweight is None:
             return "", "the layer was prepared without the 'dot2' layout"
-        return ("dot2", "") if m <= 8 else ("", "the RDNA3 prefill path is not bound yet; M > 8 uses the reference")
+        return ("dot2" if m <= DOT2_MAX_M else "wmma"), ""
     if packed.mma_weight is None:
         return "", "the layer was prepared without the 'mma' layout"
     return mma_or_dequant(m, packed.out_features, packed.in_features, wgmma=has_wgmma(x.device)), ""
@@ -498,7 +528,8 @@ def w4a16_linear(
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
-    sharing a tile, default stream_wk()); splits / bt / dense / wsm those of
+    sharing a tile, default stream_wk()); splits also that of the "wmma" path (default wmma_splits); splits / bt /
+    dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
     kernel, default wgmma_ws(), which takes bt and splits but neither dense nor wsm; multicast: its blocks sharing x
@@ -542,6 +573,8 @@ def w4a16_linear(
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
+    elif backend == "wmma":
+        y = _wmma(x2, packed, b, splits)
     else:
         y = _dot2(x2, packed, b)
     return y.reshape(*lead, packed.out_features)

@@ -5,7 +5,7 @@ Two device layouts, both built from the unpacked codes of quantkit.formats.gptq.
 - "mma" (NVIDIA, csrc/w4a16_mma_cuda.h): weight int32 [N/16, K/64, 32, 4], one 16-byte word group per lane
   holding its tensor-core A fragments for 64 k; meta [N/16, G, 8, 2|4] holding each lane's two rows' scales
   (and magic + zero when asymmetric) in the activation dtype.
-- "dot2" (RDNA3, csrc/w4a16_dot2.h and csrc/w4a16_wmma_hip.h): the GPTQ qweight [K/8, N] with the exllama
+- "dot2" (RDNA3, csrc/w4a16_dot2.h and csrc/w4a16_wmma.h): the GPTQ qweight [K/8, N] with the exllama
   shuffle inside each word, scales [G, N] in the activation dtype, zeros uint8 [G, N] (None when symmetric).
 
 Act-order: when g_idx is not k // G, the columns of W are sorted by group (stable) so every kernel sees static

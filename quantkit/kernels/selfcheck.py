@@ -34,7 +34,7 @@ _checked: set = set()
 
 def backends_for(m: int, device: torch.device | None = None) -> tuple[str, ...]:
     if torch.version.hip:
-        return ("dot2",) if m <= 8 else ()
+        return ("dot2",) if m <= 8 else ("wmma",)
     from quantkit.kernels.ops import has_wgmma  # late: ops imports us
 
     hopper = device is not None and has_wgmma(device)
