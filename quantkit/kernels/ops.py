@@ -298,12 +298,10 @@ def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = Fals
     all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
-    per_sm = WS_BLOCKS_PER_SM.get(bt, 1)
-    sms *= per_sm  # the blocks that run at once
-    split = WS_SK_MAX_SPLIT * per_sm  # as many blocks a tile as a multiprocessor's worth of consumers
-    ctas = min(sms, tiles * split)
+    sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
+    ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
-    blocks = min(ctas, left * split)
+    blocks = min(ctas, left * WS_SK_MAX_SPLIT)
     few, idle = tiles <= WS_SK_MAX_FILL * sms, math.ceil(tiles / sms) - tiles / sms
     if not left or left * steps < blocks or (not force and (m > WS_SK_MAX_M or not (few or idle >= WS_SK_MIN_IDLE))):
         return 0, 0
