@@ -71,8 +71,8 @@ QK_INLINE unsigned long long qk_atomic_cas64(unsigned long long* p, unsigned lon
 }
 QK_INLINE unsigned int qk_atomic_cas32(unsigned int* p, unsigned int cmp, unsigned int v) { return atomicCAS(p, cmp, v); }
 QK_INLINE uint32_t qk_sub_mul2(uint32_t a, uint32_t z, uint32_t s) {
-  return __builtin_bit_cast(
-      uint32_t, (__builtin_bit_cast(qk_half2v, a) - __builtin_bit_cast(qk_half2v, z)) * __builtin_bit_cast(qk_half2v, s));
+  const qk_half2v d = __builtin_bit_cast(qk_half2v, a) - __builtin_bit_cast(qk_half2v, z);
+  return __builtin_bit_cast(uint32_t, d * __builtin_bit_cast(qk_half2v, s));
 }
 // v_wmma_f32_16x16x16_{f16,bf16}_w32 on 8 packed pairs of A and of B a lane
 #define QK_WMMA16(TAG, VEC, BUILTIN)                                                                \

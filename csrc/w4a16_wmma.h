@@ -89,4 +89,3 @@ QK_GLOBAL void __launch_bounds__(QK_WMMA_THREADS)
     }
   }
 }
-
