@@ -66,9 +66,10 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 // One step of a warpgroup: 4 KS wgmma (one per k16 step of each of KS chunks) of its A registers against the x tile
-// at stage (KS sub-tiles of BT rows x 128 bytes), then a wait for them. accumulate 0: the first overwrites acc.
+// at stage (KS sub-tiles of BT rows x 128 bytes), committed as one group, not waited for. accumulate 0: the first
+// overwrites acc.
 template <typename Tag, int BT, int KS>
-QK_INLINE void qk_wgmma_step(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4], uint32_t stage, int accumulate = 1) {
+QK_INLINE void qk_wgmma_issue(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4], uint32_t stage, int accumulate = 1) {
   const uint64_t desc = qk_wgmma_desc(stage);
   qk_wgmma_fence();
 #pragma unroll
@@ -77,6 +78,11 @@ QK_INLINE void qk_wgmma_step(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4]
     for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
       QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), q == 0 && j == 0 ? accumulate : 1);
   qk_wgmma_commit();
+}
+// The same, then a wait for them.
+template <typename Tag, int BT, int KS>
+QK_INLINE void qk_wgmma_step(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4], uint32_t stage, int accumulate = 1) {
+  qk_wgmma_issue<Tag, BT, KS>(acc, a, stage, accumulate);
   qk_wgmma_wait<0>();
 }
 #endif

@@ -45,6 +45,9 @@ struct QkWsMaps {
 __host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 16 || bt == 128 ? 2 : bt == 256 ? 1 : 4; }
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
 __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
+// Whether the consumers dequantize the next step while this step's MMAs run (two A register sets): at 256 tokens,
+// where the consumers have the registers (qk_ws_regs) and a step is one chunk.
+__host__ __device__ constexpr bool qk_ws_pipe(int bt) { return bt == 256; }
 // Blocks a multiprocessor holds: two at 16 tokens (registers capped at 96 a thread, 2 chunks a stage, so that twice
 // the consumer warps dequantize and wait for their MMAs), else one.
 __host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt) { return bt == 16 ? 2 : 1; }
@@ -218,6 +221,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
   constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
+  constexpr bool PIPE = qk_ws_pipe(BT);  // the consumers dequantize a step while the previous step's MMAs run
   constexpr int TILES = 8;              // 16-row tiles a block, one a consumer warp
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
@@ -306,8 +310,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       const int c1 = it.c1;
       const bool live = it.by * TILES + warp < n_tiles;
       // dead consumer warps still take part in their warpgroup's wgmma, zero weights
-#pragma unroll 1
-      for (int cs = it.c0; cs < c1; cs += KS, ++i) {
+      // Step i's A registers: wait for its stage, read the weights and scales, dequantize.
+      auto fetch = [&](int cs, int i, uint32_t(&a)[KS][4][4]) {
         const int s = i % STAGES;
         qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
@@ -326,15 +330,50 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
             mv[q] = make_uint2(0u, QkMagic<Tag>::pair);
           }
         }
-        uint32_t a[KS][4][4];
         qk_wgmma_dequant<Tag, SYM>(wv, mv, a);
-        qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)(s * STAGE_BYTES), cs != it.c0);  // an item's first: acc =
+      };
+      // Step i's stage back to the producer (its MMAs done), a warp's arrival each.
+      auto release = [&](int i) {
+        const int s = i % STAGES;
         __syncwarp();
         if (lane == 0) {
           if (mc > 1)
             for (int r = 0; r < mc; ++r) qk_mbar_arrive_cluster(empty0 + 8 * s, (uint32_t)r);
           else
             qk_mbar_arrive(empty0 + 8 * s);
+        }
+      };
+      if constexpr (PIPE) {
+        // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
+        // so that each MMA group reads one set while the other is written.
+        uint32_t a0[KS][4][4], a1[KS][4][4];
+        int cs = it.c0;
+        fetch(cs, i, a0);
+#pragma unroll 1
+        while (true) {
+          qk_wgmma_issue<Tag, BT, KS>(acc, a0, smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES), cs != it.c0);
+          bool more = cs + KS < c1;
+          if (more) fetch(cs + KS, i + 1, a1);
+          qk_wgmma_wait<0>();
+          release(i);
+          ++i, cs += KS;
+          if (!more) break;
+          qk_wgmma_issue<Tag, BT, KS>(acc, a1, smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES));
+          more = cs + KS < c1;
+          if (more) fetch(cs + KS, i + 1, a0);
+          qk_wgmma_wait<0>();
+          release(i);
+          ++i, cs += KS;
+          if (!more) break;
+        }
+      } else {
+#pragma unroll 1
+        for (int cs = it.c0; cs < c1; cs += KS, ++i) {
+          uint32_t a[KS][4][4];
+          fetch(cs, i, a);
+          // an item's first: acc =
+          qk_wgmma_step<Tag, BT, KS>(acc, a, smem0 + (uint32_t)((i % STAGES) * STAGE_BYTES), cs != it.c0);
+          release(i);
         }
       }
       qk_wgmma_hold(acc);
