@@ -282,9 +282,9 @@ def test_ws_stream_k_rule():
 
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
-    where K >= 8192), with the tile the H200 runs measured fastest (bench/results/kernel_h200_ws_tma_fc2e238.json,
-    kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and with stream-K M = 33-128 on 4096x4096; above that
-    4096x4096 is dequantize + cuBLAS; M = 2048 is dequantize + cuBLAS."""
+    where K >= 8192, 2048 on layers of 2^27 weights and more), with the tile the H200 runs measured fastest
+    (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and
+    with stream-K M = 33-128 on 4096x4096; above that 4096x4096 is dequantize + cuBLAS; M = 2048 elsewhere too."""
     from quantkit.kernels import ops
 
     # decode-sized batches: the warp-specialized kernel at 16 tokens a block on K-long layers at M = 9-16, at 32 on
@@ -302,7 +302,9 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
             ws = m <= 512 or k >= 8192
             assert ops.mma_or_dequant(m, n, k, wgmma=True) == ("wgmma" if ws else "dequant"), (m, n, k)
             assert ops.wgmma_ws(m, n, k) == ws, (m, n, k)
-        assert ops.mma_or_dequant(2048, n, k, wgmma=True) == "dequant"
+        big = n * k >= 1 << 27  # 28672x8192, 8192x28672
+        assert ops.mma_or_dequant(2048, n, k, wgmma=True) == ("wgmma" if big else "dequant"), (n, k)
+        assert ops.mma_or_dequant(4096, n, k, wgmma=True) == "dequant"
     for m in (33, 64, 128):
         assert ops.mma_or_dequant(m, 4096, 4096, wgmma=True) == "wgmma" and ops.wgmma_ws(m, 4096, 4096)
     assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "dequant"

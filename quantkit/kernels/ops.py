@@ -53,11 +53,16 @@ WGMMA_WSM = True
 # faster than both from M = 64 to 512 on the four large benchmark layers (28672x8192 at M = 256: 198-211 us against
 # 320 for qk_wgmma_gemm; at M = 512: 388-405 against 518 for dequantize + cuBLAS), and at M = 1024 where K >= 8192
 # (686-713 against 815-817 us) but not on 14336x4096 (214-225 against 210); at M = 2048 slower on two of the four.
-# On 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster.
+# On 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster. Up to WS_MAX_M_BIG on layers of at
+# least WS_BIG_NK weights with K >= WS_DEEP_K, since its 256-token consumers dequantize during their MMAs (dd3e49e,
+# bench/results/kernel_h200_dd3e49e.json): at M = 2048 28672x8192 1336 against 1383 us, 8192x28672 1341 against 1398
+# for dequantize + cuBLAS; 4096x14336 still 367 against 350 and 14336x4096 362 against 353.
 WGMMA_WS = True
 WS_MAX_M = 512
 WS_MAX_M_DEEP = 1024
 WS_DEEP_K = 8192
+WS_MAX_M_BIG = 2048
+WS_BIG_NK = 1 << 27
 # Its tile (wgmma_ws_bt): 256 tokens a block where those blocks fill WS_FILL[0] of the multiprocessors, 128 where they
 # fill WS_FILL[1], else 64 (with split-K): from the same run, e.g. 8192x28672 (64 blocks of 128 rows) at M = 256:
 # 312 / 226 / 253 us at 256 / 128 / 64 tokens; 14336x4096 (112 blocks) at M = 128: 57 us at 128, 48 at 64.
@@ -329,14 +334,17 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP], WGMMA_MIN_NK;
-    with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at M <= 32, ws_decode)."""
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG],
+    WGMMA_MIN_NK; with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at M <= 32,
+    ws_decode)."""
     if not WGMMA_WS:
         return False
     if m <= STREAM_MAX_M:
         return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
-        return m <= (WS_MAX_M_DEEP if k >= WS_DEEP_K else WS_MAX_M)
+        if k < WS_DEEP_K:
+            return m <= WS_MAX_M
+        return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
     return WS_STREAM_K and m <= WS_SK_SMALL_M and n * k >= WGMMA_MIN_NK_64
 
 
