@@ -98,10 +98,16 @@ QkMmaArgs mma_args(const torch::Tensor& x, const torch::Tensor& w, const torch::
 
 }  // namespace
 
-// The dot2 decode kernel (docs/formats.md §2); on CUDA it runs with fp32 FMAs standing in for dot2, so the
-// HIP design is checked on NVIDIA hardware too. out must be zero when K > k_split.
-void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10::optional<torch::Tensor> zeros,
-               c10::optional<torch::Tensor> bias, torch::Tensor out, int64_t group_size, int64_t k_split) {
+namespace {
+// The operands of a kernel over the dot2 layout (shuffled qweight [K/8, N], scales and out in x's type, optional
+// uint8 zeros and bias): checked, and the sizes.
+struct Dot2Sizes {
+  bool bf16;
+  int64_t M, K, N;
+};
+Dot2Sizes check_dot2_operands(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                              const c10::optional<torch::Tensor>& zeros, const c10::optional<torch::Tensor>& bias,
+                              const torch::Tensor& out) {
   const bool bf = is_bf16(x);
   check_tensor(x, "x", x.scalar_type(), 2);
   check_tensor(qweight, "qweight", torch::kInt32, 2);
@@ -109,13 +115,24 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
   check_tensor(out, "out", x.scalar_type(), 2);
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
   TORCH_CHECK(qweight.size(0) * 8 == K, "qweight must be [K/8, N] = [", K / 8, ", N], got ", qweight.sizes());
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  if (zeros) check_tensor(*zeros, "zeros", torch::kUInt8, 2);
+  check_bias(bias, x, N);
+  return {bf, M, K, N};
+}
+}  // namespace
+
+// The dot2 decode kernel (docs/formats.md §2); on CUDA it runs with fp32 FMAs standing in for dot2, so the
+// HIP design is checked on NVIDIA hardware too. out must be zero when K > k_split.
+void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10::optional<torch::Tensor> zeros,
+               c10::optional<torch::Tensor> bias, torch::Tensor out, int64_t group_size, int64_t k_split) {
+  const Dot2Sizes d = check_dot2_operands(x, qweight, scales, zeros, bias, out);
+  const bool bf = d.bf16;
+  const int64_t M = d.M, K = d.K, N = d.N;
   TORCH_CHECK(N % 4 == 0, "N must be a multiple of 4, got ", N);
   TORCH_CHECK(M >= 1 && M <= 8, "dot2 decode kernel takes M in 1..8, got ", M);
   TORCH_CHECK(k_split % group_size == 0 && k_split <= QK_DOT2_KSPLIT, "k_split must be a multiple of the group size and at most ",
               QK_DOT2_KSPLIT, ", got ", k_split);
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
-  if (zeros) check_tensor(*zeros, "zeros", torch::kUInt8, 2);
-  check_bias(bias, x, N);
   const c10::cuda::CUDAGuard guard(x.device());
   const dim3 grid((N + 4 * QK_DOT2_THREADS - 1) / (4 * QK_DOT2_THREADS), 1, (K + k_split - 1) / k_split);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -141,24 +158,18 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
 // replaces gfx11's WMMA, so the HIP design is checked on NVIDIA hardware too. out must be zero when K > k_split.
 void wmma_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10::optional<torch::Tensor> zeros,
                c10::optional<torch::Tensor> bias, torch::Tensor out, int64_t group_size, int64_t k_split) {
-  check_tensor(x, "x", x.scalar_type(), 2);
-  check_tensor(qweight, "qweight", torch::kInt32, 2);
-  check_tensor(scales, "scales", x.scalar_type(), 2);
-  check_tensor(out, "out", x.scalar_type(), 2);
-  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
-  TORCH_CHECK(qweight.size(0) * 8 == K, "qweight must be [K/8, N] = [", K / 8, ", N], got ", qweight.sizes());
+  const Dot2Sizes d = check_dot2_operands(x, qweight, scales, zeros, bias, out);
+  const bool bf = d.bf16;
+  const int64_t M = d.M, K = d.K, N = d.N;
   TORCH_CHECK(N % 16 == 0 && K % 16 == 0, "the WMMA kernel takes N and K multiples of 16, got ", N, " and ", K);
   TORCH_CHECK(k_split > 0 && k_split % group_size == 0 && k_split % 16 == 0,
               "k_split must be a multiple of the group size and of 16, got ", k_split);
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
-  if (zeros) check_tensor(*zeros, "zeros", torch::kUInt8, 2);
-  check_bias(bias, x, N);
   const c10::cuda::CUDAGuard guard(x.device());
   const dim3 grid((N + 63) / 64, (M + 31) / 32, (K + k_split - 1) / k_split);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint8_t* z = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
   const uint32_t* q = reinterpret_cast<const uint32_t*>(qweight.data_ptr());
-  qk_by_type(is_bf16(x), !zeros.has_value(), [&](auto tag, auto sym) {
+  qk_by_type(bf, !zeros.has_value(), [&](auto tag, auto sym) {
     qk_wmma_prefill<decltype(tag), decltype(sym)::value><<<grid, QK_WMMA_THREADS, 0, stream>>>(
         u16(x), q, u16(scales), z, opt_u16(bias), u16_mut(out), M, N, K, group_size, k_split);
   });
