@@ -345,7 +345,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       };
       if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
-        // so that each MMA group reads one set while the other is written.
+        // so that each MMA group reads one set while the other is written. An item has at least one step (the
+        // grid's: no split-K at 256 tokens; stream-K's: QkWsWalk::valid), so its first is fetched unconditionally.
         uint32_t a0[KS][4][4], a1[KS][4][4];
         int cs = it.c0;
         fetch(cs, i, a0);
