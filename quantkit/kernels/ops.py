@@ -432,10 +432,12 @@ def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
     return out
 
 
-def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int) -> int:
-    """The WMMA kernel's k_split (a multiple of the group size): see WMMA_BLOCKS_PER_CU."""
-    blocks = -(-n // 64) * -(-m // 32)
-    splits = max(1, min(WMMA_MAX_SPLITS, WMMA_BLOCKS_PER_CU * cus // blocks, k // WMMA_MIN_K_PER_SPLIT))
+def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int, splits: int | None = None) -> int:
+    """The WMMA kernel's k_split (a multiple of the group size) for splits pieces of K, by default see
+    WMMA_BLOCKS_PER_CU."""
+    if not splits:
+        blocks = -(-n // 64) * -(-m // 32)
+        splits = max(1, min(WMMA_MAX_SPLITS, WMMA_BLOCKS_PER_CU * cus // blocks, k // WMMA_MIN_K_PER_SPLIT))
     return -(-k // splits // group_size) * group_size
 
 
@@ -443,9 +445,7 @@ def _wmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None) -> t
     ext = build.load_extension()
     m, k = x2.shape
     g = packed.group_size
-    k_split = -(-k // splits // g) * g if splits else wmma_splits(m, packed.out_features, k, g, _sm_count(x2.device))
-    if k_split % 16:
-        raise UnsupportedError(f"the WMMA kernel takes group sizes that are multiples of 16, this layer has {g}")
+    k_split = wmma_splits(m, packed.out_features, k, g, _sm_count(x2.device), splits)
     alloc = torch.zeros if k > k_split else torch.empty
     out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
     ext.wmma_gemm(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, g, k_split)
