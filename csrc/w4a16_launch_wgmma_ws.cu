@@ -58,11 +58,11 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The instances of this translation unit: 64 tokens x 2 chunks a stage, 8 stages; 128 x 2, 5 stages (208-216 KB).
+// The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big), 16 and 32 in w4a16_launch_wgmma_ws_small.cu.
 template <typename Tag, bool SYM>
 cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, dim3 grid, cudaStream_t stream) {
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 8, qk_ws_ks(64)>(a, cluster, mc, sk, grid, stream);
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, grid, stream);
   if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, grid, stream);
   constexpr bool bf16 = std::is_same<Tag, QkBF16>::value;
   if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, grid, stream);

@@ -39,17 +39,15 @@ struct QkWsMaps {
 };
 
 #define QK_WS_CONSUMER_WARPS 8
-// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big,_small}.cu): 32 x 4, 16 x 2 (two
-// blocks a multiprocessor: qk_ws_blocks_per_sm), 64 x 2 and 128 x 2 (two A register sets, qk_ws_pipe: 4 chunks
-// would not leave the registers for them), 256 x 1.
-__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 32 ? 4 : bt == 256 ? 1 : 2; }
+// Chunks a stage holds at bt tokens (the instances, w4a16_launch_wgmma_ws{,_big,_small}.cu): 32 and 64 x 4 (more
+// would not leave the registers for the A operand), 16 x 2 (two blocks a multiprocessor: qk_ws_blocks_per_sm),
+// 128 x 2, 256 x 1.
+__host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 16 || bt == 128 ? 2 : bt == 256 ? 1 : 4; }
 // Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
 __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
-// Whether the consumers dequantize the next step while this step's MMAs run (two A register sets): from 64 tokens,
-// where a step's A registers fit twice beside the accumulators (64 and 128: 2 chunks a step, 147-168 registers;
-// 256: one chunk, qk_ws_regs). At 32 and 16 tokens (4 and 2 chunks a step) ptxas spills them and serializes the
-// wgmma (C7512).
-__host__ __device__ constexpr bool qk_ws_pipe(int bt) { return bt >= 64; }
+// Whether the consumers dequantize the next step while this step's MMAs run (two A register sets): at 256 tokens,
+// where the consumers have the registers (qk_ws_regs) and a step is one chunk.
+__host__ __device__ constexpr bool qk_ws_pipe(int bt) { return bt == 256; }
 // Blocks a multiprocessor holds: two at 16 tokens (registers capped at 96 a thread, 2 chunks a stage, so that twice
 // the consumer warps dequantize and wait for their MMAs), else one.
 __host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt) { return bt == 16 ? 2 : 1; }
@@ -348,8 +346,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
         // so that each MMA group reads one set while the other is written. An item has at least one step (the
-        // grid's: its split holds a chunk, grid z = ceil(chunks / chunks_per_split); stream-K's: QkWsWalk::valid), so
-        // its first is fetched unconditionally.
+        // grid's: no split-K at 256 tokens; stream-K's: QkWsWalk::valid), so its first is fetched unconditionally.
         uint32_t a0[KS][4][4], a1[KS][4][4];
         int cs = it.c0;
         fetch(cs, i, a0);

@@ -103,7 +103,7 @@ WS_DECODE = True
 WS_DECODE_MIN_K_16 = 12288
 WS_DECODE_MIN_NK = 1 << 25
 # 64-k chunks a stage of the warp-specialized kernel holds at 16 / 32 / 64 / 128 / 256 tokens (csrc: qk_ws_ks)
-WS_KS = {16: 2, 32: 4, 64: 2, 128: 2, 256: 1}
+WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
 # its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1
 WS_BLOCKS_PER_SM = {16: 2}
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
