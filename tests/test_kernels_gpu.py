@@ -35,9 +35,9 @@ def device():
 
 def _backends(m):
     if torch.version.hip:
-        return ("auto", "dot2", "wmma") if m <= 8 else ("auto", "wmma")
+        return ("auto", "dot2", "wmma") if m <= ops.DOT2_MAX_M else ("auto", "wmma")
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant", "wmma") + (("dot2",) if m <= 8 else ())
+    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant", "wmma") + (("dot2",) if m <= ops.DOT2_MAX_M else ())
             + (("wgmma", "wgmma_regs", "wgmma_ws") if hopper else ()))
 
 

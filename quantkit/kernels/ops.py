@@ -138,10 +138,11 @@ STREAM_WK_M = (1, 32)
 CLUSTER_MAX = 16
 STREAM_CLUSTER_MAX = (2, 8)
 WGMMA_CLUSTER_MAX = 16
-# ROCm: the dot2 decode kernel up to DOT2_MAX_M rows, the WMMA kernel above. Its split-K (wmma_splits): enough splits
-# that the grid holds WMMA_BLOCKS_PER_CU blocks a compute unit, at most WMMA_MAX_SPLITS (each split's sums are added
-# into the 16-bit output, one more rounding each) and at least WMMA_MIN_K_PER_SPLIT inputs a split. Not measured: no
-# RDNA3 card has run these kernels (README: measured on NVIDIA, compile-checked for RDNA3).
+# ROCm: the dot2 decode kernel up to DOT2_MAX_M rows (the most its binding, dot2_gemm, takes), the WMMA kernel above.
+# Its split-K (wmma_splits): enough splits that the grid holds WMMA_BLOCKS_PER_CU blocks a compute unit, at most
+# WMMA_MAX_SPLITS (each split's sums are added into the 16-bit output, one more rounding each) and at least
+# WMMA_MIN_K_PER_SPLIT inputs a split. Not measured: no RDNA3 card has run these kernels (README: measured on NVIDIA,
+# compile-checked for RDNA3).
 DOT2_MAX_M = 8
 WMMA_BLOCKS_PER_CU = 2
 WMMA_MAX_SPLITS = 4
@@ -420,8 +421,8 @@ def dequantize_weight(packed: PackedLinear, dtype: torch.dtype) -> torch.Tensor:
 def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
-    if m > 8:
-        raise UnsupportedError(f"the dot2 decode kernel takes M <= 8 rows, x has {m}; use backend='kernel'")
+    if m > DOT2_MAX_M:
+        raise UnsupportedError(f"the dot2 decode kernel takes M <= {DOT2_MAX_M} rows, x has {m}; use backend='kernel'")
     k_split = 256 // packed.group_size * packed.group_size if packed.group_size <= 256 else 0
     if k_split == 0:
         raise UnsupportedError(f"the dot2 decode kernel takes group sizes up to 256, this layer has {packed.group_size}")

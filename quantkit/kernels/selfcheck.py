@@ -33,12 +33,12 @@ _checked: set = set()
 
 
 def backends_for(m: int, device: torch.device | None = None) -> tuple[str, ...]:
-    if torch.version.hip:
-        return ("dot2",) if m <= 8 else ("wmma",)
-    from quantkit.kernels.ops import has_wgmma  # late: ops imports us
+    from quantkit.kernels.ops import DOT2_MAX_M, has_wgmma  # late: ops imports us
 
+    if torch.version.hip:
+        return ("dot2",) if m <= DOT2_MAX_M else ("wmma",)
     hopper = device is not None and has_wgmma(device)
-    return (("mma", "dequant") + (("dot2",) if m <= 8 else ()) + (("staged",) if m >= 32 else ())
+    return (("mma", "dequant") + (("dot2",) if m <= DOT2_MAX_M else ()) + (("staged",) if m >= 32 else ())
             + (("wgmma",) if hopper else ()))
 
 
