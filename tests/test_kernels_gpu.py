@@ -37,8 +37,8 @@ def _backends(m):
     if torch.version.hip:
         return ("auto", "dot2", "wmma") if m <= ops.DOT2_MAX_M else ("auto", "wmma")
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant", "wmma") + (("dot2",) if m <= ops.DOT2_MAX_M else ())
-            + (("wgmma", "wgmma_regs", "wgmma_ws") if hopper else ()))
+    return (("auto", "mma", "stream", "stream_wk", "staged", "dequant", "wmma")
+            + (("dot2",) if m <= ops.DOT2_MAX_M else ()) + (("wgmma", "wgmma_regs", "wgmma_ws") if hopper else ()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
