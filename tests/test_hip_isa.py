@@ -81,13 +81,56 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
         assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" in ptx, f"no m64n{n}k16 bf16 wgmma in the PTX"
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx, "no programmatic-launch hooks"
     cuobjdump = shutil.which("cuobjdump")
-    if cuobjdump:  # the SASS too, where the toolkit has the disassembler
-        sass = subprocess.run([cuobjdump, "-sass", str(tmp_path / "w4a16.o")], capture_output=True, text=True).stdout
-        assert re.search(r"\bHGMMA\.64x(64|128|256)x16\.F32\.BF16\b", sass), "no bf16 HGMMA in the SASS"
+    if cuobjdump:  # the SASS too, where the toolkit has the disassembler (.ci/run installs cuobjdump and nvdisasm)
+        ws = sorted(set(re.findall(r"Compiling entry function '(_Z11qk_wgmma_ws\w+)'", report)))
+        res = subprocess.run([cuobjdump, "-sass", "-fun", ",".join(ws), str(tmp_path / "w4a16.o")], capture_output=True,
+                             text=True)  # the warp-specialized kernels only: the whole object is 400 MB of text
+        assert res.returncode == 0, f"cuobjdump failed: {res.stderr.strip()[:2000]}"
+        assert re.search(r"\bHGMMA\.64x(64|128|256)x16\.F32\.BF16\b", res.stdout), "no bf16 HGMMA in the SASS"
+        check_ws_pipelining(res.stdout)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     stacks = re.findall(r"(\d+) bytes stack frame", report)
     assert spills and all(s == ("0", "0") for s in spills), spills
     assert stacks and all(s == "0" for s in stacks), stacks
+
+
+# Token tiles whose warp-specialized consumers dequantize the next step while this step's MMAs run (csrc:
+# qk_ws_pipe); the other tiles wait for their MMAs first.
+WS_PIPELINED_BT = {256}
+_SASS_INSN = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(\S[^;]*);")
+
+
+def ws_overlap_windows(body: str, least: int = 32) -> list[int]:
+    """For one function's SASS: the length of each stretch between a committed wgmma group (an HGMMA with gsb0) and the
+    wait for it (the next WARPGROUP.DEPBAR) that holds at least `least` instructions and a stage wait
+    (SYNCS.PHASECHK), i.e. the next step's dequantization running under the MMAs."""
+    insns = [m.group(1) for m in map(_SASS_INSN.match, body.splitlines()) if m]
+    windows = []
+    for i, op in enumerate(insns):
+        if op.startswith("HGMMA") and "gsb0" in op:
+            end = next((j for j in range(i + 1, len(insns)) if insns[j].startswith("WARPGROUP.DEPBAR")), len(insns))
+            if end - i - 1 >= least and any(w.startswith("SYNCS.PHASECHK") for w in insns[i + 1:end]):
+                windows.append(end - i - 1)
+    return windows
+
+
+def check_ws_pipelining(sass: str) -> None:
+    """Every qk_wgmma_ws instance of a pipelined tile overlaps its MMAs with the next step's work in the SASS (ptxas
+    did not move the wait up), and no other instance does (so the check tells the two apart)."""
+    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
+    seen = set()
+    for name, body in zip(parts[1::2], parts[2::2]):
+        m = re.search(r"qk_wgmma_wsI\d+Qk(?:F16|BF16)Li(\d+)E", name)
+        if not m:
+            continue
+        bt = int(m.group(1))
+        seen.add(bt)
+        windows = ws_overlap_windows(body)
+        if bt in WS_PIPELINED_BT:
+            assert windows, f"{name}: no HGMMA group runs under the next step's dequantization (qk_ws_pipe)"
+        else:
+            assert not windows, f"{name}: {bt}-token instance overlaps its MMAs ({windows}); update WS_PIPELINED_BT"
+    assert seen >= {16, 32, 64, 128, 256}, f"warp-specialized tiles found in the SASS: {sorted(seen)}"
 
 
 def test_generated_wgmma_header_is_current():
