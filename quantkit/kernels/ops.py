@@ -418,19 +418,24 @@ def dequantize_weight(packed: PackedLinear, dtype: torch.dtype) -> torch.Tensor:
     return w
 
 
-def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
-    ext = build.load_extension()
+def _dot2_layout_gemm(kernel, x2: torch.Tensor, packed: PackedLinear, bias, k_split: int) -> torch.Tensor:
+    """A kernel over the "dot2" layout (the extension's dot2_gemm or wmma_gemm) with K cut into pieces of k_split:
+    each piece's sums are added into out, which therefore starts at zero when there is more than one."""
     m, k = x2.shape
+    alloc = torch.zeros if k > k_split else torch.empty
+    out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
+    kernel(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, packed.group_size, k_split)
+    return out
+
+
+def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
+    m = x2.shape[0]
     if m > DOT2_MAX_M:
         raise UnsupportedError(f"the dot2 decode kernel takes M <= {DOT2_MAX_M} rows, x has {m}; use backend='kernel'")
     k_split = 256 // packed.group_size * packed.group_size if packed.group_size <= 256 else 0
     if k_split == 0:
         raise UnsupportedError(f"the dot2 decode kernel takes group sizes up to 256, this layer has {packed.group_size}")
-    alloc = torch.zeros if k > k_split else torch.empty
-    out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
-    ext.dot2_gemm(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, packed.group_size,
-                  k_split)
-    return out
+    return _dot2_layout_gemm(build.load_extension().dot2_gemm, x2, packed, bias, k_split)
 
 
 def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int, splits: int | None = None) -> int:
@@ -443,14 +448,9 @@ def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int, splits: int |
 
 
 def _wmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None) -> torch.Tensor:
-    ext = build.load_extension()
     m, k = x2.shape
-    g = packed.group_size
-    k_split = wmma_splits(m, packed.out_features, k, g, _sm_count(x2.device), splits)
-    alloc = torch.zeros if k > k_split else torch.empty
-    out = alloc(m, packed.out_features, dtype=x2.dtype, device=x2.device)
-    ext.wmma_gemm(x2, packed.dot2_qweight, packed.dot2_scales(x2.dtype), packed.zeros, bias, out, g, k_split)
-    return out
+    k_split = wmma_splits(m, packed.out_features, k, packed.group_size, _sm_count(x2.device), splits)
+    return _dot2_layout_gemm(build.load_extension().wmma_gemm, x2, packed, bias, k_split)
 
 
 def _check_inputs(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, backend: str) -> None:
