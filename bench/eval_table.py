@@ -41,7 +41,7 @@ def main(args: list[str]) -> None:
     lines = [f"{first['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']} activations; "
              f"Llama-3-8B shapes with random weights (RTN-quantized), prompt {s['prompt_len']} + {s['gen_len']} decode "
              f"steps, static KV cache, CUDA graphs, median of {s['repeats']}; baseline: {first['baseline']}. "
-             "Commands: " + "; ".join(f"`{run['command']}`" for run in runs) + ".", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(run["command"] for run in runs)) + ".", "",
              ("| kernels " if any(commits) else "") + "| group | setup (both models) | batch | prefill tok/s (bf16) | "
              "prefill ratio | decode tok/s (bf16) | decode ratio | target |",
              ("|---" if any(commits) else "") + "|---|---|---|---|---|---|---|---|"]

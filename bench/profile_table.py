@@ -28,7 +28,7 @@ def main(args: list[str]) -> None:
     lines = [f"{env['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']}; Llama-3-8B shapes with "
              "random weights, group 128; one decode step after a 512-token prompt, replayed from its CUDA graph "
              "(median), and its kernels by kind (torch.profiler, eager steps). Commands: "
-             + "; ".join(f"`{r['command']}`" for r in runs) + ".", "",
+             + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)) + ".", "",
              "| kernels | setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | "
              "attention us | other kernels us | launches |",
              "|---|---|---|---|---|---|---|---|---|"]
