@@ -8,26 +8,31 @@
 #if QK_IS_CUDA
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
 
-QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int64_t* __restrict__ index,
-                               uint4* __restrict__ out, int M, int K) {
-  const long long units = (long long)M * (K / 8);
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < units;
+template <bool WORDS>
+QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __restrict__ index,
+                               uint32_t* __restrict__ out, int M, int K) {
+  const long long words = (long long)M * (K / 2);
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < words;
        i += (long long)gridDim.x * blockDim.x) {
-    const int v = (int)(i % 8), r = (int)((i / 8) % M), c = (int)(i / 8 / M);
-    const int64_t* idx = index + (size_t)c * 64 + (size_t)((v ^ (r & 7)) * 8);
+    const int w = (int)(i % 32), r = (int)((i / 32) % M), c = (int)(i / 32 / M);
+    const int lw = c * 32 + ((w / 4) ^ (r & 7)) * 4 + w % 4;  // the logical word stored here: unit w / 4 ^ (r % 8)
     const uint16_t* row = x + (size_t)r * K;
-    uint32_t word[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) word[j] = (uint32_t)row[idx[2 * j]] | ((uint32_t)row[idx[2 * j + 1]] << 16);
-    out[i] = make_uint4(word[0], word[1], word[2], word[3]);
+    if constexpr (WORDS)
+      out[i] = __ldg(reinterpret_cast<const uint32_t*>(row) + __ldg(index + lw));
+    else
+      out[i] = (uint32_t)row[__ldg(index + 2 * lw)] | ((uint32_t)row[__ldg(index + 2 * lw + 1)] << 16);
   }
 }
 
-cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int64_t* index, uint4* out, int M, int K,
+cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint32_t* out, int M, int K,
                                    cudaStream_t stream) {
-  const long long units = (long long)M * (K / 8);
-  const int blocks = (int)std::min<long long>((units + 255) / 256, 1 << 16);
-  if (blocks > 0) qk_wgmma_pack_x<<<blocks, 256, 0, stream>>>(x, index, out, M, K);
+  const long long n = (long long)M * (K / 2);
+  const int blocks = (int)std::min<long long>((n + 255) / 256, 1 << 16);
+  if (blocks == 0) return cudaGetLastError();
+  if (words)
+    qk_wgmma_pack_x<true><<<blocks, 256, 0, stream>>>(x, index, out, M, K);
+  else
+    qk_wgmma_pack_x<false><<<blocks, 256, 0, stream>>>(x, index, out, M, K);
   return cudaGetLastError();
 }
 

@@ -107,6 +107,33 @@ def test_wgmma_x_order_matches_the_mma_fragments(g, sym, act):
         assert testing.relative_error(emulate_wgmma(x, packed, dtype), reference_weight(packed, dtype), x) > 0.1
 
 
+def wgmma_pack_x_image(x: torch.Tensor, packed) -> torch.Tensor:
+    """What the extension's wgmma_pack_x writes, in torch: [K / 64][M][64], row r of chunk c the chunk of x gathered by
+    packed.wgmma_x_index() with its 16-byte unit u at u ^ (r % 8)."""
+    m, k = x.shape
+    xw = x[:, packed.wgmma_x_index()].reshape(m, k // 64, 8, 8)
+    r = torch.arange(m, device=x.device)[:, None]
+    v = torch.arange(8, device=x.device)[None, :] ^ (r % 8)  # [M, 8]: the logical unit stored at unit v
+    image = torch.gather(xw, 2, v[:, None, :, None].expand(m, k // 64, 8, 8))
+    return image.permute(1, 0, 2, 3).reshape(m, k)
+
+
+@pytest.mark.parametrize("act", [False, True])
+def test_wgmma_x_pack_index_spells_the_x_order(act):
+    ql = _layer(n=32, k=256, g=64, sym=True, act=act, dtype=torch.bfloat16, seed=5)
+    packed = prepare(ql, device="cpu", layouts=("mma",))
+    index, words = packed.wgmma_x_pack_index()
+    assert index.dtype == torch.int32 and words is not act  # an act-order sort splits the pairs of k
+    order = torch.stack([2 * index, 2 * index + 1], 1).reshape(-1) if words else index
+    assert torch.equal(order.long(), packed.wgmma_x_index())
+    x = testing.random_activations(11, 256, dtype=torch.bfloat16, seed=3, device="cpu")
+    image = wgmma_pack_x_image(x, packed).reshape(4, 11, 64)  # the helper the GPU test holds the kernel to
+    xw = x[:, packed.wgmma_x_index()]
+    for c, r, v in ((2, 9, 3), (0, 0, 5), (3, 10, 7)):  # unit v of row r of chunk c: logical unit v ^ (r % 8)
+        u = v ^ (r % 8)
+        assert torch.equal(image[c, r, 8 * v : 8 * v + 8], xw[r, 64 * c + 8 * u : 64 * c + 8 * u + 8])
+
+
 def test_dot2_layout_is_the_exllama_shuffle():
     ql = _layer(n=32, k=128, g=32, act=True)
     packed = prepare(ql, device="cpu", layouts=("dot2",))

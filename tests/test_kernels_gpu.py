@@ -9,7 +9,7 @@ import torch
 
 from quantkit.errors import UnsupportedError
 from quantkit.kernels import kernel_available, prepare, reference_weight, self_check, w4a16_linear
-from quantkit.kernels import ops, testing
+from quantkit.kernels import build, ops, testing
 
 pytestmark = [
     pytest.mark.gpu,
@@ -196,6 +196,31 @@ def test_wgmma_ws_stream_k(device, dtype, sym, act):
                 assert torch.equal(y, w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True, stream_k=True))
     with pytest.raises(UnsupportedError, match="stream-K takes no split-K"):
         w4a16_linear(x, packed, backend="wgmma", bt=64, splits=2, ws=True, stream_k=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warp-specialized kernel is Hopper's")
+@pytest.mark.parametrize("act", [False, True], ids=["words", "act-order"])
+def test_wgmma_pack_x_writes_the_swizzled_image(device, act):
+    """The packing of x for the warp-specialized kernel, word by word (no act-order) and k by k (act-order), against
+    the image built in torch; and a view of x whose rows start between 32-bit words, packed k by k by ops."""
+    from test_kernels import wgmma_pack_x_image
+
+    ext = build.load_extension()
+    ql = testing.random_qlinear(1168, 2112, group_size=64, sym=False, act_order=act, dtype=torch.bfloat16, seed=29)
+    packed = prepare(ql, device=device)
+    index, words = packed.wgmma_x_pack_index()
+    assert words is not act
+    for m in (1, 13, 300):
+        x = testing.random_activations(m, 2112, dtype=torch.bfloat16, seed=30 + m, device=device)
+        xp = torch.full_like(x, float("nan"))
+        ext.wgmma_pack_x(x, index, words, xp)
+        assert torch.equal(xp, wgmma_pack_x_image(x, packed))
+    odd = torch.empty(m * 2112 + 1, dtype=x.dtype, device=device)[1:].view(m, 2112)
+    odd.copy_(x)
+    assert odd.data_ptr() % 4 and odd.is_contiguous()
+    want = w4a16_linear(x, packed, backend="wgmma", ws=True)
+    assert torch.equal(w4a16_linear(odd, packed, backend="wgmma", ws=True), want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,

@@ -104,6 +104,17 @@ class PackedLinear:
             self._per_dtype["wgmma_index"] = self.perm[order] if self.perm is not None else order
         return self._per_dtype["wgmma_index"]
 
+    def wgmma_x_pack_index(self) -> tuple[torch.Tensor, bool]:
+        """(int32 index, words) for the warp-specialized kernel's packing of x (the extension's wgmma_pack_x), the order
+        of wgmma_x_index: where each pair of k in it is a 32-bit word of x's row (k(2i + 1) = k(2i) + 1, k(2i) even:
+        always without act-order) the [K / 2] words, words True; else the [K] k themselves."""
+        if "wgmma_pack_index" not in self._per_dtype:
+            pairs = self.wgmma_x_index().reshape(-1, 2)
+            words = bool(((pairs[:, 0] % 2 == 0) & (pairs[:, 1] == pairs[:, 0] + 1)).all())
+            index = pairs[:, 0] // 2 if words else pairs.reshape(-1)
+            self._per_dtype["wgmma_pack_index"] = (index.to(torch.int32).contiguous(), words)
+        return self._per_dtype["wgmma_pack_index"]
+
     def dot2_scales(self, dtype: torch.dtype) -> torch.Tensor:
         key = ("dot2", dtype)
         if key not in self._per_dtype:
