@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--ws", action="store_true", help="the warp-specialized wgmma kernel")
     ap.add_argument("--stream-k", action="store_true", help="the warp-specialized kernel's stream-K")
+    ap.add_argument("--grid", action="store_true", help="the warp-specialized kernel's grid, never stream-K")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
     ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,
@@ -32,8 +33,8 @@ def main() -> None:
     packed = prepare(ql, device="cuda", layouts=("mma",), keep_reference=False)
     x = testing.random_activations(args.m, args.k, dtype=torch.bfloat16, seed=2, device="cuda")
     extra = {"bt": args.bt, "dense": args.dense, "ws": args.ws} if args.backend == "wgmma" else {}
-    if args.stream_k:
-        extra["stream_k"] = True
+    if args.stream_k or args.grid:
+        extra["stream_k"] = not args.grid
     for _ in range(args.calls):
         w4a16_linear(x, packed, backend=args.backend, **extra)
     torch.cuda.synchronize()
