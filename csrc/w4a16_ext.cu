@@ -323,10 +323,13 @@ void wgmma_pack_x(torch::Tensor x, torch::Tensor index, bool words, torch::Tenso
   TORCH_CHECK(out.sizes() == x.sizes(), "out must be shaped like x ", x.sizes(), ", got ", out.sizes());
   TORCH_CHECK(!words || reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0,
               "x must be 4-byte aligned to be read in words; pass the index of k instead");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(index.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
+              "index and out must be 16-byte aligned (fresh tensors are)");
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch("wgmma x packing kernel",
                qk_launch_wgmma_pack_x(u16(x), index.data_ptr<int32_t>(), words,
-                                      reinterpret_cast<uint32_t*>(out.data_ptr()), (int)x.size(0), (int)x.size(1),
+                                      reinterpret_cast<uint4*>(out.data_ptr()), (int)x.size(0), (int)x.size(1),
                                       c10::cuda::getCurrentCUDAStream()));
 }
 

@@ -94,7 +94,7 @@ cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, 
                                int sk_blocks, dim3 grid, cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order, each row's 16-byte units swizzled; index: int32,
 // words: [K / 2] 32-bit words of x's row (pairs of k), else [K] k.
-cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint32_t* out, int M, int K,
+cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,

@@ -10,23 +10,46 @@
 
 template <bool WORDS>
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __restrict__ index,
-                               uint32_t* __restrict__ out, int M, int K) {
-  const long long words = (long long)M * (K / 2);
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < words;
+                               uint4* __restrict__ out, int M, int K) {
+  constexpr int R = QK_PACK_ROWS;
+  const int row_blocks = (M + 8 * R - 1) / (8 * R);
+  const long long units = (long long)(K / 64) * row_blocks * 64;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < units;
        i += (long long)gridDim.x * blockDim.x) {
-    const int w = (int)(i % 32), r = (int)((i / 32) % M), c = (int)(i / 32 / M);
-    const int lw = c * 32 + ((w / 4) ^ (r & 7)) * 4 + w % 4;  // the logical word stored here: unit w / 4 ^ (r % 8)
-    const uint16_t* row = x + (size_t)r * K;
-    if constexpr (WORDS)
-      out[i] = __ldg(reinterpret_cast<const uint32_t*>(row) + __ldg(index + lw));
-    else
-      out[i] = (uint32_t)row[__ldg(index + 2 * lw)] | ((uint32_t)row[__ldg(index + 2 * lw + 1)] << 16);
+    // unit v of rows r0 + 8q of chunk c: 8 threads a row's 128 bytes, a warp 4 rows
+    const int v = (int)(i % 8), r0 = (int)((i / 8) % 8) + (int)((i / 64) % row_blocks) * 8 * R;
+    const int c = (int)(i / 64 / row_blocks), u = v ^ (r0 & 7);  // the logical unit stored at unit v
+    uint32_t word[R][4];
+    if constexpr (WORDS) {  // the unit's 4 words of x's row
+      const int4 w = __ldg(reinterpret_cast<const int4*>(index + c * 32 + u * 4));
+#pragma unroll
+      for (int q = 0; q < R; ++q) {
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(x + (size_t)min(r0 + 8 * q, M - 1) * K);
+        word[q][0] = __ldg(row + w.x), word[q][1] = __ldg(row + w.y), word[q][2] = __ldg(row + w.z);
+        word[q][3] = __ldg(row + w.w);
+      }
+    } else {  // the unit's 8 k
+      const int4 a = __ldg(reinterpret_cast<const int4*>(index + c * 64 + u * 8));
+      const int4 b = __ldg(reinterpret_cast<const int4*>(index + c * 64 + u * 8 + 4));
+#pragma unroll
+      for (int q = 0; q < R; ++q) {
+        const uint16_t* row = x + (size_t)min(r0 + 8 * q, M - 1) * K;
+        word[q][0] = (uint32_t)__ldg(row + a.x) | ((uint32_t)__ldg(row + a.y) << 16);
+        word[q][1] = (uint32_t)__ldg(row + a.z) | ((uint32_t)__ldg(row + a.w) << 16);
+        word[q][2] = (uint32_t)__ldg(row + b.x) | ((uint32_t)__ldg(row + b.y) << 16);
+        word[q][3] = (uint32_t)__ldg(row + b.z) | ((uint32_t)__ldg(row + b.w) << 16);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (r0 + 8 * q < M)
+        out[((size_t)c * M + r0 + 8 * q) * 8 + v] = make_uint4(word[q][0], word[q][1], word[q][2], word[q][3]);
   }
 }
 
-cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint32_t* out, int M, int K,
+cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream) {
-  const long long n = (long long)M * (K / 2);
+  const long long n = (long long)(K / 64) * ((M + 8 * QK_PACK_ROWS - 1) / (8 * QK_PACK_ROWS)) * 64;
   const int blocks = (int)std::min<long long>((n + 255) / 256, 1 << 16);
   if (blocks == 0) return cudaGetLastError();
   if (words)

@@ -421,10 +421,11 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
 // MMA (PackedLinear.wgmma_x_index), with its 16-byte unit u stored at u ^ (r % 8), the image of the kernel's
 // 128B-swizzled tile, so that one bulk copy brings a chunk's rows of a token tile. WORDS: index (int32 [K / 2]) gives
 // each pair of k its 32-bit word of x's row (k(2i + 1) = k(2i) + 1 with k(2i) even, as without act-order: one load a
-// word); else index (int32 [K]) gives each k (two loads a word). One 32-bit word a thread, grid-stride, a warp's 32 the
-// 128 bytes of one row of a chunk (coalesced stores; without act-order, loads too).
+// word); else index (int32 [K]) gives each k (two loads a word). A 16-byte unit of QK_PACK_ROWS rows 8 apart a thread
+// (the same swizzle: one index load, then every row's loads in flight), grid-stride, 8 threads a row's 128 bytes.
+constexpr int QK_PACK_ROWS = 4;
 template <bool WORDS>
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __restrict__ index,
-                               uint32_t* __restrict__ out, int M, int K);
+                               uint4* __restrict__ out, int M, int K);
 
 #endif  // QK_IS_CUDA

@@ -309,7 +309,8 @@ def test_ws_stream_k_rule():
 
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
-    where K >= 8192, 2048 on layers of 2^27 weights and more), with the tile the H200 runs measured fastest
+    where K >= 8192 or on layers of 2^26 weights and more, 2048 on layers of 2^27 weights and more with K >= 8192), with
+    the tile the H200 runs measured fastest
     (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and
     with stream-K M = 33-128 on 4096x4096; above that 4096x4096 is dequantize + cuBLAS; M = 2048 elsewhere too."""
     from quantkit.kernels import ops
@@ -335,6 +336,9 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     for m in (33, 64, 128):
         assert ops.mma_or_dequant(m, 4096, 4096, wgmma=True) == "wgmma" and ops.wgmma_ws(m, 4096, 4096)
     assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "dequant"
+    # K < 8192 up to M = 1024 on layers of 2^26 weights and more: the fused gate and up projections, not 6144x4096
+    assert ops.wgmma_ws(1024, 28672, 4096) and not ops.wgmma_ws(2048, 28672, 4096)
+    assert not ops.wgmma_ws(1024, 14336, 4096) and not ops.wgmma_ws(1024, 6144, 4096)
     # tokens a block: (M, N) -> bt
     want = {(64, 28672): 64, (128, 28672): 128, (256, 28672): 256, (128, 14336): 64, (256, 14336): 256,
             (128, 8192): 64, (256, 8192): 128, (512, 8192): 256, (256, 4096): 64, (512, 4096): 128, (1024, 4096): 256}

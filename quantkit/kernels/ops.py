@@ -56,10 +56,14 @@ WGMMA_WSM = True
 # On 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster. Up to WS_MAX_M_BIG on layers of at
 # least WS_BIG_NK weights with K >= WS_DEEP_K, since its 256-token consumers dequantize during their MMAs (dd3e49e,
 # bench/results/kernel_h200_dd3e49e.json): at M = 2048 28672x8192 1336 against 1383 us, 8192x28672 1341 against 1398
-# for dequantize + cuBLAS; 4096x14336 still 367 against 350 and 14336x4096 362 against 353.
+# for dequantize + cuBLAS; 4096x14336 still 367 against 350 and 14336x4096 362 against 353. Up to WS_MAX_M_DEEP also
+# where K < WS_DEEP_K on layers of at least WS_WIDE_NK weights: Llama-3-8B's gate and up projections as one layer,
+# 28672x4096, at M = 1024 355-360 against 413-415 us (bench/results/kernel_h200_prefill_shapes_*.json), where 14336x4096
+# (2^25.8 weights) is even (208 against 206) and 6144x4096 slower (113-115 against 96-97).
 WGMMA_WS = True
 WS_MAX_M = 512
 WS_MAX_M_DEEP = 1024
+WS_WIDE_NK = 1 << 26
 WS_DEEP_K = 8192
 WS_MAX_M_BIG = 2048
 WS_BIG_NK = 1 << 27
@@ -335,7 +339,7 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG],
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG], WS_WIDE_NK,
     WGMMA_MIN_NK; with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at M <= 32,
     ws_decode)."""
     if not WGMMA_WS:
@@ -344,7 +348,7 @@ def wgmma_ws(m: int, n: int, k: int) -> bool:
         return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
         if k < WS_DEEP_K:
-            return m <= WS_MAX_M
+            return m <= (WS_MAX_M_DEEP if n * k >= WS_WIDE_NK else WS_MAX_M)
         return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
     return WS_STREAM_K and m <= WS_SK_SMALL_M and n * k >= WGMMA_MIN_NK_64
 
