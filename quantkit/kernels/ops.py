@@ -393,9 +393,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     meta = packed.mma_meta(x2.dtype)
     if ws:
         xp = torch.empty_like(x2)
-        index, words = packed.wgmma_x_pack_index()
-        if words and x2.data_ptr() % 4:  # a view whose rows start between 32-bit words: k by k
-            index, words = packed.wgmma_x_index().to(torch.int32), False
+        index, words = packed.wgmma_x_pack_index()  # x2 is 16-byte aligned (w4a16_linear), so words can be read
         ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks)
