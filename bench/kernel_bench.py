@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import random
 import statistics
 import sys
 import time
@@ -66,30 +67,49 @@ CACHE_MODES = {
 }
 
 
-def time_call(fn, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
-    """Median / p10 / p90 microseconds of one call, replayed from a CUDA graph. ``fn`` makes ``calls`` calls (over
-    as many copies of the layer with cache="rotate", no flush); else before every replay the L2 is flushed by
-    zeroing ``flush`` (cache="zero") or by reading it (cache="clean")."""
+def rep_orders(names: list, reps: int, seed: int = 0) -> list[list]:
+    """The order the contenders run in at each repeat: a fresh shuffle each time (seeded), so that no contender always
+    follows the same one (one timed right after a long call at full tensor load could otherwise meet a lower clock
+    in every repeat)."""
+    rng = random.Random(seed)
+    return [rng.sample(names, len(names)) for _ in range(reps)]
+
+
+def time_calls(fns: dict, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
+    """Median / p10 / p90 microseconds of one call of each of ``fns`` (name -> callable), each replayed from its own
+    CUDA graph, the contenders interleaved (rep_orders: every repeat runs each once, in a shuffled order). A callable makes ``calls`` calls (over as many copies of
+    the layer with cache="rotate", no flush); else before every replay the L2 is flushed by zeroing ``flush``
+    (cache="zero") or by reading it (cache="clean")."""
     prepare = {"zero": flush.zero_, "clean": lambda: flush.view(torch.int64).sum(), "rotate": lambda: None}[cache]
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    graphs = {}
+    for name, fn in fns.items():
         fn()
-    run = graph.replay
-    run()
-    times = []
-    for _ in range(reps):
-        prepare()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        run()
-        e.record()
-        times.append((s, e))
+        torch.cuda.synchronize()
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name]):
+            fn()
+        graphs[name].replay()
+    events = {name: [] for name in fns}
+    for order in rep_orders(list(fns), reps):
+        for name in order:
+            prepare()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            graphs[name].replay()
+            e.record()
+            events[name].append((s, e))
     torch.cuda.synchronize()
-    us = sorted(s.elapsed_time(e) * 1e3 / calls for s, e in times)
-    q = lambda f: us[min(len(us) - 1, int(f * len(us)))]
-    return {"us": statistics.median(us), "p10": q(0.1), "p90": q(0.9)}
+    out = {}
+    for name, times in events.items():
+        us = sorted(s.elapsed_time(e) * 1e3 / calls for s, e in times)
+        q = lambda f: us[min(len(us) - 1, int(f * len(us)))]
+        out[name] = {"us": statistics.median(us), "p10": q(0.1), "p90": q(0.9)}
+    return out
+
+
+def time_call(fn, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
+    """time_calls of one callable."""
+    return time_calls({"call": fn}, flush, reps, cache, calls)["call"]
 
 
 def rotation_copies(wbytes: int, device) -> int:
@@ -214,20 +234,19 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
         nbytes = wbytes + m * k * 2 + m * n * 2
         row = {"N": n, "K": k, "group": group, "M": m, "bytes": nbytes, "path": ops.kernel_path(m, packed, x)[0],
                "copies": copies}
+        timed, errs = {}, {}
         for name, fn in contenders.items():
             try:
-                err = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
+                errs[name] = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
             except CheckFailed as exc:
                 if name == "torch_int4" or name.startswith("qk_wgmma_"):  # a baseline or tuning variant that fails
                     # its check is reported as such, never timed
                     row[name] = {"error": str(exc)}
                     continue
                 raise
-            if copies > 1:
-                t = time_call(lambda name=name: [c[name]() for c in per_copy], flush, reps, cache, calls=copies)
-            else:
-                t = time_call(fn, flush, reps, cache)
-            t["err"] = err
+            timed[name] = (lambda name=name: [c[name]() for c in per_copy]) if copies > 1 else fn
+        for name, t in time_calls(timed, flush, reps, cache, calls=copies).items():  # all together, interleaved
+            t["err"] = errs[name]
             t["bw_frac"] = nbytes / (t["us"] * 1e-6) / copy_bw
             row[name] = t
         base = row["cublas_bf16"]["us"]
@@ -312,7 +331,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "copy_bandwidth_Bps": copy_bw, "reps": args.reps, "dtype": "bfloat16", "sym": True,
         "cache": args.cache,
-        "timing": CACHE_MODES[args.cache].format(copies="R") + ", CUDA events, median of reps",
+        "timing": CACHE_MODES[args.cache].format(copies="R") + ", CUDA events, median of reps, the contenders of a "
+                  "shape and M interleaved (each repeat runs every one once, in a shuffled order)",
         "results": [], "tune": [],
     }
     log.info("device %s, copy bandwidth %.2f TB/s (read+write)", result["device"], copy_bw / 1e12)
