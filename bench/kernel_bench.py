@@ -77,14 +77,15 @@ def rep_orders(names: list, reps: int, seed: int = 0) -> list[list]:
 
 def time_calls(fns: dict, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
     """Median / p10 / p90 microseconds of one call of each of ``fns`` (name -> callable), each replayed from its own
-    CUDA graph, the contenders interleaved (rep_orders: every repeat runs each once, in a shuffled order). A callable makes ``calls`` calls (over as many copies of
-    the layer with cache="rotate", no flush); else before every replay the L2 is flushed by zeroing ``flush``
-    (cache="zero") or by reading it (cache="clean")."""
+    CUDA graph, the contenders interleaved (rep_orders: every repeat runs each once, in a shuffled order). A callable
+    makes ``calls`` calls (over as many copies of the layer with cache="rotate", no flush); else before every replay
+    the L2 is flushed by zeroing ``flush`` (cache="zero") or by reading it (cache="clean")."""
     prepare = {"zero": flush.zero_, "clean": lambda: flush.view(torch.int64).sum(), "rotate": lambda: None}[cache]
+    for fn in fns.values():  # every one once before any capture: a graph keeps the addresses of the buffers it was
+        fn()  # captured with, so a workspace that a later contender grew (and freed) must not be one of them
+    torch.cuda.synchronize()
     graphs = {}
     for name, fn in fns.items():
-        fn()
-        torch.cuda.synchronize()
         graphs[name] = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graphs[name]):
             fn()
