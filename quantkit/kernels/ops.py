@@ -339,9 +339,9 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 
 def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG], WS_WIDE_NK,
-    WGMMA_MIN_NK; with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at M <= 32,
-    ws_decode)."""
+    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG],
+    WS_WIDE_NK, WGMMA_MIN_NK; with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at
+    M <= 32, ws_decode)."""
     if not WGMMA_WS:
         return False
     if m <= STREAM_MAX_M:
