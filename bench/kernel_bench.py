@@ -188,6 +188,10 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
         contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=False)
         # stream-K (ops.ws_stream_k, forced wherever it can run; its own tile, ops.ws_stream_k_bt)
         contenders["qk_wgmma_ws_sk"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=True)
+        if m > 128:  # the 256-token grid with its splits of a tile one cluster (ops.ws_split)
+            for splits in (2, 3, 4):
+                contenders[f"qk_wgmma_ws_bt256_s{splits}"] = lambda splits=splits: w4a16_linear(
+                    x, packed, backend="wgmma", bt=256, splits=splits, ws=True)
         if tune:
             for bt in (64, 128, 256):
                 contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
@@ -272,8 +276,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
                 ws = kernel == "wgmma_ws"
                 bt = ops.wgmma_ws_bt(m, n, sms) if ws else ops.wgmma_bt(m, n)
                 default, config = ops.wgmma_splits(m, n, k, sms, bt), {"bt": bt, "ws": ws}
-                if ws and bt == 256:  # no split-K there
-                    default = 1
+                if ws and bt == 256:
+                    default = ops.ws_split(m, n, k, sms)
                 call = lambda splits, cl, bt=bt, ws=ws: w4a16_linear(x, packed, backend="wgmma", splits=splits, bt=bt,
                                                                      cluster=cl, ws=ws)
             else:
@@ -283,8 +287,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
                 default, config = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk), {"wk": wk}
                 call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
                                                                              staged=staged, wk=wk, cluster=cl)
-            no_split = config.get("ws") and config["bt"] == 256
-            for splits in (1,) if no_split else sorted({1, 2, 4, 8, 16, 32, default}):
+            for splits in sorted({1, 2, 4, 8, 16, 32, default}):
                 for cl in clusters:
                     fn = lambda: call(splits, cl)
                     check(f"{kernel} splits={splits} cluster={cl}", fn(), truth, testing.TOLERANCE[dtype])

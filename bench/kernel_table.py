@@ -30,14 +30,16 @@ def dispatched_key(m: int, n: int, k: int) -> str:
     on Hopper (the wgmma variants exist in --tune runs only)."""
     from quantkit.kernels import ops
 
-    path = ops.mma_or_dequant(m, n, k, wgmma=True)
+    path = ops.mma_or_dequant(m, n, k, wgmma=True, sms=SMS)
     if path == "mma":
         return "qk_stream_wk" if ops.stream_wk(m) else "qk_stream"
     if path == "dequant":
         return "qk_dequant"
-    if ops.wgmma_ws(m, n, k):
-        bt, ctas, _ = ops.ws_plan(m, n, k, SMS)
-        return f"qk_wgmma_ws_sk_bt{bt}" if ctas else f"qk_wgmma_ws_bt{bt}"
+    if ops.wgmma_ws(m, n, k, SMS):
+        bt, ctas, _, splits = ops.ws_plan(m, n, k, SMS)
+        if ctas:
+            return f"qk_wgmma_ws_sk_bt{bt}"
+        return f"qk_wgmma_ws_bt{bt}_s{splits}" if splits > 1 else f"qk_wgmma_ws_bt{bt}"
     bt = ops.wgmma_bt(m, n)
     if ops.WGMMA_WSM:
         return f"qk_wgmma_wsm_bt{bt}_dense" if bt <= 128 else "qk_wgmma_wsm_bt256"

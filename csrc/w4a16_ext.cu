@@ -198,8 +198,8 @@ struct WgmmaLaunch {
 };
 
 // What both wgmma kernels check before a launch (operands, bt, bias, an sm_90 GPU — wgmma is sm_90a-only — and the
-// split-K workspace; ws: the warp-specialized kernel's, which also has 16 and 32 tokens a block and takes no split-K
-// at 256), and their grid (token tiles of bt, 128 output features a block, the splits) and arguments.
+// split-K workspace; ws: the warp-specialized kernel's, which also has 16 and 32 tokens a block), and their grid
+// (token tiles of bt, 128 output features a block, the splits) and arguments.
 WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& ws,
                          torch::Tensor& counters, int64_t group_size, bool sym, int64_t bt, int64_t splits,
@@ -214,7 +214,6 @@ WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const t
               minor);
   const int64_t chunks = K / 64, per_split = split_chunks(K, splits);
   const dim3 grid((M + bt - 1) / bt, (N + QK_WGMMA_ROWS - 1) / QK_WGMMA_ROWS, (chunks + per_split - 1) / per_split);
-  TORCH_CHECK(!ws_kernel || bt < 256 || grid.z == 1, "bt 256 takes no split-K, got ", grid.z, " splits");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   return {grid, mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split)};
 }
@@ -276,7 +275,7 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 }
 
 // The warp-specialized Hopper kernel (w4a16_wgmma_ws_cuda.h): xp is x packed by wgmma_pack_x (x's shape, its
-// contents [K / 64][M][64]); bt tokens per block (16, 32, 64, 128 or 256, which takes no split-K); cluster: as
+// contents [K / 64][M][64]); bt tokens per block (16, 32, 64, 128 or 256); cluster: as
 // mma_gemm's; multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks),
 // else 1; sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster
 // or multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).

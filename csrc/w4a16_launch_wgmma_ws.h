@@ -24,7 +24,6 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int s
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  if (qk_ws_regs(BT) && grid.z > 1) return cudaErrorInvalidValue;  // no split-K (w4a16_wgmma_ws_cuda.h)
   if (multicast != 1 && (multicast != 2 || grid.z > 1 || grid.y % 2)) return cudaErrorInvalidValue;
   const QkWsWalk walk(sk_blocks > 0 ? (int)grid.x : 0, sk_blocks, a.M, a.N, a.K, BT, KS);
   if (sk_blocks > 0 &&

@@ -276,6 +276,22 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
   if (threadIdx.x == 0) *counter = 0;
   return true;
 }
+// Outputs n .. n + 3 of a token (v, fp32 sums; + bias), each rounded once to 16 bits, as one 8-byte store at out + at
+// (at = tok N + n, n = at % N).
+template <typename Tag>
+QK_INLINE void qk_store4_out(float4 v, size_t at, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out,
+                             int N) {
+  const size_t n = at % (size_t)N;
+  float b[4] = {0.f, 0.f, 0.f, 0.f};
+  if (bias)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) b[q] = qk_bits_to_float(bias[n + q], Tag());
+  const uint32_t lo =
+      (uint32_t)qk_float_to_bits(v.x + b[0], Tag()) | ((uint32_t)qk_float_to_bits(v.y + b[1], Tag()) << 16);
+  const uint32_t hi =
+      (uint32_t)qk_float_to_bits(v.z + b[2], Tag()) | ((uint32_t)qk_float_to_bits(v.w + b[3], Tag()) << 16);
+  *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
+}
 // The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
 // by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
 // for each of two parts in flight a thread (a tile's part is 8-128 KB, and one block's loads in flight, not the
@@ -308,18 +324,7 @@ QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restr
         }
 #pragma unroll
     for (int u = 0; u < U; ++u)
-      if (ok[u]) {
-        const size_t n = at[u] % (size_t)N;
-        float b[4] = {0.f, 0.f, 0.f, 0.f};
-        if (bias)
-#pragma unroll
-          for (int q = 0; q < 4; ++q) b[q] = qk_bits_to_float(bias[n + q], Tag());
-        const uint32_t lo = (uint32_t)qk_float_to_bits(v[u].x + b[0], Tag()) |
-                            ((uint32_t)qk_float_to_bits(v[u].y + b[1], Tag()) << 16);
-        const uint32_t hi = (uint32_t)qk_float_to_bits(v[u].z + b[2], Tag()) |
-                            ((uint32_t)qk_float_to_bits(v[u].w + b[3], Tag()) << 16);
-        *reinterpret_cast<uint2*>(out + at[u]) = make_uint2(lo, hi);
-      }
+      if (ok[u]) qk_store4_out<Tag>(v[u], at[u], bias, out, N);
   }
 }
 // acc (+ bias), rounded once to 16 bits, into out [M, N].

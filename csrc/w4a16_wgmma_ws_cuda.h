@@ -17,8 +17,8 @@
 // registers a thread: the register file is split over the 4 schedulers and one of them holds 3 warps); the epilogue
 // and split-K are the mma kernels' (the producer warp joins it with no tile of its own). 256 tokens (128 accumulators
 // a thread): 384 threads, the producer is warpgroup 2, which gives registers to the consumers (setmaxnreg: 40 for it,
-// 232 for them) and leaves after its last copy; no split-K (the epilogue then has no barrier the producer would have
-// to join).
+// 232 for them) and leaves after its last copy (the epilogue's barriers, split-K's included, then wait for the
+// consumers only). Split-K of the grid inside a cluster: qk_ws_cluster_reduce, at every tile.
 #pragma once
 
 #include "w4a16_wgmma_cuda.h"
@@ -209,6 +209,69 @@ QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split,
   return qk_ws_sk_item(w, g, j, it);
 }
 
+// Split-K of the grid inside a thread-block cluster (its gridDim.z splits of a tile one cluster, in rank order =
+// blockIdx.z): each block stores its sums in its stage ring as a row-major tile red[token][output] (rows of
+// QK_WS_RED_LD floats), then block r adds the cluster's tiles over its share of the token rows, 4 outputs a float4 load
+// from each block's shared memory, several loads in flight, and writes them rounded once, 8 bytes a store. The same
+// fp32 additions in the same order as the workspace path (qk_mma_epilogue's), so the same bits. Threads below THREADS
+// (the consumers) hold sums and add; the others only join the barriers (the producer warp, or none: the 256-token
+// producer warpgroup has left, and threads that have exited hold up neither bar.sync nor barrier.cluster). False,
+// doing nothing, unless the launch made the gridDim.z splits one cluster.
+constexpr int QK_WS_RED_LD = 132;  // 128 outputs + 4: one element of a warp's fragments (8 outputs x 4 token rows 2
+                                   // apart) falls in 32 distinct banks
+template <typename Tag, int MT, int THREADS>
+QK_INLINE bool qk_ws_cluster_reduce(const float (&acc)[1][MT][4], float* red, int n0, int m0,
+                                    const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
+#if QK_SM90
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int blocks = (int)cluster.num_blocks();
+  if (blocks != (int)gridDim.z) return false;
+  constexpr int ROWS = 8 * MT, U = 4;  // the tile's tokens; float4s a thread adds at once
+  const int t = (int)threadIdx.x, lane = t % 32, gid = lane / 4, tig = lane % 4;
+  __syncthreads();  // every warpgroup's MMAs have read the stages that red overwrites
+  if (t < THREADS)
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        red[(8 * i + 2 * tig + (e & 1)) * QK_WS_RED_LD + 16 * (t / 32) + gid + 8 * (e >> 1)] = acc[0][i][e];
+  cluster.sync();
+  if (t < THREADS) {
+    const int rank = (int)cluster.block_rank();
+    const int end = (rank + 1) * ROWS / blocks * 32;  // this block's rows' float4s: [rank ROWS / blocks, ..) x 32
+#pragma unroll 1
+    for (int base = rank * ROWS / blocks * 32 + t; base < end; base += THREADS * U) {
+      float4 v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1
+      for (int p = 0; p < blocks; ++p) {
+        const float* src = cluster.map_shared_rank(red, p);
+        float4 q[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int idx = base + u * THREADS;
+          q[u] = idx < end ? *reinterpret_cast<const float4*>(src + idx / 32 * QK_WS_RED_LD + idx % 32 * 4)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u].x += q[u].x, v[u].y += q[u].y, v[u].z += q[u].z, v[u].w += q[u].w;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = base + u * THREADS, tok = m0 + idx / 32, n = n0 + idx % 32 * 4;
+        if (idx < end && tok < M && n < N) qk_store4_out<Tag>(v[u], (size_t)tok * N + n, bias, out, N);
+      }
+    }
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
+  return true;
+#else
+  return false;
+#endif
+}
+
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256), or (walk.ctas > 0) stream-K over
 // (walk.ctas, 1, 1) blocks (QkWsWalk); maps (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the
 // kernel reads through them only. STAGES steps of KS chunks in flight.
@@ -225,7 +288,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
   constexpr int TILES = 8;              // 16-row tiles a block, one a consumer warp
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
-  static_assert(STAGES * STAGE_BYTES >= BT * 512, "the stage ring must hold the block's fp32 sums");
+  static_assert(STAGES * STAGE_BYTES >= BT * QK_WS_RED_LD * 4, "the stage ring must hold the block's fp32 sums");
   extern __shared__ unsigned char qk_dyn_smem[];
   __shared__ __align__(8) uint64_t bars[2 * STAGES];
   const uint32_t smem0 = (qk_smem_addr(qk_dyn_smem) + 1023) & ~1023u;
@@ -296,7 +359,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       }
     }
     __syncwarp();
-    // REGS: no split-K through the grid, so the epilogue has no barrier to join; stream-K: the consumers' epilogues
+    // REGS: the epilogue's barriers do not wait for threads that have left; stream-K: the consumers' epilogues
     // synchronize among themselves only
     if (REGS || sk) {
       if (mc > 1) qk_cluster_sync();
@@ -346,7 +409,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
         // so that each MMA group reads one set while the other is written. An item has at least one step (the
-        // grid's: no split-K at 256 tokens; stream-K's: QkWsWalk::valid), so its first is fetched unconditionally.
+        // grid's: every split at least a chunk; stream-K's: QkWsWalk::valid), so its first is fetched unconditionally.
         uint32_t a0[KS][4][4], a1[KS][4][4];
         int cs = it.c0;
         fetch(cs, i, a0);
@@ -405,14 +468,17 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
     }
   }
   // The grid's block: every copy has landed (the consumers waited for each stage), so a cluster reduction may reuse
-  // the ring. The producer warp (not at REGS) joins with no tile of its own.
+  // the ring. The producer warp (not at REGS: its warpgroup has left) joins with no tile of its own.
   QkWsItem it;
   qk_ws_item(walk, (int)blockIdx.x, 0, chunks_per_split, it);
   float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-  const QkClusterTile ct{reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), it.by * TILES,
-                         QK_WS_CONSUMER_WARPS};
+  if (gridDim.z > 1 &&
+      qk_ws_cluster_reduce<Tag, MT, 32 * QK_WS_CONSUMER_WARPS>(
+          acc4, reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), it.by * 128, it.bx * BT, bias, out, M,
+          N))
+    return;
   qk_mma_epilogue<Tag, 1, MT>(acc4, producer ? n_tiles : it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out,
-                              ws, counters, M, N, ct);
+                              ws, counters, M, N);
   if (mc > 1) qk_cluster_sync();  // no block leaves while its pair's arrivals may still reach it
 #endif
 }

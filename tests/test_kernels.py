@@ -302,9 +302,32 @@ def test_ws_stream_k_rule():
     assert ops.ws_stream_k(256, 17024, 4096, 132, 256, force=True) == (132, 4)  # 133 tiles: the last one cut in 4
     assert ops.ws_stream_k(512, 16896, 4096, 132, 256, force=True) == (0, 0)  # 264 tiles: two whole waves
     assert ops.ws_stream_k(64, 128, 64, 132, 64, force=True) == (0, 0)  # one step of one tile cannot be cut in 4
-    assert ops.ws_plan(256, 28672, 8192, 132) == (256, 0, 0)
-    assert ops.ws_plan(100, 4096, 14336, 132) == (128, 128, 128)
-    assert ops.ws_plan(100, 4096, 14336, 132, stream_k=False) == (64, 0, 0)
+    assert ops.ws_plan(256, 28672, 8192, 132) == (256, 0, 0, 1)
+    assert ops.ws_plan(100, 4096, 14336, 132) == (128, 128, 128, 1)
+    assert ops.ws_plan(100, 4096, 14336, 132, stream_k=False) == (64, 0, 0, 1)
+
+
+def test_ws_split_rule():
+    """The warp-specialized kernel's 256-token grid splits K (ops.ws_split, its splits one cluster) where its tiles
+    alone fill less than WS_FILL[0] of the multiprocessors: the fewest splits up to WS_SPLIT_MAX that fill that much in
+    one wave, each at least MIN_CHUNKS_PER_SPLIT chunks; ahead of stream-K (ops.ws_plan), not where a tile is asked
+    for or stream-K forced."""
+    from quantkit.kernels import ops
+
+    assert ops.ws_split(512, 4096, 4096, 132) == 2  # 64 tiles -> 128 blocks
+    assert ops.ws_split(256, 4096, 4096, 132) == 4  # 32 tiles -> 128 blocks
+    assert ops.ws_split(256, 8192, 28672, 132) == 2
+    assert ops.ws_split(256, 5120, 4096, 132) == 3  # 40 tiles -> 120 blocks
+    assert ops.ws_split(256, 6144, 4096, 132) == 1  # 48 tiles: 96 blocks fill too few, 144 take two waves
+    assert ops.ws_split(256, 4096, 1024, 132) == 1  # 4 splits would leave 4 chunks a split
+    assert ops.ws_split(256, 14336, 4096, 132) == 1  # 112 tiles fill 85%
+    assert ops.ws_split(1024, 4096, 4096, 132) == 1 and ops.ws_split(128, 4096, 4096, 132) == 1
+    assert ops.ws_plan(512, 4096, 4096, 132) == (256, 0, 0, 2)
+    assert ops.ws_plan(512, 4096, 4096, 132, bt=128)[3] == 1 and ops.ws_plan(512, 4096, 4096, 132, bt=256)[3] == 2
+    assert ops.ws_plan(256, 4096, 14336, 132, stream_k=True) == (256, 128, 128, 1)
+    assert ops.wgmma_ws(512, 4096, 4096) and not ops.wgmma_ws(1024, 4096, 4096)
+    assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "wgmma"
+    assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True, sms=264) == "dequant"  # 32 tiles x 4 fill 48%
 
 
 def test_hopper_dispatch_on_the_benchmark_shapes():
@@ -312,7 +335,8 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     where K >= 8192 or on layers of 2^26 weights and more, 2048 on layers of 2^27 weights and more with K >= 8192), with
     the tile the H200 runs measured fastest
     (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and
-    with stream-K M = 33-128 on 4096x4096; above that 4096x4096 is dequantize + cuBLAS; M = 2048 elsewhere too."""
+    with stream-K M = 33-128 on 4096x4096, with split-K M = 256-512; above that 4096x4096 is dequantize + cuBLAS;
+    M = 2048 elsewhere too."""
     from quantkit.kernels import ops
 
     # decode-sized batches: the warp-specialized kernel at 16 tokens a block on K-long layers at M = 9-16, at 32 on
@@ -323,7 +347,7 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
             assert ops.mma_or_dequant(m, n, k, wgmma=True) == ("wgmma" if ws else "mma"), (m, n, k)
             assert ops.mma_or_dequant(m, n, k, wgmma=False) == "mma"
             if ws:
-                bt, ctas, blocks = ops.ws_plan(m, n, k, 132)
+                bt, ctas, blocks, _ = ops.ws_plan(m, n, k, 132)
                 assert bt == (16 if m <= 16 else 32) and ctas > 0, (m, n, k, bt, ctas)
     for n, k in ((14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)):
         for m in (33, 64, 128, 256, 512, 1024):
@@ -335,7 +359,9 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
         assert ops.mma_or_dequant(4096, n, k, wgmma=True) == "dequant"
     for m in (33, 64, 128):
         assert ops.mma_or_dequant(m, 4096, 4096, wgmma=True) == "wgmma" and ops.wgmma_ws(m, 4096, 4096)
-    assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "dequant"
+    # M = 256-512: the 256-token grid with split-K (ops.ws_split); above, dequantize + cuBLAS
+    assert ops.mma_or_dequant(512, 4096, 4096, wgmma=True) == "wgmma"
+    assert ops.mma_or_dequant(1024, 4096, 4096, wgmma=True) == "dequant"
     # K < 8192 up to M = 1024 on layers of 2^26 weights and more: the fused gate and up projections, not 6144x4096
     assert ops.wgmma_ws(1024, 28672, 4096) and not ops.wgmma_ws(2048, 28672, 4096)
     assert not ops.wgmma_ws(1024, 14336, 4096) and not ops.wgmma_ws(1024, 6144, 4096)

@@ -141,12 +141,10 @@ def test_wgmma_tiles_and_splits_agree(device):
                     err = testing.relative_error(y, w, x)
                     assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, dense, wsm, splits, err)
         for bt in (16, 32, 64, 128, 256):  # the warp-specialized kernel; 7 splits leave the last one a short step
-            for splits in (1, 3, 7, 8) if bt < 256 else (1,):
+            for splits in (1, 3, 7, 8):
                 y = w4a16_linear(x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
                 err = testing.relative_error(y, w, x)
                 assert err <= testing.TOLERANCE[torch.bfloat16], (m, bt, "ws", splits, err)
-    with pytest.raises(UnsupportedError, match="no split-K with 256 tokens"):
-        w4a16_linear(x, packed, backend="wgmma", bt=256, splits=2, ws=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -243,7 +241,7 @@ def test_cluster_split_k_is_bit_equal(device):
     if hopper:
         cases += [dict(backend="wgmma", bt=bt, dense=dense) for bt, dense in ((64, False), (64, True), (128, True),
                                                                               (256, False))]
-        cases += [dict(backend="wgmma", bt=bt, ws=True) for bt in (64, 128)]
+        cases += [dict(backend="wgmma", bt=bt, ws=True) for bt in (64, 128, 256)]
     for m in (1, 13, 40, 130):
         x = testing.random_activations(m, 2048, dtype=torch.bfloat16, seed=17 + m, device=device)
         for case in cases:

@@ -94,6 +94,13 @@ WS_SK_MAX_M = 512
 WS_SK_MAX_FILL = 0.5
 WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
+# Split-K of the warp-specialized kernel's 256-token grid (ws_split): its splits of a tile one thread-block cluster,
+# adding their sums through distributed shared memory (csrc/w4a16_wgmma_ws_cuda.h, qk_ws_cluster_reduce), where the
+# tiles alone fill less than WS_FILL[0] of the multiprocessors: the fewest splits, up to WS_SPLIT_MAX, whose blocks
+# fill WS_FILL[0] of them in one wave, each split at least MIN_CHUNKS_PER_SPLIT chunks. Ahead of stream-K and of the
+# smaller tiles there, and on layers of WGMMA_MIN_NK_64 weights (4096x4096) up to WS_MAX_M.
+WS_SPLIT = True
+WS_SPLIT_MAX = 4
 # Decode-sized batches on the warp-specialized kernel (ws_decode): 16 tokens a block at M = 9-16 on layers of
 # K >= WS_DECODE_MIN_K_16, 32 tokens at M = 17-32 on layers of N K >= WS_DECODE_MIN_NK, always with stream-K; the
 # decode kernel (qk_mma_stream) elsewhere at M <= 32. Measured on an H200 (bench/results/kernel_h200_ws16_*.json):
@@ -287,6 +294,18 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
     return 64
 
 
+def ws_split(m: int, n: int, k: int, sms: int) -> int:
+    """Splits of the warp-specialized kernel's 256-token grid, each split's blocks one cluster (WS_SPLIT), on a GPU of
+    sms multiprocessors; 1: none."""
+    tiles = math.ceil(m / 256) * math.ceil(n / 128)
+    if not WS_SPLIT or m <= 128 or tiles >= WS_FILL[0] * sms:
+        return 1
+    for splits in range(2, WS_SPLIT_MAX + 1):
+        if WS_FILL[0] * sms <= tiles * splits <= sms and (k // 64) // splits >= MIN_CHUNKS_PER_SPLIT:
+            return splits
+    return 1
+
+
 def ws_stream_k_bt(m: int) -> int:
     """Tokens per block of the warp-specialized kernel under stream-K (WS_STREAM_K; 16 and 32: ws_decode)."""
     return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
@@ -319,17 +338,20 @@ def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = Fals
 
 
 def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: bool | None = None
-            ) -> tuple[int, int, int]:
-    """(tokens a block, persistent blocks, blocks sharing the last wave) of the warp-specialized kernel: stream-K's
-    (stream_k None: WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the grid's tile
-    (wgmma_ws_bt) and (0, 0). bt: the tile, else the rule's."""
+            ) -> tuple[int, int, int, int]:
+    """(tokens a block, persistent blocks, blocks sharing the last wave, splits) of the warp-specialized kernel: the
+    256-token grid's cluster split-K (ws_split; stream_k None and bt None or 256), else stream-K's (stream_k None:
+    WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the grid's tile (wgmma_ws_bt) and (0, 0,
+    1). bt: the tile, else the rule's."""
+    if stream_k is None and bt in (None, 256) and (splits := ws_split(m, n, k, sms)) > 1:
+        return 256, 0, 0, splits
     if WS_STREAM_K if stream_k is None else stream_k:
         sk_bt = bt or ws_stream_k_bt(m)
         # 16 and 32 tokens (ws_decode) were measured with stream-K wherever it can run
         ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k) or sk_bt < 64)
         if ctas:
-            return sk_bt, ctas, blocks
-    return bt or wgmma_ws_bt(m, n, sms), 0, 0
+            return sk_bt, ctas, blocks, 1
+    return bt or wgmma_ws_bt(m, n, sms), 0, 0, 1
 
 
 def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
@@ -338,10 +360,10 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
     return grid_splits(k, splits) == 1 and math.ceil(n / 128) % 2 == 0
 
 
-def wgmma_ws(m: int, n: int, k: int) -> bool:
-    """Whether the wgmma path runs the warp-specialized kernel for this shape (WGMMA_WS, WS_MAX_M[_DEEP, _BIG],
-    WS_WIDE_NK, WGMMA_MIN_NK; with stream-K also up to WS_SK_SMALL_M on layers of WGMMA_MIN_NK_64 weights; at
-    M <= 32, ws_decode)."""
+def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
+    """Whether the wgmma path runs the warp-specialized kernel for this shape on a GPU of sms multiprocessors
+    (WGMMA_WS, WS_MAX_M[_DEEP, _BIG], WS_WIDE_NK, WGMMA_MIN_NK; on layers of WGMMA_MIN_NK_64 weights also up to
+    WS_SK_SMALL_M with stream-K and up to WS_MAX_M where ws_split splits; at M <= 32, ws_decode)."""
     if not WGMMA_WS:
         return False
     if m <= STREAM_MAX_M:
@@ -350,7 +372,9 @@ def wgmma_ws(m: int, n: int, k: int) -> bool:
         if k < WS_DEEP_K:
             return m <= (WS_MAX_M_DEEP if n * k >= WS_WIDE_NK else WS_MAX_M)
         return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
-    return WS_STREAM_K and m <= WS_SK_SMALL_M and n * k >= WGMMA_MIN_NK_64
+    if n * k < WGMMA_MIN_NK_64:
+        return False
+    return WS_STREAM_K and m <= WS_SK_SMALL_M or m <= WS_MAX_M and ws_split(m, n, k, sms) > 1
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
@@ -362,21 +386,20 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
-    ws = wgmma_ws(m, n, k) if ws is None else ws
     sms = _sm_count(x2.device)
+    ws = wgmma_ws(m, n, k, sms) if ws is None else ws
     sk = sk_blocks = depth = 0  # stream-K's persistent blocks, those sharing the last wave, workspace depth; 0: grid
     if stream_k and (splits or cluster or multicast):
         raise UnsupportedError("stream-K takes no split-K, cluster or multicast")
     if ws and not (splits or cluster or multicast):
-        plan_bt, sk, sk_blocks = ws_plan(m, n, k, sms, bt, stream_k)
+        plan_bt, sk, sk_blocks, plan_splits = ws_plan(m, n, k, sms, bt, stream_k)
         depth = ext.wgmma_ws_stream_k_depth(m, n, k, plan_bt, sk, sk_blocks) if sk else 0
         sk, bt = (sk, plan_bt) if depth else (0, bt)  # 0: some run would be empty, the grid instead
+        if plan_splits > 1:
+            bt, splits = plan_bt, plan_splits
     bt = bt or (wgmma_ws_bt(m, n, sms) if ws else wgmma_bt(m, n))
-    if ws and bt == 256 and not sk:  # checked here: the extension's own check would be its last line of defence
-        if (splits or 1) > 1:
-            raise UnsupportedError(f"the warp-specialized wgmma kernel takes no split-K with 256 tokens a block, got "
-                                   f"splits={splits}")
-        splits = 1
+    if ws and bt == 256 and not sk:
+        splits = splits or 1
     splits = 1 if sk else splits or wgmma_splits(m, n, k, sms, bt)
     cl = 0 if sk else cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     mc = 1
@@ -500,15 +523,17 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
         return ("dot2" if m <= DOT2_MAX_M else "wmma"), ""
     if packed.mma_weight is None:
         return "", "the layer was prepared without the 'mma' layout"
-    return mma_or_dequant(m, packed.out_features, packed.in_features, wgmma=has_wgmma(x.device)), ""
+    return mma_or_dequant(m, packed.out_features, packed.in_features, wgmma=has_wgmma(x.device),
+                          sms=_sm_count(x.device)), ""
 
 
-def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False) -> str:
-    """The NVIDIA path for this shape (measured on an H100: docs/kernel.md)."""
+def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False, sms: int = 132) -> str:
+    """The NVIDIA path for this shape on a GPU of sms multiprocessors (measured on an H100 and an H200:
+    docs/kernel.md)."""
     if m <= STREAM_MAX_M:
         return "wgmma" if wgmma and ws_decode(m, n, k) else "mma"
     if wgmma:
-        if wgmma_ws(m, n, k):
+        if wgmma_ws(m, n, k, sms):
             return "wgmma"
         big = n * k >= (WGMMA_MIN_NK_64 if m <= 64 else WGMMA_MIN_NK)
         return "wgmma" if m <= WGMMA_MAX_M and big else "dequant"
