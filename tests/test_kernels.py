@@ -309,25 +309,26 @@ def test_ws_stream_k_rule():
 
 def test_ws_split_rule():
     """The warp-specialized kernel's 256-token grid splits K (ops.ws_split, its splits one cluster) where its tiles
-    alone fill less than WS_FILL[0] of the multiprocessors: the fewest splits up to WS_SPLIT_MAX that fill that much in
-    one wave, each at least MIN_CHUNKS_PER_SPLIT chunks; ahead of stream-K (ops.ws_plan), not where a tile is asked
-    for or stream-K forced."""
+    fill at most half the multiprocessors: as many splits as keep one wave, at most WS_SPLIT_MAX, each at least
+    MIN_CHUNKS_PER_SPLIT chunks; ahead of stream-K (ops.ws_plan), not where a smaller tile is asked for or stream-K
+    forced."""
     from quantkit.kernels import ops
 
+    assert ops.WS_SPLIT_MAX == 3
     assert ops.ws_split(512, 4096, 4096, 132) == 2  # 64 tiles -> 128 blocks
-    assert ops.ws_split(256, 4096, 4096, 132) == 4  # 32 tiles -> 128 blocks
+    assert ops.ws_split(256, 4096, 4096, 132) == 3  # 32 tiles -> 96 blocks
     assert ops.ws_split(256, 8192, 28672, 132) == 2
-    assert ops.ws_split(256, 5120, 4096, 132) == 3  # 40 tiles -> 120 blocks
-    assert ops.ws_split(256, 6144, 4096, 132) == 1  # 48 tiles: 96 blocks fill too few, 144 take two waves
-    assert ops.ws_split(256, 4096, 1024, 132) == 1  # 4 splits would leave 4 chunks a split
-    assert ops.ws_split(256, 14336, 4096, 132) == 1  # 112 tiles fill 85%
+    assert ops.ws_split(256, 6144, 4096, 132) == 2  # 48 tiles -> 96 blocks; 3 splits would take two waves
+    assert ops.ws_split(512, 6144, 4096, 132) == 1  # 96 tiles
+    assert ops.ws_split(256, 4096, 1024, 132) == 2  # 3 splits would leave 5 chunks a split
+    assert ops.ws_split(256, 14336, 4096, 132) == 1  # 112 tiles
     assert ops.ws_split(1024, 4096, 4096, 132) == 1 and ops.ws_split(128, 4096, 4096, 132) == 1
     assert ops.ws_plan(512, 4096, 4096, 132) == (256, 0, 0, 2)
     assert ops.ws_plan(512, 4096, 4096, 132, bt=128)[3] == 1 and ops.ws_plan(512, 4096, 4096, 132, bt=256)[3] == 2
     assert ops.ws_plan(256, 4096, 14336, 132, stream_k=True) == (256, 128, 128, 1)
     assert ops.wgmma_ws(512, 4096, 4096) and not ops.wgmma_ws(1024, 4096, 4096)
     assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "wgmma"
-    assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True, sms=264) == "dequant"  # 32 tiles x 4 fill 48%
+    assert ops.mma_or_dequant(512, 4096, 4096, wgmma=True, sms=100) == "dequant"  # 64 tiles fill 64%
 
 
 def test_hopper_dispatch_on_the_benchmark_shapes():

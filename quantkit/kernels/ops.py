@@ -96,11 +96,16 @@ WS_SK_MIN_IDLE = 0.5
 WS_SK_SMALL_M = 128
 # Split-K of the warp-specialized kernel's 256-token grid (ws_split): its splits of a tile one thread-block cluster,
 # adding their sums through distributed shared memory (csrc/w4a16_wgmma_ws_cuda.h, qk_ws_cluster_reduce), where the
-# tiles alone fill less than WS_FILL[0] of the multiprocessors: the fewest splits, up to WS_SPLIT_MAX, whose blocks
-# fill WS_FILL[0] of them in one wave, each split at least MIN_CHUNKS_PER_SPLIT chunks. Ahead of stream-K and of the
-# smaller tiles there, and on layers of WGMMA_MIN_NK_64 weights (4096x4096) up to WS_MAX_M.
+# tiles fill at most half the multiprocessors: as many splits as keep the blocks in one wave, at most WS_SPLIT_MAX,
+# each at least MIN_CHUNKS_PER_SPLIT chunks. Ahead of stream-K and of the smaller tiles there, and on layers of
+# WGMMA_MIN_NK_64 weights (4096x4096) up to WS_MAX_M. Measured on an H200 with every split count from 2 to 4 beside
+# stream-K and dequantize + cuBLAS (bench/results/kernel_h200_c36b4af.json, kernel_h200_prefill_shapes_c36b4af.json):
+# 4096x4096 at M = 256 (32 tiles) 32.4 us in 3 splits against 37.5 in 2, 48.0 in 4 and 37.1 for dequantize + cuBLAS,
+# at M = 512 39.5 in 2 against 46.8; 6144x4096 at M = 256 39.0 in 2 against 52.1; 4096x14336 at M = 256 69.0 in 3
+# against 71.4 for stream-K, at M = 512 99.5 in 2 against 126.1; 8192x28672 at M = 256 177.5 in 2 against 202.9.
+# Clusters of 4 were slower everywhere, and so was any split that took a second wave.
 WS_SPLIT = True
-WS_SPLIT_MAX = 4
+WS_SPLIT_MAX = 3
 # Decode-sized batches on the warp-specialized kernel (ws_decode): 16 tokens a block at M = 9-16 on layers of
 # K >= WS_DECODE_MIN_K_16, 32 tokens at M = 17-32 on layers of N K >= WS_DECODE_MIN_NK, always with stream-K; the
 # decode kernel (qk_mma_stream) elsewhere at M <= 32. Measured on an H200 (bench/results/kernel_h200_ws16_*.json):
@@ -298,12 +303,12 @@ def ws_split(m: int, n: int, k: int, sms: int) -> int:
     """Splits of the warp-specialized kernel's 256-token grid, each split's blocks one cluster (WS_SPLIT), on a GPU of
     sms multiprocessors; 1: none."""
     tiles = math.ceil(m / 256) * math.ceil(n / 128)
-    if not WS_SPLIT or m <= 128 or tiles >= WS_FILL[0] * sms:
+    if not WS_SPLIT or m <= 128 or 2 * tiles > sms:
         return 1
-    for splits in range(2, WS_SPLIT_MAX + 1):
-        if WS_FILL[0] * sms <= tiles * splits <= sms and (k // 64) // splits >= MIN_CHUNKS_PER_SPLIT:
-            return splits
-    return 1
+    splits = min(WS_SPLIT_MAX, sms // tiles)
+    while splits > 1 and (k // 64) // splits < MIN_CHUNKS_PER_SPLIT:
+        splits -= 1
+    return splits
 
 
 def ws_stream_k_bt(m: int) -> int:
