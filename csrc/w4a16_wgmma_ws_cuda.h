@@ -272,9 +272,10 @@ QK_INLINE bool qk_ws_cluster_reduce(const float (&acc)[1][MT][4], float* red, in
 #endif
 }
 
-// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (1 at BT 256), or (walk.ctas > 0) stream-K over
-// (walk.ctas, 1, 1) blocks (QkWsWalk); maps (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the
-// kernel reads through them only. STAGES steps of KS chunks in flight.
+// grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (through the workspace, or a cluster of the z
+// splits: qk_ws_cluster_reduce), or (walk.ctas > 0) stream-K over (walk.ctas, 1, 1) blocks (QkWsWalk); maps
+// (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
+// of KS chunks in flight.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
