@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--ws", action="store_true", help="the warp-specialized wgmma kernel")
     ap.add_argument("--stream-k", action="store_true", help="the warp-specialized kernel's stream-K")
     ap.add_argument("--grid", action="store_true", help="the warp-specialized kernel's grid, never stream-K")
+    ap.add_argument("--splits", type=int, default=None, help="split-K (the wgmma kernels: a cluster of the splits)")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
     ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,
@@ -33,6 +34,8 @@ def main() -> None:
     packed = prepare(ql, device="cuda", layouts=("mma",), keep_reference=False)
     x = testing.random_activations(args.m, args.k, dtype=torch.bfloat16, seed=2, device="cuda")
     extra = {"bt": args.bt, "dense": args.dense, "ws": args.ws} if args.backend == "wgmma" else {}
+    if args.splits:
+        extra["splits"] = args.splits
     if args.stream_k or args.grid:
         extra["stream_k"] = not args.grid
     for _ in range(args.calls):
