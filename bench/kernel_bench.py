@@ -188,10 +188,11 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
         contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=False)
         # stream-K (ops.ws_stream_k, forced wherever it can run; its own tile, ops.ws_stream_k_bt)
         contenders["qk_wgmma_ws_sk"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=True)
-        if m > 128:  # the 256-token grid with its splits of a tile one cluster (ops.ws_split)
+        if m > 32:  # the grid of the smallest tile that holds M (256 above), its splits of a tile one cluster
+            bt = 64 if m <= 64 else 128 if m <= 128 else 256  # (ops.ws_split at 256)
             for splits in (2, 3, 4):
-                contenders[f"qk_wgmma_ws_bt256_s{splits}"] = lambda splits=splits: w4a16_linear(
-                    x, packed, backend="wgmma", bt=256, splits=splits, ws=True)
+                contenders[f"qk_wgmma_ws_bt{bt}_s{splits}"] = lambda bt=bt, splits=splits: w4a16_linear(
+                    x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
         if tune:
             for bt in (64, 128, 256):
                 contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,

@@ -138,8 +138,7 @@ VARIANTS = [("qk_stream", "stream"), ("qk_ring", "stream, ring"), ("qk_stream_bu
             ("qk_wgmma_ws_sk_bt64", "ws 128x64 stream-K"), ("qk_wgmma_ws_sk_bt128", "ws 128x128 stream-K"),
             ("qk_wgmma_ws_sk_bt256", "ws 128x256 stream-K"), ("qk_wgmma_ws_bt64_mc", "ws 128x64 multicast"),
             ("qk_wgmma_ws_bt128_mc", "ws 128x128 multicast"), ("qk_wgmma_ws_bt256_mc", "ws 128x256 multicast"),
-            ("qk_wgmma_ws_bt256_s2", "ws 128x256, 2 splits"), ("qk_wgmma_ws_bt256_s3", "ws 128x256, 3 splits"),
-            ("qk_wgmma_ws_bt256_s4", "ws 128x256, 4 splits"),
+            *[(f"qk_wgmma_ws_bt{bt}_s{s}", f"ws 128x{bt}, {s} splits") for bt in (64, 128, 256) for s in (2, 3, 4)],
             ("qk_wgmma_ws_rows256_bt128", "ws 256x128")]
 
 
