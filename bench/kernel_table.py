@@ -16,6 +16,7 @@ and through a cluster, beside the count today's rules (ops.mma_splits, ops.wgmma
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
@@ -49,11 +50,14 @@ def dispatched_key(m: int, n: int, k: int) -> str:
 def pick(r: dict) -> str:
     """The contender of row r that the dispatch in this commit runs, measured in the same run: dispatched_key, else
     the run's default contender of that wgmma kernel (a run or group without --tune: the warp-specialized kernel at
-    its default tile, or qk_wgmma_gemm's), else "quantkit" (what the run's own dispatch ran)."""
+    its default tile, or qk_wgmma_gemm's; not for a split grid, whose unsplit default would misstate it), else
+    "quantkit" (what the run's own dispatch ran)."""
     from quantkit.kernels import ops
 
     key = dispatched_key(r["M"], r["N"], r["K"])
-    if "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_sk_"):
+    if "us" not in r.get(key, {}) and re.search(r"_s\d+$", key):  # a split grid this run did not time alone
+        key = "quantkit"
+    elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_sk_"):
         key = "qk_wgmma_ws_sk"
     elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_"):
         key = "qk_wgmma_ws"
