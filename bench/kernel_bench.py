@@ -188,8 +188,8 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
         contenders["qk_wgmma_ws"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=False)
         # stream-K (ops.ws_stream_k, forced wherever it can run; its own tile, ops.ws_stream_k_bt)
         contenders["qk_wgmma_ws_sk"] = lambda: w4a16_linear(x, packed, backend="wgmma", ws=True, stream_k=True)
-        if m > 32:  # the grid of the smallest tile that holds M (256 above), its splits of a tile one cluster
-            bt = 64 if m <= 64 else 128 if m <= 128 else 256  # (ops.ws_split at 256)
+        if m > 32:  # the grid of the smallest tile that holds M (stream-K's tile rule; 256 above 128: ops.ws_split)
+            bt = ops.ws_stream_k_bt(m)  # split 2-4 ways, its splits of a tile one cluster
             for splits in (2, 3, 4):
                 contenders[f"qk_wgmma_ws_bt{bt}_s{splits}"] = lambda bt=bt, splits=splits: w4a16_linear(
                     x, packed, backend="wgmma", bt=bt, splits=splits, ws=True)
