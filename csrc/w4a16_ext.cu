@@ -278,7 +278,8 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 // contents [K / 64][M][64]); bt tokens per block (16, 32, 64, 128 or 256); cluster: as
 // mma_gemm's; multicast 2: pairs of blocks along N share each x tile (no split-K, an even number of 128-row blocks),
 // else 1; sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster
-// or multicast; the workspace wgmma_ws_stream_k_depth x M x N floats where that is above 1, a counter a tile).
+// or multicast; the workspace wgmma_ws_stream_k_depth x tiles x bt x 128 floats where that is above 1, a counter a
+// tile).
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,
@@ -296,8 +297,9 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
     const int64_t depth = wgmma_ws_stream_k_depth(args.M, args.N, args.K, bt, sk_ctas, sk_blocks);
     TORCH_CHECK(depth > 0, "stream-K over ", sk_blocks, " blocks leaves some without work at M ", args.M, ", N ",
                 args.N, ", K ", args.K, ", bt ", bt);
-    TORCH_CHECK(depth == 1 || ws.numel() >= depth * args.M * args.N, "workspace must hold ", depth, "*M*N = ",
-                depth * args.M * args.N, " floats for stream-K, has ", ws.numel());
+    const int64_t part = (int64_t)grid.x * grid.y * bt * 128;  // every tile's part, whole (qk_ws_part_store)
+    TORCH_CHECK(depth == 1 || ws.numel() >= depth * part, "workspace must hold ", depth, " x ", part,
+                " floats (depth x tiles x bt x 128) for stream-K, has ", ws.numel());
     TORCH_CHECK(counters.numel() >= (int64_t)grid.x * grid.y, "counters must hold ", grid.x * grid.y, ", has ",
                 counters.numel());
     grid = dim3((unsigned)sk_ctas, 1, 1);

@@ -242,26 +242,8 @@ QK_INLINE void qk_epilogue_sync() {
 // The pieces of a persistent kernel's epilogue (qk_wgmma_ws's stream-K) over the C fragments of NT tiles x MT token
 // tiles: acc[nt][t][0..1] is row n = 16*tile + gid, tokens m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3] row n + 8.
 // Tiles from n_tiles on and tokens from M on are skipped. The grid's epilogue (qk_mma_epilogue, below) keeps its own
-// copies of the two store loops: calling these instead changed ptxas's schedule of the decode kernel that shares it
+// copy of the store loop: calling qk_mma_store_out instead changed ptxas's schedule of the decode kernel that shares it
 // (5-7% slower at M <= 8 with its warps sharing a tile, measured on the H200).
-// The fp32 sums into part ([M, N], one split's share of the split-K workspace).
-template <int NT, int MT>
-QK_INLINE void qk_mma_store_part(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
-                                 float* __restrict__ part, int M, int N) {
-  const int gid = lane / 4, tig = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    if (tile0 + nt >= n_tiles) break;
-    const int n_lo = (tile0 + nt) * 16 + gid;
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = m0 + 8 * t + 2 * tig + (e & 1);
-        if (tok < M) __stcg(part + (size_t)tok * N + n_lo + 8 * (e >> 1), acc[nt][t][e]);
-      }
-  }
-}
 // Whether this block is the last of a tile's nz parts to arrive on its counter (its partial sums, like every
 // other's, in the workspace); the last sets the counter back to zero. The block's first SYNC threads call it.
 template <int SYNC>
@@ -291,41 +273,6 @@ QK_INLINE void qk_store4_out(float4 v, size_t at, const uint16_t* __restrict__ b
   const uint32_t hi =
       (uint32_t)qk_float_to_bits(v.z + b[2], Tag()) | ((uint32_t)qk_float_to_bits(v.w + b[3], Tag()) << 16);
   *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
-}
-// The same sums for a whole tile of ROWS tokens from m0 and 128 outputs from n0, (+ bias) rounded once into out [M, N],
-// by THREADS threads (t: this one's index), from memory to memory: 4 outputs of a row a load (coalesced), U of them
-// for each of two parts in flight a thread (a tile's part is 8-128 KB, and one block's loads in flight, not the
-// bandwidth, set the pace), no accumulators held (the caller's may be live).
-template <typename Tag, int ROWS, int THREADS>
-QK_INLINE void qk_tile_sum_parts_out(int t, int m0, int n0, const float* __restrict__ ws, int nz,
-                                     const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
-  // float4s of the tile; of a part in flight a thread (fewer where the tile has fewer than 8 a thread: 16 or 32 rows)
-  constexpr int VEC = ROWS * 32, U = VEC / THREADS < 8 ? VEC / THREADS : 8;
-  static_assert(VEC % (THREADS * U) == 0, "the tile must split evenly over the threads");
-#pragma unroll 1
-  for (int base = t; base < VEC; base += THREADS * U) {
-    float4 v[U];
-    size_t at[U];
-    bool ok[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * THREADS, tok = m0 + idx / 32, n = n0 + idx % 32 * 4;
-      ok[u] = tok < M && n < N;  // N % 16 == 0: a row's 4 outputs are all in or all out
-      at[u] = (size_t)tok * N + n;
-      v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-#pragma unroll 2
-    for (int z = 0; z < nz; ++z)
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (ok[u]) {
-          const float4 p = __ldcg(reinterpret_cast<const float4*>(ws + (size_t)z * M * N + at[u]));
-          v[u].x += p.x, v[u].y += p.y, v[u].z += p.z, v[u].w += p.w;
-        }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (ok[u]) qk_store4_out<Tag>(v[u], at[u], bias, out, N);
-  }
 }
 // acc (+ bias), rounded once to 16 bits, into out [M, N].
 template <typename Tag, int NT, int MT>

@@ -144,8 +144,8 @@ QK_INLINE void qk_setmaxnreg_inc() {
 // persistent blocks, the grid along x, one a multiprocessor): of the tiles, the first dp_tiles (whole waves of ctas)
 // go whole to the blocks in turn (block g: g, g + ctas, ...); the steps (KS chunks) of the rest are cut into runs as
 // equal as can be among the first sk_blocks blocks, block g's [g U / sk_blocks, (g + 1) U / sk_blocks) of U = (tiles -
-// dp_tiles) steps_per_tile. A run that covers part of a tile gives a partial sum, added through the split-K workspace
-// (qk_mma_write) in the order of the blocks that hold the tile's runs (z = g - the first of them). Every run must be
+// dp_tiles) steps_per_tile. A run that covers part of a tile gives a partial sum, added through the workspace
+// (qk_ws_sk_fixup) in the order of the blocks that hold the tile's runs (z = g - the first of them). Every run must be
 // at least a step (valid()). __host__ too: the launcher checks that and sizes the workspace (max_splits).
 struct QkWsWalk {
   int ctas, sk_blocks, tiles_x, tiles, steps, ks, chunks, dp_tiles;
@@ -270,6 +270,61 @@ QK_INLINE bool qk_ws_cluster_reduce(const float (&acc)[1][MT][4], float* red, in
 #else
   return false;
 #endif
+}
+
+// Stream-K's partial sums (QkWsWalk): part z of tile cell is the ACC x THREADS floats at ws + (z tiles + cell) ACC
+// THREADS, in the consumers' fragment order, float4 q of thread t at float4 q THREADS + t (a warp's store or load: 512
+// contiguous bytes). Dead warps' and padding tokens' sums (zeros) go along: the part is the whole tile.
+template <int ACC, int THREADS>
+QK_INLINE void qk_ws_part_store(const float (&acc)[ACC], float* __restrict__ part) {
+#pragma unroll
+  for (int q = 0; q < ACC / 4; ++q)
+    __stcg(reinterpret_cast<float4*>(part) + q * THREADS + threadIdx.x,
+           make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+}
+template <int ACC, int THREADS>
+QK_INLINE void qk_ws_part_add(float (&acc)[ACC], const float* __restrict__ part) {
+  constexpr int U = ACC / 4 < 8 ? ACC / 4 : 8;  // float4 loads in flight a thread
+#pragma unroll
+  for (int q0 = 0; q0 < ACC / 4; q0 += U) {
+    float4 p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) p[u] = __ldcg(reinterpret_cast<const float4*>(part) + (q0 + u) * THREADS + threadIdx.x);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      acc[4 * (q0 + u)] += p[u].x, acc[4 * (q0 + u) + 1] += p[u].y;
+      acc[4 * (q0 + u) + 2] += p[u].z, acc[4 * (q0 + u) + 3] += p[u].w;
+    }
+  }
+}
+// A stream-K item that holds part it.z of its tile's it.nz (by the consumers, THREADS threads; acc: that part's sums):
+// true when acc then holds the tile's whole sums, for this block to write out. Part 0 (the tile's first chunks) ends
+// its block's run, when the others, whose runs began in the tile, have mostly stored theirs: if all have, that block
+// adds them to acc at once (and stores nothing); otherwise it, like every other part, is stored and arrives on the
+// tile's counter, and the last to arrive adds all the parts. Either way part 0 + part 1 + ... in that order, so the
+// same bits whoever adds. Nothing waits for another block.
+template <int ACC, int THREADS>
+QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __restrict__ ws, int* counter, int tiles) {
+  constexpr size_t PART = (size_t)ACC * THREADS;
+  float* tile = ws + (size_t)it.cell * PART;
+  const size_t stride = (size_t)tiles * PART;  // from one part of a tile to the next
+  if (it.z == 0) {
+    __shared__ int all_in;
+    qk_epilogue_sync<THREADS>();  // every thread has read all_in of this block's previous item
+    if (threadIdx.x == 0) all_in = atomicCAS(counter, it.nz - 1, 0) == it.nz - 1;  // the others all in: reset it
+    qk_epilogue_sync<THREADS>();
+    if (all_in) {
+      __threadfence();
+      for (int z = 1; z < it.nz; ++z) qk_ws_part_add<ACC, THREADS>(acc, tile + z * stride);
+      return true;
+    }
+  }
+  qk_ws_part_store<ACC, THREADS>(acc, tile + it.z * stride);
+  if (!qk_split_arrive<THREADS>(counter, it.nz)) return false;
+#pragma unroll
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
+  for (int z = 0; z < it.nz; ++z) qk_ws_part_add<ACC, THREADS>(acc, tile + z * stride);
+  return true;
 }
 
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (through the workspace, or a cluster of the z
@@ -448,22 +503,13 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       // loop (registers: 128 accumulators at 256 tokens).
       asm volatile("" : "+r"(j));
       qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it);
+      // a part of a tile: stored, and the tile's sums written by the block that completes it (qk_ws_sk_fixup)
+      if (it.nz > 1 && !qk_ws_sk_fixup<ACC, 32 * QK_WS_CONSUMER_WARPS>(acc, it, ws, counters + it.cell, walk.tiles))
+        continue;
       float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-      const int tile = it.by * TILES + warp, m0 = it.bx * BT;
-      if (it.nz > 1)
-        qk_mma_store_part<1, MT>(acc4, tile, n_tiles, m0, lane, ws + (size_t)it.z * M * N, M, N);
-      else
-        qk_mma_store_out<Tag, 1, MT>(acc4, tile, n_tiles, m0, lane, bias, out, M, N);
+      qk_mma_store_out<Tag, 1, MT>(acc4, it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out, M, N);
     }
     if (sk) {
-      // The parts (a block's first and last run of the rest, at most): the last block to store a tile's part adds
-      // them all in the order of the blocks and writes the tile.
-      for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
-        if (it.nz == 1) continue;
-        if (!qk_split_arrive<32 * QK_WS_CONSUMER_WARPS>(counters + it.cell, it.nz)) continue;
-        qk_tile_sum_parts_out<Tag, BT, 32 * QK_WS_CONSUMER_WARPS>((int)threadIdx.x, it.bx * BT, it.by * 128, ws, it.nz,
-                                                                  bias, out, M, N);
-      }
       if (mc > 1) qk_cluster_sync();
       return;
     }

@@ -417,7 +417,8 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     depth = depth if depth > 1 else splits if splits > 1 and not cl else 0
-    part, counters = _workspace(x2.device, depth * m * n, tiles)
+    # stream-K's parts are whole tiles in fragment order (qk_ws_part_store); split-K's are [M, N]
+    part, counters = _workspace(x2.device, depth * (tiles * bt * 128 if sk else m * n), tiles)
     meta = packed.mma_meta(x2.dtype)
     if ws:
         xp = torch.empty_like(x2)
