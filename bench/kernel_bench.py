@@ -168,6 +168,9 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
     }
     if ops.cluster_size(2, k, device, ops.CLUSTER_MAX):  # the dispatched kernel with split-K through global memory
         contenders["quantkit_nocluster"] = lambda: w4a16_linear(x, packed, backend="kernel", cluster=False)
+    if ops.has_wgmma(device) and ops.wgmma_ws(m, n, k, sms):  # the dispatched warp-specialized kernel, launched
+        # after the packing of x in stream order rather than as its programmatic dependent (ops.WS_PDL)
+        contenders["quantkit_nopdl"] = lambda: w4a16_linear(x, packed, backend="kernel", pdl=False)
     if m >= 32:
         contenders["qk_staged"] = lambda: w4a16_linear(x, packed, backend="mma", staged=True)
     if m <= 32:  # the block's 4 warps share one tile and take turns over its chunks

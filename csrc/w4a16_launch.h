@@ -90,8 +90,10 @@ cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, boo
 // that share each x tile (grid.z 1, grid.y even), else 1. Anything else, or x, w or meta not 16-byte aligned (the
 // tensor maps' rule): cudaErrorInvalidValue. sk_blocks > 0: stream-K over the grid's blocks (grid (ctas, 1, 1)), what is
 // left after whole waves cut among the first sk_blocks (QkWsWalk in w4a16_wgmma_ws_cuda.h), no cluster or multicast.
+// pdl: as a programmatic dependent launch of the packing of x before it (its blocks start while that kernel runs,
+// and request their first weights and scales; x is read only after it has finished).
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                               int sk_blocks, dim3 grid, cudaStream_t stream);
+                               int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order, each row's 16-byte units swizzled; index: int32,
 // words: [K / 2] 32-bit words of x's row (pairs of k), else [K] k.
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,

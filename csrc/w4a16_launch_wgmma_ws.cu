@@ -11,6 +11,7 @@
 template <bool WORDS>
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __restrict__ index,
                                uint4* __restrict__ out, int M, int K) {
+  qk_pdl_trigger();  // the warp-specialized kernel after it, a programmatic launch, may start its prologue now
   constexpr int R = QK_PACK_ROWS;
   const int row_blocks = (M + 8 * R - 1) / (8 * R);
   const long long units = (long long)(K / 64) * row_blocks * 64;
@@ -89,12 +90,13 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
 // The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big), 16 and 32 in w4a16_launch_wgmma_ws_small.cu.
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, dim3 grid, cudaStream_t stream) {
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, grid, stream);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, grid, stream);
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, bool pdl, dim3 grid,
+                    cudaStream_t stream) {
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream);
   constexpr bool bf16 = std::is_same<Tag, QkBF16>::value;
-  if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, grid, stream);
-  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, grid, stream);
+  if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream);
+  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream);
 }
 
 }  // namespace
@@ -116,9 +118,9 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
 }
 
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                               int sk_blocks, dim3 grid, cudaStream_t stream) {
+                               int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream) {
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
-    return ws_tile<decltype(tag), decltype(s)::value>(a, bt, cluster, multicast, sk_blocks, grid, stream);
+    return ws_tile<decltype(tag), decltype(s)::value>(a, bt, cluster, multicast, sk_blocks, pdl, grid, stream);
   });
 }
 #endif

@@ -15,9 +15,9 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
 
 // sk_blocks > 0: stream-K (QkWsWalk) over grid (ctas, 1, 1), the rest of the tiles after whole waves cut among the
 // first sk_blocks blocks (at most ctas, each at least a step), no cluster or multicast, the workspace as deep as
-// QkWsWalk::max_splits.
+// QkWsWalk::max_splits. pdl: as a programmatic dependent launch (of the packing of x: qk_launch_wgmma_pack_x).
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int sk_blocks, dim3 grid,
+cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int sk_blocks, bool pdl, dim3 grid,
                            cudaStream_t stream) {
   auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
   constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
@@ -33,13 +33,13 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int s
   const cudaError_t enc = qk_ws_encode_maps(a, BT, KS, SYM, multicast, &maps);
   if (enc != cudaSuccess) return enc;
   const dim3 dims = multicast > 1 ? dim3(1, multicast, 1) : dim3(1, 1, cluster > 1 ? cluster : 1);
-  return qk_launch_mma_kernel_in(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, false, dims, maps, walk);
+  return qk_launch_mma_kernel_in(kernel, a, grid, dim3(qk_ws_threads(BT)), smem, stream, pdl, dims, maps, walk);
 }
 
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                   int sk_blocks, dim3 grid, cudaStream_t stream);
+                                   int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
 // The instances of 16 and 32 tokens (w4a16_launch_wgmma_ws_small.cu); cudaErrorInvalidValue for any other bt.
 cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                     int sk_blocks, dim3 grid, cudaStream_t stream);
+                                     int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
 #endif

@@ -393,7 +393,18 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       // a multicast pair: this block's half of the x box (KS > 1: chunks rank KS / 2.., else rows rank BT / 2..)
       const int x_chunk = KS > 1 ? rank * (KS / 2) : 0, x_row = KS > 1 ? 0 : rank * (BT / 2);
       const uint32_t x_dst = (uint32_t)((x_chunk * BT + x_row) * 128);
+      // a programmatic launch (of the packing of x, which wrote xp): the first STAGES steps' weights and scales are
+      // requested before waiting for that kernel to finish (qk_pdl_wait, else a no-op), their x after
       QkWsItem it;
+      int primed = 0;
+      for (int j = 0; primed < STAGES && qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j)
+        for (int cs = it.c0; cs < it.c1 && primed < STAGES; cs += KS, ++primed) {
+          const uint32_t base = smem0 + (uint32_t)(primed * STAGE_BYTES), bar = full0 + 8 * primed;
+          qk_mbar_arrive_expect_tx(bar, TX);
+          qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, it.by * TILES, bar);
+          qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), it.by * TILES, bar);
+        }
+      qk_pdl_wait();
       int i = 0;  // steps issued, over all items: the ring's position and phase
       for (int j = 0; qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j) {
         const int m0 = it.bx * BT, tile0 = it.by * TILES;
@@ -401,16 +412,20 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
         for (int cs = it.c0; cs < it.c1; cs += KS, ++i) {
           const int s = i % STAGES;
           const uint32_t base = smem0 + (uint32_t)(s * STAGE_BYTES), bar = full0 + 8 * s;
-          // its last use, step i - STAGES (in both blocks of a pair)
-          if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
-          qk_mbar_arrive_expect_tx(bar, TX);
+          if (i >= primed) {
+            // its last use, step i - STAGES (in both blocks of a pair)
+            if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
+            qk_mbar_arrive_expect_tx(bar, TX);
+          }
           // chunks past the item's range bring x (or zeros past K) against weights the consumers zero
           if (mc > 1)
             qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
           else
             qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
-          qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
-          qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
+          if (i >= primed) {
+            qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
+            qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
+          }
         }
       }
     }

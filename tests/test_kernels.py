@@ -286,58 +286,74 @@ def test_wmma_split_rule():
 
 def test_ws_stream_k_rule():
     """Stream-K of the warp-specialized kernel (ops.ws_stream_k) on a 132-multiprocessor GPU: all of them persistent,
-    the tiles after whole waves cut among at most WS_SK_MAX_SPLIT blocks a tile; by rule only up to M = WS_SK_MAX_M
-    where the tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave the grid's last wave at least
-    WS_SK_MIN_IDLE idle, forced wherever every block gets a step."""
+    the tiles after whole waves cut among at most WS_SK_MAX_SPLIT blocks a tile; by rule where the tiles fill at most
+    WS_SK_MAX_FILL of the multiprocessors or leave the grid's last wave at least WS_SK_MIN_IDLE idle
+    (WS_SK_MIN_IDLE_SMALL below 256 tokens), on layers of K > WS_DEEP_K only up to M = WS_SK_MAX_M; forced wherever
+    every block gets a step."""
     from quantkit.kernels import ops
 
-    assert (ops.WS_SK_MAX_SPLIT, ops.WS_SK_MAX_M, ops.WS_SK_MAX_FILL, ops.WS_SK_MIN_IDLE) == (4, 512, 0.5, 0.5)
+    assert (ops.WS_SK_MAX_SPLIT, ops.WS_SK_MAX_M, ops.WS_SK_MAX_FILL) == (4, 512, 0.5)
+    assert (ops.WS_SK_MIN_IDLE, ops.WS_SK_MIN_IDLE_SMALL) == (0.2, 0.1)
     assert ops.ws_stream_k(256, 4096, 14336, 132, 256) == (128, 128)  # 32 tiles, each cut in 4
     assert ops.ws_stream_k(64, 8192, 28672, 132, 64) == (132, 132)  # 64 tiles
     assert ops.ws_stream_k(256, 14336, 4096, 132, 256) == (0, 0)  # 112 tiles, the last wave 15% idle: the grid
+    assert ops.ws_stream_k(128, 14336, 4096, 132, 128) == (132, 132)  # the same at 128 tokens: stream-K
+    assert ops.ws_stream_k(256, 28672, 8192, 132, 256) == (132, 132)  # 224 tiles, the last wave 30% idle
     assert ops.ws_stream_k(512, 28672, 8192, 132, 256) == (132, 132)  # 448 tiles, the last wave 61% idle
+    assert ops.ws_stream_k(2048, 28672, 8192, 132, 256) == (132, 132)  # 1792 tiles, 42% idle; K = 8192 at any M
+    assert ops.ws_stream_k(512, 6144, 4096, 132, 256) == (132, 132)  # 96 tiles, 27% idle
     assert ops.ws_stream_k(512, 8192, 28672, 132, 256) == (0, 0)  # 128 tiles: one wave nearly full
-    assert ops.ws_stream_k(1024, 4096, 14336, 132, 256) == (0, 0)  # M = 1024: the grid
-    assert ops.ws_stream_k(256, 28672, 8192, 132, 256, force=True) == (132, 132)  # 224 tiles: 132 whole, 92 cut
+    assert ops.ws_stream_k(1024, 4096, 14336, 132, 256) == (0, 0)  # 128 tiles
+    assert ops.ws_stream_k(1024, 12288, 14336, 132, 256) == (0, 0)  # 384 tiles, the last wave 9% idle
+    assert ops.ws_stream_k(1024, 12288, 14336, 132, 256, force=True) == (132, 132)
+    assert ops.ws_stream_k(1024, 28672, 14336, 132, 256) == (0, 0)  # 896 tiles, 21% idle, but K > 8192 at M > 512
+    assert ops.ws_stream_k(1024, 28672, 8192, 132, 256) == (132, 132)  # the same at K = 8192
     assert ops.ws_stream_k(256, 17024, 4096, 132, 256, force=True) == (132, 4)  # 133 tiles: the last one cut in 4
     assert ops.ws_stream_k(512, 16896, 4096, 132, 256, force=True) == (0, 0)  # 264 tiles: two whole waves
     assert ops.ws_stream_k(64, 128, 64, 132, 64, force=True) == (0, 0)  # one step of one tile cannot be cut in 4
-    assert ops.ws_plan(256, 28672, 8192, 132) == (256, 0, 0, 1)
+    assert ops.ws_plan(256, 28672, 8192, 132) == (256, 132, 132, 1)
+    assert ops.ws_plan(256, 14336, 4096, 132) == (256, 0, 0, 1)
     assert ops.ws_plan(100, 4096, 14336, 132) == (128, 128, 128, 1)
     assert ops.ws_plan(100, 4096, 14336, 132, stream_k=False) == (64, 0, 0, 1)
 
 
 def test_ws_split_rule():
-    """The warp-specialized kernel's 256-token grid splits K (ops.ws_split, its splits one cluster) where its tiles
-    fill at most half the multiprocessors: as many splits as keep one wave, at most WS_SPLIT_MAX, each at least
-    MIN_CHUNKS_PER_SPLIT chunks; ahead of stream-K (ops.ws_plan), not where a smaller tile is asked for or stream-K
-    forced."""
+    """The warp-specialized kernel's grid of the smallest tile that holds M (64, 128 or 256 tokens) splits K
+    (ops.ws_split, its splits one cluster) where its tiles fill at most half the multiprocessors: as many splits as keep
+    one wave, at most WS_SPLIT_MAX, each at least MIN_CHUNKS_PER_SPLIT chunks, and on layers of K > 8192 only where the
+    splits' blocks fill 90% of the multiprocessors; ahead of stream-K (ops.ws_plan), not where another tile is asked
+    for or stream-K forced."""
     from quantkit.kernels import ops
 
     assert ops.WS_SPLIT_MAX == 3
     assert ops.ws_split(512, 4096, 4096, 132) == 2  # 64 tiles -> 128 blocks
     assert ops.ws_split(256, 4096, 4096, 132) == 3  # 32 tiles -> 96 blocks
-    assert ops.ws_split(256, 8192, 28672, 132) == 2
+    assert ops.ws_split(128, 4096, 4096, 132) == 3 and ops.ws_split(33, 4096, 4096, 132) == 3  # 128 / 64 tokens
+    assert ops.ws_split(32, 4096, 4096, 132) == 1  # decode-sized: the decode kernel or ws_decode's stream-K
+    assert ops.ws_split(256, 8192, 28672, 132) == 2 and ops.ws_split(64, 8192, 28672, 132) == 2
+    assert ops.ws_split(256, 4096, 14336, 132) == 1  # 96 blocks of 132 on K = 14336: stream-K instead
+    assert ops.ws_split(512, 4096, 14336, 132) == 2  # 128 blocks
     assert ops.ws_split(256, 6144, 4096, 132) == 2  # 48 tiles -> 96 blocks; 3 splits would take two waves
     assert ops.ws_split(512, 6144, 4096, 132) == 1  # 96 tiles
     assert ops.ws_split(256, 4096, 1024, 132) == 2  # 3 splits would leave 5 chunks a split
     assert ops.ws_split(256, 14336, 4096, 132) == 1  # 112 tiles
-    assert ops.ws_split(1024, 4096, 4096, 132) == 1 and ops.ws_split(128, 4096, 4096, 132) == 1
+    assert ops.ws_split(1024, 4096, 4096, 132) == 1
     assert ops.ws_plan(512, 4096, 4096, 132) == (256, 0, 0, 2)
+    assert ops.ws_plan(128, 4096, 4096, 132) == (128, 0, 0, 3) and ops.ws_plan(64, 6144, 4096, 132) == (64, 0, 0, 2)
     assert ops.ws_plan(512, 4096, 4096, 132, bt=128)[3] == 1 and ops.ws_plan(512, 4096, 4096, 132, bt=256)[3] == 2
     assert ops.ws_plan(256, 4096, 14336, 132, stream_k=True) == (256, 128, 128, 1)
-    assert ops.wgmma_ws(512, 4096, 4096) and not ops.wgmma_ws(1024, 4096, 4096)
     assert ops.mma_or_dequant(256, 4096, 4096, wgmma=True) == "wgmma"
-    assert ops.mma_or_dequant(512, 4096, 4096, wgmma=True, sms=100) == "dequant"  # 64 tiles fill 64%
+    assert ops.mma_or_dequant(512, 4096, 4096, wgmma=True, sms=100) == "wgmma"  # 64 tiles in one wave: stream-K
+    assert ops.ws_plan(512, 4096, 4096, 100) == (256, 100, 100, 1)
 
 
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
-    where K >= 8192 or on layers of 2^26 weights and more, 2048 on layers of 2^27 weights and more with K >= 8192), with
-    the tile the H200 runs measured fastest
-    (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json) on a 132-multiprocessor GPU, and
-    with stream-K M = 33-128 on 4096x4096, with split-K M = 256-512; above that 4096x4096 is dequantize + cuBLAS;
-    M = 2048 elsewhere too."""
+    where K >= 8192, on layers of 2^26 weights and more, or where stream-K's rule takes the shape; 2048 on layers of
+    2^27 weights and more with K >= 8192), with the tile the H200 runs measured fastest
+    (bench/results/kernel_h200_ws_tma_fc2e238.json, kernel_h200_mc_d3dd64d.json, kernel_h200_e815c8d.json) on a
+    132-multiprocessor GPU; on layers of 2^24 to 2^25 weights (4096x4096, 6144x4096) while its 256-token tiles fit one
+    wave, up to M = 1024; dequantize + cuBLAS elsewhere."""
     from quantkit.kernels import ops
 
     # decode-sized batches: the warp-specialized kernel at 16 tokens a block on K-long layers at M = 9-16, at 32 on
@@ -352,20 +368,24 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
                 assert bt == (16 if m <= 16 else 32) and ctas > 0, (m, n, k, bt, ctas)
     for n, k in ((14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)):
         for m in (33, 64, 128, 256, 512, 1024):
-            ws = m <= 512 or k >= 8192
+            # 14336x4096 at M = 1024: 448 tiles, the grid's last wave 61% idle, so stream-K
+            ws = m <= 512 or k >= 8192 or (n, k) == (14336, 4096)
             assert ops.mma_or_dequant(m, n, k, wgmma=True) == ("wgmma" if ws else "dequant"), (m, n, k)
             assert ops.wgmma_ws(m, n, k) == ws, (m, n, k)
         big = n * k >= 1 << 27  # 28672x8192, 8192x28672
         assert ops.mma_or_dequant(2048, n, k, wgmma=True) == ("wgmma" if big else "dequant"), (n, k)
         assert ops.mma_or_dequant(4096, n, k, wgmma=True) == "dequant"
-    for m in (33, 64, 128):
+    # 4096x4096: split-K in a cluster up to M = 512, the 256-token grid at 1024 (128 tiles), then dequantize + cuBLAS;
+    # 6144x4096 up to M = 512 (96 tiles: stream-K)
+    for m in (33, 64, 128, 256, 512, 1024):
         assert ops.mma_or_dequant(m, 4096, 4096, wgmma=True) == "wgmma" and ops.wgmma_ws(m, 4096, 4096)
-    # M = 256-512: the 256-token grid with split-K (ops.ws_split); above, dequantize + cuBLAS
-    assert ops.mma_or_dequant(512, 4096, 4096, wgmma=True) == "wgmma"
-    assert ops.mma_or_dequant(1024, 4096, 4096, wgmma=True) == "dequant"
-    # K < 8192 up to M = 1024 on layers of 2^26 weights and more: the fused gate and up projections, not 6144x4096
+    assert ops.ws_plan(1024, 4096, 4096, 132) == (256, 0, 0, 1)
+    assert ops.mma_or_dequant(2048, 4096, 4096, wgmma=True) == "dequant"
+    assert ops.wgmma_ws(512, 6144, 4096) and ops.ws_plan(512, 6144, 4096, 132) == (256, 132, 132, 1)
+    assert not ops.wgmma_ws(1024, 6144, 4096)
+    # K < 8192 up to M = 1024 on layers of 2^26 weights and more (the fused gate and up projections), or by stream-K
     assert ops.wgmma_ws(1024, 28672, 4096) and not ops.wgmma_ws(2048, 28672, 4096)
-    assert not ops.wgmma_ws(1024, 14336, 4096) and not ops.wgmma_ws(1024, 6144, 4096)
+    assert ops.wgmma_ws(1024, 14336, 4096) and not ops.wgmma_ws(1024, 12288, 4096)  # 384 tiles, 9% idle
     # tokens a block: (M, N) -> bt
     want = {(64, 28672): 64, (128, 28672): 128, (256, 28672): 256, (128, 14336): 64, (256, 14336): 256,
             (128, 8192): 64, (256, 8192): 128, (512, 8192): 256, (256, 4096): 64, (512, 4096): 128, (1024, 4096): 256}

@@ -301,3 +301,35 @@ def test_programmatic_launch_chain(device, m):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("plan", [dict(bt=64, splits=2), dict(bt=256, stream_k=True), dict(bt=128)])
+def test_ws_programmatic_launch_chain(device, plan):
+    """The warp-specialized kernel as a programmatic dependent launch of the packing of x (ops.WS_PDL): its blocks
+    request their first weights before that kernel ends and read x only after it. A chain of layers fed each other's
+    outputs (the grid, its cluster split-K, stream-K and its workspace shared), eagerly and replayed from a CUDA graph,
+    must give exactly what the same chain gives with the two kernels one after the other."""
+    if not ops.has_wgmma(torch.device(device)):
+        pytest.skip("the warp-specialized kernel needs a Hopper GPU")
+    layers = [prepare(testing.random_qlinear(1024, 1024, group_size=128, sym=s, act_order=a, dtype=torch.bfloat16,
+                                             seed=40 + i), device=device)
+              for i, (s, a) in enumerate(((True, False), (False, True), (True, False)))]
+    x = testing.random_activations(300, 1024, dtype=torch.bfloat16, seed=50, device=device)
+
+    def chain(pdl):
+        y = x
+        for _ in range(3):
+            for packed in layers:
+                y = w4a16_linear(y, packed, backend="wgmma", ws=True, pdl=pdl, **plan)
+        return y
+
+    want = chain(False)
+    assert torch.isfinite(want).all() and want.abs().mean() > 1e-3
+    assert torch.equal(chain(True), want)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = chain(True)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, want)

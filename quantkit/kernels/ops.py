@@ -53,13 +53,19 @@ WGMMA_WSM = True
 # faster than both from M = 64 to 512 on the four large benchmark layers (28672x8192 at M = 256: 198-211 us against
 # 320 for qk_wgmma_gemm; at M = 512: 388-405 against 518 for dequantize + cuBLAS), and at M = 1024 where K >= 8192
 # (686-713 against 815-817 us) but not on 14336x4096 (214-225 against 210); at M = 2048 slower on two of the four.
-# On 4096x4096 (2^24 weights) qk_wgmma_gemm and dequantize + cuBLAS stay faster. Up to WS_MAX_M_BIG on layers of at
+# Up to WS_MAX_M_BIG on layers of at
 # least WS_BIG_NK weights with K >= WS_DEEP_K, since its 256-token consumers dequantize during their MMAs (dd3e49e,
 # bench/results/kernel_h200_dd3e49e.json): at M = 2048 28672x8192 1336 against 1383 us, 8192x28672 1341 against 1398
 # for dequantize + cuBLAS; 4096x14336 still 367 against 350 and 14336x4096 362 against 353. Up to WS_MAX_M_DEEP also
 # where K < WS_DEEP_K on layers of at least WS_WIDE_NK weights: Llama-3-8B's gate and up projections as one layer,
 # 28672x4096, at M = 1024 355-360 against 413-415 us (bench/results/kernel_h200_prefill_shapes_*.json), where 14336x4096
-# (2^25.8 weights) is even (208 against 206) and 6144x4096 slower (113-115 against 96-97).
+# (2^25.8 weights) is even (208 against 206) and 6144x4096 slower (113-115 against 96-97); and there where stream-K's
+# rule takes the shape (ws_stream_k; 14336x4096 at M = 1024, 448 tiles: 193.2 against 209.8 us, e815c8d). On layers of
+# WGMMA_MIN_NK_64 to WGMMA_MIN_NK weights (4096x4096, 6144x4096) from M = 33 while its 256-token tiles fit one wave, up
+# to WS_MAX_M_DEEP, with split-K in a cluster (ws_split) or stream-K where its tiles are few (e815c8d,
+# bench/results/kernel_h200_e815c8d.json, kernel_h200_prefill_shapes_e815c8d.json: 4096x4096 at M = 64 / 512 / 1024
+# 19.9 / 38.7 / 63.5 us against 32.1 / 46.0 / 65.8 for dequantize + cuBLAS; 6144x4096 at M = 512 56.3 against 64.1,
+# at M = 1024, 192 tiles, 98.0 with stream-K and 112.9 for the grid against 96.9).
 WGMMA_WS = True
 WS_MAX_M = 512
 WS_MAX_M_DEEP = 1024
@@ -78,32 +84,40 @@ WS_FILL = (0.8, 0.9)
 WS_MULTICAST = False
 # Stream-K (ws_stream_k): the warp-specialized kernel's blocks persistent, one a multiprocessor, the tiles of whole
 # waves given out whole and the steps of the rest cut into runs of equal length, partial tiles added through the
-# split-K workspace (csrc/w4a16_wgmma_ws_cuda.h, QkWsWalk), instead of the grid and its split-K. The tiles after whole
-# waves are cut among at most WS_SK_MAX_SPLIT blocks each. Its tile (ws_stream_k_bt): 64 tokens up to M = 64, 128 up
-# to 128, else 256. Measured on an H200 (bench/results/kernel_h200_sk_f4010c0.json): faster where the grid's tiles
-# are few, up to M = 256 (4096x14336 at M = 128: 46 against 68 us; 8192x28672 at M = 64: 90 against 111 us; 4096x4096
-# at M = 64: 22 against 29 us), slower where they are many (14336x4096 at M = 256, 112 tiles: 85 against 63 us, every
-# tile cut in two and added up again) and at M >= 1024 (8192x28672: 834 against 734 us; the blocks no longer read x at
-# the same k at the same time); at M = 512 faster on 28672x8192, whose 448 tiles leave the grid's last wave 61% idle
-# (385-390 against 414 us). So by rule (not forced) only at M <= WS_SK_MAX_M where the tiles fill at most
-# WS_SK_MAX_FILL of the multiprocessors or the grid's last wave would leave at least WS_SK_MIN_IDLE of them idle, and
-# on layers of 2^24 weights (4096x4096) up to WS_SK_SMALL_M, where it beats qk_wgmma_gemm and dequantize + cuBLAS.
+# workspace (csrc/w4a16_wgmma_ws_cuda.h, QkWsWalk, qk_ws_sk_fixup), instead of the grid and its split-K. The tiles after
+# whole waves are cut among at most WS_SK_MAX_SPLIT blocks each. Its tile (ws_stream_k_bt): 64 tokens up to M = 64, 128
+# up to 128, else 256. First measured on an H200 (bench/results/kernel_h200_sk_f4010c0.json): faster where the grid's
+# tiles are few, slower where every tile is cut in two and added up again, and at M >= 1024 on K >= 14336 (8192x28672:
+# 834 against 734 us; the blocks no longer read x at the same k at the same time, and x no longer fits in L2). Since
+# the tile's first block adds the others' parts in its registers and the parts go whole, 512 contiguous bytes a warp's
+# store (e815c8d, bench/results/kernel_h200_e815c8d.json, kernel_h200_prefill_shapes_e815c8d.json), it also wins where
+# the grid's last wave leaves a fifth of the multiprocessors idle or more (28672x8192 at M = 256, 224 tiles: 181.7
+# against 194.3 us; 14336x4096 at M = 512: 107.5 against 111.6, at M = 1024 193.2 against 208.8 and 209.8 for
+# dequantize + cuBLAS; 6144x4096 at M = 512, 96 tiles: 56.3 against 74.3 and 64.1), at 64 and 128 tokens a tenth
+# (14336x4096 at M = 128, 112 tiles: 43.5 against 52.2), but not at 256 tokens a seventh (14336x4096 at M = 256: 61.7
+# against 58.1). So by rule (not forced) where the tiles fill at most WS_SK_MAX_FILL of the multiprocessors or the
+# grid's last wave leaves at least WS_SK_MIN_IDLE of them idle (WS_SK_MIN_IDLE_SMALL below 256 tokens), on layers of
+# K > WS_DEEP_K only up to M = WS_SK_MAX_M.
 WS_STREAM_K = True
 WS_SK_MAX_SPLIT = 4
 WS_SK_MAX_M = 512
 WS_SK_MAX_FILL = 0.5
-WS_SK_MIN_IDLE = 0.5
-WS_SK_SMALL_M = 128
-# Split-K of the warp-specialized kernel's 256-token grid (ws_split): its splits of a tile one thread-block cluster,
-# adding their sums through distributed shared memory (csrc/w4a16_wgmma_ws_cuda.h, qk_ws_cluster_reduce), where the
-# tiles fill at most half the multiprocessors: as many splits as keep the blocks in one wave, at most WS_SPLIT_MAX,
-# each at least MIN_CHUNKS_PER_SPLIT chunks. Ahead of stream-K and of the smaller tiles there, and on layers of
-# WGMMA_MIN_NK_64 weights (4096x4096) up to WS_MAX_M. Measured on an H200 with every split count from 2 to 4 beside
-# stream-K and dequantize + cuBLAS (bench/results/kernel_h200_c36b4af.json, kernel_h200_prefill_shapes_c36b4af.json):
-# 4096x4096 at M = 256 (32 tiles) 32.4 us in 3 splits against 37.5 in 2, 48.0 in 4 and 37.1 for dequantize + cuBLAS,
-# at M = 512 39.5 in 2 against 46.8; 6144x4096 at M = 256 39.0 in 2 against 52.1; 4096x14336 at M = 256 69.0 in 3
-# against 71.4 for stream-K, at M = 512 99.5 in 2 against 126.1; 8192x28672 at M = 256 177.5 in 2 against 202.9.
-# Clusters of 4 were slower everywhere, and so was any split that took a second wave.
+WS_SK_MIN_IDLE = 0.2
+WS_SK_MIN_IDLE_SMALL = 0.1
+# Split-K of the warp-specialized kernel's grid of the smallest tile that holds M (ws_split; 64, 128 or 256 tokens,
+# ws_stream_k_bt): its splits of a tile one thread-block cluster, adding their sums through distributed shared memory
+# (csrc/w4a16_wgmma_ws_cuda.h, qk_ws_cluster_reduce), where the tiles fill at most half the multiprocessors: as many
+# splits as keep the blocks in one wave, at most WS_SPLIT_MAX, each at least MIN_CHUNKS_PER_SPLIT chunks; on layers of
+# K > WS_DEEP_K only where the splits' blocks fill WS_FILL[1] of the multiprocessors (else stream-K, which keeps them
+# all busy). Ahead of stream-K and of the other tiles. Measured on an H200 with every split count from 2 to 4 beside
+# stream-K and dequantize + cuBLAS (bench/results/kernel_h200_c36b4af.json, kernel_h200_prefill_shapes_c36b4af.json;
+# at 64 and 128 tokens kernel_h200_e815c8d.json, kernel_h200_prefill_shapes_e815c8d.json): 4096x4096 at M = 256 (32
+# tiles) 32.4 us in 3 splits against 37.5 in 2, 48.0 in 4 and 37.1 for dequantize + cuBLAS, at M = 512 39.5 in 2
+# against 46.8; at M = 64 / 128 19.9 / 24.6 in 3 against 20.7 / 26.2 for stream-K; 6144x4096 at M = 64 / 128 / 256
+# 22.3 / 28.1 / 36.8 in 2 against 24.7 / 30.5 / 41.5; 8192x28672 at M = 64 / 128 / 256 79.6 / 119.7 / 176.7 in 2
+# against 82.5 / 123.8 / 184.9; but 4096x14336 (32 tiles, 3 splits: 96 blocks) at M = 64 / 128 / 256 35.9 / 48.8 /
+# 68.8 against 33.2 / 44.8 / 65.7 for stream-K. Clusters of 4 were slower everywhere, and so was any split that took a
+# second wave.
 WS_SPLIT = True
 WS_SPLIT_MAX = 3
 # Decode-sized batches on the warp-specialized kernel (ws_decode): 16 tokens a block at M = 9-16 on layers of
@@ -133,6 +147,10 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
+# The warp-specialized kernel as a programmatic dependent launch of the packing of x, our own kernel just before it,
+# which lets it start at once (its blocks set up and request their first STAGES steps' weights and scales while x is
+# being packed; they read x only once that kernel has finished).
+WS_PDL = True
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
 # reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
 # quarter of the split-K partial sums for the same number of blocks. Measured on an H200: at M = 8-16 up to 13% faster
@@ -300,14 +318,18 @@ def wgmma_ws_bt(m: int, n: int, sms: int) -> int:
 
 
 def ws_split(m: int, n: int, k: int, sms: int) -> int:
-    """Splits of the warp-specialized kernel's 256-token grid, each split's blocks one cluster (WS_SPLIT), on a GPU of
-    sms multiprocessors; 1: none."""
-    tiles = math.ceil(m / 256) * math.ceil(n / 128)
-    if not WS_SPLIT or m <= 128 or 2 * tiles > sms:
+    """Splits of the warp-specialized kernel's grid of ws_stream_k_bt(m) tokens a block, each split's blocks one
+    cluster (WS_SPLIT), on a GPU of sms multiprocessors; 1: none."""
+    if not WS_SPLIT or m <= STREAM_MAX_M:
+        return 1
+    tiles = math.ceil(m / ws_stream_k_bt(m)) * math.ceil(n / 128)
+    if 2 * tiles > sms:
         return 1
     splits = min(WS_SPLIT_MAX, sms // tiles)
     while splits > 1 and (k // 64) // splits < MIN_CHUNKS_PER_SPLIT:
         splits -= 1
+    if k > WS_DEEP_K and splits * tiles < WS_FILL[1] * sms:
+        return 1
     return splits
 
 
@@ -326,30 +348,32 @@ def ws_decode(m: int, n: int, k: int) -> bool:
 
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
-    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where
-    M <= WS_SK_MAX_M and the tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE
-    of the grid's last wave idle; forced, wherever every block gets a step and whole waves do not already fill them
-    all."""
+    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where the
+    tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE (WS_SK_MIN_IDLE_SMALL below
+    256 tokens) of the grid's last wave idle, on layers of K > WS_DEEP_K up to M = WS_SK_MAX_M; forced, wherever every
+    block gets a step and whole waves do not already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
     sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
     ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
     blocks = min(ctas, left * WS_SK_MAX_SPLIT)
-    few, idle = tiles <= WS_SK_MAX_FILL * sms, math.ceil(tiles / sms) - tiles / sms
-    if not left or left * steps < blocks or (not force and (m > WS_SK_MAX_M or not (few or idle >= WS_SK_MIN_IDLE))):
+    if not left or left * steps < blocks:
         return 0, 0
-    return ctas, blocks
+    few, idle = tiles <= WS_SK_MAX_FILL * sms, math.ceil(tiles / sms) - tiles / sms
+    rule = (few or idle >= (WS_SK_MIN_IDLE if bt >= 256 else WS_SK_MIN_IDLE_SMALL)) and (m <= WS_SK_MAX_M or
+                                                                                        k <= WS_DEEP_K)
+    return (ctas, blocks) if force or rule else (0, 0)
 
 
 def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: bool | None = None
             ) -> tuple[int, int, int, int]:
     """(tokens a block, persistent blocks, blocks sharing the last wave, splits) of the warp-specialized kernel: the
-    256-token grid's cluster split-K (ws_split; stream_k None and bt None or 256), else stream-K's (stream_k None:
-    WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the grid's tile (wgmma_ws_bt) and (0, 0,
-    1). bt: the tile, else the rule's."""
-    if stream_k is None and bt in (None, 256) and (splits := ws_split(m, n, k, sms)) > 1:
-        return 256, 0, 0, splits
+    cluster split-K of the grid of the smallest tile that holds M (ws_split; stream_k None and bt None or that tile),
+    else stream-K's (stream_k None: WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the
+    grid's tile (wgmma_ws_bt) and (0, 0, 1). bt: the tile, else the rule's."""
+    if stream_k is None and bt in (None, ws_stream_k_bt(m)) and (splits := ws_split(m, n, k, sms)) > 1:
+        return ws_stream_k_bt(m), 0, 0, splits
     if WS_STREAM_K if stream_k is None else stream_k:
         sk_bt = bt or ws_stream_k_bt(m)
         # 16 and 32 tokens (ws_decode) were measured with stream-K wherever it can run
@@ -367,24 +391,26 @@ def ws_multicast_fits(n: int, k: int, splits: int) -> bool:
 
 def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
     """Whether the wgmma path runs the warp-specialized kernel for this shape on a GPU of sms multiprocessors
-    (WGMMA_WS, WS_MAX_M[_DEEP, _BIG], WS_WIDE_NK, WGMMA_MIN_NK; on layers of WGMMA_MIN_NK_64 weights also up to
-    WS_SK_SMALL_M with stream-K and up to WS_MAX_M where ws_split splits; at M <= 32, ws_decode)."""
+    (WGMMA_WS, WGMMA_MIN_NK: WS_MAX_M, or WS_MAX_M_DEEP where K < WS_DEEP_K on layers of WS_WIDE_NK weights or where
+    stream-K's rule takes the shape, WS_MAX_M_DEEP or WS_MAX_M_BIG where K >= WS_DEEP_K; layers of WGMMA_MIN_NK_64
+    weights: while the 256-token tiles fit one wave, up to WS_MAX_M_DEEP; at M <= 32, ws_decode)."""
     if not WGMMA_WS:
         return False
     if m <= STREAM_MAX_M:
         return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
         if k < WS_DEEP_K:
-            return m <= (WS_MAX_M_DEEP if n * k >= WS_WIDE_NK else WS_MAX_M)
+            return m <= WS_MAX_M or m <= WS_MAX_M_DEEP and (n * k >= WS_WIDE_NK or ws_stream_k(m, n, k, sms, 256)[0] > 0)
         return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
     if n * k < WGMMA_MIN_NK_64:
         return False
-    return WS_STREAM_K and m <= WS_SK_SMALL_M or m <= WS_MAX_M and ws_split(m, n, k, sms) > 1
+    return m <= WS_MAX_M_DEEP and math.ceil(m / 256) * math.ceil(n / 128) <= sms
 
 
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
-           ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None) -> torch.Tensor:
+           ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None,
+           pdl: bool | None = None) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here. stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K
     wherever every block gets work (else the grid); False, the grid."""
@@ -425,7 +451,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         index, words = packed.wgmma_x_pack_index()  # x2 is 16-byte aligned (w4a16_linear), so words can be read
         ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
-                          packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks)
+                          packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, WS_PDL if pdl is None else pdl)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -572,7 +598,8 @@ def w4a16_linear(
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
-    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL; wk: the decode kernel's warps
+    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
+    kernel as one of the packing of x, default WS_PDL; wk: the decode kernel's warps
     sharing a tile, default stream_wk()); splits also that of the "wmma" path (default wmma_splits); splits / bt /
     dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
@@ -615,7 +642,7 @@ def w4a16_linear(
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     elif backend == "wmma":
