@@ -48,13 +48,18 @@ def dispatched_key(m: int, n: int, k: int) -> str:
 
 
 def pick(r: dict) -> str:
-    """The contender of row r that the dispatch in this commit runs, measured in the same run: dispatched_key, else
+    """The contender of row r that the dispatch in this commit runs, measured in the same run: dispatched_key (or,
+    where that kernel is not a programmatic launch, ops.ws_pdl, the dispatch without it), else
     the run's default contender of that wgmma kernel (a run or group without --tune: the warp-specialized kernel at
     its default tile, or qk_wgmma_gemm's; not for a split grid, whose unsplit default would misstate it), else
     "quantkit" (what the run's own dispatch ran)."""
     from quantkit.kernels import ops
 
     key = dispatched_key(r["M"], r["N"], r["K"])
+    if key.startswith("qk_wgmma_ws") and not ops.ws_pdl(ops.ws_plan(r["M"], r["N"], r["K"], SMS)[0]):
+        # the run timed the warp-specialized contenders as programmatic launches (ops.WS_PDL at the time); the
+        # dispatch without it is quantkit_nopdl where the run had it
+        key = "quantkit_nopdl" if "us" in r.get("quantkit_nopdl", {}) else key
     if "us" not in r.get(key, {}) and re.search(r"_s\d+$", key):  # a split grid this run did not time alone
         key = "quantkit"
     elif "us" not in r.get(key, {}) and key.startswith("qk_wgmma_ws_sk_"):

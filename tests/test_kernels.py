@@ -347,6 +347,14 @@ def test_ws_split_rule():
     assert ops.ws_plan(512, 4096, 4096, 100) == (256, 100, 100, 1)
 
 
+def test_ws_pdl_rule():
+    """The warp-specialized kernel is a programmatic dependent launch of the packing of x (ops.WS_PDL) from 32 tokens a
+    block up: at 16 (two blocks a multiprocessor) one layer measured 27% slower with it."""
+    from quantkit.kernels import ops
+
+    assert ops.WS_PDL and [bt for bt in (16, 32, 64, 128, 256) if ops.ws_pdl(bt)] == [32, 64, 128, 256]
+
+
 def test_hopper_dispatch_on_the_benchmark_shapes():
     """On Hopper the warp-specialized wgmma kernel takes M = 33-512 on layers of 2^25 weights and more (up to 1024
     where K >= 8192, on layers of 2^26 weights and more, or where stream-K's rule takes the shape; 2048 on layers of

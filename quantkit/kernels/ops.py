@@ -149,8 +149,13 @@ MIN_CHUNKS_PER_SPLIT = 8
 STREAM_PDL = False
 # The warp-specialized kernel as a programmatic dependent launch of the packing of x, our own kernel just before it,
 # which lets it start at once (its blocks set up and request their first STAGES steps' weights and scales while x is
-# being packed; they read x only once that kernel has finished).
+# being packed; they read x only once that kernel has finished): ws_pdl. Measured on an H200 against the same dispatch
+# without it, in the same run (bench/results/kernel_h200.json of dc7c6f3, quantkit_nopdl): 1.5-4 us faster at M =
+# 32-512 (4096x4096 at M = 64 / 512 19.7 / 38.8 against 21.3 / 42.7 us; 14336x4096 at M = 32 29.8 against 32.0), even
+# from M = 1024 up; but at 16 tokens a block (two blocks a multiprocessor) 4096x14336 at M = 16 took 37.6 against 29.7
+# us with it (8192x28672 64.8 against 66.8), for a reason not measured: not there (WS_PDL_MIN_BT).
 WS_PDL = True
+WS_PDL_MIN_BT = 32
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
 # reads 4 batches of the tile's consecutive chunks at once, the warps' sums added in shared memory), which needs a
 # quarter of the split-K partial sums for the same number of blocks. Measured on an H200: at M = 8-16 up to 13% faster
@@ -338,6 +343,12 @@ def ws_stream_k_bt(m: int) -> int:
     return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128 if m <= 128 else 256
 
 
+def ws_pdl(bt: int) -> bool:
+    """Whether the warp-specialized kernel at bt tokens a block is launched as a programmatic dependent of the packing
+    of x (WS_PDL, WS_PDL_MIN_BT)."""
+    return WS_PDL and bt >= WS_PDL_MIN_BT
+
+
 def ws_decode(m: int, n: int, k: int) -> bool:
     """Whether a decode-sized batch (M <= 32) runs the warp-specialized kernel rather than the decode kernel
     (WS_DECODE)."""
@@ -451,7 +462,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         index, words = packed.wgmma_x_pack_index()  # x2 is 16-byte aligned (w4a16_linear), so words can be read
         ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
-                          packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, WS_PDL if pdl is None else pdl)
+                          packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -599,7 +610,7 @@ def w4a16_linear(
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
-    kernel as one of the packing of x, default WS_PDL; wk: the decode kernel's warps
+    kernel as one of the packing of x, default ws_pdl(); wk: the decode kernel's warps
     sharing a tile, default stream_wk()); splits also that of the "wmma" path (default wmma_splits); splits / bt /
     dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
