@@ -18,7 +18,9 @@
 // and split-K are the mma kernels' (the producer warp joins it with no tile of its own). 256 tokens (128 accumulators
 // a thread): 384 threads, the producer is warpgroup 2, which gives registers to the consumers (setmaxnreg: 40 for it,
 // 232 for them) and leaves after its last copy (the epilogue's barriers, split-K's included, then wait for the
-// consumers only). Split-K of the grid inside a cluster: qk_ws_cluster_reduce, at every tile.
+// consumers only). Split-K of the grid inside a cluster: qk_ws_cluster_reduce, at every tile. Stream-K's partial tiles:
+// qk_ws_sk_fixup. Launched as a programmatic dependent of qk_wgmma_pack_x (the launcher's pdl), the producer requests
+// its first STAGES steps' weights and scales before waiting for the packing (griddepcontrol.wait), their x after.
 #pragma once
 
 #include "w4a16_wgmma_cuda.h"

@@ -116,8 +116,9 @@ WS_SK_MIN_IDLE_SMALL = 0.1
 # against 46.8; at M = 64 / 128 19.9 / 24.6 in 3 against 20.7 / 26.2 for stream-K; 6144x4096 at M = 64 / 128 / 256
 # 22.3 / 28.1 / 36.8 in 2 against 24.7 / 30.5 / 41.5; 8192x28672 at M = 64 / 128 / 256 79.6 / 119.7 / 176.7 in 2
 # against 82.5 / 123.8 / 184.9; but 4096x14336 (32 tiles, 3 splits: 96 blocks) at M = 64 / 128 / 256 35.9 / 48.8 /
-# 68.8 against 33.2 / 44.8 / 65.7 for stream-K. Clusters of 4 were slower everywhere, and so was any split that took a
-# second wave.
+# 68.8 against 33.2 / 44.8 / 65.7 for stream-K. Clusters of 4 were slower everywhere (at most 30 of them run at once
+# on the H200, bench/results/kernel_h200_ncu_splits4_e815c8d.txt, so 32 tiles in 4 splits take two waves), and so was
+# any split that took a second wave.
 WS_SPLIT = True
 WS_SPLIT_MAX = 3
 # Decode-sized batches on the warp-specialized kernel (ws_decode): 16 tokens a block at M = 9-16 on layers of
@@ -153,7 +154,7 @@ STREAM_PDL = False
 # without it, in the same run (bench/results/kernel_h200.json of dc7c6f3, quantkit_nopdl): 1.5-4 us faster at M =
 # 32-512 (4096x4096 at M = 64 / 512 19.7 / 38.8 against 21.3 / 42.7 us; 14336x4096 at M = 32 29.8 against 32.0), even
 # from M = 1024 up; but at 16 tokens a block (two blocks a multiprocessor) 4096x14336 at M = 16 took 37.6 against 29.7
-# us with it (8192x28672 64.8 against 66.8), for a reason not measured: not there (WS_PDL_MIN_BT).
+# us with it (8192x28672 65.0 against 66.8), for a reason not measured: not there (WS_PDL_MIN_BT).
 WS_PDL = True
 WS_PDL_MIN_BT = 32
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
