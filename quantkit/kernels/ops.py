@@ -361,9 +361,9 @@ def ws_decode(m: int, n: int, k: int) -> bool:
 def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
     this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where the
-    tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE (WS_SK_MIN_IDLE_SMALL below
-    256 tokens) of the grid's last wave idle, on layers of K > WS_DEEP_K up to M = WS_SK_MAX_M; forced, wherever every
-    block gets a step and whole waves do not already fill them all."""
+    tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE (WS_SK_MIN_IDLE_SMALL
+    below 256 tokens) of the grid's last wave idle, on layers of K > WS_DEEP_K up to M = WS_SK_MAX_M; forced, wherever
+    every block gets a step and whole waves do not already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
     sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
@@ -412,7 +412,8 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
         return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
         if k < WS_DEEP_K:
-            return m <= WS_MAX_M or m <= WS_MAX_M_DEEP and (n * k >= WS_WIDE_NK or ws_stream_k(m, n, k, sms, 256)[0] > 0)
+            wide = n * k >= WS_WIDE_NK or ws_stream_k(m, n, k, sms, 256)[0] > 0
+            return m <= WS_MAX_M or m <= WS_MAX_M_DEEP and wide
         return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
     if n * k < WGMMA_MIN_NK_64:
         return False
