@@ -412,8 +412,9 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
         return ws_decode(m, n, k)
     if n * k >= WGMMA_MIN_NK:
         if k < WS_DEEP_K:
-            wide = n * k >= WS_WIDE_NK or ws_stream_k(m, n, k, sms, 256)[0] > 0
-            return m <= WS_MAX_M or m <= WS_MAX_M_DEEP and wide
+            if m <= WS_MAX_M:
+                return True
+            return m <= WS_MAX_M_DEEP and (n * k >= WS_WIDE_NK or ws_stream_k(m, n, k, sms, 256)[0] > 0)
         return m <= (WS_MAX_M_BIG if n * k >= WS_BIG_NK else WS_MAX_M_DEEP)
     if n * k < WGMMA_MIN_NK_64:
         return False
