@@ -152,9 +152,10 @@ STREAM_PDL = False
 # which lets it start at once (its blocks set up and request their first STAGES steps' weights and scales while x is
 # being packed; they read x only once that kernel has finished): ws_pdl. Measured on an H200 against the same dispatch
 # without it, in the same run (bench/results/kernel_h200.json of dc7c6f3, quantkit_nopdl): 1-4 us faster at M =
-# 32-512 (4096x4096 at M = 64 / 512 19.7 / 38.8 against 21.3 / 42.7 us; 14336x4096 at M = 32 29.8 against 32.0), within
-# 2 us either way from M = 1024 up; but at 16 tokens a block (two blocks a multiprocessor) 4096x14336 at M = 16 took 37.6 against 29.7
-# us with it (8192x28672 65.0 against 66.8), for a reason not measured: not there (WS_PDL_MIN_BT).
+# 32-512 (4096x4096 at M = 64 / 512 19.7 / 38.8 against 21.3 / 42.7 us; 14336x4096 at M = 32 29.8 against 32.0),
+# within 2 us either way from M = 1024 up; but at 16 tokens a block (two blocks a multiprocessor) 4096x14336 at M = 16
+# took 37.6 against 29.7 us with it (8192x28672 65.0 against 66.8), for a reason not measured: not there
+# (WS_PDL_MIN_BT).
 WS_PDL = True
 WS_PDL_MIN_BT = 32
 # The streaming kernel with the block's 4 warps sharing one tile and taking turns over its chunks ("wk": the block
