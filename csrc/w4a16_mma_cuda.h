@@ -258,22 +258,6 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
   if (threadIdx.x == 0) *counter = 0;
   return true;
 }
-// Outputs n .. n + 3 of a token (v, fp32 sums; + bias), each rounded once to 16 bits, as one 8-byte store at out + at
-// (at = tok N + n, n = at % N).
-template <typename Tag>
-QK_INLINE void qk_store4_out(float4 v, size_t at, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out,
-                             int N) {
-  const size_t n = at % (size_t)N;
-  float b[4] = {0.f, 0.f, 0.f, 0.f};
-  if (bias)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) b[q] = qk_bits_to_float(bias[n + q], Tag());
-  const uint32_t lo =
-      (uint32_t)qk_float_to_bits(v.x + b[0], Tag()) | ((uint32_t)qk_float_to_bits(v.y + b[1], Tag()) << 16);
-  const uint32_t hi =
-      (uint32_t)qk_float_to_bits(v.z + b[2], Tag()) | ((uint32_t)qk_float_to_bits(v.w + b[3], Tag()) << 16);
-  *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
-}
 // acc (+ bias), rounded once to 16 bits, into out [M, N].
 template <typename Tag, int NT, int MT>
 QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,

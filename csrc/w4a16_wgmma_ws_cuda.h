@@ -211,6 +211,22 @@ QK_INLINE bool qk_ws_item(const QkWsWalk& w, int g, int j, int chunks_per_split,
   return qk_ws_sk_item(w, g, j, it);
 }
 
+// Outputs n .. n + 3 of a token (v, fp32 sums; + bias), each rounded once to 16 bits, as one 8-byte store at out + at
+// (at = tok N + n, n = at % N).
+template <typename Tag>
+QK_INLINE void qk_store4_out(float4 v, size_t at, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out,
+                             int N) {
+  const size_t n = at % (size_t)N;
+  float b[4] = {0.f, 0.f, 0.f, 0.f};
+  if (bias)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) b[q] = qk_bits_to_float(bias[n + q], Tag());
+  const uint32_t lo =
+      (uint32_t)qk_float_to_bits(v.x + b[0], Tag()) | ((uint32_t)qk_float_to_bits(v.y + b[1], Tag()) << 16);
+  const uint32_t hi =
+      (uint32_t)qk_float_to_bits(v.z + b[2], Tag()) | ((uint32_t)qk_float_to_bits(v.w + b[3], Tag()) << 16);
+  *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
+}
 // Split-K of the grid inside a thread-block cluster (its gridDim.z splits of a tile one cluster, in rank order =
 // blockIdx.z): each block stores its sums in its stage ring as a row-major tile red[token][output] (rows of
 // QK_WS_RED_LD floats), then block r adds the cluster's tiles over its share of the token rows, 4 outputs a float4 load
@@ -397,14 +413,18 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       const uint32_t x_dst = (uint32_t)((x_chunk * BT + x_row) * 128);
       // a programmatic launch (of the packing of x, which wrote xp): the first STAGES steps' weights and scales are
       // requested before waiting for that kernel to finish (qk_pdl_wait, else a no-op), their x after
+      // A stage's weights and scales: chunks cs.. of the 8 tiles from tile0.
+      auto copy_weights = [&](uint32_t base, int cs, int tile0, uint32_t bar) {
+        qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
+        qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
+      };
       QkWsItem it;
       int primed = 0;
       for (int j = 0; primed < STAGES && qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j)
         for (int cs = it.c0; cs < it.c1 && primed < STAGES; cs += KS, ++primed) {
           const uint32_t base = smem0 + (uint32_t)(primed * STAGE_BYTES), bar = full0 + 8 * primed;
           qk_mbar_arrive_expect_tx(bar, TX);
-          qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, it.by * TILES, bar);
-          qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), it.by * TILES, bar);
+          copy_weights(base, cs, it.by * TILES, bar);
         }
       qk_pdl_wait();
       int i = 0;  // steps issued, over all items: the ring's position and phase
@@ -424,10 +444,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
             qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
           else
             qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
-          if (i >= primed) {
-            qk_tensor_copy_3d(base + X_BYTES, maps.w, 0, cs, tile0, bar);
-            qk_tensor_copy_3d(base + X_BYTES + W_BYTES, maps.s, 0, group_of0(cs), tile0, bar);
-          }
+          if (i >= primed) copy_weights(base, cs, tile0, bar);
         }
       }
     }
