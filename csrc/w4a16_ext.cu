@@ -312,26 +312,33 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
 
 // x [M, K] into the warp-specialized kernel's layout (qk_wgmma_pack_x): out has x's shape and type and holds
 // [K / 64][M][64], k in the order of index (int32; words: [K / 2] 32-bit words of x's row, else [K] k; the values are
-// not checked: PackedLinear.wgmma_x_pack_index makes them).
-void wgmma_pack_x(torch::Tensor x, torch::Tensor index, bool words, torch::Tensor out) {
+// not checked: PackedLinear.wgmma_x_pack_index makes them), or with no index (no act-order) in the MMA's own k order,
+// x then 16-byte aligned.
+void wgmma_pack_x(torch::Tensor x, c10::optional<torch::Tensor> index, bool words, torch::Tensor out) {
   is_bf16(x);
   check_tensor(x, "x", x.scalar_type(), 2);
-  check_tensor(index, "index", torch::kInt32, 1);
   check_tensor(out, "out", x.scalar_type(), 2);
-  const int64_t want = words ? x.size(1) / 2 : x.size(1);
-  TORCH_CHECK(x.size(1) % 64 == 0 && index.size(0) == want, "index must have ", want, " elements for K = ", x.size(1),
-              " (a multiple of 64)", words ? " in words" : "", ", got ", index.size(0));
   TORCH_CHECK(out.sizes() == x.sizes(), "out must be shaped like x ", x.sizes(), ", got ", out.sizes());
-  TORCH_CHECK(!words || reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0,
-              "x must be 4-byte aligned to be read in words; pass the index of k instead");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(index.data_ptr()) % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
-              "index and out must be 16-byte aligned (fresh tensors are)");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out must be 16-byte aligned (fresh tensors are)");
+  const int32_t* idx = nullptr;
+  if (index) {
+    check_tensor(*index, "index", torch::kInt32, 1);
+    const int64_t want = words ? x.size(1) / 2 : x.size(1);
+    TORCH_CHECK(x.size(1) % 64 == 0 && index->size(0) == want, "index must have ", want, " elements for K = ",
+                x.size(1), " (a multiple of 64)", words ? " in words" : "", ", got ", index->size(0));
+    TORCH_CHECK(!words || reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0,
+                "x must be 4-byte aligned to be read in words; pass the index of k instead");
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(index->data_ptr()) % 16 == 0, "index must be 16-byte aligned");
+    idx = index->data_ptr<int32_t>();
+  } else {
+    TORCH_CHECK(x.size(1) % 64 == 0, "K must be a multiple of 64, got ", x.size(1));
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+                "x must be 16-byte aligned to be packed without an index; pass the index instead");
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch("wgmma x packing kernel",
-               qk_launch_wgmma_pack_x(u16(x), index.data_ptr<int32_t>(), words,
-                                      reinterpret_cast<uint4*>(out.data_ptr()), (int)x.size(0), (int)x.size(1),
-                                      c10::cuda::getCurrentCUDAStream()));
+               qk_launch_wgmma_pack_x(u16(x), idx, words, reinterpret_cast<uint4*>(out.data_ptr()), (int)x.size(0),
+                                      (int)x.size(1), c10::cuda::getCurrentCUDAStream()));
 }
 
 // The [N, K] weight in the activation type, for the dequantize-then-GEMM path.

@@ -95,7 +95,8 @@ cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, boo
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order, each row's 16-byte units swizzled; index: int32,
-// words: [K / 2] 32-bit words of x's row (pairs of k), else [K] k.
+// words: [K / 2] 32-bit words of x's row (pairs of k), else [K] k; null: no act-order, the MMA's k order itself
+// (qk_wgmma_pack_x_plain; x 16-byte aligned).
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.

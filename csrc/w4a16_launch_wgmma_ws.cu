@@ -48,8 +48,44 @@ QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __
   }
 }
 
+QK_GLOBAL void __launch_bounds__(256) qk_wgmma_pack_x_plain(const uint16_t* __restrict__ x, uint4* __restrict__ out,
+                                                             int M, int K) {
+  qk_pdl_trigger();
+  constexpr int R = QK_PACK_ROWS, PAD = 40;  // rows of the staging tile 40 words apart: its reads hit 32 banks
+  __shared__ __align__(16) uint32_t stage[8][4 * PAD];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 3, p = lane & 7;
+  uint32_t* s = stage[warp] + q * PAD;
+  const int chunks = K / 64;
+  const long long tasks = (long long)chunks * ((M + 4 * R - 1) / (4 * R));
+  for (long long t = (long long)blockIdx.x * 8 + warp; t < tasks; t += (long long)gridDim.x * 8) {
+    // rows r0 + 4i + q of chunk c: a row's 128 bytes 8 lanes, 16 bytes a lane, every row's load in flight
+    const int c = (int)(t % chunks), r0 = (int)(t / chunks) * 4 * R;
+    uint4 v[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+      v[i] = __ldg(reinterpret_cast<const uint4*>(x + (size_t)min(r0 + 4 * i + q, M - 1) * K + c * 64) + p);
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      __syncwarp();  // the lanes have read the previous rows out of the staging tile
+      *reinterpret_cast<uint4*>(s + 4 * p) = v[i];
+      __syncwarp();
+      // logical unit u of the chunk is the words u, 8 + u, 16 + u, 24 + u (PackedLinear.wgmma_x_index: k = 64c +
+      // 16 tig + 4j + 2h + e sits at logical 16j + 8h + 2 tig + e, i.e. word tig of unit 2j + h); stored at u ^ (r % 8)
+      const int r = r0 + 4 * i + q, u = p ^ (r & 7);
+      if (r < M) out[((size_t)c * M + r) * 8 + p] = make_uint4(s[u], s[8 + u], s[16 + u], s[24 + u]);
+    }
+  }
+}
+
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream) {
+  if (index == nullptr) {
+    const long long tasks = (long long)(K / 64) * ((M + 4 * QK_PACK_ROWS - 1) / (4 * QK_PACK_ROWS));
+    const int blocks = (int)std::min<long long>((tasks + 7) / 8, 1 << 16);
+    if (blocks == 0) return cudaGetLastError();
+    qk_wgmma_pack_x_plain<<<blocks, 256, 0, stream>>>(x, out, M, K);
+    return cudaGetLastError();
+  }
   const long long n = (long long)(K / 64) * ((M + 8 * QK_PACK_ROWS - 1) / (8 * QK_PACK_ROWS)) * 64;
   const int blocks = (int)std::min<long long>((n + 255) / 256, 1 << 16);
   if (blocks == 0) return cudaGetLastError();

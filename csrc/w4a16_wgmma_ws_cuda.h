@@ -574,5 +574,11 @@ constexpr int QK_PACK_ROWS = 4;
 template <bool WORDS>
 QK_GLOBAL void qk_wgmma_pack_x(const uint16_t* __restrict__ x, const int32_t* __restrict__ index,
                                uint4* __restrict__ out, int M, int K);
+// The same image without act-order, in the fixed order of the MMA (no index), x 16-byte aligned: a warp moves
+// QK_PACK_ROWS x 4 rows of a chunk, a row's 128 bytes by 8 lanes in one 16-byte load each (every row's in flight),
+// and regroups their words into the logical units through a staging tile in shared memory, so that both its loads
+// and its stores are whole 512-byte runs (the indexed kernels read x a word or a k at a time).
+QK_GLOBAL void __launch_bounds__(256) qk_wgmma_pack_x_plain(const uint16_t* __restrict__ x, uint4* __restrict__ out,
+                                                             int M, int K);
 
 #endif  // QK_IS_CUDA

@@ -198,25 +198,30 @@ def test_wgmma_ws_stream_k(device, dtype, sym, act):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warp-specialized kernel is Hopper's")
-@pytest.mark.parametrize("act", [False, True], ids=["words", "act-order"])
-def test_wgmma_pack_x_writes_the_swizzled_image(device, act):
-    """The packing of x for the warp-specialized kernel, word by word (no act-order) and k by k (act-order), against
-    the image built in torch; x that is not 4-byte aligned read in words is refused (w4a16_linear aligns x first)."""
+@pytest.mark.parametrize("mode", ["plain", "words", "act-order"])
+def test_wgmma_pack_x_writes_the_swizzled_image(device, mode):
+    """The packing of x for the warp-specialized kernel against the image built in torch: without act-order in the
+    MMA's own order (no index, 16-byte loads: what w4a16_linear runs), word by word through the index, and k by k
+    (act-order); x whose alignment the mode cannot read is refused (w4a16_linear aligns x first)."""
     from test_kernels import wgmma_pack_x_image
 
     ext = build.load_extension()
+    act = mode == "act-order"
     ql = testing.random_qlinear(1168, 2112, group_size=64, sym=False, act_order=act, dtype=torch.bfloat16, seed=29)
     packed = prepare(ql, device=device)
     index, words = packed.wgmma_x_pack_index()
     assert words is not act
-    for m in (1, 13, 300):
+    if mode == "plain":
+        index = None
+    for m in (1, 13, 16, 300):
         x = testing.random_activations(m, 2112, dtype=torch.bfloat16, seed=30 + m, device=device)
         xp = torch.full_like(x, float("nan"))
         ext.wgmma_pack_x(x, index, words, xp)
         assert torch.equal(xp, wgmma_pack_x_image(x, packed))
-    odd = torch.empty(m * 2112 + 1, dtype=x.dtype, device=device)[1:].view(m, 2112)
-    if words:
-        with pytest.raises(RuntimeError, match="4-byte aligned"):
+    shift = 4 if mode == "plain" else 1  # 8 bytes off for the 16-byte loads, 2 for the words
+    odd = torch.empty(m * 2112 + shift, dtype=x.dtype, device=device)[shift:].view(m, 2112)
+    if not act:
+        with pytest.raises(RuntimeError, match="16-byte aligned" if index is None else "4-byte aligned"):
             ext.wgmma_pack_x(odd, index, words, xp)
     else:  # k by k any alignment does
         odd.copy_(x)

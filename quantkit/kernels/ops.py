@@ -463,7 +463,8 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     meta = packed.mma_meta(x2.dtype)
     if ws:
         xp = torch.empty_like(x2)
-        index, words = packed.wgmma_x_pack_index()  # x2 is 16-byte aligned (w4a16_linear), so words can be read
+        # x2 is 16-byte aligned (w4a16_linear): without act-order the packing reads it 16 bytes at a time, no index
+        index, words = packed.wgmma_x_pack_index() if packed.perm is not None else (None, True)
         ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl)
