@@ -93,8 +93,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50, help="graph replays timed")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step, as eval --compile")
     ap.add_argument("--quantize-lm-head", action="store_true")
-    ap.add_argument("--pdl", action="store_true",
-                    help="the streaming kernel as a programmatic dependent launch (ops.STREAM_PDL = True)")
+    ap.add_argument("--pdl", choices=("off", "on", "both"), default="off",
+                    help="the streaming kernel as a programmatic dependent launch (ops.STREAM_PDL = True); both: the "
+                    "quantized model's step captured and measured without it (model 'quantized') and with it "
+                    "('quantized_pdl'), one after the other in the same run")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
     ap.add_argument("--fuse", action="store_true",
@@ -102,10 +104,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
-    if args.pdl:
-        from quantkit.kernels import ops
+    from quantkit.kernels import ops
 
-        ops.STREAM_PDL = True
+    ops.STREAM_PDL = args.pdl == "on"
     settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
                                    gen_len=args.gen_len, compile=args.compile).validate()
     model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,
@@ -120,8 +121,15 @@ def main() -> None:
     grouped = nullcontext() if args.plain_sdpa else attention.grouped_decode_attention(model, base)
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
-        for name, m in (("quantized", model), ("baseline", base)):
-            decoder = throughput._compiled(m, "inductor") if args.compile else None
+        variants = [("quantized", model, None), ("baseline", base, None)]
+        if args.pdl == "both":  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
+            variants[1:1] = [("quantized_pdl", model, True)]
+        decoders = {}
+        for name, m, pdl in variants:
+            if id(m) not in decoders:
+                decoders[id(m)] = throughput._compiled(m, "inductor") if args.compile else None
+            decoder = decoders[id(m)]
+            ops.STREAM_PDL = args.pdl == "on" if pdl is None else pdl
             for batch in settings.batches:
                 prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                 runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
@@ -135,7 +143,7 @@ def main() -> None:
                        "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                        "by_kind": kinds, "top": top}
                 result["runs"].append(row)
-                print(f"{name:9s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
+                print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
                       f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
                       flush=True)
                 torch.cuda.empty_cache()
