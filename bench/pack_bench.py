@@ -43,7 +43,8 @@ def main(argv=None) -> int:
               "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
               "copy_bandwidth_Bps": copy_bandwidth(device), "reps": args.reps, "rows": []}
     for k in map(int, args.ks.split(",")):
-        ql = testing.random_qlinear(128, k, group_size=128, sym=True, dtype=torch.bfloat16, seed=1)
+        ql = testing.random_qlinear(128, k, group_size=128, sym=True, act_order=False, dtype=torch.bfloat16,
+                                     seed=1)
         index, words = prepare(ql, device=device).wgmma_x_pack_index()
         for m in map(int, args.ms.split(",")):
             x = testing.random_activations(m, k, dtype=torch.bfloat16, seed=2, device=device)
