@@ -18,30 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 NAME = "quantkit_grouped_sdpa"
-# What a decode step runs inside torch.compile: "sdpa" (SDPA on the grouped query, as in eager mode) or "flex"
-# (torch's FlexAttention, whose compiled form for a query this short is a split-KV decoding kernel: the cache is cut
-# among many blocks, where SDPA's kernels give each (sequence, KV head) one block that walks the whole cache).
-DECODE_KERNEL = "sdpa"
-
-
-def _flex_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                 scaling: float | None) -> torch.Tensor:
-    """query [B, H, 1, D], key/value [B, H_kv, S, D], mask None or [B, 1 or H, 1, >= S] (bool: True attends; else
-    added to the scores) -> [B, H, 1, D], through flex_attention with grouped-query heads."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    score_mod = None
-    if mask is not None:
-        per_head = mask.shape[1] != 1
-        mask = mask[:, :, 0, : key.shape[-2]]  # [B, 1 or H, S]
-        if mask.dtype == torch.bool:
-            def score_mod(score, b, h, q_idx, kv_idx):
-                return torch.where(mask[b, h if per_head else 0, kv_idx], score, -float("inf"))
-        else:
-            def score_mod(score, b, h, q_idx, kv_idx):
-                return score + mask[b, h if per_head else 0, kv_idx]
-    return flex_attention(query, key, value, score_mod=score_mod, scale=scaling,
-                          enable_gqa=query.shape[1] != key.shape[1])
 
 
 def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -54,8 +30,6 @@ def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     if query.shape[2] != 1 or groups == 1 or dropout or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if DECODE_KERNEL == "flex" and torch.compiler.is_compiling():
-        return _flex_decode(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
     b, h, _, d = query.shape
     q = query.reshape(b, h // groups, groups, d)  # head i = kv head i // groups, as transformers' repeat_kv orders them
     mask = attention_mask

@@ -1,0 +1,11 @@
+set -u
+. bench/device_env.sh
+export QUANTKIT_KERNEL_CACHE=$PWD/.qkcache
+O=$OUT/a; mkdir -p $O
+s=$(date +%s)
+timeout 130 python3 bench/decode_attention_bench.py --out $O/decode_attention.json > $O/decode_attention.log 2>&1; echo "attention bench rc $? at $(( $(date +%s) - s )) s"; grep "batch" $O/decode_attention.log
+python3 -c "from quantkit.kernels import kernel_available, self_check; print(kernel_available()); self_check()" > $O/build.log 2>&1
+echo "build rc $? at $(( $(date +%s) - s )) s" >> $O/build.log; tail -1 $O/build.log
+timeout $(( 470 - ($(date +%s) - s) )) python3 bench/profile_decode.py --compile --fuse --decode-attention flex --steps 2 --batch 1,8,32 --out $O/decode_profile.json > $O/decode_profile.log 2>&1
+echo "profile rc $? at $(( $(date +%s) - s )) s"; grep "batch" $O/decode_profile.log | grep step
+tar -C $OUT -czf $OUT/a.tgz a && rm -rf $O
