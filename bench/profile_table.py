@@ -7,17 +7,21 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from quantkit.eval.report import projections_fused
 
 
-def setup(run: dict) -> str:
+def setup(run: dict, model: str) -> str:
+    """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
+    programmatic launch."""
     attention = "transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa") \
         else "grouped decode attention"
+    pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
-            + (", programmatic launch" if "--pdl" in run["command"] else ""))
+            + (", programmatic launch" if pdl else ""))
 
 
 def main(args: list[str]) -> None:
@@ -27,7 +31,8 @@ def main(args: list[str]) -> None:
     env = runs[0]["environment"]
     lines = [f"{env['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']}; Llama-3-8B shapes with "
              "random weights, group 128; one decode step after a 512-token prompt, replayed from its CUDA graph "
-             "(median), and its kernels by kind (torch.profiler, eager steps). Commands: "
+             "(median), and its kernels by kind (torch.profiler over steps run outside the graph, compiled where the "
+             "step is). Commands: "
              + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)) + ".", "",
              "| kernels | setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | "
              "attention us | other kernels us | launches |",
@@ -35,10 +40,10 @@ def main(args: list[str]) -> None:
     for label, run in zip(labels, runs):
         rows = {(r["model"], r["batch"]): r for r in run["runs"]}
         for (model, batch), q in rows.items():
-            if model != "quantized":
+            if not model.startswith("quantized"):
                 continue
             b = rows[("baseline", batch)]
-            lines.append(f"| {label} | {setup(run)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
+            lines.append(f"| {label} | {setup(run, model)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
                          f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {q['by_kind']['other']['us']:,.0f} | {q['kernels']} |")
