@@ -99,6 +99,8 @@ def main() -> None:
                     "('quantized_pdl'), one after the other in the same run")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
+    ap.add_argument("--decode-attention", choices=("sdpa", "split"), default="sdpa",
+                    help="what the decode step's attention runs (quantkit.eval.attention.DECODE_KERNEL)")
     ap.add_argument("--fuse", action="store_true",
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
@@ -107,6 +109,7 @@ def main() -> None:
     from quantkit.kernels import ops
 
     ops.STREAM_PDL = args.pdl == "on"
+    attention.DECODE_KERNEL = args.decode_attention
     settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
                                    gen_len=args.gen_len, compile=args.compile).validate()
     model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,

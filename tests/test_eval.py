@@ -8,6 +8,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,3 +321,57 @@ def test_fused_projections_compute_the_same_function():
     section = throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True, progress=False)
     assert section["fused_projections"]["baseline"]["qkv"] == 0  # already fused above: nothing left to fuse
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
+
+
+# (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
+# nothing (the first), a cache not a whole number of blocks, Llama-3-8B's decode shapes, no grouping (the last)
+SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)))
+
+
+def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
+    """quantkit.eval.decode_attention against SDPA in fp32 on the same inputs, every case of SPLIT_KV_CASES."""
+    from quantkit.eval import decode_attention
+
+    gen = torch.Generator().manual_seed(7)
+    for b, h, kv, s, d, filled in SPLIT_KV_CASES:
+        q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)
+        k, v = (torch.randn(b, kv, s, d, generator=gen).to(device, dtype) for _ in range(2))
+        mask = (torch.arange(s + 8)[None, :] < torch.tensor(filled)[:, None]).reshape(b, 1, 1, s + 8).to(device)
+        assert decode_attention.supports(q, k, mask)
+        got = decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5)
+        kr, vr = (t.repeat_interleave(h // kv, dim=1).float() for t in (k, v))
+        want = torch.nn.functional.scaled_dot_product_attention(q.float(), kr, vr, attn_mask=mask[..., :s],
+                                                                scale=d ** -0.5)
+        assert got.shape == q.shape and got.dtype == dtype
+        err = ((got.float() - want).norm() / want.norm()).item()
+        assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
+
+
+def test_split_kv_decode_plan_and_routing():
+    """The split plan fills about TARGET_PROGRAMS programs with whole blocks; grouped_sdpa runs the split kernel only
+    when asked (DECODE_KERNEL), on CUDA tensors and shapes it takes, and SDPA otherwise."""
+    from quantkit.eval import attention, decode_attention
+
+    assert decode_attention.plan(1, 8, 640) == (10, 64)  # 8 (sequence, KV head) pairs: every block its own range
+    assert decode_attention.plan(32, 8, 640) == (2, 320)  # 256 (sequence, KV head) pairs: two ranges each
+    assert decode_attention.plan(2, 8, 200) == (4, 64)
+    q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
+    mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
+    ok = decode_attention.available()
+    assert decode_attention.supports(q, k, mask) is ok
+    assert not decode_attention.supports(q, k, mask.float()) and not decode_attention.supports(q, k, None)
+    assert not decode_attention.supports(q.expand(1, 4, 2, 32), k, mask)  # two query tokens: not a decode step
+    assert not decode_attention.supports(q.float(), k, mask)
+    assert not decode_attention.supports(torch.zeros_like(q[..., :24]), k[..., :24], mask)  # head size 24
+    assert attention.DECODE_KERNEL == "sdpa"
+
+
+def test_split_kv_decode_in_the_triton_interpreter():
+    """The split kernel's arithmetic on the CPU through Triton's interpreter (where Triton is installed; the GPU
+    tests run it compiled): float16, since the interpreter's dot mishandles bfloat16."""
+    pytest.importorskip("triton")
+    code = "import torch, test_eval; test_eval.check_split_kv_decode('cpu', torch.float16)"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -1,0 +1,97 @@
+"""A decode step's attention alone, on a model's shapes: the throughput runs' grouped SDPA against the split-KV
+decoding kernel (quantkit.eval.attention.DECODE_KERNEL "sdpa" / "split", quantkit.eval.decode_attention), both
+torch.compile'd as the decode step is, over a static cache of --cache positions of which the first --filled attend,
+CUDA graphs, median of repeats.
+
+    python3 bench/decode_attention_bench.py --out bench/results/decode_attention_h200.json
+
+Each variant's output is compared with SDPA's math backend on the same inputs before it is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quantkit.eval import attention  # noqa: E402
+
+
+class _Head(torch.nn.Module):  # what transformers hands the attention function: its groups
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups = groups
+
+
+def graph_us(fn, reps: int) -> dict:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    times.sort()
+    return {"us": statistics.median(times), "p10": times[len(times) // 10], "p90": times[9 * len(times) // 10]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", default="1,8,32")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--cache", type=int, default=640, help="static cache length (prompt + generated)")
+    ap.add_argument("--filled", type=int, default=576, help="positions that attend (the mean over a run)")
+    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    device, dtype = "cuda", torch.bfloat16
+    module = _Head(args.heads // args.kv_heads)
+    result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
+    ok = True
+    for batch in map(int, args.batch.split(",")):
+        gen = torch.Generator(device=device).manual_seed(batch)
+        q = torch.randn(batch, args.heads, 1, args.head_dim, device=device, dtype=dtype, generator=gen)
+        k, v = (torch.randn(batch, args.kv_heads, args.cache, args.head_dim, device=device, dtype=dtype, generator=gen)
+                for _ in range(2))
+        mask = (torch.arange(args.cache, device=device) < args.filled).expand(batch, 1, 1, args.cache).contiguous()
+        scale = args.head_dim ** -0.5
+        kr, vr = (t.repeat_interleave(args.heads // args.kv_heads, dim=1).float() for t in (k, v))
+        want = torch.nn.functional.scaled_dot_product_attention(q.float(), kr, vr, attn_mask=mask, scale=scale)
+        want = want.transpose(1, 2)
+        row = {"batch": batch, "kv_bytes": 2 * k.numel() * k.element_size()}
+        for kernel in ("sdpa", "split"):
+            attention.DECODE_KERNEL = kernel
+            torch._dynamo.reset()
+            step = torch.compile(lambda: attention.grouped_sdpa(module, q, k, v, mask, scaling=scale)[0],
+                                 dynamic=True)
+            with torch.inference_mode():
+                err = ((step().float() - want).norm() / want.norm()).item()
+                timing = graph_us(step, args.reps) if err < 1e-2 else None
+            ok &= timing is not None
+            row[kernel] = {"rel_err": err, **(timing or {})}
+            print(f"batch {batch:3d} {kernel}: rel err {err:.2e}" +
+                  (f", {timing['us']:.1f} us ({row['kv_bytes'] / timing['us'] / 1e6:.2f} TB/s of cache)" if timing
+                   else " FAILED the check"), flush=True)
+        result["rows"].append(row)
+    attention.DECODE_KERNEL = "sdpa"
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Split-KV decoding attention for the throughput runs' decode steps (quantkit.eval.attention.DECODE_KERNEL "split").
+
+A decode step has one query token a sequence; SDPA's kernels give each (sequence, KV head) one block that walks the
+whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) and at batch 32 reads the cache at about
+a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
+among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
+softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
+a second kernel weighs the ranges' sums by their log-sum-exps. One custom op (``quantkit::split_kv_decode``), opaque to
+torch.compile, so a compiled and graph-captured step launches the two kernels as they are.
+
+Inputs as transformers' attention functions get them: query [B, H, 1, D], key/value [B, H_kv, S, D] (a static cache),
+a boolean mask [B, 1, 1, >= S] of the positions that attend (at least one a sequence).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BLOCK_S = 64  # cache positions a dot covers
+TARGET_PROGRAMS = 264  # about two a multiprocessor on the H200 (132)
+
+try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def supports(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """The shapes this kernel takes: one query token, grouped heads, a power-of-two head size of 16-256, a boolean mask
+    shared by the heads."""
+    b, h, q, d = query.shape
+    return (available() and q == 1 and h % key.shape[1] == 0 and d in (16, 32, 64, 128, 256) and mask is not None
+            and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1
+            and mask.shape[-1] >= key.shape[-2] and query.dtype in (torch.float16, torch.bfloat16))
+
+
+def plan(batch: int, kv_heads: int, positions: int) -> tuple[int, int]:
+    """(splits, positions a split): as many ranges as bring the programs to TARGET_PROGRAMS, each whole blocks."""
+    blocks = math.ceil(positions / BLOCK_S)
+    splits = max(1, min(blocks, math.ceil(TARGET_PROGRAMS / (batch * kv_heads))))
+    chunk = math.ceil(blocks / splits) * BLOCK_S
+    return math.ceil(positions / chunk), chunk
+
+
+if triton is not None:
+
+    @triton.jit
+    def _partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
+                 sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
+                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
+        p, hk, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        g, d = tl.arange(0, GP), tl.arange(0, D)
+        heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
+        q = tl.load(q_ptr + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < G)[:, None], other=0.0)
+        m = tl.full([GP], float("-inf"), tl.float32)
+        l = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        start = p * chunk
+        end = tl.minimum(start + chunk, positions)
+        for s0 in range(start, end, BS):
+            s = s0 + tl.arange(0, BS)
+            inside = s < end
+            keep = tl.load(mask_ptr + b * smb + s * sms, mask=inside, other=0) != 0
+            k = tl.load(k_ptr + b * skb + hk * skh + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * scale
+            scores = tl.where(keep[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet: no NaN from -inf - -inf
+            alpha = tl.exp(m - base)
+            w = tl.exp(scores - base[:, None])
+            l = l * alpha + tl.sum(w, 1)
+            v = tl.load(v_ptr + b * svb + hk * svh + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(w.to(v.dtype), v)
+            m = m_new
+        some = l > 0
+        lse = tl.where(some, m + tl.log(tl.where(some, l, 1.0)), float("-inf"))  # -inf: the range kept nothing
+        out = acc / tl.where(some, l, 1.0)[:, None]
+        rows = g < G
+        tl.store(o_ptr + b * sob + heads[:, None] * soh + p * sop + d[None, :], out, mask=rows[:, None])
+        tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
+
+    @triton.jit
+    def _combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
+                 PP: tl.constexpr, D: tl.constexpr):
+        h, b = tl.program_id(0), tl.program_id(1)
+        p, d = tl.arange(0, PP), tl.arange(0, D)
+        lse = tl.load(lse_ptr + b * slb + h * slh + p, mask=p < splits, other=float("-inf"))
+        w = tl.exp(lse - tl.max(lse, 0))
+        o = tl.load(o_ptr + b * sob + h * soh + p[:, None] * sop + d[None, :], mask=(p < splits)[:, None], other=0.0)
+        out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+        tl.store(out_ptr + b * sxb + h * sxh + d, out.to(out_ptr.dtype.element_ty))
+
+
+@torch.library.custom_op("quantkit::split_kv_decode", mutates_args=())
+def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """[B, H, 1, D] attention output of the one-token query (see the module doc; ``supports`` must hold)."""
+    b, h, _, d = query.shape
+    kv_heads, positions = key.shape[1], key.shape[2]
+    splits, chunk = plan(b, kv_heads, positions)
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    keep = mask.view(torch.uint8)
+    parts = torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
+    lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device)
+    groups = h // kv_heads
+    _partial[(splits, kv_heads, b)](
+        query, key, value, keep, parts, lse, scale, positions, chunk,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
+        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S)
+    out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
+    _combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0),
+                     lse.stride(1), out.stride(0), out.stride(1), PP=max(2, triton.next_power_of_2(splits)), D=d)
+    return out
+
+
+@split_kv_decode.register_fake
+def _(query, key, value, mask, scale):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
