@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantkit.eval import decode_attention
+
 NAME = "quantkit_grouped_sdpa"
 # What a decode step's attention runs: "sdpa" (SDPA on the grouped query) or "split" (quantkit.eval.decode_attention,
 # the cache cut among many programs; where it does not take the shapes, SDPA). Not yet measured on a GPU: "sdpa".
@@ -33,13 +35,10 @@ def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     if query.shape[2] != 1 or groups == 1 or dropout or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if DECODE_KERNEL == "split" and query.is_cuda:
-        from quantkit.eval import decode_attention
-
-        if decode_attention.supports(query, key, attention_mask):
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            out = decode_attention.split_kv_decode(query, key, value, attention_mask, scale)
-            return out.transpose(1, 2).contiguous(), None
+    if DECODE_KERNEL == "split" and query.is_cuda and decode_attention.supports(query, key, attention_mask):
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out = decode_attention.split_kv_decode(query, key, value, attention_mask, scale)
+        return out.transpose(1, 2).contiguous(), None
     b, h, _, d = query.shape
     q = query.reshape(b, h // groups, groups, d)  # head i = kv head i // groups, as transformers' repeat_kv orders them
     mask = attention_mask

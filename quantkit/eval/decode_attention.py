@@ -55,7 +55,7 @@ if triton is not None:
     def _partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
                  sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
                  G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
-        p, hk, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
         q = tl.load(q_ptr + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < G)[:, None], other=0.0)
@@ -89,7 +89,7 @@ if triton is not None:
     @triton.jit
     def _combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
                  PP: tl.constexpr, D: tl.constexpr):
-        h, b = tl.program_id(0), tl.program_id(1)
+        h, b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
         p, d = tl.arange(0, PP), tl.arange(0, D)
         lse = tl.load(lse_ptr + b * slb + h * slh + p, mask=p < splits, other=float("-inf"))
         w = tl.exp(lse - tl.max(lse, 0))
