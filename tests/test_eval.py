@@ -348,7 +348,7 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
 
 
 def test_split_kv_decode_plan_and_routing():
-    """The split plan fills about TARGET_PROGRAMS programs with whole blocks; grouped_sdpa runs the split kernel only
+    """The split plan makes about two programs a multiprocessor (132 here), of whole blocks; grouped_sdpa runs the split kernel only
     when asked (DECODE_KERNEL), on CUDA tensors and shapes it takes, and SDPA otherwise."""
     from quantkit.eval import attention, decode_attention
 

@@ -19,7 +19,7 @@ import math
 import torch
 
 BLOCK_S = 64  # cache positions a dot covers
-TARGET_PROGRAMS = 264  # about two a multiprocessor on the H200 (132)
+PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
@@ -41,10 +41,11 @@ def supports(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) 
             and mask.shape[-1] >= key.shape[-2] and query.dtype in (torch.float16, torch.bfloat16))
 
 
-def plan(batch: int, kv_heads: int, positions: int) -> tuple[int, int]:
-    """(splits, positions a split): as many ranges as bring the programs to TARGET_PROGRAMS, each whole blocks."""
+def plan(batch: int, kv_heads: int, positions: int, sms: int = 132) -> tuple[int, int]:
+    """(splits, positions a split): as many ranges as bring the programs to PROGRAMS_PER_SM a multiprocessor, each
+    whole blocks."""
     blocks = math.ceil(positions / BLOCK_S)
-    splits = max(1, min(blocks, math.ceil(TARGET_PROGRAMS / (batch * kv_heads))))
+    splits = max(1, min(blocks, math.ceil(PROGRAMS_PER_SM * sms / (batch * kv_heads))))
     chunk = math.ceil(blocks / splits) * BLOCK_S
     return math.ceil(positions / chunk), chunk
 
@@ -104,7 +105,8 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """[B, H, 1, D] attention output of the one-token query (see the module doc; ``supports`` must hold)."""
     b, h, _, d = query.shape
     kv_heads, positions = key.shape[1], key.shape[2]
-    splits, chunk = plan(b, kv_heads, positions)
+    sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 132
+    splits, chunk = plan(b, kv_heads, positions, sms)
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     keep = mask.view(torch.uint8)
     parts = torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
