@@ -1,7 +1,8 @@
 """A decode step's attention alone, on a model's shapes: the throughput runs' grouped SDPA against the split-KV
 decoding kernel (quantkit.eval.attention.DECODE_KERNEL "sdpa" / "split", quantkit.eval.decode_attention), both
 torch.compile'd as the decode step is, over a static cache of --cache positions of which the first --filled attend,
-CUDA graphs, median of repeats.
+each a CUDA graph replayed after a reading flush of the L2 (bench/kernel_bench.py's time_calls: the two interleaved),
+median of repeats.
 
     python3 bench/decode_attention_bench.py --out bench/results/decode_attention_h200.json
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kernel_bench import time_calls  # noqa: E402
 from quantkit.eval import attention  # noqa: E402
 
 
@@ -27,24 +28,6 @@ class _Head(torch.nn.Module):  # what transformers hands the attention function:
     def __init__(self, groups: int):
         super().__init__()
         self.num_key_value_groups = groups
-
-
-def graph_us(fn, reps: int) -> dict:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    times.sort()
-    return {"us": statistics.median(times), "p10": times[len(times) // 10], "p90": times[9 * len(times) // 10]}
 
 
 def main() -> int:
@@ -60,6 +43,7 @@ def main() -> int:
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
     module = _Head(args.heads // args.kv_heads)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
     ok = True
@@ -74,19 +58,28 @@ def main() -> int:
         want = torch.nn.functional.scaled_dot_product_attention(q.float(), kr, vr, attn_mask=mask, scale=scale)
         want = want.transpose(1, 2)
         row = {"batch": batch, "kv_bytes": 2 * k.numel() * k.element_size()}
-        for kernel in ("sdpa", "split"):
-            attention.DECODE_KERNEL = kernel
-            torch._dynamo.reset()
-            step = torch.compile(lambda: attention.grouped_sdpa(module, q, k, v, mask, scaling=scale)[0],
-                                 dynamic=True)
-            with torch.inference_mode():
-                err = ((step().float() - want).norm() / want.norm()).item()
-                timing = graph_us(step, args.reps) if err < 1e-2 else None
-            ok &= timing is not None
-            row[kernel] = {"rel_err": err, **(timing or {})}
-            print(f"batch {batch:3d} {kernel}: rel err {err:.2e}" +
-                  (f", {timing['us']:.1f} us ({row['kv_bytes'] / timing['us'] / 1e6:.2f} TB/s of cache)" if timing
-                   else " FAILED the check"), flush=True)
+        compiled = torch.compile(lambda: attention.grouped_sdpa(module, q, k, v, mask, scaling=scale)[0], dynamic=True)
+
+        def variant(kernel):  # DECODE_KERNEL is read (and guarded on) as the step is traced and captured
+            def call():
+                attention.DECODE_KERNEL = kernel
+                return compiled()
+            return call
+
+        fns = {kernel: variant(kernel) for kernel in ("sdpa", "split")}
+        with torch.inference_mode():
+            for kernel, fn in fns.items():
+                row[kernel] = {"rel_err": ((fn().float() - want).norm() / want.norm()).item()}
+            bad = [kernel for kernel in fns if not row[kernel]["rel_err"] < 1e-2]
+            if not bad:
+                for kernel, timing in time_calls(fns, flush, args.reps, "clean").items():
+                    row[kernel].update(timing)
+        ok &= not bad
+        for kernel in fns:
+            t = row[kernel]
+            print(f"batch {batch:3d} {kernel}: rel err {t['rel_err']:.2e}" +
+                  (f", {t['us']:.1f} us ({row['kv_bytes'] / t['us'] / 1e6:.2f} TB/s of cache)" if "us" in t
+                   else " FAILED the check" if kernel in bad else ""), flush=True)
         result["rows"].append(row)
     attention.DECODE_KERNEL = "sdpa"
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
