@@ -329,9 +329,11 @@ SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (
 
 
 def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
-    """quantkit.eval.decode_attention against SDPA in fp32 on the same inputs, every case of SPLIT_KV_CASES."""
+    """quantkit.eval.decode_attention against SDPA in fp32 on the same inputs, every case of SPLIT_KV_CASES; the op
+    through torch.compile (opaque, its fake output shaped alike, dynamic shapes) gives the same bits as called."""
     from quantkit.eval import decode_attention
 
+    compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
     gen = torch.Generator().manual_seed(7)
     for b, h, kv, s, d, filled in SPLIT_KV_CASES:
         q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)
@@ -345,6 +347,7 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
         assert got.shape == q.shape and got.dtype == dtype
         err = ((got.float() - want).norm() / want.norm()).item()
         assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
+        assert torch.equal(compiled(q, k, v, mask, d ** -0.5), got)
 
 
 def test_split_kv_decode_plan_and_routing():
