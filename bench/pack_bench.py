@@ -59,8 +59,7 @@ def main(argv=None) -> int:
             row = {"M": m, "K": k, "bytes": 2 * x.numel() * x.element_size()}
             for cache in ("zero", "clean"):
                 row[cache] = time_calls(fns, flush, args.reps, cache)
-            rows = result["rows"]
-            rows.append(row)
+            result["rows"].append(row)
             log.info("M %5d K %5d: plain %.1f / %.1f us, indexed %.1f / %.1f us (zeroing / reading flush)", m, k,
                      row["zero"]["plain"]["us"], row["clean"]["plain"]["us"], row["zero"]["indexed"]["us"],
                      row["clean"]["indexed"]["us"])

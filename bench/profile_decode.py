@@ -108,7 +108,6 @@ def main() -> None:
     device, dtype = "cuda", torch.bfloat16
     from quantkit.kernels import ops
 
-    ops.STREAM_PDL = args.pdl == "on"
     attention.DECODE_KERNEL = args.decode_attention
     settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
                                    gen_len=args.gen_len, compile=args.compile).validate()
@@ -124,15 +123,14 @@ def main() -> None:
     grouped = nullcontext() if args.plain_sdpa else attention.grouped_decode_attention(model, base)
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
-        variants = [("quantized", model, None), ("baseline", base, None)]
-        if args.pdl == "both":  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
+        pdl = args.pdl == "on"  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
+        variants = [("quantized", model, pdl), ("baseline", base, pdl)]
+        if args.pdl == "both":
             variants[1:1] = [("quantized_pdl", model, True)]
-        decoders = {}
+        decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
         for name, m, pdl in variants:
-            if id(m) not in decoders:
-                decoders[id(m)] = throughput._compiled(m, "inductor") if args.compile else None
             decoder = decoders[id(m)]
-            ops.STREAM_PDL = args.pdl == "on" if pdl is None else pdl
+            ops.STREAM_PDL = pdl
             for batch in settings.batches:
                 prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                 runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
