@@ -351,8 +351,9 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
 
 
 def test_split_kv_decode_plan_and_routing():
-    """The split plan makes about two programs a multiprocessor (132 here), of whole blocks; grouped_sdpa runs the split kernel only
-    when asked (DECODE_KERNEL), on CUDA tensors and shapes it takes, and SDPA otherwise."""
+    """The split plan makes about two programs a multiprocessor (132 here) of whole blocks; supports() takes one
+    query token, a power-of-two head size and a shared boolean mask only; the throughput runs keep SDPA unless asked
+    (DECODE_KERNEL)."""
     from quantkit.eval import attention, decode_attention
 
     assert decode_attention.plan(1, 8, 640) == (10, 64)  # 8 (sequence, KV head) pairs: every block its own range
