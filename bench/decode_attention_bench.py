@@ -6,12 +6,15 @@ median of repeats.
 
     python3 bench/decode_attention_bench.py --out bench/results/decode_attention_h200.json
 
-Each variant's output is compared with SDPA's math backend on the same inputs before it is timed.
+Each variant's output is compared with SDPA's math backend on the same inputs before it is timed. --sweep also times
+the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
+BLOCK_S, NUM_WARPS, PREFETCH), each named split_p{programs a multiprocessor}_b{block}_w{warps}[_pf].
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -21,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_bench import time_calls  # noqa: E402
-from quantkit.eval import attention  # noqa: E402
+from quantkit.eval import attention, decode_attention  # noqa: E402
 
 
 class _Head(torch.nn.Module):  # what transformers hands the attention function: its groups
@@ -39,13 +42,16 @@ def main() -> int:
     ap.add_argument("--cache", type=int, default=640, help="static cache length (prompt + generated)")
     ap.add_argument("--filled", type=int, default=576, help="positions that attend (the mean over a run)")
     ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--sweep", action="store_true", help="also every combination of the split kernel's launch settings")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    defaults = {name: getattr(decode_attention, name) for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "PREFETCH")}
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
+              "rows": []}
     ok = True
     for batch in map(int, args.batch.split(",")):
         gen = torch.Generator(device=device).manual_seed(batch)
@@ -60,13 +66,19 @@ def main() -> int:
         row = {"batch": batch, "kv_bytes": 2 * k.numel() * k.element_size()}
         compiled = torch.compile(lambda: attention.grouped_sdpa(module, q, k, v, mask, scaling=scale)[0], dynamic=True)
 
-        def variant(kernel):  # DECODE_KERNEL is read (and guarded on) as the step is traced and captured
+        def variant(kernel, settings=defaults):  # read as the step is traced and captured (DECODE_KERNEL guarded on)
             def call():
                 attention.DECODE_KERNEL = kernel
+                for name, value in settings.items():
+                    setattr(decode_attention, name, value)
                 return compiled()
             return call
 
-        fns = {kernel: variant(kernel) for kernel in ("sdpa", "split")}
+        fns = {"sdpa": variant("sdpa"), "split": variant("split")}
+        if args.sweep:
+            for per_sm, block, warps, prefetch in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8), (0, 1)):
+                fns[f"split_p{per_sm}_b{block}_w{warps}{'_pf' if prefetch else ''}"] = variant("split", {
+                    "PROGRAMS_PER_SM": per_sm, "BLOCK_S": block, "NUM_WARPS": warps, "PREFETCH": bool(prefetch)})
         with torch.inference_mode():
             for kernel, fn in fns.items():
                 row[kernel] = {"rel_err": ((fn().float() - want).norm() / want.norm()).item()}
@@ -81,7 +93,12 @@ def main() -> int:
                   (f", {t['us']:.1f} us ({row['kv_bytes'] / t['us'] / 1e6:.2f} TB/s of cache)" if "us" in t
                    else " FAILED the check" if kernel in bad else ""), flush=True)
         result["rows"].append(row)
+        if args.sweep and all("us" in row[kernel] for kernel in fns):
+            best = min((kernel for kernel in fns if kernel.startswith("split_")), key=lambda kernel: row[kernel]["us"])
+            print(f"batch {batch:3d} fastest split: {best}, {row[best]['us']:.1f} us", flush=True)
     attention.DECODE_KERNEL = "sdpa"
+    for name, value in defaults.items():
+        setattr(decode_attention, name, value)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0 if ok else 1
 

@@ -22,7 +22,8 @@ def setup(run: dict) -> str:
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head),
     fused projections (quantkit.eval.fuse), torch.compile'd decode step."""
     t = run["throughput"]
-    parts = ["grouped decode attention" if t.get("attention") == "quantkit_grouped_sdpa" else "SDPA, cache repeated"]
+    parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
+             else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")

@@ -28,7 +28,7 @@ from quantkit.eval import attention, backends, fuse, random_weights, throughput 
 KINDS = (  # first match wins
     ("w4a16", re.compile(r"qk_")),
     ("gemm", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas", re.I)),
-    ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax|split_kv", re.I)),
     ("other", re.compile(r"")),
 )
 
@@ -99,8 +99,8 @@ def main() -> None:
                     "('quantized_pdl'), one after the other in the same run")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
-    ap.add_argument("--decode-attention", choices=("sdpa", "split"), default="sdpa",
-                    help="what the decode step's attention runs (quantkit.eval.attention.DECODE_KERNEL)")
+    ap.add_argument("--decode-attention", choices=attention.DECODE_KERNELS, default=throughput.Settings.decode_attention,
+                    help="what the decode step's attention runs, as eval --decode-attention")
     ap.add_argument("--fuse", action="store_true",
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
@@ -108,7 +108,6 @@ def main() -> None:
     device, dtype = "cuda", torch.bfloat16
     from quantkit.kernels import ops
 
-    attention.DECODE_KERNEL = args.decode_attention
     settings = throughput.Settings(batches=throughput.parse_batches(args.batch), prompt_len=args.prompt_len,
                                    gen_len=args.gen_len, compile=args.compile).validate()
     model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,
@@ -120,9 +119,11 @@ def main() -> None:
         result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),
                                                                                      ("baseline", base))}
     vocab = model.config.vocab_size
-    grouped = nullcontext() if args.plain_sdpa else attention.grouped_decode_attention(model, base)
+    grouped = (nullcontext() if args.plain_sdpa
+               else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
+        result["decode_attention"] = attention.DECODE_KERNEL
         pdl = args.pdl == "on"  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
         variants = [("quantized", model, pdl), ("baseline", base, pdl)]
         if args.pdl == "both":

@@ -16,8 +16,9 @@ from quantkit.eval.report import projections_fused
 def setup(run: dict, model: str) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch."""
-    attention = "transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa") \
-        else "grouped decode attention"
+    attention = ("transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa")
+                 else "split-KV decode attention" if run.get("decode_attention") == "split"
+                 else "grouped decode attention")
     pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")

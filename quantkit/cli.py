@@ -158,6 +158,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-cuda-graphs", is_flag=True, help="Time eagerly (launch overhead included).")
 @click.option("--compile", "compile_decode", is_flag=True,
               help="torch.compile the decode step (both models) before capturing it: fuses transformers' small ops.")
+@click.option("--decode-attention", type=click.Choice(["split", "sdpa"]), default="split", show_default=True,
+              help="A decode step's attention on a GPU (both models): quantkit's split-KV kernel or SDPA.")
 @click.option("--no-fuse", is_flag=True,
               help="Run q/k/v and gate/up as separate linears (default: one linear each, in both models).")
 @click.option("--random-weights", help="Throughput of a random model of this config (config.json path or a name in recipes/configs/).")
@@ -183,7 +185,8 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
     if kw["throughput"]:
         settings = Settings(batches=parse_batches(kw["batches"]), prompt_len=kw["prompt_len"], gen_len=kw["gen_len"],
                             warmup=kw["warmup"], repeats=kw["repeats"], cuda_graphs=not kw["no_cuda_graphs"],
-                            compile=kw["compile_decode"], fuse=not kw["no_fuse"]).validate()
+                            compile=kw["compile_decode"], fuse=not kw["no_fuse"],
+                            decode_attention=kw["decode_attention"]).validate()
     result = validate.evaluate(
         directory, text=text, baseline=baseline, ctx=kw["ctx_tokens"], max_windows=kw["max_windows"], device=kw["device"],
         backend=kw["backend"], perplexity=not no_ppl and kw["random_weights"] is None, throughput=settings,

@@ -102,6 +102,7 @@ def test_cpu_throughput_runs_and_says_it_is_not_meaningful():
     section = throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True, progress=False)
     assert section["meaningful"] is False and "not meaningful" in section["note"]
     assert section["cuda_graphs"] is False and section["environment"]["device_type"] == "cpu"
+    assert section["decode_attention"] == "sdpa"  # asked for "split" (the default), which runs on GPUs only
     assert [r["batch"] for r in section["rows"]] == [1, 2]
     for row in section["rows"]:
         for key in ("prefill_tok_s", "decode_tok_s", "baseline_prefill_tok_s", "baseline_decode_tok_s"):
@@ -146,14 +147,33 @@ def test_random_weights_config_errors(tmp_path):
         random_weights.load_config(bad, dtype=torch.float32)
 
 
-def _fake_result(directory):
-    section = {"device": "CPU", "environment": throughput.environment("cpu", torch.float32), "meaningful": False,
+def _fake_section() -> dict:
+    return {"device": "CPU", "environment": throughput.environment("cpu", torch.float32), "meaningful": False,
                "note": throughput.CPU_NOTE, "settings": vars(TINY_SETTINGS), "cuda_graphs": False, "checks": [],
                "rows": [{"batch": b, "prefill_tok_s": 10.0 * b, "decode_tok_s": 2.0 * b, "baseline_prefill_tok_s": 9.0 * b,
                          "baseline_decode_tok_s": 1.0 * b, "prefill_speedup": 1.11, "decode_speedup": 2.0,
                          "quantized": {"decode": {"spread_pct": 1.0}}, "baseline": {"decode": {"spread_pct": 2.0}}}
                         for b in (1, 8)]}
-    return {"weights_digest": weights_digest(directory), "model": {"directory": directory.name}, "throughput": section}
+
+
+def _fake_result(directory):
+    return {"weights_digest": weights_digest(directory), "model": {"directory": directory.name},
+            "throughput": _fake_section()}
+
+
+def test_report_says_which_attention_the_decode_steps_ran():
+    """The throughput section's setup line names the decode steps' attention: quantkit's split-KV kernel, the grouped
+    SDPA, or neither (transformers' attention as it is)."""
+    section = _fake_section()
+    lines = {}
+    for attention, decode in (("quantkit_grouped_sdpa", "split"), ("quantkit_grouped_sdpa", "sdpa"), ("sdpa", None)):
+        section.update(attention=attention, decode_attention=decode)
+        lines[attention, decode] = "\n".join(report._throughput_md(section, None))
+    assert "split-KV decoding kernel" in lines["quantkit_grouped_sdpa", "split"]
+    assert "reading each cached key/value head once" not in lines["quantkit_grouped_sdpa", "split"]
+    assert "reading each cached key/value head once" in lines["quantkit_grouped_sdpa", "sdpa"]
+    assert "split-KV" not in lines["quantkit_grouped_sdpa", "sdpa"]
+    assert "split-KV" not in lines["sdpa", None] and "reading each cached" not in lines["sdpa", None]
 
 
 def test_reports_are_written_atomically(checkpoints, tmp_path, monkeypatch):
@@ -323,42 +343,20 @@ def test_fused_projections_compute_the_same_function():
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
 
 
-# (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
-# nothing (the first), a cache not a whole number of blocks, Llama-3-8B's decode shapes, no grouping (the last)
-SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)))
-
-
-def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
-    """quantkit.eval.decode_attention against SDPA in fp32 on the same inputs, every case of SPLIT_KV_CASES; the op
-    through torch.compile (opaque, its fake output shaped alike, dynamic shapes) gives the same bits as called."""
-    from quantkit.eval import decode_attention
-
-    compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
-    gen = torch.Generator().manual_seed(7)
-    for b, h, kv, s, d, filled in SPLIT_KV_CASES:
-        q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)
-        k, v = (torch.randn(b, kv, s, d, generator=gen).to(device, dtype) for _ in range(2))
-        mask = (torch.arange(s + 8)[None, :] < torch.tensor(filled)[:, None]).reshape(b, 1, 1, s + 8).to(device)
-        assert decode_attention.supports(q, k, mask)
-        got = decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5)
-        kr, vr = (t.repeat_interleave(h // kv, dim=1).float() for t in (k, v))
-        want = torch.nn.functional.scaled_dot_product_attention(q.float(), kr, vr, attn_mask=mask[..., :s],
-                                                                scale=d ** -0.5)
-        assert got.shape == q.shape and got.dtype == dtype
-        err = ((got.float() - want).norm() / want.norm()).item()
-        assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
-        assert torch.equal(compiled(q, k, v, mask, d ** -0.5), got)
-
-
 def test_split_kv_decode_plan_and_routing():
     """The split plan makes about two programs a multiprocessor (132 here) of whole blocks; supports() takes one
-    query token, a power-of-two head size and a shared boolean mask only; the throughput runs keep SDPA unless asked
-    (DECODE_KERNEL)."""
+    query token, a power-of-two head size and a shared boolean mask only, runs_for() grouped-query models on a GPU;
+    the throughput runs ask for it (Settings.decode_attention, set inside grouped_decode_attention only) and record
+    SDPA where it does not run; anything but "split" or "sdpa" is refused."""
+    from transformers import LlamaConfig
+
     from quantkit.eval import attention, decode_attention
 
-    assert decode_attention.plan(1, 8, 640) == (10, 64)  # 8 (sequence, KV head) pairs: every block its own range
+    assert decode_attention.BLOCK_S == 32 and decode_attention.PROGRAMS_PER_SM == 2
+    assert decode_attention.plan(1, 8, 640) == (20, 32)  # 8 (sequence, KV head) pairs: every block its own range
     assert decode_attention.plan(32, 8, 640) == (2, 320)  # 256 (sequence, KV head) pairs: two ranges each
-    assert decode_attention.plan(2, 8, 200) == (4, 64)
+    assert decode_attention.plan(2, 8, 200) == (7, 32)
+    assert decode_attention.plan(2, 8, 200, per_sm=1, block=64) == (4, 64)
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()
@@ -367,14 +365,32 @@ def test_split_kv_decode_plan_and_routing():
     assert not decode_attention.supports(q.expand(1, 4, 2, 32), k, mask)  # two query tokens: not a decode step
     assert not decode_attention.supports(q.float(), k, mask)
     assert not decode_attention.supports(torch.zeros_like(q[..., :24]), k[..., :24], mask)  # head size 24
+    gqa = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)
+    mha = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=8)
+    cuda = torch.device("cuda")
+    assert decode_attention.runs_for(gqa, cuda, torch.bfloat16) is ok
+    assert not decode_attention.runs_for(gqa, torch.device("cpu"), torch.bfloat16)
+    assert not decode_attention.runs_for(gqa, cuda, torch.float32)
+    assert not decode_attention.runs_for(mha, cuda, torch.bfloat16)  # no grouping: transformers' SDPA
+    assert not decode_attention.runs_for(LlamaConfig(hidden_size=192, num_attention_heads=8, num_key_value_heads=2),
+                                         cuda, torch.bfloat16)  # head size 24
+    assert throughput.Settings().decode_attention == "split" and attention.DECODE_KERNEL == "sdpa"
+    with attention.grouped_decode_attention(decode_kernel="split"):
+        assert attention.DECODE_KERNEL == "split"
     assert attention.DECODE_KERNEL == "sdpa"
+    with pytest.raises(InputError, match="--decode-attention must be one of split, sdpa"):
+        throughput.Settings(decode_attention="flash").validate()
+    with pytest.raises(ValueError, match="decode_kernel"):
+        with attention.grouped_decode_attention(decode_kernel="flash"):
+            pass
 
 
 def test_split_kv_decode_in_the_triton_interpreter():
     """The split kernel's arithmetic on the CPU through Triton's interpreter (where Triton is installed; the GPU
     tests run it compiled): float16, since the interpreter's dot mishandles bfloat16."""
     pytest.importorskip("triton")
-    code = "import torch, test_eval; test_eval.check_split_kv_decode('cpu', torch.float16)"
+    code = ("import torch, split_kv_check\nfor prefetch in (False, True):\n"
+            "    split_kv_check.check_split_kv_decode('cpu', torch.float16, prefetch)")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                          text=True, timeout=600)

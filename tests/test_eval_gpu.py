@@ -56,18 +56,21 @@ def test_graph_throughput_on_a_tiny_model(models):
     assert [r["batch"] for r in section["rows"]] == [1, 4] and all(r["decode_tok_s"] > 0 for r in section["rows"])
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_split_kv_decode_matches_sdpa(dtype):
-    """quantkit.eval.decode_attention compiled for this GPU, against SDPA in fp32 (tests/test_eval.py's cases)."""
+def test_split_kv_decode_matches_sdpa(dtype, prefetch):
+    """quantkit.eval.decode_attention compiled for this GPU, with and without PREFETCH, against SDPA in fp32
+    (tests/split_kv_check.py's cases)."""
     pytest.importorskip("triton")
-    from test_eval import check_split_kv_decode
+    from split_kv_check import check_split_kv_decode
 
-    check_split_kv_decode("cuda", dtype)
+    check_split_kv_decode("cuda", dtype, prefetch)
 
 
 def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
-    """DECODE_KERNEL "split": the throughput run's compiled, graph-captured decode steps run the split kernel (its
-    plan is worked out at every real call) and pass the run's own checks against a plain forward pass."""
+    """decode_attention "split" (the default): the throughput run's compiled, graph-captured decode steps run the split
+    kernel (its plan is worked out at every real call), pass the run's own checks against a plain forward pass, and the
+    result says so."""
     pytest.importorskip("triton")
     from quantkit.eval import attention, decode_attention
 
@@ -75,10 +78,11 @@ def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
     calls = []
     real_plan = decode_attention.plan
     monkeypatch.setattr(decode_attention, "plan", lambda *a: calls.append(a) or real_plan(*a))
-    monkeypatch.setattr(attention, "DECODE_KERNEL", "split")
     settings = throughput.Settings(batches=(1, 4), prompt_len=16, gen_len=4, warmup=1, repeats=2, compile=True)
+    assert settings.decode_attention == "split"
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     torch._dynamo.reset()
     assert section["compiled_decode"] is True and section["cuda_graphs"] is True
+    assert section["decode_attention"] == "split" and attention.DECODE_KERNEL == "sdpa"  # restored after the run
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert {a[0] for a in calls} >= {1, 4}, calls  # batch 1 and 4 steps went through it

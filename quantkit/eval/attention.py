@@ -20,8 +20,10 @@ from torch import nn
 from quantkit.eval import decode_attention
 
 NAME = "quantkit_grouped_sdpa"
-# What a decode step's attention runs: "sdpa" (SDPA on the grouped query) or "split" (quantkit.eval.decode_attention,
-# the cache cut among many programs; where it does not take the shapes, SDPA). Not yet measured on a GPU: "sdpa".
+# What a decode step's attention runs on a GPU: "sdpa" (SDPA on the grouped query) or "split"
+# (quantkit.eval.decode_attention, the cache cut among many programs; where it does not take the shapes, SDPA). Set
+# for the duration of grouped_decode_attention (the throughput runs: Settings.decode_attention).
+DECODE_KERNELS = ("split", "sdpa")
 DECODE_KERNEL = "sdpa"
 
 
@@ -59,10 +61,14 @@ def _register() -> None:
 
 
 @contextmanager
-def grouped_decode_attention(*models: nn.Module):
-    """Within the block, the models that use transformers' "sdpa" attention use grouped_sdpa; restored after."""
+def grouped_decode_attention(*models: nn.Module, decode_kernel: str = "sdpa"):
+    """Within the block, the models that use transformers' "sdpa" attention use grouped_sdpa, whose decode steps run
+    decode_kernel (DECODE_KERNEL); restored after."""
+    global DECODE_KERNEL
+    if decode_kernel not in DECODE_KERNELS:
+        raise ValueError(f"decode_kernel must be one of {DECODE_KERNELS}, got {decode_kernel!r}")
     _register()
-    changed = []
+    changed, kernel_before, DECODE_KERNEL = [], DECODE_KERNEL, decode_kernel
     for model in models:
         config = model.config
         if getattr(config, "_attn_implementation", None) == "sdpa":
@@ -71,5 +77,6 @@ def grouped_decode_attention(*models: nn.Module):
     try:
         yield
     finally:
+        DECODE_KERNEL = kernel_before
         for model in changed:
             model.set_attn_implementation("sdpa")

@@ -1,4 +1,5 @@
-"""Split-KV decoding attention for the throughput runs' decode steps (quantkit.eval.attention.DECODE_KERNEL "split").
+"""Split-KV decoding attention for the throughput runs' decode steps (quantkit.eval.attention.DECODE_KERNEL "split",
+the throughput runs' default: Settings.decode_attention).
 
 A decode step has one query token a sequence; SDPA's kernels give each (sequence, KV head) one block that walks the
 whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) and at batch 32 reads the cache at about
@@ -18,8 +19,11 @@ import math
 
 import torch
 
-BLOCK_S = 64  # cache positions a dot covers
+# Launch settings, read at every call (bench/decode_attention_bench.py --sweep measures the alternatives)
+BLOCK_S = 32  # cache positions a dot covers
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
+NUM_WARPS = 4
+PREFETCH = False  # load the next block of K and V before this block's dots (Triton does not pipeline this loop)
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
@@ -32,30 +36,71 @@ def available() -> bool:
     return triton is not None
 
 
+HEAD_DIMS = (16, 32, 64, 128, 256)
+DTYPES = (torch.float16, torch.bfloat16)
+
+
 def supports(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """The shapes this kernel takes: one query token, grouped heads, a power-of-two head size of 16-256, a boolean mask
     shared by the heads."""
     b, h, q, d = query.shape
-    return (available() and q == 1 and h % key.shape[1] == 0 and d in (16, 32, 64, 128, 256) and mask is not None
+    return (available() and q == 1 and h % key.shape[1] == 0 and d in HEAD_DIMS and mask is not None
             and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1
-            and mask.shape[-1] >= key.shape[-2] and query.dtype in (torch.float16, torch.bfloat16))
+            and mask.shape[-1] >= key.shape[-2] and query.dtype in DTYPES)
 
 
-def plan(batch: int, kv_heads: int, positions: int, sms: int = 132) -> tuple[int, int]:
-    """(splits, positions a split): as many ranges as bring the programs to PROGRAMS_PER_SM a multiprocessor, each
-    whole blocks."""
-    blocks = math.ceil(positions / BLOCK_S)
-    splits = max(1, min(blocks, math.ceil(PROGRAMS_PER_SM * sms / (batch * kv_heads))))
-    chunk = math.ceil(blocks / splits) * BLOCK_S
+def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a model of this transformers config, on device in dtype, has its decode steps' attention here under
+    quantkit.eval.attention's "split": grouped-query attention (fewer KV heads than query heads) of a head size this
+    kernel takes, on a GPU."""
+    config = config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (available() and device.type == "cuda" and kv_heads < heads and heads % kv_heads == 0
+            and head_dim in HEAD_DIMS and dtype in DTYPES)
+
+
+def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int | None = None,
+         block: int | None = None) -> tuple[int, int]:
+    """(splits, positions a split): as many ranges as bring the programs to per_sm (PROGRAMS_PER_SM) a
+    multiprocessor, each whole blocks of block (BLOCK_S) positions."""
+    per_sm, block = per_sm or PROGRAMS_PER_SM, block or BLOCK_S
+    blocks = math.ceil(positions / block)
+    splits = max(1, min(blocks, math.ceil(per_sm * sms / (batch * kv_heads))))
+    chunk = math.ceil(blocks / splits) * block
     return math.ceil(positions / chunk), chunk
 
 
 if triton is not None:
 
     @triton.jit
-    def _partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
+    def _load(k_ptr, v_ptr, mask_ptr, s0, end, sks, svs, sms, D: tl.constexpr, BS: tl.constexpr):
+        """Block s0 .. s0 + BS of one (sequence, KV head): which positions attend, K and V (zero past end)."""
+        s, d = s0 + tl.arange(0, BS), tl.arange(0, D)
+        inside = s < end
+        keep = tl.load(mask_ptr + s * sms, mask=inside, other=0) != 0
+        k = tl.load(k_ptr + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(v_ptr + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
+        return keep, k, v
+
+    @triton.jit
+    def _attend(q, keep, k, v, m, l, acc, scale):
+        """One block into the running max m, sum l and weighted sum acc of the group's query rows (online softmax)."""
+        scores = tl.dot(q, tl.trans(k)) * scale
+        scores = tl.where(keep[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet: no NaN from -inf - -inf
+        alpha = tl.exp(m - base)
+        w = tl.exp(scores - base[:, None])
+        l = l * alpha + tl.sum(w, 1)
+        acc = acc * alpha[:, None] + tl.dot(w.to(v.dtype), v)
+        return m_new, l, acc
+
+    @triton.jit
+    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
                  sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
-                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
+                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PREFETCH: tl.constexpr):
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
@@ -65,21 +110,17 @@ if triton is not None:
         acc = tl.zeros([GP, D], tl.float32)
         start = p * chunk
         end = tl.minimum(start + chunk, positions)
-        for s0 in range(start, end, BS):
-            s = s0 + tl.arange(0, BS)
-            inside = s < end
-            keep = tl.load(mask_ptr + b * smb + s * sms, mask=inside, other=0) != 0
-            k = tl.load(k_ptr + b * skb + hk * skh + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)) * scale
-            scores = tl.where(keep[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, 1))
-            base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet: no NaN from -inf - -inf
-            alpha = tl.exp(m - base)
-            w = tl.exp(scores - base[:, None])
-            l = l * alpha + tl.sum(w, 1)
-            v = tl.load(v_ptr + b * svb + hk * svh + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(w.to(v.dtype), v)
-            m = m_new
+        k_ptr, v_ptr, mask_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh, mask_ptr + b * smb
+        if PREFETCH:  # the next block's loads in flight during this block's dots (registers: two blocks of K and V)
+            keep, k, v = _load(k_ptr, v_ptr, mask_ptr, start, end, sks, svs, sms, D, BS)
+            for s0 in range(start, end, BS):
+                keep_n, k_n, v_n = _load(k_ptr, v_ptr, mask_ptr, s0 + BS, end, sks, svs, sms, D, BS)
+                m, l, acc = _attend(q, keep, k, v, m, l, acc, scale)
+                keep, k, v = keep_n, k_n, v_n
+        else:
+            for s0 in range(start, end, BS):
+                keep, k, v = _load(k_ptr, v_ptr, mask_ptr, s0, end, sks, svs, sms, D, BS)
+                m, l, acc = _attend(q, keep, k, v, m, l, acc, scale)
         some = l > 0
         lse = tl.where(some, m + tl.log(tl.where(some, l, 1.0)), float("-inf"))  # -inf: the range kept nothing
         out = acc / tl.where(some, l, 1.0)[:, None]
@@ -88,7 +129,7 @@ if triton is not None:
         tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
 
     @triton.jit
-    def _combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
+    def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
                  PP: tl.constexpr, D: tl.constexpr):
         h, b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
         p, d = tl.arange(0, PP), tl.arange(0, D)
@@ -112,14 +153,14 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     parts = torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device)
     groups = h // kv_heads
-    _partial[(splits, kv_heads, b)](
+    _split_kv_partial[(splits, kv_heads, b)](
         query, key, value, keep, parts, lse, scale, positions, chunk,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, PREFETCH=PREFETCH, num_warps=NUM_WARPS)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
-    _combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0),
+    _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0),
                      lse.stride(1), out.stride(0), out.stride(1), PP=max(2, triton.next_power_of_2(splits)), D=d)
     return out
 

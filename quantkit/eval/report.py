@@ -16,6 +16,8 @@ REPORT_MD = "quantkit_eval.md"
 PLOT_PNG = "quantkit_eval.png"
 ATTENTION_NOTE = ("SDPA attention, a decode step's grouped query heads reading each cached key/value head once "
                   "(quantkit.eval.attention); ")
+SPLIT_KV_NOTE = ("SDPA attention for the prefill, a decode step's attention through quantkit's split-KV decoding "
+                 "kernel, each sequence's cached keys and values cut among many programs (quantkit.eval.decode_attention); ")
 FUSED_NOTE = "q/k/v and gate/up projections run as one linear each in both models (quantkit.eval.fuse); "
 COMPILED_NOTE = " (the decode step torch.compile'd first, quantized linears opaque to the compiler, the same for both models)"
 
@@ -49,6 +51,12 @@ def projections_fused(section: dict) -> bool:
     return len(parts) == 2 and all(p.get("qkv") and p["qkv"] == p.get("gate_up") for p in parts.values())
 
 
+def _attention_note(t: dict) -> str:
+    if t.get("attention") != ATTENTION:
+        return ""
+    return SPLIT_KV_NOTE if t.get("decode_attention") == "split" else ATTENTION_NOTE
+
+
 def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
     s, env = t["settings"], t["environment"]
     lines = ["## Throughput", ""]
@@ -58,7 +66,7 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
               f"driver {env.get('driver') or '—'}, transformers {env['transformers']}, quantkit {env['quantkit']}; "
               f"{t.get('backend', '?')} backend; baseline: {t.get('baseline', '?')}.", "",
               f"Prompt {s['prompt_len']} tokens, then {s['gen_len']} greedy decode steps, per sequence; static KV cache; "
-              f"{ATTENTION_NOTE if t.get('attention') == ATTENTION else ''}"
+              f"{_attention_note(t)}"
               f"{FUSED_NOTE if projections_fused(t) else ''}"
               f"{'prefill and decode step captured in CUDA graphs' if t.get('cuda_graphs') else 'eager (no CUDA graphs)'}"
               f"{COMPILED_NOTE if t.get('compiled_decode') else ''}; "

@@ -8,7 +8,8 @@ step feeds its argmax back as the next input and advances the position on the de
 per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
 over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
-once instead of repeating it per query head (quantkit.eval.attention). Unless ``fuse`` is off, both models run
+once instead of repeating it per query head (quantkit.eval.attention), on a GPU by default through quantkit's
+split-KV decoding kernel (``decode_attention``: quantkit.eval.decode_attention). Unless ``fuse`` is off, both models run
 their q/k/v and gate/up projections as one linear each, as serving engines do (quantkit.eval.fuse; in place).
 
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
@@ -40,8 +41,8 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import ppl
-from quantkit.eval.attention import grouped_decode_attention
+from quantkit.eval import decode_attention, ppl
+from quantkit.eval.attention import DECODE_KERNELS, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Settings:
     compile: bool = False  # torch.compile the decode step (fuses the ops around the linears), then graph-capture it
     compile_backend: str = "inductor"  # "eager" traces without code generation (tests)
     fuse: bool = True  # q/k/v and gate/up projections as one linear each, in both models (quantkit.eval.fuse)
+    decode_attention: str = "split"  # a decode step's attention on a GPU, both models (quantkit.eval.attention)
     seed: int = 0
 
     def validate(self) -> "Settings":
@@ -72,6 +74,8 @@ class Settings:
             raise InputError(f"--prompt-len and --gen-len must be >= 1, got {self.prompt_len} and {self.gen_len}")
         if self.repeats < 1 or self.warmup < 0:
             raise InputError(f"--repeats must be >= 1 and --warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.decode_attention not in DECODE_KERNELS:
+            raise InputError(f"--decode-attention must be one of {', '.join(DECODE_KERNELS)}, got {self.decode_attention!r}")
         return self
 
 
@@ -401,8 +405,11 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["fused_projections"] = {name: fuse_projections(m) for name, m in (("quantized", model), ("baseline", baseline))}
     steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
     measured: dict = {}
-    with grouped_decode_attention(model, baseline), opaque_quantized_linears(model) if settings.compile else nullcontext():
+    with (grouped_decode_attention(model, baseline, decode_kernel=settings.decode_attention),
+          opaque_quantized_linears(model) if settings.compile else nullcontext()):
         result["attention"] = model.config._attn_implementation
+        split = settings.decode_attention == "split" and decode_attention.runs_for(model.config, device, dtype)
+        result["decode_attention"] = "split" if split else "sdpa"  # what runs: SDPA where the kernel does not apply
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
                     if settings.compile else {})
         for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):

@@ -1,0 +1,41 @@
+"""The split-KV decoding attention's check against SDPA (quantkit.eval.decode_attention), shared by the CPU test
+through Triton's interpreter (tests/test_eval.py) and the GPU test (tests/test_eval_gpu.py)."""
+
+from __future__ import annotations
+
+import torch
+
+# (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
+# nothing (the first), a cache not a whole number of blocks, Llama-3-8B's decode shapes, no grouping (the last)
+SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)))
+
+
+def check_split_kv_decode(device: str, dtype: torch.dtype, prefetch: bool) -> None:
+    """quantkit.eval.decode_attention (its PREFETCH set to prefetch) against SDPA in fp32 on the same inputs, every
+    case of SPLIT_KV_CASES; the op through torch.compile (opaque, its fake output shaped alike, dynamic shapes) gives
+    the same bits as called."""
+    from quantkit.eval import decode_attention
+
+    decode_attention.PREFETCH, default = prefetch, decode_attention.PREFETCH
+    try:
+        _check(decode_attention, device, dtype)
+    finally:
+        decode_attention.PREFETCH = default
+
+
+def _check(decode_attention, device: str, dtype: torch.dtype) -> None:
+    compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
+    gen = torch.Generator().manual_seed(7)
+    for b, h, kv, s, d, filled in SPLIT_KV_CASES:
+        q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)
+        k, v = (torch.randn(b, kv, s, d, generator=gen).to(device, dtype) for _ in range(2))
+        mask = (torch.arange(s + 8)[None, :] < torch.tensor(filled)[:, None]).reshape(b, 1, 1, s + 8).to(device)
+        assert decode_attention.supports(q, k, mask)
+        got = decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5)
+        kr, vr = (t.repeat_interleave(h // kv, dim=1).float() for t in (k, v))
+        want = torch.nn.functional.scaled_dot_product_attention(q.float(), kr, vr, attn_mask=mask[..., :s],
+                                                                scale=d ** -0.5)
+        assert got.shape == q.shape and got.dtype == dtype
+        err = ((got.float() - want).norm() / want.norm()).item()
+        assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
+        assert torch.equal(compiled(q, k, v, mask, d ** -0.5), got)
