@@ -16,8 +16,12 @@ from quantkit.eval.report import projections_fused
 def setup(run: dict, model: str) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch."""
+    # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
+    # _combine, which the kinds did not count as attention
+    unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
     attention = ("transformers SDPA (cache repeated per query head)" if run.get("attention") in (None, "sdpa")
                  else "split-KV decode attention" if run.get("decode_attention") == "split"
+                 else "split-KV decode attention (its kernels counted as other)" if unnamed
                  else "grouped decode attention")
     pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
