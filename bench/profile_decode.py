@@ -99,7 +99,8 @@ def main() -> None:
                     "('quantized_pdl'), one after the other in the same run")
     ap.add_argument("--plain-sdpa", action="store_true",
                     help="transformers' SDPA as it is (cache repeated per query head) instead of quantkit.eval.attention")
-    ap.add_argument("--decode-attention", choices=attention.DECODE_KERNELS, default=throughput.Settings.decode_attention,
+    ap.add_argument("--decode-attention", choices=attention.DECODE_KERNELS,
+                    default=throughput.Settings.decode_attention,
                     help="what the decode step's attention runs, as eval --decode-attention")
     ap.add_argument("--fuse", action="store_true",
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")

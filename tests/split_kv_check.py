@@ -6,21 +6,23 @@ from __future__ import annotations
 import torch
 
 # (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
-# nothing (the first), a cache not a whole number of blocks, Llama-3-8B's decode shapes, no grouping (the last)
-SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)))
+# nothing (the first; the fourth, a cache mostly beyond the sequences, whole ranges), a cache not a whole number of
+# blocks, Llama-3-8B's decode shapes, no grouping (the third)
+SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)),
+                  (2, 4, 1, 1000, 32, (40, 333)))
 
 
-def check_split_kv_decode(device: str, dtype: torch.dtype, prefetch: bool) -> None:
-    """quantkit.eval.decode_attention (its PREFETCH set to prefetch) against SDPA in fp32 on the same inputs, every
-    case of SPLIT_KV_CASES; the op through torch.compile (opaque, its fake output shaped alike, dynamic shapes) gives
-    the same bits as called."""
+def check_split_kv_decode(device: str, dtype: torch.dtype, skip_masked: bool) -> None:
+    """quantkit.eval.decode_attention (its SKIP_MASKED set to skip_masked) against SDPA in fp32 on the same inputs,
+    every case of SPLIT_KV_CASES; the op through torch.compile (opaque, its fake output shaped alike, dynamic shapes)
+    gives the same bits as called."""
     from quantkit.eval import decode_attention
 
-    decode_attention.PREFETCH, default = prefetch, decode_attention.PREFETCH
+    decode_attention.SKIP_MASKED, default = skip_masked, decode_attention.SKIP_MASKED
     try:
         _check(decode_attention, device, dtype)
     finally:
-        decode_attention.PREFETCH = default
+        decode_attention.SKIP_MASKED = default
 
 
 def _check(decode_attention, device: str, dtype: torch.dtype) -> None:

@@ -389,8 +389,8 @@ def test_split_kv_decode_in_the_triton_interpreter():
     """The split kernel's arithmetic on the CPU through Triton's interpreter (where Triton is installed; the GPU
     tests run it compiled): float16, since the interpreter's dot mishandles bfloat16."""
     pytest.importorskip("triton")
-    code = ("import torch, split_kv_check\nfor prefetch in (False, True):\n"
-            "    split_kv_check.check_split_kv_decode('cpu', torch.float16, prefetch)")
+    code = ("import torch, split_kv_check\nfor skip in (True, False):\n"
+            "    split_kv_check.check_split_kv_decode('cpu', torch.float16, skip)")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                          text=True, timeout=600)

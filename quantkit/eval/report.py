@@ -17,7 +17,8 @@ PLOT_PNG = "quantkit_eval.png"
 ATTENTION_NOTE = ("SDPA attention, a decode step's grouped query heads reading each cached key/value head once "
                   "(quantkit.eval.attention); ")
 SPLIT_KV_NOTE = ("SDPA attention for the prefill, a decode step's attention through quantkit's split-KV decoding "
-                 "kernel, each sequence's cached keys and values cut among many programs (quantkit.eval.decode_attention); ")
+                 "kernel, each sequence's cached keys and values cut among many programs "
+                 "(quantkit.eval.decode_attention); ")
 FUSED_NOTE = "q/k/v and gate/up projections run as one linear each in both models (quantkit.eval.fuse); "
 COMPILED_NOTE = " (the decode step torch.compile'd first, quantized linears opaque to the compiler, the same for both models)"
 

@@ -75,7 +75,8 @@ class Settings:
         if self.repeats < 1 or self.warmup < 0:
             raise InputError(f"--repeats must be >= 1 and --warmup >= 0, got {self.repeats} and {self.warmup}")
         if self.decode_attention not in DECODE_KERNELS:
-            raise InputError(f"--decode-attention must be one of {', '.join(DECODE_KERNELS)}, got {self.decode_attention!r}")
+            raise InputError(f"--decode-attention must be one of {', '.join(DECODE_KERNELS)}, "
+                             f"got {self.decode_attention!r}")
         return self
 
 
