@@ -6,11 +6,9 @@ median of repeats.
 
     python3 bench/decode_attention_bench.py --out bench/results/decode_attention_h200.json
 
-"split_noskip" is the split kernel reading every block, masked ones included (SKIP_MASKED off); --cache 4096 shows what
-skipping them saves where the static cache is much longer than the sequences. Each variant's output is compared with
-SDPA's math backend on the same inputs before it is timed. --sweep also times the split kernel at every combination of
-its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM, BLOCK_S, NUM_WARPS), each named
-split_p{programs a multiprocessor}_b{block}_w{warps}.
+Each variant's output is compared with SDPA's math backend on the same inputs before it is timed. --sweep also times
+the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
+BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ def main() -> int:
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     defaults = {name: getattr(decode_attention, name)
-                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SKIP_MASKED")}
+                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS")}
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
               "rows": []}
@@ -77,8 +75,7 @@ def main() -> int:
                 return compiled()
             return call
 
-        fns = {"sdpa": variant("sdpa"), "split": variant("split"),
-               "split_noskip": variant("split", {**defaults, "SKIP_MASKED": False})}
+        fns = {"sdpa": variant("sdpa"), "split": variant("split")}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {

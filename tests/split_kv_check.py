@@ -12,20 +12,11 @@ SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (
                   (2, 4, 1, 1000, 32, (40, 333)))
 
 
-def check_split_kv_decode(device: str, dtype: torch.dtype, skip_masked: bool) -> None:
-    """quantkit.eval.decode_attention (its SKIP_MASKED set to skip_masked) against SDPA in fp32 on the same inputs,
-    every case of SPLIT_KV_CASES; the op through torch.compile (opaque, its fake output shaped alike, dynamic shapes)
-    gives the same bits as called."""
+def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
+    """quantkit.eval.decode_attention against SDPA in fp32 on the same inputs, every case of SPLIT_KV_CASES; the op
+    through torch.compile (opaque, its fake output shaped alike, dynamic shapes) gives the same bits as called."""
     from quantkit.eval import decode_attention
 
-    decode_attention.SKIP_MASKED, default = skip_masked, decode_attention.SKIP_MASKED
-    try:
-        _check(decode_attention, device, dtype)
-    finally:
-        decode_attention.SKIP_MASKED = default
-
-
-def _check(decode_attention, device: str, dtype: torch.dtype) -> None:
     compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
     gen = torch.Generator().manual_seed(7)
     for b, h, kv, s, d, filled in SPLIT_KV_CASES:

@@ -56,15 +56,13 @@ def test_graph_throughput_on_a_tiny_model(models):
     assert [r["batch"] for r in section["rows"]] == [1, 4] and all(r["decode_tok_s"] > 0 for r in section["rows"])
 
 
-@pytest.mark.parametrize("skip_masked", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_split_kv_decode_matches_sdpa(dtype, skip_masked):
-    """quantkit.eval.decode_attention compiled for this GPU, with and without SKIP_MASKED, against SDPA in fp32
-    (tests/split_kv_check.py's cases)."""
+def test_split_kv_decode_matches_sdpa(dtype):
+    """quantkit.eval.decode_attention compiled for this GPU against SDPA in fp32 (tests/split_kv_check.py's cases)."""
     pytest.importorskip("triton")
     from split_kv_check import check_split_kv_decode
 
-    check_split_kv_decode("cuda", dtype, skip_masked)
+    check_split_kv_decode("cuda", dtype)
 
 
 def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):

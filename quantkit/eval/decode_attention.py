@@ -23,7 +23,6 @@ import torch
 BLOCK_S = 32  # cache positions a dot covers
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
 NUM_WARPS = 4
-SKIP_MASKED = True  # a block of positions the mask leaves out entirely is not read
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
@@ -75,12 +74,6 @@ def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int 
 if triton is not None:
 
     @triton.jit
-    def _keep(mask_ptr, s0, end, sms, BS: tl.constexpr):
-        """Which positions of block s0 .. s0 + BS attend (none past end)."""
-        s = s0 + tl.arange(0, BS)
-        return tl.load(mask_ptr + s * sms, mask=s < end, other=0) != 0
-
-    @triton.jit
     def _attend(q, keep, k, v, m, l, acc, scale):
         """One block into the running max m, sum l and weighted sum acc of the group's query rows (online softmax)."""
         scores = tl.dot(q, tl.trans(k)) * scale
@@ -95,8 +88,8 @@ if triton is not None:
 
     @triton.jit
     def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
-                 sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
-                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, MIN_KEPT: tl.constexpr):
+                          sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
+                          G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
@@ -107,19 +100,13 @@ if triton is not None:
         start = p * chunk
         end = tl.minimum(start + chunk, positions)
         k_ptr, v_ptr, mask_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh, mask_ptr + b * smb
-        # a block of fewer than MIN_KEPT positions that attend is not read (1: one that the mask leaves out entirely, as
-        # the end of a static cache longer than the sequence; 0: none skipped); the next block's mask is requested
-        # before this block's keys and values, so that the test waits on no load of its own
-        keep = _keep(mask_ptr, start, end, sms, BS)
         for s0 in range(start, end, BS):
-            keep_next = _keep(mask_ptr, s0 + BS, end, sms, BS)
-            if tl.sum(keep.to(tl.int32), 0) >= MIN_KEPT:
-                s = s0 + tl.arange(0, BS)
-                inside = s < end
-                k = tl.load(k_ptr + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
-                v = tl.load(v_ptr + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
-                m, l, acc = _attend(q, keep, k, v, m, l, acc, scale)
-            keep = keep_next
+            s = s0 + tl.arange(0, BS)
+            inside = s < end
+            keep = tl.load(mask_ptr + s * sms, mask=inside, other=0) != 0
+            k = tl.load(k_ptr + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
+            v = tl.load(v_ptr + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
+            m, l, acc = _attend(q, keep, k, v, m, l, acc, scale)
         some = l > 0
         lse = tl.where(some, m + tl.log(tl.where(some, l, 1.0)), float("-inf"))  # -inf: the range kept nothing
         out = acc / tl.where(some, l, 1.0)[:, None]
@@ -129,7 +116,7 @@ if triton is not None:
 
     @triton.jit
     def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
-                 PP: tl.constexpr, D: tl.constexpr):
+                          PP: tl.constexpr, D: tl.constexpr):
         h, b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
         p, d = tl.arange(0, PP), tl.arange(0, D)
         lse = tl.load(lse_ptr + b * slb + h * slh + p, mask=p < splits, other=float("-inf"))
@@ -157,8 +144,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S,
-        MIN_KEPT=1 if SKIP_MASKED else 0, num_warps=NUM_WARPS)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, num_warps=NUM_WARPS)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0),
                      lse.stride(1), out.stride(0), out.stride(1), PP=max(2, triton.next_power_of_2(splits)), D=d)
