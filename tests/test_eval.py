@@ -204,7 +204,8 @@ def test_cli_end_to_end_writes_card_ready_results(checkpoints):
 
     base_dir, quant = checkpoints
     args = ["eval", str(quant), "--baseline", str(base_dir), "--ctx", str(CTX), "--max-windows", "2", "--device", "cpu",
-            "--throughput", "--batch", "1,2", "--prompt-len", "8", "--gen-len", "2", "--warmup", "0", "--repeats", "1"]
+            "--throughput", "--batch", "1,2", "--prompt-len", "8", "--gen-len", "2", "--warmup", "0", "--repeats", "1",
+            "--decode-attention", "sdpa"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     assert "top-1 agreement" in out.output and "not meaningful" in out.output
@@ -215,6 +216,7 @@ def test_cli_end_to_end_writes_card_ready_results(checkpoints):
     assert {"text", "ctx", "windows", "quantized", "baseline", "kl_divergence", "top1_agreement"} <= set(p)
     assert {"ppl", "stderr"} <= set(p["quantized"]) and math.isfinite(p["quantized"]["stderr"])
     assert [r["batch"] for r in data["throughput"]["rows"]] == [1, 2]
+    assert data["throughput"]["settings"]["decode_attention"] == data["throughput"]["decode_attention"] == "sdpa"
     assert (quant / "quantkit_eval.md").is_file() and (quant / "quantkit_eval.png").is_file()
     card = str(render_card(check_artifact(quant), repo_id="alice/tiny-q4"))
     assert "KL divergence from the base model" in card and "| 2 |" in card and "quantkit_eval.png" in card
@@ -241,6 +243,8 @@ def test_cli_errors_are_one_line(checkpoints, tmp_path):
     assert out.exit_code == 1 and "llama-bench" in out.output
     out = runner.invoke(main, ["eval", str(tmp_path), "--device", "cpu"])
     assert out.exit_code == 1 and "error:" in out.output and "Traceback" not in out.output
+    out = runner.invoke(main, ["eval", str(checkpoints[1]), "--throughput", "--decode-attention", "flash"])
+    assert out.exit_code == 2 and "'flash' is not one of 'split', 'sdpa'" in out.output
 
 
 def test_compiled_decode_traces_with_quantized_linears_opaque():
