@@ -146,8 +146,9 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, num_warps=NUM_WARPS)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
-    _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0),
-                     lse.stride(1), out.stride(0), out.stride(1), PP=max(2, triton.next_power_of_2(splits)), D=d)
+    _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
+                              lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
+                              PP=max(2, triton.next_power_of_2(splits)), D=d)
     return out
 
 

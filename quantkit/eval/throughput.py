@@ -9,8 +9,8 @@ per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are 
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
 over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
 once instead of repeating it per query head (quantkit.eval.attention), on a GPU by default through quantkit's
-split-KV decoding kernel (``decode_attention``: quantkit.eval.decode_attention). Unless ``fuse`` is off, both models run
-their q/k/v and gate/up projections as one linear each, as serving engines do (quantkit.eval.fuse; in place).
+split-KV decoding kernel (``decode_attention``: quantkit.eval.decode_attention). Unless ``fuse`` is off, both models
+run their q/k/v and gate/up projections as one linear each, as serving engines do (quantkit.eval.fuse; in place).
 
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
 (KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from quantkit.errors import InputError
 from quantkit.eval import decode_attention, ppl
-from quantkit.eval.attention import DECODE_KERNELS, grouped_decode_attention
+from quantkit.eval.attention import DECODE_KERNELS, NAME as ATTENTION, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,8 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     with (grouped_decode_attention(model, baseline, decode_kernel=settings.decode_attention),
           opaque_quantized_linears(model) if settings.compile else nullcontext()):
         result["attention"] = model.config._attn_implementation
-        split = settings.decode_attention == "split" and decode_attention.runs_for(model.config, device, dtype)
+        split = (settings.decode_attention == "split" and result["attention"] == ATTENTION
+                 and decode_attention.runs_for(model.config, device, dtype))
         result["decode_attention"] = "split" if split else "sdpa"  # what runs: SDPA where the kernel does not apply
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
                     if settings.compile else {})
