@@ -1,0 +1,42 @@
+"""The result tables' setup column (bench/eval_table.py, bench/profile_table.py) names the attention a run's decode
+steps ran, from the JSON, or for profiles recorded before the JSON said so, from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import eval_table  # noqa: E402
+import profile_table  # noqa: E402
+
+FUSED = {"quantized": {"qkv": 32, "gate_up": 32}, "baseline": {"qkv": 32, "gate_up": 32}}
+
+
+def test_eval_table_names_the_decode_attention():
+    def setup(**throughput):
+        return eval_table.setup({"throughput": {"fused_projections": FUSED, "compiled_decode": True, **throughput},
+                                 "model": {"random_weights": {}}})
+
+    assert setup(attention="quantkit_grouped_sdpa", decode_attention="split").startswith("split-KV decode attention, ")
+    assert setup(attention="quantkit_grouped_sdpa").startswith("grouped decode attention, ")  # before the option
+    assert setup(attention="quantkit_grouped_sdpa", decode_attention="sdpa").startswith("grouped decode attention, ")
+    assert setup(attention="sdpa").startswith("SDPA, cache repeated, ")
+    assert setup(attention="quantkit_grouped_sdpa").endswith("fused q/k/v, gate/up, torch.compile")
+
+
+def test_profile_table_names_the_decode_attention():
+    command = "python3 bench/profile_decode.py --compile --fuse --batch 1,8,32 --out x.json"
+
+    def setup(command=command, **run):
+        return profile_table.setup({"command": command, "fused_projections": FUSED, **run}, "quantized")
+
+    grouped = {"attention": "quantkit_grouped_sdpa"}
+    assert setup(**grouped, decode_attention="split").startswith("split-KV decode attention, fused")
+    assert setup(**grouped, decode_attention="sdpa").startswith("grouped decode attention, fused")
+    assert setup(**grouped).startswith("grouped decode attention, fused")
+    legacy = setup(command + " --decode-attention split", **grouped)  # recorded before the JSON carried it
+    assert legacy.startswith("split-KV decode attention (its kernels counted as other), fused")
+    assert setup(attention="sdpa").startswith("transformers SDPA (cache repeated per query head)")
+    assert setup(**grouped).endswith(", torch.compile")
