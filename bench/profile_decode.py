@@ -124,7 +124,7 @@ def main() -> None:
                else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
-        result["decode_attention"] = attention.DECODE_KERNEL
+        result["decode_attention"] = attention.decode_kernel_of(model)
         pdl = args.pdl == "on"  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
         variants = [("quantized", model, pdl), ("baseline", base, pdl)]
         if args.pdl == "both":

@@ -52,6 +52,16 @@ def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
 
 
+def decode_kernel_of(model: nn.Module) -> str:
+    """What the model's decode steps' attention runs now (inside grouped_decode_attention): "split" where DECODE_KERNEL
+    asks for it, the model runs grouped_sdpa and the split kernel takes its shapes on its device and dtype
+    (decode_attention.runs_for), else "sdpa"."""
+    param = next(p for p in model.parameters() if p.is_floating_point())
+    split = (DECODE_KERNEL == "split" and getattr(model.config, "_attn_implementation", None) == NAME
+             and decode_attention.runs_for(model.config, param.device, param.dtype))
+    return "split" if split else "sdpa"
+
+
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask

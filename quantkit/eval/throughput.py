@@ -41,8 +41,8 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import decode_attention, ppl
-from quantkit.eval.attention import DECODE_KERNELS, NAME as ATTENTION, grouped_decode_attention
+from quantkit.eval import ppl
+from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 
 log = logging.getLogger(__name__)
@@ -409,9 +409,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     with (grouped_decode_attention(model, baseline, decode_kernel=settings.decode_attention),
           opaque_quantized_linears(model) if settings.compile else nullcontext()):
         result["attention"] = model.config._attn_implementation
-        split = (settings.decode_attention == "split" and result["attention"] == ATTENTION
-                 and decode_attention.runs_for(model.config, device, dtype))
-        result["decode_attention"] = "split" if split else "sdpa"  # what runs: SDPA where the kernel does not apply
+        result["decode_attention"] = decode_kernel_of(model)  # what runs: SDPA where the kernel does not apply
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
                     if settings.compile else {})
         for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):
