@@ -8,7 +8,8 @@ median of repeats.
 
 Each variant's output is compared with SDPA's math backend on the same inputs before it is timed. --sweep also times
 the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
-BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}.
+BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
+with the split count rounded up (SPLITS_ROUND "up": two ranges and the combining kernel at batch 32, not one).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> int:
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     defaults = {name: getattr(decode_attention, name)
-                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS")}
+                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND")}
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
               "rows": []}
@@ -75,7 +76,8 @@ def main() -> int:
                 return compiled()
             return call
 
-        fns = {"sdpa": variant("sdpa"), "split": variant("split")}
+        fns = {"sdpa": variant("sdpa"), "split": variant("split"),
+               "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"})}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {

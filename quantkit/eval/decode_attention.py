@@ -6,8 +6,10 @@ whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) an
 a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
 among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
 softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
-a second kernel weighs the ranges' sums by their log-sum-exps. One custom op (``quantkit::split_kv_decode``), opaque to
-torch.compile, so a compiled and graph-captured step launches the two kernels as they are.
+a second kernel weighs the ranges' sums by their log-sum-exps. Where one range a pair already fills the GPU (batch 32
+on Llama-3-8B shapes), the one kernel writes the output itself and there is no second. One custom op
+(``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the kernels
+as they are.
 
 Inputs as transformers' attention functions get them: query [B, H, 1, D], key/value [B, H_kv, S, D] (a static cache),
 a boolean mask [B, 1, 1, >= S] of the positions that attend (at least one a sequence).
@@ -22,6 +24,7 @@ import torch
 # Launch settings, read at every call (bench/decode_attention_bench.py --sweep measures the alternatives)
 BLOCK_S = 32  # cache positions a dot covers
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
+SPLITS_ROUND = "nearest"  # plan()'s split count: the nearest to that aim ("nearest") or the next above it ("up")
 NUM_WARPS = 4
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
@@ -61,12 +64,14 @@ def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int | None = None,
-         block: int | None = None) -> tuple[int, int]:
-    """(splits, positions a split): as many ranges as bring the programs to per_sm (PROGRAMS_PER_SM) a
-    multiprocessor, each whole blocks of block (BLOCK_S) positions."""
-    per_sm, block = per_sm or PROGRAMS_PER_SM, block or BLOCK_S
+         block: int | None = None, rounding: str | None = None) -> tuple[int, int]:
+    """(splits, positions a split): as many ranges as bring the programs nearest to per_sm (PROGRAMS_PER_SM) a
+    multiprocessor (rounding "nearest"; "up": at least that many; default SPLITS_ROUND), each whole blocks of block
+    (BLOCK_S) positions."""
+    per_sm, block, rounding = per_sm or PROGRAMS_PER_SM, block or BLOCK_S, rounding or SPLITS_ROUND
     blocks = math.ceil(positions / block)
-    splits = max(1, min(blocks, math.ceil(per_sm * sms / (batch * kv_heads))))
+    aim = per_sm * sms / (batch * kv_heads)
+    splits = max(1, min(blocks, math.ceil(aim) if rounding == "up" else round(aim)))
     chunk = math.ceil(blocks / splits) * block
     return math.ceil(positions / chunk), chunk
 
@@ -89,7 +94,9 @@ if triton is not None:
     @triton.jit
     def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
                           sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
-                          G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
+                          G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr):
+        """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range: the whole cache) the
+        attention output itself, in o_ptr's dtype."""
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
@@ -111,8 +118,10 @@ if triton is not None:
         lse = tl.where(some, m + tl.log(tl.where(some, l, 1.0)), float("-inf"))  # -inf: the range kept nothing
         out = acc / tl.where(some, l, 1.0)[:, None]
         rows = g < G
-        tl.store(o_ptr + b * sob + heads[:, None] * soh + p * sop + d[None, :], out, mask=rows[:, None])
-        tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
+        tl.store(o_ptr + b * sob + heads[:, None] * soh + p * sop + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=rows[:, None])
+        if LSE:
+            tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
 
     @triton.jit
     def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
@@ -136,16 +145,19 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     splits, chunk = plan(b, kv_heads, positions, sms)
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     keep = mask.view(torch.uint8)
-    parts = torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
-    lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device)
+    out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
+    # one range: the kernel writes out ([B, H, 1, D]: the range index's stride is never used); else the ranges' parts
+    parts = out if splits == 1 else torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
+    lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
     groups = h // kv_heads
     _split_kv_partial[(splits, kv_heads, b)](
         query, key, value, keep, parts, lse, scale, positions, chunk,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, num_warps=NUM_WARPS)
-    out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, num_warps=NUM_WARPS)
+    if splits == 1:
+        return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
                               lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
                               PP=max(2, triton.next_power_of_2(splits)), D=d)
