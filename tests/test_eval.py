@@ -264,6 +264,56 @@ def test_compiled_decode_traces_with_quantized_linears_opaque():
     assert not throughput._OPAQUE
 
 
+def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
+    """Inside a compiled step, a quantized linear whose layer runs the warp-specialized kernel at the step's rows (on
+    a GPU: kernels.ops.x_image_ready, wgmma_ws; stood in for here) gets the kernel's image of x from torch ops
+    (kernels.ops.x_image, for inductor to fuse into the kernel that makes x) through its own op; other row counts,
+    and every eager call, go through the plain op. The stand-in for the kernel reads the image back into x."""
+    import torch.nn.functional as F
+
+    from quantkit.kernels import W4A16Linear, ops, prepare, reference_linear, testing
+
+    packed = prepare(testing.random_qlinear(32, 256, group_size=64, sym=False, act_order=False,
+                                            dtype=torch.bfloat16, seed=3), device="cpu", layouts=("mma",))
+    spec = ops.x_image(torch.arange(6 * 256, dtype=torch.float64).reshape(6, 256)).flatten().long()
+    images = []
+
+    def kernel_stand_in(image, layer, bias):
+        m = image.shape[1]
+        order = ops.x_image(torch.arange(m * 256, dtype=torch.float64).reshape(m, 256)).flatten().long()
+        x = torch.empty(m * 256, dtype=image.dtype)
+        x[order] = image.flatten()
+        images.append(m)
+        return reference_linear(x.view(m, 256), layer, bias)
+
+    monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
+    monkeypatch.setattr(ops, "sm_count", lambda d: 132)
+    monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms: m > 4)
+    monkeypatch.setattr(ops, "w4a16_linear_image", kernel_stand_in)
+
+    class Mlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = W4A16Linear(packed)
+
+        def forward(self, x):
+            return self.down(F.silu(x) * x)
+
+    model = Mlp()
+    assert sorted(spec.tolist()) == list(range(6 * 256)) and spec[:8].tolist() != list(range(8))  # a permutation
+    with throughput.opaque_quantized_linears(model):
+        compiled = torch.compile(model, dynamic=True, backend="eager")
+        for rows in (8, 2, 6):
+            x = torch.randn(rows, 1, 256, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+            want = model(x)
+            assert not images  # eager: the plain op
+            assert torch.equal(compiled(x), want)
+            assert images == ([rows] if rows > 4 else []), (rows, images)
+            images.clear()
+    torch._dynamo.reset()
+    assert isinstance(model.down, W4A16Linear) and not throughput._OPAQUE
+
+
 def test_decode_attention_reads_each_kv_head_once(monkeypatch):
     """The throughput runs' attention (quantkit.eval.attention): a grouped-query decode step gives transformers'
     SDPA logits without repeating the cache per query head, traced through torch.compile too (where transformers

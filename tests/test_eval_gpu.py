@@ -84,3 +84,39 @@ def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
     assert section["decode_attention"] == "split" and attention.DECODE_KERNEL == "sdpa"  # restored after the run
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert {a[0] for a in calls} >= {1, 4}, calls  # batch 1 and 4 steps went through it
+
+
+def test_compiled_step_feeds_the_ws_kernel_its_image_of_x(monkeypatch):
+    """A compiled step over a W4A16 layer that runs the warp-specialized kernel at 32 rows (8192x4096): the kernel
+    reads the image of x that inductor's kernel for silu(x) * x wrote (kernels.ops.x_image, one kernel: no packing of
+    its own), and the result is the eager module's within bf16 rounding; at 8 rows (the decode kernel) no image."""
+    import torch.nn.functional as F
+
+    from quantkit.kernels import W4A16Linear, kernel_available, ops, prepare, testing
+
+    ok, why = kernel_available()
+    if not ok or not ops.has_wgmma(torch.device("cuda")):
+        pytest.skip(f"needs the kernels on a Hopper GPU: {why or 'not a Hopper GPU'}")
+    packed = prepare(testing.random_qlinear(8192, 4096, group_size=128, sym=False, act_order=False,
+                                            dtype=torch.bfloat16, seed=5), device="cuda")
+    images, real = [], ops.w4a16_linear_image
+    monkeypatch.setattr(ops, "w4a16_linear_image", lambda image, *a: images.append(image.shape[1]) or real(image, *a))
+
+    class Mlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = W4A16Linear(packed)
+
+        def forward(self, x):
+            return self.down(F.silu(x) * x)
+
+    model = Mlp()
+    with throughput.opaque_quantized_linears(model):
+        compiled = torch.compile(model, dynamic=True)
+        for rows in (32, 8):
+            x = testing.random_activations(rows, 4096, dtype=torch.bfloat16, seed=rows, device="cuda")[:, None]
+            want, got = model(x), compiled(x)
+            assert images == ([rows] if rows == 32 else []), images
+            assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
+            images.clear()
+    torch._dynamo.reset()

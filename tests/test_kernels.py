@@ -134,6 +134,28 @@ def test_wgmma_x_pack_index_spells_the_x_order(act):
         assert torch.equal(image[c, r, 8 * v : 8 * v + 8], xw[r, 64 * c + 8 * u : 64 * c + 8 * u + 8])
 
 
+def test_x_image_is_the_packing_of_x():
+    """ops.x_image, the packing of x in torch ops (what a compiled decode step fuses into the kernel that makes x),
+    writes the bytes of the extension's packing without act-order (wgmma_pack_x_image, which the GPU test holds that
+    kernel to), [K / 64, M, 64], for any leading dimensions of x and M not a multiple of 8; inductor's kernel for it
+    (on the CPU here) gives the same bits; the op that reads it refuses other shapes and layers it cannot run."""
+    from quantkit.kernels import ops
+
+    packed = prepare(_layer(n=32, k=256, g=64), device="cpu", layouts=("mma",))
+    compiled = torch.compile(ops.x_image, dynamic=True)
+    for lead in ((11,), (3, 1), (2, 8)):
+        x = testing.random_activations(int(torch.tensor(lead).prod()), 256, dtype=torch.bfloat16, seed=4,
+                                       device="cpu").reshape(*lead, 256)
+        want = wgmma_pack_x_image(x.reshape(-1, 256), packed).reshape(4, -1, 64)
+        assert torch.equal(ops.x_image(x), want)
+        assert torch.equal(compiled(x), want)
+    assert not ops.x_image_ready(packed)  # on the CPU
+    with pytest.raises(InputError, match=r"\[K / 64, M, 64\]"):
+        ops.w4a16_linear_image(x.reshape(-1, 256), packed)
+    with pytest.raises(UnsupportedError, match="Hopper GPU"):
+        ops.w4a16_linear_image(want, packed)
+
+
 def test_dot2_layout_is_the_exllama_shuffle():
     ql = _layer(n=32, k=128, g=32, act=True)
     packed = prepare(ql, device="cpu", layouts=("dot2",))

@@ -229,6 +229,38 @@ def test_wgmma_pack_x_writes_the_swizzled_image(device, mode):
         assert torch.equal(xp, wgmma_pack_x_image(x, packed))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warp-specialized kernel is Hopper's")
+def test_x_image_feeds_the_ws_kernel(device):
+    """ops.x_image, compiled by inductor for this GPU (as a compiled decode step makes it), writes the bits of the
+    extension's packing of x; ops.w4a16_linear_image on it gives the bits of w4a16_linear on x where the dispatch
+    runs the warp-specialized kernel (stream-K at 32 rows, the grid at 300), and refuses the rows where it does not
+    and layers with act-order."""
+    from test_kernels import wgmma_pack_x_image
+
+    sms = ops.sm_count(torch.device(device))
+    compiled = torch.compile(ops.x_image, dynamic=True)
+    for act in (False, True):
+        ql = testing.random_qlinear(8192, 4096, group_size=128, sym=act, act_order=act, dtype=torch.bfloat16, seed=31)
+        packed = prepare(ql, device=device)
+        assert ops.x_image_ready(packed) is not act
+        for m in (32, 300, 8):
+            x = testing.random_activations(m, 4096, dtype=torch.bfloat16, seed=32 + m, device=device)
+            image = compiled(x)
+            if act:
+                with pytest.raises(UnsupportedError, match="no act-order"):
+                    ops.w4a16_linear_image(image, packed)
+                break
+            assert torch.equal(image.view(m, 4096), wgmma_pack_x_image(x, packed))
+            if not ops.wgmma_ws(m, 8192, 4096, sms):
+                assert m == 8
+                with pytest.raises(UnsupportedError, match="do not run the warp-specialized kernel"):
+                    ops.w4a16_linear_image(image, packed)
+                continue
+            assert torch.equal(ops.w4a16_linear_image(image, packed), w4a16_linear(x, packed))
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="thread-block clusters need compute capability 9.0+")
 def test_cluster_split_k_is_bit_equal(device):

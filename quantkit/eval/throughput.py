@@ -15,10 +15,12 @@ run their q/k/v and gate/up projections as one linear each, as serving engines d
 Before timing, both models are checked on the run's own prompt: the quantized logits against the baseline's
 (KL divergence, top-1 agreement, relative error), and the graph-replayed decode against a plain forward pass.
 
-With ``compile`` (--compile), the decode step is torch.compile'd first (inductor fuses transformers' small
-ops: norms, rotary, cache update; dynamic shapes, so one compile serves every batch size) and then captured the
-same way; every quantized linear is one opaque custom op to the compiler, so the kernels run as they are. The
-baseline is compiled the same way. Prefill stays uncompiled (it is matmul-bound).
+With ``compile`` (--compile), the decode step is torch.compile'd first (inductor fuses transformers' small ops:
+norms, rotary, cache update; dynamic shapes, so one compile serves the batch sizes the kernels' dispatch treats alike)
+and then captured the same way; every quantized linear is one opaque custom op to the compiler, so the kernels run as
+they are (where a layer runs the warp-specialized kernel, the op takes the kernel's image of x, made by the fused
+kernel that makes x: one launch fewer a layer). The baseline is compiled the same way. Prefill stays uncompiled (it
+is matmul-bound).
 
 On a CPU the same path runs eagerly (no graphs, wall-clock time): useful to test, but speed figures there say
 nothing about the kernels, and the result says so.
@@ -44,6 +46,8 @@ from quantkit.errors import InputError
 from quantkit.eval import ppl
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
+from quantkit.kernels import ops as kernel_ops
+from quantkit.kernels.packing import PackedLinear
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +146,38 @@ def _(x: torch.Tensor, layer: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
 
 
+@torch.library.custom_op("quantkit_eval::quantized_linear_image", mutates_args=())
+def _quantized_linear_image(image: torch.Tensor, layer: int) -> torch.Tensor:
+    inner = _OPAQUE[layer]
+    return kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias)
+
+
+@_quantized_linear_image.register_fake
+def _(image: torch.Tensor, layer: int) -> torch.Tensor:
+    return image.new_empty(image.shape[1], _OPAQUE[layer].out_features)
+
+
 class _Opaque(nn.Module):
-    """A quantized linear that torch.compile sees as one custom op (it runs the module as it is)."""
+    """A quantized linear that torch.compile sees as one custom op (it runs the module as it is). Where the module
+    is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
+    compiled step makes the kernel's image of x in torch ops (kernels.ops.x_image), which inductor fuses into the
+    kernel that makes x (the MLP's activation, the norm), and the op reads it: the kernel's own packing of x, a
+    launch of its own before each such layer, is left out."""
 
     def __init__(self, inner: nn.Module, layer: int):
         super().__init__()
         self.inner, self.layer, self.out_features = inner, layer, inner.out_features
+        packed = getattr(inner, "packed", None)
+        self.image = (isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
+                      and kernel_ops.x_image_ready(packed))
+        self.sms = kernel_ops.sm_count(packed.device) if self.image else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = x.shape[-1]
+        m = x.numel() // k
+        if self.image and torch.compiler.is_compiling() and kernel_ops.wgmma_ws(m, self.out_features, k, self.sms):
+            y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer)
+            return y.reshape(*x.shape[:-1], self.out_features)
         return torch.ops.quantkit_eval.quantized_linear(x, self.layer)
 
 

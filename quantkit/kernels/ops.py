@@ -425,15 +425,18 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
            ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None,
-           pdl: bool | None = None) -> torch.Tensor:
+           pdl: bool | None = None, image: bool = False) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
-    image of the swizzled tiles (ws, qk_wgmma_ws), here. stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K
-    wherever every block gets work (else the grid); False, the grid."""
+    image of the swizzled tiles (ws, qk_wgmma_ws), here; image: x2 is that image already (x_image; ws only).
+    stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K wherever every block gets work (else the grid);
+    False, the grid."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
     sms = _sm_count(x2.device)
     ws = wgmma_ws(m, n, k, sms) if ws is None else ws
+    if image and not ws:
+        raise UnsupportedError("an image of x is read by the warp-specialized kernel only")
     sk = sk_blocks = depth = 0  # stream-K's persistent blocks, those sharing the last wave, workspace depth; 0: grid
     if stream_k and (splits or cluster or multicast):
         raise UnsupportedError("stream-K takes no split-K, cluster or multicast")
@@ -462,10 +465,12 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     part, counters = _workspace(x2.device, depth * (tiles * bt * 128 if sk else m * n), tiles)
     meta = packed.mma_meta(x2.dtype)
     if ws:
-        xp = torch.empty_like(x2)
-        # x2 is 16-byte aligned (w4a16_linear): without act-order the packing reads it 16 bytes at a time, no index
-        index, words = packed.wgmma_x_pack_index() if packed.perm is not None else (None, True)
-        ext.wgmma_pack_x(x2, index, words, xp)
+        xp = x2
+        if not image:
+            xp = torch.empty_like(x2)
+            # x2 is 16-byte aligned (w4a16_linear): without act-order the packing reads it 16 bytes at a time, no index
+            index, words = packed.wgmma_x_pack_index() if packed.perm is not None else (None, True)
+            ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl)
         return out
@@ -474,6 +479,58 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ext.wgmma_gemm(xw, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                    packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm, cl)
     return out
+
+
+def x_image(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] (K a multiple of 64) -> [K / 64, M, 64]: what the warp-specialized kernel's packing of x writes for
+    a layer without act-order (the extension's wgmma_pack_x, no index), row r of chunk c that chunk of x in
+    the MMA's k order (PackedLinear.wgmma_x_index) with its 16-byte unit u stored at u ^ (r % 8). In torch ops, so
+    that torch.compile fuses it into the kernel that makes x; w4a16_linear_image reads it."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    # chunk c's k = 64 c + 16 tig + 4 j + 2 h + e in the MMA's order (j, h, tig, e): 16-byte units u = 2 j + h
+    y = x2.reshape(m, k // 64, 4, 4, 2, 2).permute(0, 1, 3, 4, 2, 5).reshape(m, k // 64, 8, 8)
+    r = torch.arange(m, device=x.device)
+    v = torch.arange(8, device=x.device)[None, :] ^ (r[:, None] % 8)  # [M, 8]: the unit stored at unit v of row r
+    image = torch.gather(y, 2, v[:, None, :, None].expand(m, k // 64, 8, 8))
+    return image.transpose(0, 1).reshape(k // 64, m, 64).contiguous()
+
+
+def x_image_ready(packed: PackedLinear) -> bool:
+    """Whether w4a16_linear_image can run this layer at the M where wgmma_ws holds: no act-order, the "mma" layout on
+    a Hopper GPU, the extension built."""
+    return (packed.perm is None and not packed.kernel_reason and packed.mma_weight is not None
+            and packed.in_features % 64 == 0 and packed.device.type == "cuda" and not torch.version.hip
+            and build.kernel_available()[0] and has_wgmma(packed.device))
+
+
+def sm_count(device: torch.device) -> int:
+    """The multiprocessors of a GPU (the dispatch rules' sms)."""
+    return _sm_count(device)
+
+
+def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x W^T (+ bias) from image = x_image(x) [K / 64, M, 64]: the warp-specialized kernel without its own
+    packing of x, for a layer where x_image_ready holds at an M where wgmma_ws does (what w4a16_linear runs there). A
+    torch.compile'd step makes the image in the kernel that makes x (quantkit.eval.throughput)."""
+    if image.dim() != 3 or image.shape[2] != 64:
+        raise InputError(f"an image of x is [K / 64, M, 64], got {tuple(image.shape)}")
+    chunks, m, _ = image.shape
+    k = 64 * chunks
+    _check_inputs(image.reshape(m, k), packed, bias, "kernel")  # (dtype and K: the shape is checked above)
+    if not x_image_ready(packed) or image.device != packed.device:
+        raise UnsupportedError(f"no image of x for this layer on {image.device}: it needs a Hopper GPU, the layer on "
+                               f"it and no act-order (else w4a16_linear)")
+    if not wgmma_ws(m, packed.out_features, k, _sm_count(image.device)):
+        raise UnsupportedError(f"{m} rows of a {packed.out_features}x{k} layer do not run the warp-specialized "
+                               f"kernel; use w4a16_linear")
+    selfcheck.self_check(image.device)
+    image = image.contiguous()
+    if image.data_ptr() % 16:
+        image = image.clone()
+    b = None if bias is None else bias.to(image.dtype).contiguous()
+    return _wgmma(image.view(m, k), packed, b, None, None, image=True)  # the kernel reads its bytes as the image
 
 
 def has_wgmma(device: torch.device) -> bool:
