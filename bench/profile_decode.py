@@ -102,6 +102,10 @@ def main() -> None:
     ap.add_argument("--decode-attention", choices=attention.DECODE_KERNELS,
                     default=throughput.Settings.decode_attention,
                     help="what the decode step's attention runs, as eval --decode-attention")
+    ap.add_argument("--x-image", choices=("off", "on", "both"), default="on",
+                    help="compiled steps: the warp-specialized kernel's image of x made by inductor's kernel that makes "
+                    "x (throughput.COMPILED_X_IMAGE); both: the quantized step also without it ('quantized_packx', its "
+                    "own packing launch), one after the other in the same run")
     ap.add_argument("--fuse", action="store_true",
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
@@ -125,14 +129,18 @@ def main() -> None:
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = attention.decode_kernel_of(model)
-        pdl = args.pdl == "on"  # the quantized model's kernels read ops.STREAM_PDL as its step is captured
-        variants = [("quantized", model, pdl), ("baseline", base, pdl)]
+        # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
+        # throughput.COMPILED_X_IMAGE as it is traced
+        pdl, image = args.pdl == "on", args.x_image != "off"
+        variants = [("quantized", model, pdl, image), ("baseline", base, pdl, image)]
         if args.pdl == "both":
-            variants[1:1] = [("quantized_pdl", model, True)]
+            variants[1:1] = [("quantized_pdl", model, True, image)]
+        if args.x_image == "both":
+            variants[1:1] = [("quantized_packx", model, pdl, False)]
         decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
-        for name, m, pdl in variants:
+        for name, m, pdl, image in variants:
             decoder = decoders[id(m)]
-            ops.STREAM_PDL = pdl
+            ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
             for batch in settings.batches:
                 prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                 runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
@@ -144,7 +152,7 @@ def main() -> None:
                 kernels = sum(v["us"] for v in kinds.values())
                 row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                        "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
-                       "by_kind": kinds, "top": top}
+                       "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model)}
                 result["runs"].append(row)
                 print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
                       f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),

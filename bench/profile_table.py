@@ -13,9 +13,10 @@ import sys
 from quantkit.eval.report import projections_fused
 
 
-def setup(run: dict, model: str) -> str:
+def setup(run: dict, model: str, x_image: bool = False) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
-    programmatic launch."""
+    programmatic launch; x_image (the row's): its compiled step made the warp-specialized kernel's image of x in the
+    kernel that makes x."""
     # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
     # _combine, which the kinds did not count as attention
     unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
@@ -26,7 +27,8 @@ def setup(run: dict, model: str) -> str:
     pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
-            + (", programmatic launch" if pdl else ""))
+            + (", programmatic launch" if pdl else "")
+            + (", the warp-specialized kernel's x packed by inductor" if x_image else ""))
 
 
 def main(args: list[str]) -> None:
@@ -48,7 +50,7 @@ def main(args: list[str]) -> None:
             if not model.startswith("quantized"):
                 continue
             b = rows[("baseline", batch)]
-            lines.append(f"| {label} | {setup(run, model)} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
+            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False))} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
                          f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {q['by_kind']['other']['us']:,.0f} | {q['kernels']} |")

@@ -134,6 +134,9 @@ def _forward_kwargs(model, cache) -> dict:
 
 
 _OPAQUE: dict[int, nn.Module] = {}
+# Whether compiled steps hand the warp-specialized kernel its image of x made by inductor (_Opaque), read as a step is
+# traced (bench/profile_decode.py --x-image both measures the step without it too)
+COMPILED_X_IMAGE = True
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear", mutates_args=())
@@ -175,7 +178,8 @@ class _Opaque(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
-        if self.image and torch.compiler.is_compiling() and kernel_ops.wgmma_ws(m, self.out_features, k, self.sms):
+        if (COMPILED_X_IMAGE and self.image and torch.compiler.is_compiling()
+                and kernel_ops.wgmma_ws(m, self.out_features, k, self.sms)):
             y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer)
             return y.reshape(*x.shape[:-1], self.out_features)
         return torch.ops.quantkit_eval.quantized_linear(x, self.layer)
