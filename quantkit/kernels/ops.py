@@ -519,7 +519,7 @@ def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Te
     chunks, m, _ = image.shape
     k = 64 * chunks
     _check_inputs(image.reshape(m, k), packed, bias, "kernel")  # (dtype and K: the shape is checked above)
-    if not x_image_ready(packed) or image.device != packed.device:
+    if not x_image_ready(packed) or packed.device.index not in (None, image.device.index) or not image.is_cuda:
         raise UnsupportedError(f"no image of x for this layer on {image.device}: it needs a Hopper GPU, the layer on "
                                f"it and no act-order (else w4a16_linear)")
     if not wgmma_ws(m, packed.out_features, k, _sm_count(image.device)):
