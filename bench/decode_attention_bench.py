@@ -8,8 +8,9 @@ median of repeats.
 
 Each variant's output is compared with SDPA's math backend on the same inputs before it is timed. --sweep also times
 the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
-BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
-with the split count rounded up (SPLITS_ROUND "up": two ranges and the combining kernel at batch 32, not one).
+BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_near is the default settings
+with the split count rounded to the nearest (SPLITS_ROUND "nearest": one range a pair and no combining kernel at batch
+32, not two).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> int:
             return call
 
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
-               "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"})}
+               "split_near": variant("split", {**defaults, "SPLITS_ROUND": "nearest"})}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {

@@ -9,7 +9,7 @@ import torch
 # nothing (the first; the fourth, a cache mostly beyond the sequences, whole ranges), a cache not a whole number of
 # blocks, Llama-3-8B's decode shapes, no grouping (the third)
 SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)),
-                  (2, 4, 1, 1000, 32, (40, 333)), (24, 16, 8, 40, 16, tuple(range(17, 41))))  # the last: one range
+                  (2, 4, 1, 1000, 32, (40, 333)), (34, 16, 8, 40, 16, tuple(range(7, 41))))  # the last: one range
 
 
 def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:

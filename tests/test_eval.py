@@ -398,7 +398,7 @@ def test_fused_projections_compute_the_same_function():
 
 
 def test_split_kv_decode_plan_and_routing():
-    """The split plan makes the nearest to two programs a multiprocessor (132 here) of whole blocks; supports() takes one
+    """The split plan makes at least two programs a multiprocessor (132 here) of whole blocks; supports() takes one
     query token, a power-of-two head size and a shared boolean mask only, runs_for() grouped-query models on a GPU;
     the throughput runs ask for it (Settings.decode_attention, set inside grouped_decode_attention only) and record
     SDPA where it does not run; anything but "split" or "sdpa" is refused."""
@@ -408,10 +408,10 @@ def test_split_kv_decode_plan_and_routing():
 
     assert decode_attention.BLOCK_S == 32 and decode_attention.PROGRAMS_PER_SM == 2
     assert decode_attention.plan(1, 8, 640) == (20, 32)  # 8 (sequence, KV head) pairs: every block its own range
-    # 256 (sequence, KV head) pairs: one range each (the one-kernel form), nearest to 264; rounding up, two
-    assert decode_attention.plan(32, 8, 640) == (1, 640)
-    assert decode_attention.plan(32, 8, 640, rounding="up") == (2, 320)
-    assert decode_attention.plan(8, 8, 640) == (4, 160)  # 4.1 ranges a pair make 264 programs
+    assert decode_attention.plan(32, 8, 640) == (2, 320)  # 256 (sequence, KV head) pairs: two ranges each
+    assert decode_attention.plan(32, 8, 640, rounding="nearest") == (1, 640)  # one each: the one-kernel form
+    assert decode_attention.plan(64, 8, 640) == (1, 640)
+    assert decode_attention.plan(8, 8, 640, rounding="nearest") == (4, 160)  # 4.1 ranges a pair make 264 programs
     assert decode_attention.plan(2, 8, 200) == (7, 32)
     assert decode_attention.plan(2, 8, 200, per_sm=1, block=64) == (4, 64)
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)

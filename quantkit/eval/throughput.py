@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import platform
 import shutil
 import statistics
@@ -135,8 +136,8 @@ def _forward_kwargs(model, cache) -> dict:
 
 _OPAQUE: dict[int, nn.Module] = {}
 # Whether compiled steps hand the warp-specialized kernel its image of x made by inductor (_Opaque), read as a step is
-# traced (bench/profile_decode.py --x-image both measures the step without it too)
-COMPILED_X_IMAGE = True
+# traced; QUANTKIT_COMPILED_X_IMAGE=0 turns it off (bench/profile_decode.py --x-image both measures both in one run)
+COMPILED_X_IMAGE = os.environ.get("QUANTKIT_COMPILED_X_IMAGE", "1") != "0"
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear", mutates_args=())
@@ -475,4 +476,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["checks"].append(_decode_agreement(q_logits, b_logits, batch=first, same_weights=same_weights))
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
     result["compiled_decode"] = settings.compile
+    if settings.compile:
+        result["compiled_x_image"] = COMPILED_X_IMAGE
     return result
