@@ -20,13 +20,16 @@ TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group
 def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head),
-    fused projections (quantkit.eval.fuse), torch.compile'd decode step."""
+    fused projections (quantkit.eval.fuse), torch.compile'd decode step and who packed x for the warp-specialized
+    kernel in it (throughput.COMPILED_X_IMAGE)."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
+    if "compiled_x_image" in t:  # recorded from fccb3ab on
+        parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
     if run["model"]["random_weights"].get("lm_head_quantized"):
         parts.append("**lm_head 4-bit too** (--quantize-lm-head)")
     return ", ".join(parts)

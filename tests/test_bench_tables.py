@@ -24,6 +24,8 @@ def test_eval_table_names_the_decode_attention():
     assert setup(attention="quantkit_grouped_sdpa", decode_attention="sdpa").startswith("grouped decode attention, ")
     assert setup(attention="sdpa").startswith("SDPA, cache repeated, ")
     assert setup(attention="quantkit_grouped_sdpa").endswith("fused q/k/v, gate/up, torch.compile")
+    assert setup(compiled_x_image=True).endswith("torch.compile, ws kernel's x packed by inductor")
+    assert setup(compiled_x_image=False).endswith("torch.compile, ws kernel's x packed by its own launch")
 
 
 def test_profile_table_names_the_decode_attention():

@@ -26,7 +26,7 @@ BLOCK_S = 32  # cache positions a dot covers
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
 # plan()'s split count: the next above that aim ("up") or the nearest to it ("nearest": one range a pair at batch 32 on
 # Llama-3-8B shapes, 34.8 us a layer against 30.5 for two and the combining kernel, bench/results/
-# decode_attention_h200_f264afb.json)
+# decode_attention_h200_dd5322e.json)
 SPLITS_ROUND = "up"
 NUM_WARPS = 4
 
