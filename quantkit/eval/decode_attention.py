@@ -6,7 +6,7 @@ whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) an
 a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
 among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
 softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
-a second kernel weighs the ranges' sums by their log-sum-exps. Where one range a pair already fills the GPU (batch 64
+a second kernel weighs the ranges' sums by their log-sum-exps. Where one range a pair already fills the GPU (batch 33
 and more on Llama-3-8B shapes), the one kernel writes the output itself and there is no second. One custom op
 (``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the kernels
 as they are.
