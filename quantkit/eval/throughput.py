@@ -18,9 +18,9 @@ Before timing, both models are checked on the run's own prompt: the quantized lo
 With ``compile`` (--compile), the decode step is torch.compile'd first (inductor fuses transformers' small ops:
 norms, rotary, cache update; dynamic shapes, so one compile serves the batch sizes the kernels' dispatch treats alike)
 and then captured the same way; every quantized linear is one opaque custom op to the compiler, so the kernels run as
-they are (where a layer runs the warp-specialized kernel, the op takes the kernel's image of x, made by the fused
-kernel that makes x: one launch fewer a layer). The baseline is compiled the same way. Prefill stays uncompiled (it
-is matmul-bound).
+they are (where a layer runs the warp-specialized kernel, the op takes that kernel's image of x made by inductor,
+fused into the kernel that makes x where it can, instead of the kernel's own packing launch: docs/kernel.md item 39).
+The baseline is compiled the same way. Prefill stays uncompiled (it is matmul-bound).
 
 On a CPU the same path runs eagerly (no graphs, wall-clock time): useful to test, but speed figures there say
 nothing about the kernels, and the result says so.
@@ -165,8 +165,8 @@ class _Opaque(nn.Module):
     """A quantized linear that torch.compile sees as one custom op (it runs the module as it is). Where the module
     is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
     compiled step makes the kernel's image of x in torch ops (kernels.ops.x_image), which inductor fuses into the
-    kernel that makes x (the MLP's activation, the norm), and the op reads it: the kernel's own packing of x, a
-    launch of its own before each such layer, is left out."""
+    kernel that makes x where it can (the MLP's activation; after the norm's reduction it is a kernel of its own),
+    and the op reads it: the kernel's own packing of x, a launch before each such layer, is left out."""
 
     def __init__(self, inner: nn.Module, layer: int):
         super().__init__()
