@@ -269,7 +269,7 @@ def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     a GPU: kernels.ops.x_image_ready, wgmma_ws; stood in for here) gets the kernel's image of x from torch ops
     (kernels.ops.x_image, for inductor to fuse into the kernel that makes x) through its own op; other row counts,
     and every eager call, go through the plain op. The stand-in for the kernel reads the image back into x."""
-    import torch.nn.functional as F
+    from eval_modules import SiluDown
 
     from quantkit.kernels import W4A16Linear, ops, prepare, reference_linear, testing
 
@@ -291,15 +291,7 @@ def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms: m > 4)
     monkeypatch.setattr(ops, "w4a16_linear_image", kernel_stand_in)
 
-    class Mlp(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = W4A16Linear(packed)
-
-        def forward(self, x):
-            return self.down(F.silu(x) * x)
-
-    model = Mlp()
+    model = SiluDown(packed)
     assert sorted(spec.tolist()) == list(range(6 * 256)) and spec[:8].tolist() != list(range(8))  # a permutation
     with throughput.opaque_quantized_linears(model):
         compiled = torch.compile(model, dynamic=True, backend="eager")

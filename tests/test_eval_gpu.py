@@ -90,9 +90,9 @@ def test_compiled_step_feeds_the_ws_kernel_its_image_of_x(monkeypatch):
     """A compiled step over a W4A16 layer that runs the warp-specialized kernel at 32 rows (8192x4096): the kernel
     reads the image of x that inductor's kernel for silu(x) * x wrote (kernels.ops.x_image, one kernel: no packing of
     its own), and the result is the eager module's within bf16 rounding; at 8 rows (the decode kernel) no image."""
-    import torch.nn.functional as F
+    from eval_modules import SiluDown
 
-    from quantkit.kernels import W4A16Linear, kernel_available, ops, prepare, testing
+    from quantkit.kernels import kernel_available, ops, prepare, testing
 
     ok, why = kernel_available()
     if not ok or not ops.has_wgmma(torch.device("cuda")):
@@ -102,15 +102,7 @@ def test_compiled_step_feeds_the_ws_kernel_its_image_of_x(monkeypatch):
     images, real = [], ops.w4a16_linear_image
     monkeypatch.setattr(ops, "w4a16_linear_image", lambda image, *a: images.append(image.shape[1]) or real(image, *a))
 
-    class Mlp(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = W4A16Linear(packed)
-
-        def forward(self, x):
-            return self.down(F.silu(x) * x)
-
-    model = Mlp()
+    model = SiluDown(packed)
     with throughput.opaque_quantized_linears(model):
         compiled = torch.compile(model, dynamic=True)
         for rows in (32, 8):
