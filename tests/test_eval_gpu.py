@@ -88,8 +88,8 @@ def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
 
 def test_compiled_step_feeds_the_ws_kernel_its_image_of_x(monkeypatch):
     """A compiled step over a W4A16 layer that runs the warp-specialized kernel at 32 rows (8192x4096): the kernel
-    reads the image of x that inductor's kernel for silu(x) * x wrote (kernels.ops.x_image, one kernel: no packing of
-    its own), and the result is the eager module's within bf16 rounding; at 8 rows (the decode kernel) no image."""
+    reads the image of x that the compiled step made (kernels.ops.x_image, inductor's code, no packing launch of its
+    own), and the result is the eager module's within bf16 rounding; at 8 rows (the decode kernel) no image."""
     from eval_modules import SiluDown
 
     from quantkit.kernels import kernel_available, ops, prepare, testing
