@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.kernels import build, selfcheck
-from quantkit.kernels.packing import SUPPORTED_DTYPES, PackedLinear
+from quantkit.kernels.packing import SUPPORTED_DTYPES, PackedLinear, mma_chunk_order
 from quantkit.kernels.reference import reference_linear
 
 log = logging.getLogger(__name__)
@@ -489,8 +489,7 @@ def x_image(x: torch.Tensor) -> torch.Tensor:
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    # chunk c's k = 64 c + 16 tig + 4 j + 2 h + e in the MMA's order (j, h, tig, e): 16-byte units u = 2 j + h
-    y = x2.reshape(m, k // 64, 4, 4, 2, 2).permute(0, 1, 3, 4, 2, 5).reshape(m, k // 64, 8, 8)
+    y = mma_chunk_order(x2).reshape(m, k // 64, 8, 8)  # each chunk's 8 16-byte units of the MMA's order
     r = torch.arange(m, device=x.device)
     v = torch.arange(8, device=x.device)[None, :] ^ (r[:, None] % 8)  # [M, 8]: the unit stored at unit v of row r
     image = torch.gather(y, 2, v[:, None, :, None].expand(m, k // 64, 8, 8))
@@ -501,8 +500,8 @@ def x_image_ready(packed: PackedLinear) -> bool:
     """Whether w4a16_linear_image can run this layer at the M where wgmma_ws holds: no act-order, the "mma" layout on
     a Hopper GPU, the extension built."""
     return (packed.perm is None and not packed.kernel_reason and packed.mma_weight is not None
-            and packed.in_features % 64 == 0 and packed.device.type == "cuda" and not torch.version.hip
-            and build.kernel_available()[0] and has_wgmma(packed.device))
+            and packed.device.type == "cuda" and not torch.version.hip and build.kernel_available()[0]
+            and has_wgmma(packed.device))
 
 
 def sm_count(device: torch.device) -> int:
@@ -519,17 +518,14 @@ def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Te
     chunks, m, _ = image.shape
     k = 64 * chunks
     _check_inputs(image.reshape(m, k), packed, bias, "kernel")  # (dtype and K: the shape is checked above)
-    if not x_image_ready(packed) or packed.device.index not in (None, image.device.index) or not image.is_cuda:
+    if not x_image_ready(packed) or not _on_layer_device(image, packed):
         raise UnsupportedError(f"no image of x for this layer on {image.device}: it needs a Hopper GPU, the layer on "
                                f"it and no act-order (else w4a16_linear)")
     if not wgmma_ws(m, packed.out_features, k, _sm_count(image.device)):
         raise UnsupportedError(f"{m} rows of a {packed.out_features}x{k} layer do not run the warp-specialized "
                                f"kernel; use w4a16_linear")
     selfcheck.self_check(image.device)
-    image = image.contiguous()
-    if image.data_ptr() % 16:
-        image = image.clone()
-    b = None if bias is None else bias.to(image.dtype).contiguous()
+    image, b = _operands(image.contiguous(), bias)
     return _wgmma(image.view(m, k), packed, b, None, None, image=True)  # the kernel reads its bytes as the image
 
 
@@ -612,6 +608,19 @@ def _check_forced(backend: str, packed: PackedLinear, x: torch.Tensor) -> None:
         raise UnsupportedError(f"backend {backend!r} cannot run: {reason}")
 
 
+def _on_layer_device(x: torch.Tensor, packed: PackedLinear) -> bool:
+    """x is on a GPU and on the packed layer's (a layer on "cuda", no index, takes any of them)."""
+    return (x.device.type == "cuda" and packed.device.type == "cuda"
+            and packed.device.index in (None, x.device.index))
+
+
+def _operands(x2: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x2 (contiguous) 16-byte aligned, as the kernels read it, and the bias in x2's dtype."""
+    if x2.data_ptr() % 16:
+        x2 = x2.clone()
+    return x2, None if bias is None else bias.to(x2.dtype).contiguous()
+
+
 def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str]:
     """(path, "") for the kernel path this shape takes, or ("", why no kernel can run it)."""
     if packed.kernel_reason:
@@ -619,8 +628,7 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
     ok, reason = build.kernel_available()
     if not ok:
         return "", reason
-    same = packed.device.type == "cuda" and (packed.device.index is None or packed.device == x.device)
-    if x.device.type != "cuda" or not same:
+    if not _on_layer_device(x, packed):
         return "", f"x is on {x.device}, the packed layer on {packed.device}"
     if torch.version.hip:
         if packed.dot2_qweight is None:
@@ -709,9 +717,7 @@ def w4a16_linear(
         x2 = x2.contiguous()
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
-    if x2.data_ptr() % 16:
-        x2 = x2.clone()
-    b = None if bias is None else bias.to(x.dtype).contiguous()
+    x2, b = _operands(x2, bias)
     if backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":

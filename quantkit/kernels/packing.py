@@ -65,6 +65,14 @@ def repack_dot2(codes: torch.Tensor) -> torch.Tensor:
     return _words(v, 4 * p + 16 * e).contiguous()
 
 
+def mma_chunk_order(t: torch.Tensor) -> torch.Tensor:
+    """t [..., K] (K a multiple of 64) with each 64-k chunk in the MMA's logical k order, the order the "mma" layout's
+    dequantized A fragments hold their weights in: logical position (chunk, j, h, tig, e) <- k = 64 chunk + 16 tig +
+    4 j + 2 h + e (csrc/w4a16_mma_cuda.h). Reshapes and a permute only, so that torch.compile can fuse it."""
+    k = t.shape[-1]
+    return t.reshape(-1, k // 64, 4, 4, 2, 2).permute(0, 1, 3, 4, 2, 5).reshape(t.shape)
+
+
 @dataclass(eq=False)
 class PackedLinear:
     """One quantized linear, repacked for the kernels, plus the GPTQ tensors the reference path reads."""
@@ -98,9 +106,7 @@ class PackedLinear:
         """int64 [K]: x[..., index] is x in the act-order sort and, inside each 64-k chunk, in the MMA's logical k
         order (csrc/w4a16_wgmma_cuda.h), so the wgmma kernel copies x to shared memory as it is."""
         if "wgmma_index" not in self._per_dtype:
-            k = self.in_features
-            # logical position (chunk, j, h, tig, e) <- physical k = 64 chunk + 16 tig + 4 j + 2 h + e
-            order = torch.arange(k, device=self.device).reshape(k // 64, 4, 4, 2, 2).permute(0, 2, 3, 1, 4).reshape(k)
+            order = mma_chunk_order(torch.arange(self.in_features, device=self.device))
             self._per_dtype["wgmma_index"] = self.perm[order] if self.perm is not None else order
         return self._per_dtype["wgmma_index"]
 
