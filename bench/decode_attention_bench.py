@@ -10,7 +10,8 @@ Each variant's output is compared with SDPA's math backend on the same inputs be
 the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
 BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_near is the default settings
 with the split count rounded to the nearest (SPLITS_ROUND "nearest": one range a pair and no combining kernel at batch
-32, not two).
+32, not two); split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
+ending at the last position that attends.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> int:
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     defaults = {name: getattr(decode_attention, name)
-                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND")}
+                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND", "MASK_BOUND")}
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
               "rows": []}
@@ -78,7 +79,8 @@ def main() -> int:
             return call
 
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
-               "split_near": variant("split", {**defaults, "SPLITS_ROUND": "nearest"})}
+               "split_near": variant("split", {**defaults, "SPLITS_ROUND": "nearest"}),
+               "split_full": variant("split", {**defaults, "MASK_BOUND": False})}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {

@@ -32,3 +32,7 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
         err = ((got.float() - want).norm() / want.norm()).item()
         assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
         assert torch.equal(compiled(q, k, v, mask, d ** -0.5), got)
+        # the positions past a sequence's last attending one are never read: NaN there changes no bit
+        past = (torch.arange(s)[None, :] >= torch.tensor(filled)[:, None]).to(device)[:, None, :, None]
+        k, v = (t.masked_fill(past, float("nan")) for t in (k, v))
+        assert torch.equal(decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5), got), (b, h, kv, s, d)

@@ -6,7 +6,10 @@ whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) an
 a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
 among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
 softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
-a second kernel weighs the ranges' sums by their log-sum-exps. Where one range a pair already fills the GPU (batch 33
+a second kernel weighs the ranges' sums by their log-sum-exps. The ranges cut the sequence's cache up to its last
+position that attends, which each program finds in the mask: a static cache's positions not yet written are never
+read, and its programs share what is there (the split count, planned for the whole cache, stays fixed, so a CUDA
+graph of the step replays at any length). Where one range a pair already fills the GPU (batch 33
 and more on Llama-3-8B shapes), the one kernel writes the output itself and there is no second. One custom op
 (``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the kernels
 as they are.
@@ -23,6 +26,8 @@ import torch
 
 # Launch settings, read at every call (bench/decode_attention_bench.py --sweep measures the alternatives)
 BLOCK_S = 32  # cache positions a dot covers
+SCAN = 1024  # mask positions a program reads at a time to find its sequence's last attending position
+MASK_BOUND = True  # the ranges end at that position (False: they cut the whole cache, as before; the bench's split_full)
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
 # plan()'s split count: the next above that aim ("up") or the nearest to it ("nearest": one range a pair at batch 32 on
 # Llama-3-8B shapes, 34.8 us a layer against 30.5 for two and the combining kernel, bench/results/
@@ -95,21 +100,35 @@ if triton is not None:
         return m_new, l, acc
 
     @triton.jit
-    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions, chunk,
+    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions,
                           sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
-                          G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr):
+                          G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr,
+                          SCAN: tl.constexpr, MASK_BOUND: tl.constexpr):
         """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range: the whole cache) the
-        attention output itself, in o_ptr's dtype."""
+        attention output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
+        as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing."""
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
+        # q first: its load is in flight during the scan of the mask
         q = tl.load(q_ptr + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < G)[:, None], other=0.0)
+        mask_ptr = mask_ptr + b * smb
+        if MASK_BOUND:
+            n, last = tl.arange(0, SCAN), tl.full([], -1, tl.int32)
+            for s0 in range(0, positions, SCAN):  # one pass at the eval's caches; the loads are independent
+                s = s0 + n
+                kept = tl.load(mask_ptr + s * sms, mask=s < positions, other=0) != 0
+                last = tl.maximum(last, tl.max(tl.where(kept, s, -1), 0))
+            filled = last + 1
+        else:
+            filled = positions
+        chunk = tl.cdiv(tl.cdiv(filled, tl.num_programs(0)), BS) * BS
         m = tl.full([GP], float("-inf"), tl.float32)
         l = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, D], tl.float32)
         start = p * chunk
-        end = tl.minimum(start + chunk, positions)
-        k_ptr, v_ptr, mask_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh, mask_ptr + b * smb
+        end = tl.minimum(start + chunk, filled)
+        k_ptr, v_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh
         for s0 in range(start, end, BS):
             s = s0 + tl.arange(0, BS)
             inside = s < end
@@ -145,7 +164,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     b, h, _, d = query.shape
     kv_heads, positions = key.shape[1], key.shape[2]
     sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 132
-    splits, chunk = plan(b, kv_heads, positions, sms)
+    splits, _ = plan(b, kv_heads, positions, sms)  # each program works out its range from its sequence's mask
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     keep = mask.view(torch.uint8)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
@@ -154,11 +173,11 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
     groups = h // kv_heads
     _split_kv_partial[(splits, kv_heads, b)](
-        query, key, value, keep, parts, lse, scale, positions, chunk,
+        query, key, value, keep, parts, lse, scale, positions,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, num_warps=NUM_WARPS)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN, MASK_BOUND=MASK_BOUND, num_warps=NUM_WARPS)
     if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
