@@ -51,8 +51,7 @@ def main() -> int:
     device, dtype = "cuda", torch.bfloat16
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
-    defaults = {name: getattr(decode_attention, name)
-                for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND", "MASK_BOUND")}
+    defaults = decode_attention.settings()
     result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
               "rows": []}

@@ -7,9 +7,11 @@ import torch
 
 # (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
 # nothing (the first; the fourth, a cache mostly beyond the sequences, whole ranges), a cache not a whole number of
-# blocks, Llama-3-8B's decode shapes, no grouping (the third)
+# blocks, Llama-3-8B's decode shapes, no grouping (the third); the last two cut each sequence's cache up to its last
+# attending position (ranges of two blocks), the very last as one range a pair
 SPLIT_KV_CASES = ((2, 8, 2, 200, 64, (66, 199)), (1, 32, 8, 640, 128, (513,)), (3, 4, 4, 70, 32, (5, 70, 33)),
-                  (2, 4, 1, 1000, 32, (40, 333)), (34, 16, 8, 40, 16, tuple(range(7, 41))))  # the last: one range
+                  (2, 4, 1, 1000, 32, (40, 333)), (4, 4, 2, 1500, 32, (40, 333, 1499, 700)),
+                  (34, 16, 8, 40, 16, tuple(range(7, 41))))
 
 
 def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
@@ -19,7 +21,10 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
 
     compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
     gen = torch.Generator().manual_seed(7)
-    for b, h, kv, s, d, filled in SPLIT_KV_CASES:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else 132
+    bounded = [decode_attention.ends_at_last_kept(b, kv, s, sms) for b, _, kv, s, _, _ in SPLIT_KV_CASES]
+    assert bounded[-2:] == [True, True] and not any(bounded[:4]), bounded
+    for (b, h, kv, s, d, filled), bound in zip(SPLIT_KV_CASES, bounded):
         q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)
         k, v = (torch.randn(b, kv, s, d, generator=gen).to(device, dtype) for _ in range(2))
         mask = (torch.arange(s + 8)[None, :] < torch.tensor(filled)[:, None]).reshape(b, 1, 1, s + 8).to(device)
@@ -32,7 +37,7 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
         err = ((got.float() - want).norm() / want.norm()).item()
         assert err < 1e-2, (b, h, kv, s, d, err)  # 16-bit inputs and weights of the dot over V: about 3e-3
         assert torch.equal(compiled(q, k, v, mask, d ** -0.5), got)
-        # the positions past a sequence's last attending one are never read: NaN there changes no bit
-        past = (torch.arange(s)[None, :] >= torch.tensor(filled)[:, None]).to(device)[:, None, :, None]
-        k, v = (t.masked_fill(past, float("nan")) for t in (k, v))
-        assert torch.equal(decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5), got), (b, h, kv, s, d)
+        if bound:  # the positions past a sequence's last attending one are never read: NaN there changes no bit
+            past = (torch.arange(s)[None, :] >= torch.tensor(filled)[:, None]).to(device)[:, None, :, None]
+            k, v = (t.masked_fill(past, float("nan")) for t in (k, v))
+            assert torch.equal(decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5), got), (b, h, kv, s, d)

@@ -406,6 +406,13 @@ def test_split_kv_decode_plan_and_routing():
     assert decode_attention.plan(8, 8, 640, rounding="nearest") == (4, 160)  # 4.1 ranges a pair make 264 programs
     assert decode_attention.plan(2, 8, 200) == (7, 32)
     assert decode_attention.plan(2, 8, 200, per_sm=1, block=64) == (4, 64)
+    with pytest.raises(ValueError, match="must be up or nearest"):
+        decode_attention.plan(2, 8, 200, rounding="down")
+    # the ranges end at the sequence's last attending position where they are more than one block
+    assert not decode_attention.ends_at_last_kept(1, 8, 640)  # one block a range: the scan would cost more
+    assert decode_attention.ends_at_last_kept(8, 8, 640) and decode_attention.ends_at_last_kept(32, 8, 640)
+    assert decode_attention.ends_at_last_kept(1, 8, 4096)  # a long static cache: 4 blocks a range
+    assert decode_attention.settings()["MASK_BOUND"] is True and decode_attention.settings()["SPLITS_ROUND"] == "up"
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()

@@ -82,6 +82,7 @@ def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
     torch._dynamo.reset()
     assert section["compiled_decode"] is True and section["cuda_graphs"] is True
     assert section["decode_attention"] == "split" and attention.DECODE_KERNEL == "sdpa"  # restored after the run
+    assert section["split_kv_settings"] == decode_attention.settings() and section["split_kv_settings"]["MASK_BOUND"]
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert {a[0] for a in calls} >= {1, 4}, calls  # batch 1 and 4 steps went through it
 

@@ -21,18 +21,21 @@ a boolean mask [B, 1, 1, >= S] of the positions that attend (at least one a sequ
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 # Launch settings, read at every call (bench/decode_attention_bench.py --sweep measures the alternatives)
 BLOCK_S = 32  # cache positions a dot covers
 SCAN = 1024  # mask positions a program reads at a time to find its sequence's last attending position
-MASK_BOUND = True  # the ranges end at that position (False: they cut the whole cache, as before; the bench's split_full)
+# The ranges end at that position where the plan's ranges are more than one block (ends_at_last_kept); False: they cut
+# the whole cache (the bench's split_full)
+MASK_BOUND = True
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
 # plan()'s split count: the next above that aim ("up") or the nearest to it ("nearest": one range a pair at batch 32 on
 # Llama-3-8B shapes, 34.8 us a layer against 30.5 for two and the combining kernel, bench/results/
 # decode_attention_h200_dd5322e.json)
-SPLITS_ROUND = "up"
+SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "up")
 NUM_WARPS = 4
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
@@ -77,11 +80,27 @@ def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int 
     multiprocessor (rounding "up"; "nearest": the nearest count; default SPLITS_ROUND), each whole blocks of block
     (BLOCK_S) positions."""
     per_sm, block, rounding = per_sm or PROGRAMS_PER_SM, block or BLOCK_S, rounding or SPLITS_ROUND
+    if rounding not in ("up", "nearest"):
+        raise ValueError(f"split-KV rounding (QUANTKIT_SPLITS_ROUND) must be up or nearest, got {rounding!r}")
     blocks = math.ceil(positions / block)
     aim = per_sm * sms / (batch * kv_heads)
     splits = max(1, min(blocks, math.ceil(aim) if rounding == "up" else round(aim)))
     chunk = math.ceil(blocks / splits) * block
     return math.ceil(positions / chunk), chunk
+
+
+def ends_at_last_kept(batch: int, kv_heads: int, positions: int, sms: int = 132) -> bool:
+    """Whether the kernel cuts each sequence's cache up to its last attending position (MASK_BOUND) rather than whole:
+    where plan()'s ranges are more than one block. With one block a range, the scan of the mask costs a memory latency
+    before the first block's loads, more than the positions it skips save (bench/results/
+    decode_attention_h200_cb5f7b3.json: 10.5 against 9.6 us at batch 1 on the eval's cache)."""
+    return MASK_BOUND and plan(batch, kv_heads, positions, sms)[1] > BLOCK_S
+
+
+def settings() -> dict:
+    """The launch settings the kernel reads at every call (what a throughput run records)."""
+    return {name: globals()[name] for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND", "SCAN",
+                                               "MASK_BOUND")}
 
 
 if triton is not None:
@@ -164,7 +183,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     b, h, _, d = query.shape
     kv_heads, positions = key.shape[1], key.shape[2]
     sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 132
-    splits, _ = plan(b, kv_heads, positions, sms)  # each program works out its range from its sequence's mask
+    splits, _ = plan(b, kv_heads, positions, sms)  # the ranges themselves: worked out by each program
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     keep = mask.view(torch.uint8)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
@@ -177,7 +196,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN, MASK_BOUND=MASK_BOUND, num_warps=NUM_WARPS)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN, MASK_BOUND=ends_at_last_kept(b, kv_heads, positions, sms), num_warps=NUM_WARPS)
     if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import ppl
+from quantkit.eval import decode_attention, ppl
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 from quantkit.kernels import ops as kernel_ops
@@ -443,6 +443,8 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
           opaque_quantized_linears(model) if settings.compile else nullcontext()):
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = decode_kernel_of(model)  # what runs: SDPA where the kernel does not apply
+        if result["decode_attention"] == "split":
+            result["split_kv_settings"] = decode_attention.settings()
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
                     if settings.compile else {})
         for batch, name in tqdm(steps, desc="throughput", unit="run", disable=not progress):
