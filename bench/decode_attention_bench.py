@@ -8,9 +8,9 @@ median of repeats.
 
 Each variant's output is compared with SDPA's math backend on the same inputs before it is timed. --sweep also times
 the split kernel at every combination of its launch settings (quantkit.eval.decode_attention's PROGRAMS_PER_SM,
-BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_near is the default settings
-with the split count rounded to the nearest (SPLITS_ROUND "nearest": one range a pair and no combining kernel at batch
-32, not two); split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
+BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
+with the split count rounded up (SPLITS_ROUND "up": two ranges a pair and the combining kernel at batch 32, not one);
+split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
 ending at the last position that attends.
 """
 
@@ -78,7 +78,7 @@ def main() -> int:
             return call
 
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
-               "split_near": variant("split", {**defaults, "SPLITS_ROUND": "nearest"}),
+               "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"}),
                "split_full": variant("split", {**defaults, "MASK_BOUND": False})}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):

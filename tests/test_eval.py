@@ -400,10 +400,12 @@ def test_split_kv_decode_plan_and_routing():
 
     assert decode_attention.BLOCK_S == 32 and decode_attention.PROGRAMS_PER_SM == 2
     assert decode_attention.plan(1, 8, 640) == (20, 32)  # 8 (sequence, KV head) pairs: every block its own range
-    assert decode_attention.plan(32, 8, 640) == (2, 320)  # 256 (sequence, KV head) pairs: two ranges each
-    assert decode_attention.plan(32, 8, 640, rounding="nearest") == (1, 640)  # one each: the one-kernel form
+    assert decode_attention.plan(32, 8, 640) == (1, 640)  # 256 (sequence, KV head) pairs: one each, one kernel
+    assert decode_attention.plan(32, 8, 640, rounding="up") == (2, 320)  # at least 264 programs: two ranges each
+    assert decode_attention.plan(22, 8, 640) == (2, 320) and decode_attention.plan(23, 8, 640) == (1, 640)
     assert decode_attention.plan(64, 8, 640) == (1, 640)
-    assert decode_attention.plan(8, 8, 640, rounding="nearest") == (4, 160)  # 4.1 ranges a pair make 264 programs
+    assert decode_attention.plan(8, 8, 640) == (4, 160)  # 4.1 ranges a pair: 4 (5 rounded up)
+    assert decode_attention.plan(8, 8, 640, rounding="up") == (5, 128)
     assert decode_attention.plan(2, 8, 200) == (7, 32)
     assert decode_attention.plan(2, 8, 200, per_sm=1, block=64) == (4, 64)
     with pytest.raises(ValueError, match="must be up or nearest"):
@@ -412,7 +414,8 @@ def test_split_kv_decode_plan_and_routing():
     assert not decode_attention.ends_at_last_kept(1, 8, 640)  # one block a range: the scan would cost more
     assert decode_attention.ends_at_last_kept(8, 8, 640) and decode_attention.ends_at_last_kept(32, 8, 640)
     assert decode_attention.ends_at_last_kept(1, 8, 4096)  # a long static cache: 4 blocks a range
-    assert decode_attention.settings()["MASK_BOUND"] is True and decode_attention.settings()["SPLITS_ROUND"] == "up"
+    assert decode_attention.settings()["MASK_BOUND"] is True
+    assert decode_attention.settings()["SPLITS_ROUND"] == "nearest"
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()

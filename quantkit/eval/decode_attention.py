@@ -9,7 +9,7 @@ softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core
 a second kernel weighs the ranges' sums by their log-sum-exps. The ranges cut the sequence's cache up to its last
 position that attends, which each program finds in the mask: a static cache's positions not yet written are never
 read, and its programs share what is there (the split count, planned for the whole cache, stays fixed, so a CUDA
-graph of the step replays at any length). Where one range a pair already fills the GPU (batch 33
+graph of the step replays at any length). Where one range a pair comes nearest to filling the GPU (batch 23
 and more on Llama-3-8B shapes), the one kernel writes the output itself and there is no second. One custom op
 (``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the kernels
 as they are.
@@ -32,10 +32,11 @@ SCAN = 1024  # mask positions a program reads at a time to find its sequence's l
 # the whole cache (the bench's split_full)
 MASK_BOUND = True
 PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GPU
-# plan()'s split count: the next above that aim ("up") or the nearest to it ("nearest": one range a pair at batch 32 on
-# Llama-3-8B shapes, 34.8 us a layer against 30.5 for two and the combining kernel, bench/results/
-# decode_attention_h200_dd5322e.json)
-SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "up")
+# plan()'s split count: the nearest to that aim ("nearest": one range a pair at batch 32 on Llama-3-8B shapes, 26.9 us
+# a layer against 28.5 for two ranges and the combining kernel, bench/results/decode_attention_h200_e7c49e1.json; it was
+# the slower before the ranges ended at the last attending position: 34.8 against 30.5, decode_attention_h200_dd5322e)
+# or the next above it ("up")
+SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "nearest")
 NUM_WARPS = 4
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
@@ -76,8 +77,8 @@ def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
 
 def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int | None = None,
          block: int | None = None, rounding: str | None = None) -> tuple[int, int]:
-    """(splits, positions a split): as many ranges as bring the programs to at least per_sm (PROGRAMS_PER_SM) a
-    multiprocessor (rounding "up"; "nearest": the nearest count; default SPLITS_ROUND), each whole blocks of block
+    """(splits, positions a split): as many ranges as bring the programs nearest to per_sm (PROGRAMS_PER_SM) a
+    multiprocessor (rounding "nearest"; "up": at least that many; default SPLITS_ROUND), each whole blocks of block
     (BLOCK_S) positions."""
     per_sm, block, rounding = per_sm or PROGRAMS_PER_SM, block or BLOCK_S, rounding or SPLITS_ROUND
     if rounding not in ("up", "nearest"):
@@ -196,7 +197,8 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN, MASK_BOUND=ends_at_last_kept(b, kv_heads, positions, sms), num_warps=NUM_WARPS)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
+        MASK_BOUND=ends_at_last_kept(b, kv_heads, positions, sms), num_warps=NUM_WARPS)
     if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
