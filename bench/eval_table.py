@@ -20,11 +20,13 @@ TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group
 def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head),
-    fused projections (quantkit.eval.fuse), torch.compile'd decode step and who packed x for the warp-specialized
+    and its split count's rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step and who packed x for the warp-specialized
     kernel in it (throughput.COMPILED_X_IMAGE)."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
+    if "split_kv_settings" in t:  # recorded from e7c49e1 on
+        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']})"
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
