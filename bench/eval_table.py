@@ -19,9 +19,9 @@ TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group
 
 def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
-    (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head),
-    and its split count's rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step and who packed x for the warp-specialized
-    kernel in it (throughput.COMPILED_X_IMAGE)."""
+    (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head) and
+    the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step and
+    who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE)."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]

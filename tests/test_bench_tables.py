@@ -20,7 +20,8 @@ def test_eval_table_names_the_decode_attention():
                                  "model": {"random_weights": {}}})
 
     assert setup(attention="quantkit_grouped_sdpa", decode_attention="split").startswith("split-KV decode attention, ")
-    near = setup(attention="quantkit_grouped_sdpa", decode_attention="split", split_kv_settings={"SPLITS_ROUND": "nearest"})
+    near = setup(attention="quantkit_grouped_sdpa", decode_attention="split",
+                 split_kv_settings={"SPLITS_ROUND": "nearest"})
     assert near.startswith("split-KV decode attention (split count rounded nearest), fused")
     assert setup(attention="quantkit_grouped_sdpa").startswith("grouped decode attention, ")  # before the option
     assert setup(attention="quantkit_grouped_sdpa", decode_attention="sdpa").startswith("grouped decode attention, ")
