@@ -22,7 +22,8 @@ def check_split_kv_decode(device: str, dtype: torch.dtype) -> None:
     compiled = torch.compile(lambda *a: decode_attention.split_kv_decode(*a) * 1, dynamic=True)
     gen = torch.Generator().manual_seed(7)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else 132
-    bounded = [decode_attention.ends_at_last_kept(b, kv, s, sms) for b, _, kv, s, _, _ in SPLIT_KV_CASES]
+    bounded = [decode_attention.ends_at_last_kept(decode_attention.plan(b, kv, s, sms)[1])
+               for b, _, kv, s, _, _ in SPLIT_KV_CASES]
     assert bounded[-2:] == [True, True] and not any(bounded[:4]), bounded
     for (b, h, kv, s, d, filled), bound in zip(SPLIT_KV_CASES, bounded):
         q = torch.randn(b, h, 1, d, generator=gen).to(device, dtype)

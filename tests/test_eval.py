@@ -411,9 +411,12 @@ def test_split_kv_decode_plan_and_routing():
     with pytest.raises(ValueError, match="must be up or nearest"):
         decode_attention.plan(2, 8, 200, rounding="down")
     # the ranges end at the sequence's last attending position where they are more than one block
-    assert not decode_attention.ends_at_last_kept(1, 8, 640)  # one block a range: the scan would cost more
-    assert decode_attention.ends_at_last_kept(8, 8, 640) and decode_attention.ends_at_last_kept(32, 8, 640)
-    assert decode_attention.ends_at_last_kept(1, 8, 4096)  # a long static cache: 4 blocks a range
+    def bounded(*shape):
+        return decode_attention.ends_at_last_kept(decode_attention.plan(*shape)[1])
+
+    assert not bounded(1, 8, 640)  # one block a range: the scan would cost more
+    assert bounded(8, 8, 640) and bounded(32, 8, 640)
+    assert bounded(1, 8, 4096)  # a long static cache: 4 blocks a range
     assert decode_attention.settings()["MASK_BOUND"] is True
     assert decode_attention.settings()["SPLITS_ROUND"] == "nearest"
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)

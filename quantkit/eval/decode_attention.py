@@ -90,12 +90,12 @@ def plan(batch: int, kv_heads: int, positions: int, sms: int = 132, per_sm: int 
     return math.ceil(positions / chunk), chunk
 
 
-def ends_at_last_kept(batch: int, kv_heads: int, positions: int, sms: int = 132) -> bool:
-    """Whether the kernel cuts each sequence's cache up to its last attending position (MASK_BOUND) rather than whole:
-    where plan()'s ranges are more than one block. With one block a range, the scan of the mask costs a memory latency
-    before the first block's loads, more than the positions it skips save (bench/results/
-    decode_attention_h200_cb5f7b3.json: 10.5 against 9.6 us at batch 1 on the eval's cache)."""
-    return MASK_BOUND and plan(batch, kv_heads, positions, sms)[1] > BLOCK_S
+def ends_at_last_kept(chunk: int) -> bool:
+    """Whether the kernel cuts each sequence's cache up to its last attending position (MASK_BOUND) rather than whole,
+    given plan()'s positions a range: where the ranges are more than one block. With one block a range, the scan of
+    the mask costs a memory latency before the first block's loads, more than the positions it skips save
+    (bench/results/decode_attention_h200_cb5f7b3.json: 10.5 against 9.6 us at batch 1 on the eval's cache)."""
+    return MASK_BOUND and chunk > BLOCK_S
 
 
 def settings() -> dict:
@@ -124,8 +124,8 @@ if triton is not None:
                           sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr,
                           SCAN: tl.constexpr, MASK_BOUND: tl.constexpr):
-        """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range: the whole cache) the
-        attention output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
+        """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range a sequence) the attention
+        output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
         as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing."""
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
@@ -184,7 +184,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     b, h, _, d = query.shape
     kv_heads, positions = key.shape[1], key.shape[2]
     sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 132
-    splits, _ = plan(b, kv_heads, positions, sms)  # the ranges themselves: worked out by each program
+    splits, chunk = plan(b, kv_heads, positions, sms)  # the ranges themselves: worked out by each program
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     keep = mask.view(torch.uint8)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
@@ -198,7 +198,7 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
-        MASK_BOUND=ends_at_last_kept(b, kv_heads, positions, sms), num_warps=NUM_WARPS)
+        MASK_BOUND=ends_at_last_kept(chunk), num_warps=NUM_WARPS)
     if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
