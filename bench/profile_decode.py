@@ -23,9 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantkit.eval import attention, backends, fuse, random_weights, throughput  # noqa: E402
+from quantkit.eval import attention, backends, fuse, prefetch, random_weights, throughput  # noqa: E402
 
 KINDS = (  # first match wins
+    ("l2_prefetch", re.compile(r"l2_prefetch")),
     ("w4a16", re.compile(r"qk_")),
     ("gemm", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax|split_kv", re.I)),
@@ -106,6 +107,10 @@ def main() -> None:
                     help="compiled steps: the warp-specialized kernel's image of x made by inductor's kernel that makes "
                     "x (throughput.COMPILED_X_IMAGE); both: the quantized step also without it ('quantized_packx', its "
                     "own packing launch), one after the other in the same run")
+    ap.add_argument("--l2-prefetch", default=None,
+                    help="comma-separated modes of quantkit.eval.prefetch (off, attention, next) the quantized step is "
+                    "captured and measured with, one after the other in the same run (model 'quantized' for the first, "
+                    "'quantized_<mode>' for the others); default: prefetch.MODE alone")
     ap.add_argument("--fuse", action="store_true",
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
@@ -132,32 +137,36 @@ def main() -> None:
         # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"
-        variants = [("quantized", model, pdl, image), ("baseline", base, pdl, image)]
+        modes = (args.l2_prefetch or prefetch.MODE).split(",")
+        variants = [("quantized", model, pdl, image, modes[0]), ("baseline", base, pdl, image, "off")]
+        variants[1:1] = [(f"quantized_{mode}", model, pdl, image, mode) for mode in modes[1:]]
         if args.pdl == "both":
-            variants[1:1] = [("quantized_pdl", model, True, image)]
+            variants[1:1] = [("quantized_pdl", model, True, image, modes[0])]
         if args.x_image == "both":
-            variants[1:1] = [("quantized_packx", model, pdl, False)]
+            variants[1:1] = [("quantized_packx", model, pdl, False, modes[0])]
         decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
-        for name, m, pdl, image in variants:
+        for name, m, pdl, image, mode in variants:
             decoder = decoders[id(m)]
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
-            for batch in settings.batches:
-                prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
-                runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
-                with torch.inference_mode():
-                    runner.prepare()
-                    step = replay_us(runner, args.reps)
-                    kinds, top = profile_steps(runner, args.steps)
-                runner.close()
-                kernels = sum(v["us"] for v in kinds.values())
-                row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
-                       "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
-                       "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model)}
-                result["runs"].append(row)
-                print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
-                      f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
-                      flush=True)
-                torch.cuda.empty_cache()
+            with prefetch.warmed(model, mode) as pairs:
+                for batch in settings.batches:
+                    prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
+                    runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
+                    with torch.inference_mode():
+                        runner.prepare()
+                        step = replay_us(runner, args.reps)
+                        kinds, top = profile_steps(runner, args.steps)
+                    runner.close()
+                    kernels = sum(v["us"] for v in kinds.values())
+                    row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
+                           "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
+                           "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model),
+                           "l2_prefetch": {**prefetch.settings(), "mode": mode, "pairs": len(pairs)}}
+                    result["runs"].append(row)
+                    print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
+                          f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
+                          flush=True)
+                    torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for row in result["runs"]:
         print(f"\n{row['model']} batch {row['batch']} top kernels (us/step, launches/step):")

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <array>
+#include <vector>
 
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -354,6 +355,31 @@ void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t
                qk_launch_dequant(reinterpret_cast<const uint4*>(w.data_ptr()), u16(meta), u16_mut(out), (int)N, (int)K,
                                  (int)group_size, bf, sym, c10::cuda::getCurrentCUDAStream()));
 }
+
+// Warm the L2 cache with the first bytes[i] bytes of tensors[i] (all of it where bytes[i] < 0), in one launch: the
+// requests are issued on the current stream and complete after the call; nothing is written. Every address and
+// byte count a multiple of 16, the tensors contiguous on one GPU.
+void l2_prefetch(std::vector<torch::Tensor> tensors, std::vector<int64_t> bytes) {
+  TORCH_CHECK(!tensors.empty() && tensors.size() == bytes.size() && tensors.size() <= QK_PREFETCH_RANGES,
+              "l2_prefetch takes 1 to ", QK_PREFETCH_RANGES, " tensors and as many byte counts, got ", tensors.size(),
+              " and ", bytes.size());
+  QkPrefetchRanges r = {};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const torch::Tensor& t = tensors[i];
+    TORCH_CHECK(t.is_cuda() && t.device() == tensors[0].device(), "tensor ", i,
+                " to prefetch must be on the GPU of the first, got ", t.device());
+    TORCH_CHECK(t.is_contiguous(), "tensor ", i, " to prefetch must be contiguous");
+    const int64_t total = t.numel() * t.element_size();
+    const int64_t n = bytes[i] < 0 || bytes[i] > total ? total : bytes[i];
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && n % 16 == 0, "tensor ", i,
+                ": prefetch needs a 16-byte aligned address and a multiple of 16 bytes, got ", n, " bytes at ",
+                t.data_ptr());
+    r.p[r.n] = static_cast<const char*>(t.data_ptr());
+    r.bytes[r.n++] = (uint64_t)n;
+  }
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  check_launch("L2 prefetch kernel", qk_launch_l2_prefetch(r, c10::cuda::getCurrentCUDAStream()));
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -366,6 +392,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
   m.def("wgmma_ws_gemm", &wgmma_ws_gemm, "warp-specialized Hopper wgmma W4A16 GEMM, x packed by wgmma_pack_x");
   m.def("wgmma_pack_x", &wgmma_pack_x, "x in the warp-specialized wgmma kernel's layout");
+  m.def("l2_prefetch", &l2_prefetch, "request the first bytes of a tensor into the L2 cache (nothing written)");
   m.def("wgmma_ws_stream_k_depth", &wgmma_ws_stream_k_depth, "split-K workspace depth of the ws kernel's stream-K");
 #endif
 }

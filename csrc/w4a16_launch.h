@@ -99,6 +99,16 @@ cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, 
 // (qk_wgmma_pack_x_plain; x 16-byte aligned).
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream);
+// qk_l2_prefetch (w4a16_prefetch.cu): requests the first bytes[i] bytes at p[i], i < n, into the L2 cache and
+// returns; the copies finish after the kernel. Addresses and byte counts multiples of 16.
+#define QK_PREFETCH_SLICE 16384
+#define QK_PREFETCH_RANGES 4
+struct QkPrefetchRanges {
+  const char* p[QK_PREFETCH_RANGES];
+  uint64_t bytes[QK_PREFETCH_RANGES];
+  int n;
+};
+cudaError_t qk_launch_l2_prefetch(const QkPrefetchRanges& r, cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,
                               bool bf16, bool sym, cudaStream_t stream);

@@ -456,3 +456,37 @@ def test_split_kv_decode_in_the_triton_interpreter():
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
+    """quantkit.eval.prefetch: "next" chains every W4A16 linear of the fused model to the one after it, across
+    blocks; "attention" keeps the q/k/v -> o pair of each block; warmed() sets W4A16Linear.warm on the requesting
+    layers only, with the limits, and takes it back; a layer without the extension requests nothing (on CPU) and
+    still computes; an unknown mode is refused."""
+    from quantkit.eval import fuse, prefetch, random_weights
+    from quantkit.kernels import W4A16Linear
+
+    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu",
+                                       module_factory=lambda ql: W4A16Linear.from_quantized(ql, device="cpu"),
+                                       progress=False)
+    fuse.fuse_projections(model)
+    blocks = len(model.model.layers)
+    run = []
+    for i in range(blocks):
+        b = f"model.layers.{i}"
+        run += [f"{b}.self_attn.q_proj.shared.fused", f"{b}.self_attn.o_proj", f"{b}.mlp.gate_up", f"{b}.mlp.down_proj"]
+    assert prefetch.plan(model, "next") == list(zip(run, run[1:]))
+    assert prefetch.plan(model, "attention") == [(run[4 * i], run[4 * i + 1]) for i in range(blocks)]
+    assert prefetch.plan(model, "off") == []
+    with pytest.raises(ValueError, match="prefetch mode"):
+        prefetch.plan(model, "all")
+    layers = dict(model.named_modules())
+    with prefetch.warmed(model, "attention", max_bytes=4096, max_m=4) as pairs:
+        assert len(pairs) == blocks
+        for a, b in pairs:
+            assert layers[a].warm == (layers[b].packed, 4096, 4)
+        assert all(layers[name].warm is None for name in run if name not in dict(pairs))
+        x = torch.randn(3, layers[run[0]].in_features, dtype=torch.bfloat16)
+        assert layers[run[0]].warm_next(3, x.dtype) == 0  # no GPU: nothing to request
+        assert torch.equal(layers[run[0]](x), W4A16Linear(layers[run[0]].packed)(x))
+    assert all(layers[name].warm is None for name in run)

@@ -56,6 +56,22 @@ def test_graph_throughput_on_a_tiny_model(models):
     assert [r["batch"] for r in section["rows"]] == [1, 4] and all(r["decode_tok_s"] > 0 for r in section["rows"])
 
 
+@pytest.mark.parametrize("mode", ["attention", "next"])
+def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
+    """The decode step with the linears warming their successors' weights (quantkit.eval.prefetch) passes the same
+    checks and records the mode and how many linears request."""
+    from quantkit.eval import prefetch
+
+    kernel, reference, _ = models
+    monkeypatch.setattr(prefetch, "MODE", mode)
+    settings = throughput.Settings(batches=(1, 4), prompt_len=16, gen_len=4, warmup=1, repeats=2)
+    section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
+    assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+    layers = kernel.config.num_hidden_layers
+    assert section["l2_prefetch"] == {**prefetch.settings(), "pairs": layers if mode == "attention" else 4 * layers - 1}
+    assert all(m.warm is None for m in kernel.modules() if hasattr(m, "warm"))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_split_kv_decode_matches_sdpa(dtype):
     """quantkit.eval.decode_attention compiled for this GPU against SDPA in fp32 (tests/split_kv_check.py's cases)."""

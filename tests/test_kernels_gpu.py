@@ -310,6 +310,31 @@ def test_cuda_graph_capture(device):
     assert torch.equal(y, y0)
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="the L2 prefetch is CUDA's")
+def test_l2_prefetch_requests_and_writes_nothing(device):
+    """ops.l2_prefetch requests the scales and the first max_bytes (rounded down to 16) of the weights, in one
+    launch that also records into a CUDA graph; the layer's tensors are unchanged and a linear after it gives the
+    same bits."""
+    ql = testing.random_qlinear(1040, 1024, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=21)
+    packed = prepare(ql, device=device)
+    x = testing.random_activations(3, 1024, dtype=torch.bfloat16, seed=22, device=device)
+    y0 = w4a16_linear(x, packed)
+    meta, w = packed.mma_meta(torch.bfloat16), packed.mma_weight
+    before = (meta.clone(), w.clone())
+    meta_bytes, w_bytes = meta.numel() * meta.element_size(), w.numel() * w.element_size()
+    assert ops.l2_prefetch(packed, torch.bfloat16) == meta_bytes + w_bytes
+    assert ops.l2_prefetch(packed, torch.bfloat16, 100_005) == meta_bytes + 100_000
+    assert ops.l2_prefetch(packed, torch.bfloat16, 0) == meta_bytes
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.l2_prefetch(packed, torch.bfloat16, 1 << 20)
+        y = w4a16_linear(x, packed)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, y0)
+    assert torch.equal(meta, before[0]) and torch.equal(w, before[1])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs compute capability 9.0+")
 @pytest.mark.parametrize("m", [1, 4, 16, 32])

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import decode_attention, ppl
+from quantkit.eval import decode_attention, ppl, prefetch
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 from quantkit.kernels import ops as kernel_ops
@@ -153,7 +153,9 @@ def _(x: torch.Tensor, layer: int) -> torch.Tensor:
 @torch.library.custom_op("quantkit_eval::quantized_linear_image", mutates_args=())
 def _quantized_linear_image(image: torch.Tensor, layer: int) -> torch.Tensor:
     inner = _OPAQUE[layer]
-    return kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias)
+    y = kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias)
+    inner.warm_next(image.shape[1], image.dtype)
+    return y
 
 
 @_quantized_linear_image.register_fake
@@ -440,7 +442,9 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     steps = [(b, name) for b in settings.batches for name in ("baseline", "quantized")]
     measured: dict = {}
     with (grouped_decode_attention(model, baseline, decode_kernel=settings.decode_attention),
+          prefetch.warmed(model) as warm_pairs,
           opaque_quantized_linears(model) if settings.compile else nullcontext()):
+        result["l2_prefetch"] = {**prefetch.settings(), "pairs": len(warm_pairs)}
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = decode_kernel_of(model)  # what runs: SDPA where the kernel does not apply
         if result["decode_attention"] == "split":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.kernels.ops import w4a16_linear
+from quantkit.kernels.ops import l2_prefetch, w4a16_linear
 from quantkit.kernels.packing import PackedLinear, concat, prepare
 from quantkit.qlinear import QuantizedLinear
 
@@ -23,6 +23,9 @@ class W4A16Linear(nn.Module):
             self.register_buffer("bias", bias.detach().to(packed.device))
         else:
             self.bias = None
+        # (layer, first bytes of its weights or None for all, most rows): after its own kernel at up to that many
+        # rows, this layer requests that one's weights into the L2 (quantkit.eval.prefetch sets it for a decode step)
+        self.warm: tuple[PackedLinear, int | None, int] | None = None
 
     @classmethod
     def from_quantized(
@@ -40,7 +43,15 @@ class W4A16Linear(nn.Module):
         return cls(concat([m.packed for m in layers]), bias, backend=layers[0].backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w4a16_linear(x, self.packed, self.bias, backend=self.backend)
+        y = w4a16_linear(x, self.packed, self.bias, backend=self.backend)
+        self.warm_next(x.numel() // x.shape[-1], x.dtype)
+        return y
+
+    def warm_next(self, rows: int, dtype: torch.dtype) -> int:
+        """The L2 prefetch of self.warm's layer, where set and rows is within its limit; the bytes requested."""
+        if self.warm is None or rows > self.warm[2]:
+            return 0
+        return l2_prefetch(self.warm[0], dtype, self.warm[1])
 
     def extra_repr(self) -> str:
         p = self.packed

@@ -529,6 +529,29 @@ def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Te
     return _wgmma(image.view(m, k), packed, b, None, None, image=True)  # the kernel reads its bytes as the image
 
 
+def l2_prefetch_ready(packed: PackedLinear) -> bool:
+    """Whether l2_prefetch can warm the L2 with this layer: its "mma" layout on an NVIDIA GPU, the extension built."""
+    return (not packed.kernel_reason and packed.mma_weight is not None and packed.device.type == "cuda"
+            and not torch.version.hip and build.kernel_available()[0])
+
+
+def l2_prefetch(packed: PackedLinear, dtype: torch.dtype, max_bytes: int | None = None) -> int:
+    """Request the layer's packed scales (for activations of ``dtype``) and the first ``max_bytes`` (None: all) of its
+    packed weights into the GPU's L2 cache, on the current stream, and return at once: the copies complete after the
+    call, during whatever the stream runs next. Nothing is written. Returns the bytes requested (0 where
+    l2_prefetch_ready does not hold). The weights' first bytes are their first 16-row tiles, which the kernels'
+    first blocks read."""
+    if not l2_prefetch_ready(packed):
+        return 0
+    ext = build.load_extension()
+    meta, w = packed.mma_meta(dtype), packed.mma_weight
+    w_bytes = w.numel() * w.element_size()
+    if max_bytes is not None:
+        w_bytes = min(w_bytes, max(0, max_bytes) // 16 * 16)
+    ext.l2_prefetch([meta, w], [-1, w_bytes])
+    return meta.numel() * meta.element_size() + w_bytes
+
+
 def has_wgmma(device: torch.device) -> bool:
     """The wgmma kernel exists in this build and this GPU is a Hopper part (compute capability 9.0)."""
     key = ("wgmma", device)
