@@ -108,7 +108,8 @@ def main() -> None:
                     "x (throughput.COMPILED_X_IMAGE); both: the quantized step also without it ('quantized_packx', its "
                     "own packing launch), one after the other in the same run")
     ap.add_argument("--l2-prefetch", default=None,
-                    help="comma-separated modes of quantkit.eval.prefetch (off, attention, next) the quantized step is "
+                    help="comma-separated modes of quantkit.eval.prefetch (off, attention, next; +launch: the requests "
+                    "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off) the quantized step is "
                     "captured and measured with, one after the other in the same run (model 'quantized' for the first, "
                     "'quantized_<mode>' for the others); default: prefetch.MODE alone")
     ap.add_argument("--fuse", action="store_true",
@@ -148,7 +149,8 @@ def main() -> None:
         for name, m, pdl, image, mode in variants:
             decoder = decoders[id(m)]
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
-            with prefetch.warmed(model, mode) as pairs:
+            ops.L2_PREFETCH_IN_KERNEL = not mode.endswith("+launch")
+            with prefetch.warmed(model, mode.removesuffix("+launch")) as pairs:
                 for batch in settings.batches:
                     prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                     runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
@@ -161,7 +163,8 @@ def main() -> None:
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model),
-                           "l2_prefetch": {**prefetch.settings(), "mode": mode, "pairs": len(pairs)}}
+                           "l2_prefetch": {**prefetch.settings(), "mode": mode.removesuffix("+launch"),
+                                           "pairs": len(pairs), "in_kernel": ops.L2_PREFETCH_IN_KERNEL}}
                     result["runs"].append(row)
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
                           f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),

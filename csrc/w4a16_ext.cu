@@ -219,16 +219,41 @@ WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const t
   return {grid, mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split)};
 }
 
+// The first bytes[i] bytes of tensors[i] (all of it where bytes[i] < 0) as the kernels' L2 prefetch ranges
+// (w4a16_prefetch.h): at most QK_PREFETCH_RANGES contiguous tensors on one GPU, every address and byte count a
+// multiple of 16.
+QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, const std::vector<int64_t>& bytes) {
+  TORCH_CHECK(tensors.size() == bytes.size() && tensors.size() <= QK_PREFETCH_RANGES, "L2 prefetch takes up to ",
+              QK_PREFETCH_RANGES, " tensors and as many byte counts, got ", tensors.size(), " and ", bytes.size());
+  QkPrefetchRanges r = {};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const torch::Tensor& t = tensors[i];
+    TORCH_CHECK(t.is_cuda() && t.device() == tensors[0].device(), "tensor ", i,
+                " to prefetch must be on the GPU of the first, got ", t.device());
+    TORCH_CHECK(t.is_contiguous(), "tensor ", i, " to prefetch must be contiguous");
+    const int64_t total = t.numel() * t.element_size();
+    const int64_t n = bytes[i] < 0 || bytes[i] > total ? total : bytes[i];
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && n % 16 == 0, "tensor ", i,
+                ": prefetch needs a 16-byte aligned address and a multiple of 16 bytes, got ", n, " bytes at ",
+                t.data_ptr());
+    r.p[r.n] = static_cast<const char*>(t.data_ptr());
+    r.bytes[r.n++] = (uint64_t)n;
+  }
+  return r;
+}
+
 }  // namespace
 
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
 // staged: the shared-memory prefill kernel instead of the streaming one; splits: split-K; the streaming kernel's
 // wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
 // capability 9.0+, else ignored); cluster: the streaming kernel's splits of a tile as one thread-block cluster
-// (sm_90+, = the number of splits, at most 16; 0 or 1: not).
+// (sm_90+, = the number of splits, at most 16; 0 or 1: not); prefetch / prefetch_bytes: what the streaming kernel's
+// blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
-              int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster) {
+              int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
+              std::vector<int64_t> prefetch_bytes) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -241,12 +266,15 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   const dim3 grid((M + 8 * mt - 1) / (8 * mt), (N + n_per_block - 1) / n_per_block, (chunks + per_split - 1) / per_split);
   TORCH_CHECK(cluster <= 1 || (!staged && sm90_or_later(x)), "cluster needs the streaming kernel on compute capability 9.0+");
   check_split_workspace(grid, cluster, M, N, ws, counters);
+  TORCH_CHECK(prefetch.empty() || wk, "the L2 prefetch at the end of the kernel needs the streaming kernel with wk");
+  const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
-                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, stream));
+                      : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, pf,
+                                         stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
@@ -357,26 +385,10 @@ void mma_dequant(torch::Tensor w, torch::Tensor meta, torch::Tensor out, int64_t
 }
 
 // Warm the L2 cache with the first bytes[i] bytes of tensors[i] (all of it where bytes[i] < 0), in one launch: the
-// requests are issued on the current stream and complete after the call; nothing is written. Every address and
-// byte count a multiple of 16, the tensors contiguous on one GPU.
+// requests are issued on the current stream and complete after the call; nothing is written.
 void l2_prefetch(std::vector<torch::Tensor> tensors, std::vector<int64_t> bytes) {
-  TORCH_CHECK(!tensors.empty() && tensors.size() == bytes.size() && tensors.size() <= QK_PREFETCH_RANGES,
-              "l2_prefetch takes 1 to ", QK_PREFETCH_RANGES, " tensors and as many byte counts, got ", tensors.size(),
-              " and ", bytes.size());
-  QkPrefetchRanges r = {};
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const torch::Tensor& t = tensors[i];
-    TORCH_CHECK(t.is_cuda() && t.device() == tensors[0].device(), "tensor ", i,
-                " to prefetch must be on the GPU of the first, got ", t.device());
-    TORCH_CHECK(t.is_contiguous(), "tensor ", i, " to prefetch must be contiguous");
-    const int64_t total = t.numel() * t.element_size();
-    const int64_t n = bytes[i] < 0 || bytes[i] > total ? total : bytes[i];
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && n % 16 == 0, "tensor ", i,
-                ": prefetch needs a 16-byte aligned address and a multiple of 16 bytes, got ", n, " bytes at ",
-                t.data_ptr());
-    r.p[r.n] = static_cast<const char*>(t.data_ptr());
-    r.bytes[r.n++] = (uint64_t)n;
-  }
+  TORCH_CHECK(!tensors.empty(), "l2_prefetch needs at least one tensor");
+  const QkPrefetchRanges r = prefetch_ranges(tensors, bytes);
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   check_launch("L2 prefetch kernel", qk_launch_l2_prefetch(r, c10::cuda::getCurrentCUDAStream()));
 }

@@ -32,4 +32,5 @@ QK_WMMA_INSTANCE(QkBF16, false)
 #include "w4a16_launch_wgmma_ws.cu"
 #include "w4a16_launch_wgmma_ws_big.cu"
 #include "w4a16_launch_wgmma_ws_small.cu"
+#include "w4a16_prefetch.cu"
 #endif

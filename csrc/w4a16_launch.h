@@ -4,6 +4,7 @@
 #pragma once
 
 #include "platform.h"
+#include "w4a16_prefetch.h"
 
 #include <type_traits>
 
@@ -68,16 +69,19 @@ cudaError_t qk_launch_mma_kernel_in(void (*kernel)(Params...), const QkMmaArgs& 
                             a.group_size, a.chunks_per_split, extra...);
 }
 // The same with cluster > 1 making every cluster blocks along z one cluster (the split-K reduction's).
-template <typename... Params>
+template <typename... Params, typename... Extra>
 cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
-                                 cudaStream_t stream, bool pdl = false, int cluster = 1) {
-  return qk_launch_mma_kernel_in(kernel, a, grid, block, smem, stream, pdl, dim3(1, 1, cluster > 1 ? cluster : 1));
+                                 cudaStream_t stream, bool pdl = false, int cluster = 1, const Extra&... extra) {
+  return qk_launch_mma_kernel_in(kernel, a, grid, block, smem, stream, pdl, dim3(1, 1, cluster > 1 ? cluster : 1),
+                                 extra...);
 }
 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
-// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above.
+// chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above; pf: what
+// its blocks request into the L2 as they finish their reads (the next layer's weights; pf.n = 0: nothing; with wk
+// only, else cudaErrorInvalidValue).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             cudaStream_t stream);
+                             const QkPrefetchRanges& pf, cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);
@@ -99,15 +103,8 @@ cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, 
 // (qk_wgmma_pack_x_plain; x 16-byte aligned).
 cudaError_t qk_launch_wgmma_pack_x(const uint16_t* x, const int32_t* index, bool words, uint4* out, int M, int K,
                                    cudaStream_t stream);
-// qk_l2_prefetch (w4a16_prefetch.cu): requests the first bytes[i] bytes at p[i], i < n, into the L2 cache and
-// returns; the copies finish after the kernel. Addresses and byte counts multiples of 16.
-#define QK_PREFETCH_SLICE 16384
-#define QK_PREFETCH_RANGES 4
-struct QkPrefetchRanges {
-  const char* p[QK_PREFETCH_RANGES];
-  uint64_t bytes[QK_PREFETCH_RANGES];
-  int n;
-};
+// qk_l2_prefetch (w4a16_prefetch.cu): requests the ranges into the L2 cache and returns; the copies finish after the
+// kernel.
 cudaError_t qk_launch_l2_prefetch(const QkPrefetchRanges& r, cudaStream_t stream);
 // qk_mma_dequant: the [N, K] weight.
 cudaError_t qk_launch_dequant(const uint4* w, const uint16_t* meta, uint16_t* out, int N, int K, int group_size,

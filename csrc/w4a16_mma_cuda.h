@@ -30,6 +30,7 @@
 #pragma once
 
 #include "w4a16_common.h"
+#include "w4a16_prefetch.h"
 
 #if QK_IS_CUDA
 #include <cooperative_groups.h>
@@ -381,11 +382,14 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-template <typename Tag, int MT, bool SYM, bool WK = false>
+// PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h); PF false
+// ignores pf (the same code as without the parameter).
+template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                  int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
+                  int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
+                  const QkPrefetchRanges pf) {
   constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
   qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -427,6 +431,12 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
         qk_mma_chunk<Tag, MT>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
       }
     }
+  }
+  // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
+  // the requests fill the DRAM's idle time in the grid's tail and after it.
+  if (PF && pf.n > 0 && warp == 0) {
+    const uint64_t block = ((uint64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    qk_l2_prefetch_slices(pf, block * 32 + lane, (uint64_t)gridDim.x * gridDim.y * gridDim.z * 32);
   }
   // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
   __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];

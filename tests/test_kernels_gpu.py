@@ -311,28 +311,40 @@ def test_cuda_graph_capture(device):
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="the L2 prefetch is CUDA's")
-def test_l2_prefetch_requests_and_writes_nothing(device):
+def test_l2_prefetch_requests_and_writes_nothing(device, monkeypatch):
     """ops.l2_prefetch requests the scales and the first max_bytes (rounded down to 16) of the weights, in one
-    launch that also records into a CUDA graph; the layer's tensors are unchanged and a linear after it gives the
-    same bits."""
+    launch that also records into a CUDA graph; w4a16_linear(warm=...) gives the same bits as without, whether the
+    decode kernel's blocks request the next layer (every token-tile count, split-K in and out of a cluster) or a
+    launch of its own does (L2_PREFETCH_IN_KERNEL off; other paths); nothing is written to either layer."""
     ql = testing.random_qlinear(1040, 1024, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=21)
     packed = prepare(ql, device=device)
-    x = testing.random_activations(3, 1024, dtype=torch.bfloat16, seed=22, device=device)
-    y0 = w4a16_linear(x, packed)
-    meta, w = packed.mma_meta(torch.bfloat16), packed.mma_weight
-    before = (meta.clone(), w.clone())
+    nxt = prepare(testing.random_qlinear(2048, 1040, group_size=32, sym=True, act_order=False, dtype=torch.bfloat16,
+                                         seed=23), device=device)
+    tensors = [t for p in (packed, nxt) for t in (p.mma_meta(torch.bfloat16), p.mma_weight)]
+    before = [t.clone() for t in tensors]
+    meta, w = tensors[2], tensors[3]
     meta_bytes, w_bytes = meta.numel() * meta.element_size(), w.numel() * w.element_size()
-    assert ops.l2_prefetch(packed, torch.bfloat16) == meta_bytes + w_bytes
-    assert ops.l2_prefetch(packed, torch.bfloat16, 100_005) == meta_bytes + 100_000
-    assert ops.l2_prefetch(packed, torch.bfloat16, 0) == meta_bytes
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ops.l2_prefetch(packed, torch.bfloat16, 1 << 20)
-        y = w4a16_linear(x, packed)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, y0)
-    assert torch.equal(meta, before[0]) and torch.equal(w, before[1])
+    assert ops.l2_prefetch(nxt, torch.bfloat16) == meta_bytes + w_bytes
+    assert ops.l2_prefetch(nxt, torch.bfloat16, 100_005) == meta_bytes + 100_000
+    assert ops.l2_prefetch(nxt, torch.bfloat16, 0) == meta_bytes
+    for m in (1, 3, 16, 32, 64):
+        x = testing.random_activations(m, 1024, dtype=torch.bfloat16, seed=22 + m, device=device)
+        y0 = w4a16_linear(x, packed)
+        for in_kernel in (True, False):
+            monkeypatch.setattr(ops, "L2_PREFETCH_IN_KERNEL", in_kernel)
+            for splits, cluster in ((None, None), (4, True), (4, False)):
+                if m > ops.STREAM_MAX_M and splits:
+                    continue
+                assert torch.equal(w4a16_linear(x, packed, warm=(nxt, 1 << 20), splits=splits, cluster=cluster),
+                                   w4a16_linear(x, packed, splits=splits, cluster=cluster)), (m, in_kernel, splits)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                ops.l2_prefetch(nxt, torch.bfloat16, 1 << 20)
+                y = w4a16_linear(x, packed, warm=(nxt, None))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, y0), (m, in_kernel)
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,

@@ -14,7 +14,9 @@ The step's quantized linears are taken in module order, which is the order a dec
              whose class name ends in "Attention" warms its output projection), the longest idle stretch;
   next       every linear warms the one after it.
 A linear's weights are requested up to MAX_BYTES (QUANTKIT_L2_PREFETCH_MB), where its M (tokens) is at most MAX_M
-(QUANTKIT_L2_PREFETCH_MAX_M): at large M the kernels are no longer bound by reading their weights.
+(QUANTKIT_L2_PREFETCH_MAX_M): at large M the kernels are no longer bound by reading their weights. The requests go
+out from the decode kernel's own blocks as they finish (kernels.ops.L2_PREFETCH_IN_KERNEL), else, and on the other
+kernels, by a launch of their own after the linear's kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from quantkit.kernels import ops
 from quantkit.kernels.module import W4A16Linear
 
 MODES = ("off", "attention", "next")
@@ -33,8 +36,8 @@ MAX_M = int(os.environ.get("QUANTKIT_L2_PREFETCH_MAX_M", "32"))
 
 
 def settings() -> dict:
-    """What a throughput run records."""
-    return {"mode": MODE, "max_bytes": MAX_BYTES, "max_m": MAX_M}
+    """What a throughput run records (in_kernel: kernels.ops.L2_PREFETCH_IN_KERNEL)."""
+    return {"mode": MODE, "max_bytes": MAX_BYTES, "max_m": MAX_M, "in_kernel": ops.L2_PREFETCH_IN_KERNEL}
 
 
 def _linears(model: nn.Module) -> list[tuple[str, W4A16Linear]]:

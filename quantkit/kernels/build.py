@@ -24,7 +24,7 @@ SOURCES = ("w4a16_ext.cu", "w4a16_launch_stream.cu", "w4a16_launch_staged.cu", "
            "w4a16_launch_wgmma_ws_big.cu", "w4a16_launch_wgmma_ws_small.cu", "w4a16_prefetch.cu")
 HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_launch.h", "w4a16_launch_wgmma.h", "w4a16_mma_cuda.h",
            "w4a16_wgmma_cuda.h", "w4a16_wgmma_ops.h", "w4a16_wgmma_ws_cuda.h", "w4a16_wmma.h",
-           "w4a16_launch_wgmma_ws.h")
+           "w4a16_launch_wgmma_ws.h", "w4a16_prefetch.h")
 
 _state: dict = {}
 

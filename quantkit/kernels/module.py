@@ -43,15 +43,17 @@ class W4A16Linear(nn.Module):
         return cls(concat([m.packed for m in layers]), bias, backend=layers[0].backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = w4a16_linear(x, self.packed, self.bias, backend=self.backend)
-        self.warm_next(x.numel() // x.shape[-1], x.dtype)
-        return y
+        return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
+                            warm=self._warm(x.numel() // max(1, x.shape[-1])))
+
+    def _warm(self, rows: int) -> tuple[PackedLinear, int | None] | None:
+        return self.warm[:2] if self.warm is not None and rows <= self.warm[2] else None
 
     def warm_next(self, rows: int, dtype: torch.dtype) -> int:
-        """The L2 prefetch of self.warm's layer, where set and rows is within its limit; the bytes requested."""
-        if self.warm is None or rows > self.warm[2]:
-            return 0
-        return l2_prefetch(self.warm[0], dtype, self.warm[1])
+        """The L2 prefetch of self.warm's layer by a launch of its own (kernels.ops.l2_prefetch), where set and rows
+        is within its limit, for a caller that ran this layer's kernel itself; the bytes requested."""
+        warm = self._warm(rows)
+        return l2_prefetch(warm[0], dtype, warm[1]) if warm is not None else 0
 
     def extra_repr(self) -> str:
         p = self.packed

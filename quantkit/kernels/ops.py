@@ -148,6 +148,9 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
+# w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
+# kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
+L2_PREFETCH_IN_KERNEL = True
 # The warp-specialized kernel as a programmatic dependent launch of the packing of x, our own kernel just before it,
 # which lets it start at once (its blocks set up and request their first STAGES steps' weights and scales while x is
 # being packed; they read x only once that kernel has finished): ws_pdl. Measured on an H200 against the same dispatch
@@ -275,7 +278,7 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
-         cluster: bool | None = None) -> torch.Tensor:
+         cluster: bool | None = None, warm: tuple[list, list] | None = None) -> torch.Tensor:
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -291,8 +294,11 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
+    tensors, sizes = warm if warm is not None and wk else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes)
+    if warm is not None and not wk:
+        build.load_extension().l2_prefetch(*warm)
     return out
 
 
@@ -535,21 +541,27 @@ def l2_prefetch_ready(packed: PackedLinear) -> bool:
             and not torch.version.hip and build.kernel_available()[0])
 
 
+def _prefetch_ranges(packed: PackedLinear, dtype: torch.dtype, max_bytes: int | None) -> tuple[list, list]:
+    """The tensors and byte counts of l2_prefetch: the layer's packed scales for ``dtype``, whole, and the first
+    max_bytes (None: all, rounded down to 16) of its packed weights."""
+    meta, w = packed.mma_meta(dtype), packed.mma_weight
+    w_bytes = w.numel() * w.element_size()
+    if max_bytes is not None:
+        w_bytes = min(w_bytes, max(0, max_bytes) // 16 * 16)
+    return [meta, w], [meta.numel() * meta.element_size(), w_bytes]
+
+
 def l2_prefetch(packed: PackedLinear, dtype: torch.dtype, max_bytes: int | None = None) -> int:
     """Request the layer's packed scales (for activations of ``dtype``) and the first ``max_bytes`` (None: all) of its
     packed weights into the GPU's L2 cache, on the current stream, and return at once: the copies complete after the
     call, during whatever the stream runs next. Nothing is written. Returns the bytes requested (0 where
     l2_prefetch_ready does not hold). The weights' first bytes are their first 16-row tiles, which the kernels'
-    first blocks read."""
+    first blocks read. w4a16_linear(warm=...) does the same from the decode kernel's own blocks as they finish."""
     if not l2_prefetch_ready(packed):
         return 0
-    ext = build.load_extension()
-    meta, w = packed.mma_meta(dtype), packed.mma_weight
-    w_bytes = w.numel() * w.element_size()
-    if max_bytes is not None:
-        w_bytes = min(w_bytes, max(0, max_bytes) // 16 * 16)
-    ext.l2_prefetch([meta, w], [-1, w_bytes])
-    return meta.numel() * meta.element_size() + w_bytes
+    tensors, sizes = _prefetch_ranges(packed, dtype, max_bytes)
+    build.load_extension().l2_prefetch(tensors, sizes)
+    return sum(sizes)
 
 
 def has_wgmma(device: torch.device) -> bool:
@@ -698,8 +710,14 @@ def w4a16_linear(
     ws: bool | None = None,
     multicast: bool | None = None,
     stream_k: bool | None = None,
+    warm: tuple[PackedLinear, int | None] | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
+
+    warm (layer, max_bytes): after this layer, request that one's packed scales and the first max_bytes (None: all)
+    of its weights into the L2, as l2_prefetch does: from the decode kernel's blocks as they finish where it runs
+    with its warps sharing a tile and L2_PREFETCH_IN_KERNEL holds, else by l2_prefetch's own launch after it (nothing
+    where l2_prefetch_ready does not hold for that layer or it is on another device).
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
@@ -741,7 +759,12 @@ def w4a16_linear(
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
     x2, b = _operands(x2, bias)
-    if backend == "mma":
+    if warm is not None and not (l2_prefetch_ready(warm[0]) and warm[0].device == x2.device):
+        warm = None
+    ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
+    if backend == "mma" and L2_PREFETCH_IN_KERNEL and ranges is not None:
+        y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges), None
+    elif backend == "mma":
         y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl)
@@ -751,4 +774,6 @@ def w4a16_linear(
         y = _wmma(x2, packed, b, splits)
     else:
         y = _dot2(x2, packed, b)
+    if ranges is not None:
+        build.load_extension().l2_prefetch(*ranges)
     return y.reshape(*lead, packed.out_features)

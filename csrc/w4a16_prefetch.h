@@ -1,0 +1,48 @@
+// w4a16_prefetch.h — L2 prefetch requests of a layer's packed tensors (CUDA only): the byte ranges, and the loop that
+// issues a thread's share of them. w4a16_prefetch.cu's kernel does nothing else; the decode kernel
+// (w4a16_mma_cuda.h: qk_mma_stream) issues them for the next layer from its blocks as they finish their own reads.
+//
+// A request only starts copies into the L2 (sm_90: one bulk prefetch, cp.async.bulk.prefetch.L2, of up to
+// QK_PREFETCH_SLICE bytes; older parts: one prefetch.global.L2 a 128-byte line); they complete after the thread has
+// moved on or exited. Nothing is written.
+#pragma once
+
+#include "platform.h"
+
+#if QK_IS_CUDA
+#define QK_PREFETCH_SLICE 16384
+#define QK_PREFETCH_RANGES 4
+
+// The first bytes[i] bytes at p[i], i < n; addresses and byte counts multiples of 16. n = 0: nothing.
+struct QkPrefetchRanges {
+  const char* p[QK_PREFETCH_RANGES];
+  uint64_t bytes[QK_PREFETCH_RANGES];
+  int n;
+};
+
+__host__ __device__ inline uint64_t qk_prefetch_slices(uint64_t bytes) {
+  return (bytes + QK_PREFETCH_SLICE - 1) / QK_PREFETCH_SLICE;
+}
+
+// Slices me, me + stride, ... of the ranges' slices laid end to end (each range cut on its own, so no slice crosses
+// from one range to the next).
+QK_INLINE void qk_l2_prefetch_slices(const QkPrefetchRanges& r, uint64_t me, uint64_t stride) {
+  uint64_t first = 0;  // the first slice of range i
+#pragma unroll
+  for (int i = 0; i < QK_PREFETCH_RANGES; ++i) {
+    if (i >= r.n) break;
+    const uint64_t count = qk_prefetch_slices(r.bytes[i]);
+    for (uint64_t s = first + (me + stride - first % stride) % stride; s < first + count; s += stride) {
+      const uint64_t off = (s - first) * QK_PREFETCH_SLICE, left = r.bytes[i] - off;
+      const uint32_t n = (uint32_t)(left < QK_PREFETCH_SLICE ? left : QK_PREFETCH_SLICE);
+      const char* p = r.p[i] + off;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(n) : "memory");
+#else
+      for (uint32_t line = 0; line < n; line += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + line));
+#endif
+    }
+    first += count;
+  }
+}
+#endif
