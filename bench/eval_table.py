@@ -20,8 +20,9 @@ TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group
 def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head) and
-    the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step and
-    who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE)."""
+    the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step,
+    who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE) and the linears' L2 prefetch
+    (quantkit.eval.prefetch) where it was on."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
@@ -32,6 +33,10 @@ def setup(run: dict) -> str:
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
+    prefetch = t.get("l2_prefetch", {"mode": "off"})  # recorded from 087be6e on
+    if prefetch["mode"] != "off":
+        parts.append(f"L2 prefetch of the next linear ({prefetch['mode']}, "
+                     f"{'from the decode kernel' if prefetch.get('in_kernel') else 'its own launches'})")
     if run["model"]["random_weights"].get("lm_head_quantized"):
         parts.append("**lm_head 4-bit too** (--quantize-lm-head)")
     return ", ".join(parts)

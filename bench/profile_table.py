@@ -1,4 +1,5 @@
-"""Markdown table of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16.
+"""Markdown table of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16 (the L2
+prefetch launches of --l2-prefetch's "+launch" modes counted with the other kernels).
 
     python bench/profile_table.py [KERNEL=]bench/results/decode_profile_h100_{sdpa,grouped,compiled}.json ... \
         > bench/results/decode_profile_h100.md
@@ -13,10 +14,10 @@ import sys
 from quantkit.eval.report import projections_fused
 
 
-def setup(run: dict, model: str, x_image: bool = False) -> str:
+def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch; x_image (the row's): its compiled step made the warp-specialized kernel's image of x in the
-    kernel that makes x."""
+    kernel that makes x; prefetch (the row's l2_prefetch, --l2-prefetch): the linears' L2 prefetch of the next."""
     # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
     # _combine, which the kinds did not count as attention
     unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
@@ -28,7 +29,10 @@ def setup(run: dict, model: str, x_image: bool = False) -> str:
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", programmatic launch" if pdl else "")
-            + (", the warp-specialized kernel's x packed by inductor" if x_image else ""))
+            + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
+            + (f", L2 prefetch of the next linear ({prefetch['mode']}, "
+               f"{'from the decode kernel' if prefetch.get('in_kernel') else 'its own launches'})"
+               if prefetch and prefetch["mode"] != "off" else ""))
 
 
 def main(args: list[str]) -> None:
@@ -50,10 +54,12 @@ def main(args: list[str]) -> None:
             if not model.startswith("quantized"):
                 continue
             b = rows[("baseline", batch)]
-            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False))} | {batch} | {q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
+            other = q["by_kind"]["other"]["us"] + q["by_kind"].get("l2_prefetch", {"us": 0.0})["us"]
+            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
+                         f"{q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
                          f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
-                         f"{q['by_kind']['attention']['us']:,.0f} | {q['by_kind']['other']['us']:,.0f} | {q['kernels']} |")
+                         f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")
     lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."]
     sys.stdout.write("\n".join(lines) + "\n")
 

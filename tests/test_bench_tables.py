@@ -29,6 +29,9 @@ def test_eval_table_names_the_decode_attention():
     assert setup(attention="quantkit_grouped_sdpa").endswith("fused q/k/v, gate/up, torch.compile")
     assert setup(compiled_x_image=True).endswith("torch.compile, ws kernel's x packed by inductor")
     assert setup(compiled_x_image=False).endswith("torch.compile, ws kernel's x packed by its own launch")
+    assert setup(l2_prefetch={"mode": "off", "in_kernel": True}).endswith("torch.compile")
+    assert setup(l2_prefetch={"mode": "attention", "in_kernel": True}).endswith(
+        "torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")
 
 
 def test_profile_table_names_the_decode_attention():
@@ -47,3 +50,14 @@ def test_profile_table_names_the_decode_attention():
     assert setup(**grouped).endswith(", torch.compile")
     image = profile_table.setup({"command": command, "fused_projections": FUSED, **grouped}, "quantized", True)
     assert image.endswith(", torch.compile, the warp-specialized kernel's x packed by inductor")
+
+
+def test_profile_table_names_the_l2_prefetch():
+    run = {"command": "python3 bench/profile_decode.py --compile --fuse --l2-prefetch off,attention --out x.json",
+           "fused_projections": FUSED, "attention": "quantkit_grouped_sdpa", "decode_attention": "split"}
+    off = profile_table.setup(run, "quantized", False, {"mode": "off", "in_kernel": True})
+    assert off.endswith(", torch.compile")
+    assert profile_table.setup(run, "quantized_attention", False, {"mode": "attention", "in_kernel": True}).endswith(
+        ", torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")
+    assert profile_table.setup(run, "quantized_next+launch", False, {"mode": "next", "in_kernel": False}).endswith(
+        ", L2 prefetch of the next linear (next, its own launches)")
