@@ -3,7 +3,7 @@
 # in order (default "tests bench profile"): tests, the GPU kernel and eval tests; probe, the read-only access-pattern
 # probe (bench/stream_probe.py); bench, every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py;
 # KERNEL_ARGS replaces its default arguments, the full table); profile, whole decode steps (bench/profile_decode.py,
-# one profile per option set in PROFILES).
+# one profile per option set in PROFILES, each within PROFILE_LIMIT seconds, default 240).
 #
 #     bash bench/device_round.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -49,7 +49,7 @@ for what in ${STEPS:-tests bench profile}; do
     profile)  # PROFILES: profile_decode.py option sets separated by ';', one profile each (default: as eval runs, fused)
       IFS=';' read -ra sets <<< "${PROFILES:---fuse}"
       for i in "${!sets[@]}"; do
-        step profile_$i 240 python3 bench/profile_decode.py --batch 1,8,32 ${sets[$i]} --out "$R/profile_$i.json"
+        step profile_$i ${PROFILE_LIMIT:-240} python3 bench/profile_decode.py --batch 1,8,32 ${sets[$i]} --out "$R/profile_$i.json"
       done ;;
     none) echo "== no kernels: steps skipped" ;;
   esac
