@@ -62,11 +62,18 @@ def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
     checks and records the mode and how many linears request."""
     from quantkit.eval import prefetch
 
+    from quantkit.kernels import ops
+
     kernel, reference, _ = models
     monkeypatch.setattr(prefetch, "MODE", mode)
+    requested = []  # the layers whose prefetch was issued (on the model's "cuda" device, which has no index)
+    ranges = ops._prefetch_ranges
+    monkeypatch.setattr(ops, "_prefetch_ranges", lambda p, *a: requested.append(p) or ranges(p, *a))
     settings = throughput.Settings(batches=(1, 4), prompt_len=16, gen_len=4, warmup=1, repeats=2)
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+    o_proj = {id(block.self_attn.o_proj.packed) for block in kernel.model.layers}
+    assert requested and o_proj <= {id(p) for p in requested}
     layers = kernel.config.num_hidden_layers
     assert section["l2_prefetch"] == {**prefetch.settings(), "pairs": layers if mode == "attention" else 4 * layers - 1}
     assert all(m.warm is None for m in kernel.modules() if hasattr(m, "warm"))

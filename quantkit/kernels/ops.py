@@ -759,7 +759,7 @@ def w4a16_linear(
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
     x2, b = _operands(x2, bias)
-    if warm is not None and not (l2_prefetch_ready(warm[0]) and warm[0].device == x2.device):
+    if warm is not None and not (l2_prefetch_ready(warm[0]) and _on_layer_device(x2, warm[0])):
         warm = None
     ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
     if backend == "mma" and L2_PREFETCH_IN_KERNEL and ranges is not None:
