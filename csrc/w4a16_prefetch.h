@@ -24,9 +24,11 @@ __host__ __device__ inline uint64_t qk_prefetch_slices(uint64_t bytes) {
   return (bytes + QK_PREFETCH_SLICE - 1) / QK_PREFETCH_SLICE;
 }
 
-// Slices me, me + stride, ... of the ranges' slices laid end to end (each range cut on its own, so no slice crosses
-// from one range to the next).
-QK_INLINE void qk_l2_prefetch_slices(const QkPrefetchRanges& r, uint64_t me, uint64_t stride) {
+// f(address, bytes) for slices me, me + stride, ... of the ranges' slices laid end to end (each range cut on its own,
+// so no slice crosses from one range to the next, and each at most QK_PREFETCH_SLICE bytes). Host code too, for
+// tests/prefetch_slices_check.cu.
+template <typename F>
+__host__ __device__ inline void qk_prefetch_each_slice(const QkPrefetchRanges& r, uint64_t me, uint64_t stride, F&& f) {
   uint64_t first = 0;  // the first slice of range i
 #pragma unroll
   for (int i = 0; i < QK_PREFETCH_RANGES; ++i) {
@@ -34,15 +36,20 @@ QK_INLINE void qk_l2_prefetch_slices(const QkPrefetchRanges& r, uint64_t me, uin
     const uint64_t count = qk_prefetch_slices(r.bytes[i]);
     for (uint64_t s = first + (me + stride - first % stride) % stride; s < first + count; s += stride) {
       const uint64_t off = (s - first) * QK_PREFETCH_SLICE, left = r.bytes[i] - off;
-      const uint32_t n = (uint32_t)(left < QK_PREFETCH_SLICE ? left : QK_PREFETCH_SLICE);
-      const char* p = r.p[i] + off;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(n) : "memory");
-#else
-      for (uint32_t line = 0; line < n; line += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + line));
-#endif
+      f(r.p[i] + off, (uint32_t)(left < QK_PREFETCH_SLICE ? left : QK_PREFETCH_SLICE));
     }
     first += count;
   }
+}
+
+// This thread's requests: slices me, me + stride, ... (qk_prefetch_each_slice).
+QK_INLINE void qk_l2_prefetch_slices(const QkPrefetchRanges& r, uint64_t me, uint64_t stride) {
+  qk_prefetch_each_slice(r, me, stride, [](const char* p, uint32_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(n) : "memory");
+#else
+    for (uint32_t line = 0; line < n; line += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + line));
+#endif
+  });
 }
 #endif

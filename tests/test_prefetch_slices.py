@@ -1,0 +1,47 @@
+"""How the L2 prefetch cuts its ranges among threads, on the CPU (skipped without nvcc): tests/prefetch_slices_check.cu
+runs csrc/w4a16_prefetch.h's qk_prefetch_each_slice for every thread of the grids the prefetch kernel and the decode
+kernel use, over the byte ranges a layer's scales and weights give (and odd ones), and checks that every 16-byte unit
+is requested exactly once, in slices inside their ranges."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NVCC = shutil.which("nvcc")
+SLICE = 16384
+
+
+def _cases() -> list[tuple[int, ...]]:
+    """(threads, bytes...): the scales and weights of 4-bit layers (the packed scales are 2 bytes a row a group, the
+    weights half a byte a weight), whole or cut to a multiple of 16, over the prefetch kernel's grid (up to 64 blocks
+    of 128 threads) and the decode kernel's (32 lanes a block, hundreds to thousands of blocks)."""
+    ranges = []
+    for n, k, g in ((4096, 4096, 128), (6144, 4096, 128), (28672, 4096, 32), (4096, 14336, 128), (1040, 1024, 64)):
+        meta, w = n * (k // g) * 2, n * k // 2
+        ranges += [(meta, w), (meta, min(w, 24 << 20)), (meta, 100_000), (meta, 0)]
+    ranges += [(16,), (SLICE,), (SLICE + 16,), (16, 16, 16, 16), (0, SLICE * 3 - 16, 48, 5 * SLICE)]
+    cases = []
+    for rng in ranges:
+        slices = sum(-(-b // SLICE) for b in rng)
+        for threads in (1, 7, 128, min(64, -(-slices // 128)) * 128, 256 * 32, 1792 * 32, slices, slices + 1):
+            cases.append((max(1, threads), *rng))
+    return cases
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_prefetch_requests_every_byte_once(tmp_path):
+    exe = tmp_path / "prefetch_slices_check"
+    cmd = [NVCC, "-std=c++17", "-O2", "-I", str(ROOT / "csrc"), str(ROOT / "tests" / "prefetch_slices_check.cu"),
+           "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"nvcc failed: {res.stderr.strip()[:2000]}"
+    cases = _cases()
+    lines = "".join(f"{c[0]} {len(c) - 1} {' '.join(map(str, c[1:]))}\n" for c in cases)
+    run = subprocess.run([str(exe)], input=lines, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.stdout.strip().endswith(f"{len(cases)} cases, 0 failures"), run.stdout[-3000:]
