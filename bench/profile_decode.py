@@ -116,6 +116,9 @@ def main() -> None:
                     help="q/k/v and gate/up as one linear each in both models, as eval does (quantkit.eval.fuse)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    for mode in args.l2_prefetch.split(",") if args.l2_prefetch else ():
+        if mode.removesuffix("+launch") not in prefetch.MODES:
+            ap.error(f"--l2-prefetch takes {', '.join(prefetch.MODES)}, each optionally +launch; got {mode!r}")
     device, dtype = "cuda", torch.bfloat16
     from quantkit.kernels import ops
 
