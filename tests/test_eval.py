@@ -478,7 +478,7 @@ def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
     assert prefetch.plan(model, "next") == list(zip(run, run[1:]))
     assert prefetch.plan(model, "attention") == [(run[4 * i], run[4 * i + 1]) for i in range(blocks)]
     assert prefetch.plan(model, "off") == []
-    with pytest.raises(ValueError, match="prefetch mode"):
+    with pytest.raises(InputError, match="QUANTKIT_L2_PREFETCH"):
         prefetch.plan(model, "all")
     layers = dict(model.named_modules())
     with prefetch.warmed(model, "attention", max_bytes=4096, max_m=4) as pairs:

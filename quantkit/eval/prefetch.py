@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from quantkit.errors import InputError
 from quantkit.kernels import ops
 from quantkit.kernels.module import W4A16Linear
 
@@ -57,7 +58,7 @@ def plan(model: nn.Module, mode: str | None = None) -> list[tuple[str, str]]:
     (default MODE)."""
     mode = MODE if mode is None else mode
     if mode not in MODES:
-        raise ValueError(f"L2 prefetch mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"L2 prefetch mode (QUANTKIT_L2_PREFETCH) must be one of {', '.join(MODES)}, got {mode!r}")
     names = [name for name, _ in _linears(model)]
     pairs = list(zip(names, names[1:]))
     if mode == "off":
