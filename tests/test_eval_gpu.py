@@ -61,7 +61,6 @@ def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
     """The decode step with the linears warming their successors' weights (quantkit.eval.prefetch) passes the same
     checks and records the mode and how many linears request."""
     from quantkit.eval import prefetch
-
     from quantkit.kernels import ops
 
     kernel, reference, _ = models

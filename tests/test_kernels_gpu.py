@@ -318,8 +318,9 @@ def test_l2_prefetch_requests_and_writes_nothing(device, monkeypatch):
     launch of its own does (L2_PREFETCH_IN_KERNEL off; other paths); nothing is written to either layer."""
     ql = testing.random_qlinear(1040, 1024, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=21)
     packed = prepare(ql, device=device)
-    nxt = prepare(testing.random_qlinear(2048, 1040, group_size=32, sym=True, act_order=False, dtype=torch.bfloat16,
+    nxt = prepare(testing.random_qlinear(2048, 1024, group_size=32, sym=True, act_order=False, dtype=torch.bfloat16,
                                          seed=23), device=device)
+    assert not packed.kernel_reason and not nxt.kernel_reason
     tensors = [t for p in (packed, nxt) for t in (p.mma_meta(torch.bfloat16), p.mma_weight)]
     before = [t.clone() for t in tensors]
     meta, w = tensors[2], tensors[3]
