@@ -279,6 +279,8 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
          cluster: bool | None = None, warm: tuple[list, list] | None = None) -> torch.Tensor:
+    """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
+    blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds, else by the prefetch kernel's launch."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -294,11 +296,12 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
-    tensors, sizes = warm if warm is not None and wk else ([], [])
+    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL  # the decode kernel's blocks request them
+    tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes)
-    if warm is not None and not wk:
-        build.load_extension().l2_prefetch(*warm)
+    if warm is not None and not in_kernel:
+        ext.l2_prefetch(*warm)
     return out
 
 
@@ -762,10 +765,8 @@ def w4a16_linear(
     if warm is not None and not (l2_prefetch_ready(warm[0]) and _on_layer_device(x2, warm[0])):
         warm = None
     ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
-    if backend == "mma" and L2_PREFETCH_IN_KERNEL and ranges is not None:
+    if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges), None
-    elif backend == "mma":
-        y = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster)
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl)
     elif backend == "dequant":
