@@ -508,9 +508,13 @@ def x_image(x: torch.Tensor) -> torch.Tensor:
 def x_image_ready(packed: PackedLinear) -> bool:
     """Whether w4a16_linear_image can run this layer at the M where wgmma_ws holds: no act-order, the "mma" layout on
     a Hopper GPU, the extension built."""
-    return (packed.perm is None and not packed.kernel_reason and packed.mma_weight is not None
-            and packed.device.type == "cuda" and not torch.version.hip and build.kernel_available()[0]
-            and has_wgmma(packed.device))
+    return packed.perm is None and _mma_on_nvidia(packed) and has_wgmma(packed.device)
+
+
+def _mma_on_nvidia(packed: PackedLinear) -> bool:
+    """The layer has the "mma" layout on an NVIDIA GPU and the extension is built."""
+    return (not packed.kernel_reason and packed.mma_weight is not None and packed.device.type == "cuda"
+            and not torch.version.hip and build.kernel_available()[0])
 
 
 def sm_count(device: torch.device) -> int:
@@ -540,8 +544,7 @@ def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Te
 
 def l2_prefetch_ready(packed: PackedLinear) -> bool:
     """Whether l2_prefetch can warm the L2 with this layer: its "mma" layout on an NVIDIA GPU, the extension built."""
-    return (not packed.kernel_reason and packed.mma_weight is not None and packed.device.type == "cuda"
-            and not torch.version.hip and build.kernel_available()[0])
+    return _mma_on_nvidia(packed)
 
 
 def _prefetch_ranges(packed: PackedLinear, dtype: torch.dtype, max_bytes: int | None) -> tuple[list, list]:
