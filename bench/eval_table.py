@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
+from quantkit.eval import prefetch
 from quantkit.eval.report import projections_fused
 
 TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group 128); prefill >= 0.9x everywhere
@@ -33,10 +34,8 @@ def setup(run: dict) -> str:
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
-    prefetch = t.get("l2_prefetch", {"mode": "off"})  # recorded from 087be6e on
-    if prefetch["mode"] != "off":
-        parts.append(f"L2 prefetch of the next linear ({prefetch['mode']}, "
-                     f"{'from the decode kernel' if prefetch.get('in_kernel') else 'its own launches'})")
+    if prefetch.describe(t.get("l2_prefetch")):  # recorded from 087be6e on
+        parts.append(prefetch.describe(t["l2_prefetch"]))
     if run["model"]["random_weights"].get("lm_head_quantized"):
         parts.append("**lm_head 4-bit too** (--quantize-lm-head)")
     return ", ".join(parts)

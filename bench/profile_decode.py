@@ -167,7 +167,7 @@ def main() -> None:
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": mode.removesuffix("+launch"),
-                                           "pairs": len(pairs), "in_kernel": ops.L2_PREFETCH_IN_KERNEL}}
+                                           "pairs": len(pairs)}}
                     result["runs"].append(row)
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
                           f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),

@@ -11,6 +11,7 @@ import json
 import re
 import sys
 
+from quantkit.eval.prefetch import describe
 from quantkit.eval.report import projections_fused
 
 
@@ -30,9 +31,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", programmatic launch" if pdl else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
-            + (f", L2 prefetch of the next linear ({prefetch['mode']}, "
-               f"{'from the decode kernel' if prefetch.get('in_kernel') else 'its own launches'})"
-               if prefetch and prefetch["mode"] != "off" else ""))
+            + (", " + describe(prefetch) if describe(prefetch) else ""))
 
 
 def main(args: list[str]) -> None:

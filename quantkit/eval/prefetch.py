@@ -41,6 +41,15 @@ def settings() -> dict:
     return {"mode": MODE, "max_bytes": MAX_BYTES, "max_m": MAX_M, "in_kernel": ops.L2_PREFETCH_IN_KERNEL}
 
 
+def describe(recorded: dict | None) -> str:
+    """A run's recorded settings (settings(), in the eval JSON or a profile row) as a result table names them; ""
+    where nothing was prefetched."""
+    if not recorded or recorded["mode"] == "off":
+        return ""
+    how = "from the decode kernel" if recorded.get("in_kernel") else "its own launches"
+    return f"L2 prefetch of the next linear ({recorded['mode']}, {how})"
+
+
 def _linears(model: nn.Module) -> list[tuple[str, W4A16Linear]]:
     """The model's W4A16 linears that run our kernels, in module order (each once)."""
     return [(name, m) for name, m in model.named_modules()
