@@ -5,14 +5,9 @@ is requested exactly once, in slices inside their ranges."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
+import host_check
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-NVCC = shutil.which("nvcc")
 SLICE = 16384
 
 
@@ -33,15 +28,7 @@ def _cases() -> list[tuple[int, ...]]:
     return cases
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.skipif(host_check.NVCC is None, reason="nvcc not installed")
 def test_prefetch_requests_every_byte_once(tmp_path):
-    exe = tmp_path / "prefetch_slices_check"
-    cmd = [NVCC, "-std=c++17", "-O2", "-I", str(ROOT / "csrc"), str(ROOT / "tests" / "prefetch_slices_check.cu"),
-           "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"nvcc failed: {res.stderr.strip()[:2000]}"
-    cases = _cases()
-    lines = "".join(f"{c[0]} {len(c) - 1} {' '.join(map(str, c[1:]))}\n" for c in cases)
-    run = subprocess.run([str(exe)], input=lines, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert run.stdout.strip().endswith(f"{len(cases)} cases, 0 failures"), run.stdout[-3000:]
+    host_check.run("prefetch_slices_check.cu", [f"{c[0]} {len(c) - 1} {' '.join(map(str, c[1:]))}" for c in _cases()],
+                   tmp_path)

@@ -6,16 +6,11 @@ chunk of each tile is computed once and that a tile's parts are numbered 0 .. nz
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
-from pathlib import Path
 
+import host_check
 import pytest
 
 from quantkit.kernels import ops
-
-ROOT = Path(__file__).resolve().parent.parent
-NVCC = shutil.which("nvcc")
 
 
 def _cases() -> list[tuple[int, ...]]:
@@ -36,15 +31,7 @@ def test_cases_cover_both_kinds_of_walk():
     assert any(ctas < 132 for *_, ctas, _ in cases)  # fewer tiles than multiprocessors
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.skipif(host_check.NVCC is None, reason="nvcc not installed")
 def test_stream_k_walk_computes_every_chunk_once(tmp_path):
-    exe = tmp_path / "ws_walk_check"
-    cmd = [NVCC, "-std=c++17", "-O2", "-gencode=arch=compute_90a,code=sm_90a", "-I", str(ROOT / "csrc"),
-           str(ROOT / "tests" / "ws_walk_check.cu"), "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"nvcc failed: {res.stderr.strip()[:2000]}"
-    cases = _cases()
-    run = subprocess.run([str(exe)], input="".join(" ".join(map(str, c)) + "\n" for c in cases), capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert run.stdout.strip().endswith(f"{len(cases)} cases, 0 failures"), run.stdout[-3000:]
+    host_check.run("ws_walk_check.cu", [" ".join(map(str, c)) for c in _cases()], tmp_path,
+                   ("-gencode=arch=compute_90a,code=sm_90a",))
