@@ -6,7 +6,11 @@ Builds the same random-weight model as `quantkit eval --random-weights` (kernel 
 captures the same decode step (quantkit.eval.throughput.Runner), and for each model and batch size reports:
 the graph-replayed step's time (median of --reps replays, CUDA events), the sum of the step's kernel times
 (torch.profiler over eager steps), the gap between the two (launch gaps inside the graph), and the kernel time by
-kind (our W4A16 kernels, cuBLAS GEMMs, attention, the rest: norms, rotary, cache writes, casts...).
+kind (our W4A16 kernels, cuBLAS GEMMs, attention, the rest: norms, rotary, cache writes, casts...), and the
+kernel time of each linear by its role in a decoder block (q/k/v, o, gate/up, down; lm_head), summed over the blocks:
+every kernel that the linear's op launched (a compiled step's opaque quantized linear, a bf16 matmul), so that a
+change to one kind of layer shows where it lands. Steps whose quantized linears are not ops of their own (eager
+steps) have no such breakdown; the row says why.
 """
 
 from __future__ import annotations
@@ -34,18 +38,57 @@ KINDS = (  # first match wins
 )
 
 
+# The ops a linear of the step is, as the profiler names them: our opaque quantized linears (compiled steps) and
+# torch's (bf16 layers, lm_head); the outermost of them counts, with every kernel it launched.
+LINEAR_OPS = frozenset({"quantkit_eval::quantized_linear", "quantkit_eval::quantized_linear_image", "aten::linear",
+                        "aten::addmm", "aten::mm"})
+
+
 def kind_of(name: str) -> str:
     return next(k for k, rx in KINDS if rx.search(name))
 
 
-def profile_steps(runner: throughput.Runner, steps: int) -> tuple[dict, list]:
-    """Kernel microseconds per decode step by kind, and the top kernels, over ``steps`` eager steps."""
+def linear_roles(model: torch.nn.Module) -> list[str]:
+    """The model's linears in the order a step runs them (module order, as quantkit.eval.prefetch relies on too),
+    each named by its role: its module name after the decoder block's index ("self_attn.o_proj"; "lm_head")."""
+    return [re.sub(r"^.*?\blayers\.\d+\.", "", name) for name, m in model.named_modules()
+            if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None]
+
+
+def by_linear(events, roles: list[str], steps: int) -> dict | str:
+    """Kernel microseconds per step of the linears of each role (summed over the blocks) and their calls per step,
+    from the profiler's op events of ``steps`` steps: the outermost LINEAR_OPS, in the order they ran, are the
+    linears of ``roles`` step after step. Where their number is not steps x len(roles), a line saying so."""
+    def outermost(ev) -> bool:
+        parent = ev.cpu_parent
+        while parent is not None:
+            if parent.name in LINEAR_OPS:
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    ops = sorted((ev for ev in events if ev.device_type == torch.autograd.DeviceType.CPU and ev.name in LINEAR_OPS
+                  and outermost(ev)), key=lambda ev: ev.time_range.start)
+    if not roles or len(ops) != steps * len(roles):
+        return (f"{len(ops)} linear ops in {steps} steps of {len(roles)} linears: not one op a linear (in eager steps "
+                "the W4A16 kernels run as no op of their own)")
+    totals: dict[str, list] = {}
+    for i, ev in enumerate(ops):
+        entry = totals.setdefault(roles[i % len(roles)], [0.0, 0])
+        entry[0] += ev.device_time_total / steps
+        entry[1] += 1
+    return {role: {"us": round(us, 1), "calls": calls // steps} for role, (us, calls) in totals.items()}
+
+
+def profile_steps(runner: throughput.Runner, steps: int, roles: list[str]) -> tuple[dict, list, dict | str]:
+    """Kernel microseconds per decode step by kind, the top kernels, and by_linear's breakdown, over ``steps``
+    eager steps of a model whose linears are ``roles`` (linear_roles)."""
     from torch.profiler import ProfilerActivity, profile
 
     runner.reset()
     runner._prefill()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             runner._decode()
         torch.cuda.synchronize()
@@ -63,7 +106,8 @@ def profile_steps(runner: throughput.Runner, steps: int) -> tuple[dict, list]:
         entry[0] += us / steps
         entry[1] += 1
     top = sorted(([n, round(t, 1), c // steps] for n, (t, c) in per_name.items()), key=lambda r: -r[1])[:12]
-    return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top)
+    return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top,
+            by_linear(prof.events(), roles, steps))
 
 
 def replay_us(runner: throughput.Runner, reps: int) -> float:
@@ -133,6 +177,7 @@ def main() -> None:
         result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),
                                                                                      ("baseline", base))}
     vocab = model.config.vocab_size
+    roles = {id(m): linear_roles(m) for m in (model, base)}  # before the quantized linears are wrapped as ops
     grouped = (nullcontext() if args.plain_sdpa
                else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
@@ -160,12 +205,12 @@ def main() -> None:
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)
-                        kinds, top = profile_steps(runner, args.steps)
+                        kinds, top, linears = profile_steps(runner, args.steps, roles[id(m)])
                     runner.close()
                     kernels = sum(v["us"] for v in kinds.values())
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
-                           "by_kind": kinds, "top": top, "x_image": bool(args.compile and image and m is model),
+                           "by_kind": kinds, "by_linear": linears, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": mode.removesuffix("+launch"),
                                            "pairs": len(pairs)}}
                     result["runs"].append(row)

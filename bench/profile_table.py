@@ -1,5 +1,6 @@
-"""Markdown table of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16 (the L2
-prefetch launches of --l2-prefetch's "+launch" modes counted with the other kernels).
+"""Markdown tables of bench/profile_decode.py results: a decode step's time by kind, quantized vs bf16 (the L2
+prefetch launches of --l2-prefetch's "+launch" modes counted with the other kernels), and, for the runs that recorded
+it, the kernel time of the step's linears by their role in a block (the launches of a linear's own prefetch with it).
 
     python bench/profile_table.py [KERNEL=]bench/results/decode_profile_h100_{sdpa,grouped,compiled}.json ... \
         > bench/results/decode_profile_h100.md
@@ -34,6 +35,41 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
             + (", " + describe(prefetch) if describe(prefetch) else ""))
 
 
+# Roles (profile_decode.linear_roles) of the fused projections (quantkit.eval.fuse), by what they compute.
+ROLE_LABELS = {"self_attn.q_proj.shared.fused": "q/k/v", "mlp.gate_up": "gate/up"}
+
+
+def role_label(role: str) -> str:
+    return ROLE_LABELS.get(role, role.rsplit(".", 1)[-1])
+
+
+def by_linear_table(labels: list[str], runs: list[dict]) -> list[str]:
+    """The rows with a by_linear breakdown in both models: each role's kernel us per step, W4A16 (bf16) and their
+    ratio; no lines where no row has one."""
+    lines, roles = [], None
+    for label, run in zip(labels, runs):
+        rows = {(r["model"], r["batch"]): r for r in run["runs"]}
+        for (model, batch), q in rows.items():
+            b = rows.get(("baseline", batch), {})
+            if not model.startswith("quantized") or not isinstance(q.get("by_linear"), dict) \
+                    or not isinstance(b.get("by_linear"), dict):
+                continue
+            if roles is None:
+                roles = list(q["by_linear"])
+                lines += ["", "Kernel time of the linears by role, summed over the blocks, us per step: W4A16 (bf16), "
+                          "and the speed-up over bf16.", "",
+                          "| kernels | setup | batch | " + " | ".join(role_label(r) for r in roles) + " |",
+                          "|---|---|---|" + "---|" * len(roles)]
+            cells = []
+            for r in roles:
+                qu, bu = q["by_linear"].get(r, {}).get("us"), b["by_linear"].get(r, {}).get("us")
+                cells.append("-" if qu is None or bu is None
+                             else f"{qu:,.0f} ({bu:,.0f}) {bu / qu:.2f}x" if qu else f"{qu:,.0f} ({bu:,.0f})")
+            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def main(args: list[str]) -> None:
     """args: JSON paths, each optionally prefixed "KERNEL=" (which kernel build it measured, a column)."""
     labels = [a.partition("=")[0] if "=" in a else "" for a in args]
@@ -60,6 +96,7 @@ def main(args: list[str]) -> None:
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")
     lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."]
+    lines += by_linear_table(labels, runs)
     sys.stdout.write("\n".join(lines) + "\n")
 
 

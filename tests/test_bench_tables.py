@@ -1,14 +1,18 @@
 """The result tables' setup column (bench/eval_table.py, bench/profile_table.py) names the attention a run's decode
-steps ran, from the JSON, or for profiles recorded before the JSON said so, from the command line."""
+steps ran, from the JSON, or for profiles recorded before the JSON said so, from the command line; the decode
+profile's time of each linear by its role in a block (bench/profile_decode.py), and its table."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import eval_table  # noqa: E402
+import profile_decode  # noqa: E402
 import profile_table  # noqa: E402
 
 FUSED = {"quantized": {"qkv": 32, "gate_up": 32}, "baseline": {"qkv": 32, "gate_up": 32}}
@@ -61,3 +65,50 @@ def test_profile_table_names_the_l2_prefetch():
         ", torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")
     assert profile_table.setup(run, "quantized_next+launch", False, {"mode": "next", "in_kernel": False}).endswith(
         ", L2 prefetch of the next linear (next, its own launches)")
+
+
+def test_profile_decode_times_each_linear_by_its_role():
+    """linear_roles lists a fused tiny Llama's linears in the order a step runs them, named by their role; by_linear
+    finds, in a real profiler trace of two forward passes whose quantized linears are opaque ops (as in a compiled
+    step), one outermost op per linear (the reference's own F.linear inside each op is not counted again) and adds
+    them up by role; a trace that does not hold one op per linear gives a reason instead of a wrong attribution."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from quantkit.eval import fuse, random_weights, throughput
+    from quantkit.kernels import W4A16Linear
+
+    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu",
+                                       module_factory=lambda ql: W4A16Linear.from_quantized(ql, device="cpu"),
+                                       progress=False)
+    fuse.fuse_projections(model)
+    blocks = len(model.model.layers)
+    block = ["self_attn.q_proj.shared.fused", "self_attn.o_proj", "mlp.gate_up", "mlp.down_proj"]
+    roles = profile_decode.linear_roles(model)
+    assert roles == block * blocks + ["lm_head"] and blocks == 2
+    ids = torch.randint(0, model.config.vocab_size, (1, 5))
+    with throughput.opaque_quantized_linears(model), torch.inference_mode(), \
+            profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            model(ids)
+    events = prof.events()
+    got = profile_decode.by_linear(events, roles, 2)
+    assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(block, blocks), "lm_head": 1}
+    assert all(v["us"] == 0 for v in got.values())  # a CPU trace: no kernels
+    assert "linear ops in 3 steps" in profile_decode.by_linear(events, roles, 3)
+    assert f"18 linear ops in 2 steps of {len(roles) - 4} linears" in profile_decode.by_linear(events, roles[4:], 2)
+
+
+def test_profile_table_lists_the_linears_by_role():
+    run = {"command": "python3 bench/profile_decode.py --compile --fuse --out x.json", "fused_projections": FUSED,
+           "attention": "quantkit_grouped_sdpa", "decode_attention": "split", "runs": [
+               {"model": "quantized", "batch": 1, "by_linear": {"self_attn.q_proj.shared.fused": {"us": 400.0},
+                                                               "self_attn.o_proj": {"us": 300.0}, "lm_head": {"us": 250.0}}},
+               {"model": "quantized", "batch": 8, "by_linear": "no ops"},
+               {"model": "baseline", "batch": 1, "by_linear": {"self_attn.q_proj.shared.fused": {"us": 800.0},
+                                                              "self_attn.o_proj": {"us": 450.0}, "lm_head": {"us": 250.0}}},
+               {"model": "baseline", "batch": 8, "by_linear": "no ops"}]}
+    lines = profile_table.by_linear_table(["abc1234"], [run])
+    assert lines[3] == "| kernels | setup | batch | q/k/v | o_proj | lm_head |"
+    assert lines[5:] == ["| abc1234 | split-KV decode attention, fused q/k/v and gate/up, torch.compile | 1 | "
+                         "400 (800) 2.00x | 300 (450) 1.50x | 250 (250) 1.00x |"]
+    assert profile_table.by_linear_table(["abc1234"], [{**run, "runs": run["runs"][1::2]}]) == []
