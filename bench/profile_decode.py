@@ -223,6 +223,9 @@ def main() -> None:
         print(f"\n{row['model']} batch {row['batch']} top kernels (us/step, launches/step):")
         for n, t, c in row["top"]:
             print(f"  {t:8.1f} {c:4d}  {n}")
+        linears = row["by_linear"]
+        print("  linears by role (us/step): " + (", ".join(f"{r} {v['us']:.0f} ({v['calls']})" for r, v in linears.items())
+                                              if isinstance(linears, dict) else linears))
 
 
 if __name__ == "__main__":
