@@ -127,6 +127,13 @@ def replay_us(runner: throughput.Runner, reps: int) -> float:
     return statistics.median(times)
 
 
+def save(result: dict, out: str) -> None:
+    """The JSON as it stands, replacing the file whole (written beside it, then renamed)."""
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="llama-3-8b")
@@ -187,12 +194,13 @@ def main() -> None:
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"
         modes = (args.l2_prefetch or prefetch.MODE).split(",")
+        # the baseline second, so that a run cut short by a time limit still has both models' steps
         variants = [("quantized", model, pdl, image, modes[0]), ("baseline", base, pdl, image, "off")]
-        variants[1:1] = [(f"quantized_{mode}", model, pdl, image, mode) for mode in modes[1:]]
-        if args.pdl == "both":
-            variants[1:1] = [("quantized_pdl", model, True, image, modes[0])]
         if args.x_image == "both":
-            variants[1:1] = [("quantized_packx", model, pdl, False, modes[0])]
+            variants.append(("quantized_packx", model, pdl, False, modes[0]))
+        if args.pdl == "both":
+            variants.append(("quantized_pdl", model, True, image, modes[0]))
+        variants += [(f"quantized_{mode}", model, pdl, image, mode) for mode in modes[1:]]
         decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
         for name, m, pdl, image, mode in variants:
             decoder = decoders[id(m)]
@@ -214,11 +222,12 @@ def main() -> None:
                            "l2_prefetch": {**prefetch.settings(), "mode": mode.removesuffix("+launch"),
                                            "pairs": len(pairs)}}
                     result["runs"].append(row)
+                    save(result, args.out)  # after every row: a run cut short keeps what it measured
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "
                           f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
                           flush=True)
                     torch.cuda.empty_cache()
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save(result, args.out)
     for row in result["runs"]:
         print(f"\n{row['model']} batch {row['batch']} top kernels (us/step, launches/step):")
         for n, t, c in row["top"]:
