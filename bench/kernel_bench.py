@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from quantkit.kernels import kernel_available, prepare, self_check, w4a16_linear
+from quantkit.eval import prefetch
 from quantkit.kernels import ops, testing
 
 log = logging.getLogger("kernel_bench")
@@ -75,12 +76,15 @@ def rep_orders(names: list, reps: int, seed: int = 0) -> list[list]:
     return [rng.sample(names, len(names)) for _ in range(reps)]
 
 
-def time_calls(fns: dict, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1) -> dict:
+def time_calls(fns: dict, flush: torch.Tensor, reps: int, cache: str = "zero", calls: int = 1,
+               before: dict | None = None) -> dict:
     """Median / p10 / p90 microseconds of one call of each of ``fns`` (name -> callable), each replayed from its own
     CUDA graph, the contenders interleaved (rep_orders: every repeat runs each once, in a shuffled order). A callable
     makes ``calls`` calls (over as many copies of the layer with cache="rotate", no flush); else before every replay
-    the L2 is flushed by zeroing ``flush`` (cache="zero") or by reading it (cache="clean")."""
+    the L2 is flushed by zeroing ``flush`` (cache="zero") or by reading it (cache="clean"). before (name -> callable,
+    optional): run after the flush and before that contender's timed replay, in stream order, untimed."""
     prepare = {"zero": flush.zero_, "clean": lambda: flush.view(torch.int64).sum(), "rotate": lambda: None}[cache]
+    before = before or {}
     for fn in fns.values():  # every one once before any capture: a graph keeps the addresses of the buffers it was
         fn()  # captured with, so a workspace that a later contender grew (and freed) must not be one of them
     torch.cuda.synchronize()
@@ -94,6 +98,8 @@ def time_calls(fns: dict, flush: torch.Tensor, reps: int, cache: str = "zero", c
     for order in rep_orders(list(fns), reps):
         for name in order:
             prepare()
+            if name in before:
+                before[name]()
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             graphs[name].replay()
@@ -221,7 +227,22 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
     return contenders
 
 
-def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero") -> list[dict]:
+# --l2-prefetch: every timed call waits this long after the flush (a spin kernel, about 20 us at the H200's clock:
+# about what a batch-1 decode step's attention takes), and the contender quantkit_l2, the dispatched kernel, meets its
+# layer's scales and first prefetch.MAX_BYTES of weights requested into the L2 (kernels.ops.l2_prefetch) before the
+# wait: what a decode step's prefetch of the next linear can gain at most, on each shape
+L2_WAIT_CYCLES = 40_000
+
+
+def l2_prefetch_befores(names, packed, dtype) -> dict:
+    """time_calls's ``before`` of --l2-prefetch: the wait for every contender of ``names``, the request first for
+    quantkit_l2."""
+    wait = lambda: torch.cuda._sleep(L2_WAIT_CYCLES)
+    warm = lambda: (ops.l2_prefetch(packed, dtype, prefetch.MAX_BYTES), wait())
+    return {name: warm if name == "quantkit_l2" else wait for name in names}
+
+
+def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero", l2_prefetch=False) -> list[dict]:
     dtype = torch.bfloat16
     ql = testing.random_qlinear(n, k, group_size=group, sym=True, act_order=False, dtype=dtype, seed=n + k + group,
                                 device=device)
@@ -240,6 +261,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
         tol = testing.TOLERANCE[dtype]
         per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune) for layer in layers]
         contenders = per_copy[0]
+        if l2_prefetch:  # (copies == 1: main refuses --l2-prefetch with --cache rotate)
+            contenders["quantkit_l2"] = contenders["quantkit"]
         nbytes = wbytes + m * k * 2 + m * n * 2
         row = {"N": n, "K": k, "group": group, "M": m, "bytes": nbytes, "path": ops.kernel_path(m, packed, x)[0],
                "copies": copies}
@@ -254,7 +277,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
                     continue
                 raise
             timed[name] = (lambda name=name: [c[name]() for c in per_copy]) if copies > 1 else fn
-        for name, t in time_calls(timed, flush, reps, cache, calls=copies).items():  # all together, interleaved
+        befores = l2_prefetch_befores(timed, packed, dtype) if l2_prefetch else None
+        for name, t in time_calls(timed, flush, reps, cache, calls=copies, before=befores).items():  # interleaved
             t["err"] = errs[name]
             t["bw_frac"] = nbytes / (t["us"] * 1e-6) / copy_bw
             row[name] = t
@@ -314,9 +338,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", choices=tuple(CACHE_MODES), default="zero", help="the L2 state each timed call "
                     "meets: zero (flush by zeroing a 256 MB buffer, the default), clean (flush by reading it), rotate "
                     "(no flush, many calls over copies of the layer in one graph; the tuning sweeps then flush clean)")
+    ap.add_argument("--l2-prefetch", action="store_true", help="also time the dispatched kernel with its layer's "
+                    "weights requested into the L2 before the call (quantkit_l2), every contender waiting about 20 us "
+                    "after the flush; needs --cache zero or clean")
     ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits and "
                     "ops.wgmma_splits), with and without clusters")
     args = ap.parse_args(argv)
+    if args.l2_prefetch and args.cache == "rotate":
+        ap.error("--l2-prefetch times one call after a flush: use it with --cache zero or clean")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     ok, reason = kernel_available()
@@ -339,7 +368,9 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "copy_bandwidth_Bps": copy_bw, "reps": args.reps, "dtype": "bfloat16", "sym": True,
         "cache": args.cache,
-        "timing": CACHE_MODES[args.cache].format(copies="R") + ", CUDA events, median of reps, the contenders of a "
+        "timing": CACHE_MODES[args.cache].format(copies="R") + (
+            f", then a wait of {L2_WAIT_CYCLES} cycles (quantkit_l2: its weights requested into the L2 first)"
+            if args.l2_prefetch else "") + ", CUDA events, median of reps, the contenders of a "
                   "shape and M interleaved (each repeat runs every one once, in a shuffled order)",
         "results": [], "tune": [],
     }
@@ -351,7 +382,7 @@ def main(argv=None) -> int:
             for shape in args.shapes.split(";"):
                 n, k = (int(v) for v in shape.split("x"))
                 rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw,
-                                           args.tune and group == 128, args.cache)
+                                           args.tune and group == 128, args.cache, args.l2_prefetch)
                 result["results"] += rows
                 result["tune"] += tuned
                 write_json(args.out, result)  # after every shape: a run cut short keeps what it measured

@@ -11,6 +11,11 @@ was set from.
 and through a cluster, beside the count today's rules (ops.mma_splits, ops.wgmma_splits) pick.
 
     python bench/kernel_table.py --splits bench/results/kernel_h200_splits.json > bench/results/kernel_h200_splits.md
+
+--l2: a --l2-prefetch run's dispatched kernel with its layer's weights requested into the L2 before the call
+(quantkit_l2) against the same kernel without, at each shape, group and M.
+
+    python bench/kernel_table.py --l2 bench/results/kernel_h200_l2.json > bench/results/kernel_h200_l2.md
 """
 
 from __future__ import annotations
@@ -234,6 +239,21 @@ def splits_table(data: dict) -> list[str]:
     return lines
 
 
+def l2_table(data: dict) -> list[str]:
+    """The rows of a --l2-prefetch run that timed quantkit_l2: both times, the gain, and the bytes' rate."""
+    lines = [f"The dispatched W4A16 kernel on the {data['device']} (torch {data['torch']}) with its layer's weights "
+             f"requested into the L2 before the call (ops.l2_prefetch) against without, {data['timing']}. Command: "
+             f"`{data['command']}`.", "",
+             "| N x K | group | M | cold L2 us | weights in the L2 us | speed-up | cuBLAS bf16 us |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(data["results"], key=lambda r: (r["group"], SHAPES.index((r["N"], r["K"]))
+                                                    if (r["N"], r["K"]) in SHAPES else len(SHAPES), r["N"], r["K"], r["M"])):
+        cold, warm = r.get("quantkit", {}), r.get("quantkit_l2", {})
+        if "us" in cold and "us" in warm:
+            lines.append(f"| {r['N']}x{r['K']} | {r['group']} | {r['M']} | {cold['us']:.1f} | {warm['us']:.1f} | "
+                         f"{cold['us'] / warm['us']:.2f}x | {r['cublas_bf16']['us']:.1f} |")
+    return lines
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     rows = data["results"]
@@ -249,6 +269,8 @@ def main(path: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--splits"]:
     sys.stdout.write("\n".join(splits_table(json.load(open(sys.argv[2])))) + "\n")
+elif __name__ == "__main__" and sys.argv[1:2] == ["--l2"]:
+    sys.stdout.write("\n".join(l2_table(json.load(open(sys.argv[2])))) + "\n")
 elif __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:  # --variants JSON [MIN_M (default 16)]
     sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])), int(sys.argv[3]) if sys.argv[3:] else None)) + "\n")
 elif __name__ == "__main__":

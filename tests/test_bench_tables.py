@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import eval_table  # noqa: E402
+import kernel_table  # noqa: E402
 import profile_decode  # noqa: E402
 import profile_table  # noqa: E402
 
@@ -112,3 +113,17 @@ def test_profile_table_lists_the_linears_by_role():
     assert lines[5:] == ["| abc1234 | split-KV decode attention, fused q/k/v and gate/up, torch.compile | 1 | "
                          "400 (800) 2.00x | 300 (450) 1.50x | 250 (250) 1.00x |"]
     assert profile_table.by_linear_table(["abc1234"], [{**run, "runs": run["runs"][1::2]}]) == []
+
+
+def test_kernel_table_l2_lists_the_kernel_with_and_without_its_weights_in_the_l2():
+    def row(n, k, m, cold, warm=None):
+        r = {"N": n, "K": k, "group": 128, "M": m, "cublas_bf16": {"us": 20.0}, "quantkit": {"us": cold}}
+        return {**r, "quantkit_l2": {"us": warm}} if warm else r
+
+    data = {"device": "NVIDIA H200", "torch": "2.11", "timing": "t", "command": "c",
+            "results": [row(14336, 4096, 1, 17.0, 10.0), row(4096, 4096, 8, 13.0, 6.5), row(4096, 4096, 1, 12.0, 4.0),
+                        row(4096, 14336, 1, 19.0)]}
+    lines = kernel_table.l2_table(data)
+    assert lines[4:] == ["| 4096x4096 | 128 | 1 | 12.0 | 4.0 | 3.00x | 20.0 |",
+                         "| 4096x4096 | 128 | 8 | 13.0 | 6.5 | 2.00x | 20.0 |",
+                         "| 14336x4096 | 128 | 1 | 17.0 | 10.0 | 1.70x | 20.0 |"]

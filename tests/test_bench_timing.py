@@ -25,14 +25,17 @@ def test_rep_orders_shuffle_who_comes_before_whom():
     assert kernel_bench.rep_orders([], 3) == [[], [], []]
 
 
-def test_time_calls_interleaves_the_contenders(monkeypatch):
-    ticks, replays, capturing = iter(range(10**6)), [], []
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """CUDA graphs, events and the spin kernel stood in for: returns the log of what ran, in order (a graph's replay
+    as its contender's name, an eager call as ("eager", name), a spin as ("sleep", cycles)), and a contender maker."""
+    ticks, log, capturing = iter(range(10**6)), [], []
 
     class Graph:
         name = None
 
         def replay(self):
-            replays.append(self.name)
+            log.append(self.name)
 
     class Capture:
         def __init__(self, graph):
@@ -59,20 +62,46 @@ def test_time_calls_interleaves_the_contenders(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", Capture)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    eager = []
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(("sleep", cycles)))
 
     def contender(name):
         def call():
             if capturing:
                 capturing[-1].name = name
             else:
-                eager.append(name)
+                log.append(("eager", name))
         return call
 
+    return log, contender
+
+
+def test_time_calls_interleaves_the_contenders(fake_cuda):
+    log, contender = fake_cuda
     names = ["a", "b", "c"]
     out = kernel_bench.time_calls({n: contender(n) for n in names}, torch.zeros(64, dtype=torch.uint8), reps=4,
                                   calls=2)
     assert sorted(out) == names and all(t["us"] == pytest.approx(0.5) for t in out.values())  # 1 us / 2 calls
-    assert eager == names and replays[:3] == names  # a warm call and a warm replay each
-    timed = replays[3:]
+    assert log[:6] == [("eager", n) for n in names] + names  # a warm call and a warm replay each
+    timed = log[6:]
     assert [timed[i:i + 3] for i in range(0, 12, 3)] == kernel_bench.rep_orders(names, 4)
+
+
+def test_l2_prefetch_requests_the_layer_before_its_own_timed_call_only(fake_cuda, monkeypatch):
+    """--l2-prefetch: every contender waits the same spin after the flush, untimed; only quantkit_l2's wait follows
+    the request of its layer's weights (up to the eval's prefetch limit), and right before its own replay."""
+    log, contender = fake_cuda
+    layer = object()
+    monkeypatch.setattr(kernel_bench.ops, "l2_prefetch",
+                        lambda packed, dtype, max_bytes: log.append(("l2", packed is layer, dtype, max_bytes)))
+    names = ["quantkit", "quantkit_l2", "cublas_bf16"]
+    befores = kernel_bench.l2_prefetch_befores(names, layer, torch.bfloat16)
+    out = kernel_bench.time_calls({n: contender(n) for n in names}, torch.zeros(64, dtype=torch.uint8), reps=3,
+                                  before=befores)
+    assert all(t["us"] == pytest.approx(1.0) for t in out.values())  # the waits are outside the timed replays
+    timed, order = log[6:], [n for o in kernel_bench.rep_orders(names, 3) for n in o]
+    wait = ("sleep", kernel_bench.L2_WAIT_CYCLES)
+    expected = []
+    for name in order:
+        expected += ([("l2", True, torch.bfloat16, kernel_bench.prefetch.MAX_BYTES)] if name == "quantkit_l2" else [])
+        expected += [wait, name]
+    assert timed == expected
