@@ -23,8 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from quantkit.kernels import kernel_available, prepare, self_check, w4a16_linear
 from quantkit.eval import prefetch
+from quantkit.kernels import kernel_available, prepare, self_check, w4a16_linear
 from quantkit.kernels import ops, testing
 
 log = logging.getLogger("kernel_bench")

@@ -240,7 +240,7 @@ def splits_table(data: dict) -> list[str]:
 
 
 def l2_table(data: dict) -> list[str]:
-    """The rows of a --l2-prefetch run that timed quantkit_l2: both times, the gain, and the bytes' rate."""
+    """The rows of a --l2-prefetch run that timed quantkit_l2: both times and the gain, beside cuBLAS bf16's time."""
     lines = [f"The dispatched W4A16 kernel on the {data['device']} (torch {data['torch']}) with its layer's weights "
              f"requested into the L2 before the call (ops.l2_prefetch) against without, {data['timing']}. Command: "
              f"`{data['command']}`.", "",
