@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 TU = CSRC / "w4a16_instances.cu"
@@ -93,6 +95,30 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     stacks = re.findall(r"(\d+) bytes stack frame", report)
     assert spills and all(s == ("0", "0") for s in spills), spills
     assert stacks and all(s == "0" for s in stacks), stacks
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_torch_binding_builds_for_sm90a(tmp_path):
+    """csrc/w4a16_ext.cu, the torch binding (argument checks, launcher calls), compiles for sm_90a with the flags the
+    extension's build uses, against this torch's headers: a binding that does not match its launchers fails here,
+    not in the first build on a GPU machine. Compiled, not linked. A CPU build of torch ships every header but one
+    that its CUDA build generates (c10/cuda/impl/cuda_cmake_macros.h), which is stood in for here."""
+    from torch.utils import cpp_extension
+
+    from quantkit.kernels import build
+
+    if not (Path(cpp_extension.include_paths()[0]) / "c10" / "cuda" / "CUDAStream.h").exists():
+        pytest.skip("this torch ships no c10/cuda headers")
+    stub = tmp_path / "include" / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    includes = [tmp_path / "include", *cpp_extension.include_paths(), sysconfig.get_paths()["include"], CSRC]
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
+    cmd = [NVCC, *build.cuda_flags("90a"), *(f"-I{d}" for d in includes), "-DTORCH_API_INCLUDE_EXTENSION_H",
+           "-DTORCH_EXTENSION_NAME=quantkit_w4a16", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Xcompiler", "-fPIC",
+           "-c", str(CSRC / "w4a16_ext.cu"), "-o", str(tmp_path / "w4a16_ext.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"nvcc failed on w4a16_ext.cu: {res.stderr.strip()[-3000:]}"
 
 
 # Token tiles whose warp-specialized consumers dequantize the next step while this step's MMAs run (csrc:

@@ -29,6 +29,14 @@ HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_launch.h", "w4
 _state: dict = {}
 
 
+def cuda_flags(cc: str) -> list[str]:
+    """nvcc's flags for compute capability ``cc`` ("89", "90a", ...) beside torch's own (which define the
+    __CUDA_NO_HALF*__ macros that these undefine)."""
+    return [f"-gencode=arch=compute_{cc},code=sm_{cc}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+
+
 def _arch_flags() -> list[str]:
     if torch.version.hip:
         arch = torch.cuda.get_device_properties(0).gcnArchName.split(":")[0]
@@ -37,9 +45,7 @@ def _arch_flags() -> list[str]:
     cc = f"{major}{minor}"
     if cc == "90":  # Hopper: the "a" target enables wgmma (csrc/w4a16_wgmma_cuda.h)
         cc = "90a"
-    return [f"-gencode=arch=compute_{cc},code=sm_{cc}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
-            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+    return cuda_flags(cc)
 
 
 def _why_not() -> str:
