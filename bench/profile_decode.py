@@ -127,6 +127,15 @@ def replay_us(runner: throughput.Runner, reps: int) -> float:
     return statistics.median(times)
 
 
+def parse_mode(spec: str) -> tuple[str, bool, bool] | None:
+    """--l2-prefetch's "MODE[+launch|+evict]" as (mode, by launches of their own, the requesting kernels' own weights
+    evict-first); None where it is not one."""
+    mode, *flags = spec.split("+")
+    if mode not in prefetch.MODES or len(flags) > 1 or any(f not in ("launch", "evict") for f in flags):
+        return None
+    return mode, "launch" in flags, "evict" in flags
+
+
 def save(result: dict, out: str) -> None:
     """The JSON as it stands, replacing the file whole (written beside it, then renamed)."""
     tmp = Path(out).with_name(Path(out).name + ".tmp")
@@ -160,7 +169,8 @@ def main() -> None:
                     "own packing launch), one after the other in the same run")
     ap.add_argument("--l2-prefetch", default=None,
                     help="comma-separated modes of quantkit.eval.prefetch (off, attention, next; +launch: the requests "
-                    "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off) the quantized step is "
+                    "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off; or +evict: from the "
+                    "kernel, which reads its own weights evict-first, ops.L2_PREFETCH_EVICT_FIRST) the quantized step is "
                     "captured and measured with, one after the other in the same run (model 'quantized' for the first, "
                     "'quantized_<mode>' for the others); default: prefetch.MODE alone")
     ap.add_argument("--fuse", action="store_true",
@@ -168,8 +178,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     for mode in args.l2_prefetch.split(",") if args.l2_prefetch else ():
-        if mode.removesuffix("+launch") not in prefetch.MODES:
-            ap.error(f"--l2-prefetch takes {', '.join(prefetch.MODES)}, each optionally +launch; got {mode!r}")
+        if parse_mode(mode) is None:
+            ap.error(f"--l2-prefetch takes {', '.join(prefetch.MODES)}, each optionally +launch or +evict; got {mode!r}")
     device, dtype = "cuda", torch.bfloat16
     from quantkit.kernels import ops
 
@@ -205,8 +215,9 @@ def main() -> None:
         for name, m, pdl, image, mode in variants:
             decoder = decoders[id(m)]
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
-            ops.L2_PREFETCH_IN_KERNEL = not mode.endswith("+launch")
-            with prefetch.warmed(model, mode.removesuffix("+launch")) as pairs:
+            base, launch, evict = parse_mode(mode)
+            ops.L2_PREFETCH_IN_KERNEL = not launch
+            with prefetch.warmed(model, base, evict_first=evict) as pairs:
                 for batch in settings.batches:
                     prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                     runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
@@ -219,7 +230,7 @@ def main() -> None:
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "by_linear": linears, "top": top, "x_image": bool(args.compile and image and m is model),
-                           "l2_prefetch": {**prefetch.settings(), "mode": mode.removesuffix("+launch"),
+                           "l2_prefetch": {**prefetch.settings(), "mode": base,
                                            "pairs": len(pairs)}}
                     result["runs"].append(row)
                     save(result, args.out)  # after every row: a run cut short keeps what it measured

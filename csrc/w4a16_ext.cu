@@ -221,8 +221,9 @@ WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const t
 
 // The first bytes[i] bytes of tensors[i] (all of it where bytes[i] < 0) as the kernels' L2 prefetch ranges
 // (w4a16_prefetch.h): at most QK_PREFETCH_RANGES contiguous tensors on one GPU, every address and byte count a
-// multiple of 16.
-QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, const std::vector<int64_t>& bytes) {
+// multiple of 16; stream_evict_first: the requesting decode kernel's own weights read evict-first.
+QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, const std::vector<int64_t>& bytes,
+                                 bool stream_evict_first = false) {
   TORCH_CHECK(tensors.size() == bytes.size() && tensors.size() <= QK_PREFETCH_RANGES, "L2 prefetch takes up to ",
               QK_PREFETCH_RANGES, " tensors and as many byte counts, got ", tensors.size(), " and ", bytes.size());
   QkPrefetchRanges r = {};
@@ -239,6 +240,7 @@ QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, cons
     r.p[r.n] = static_cast<const char*>(t.data_ptr());
     r.bytes[r.n++] = (uint64_t)n;
   }
+  r.stream_evict_first = stream_evict_first ? 1 : 0;
   return r;
 }
 
@@ -249,11 +251,12 @@ QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, cons
 // wk (its warps share one tile and split its chunks, mt <= 4) and pdl (a programmatic dependent launch, compute
 // capability 9.0+, else ignored); cluster: the streaming kernel's splits of a tile as one thread-block cluster
 // (sm_90+, = the number of splits, at most 16; 0 or 1: not); prefetch / prefetch_bytes: what the streaming kernel's
-// blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty).
+// blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty); prefetch_evict_first: with
+// them, the kernel's own weights read evict-first.
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
               int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
-              std::vector<int64_t> prefetch_bytes) {
+              std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
   check_bias(bias, x, N);
@@ -267,7 +270,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   TORCH_CHECK(cluster <= 1 || (!staged && sm90_or_later(x)), "cluster needs the streaming kernel on compute capability 9.0+");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   TORCH_CHECK(prefetch.empty() || wk, "the L2 prefetch at the end of the kernel needs the streaming kernel with wk");
-  const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes);
+  const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);

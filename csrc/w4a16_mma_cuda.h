@@ -77,6 +77,14 @@ QK_INLINE uint4 qk_ld_stream(const uint4* p) {
                : "l"(p));
   return r;
 }
+// The same with an L2 cache policy (qk_stream_policy).
+QK_INLINE uint4 qk_ld_stream(const uint4* p, uint64_t policy) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p), "l"(policy));
+  return r;
+}
 
 // Asynchronous global -> shared copies (cp.async, sm_80+), in commit groups.
 QK_INLINE uint32_t qk_smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -382,8 +390,9 @@ struct QkDecodeX {
 // Programmatic-launch aware (qk_pdl_*): the first weights are requested before waiting for the previous kernel.
 // Weights and scales are loaded into registers U chunks at a time, all of a batch's loads issued before its first
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
-// PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h); PF false
-// ignores pf (the same code as without the parameter).
+// PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h), and reads its
+// own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
+// as without the parameter).
 template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
@@ -407,6 +416,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
   const QkGroupOf group_of(group_size, tig);
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
+  const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
   if (tile < n_tiles) {
     for (int c = first; c < c1; c += step) {
       // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
@@ -416,7 +426,10 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (c + u < c1) {
-          wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
+          if constexpr (PF)
+            wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32, policy);
+          else
+            wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
           mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
         }
       if (c == first) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way

@@ -14,11 +14,27 @@
 #define QK_PREFETCH_RANGES 4
 
 // The first bytes[i] bytes at p[i], i < n; addresses and byte counts multiples of 16. n = 0: nothing.
+// stream_evict_first: the decode kernel that requests them reads its own weights with an L2 evict-first policy
+// (qk_stream_policy), so that the rest of its stream pushes its own lines out of the L2 before the requested ones.
 struct QkPrefetchRanges {
   const char* p[QK_PREFETCH_RANGES];
   uint64_t bytes[QK_PREFETCH_RANGES];
   int n;
+  int stream_evict_first;
 };
+
+// The L2 cache policy (createpolicy, sm_80+) of a decode kernel's weight loads (ld ... .L2::cache_hint): every line
+// evict-first, or at the normal priority that a load without a policy gives.
+QK_INLINE uint64_t qk_stream_policy(bool evict_first) {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (evict_first)
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  else
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+#endif
+  return policy;
+}
 
 __host__ __device__ inline uint64_t qk_prefetch_slices(uint64_t bytes) {
   return (bytes + QK_PREFETCH_SLICE - 1) / QK_PREFETCH_SLICE;

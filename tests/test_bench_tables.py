@@ -66,6 +66,17 @@ def test_profile_table_names_the_l2_prefetch():
         ", torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")
     assert profile_table.setup(run, "quantized_next+launch", False, {"mode": "next", "in_kernel": False}).endswith(
         ", L2 prefetch of the next linear (next, its own launches)")
+    assert profile_table.setup(run, "quantized_next+evict", False,
+                               {"mode": "next", "in_kernel": True, "evict_first": True}).endswith(
+        ", L2 prefetch of the next linear (next, from the decode kernel, its own weights evict-first)")
+
+
+def test_profile_decode_parses_the_prefetch_modes():
+    assert profile_decode.parse_mode("next") == ("next", False, False)
+    assert profile_decode.parse_mode("attention+launch") == ("attention", True, False)
+    assert profile_decode.parse_mode("next+evict") == ("next", False, True)
+    for bad in ("all", "next+launch+evict", "next+fast", "+launch", ""):
+        assert profile_decode.parse_mode(bad) is None, bad
 
 
 def test_profile_decode_times_each_linear_by_its_role():

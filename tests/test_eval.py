@@ -481,6 +481,12 @@ def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
     with pytest.raises(InputError, match="QUANTKIT_L2_PREFETCH"):
         prefetch.plan(model, "all")
     layers = dict(model.named_modules())
+    from quantkit.kernels import ops
+
+    assert ops.L2_PREFETCH_EVICT_FIRST is False and prefetch.settings()["evict_first"] is False
+    with prefetch.warmed(model, "next", evict_first=True):
+        assert ops.L2_PREFETCH_EVICT_FIRST is True and prefetch.settings()["evict_first"] is True
+    assert ops.L2_PREFETCH_EVICT_FIRST is False  # set for the block only
     with prefetch.warmed(model, "attention", max_bytes=4096, max_m=4) as pairs:
         assert len(pairs) == blocks
         for a, b in pairs:

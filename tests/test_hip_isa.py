@@ -83,6 +83,8 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
         assert f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" in ptx, f"no m64n{n}k16 bf16 wgmma in the PTX"
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx, "no programmatic-launch hooks"
     assert "cp.async.bulk.prefetch.L2.global" in ptx, "no bulk L2 prefetch in the PTX"
+    assert "createpolicy.fractional.L2::evict_first" in ptx and "L2::cache_hint.v4.u32" in ptx, \
+        "no evict-first weight loads in the prefetching decode kernels"
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # the SASS too, where the toolkit has the disassembler (.ci/run installs cuobjdump and nvdisasm)
         ws = sorted(set(re.findall(r"Compiling entry function '(_Z11qk_wgmma_ws\w+)'", report)))

@@ -314,8 +314,9 @@ def test_cuda_graph_capture(device):
 def test_l2_prefetch_requests_and_writes_nothing(device, monkeypatch):
     """ops.l2_prefetch requests the scales and the first max_bytes (rounded down to 16) of the weights, in one
     launch that also records into a CUDA graph; w4a16_linear(warm=...) gives the same bits as without, whether the
-    decode kernel's blocks request the next layer (every token-tile count, split-K in and out of a cluster) or a
-    launch of its own does (L2_PREFETCH_IN_KERNEL off; other paths); nothing is written to either layer."""
+    decode kernel's blocks request the next layer (every token-tile count, split-K in and out of a cluster; its own
+    weights read evict-first or not) or a launch of its own does (L2_PREFETCH_IN_KERNEL off; other paths); nothing is
+    written to either layer."""
     ql = testing.random_qlinear(1040, 1024, group_size=64, sym=False, act_order=False, dtype=torch.bfloat16, seed=21)
     packed = prepare(ql, device=device)
     nxt = prepare(testing.random_qlinear(2048, 1024, group_size=32, sym=True, act_order=False, dtype=torch.bfloat16,
@@ -331,20 +332,22 @@ def test_l2_prefetch_requests_and_writes_nothing(device, monkeypatch):
     for m in (1, 3, 16, 32, 64):
         x = testing.random_activations(m, 1024, dtype=torch.bfloat16, seed=22 + m, device=device)
         y0 = w4a16_linear(x, packed)
-        for in_kernel in (True, False):
+        for in_kernel, evict_first in ((True, False), (True, True), (False, False)):
             monkeypatch.setattr(ops, "L2_PREFETCH_IN_KERNEL", in_kernel)
+            monkeypatch.setattr(ops, "L2_PREFETCH_EVICT_FIRST", evict_first)
             for splits, cluster in ((None, None), (4, True), (4, False)):
                 if m > ops.STREAM_MAX_M and splits:
                     continue
                 assert torch.equal(w4a16_linear(x, packed, warm=(nxt, 1 << 20), splits=splits, cluster=cluster),
-                                   w4a16_linear(x, packed, splits=splits, cluster=cluster)), (m, in_kernel, splits)
+                                   w4a16_linear(x, packed, splits=splits, cluster=cluster)), (m, in_kernel,
+                                                                                             evict_first, splits)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 ops.l2_prefetch(nxt, torch.bfloat16, 1 << 20)
                 y = w4a16_linear(x, packed, warm=(nxt, None))
             graph.replay()
             torch.cuda.synchronize()
-            assert torch.equal(y, y0), (m, in_kernel)
+            assert torch.equal(y, y0), (m, in_kernel, evict_first)
     assert all(torch.equal(t, b) for t, b in zip(tensors, before))
 
 

@@ -16,7 +16,9 @@ The step's quantized linears are taken in module order, which is the order a dec
 A linear's weights are requested up to MAX_BYTES (QUANTKIT_L2_PREFETCH_MB), where its M (tokens) is at most MAX_M
 (QUANTKIT_L2_PREFETCH_MAX_M): at large M the kernels are no longer bound by reading their weights. The requests go
 out from the decode kernel's own blocks as they finish (kernels.ops.L2_PREFETCH_IN_KERNEL), else, and on the other
-kernels, by a launch of their own after the linear's kernel.
+kernels, by a launch of their own after the linear's kernel. With EVICT_FIRST (QUANTKIT_L2_PREFETCH_EVICT_FIRST=1), a
+decode kernel that requests the next layer reads its own weights with an L2 evict-first policy
+(kernels.ops.L2_PREFETCH_EVICT_FIRST), so that the rest of its stream does not push the requested lines out first.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ MODES = ("off", "attention", "next")
 MODE = os.environ.get("QUANTKIT_L2_PREFETCH", "off")
 MAX_BYTES = int(float(os.environ.get("QUANTKIT_L2_PREFETCH_MB", "24")) * 2**20)
 MAX_M = int(os.environ.get("QUANTKIT_L2_PREFETCH_MAX_M", "32"))
+EVICT_FIRST = os.environ.get("QUANTKIT_L2_PREFETCH_EVICT_FIRST", "0") != "0"
 
 
 def settings() -> dict:
-    """What a throughput run records (in_kernel: kernels.ops.L2_PREFETCH_IN_KERNEL)."""
-    return {"mode": MODE, "max_bytes": MAX_BYTES, "max_m": MAX_M, "in_kernel": ops.L2_PREFETCH_IN_KERNEL}
+    """What a throughput run records (in_kernel, evict_first: kernels.ops.L2_PREFETCH_IN_KERNEL and
+    L2_PREFETCH_EVICT_FIRST as they stand, which warmed() sets)."""
+    return {"mode": MODE, "max_bytes": MAX_BYTES, "max_m": MAX_M, "in_kernel": ops.L2_PREFETCH_IN_KERNEL,
+            "evict_first": ops.L2_PREFETCH_EVICT_FIRST}
 
 
 def describe(recorded: dict | None) -> str:
@@ -47,6 +52,8 @@ def describe(recorded: dict | None) -> str:
     if not recorded or recorded["mode"] == "off":
         return ""
     how = "from the decode kernel" if recorded.get("in_kernel") else "its own launches"
+    if recorded.get("in_kernel") and recorded.get("evict_first"):
+        how += ", its own weights evict-first"
     return f"L2 prefetch of the next linear ({recorded['mode']}, {how})"
 
 
@@ -78,18 +85,23 @@ def plan(model: nn.Module, mode: str | None = None) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def warmed(model: nn.Module, mode: str | None = None, *, max_bytes: int | None = None, max_m: int | None = None):
+def warmed(model: nn.Module, mode: str | None = None, *, max_bytes: int | None = None, max_m: int | None = None,
+           evict_first: bool | None = None):
     """Within the block, the linears of ``plan(model, mode)`` request their successors' weights into the L2 after
-    their own kernels (W4A16Linear.warm); yields the plan. Restored afterwards."""
+    their own kernels (W4A16Linear.warm), and kernels.ops.L2_PREFETCH_EVICT_FIRST is ``evict_first`` (default
+    EVICT_FIRST); yields the plan. Restored afterwards."""
     pairs = plan(model, mode)
     modules = dict(_linears(model))
     limit = MAX_BYTES if max_bytes is None else max_bytes
     rows = MAX_M if max_m is None else max_m
     before = {name: m.warm for name, m in modules.items()}
+    evict_before = ops.L2_PREFETCH_EVICT_FIRST
     try:
+        ops.L2_PREFETCH_EVICT_FIRST = EVICT_FIRST if evict_first is None else evict_first
         for a, b in pairs:
             modules[a].warm = (modules[b].packed, limit, rows)
         yield pairs
     finally:
+        ops.L2_PREFETCH_EVICT_FIRST = evict_before
         for name, m in modules.items():
             m.warm = before[name]

@@ -151,6 +151,9 @@ STREAM_PDL = False
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
+# With the prefetch from the kernel's blocks: the kernel reads its own weights with an L2 evict-first policy, so that the
+# rest of its stream evicts its own lines before the next layer's requested ones (False: the normal priority)
+L2_PREFETCH_EVICT_FIRST = False
 # The warp-specialized kernel as a programmatic dependent launch of the packing of x, our own kernel just before it,
 # which lets it start at once (its blocks set up and request their first STAGES steps' weights and scales while x is
 # being packed; they read x only once that kernel has finished): ws_pdl. Measured on an H200 against the same dispatch
@@ -280,7 +283,8 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
          cluster: bool | None = None, warm: tuple[list, list] | None = None) -> torch.Tensor:
     """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
-    blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds, else by the prefetch kernel's launch."""
+    blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds (its own weights then read evict-first where
+    L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -299,7 +303,8 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL  # the decode kernel's blocks request them
     tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
-                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes)
+                 packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
+                 in_kernel and L2_PREFETCH_EVICT_FIRST)
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
     return out
