@@ -423,3 +423,56 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     # pairs of blocks sharing x: no split-K and an even number of 128-row blocks
     assert ops.ws_multicast_fits(1168, 2048, 1) and not ops.ws_multicast_fits(1040, 2048, 1)
     assert not ops.ws_multicast_fits(1168, 2048, 2)
+
+
+def _cpp_params(source: str, name: str) -> list[str]:
+    """The parameters of the C++ function ``name`` defined in ``source`` (split at its top-level commas)."""
+    import re
+
+    m = re.search(rf"^[\w:<>, ]+?\b{name}\(", source, re.M)
+    assert m, f"no definition of {name} in csrc/w4a16_ext.cu"
+    depth, params, cur = 0, [], ""
+    for ch in source[m.end():]:
+        if ch in "(<":
+            depth += 1
+        elif ch in ")>":
+            if depth == 0:
+                break
+            depth -= 1
+        if ch == "," and depth == 0:
+            params.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return params + ([cur.strip()] if cur.strip() else [])
+
+
+def test_python_calls_into_the_extension_match_its_bindings():
+    """Every call that quantkit.kernels.ops makes into the extension with its arguments spelled out passes as many as
+    the bound C++ function takes (pybind11 binds them without defaults): a mismatch would otherwise show only on a
+    GPU machine, as a TypeError after the build."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cpp = (root / "csrc" / "w4a16_ext.cu").read_text()
+    bound = set(re.findall(r'm\.def\("(\w+)", &\1', cpp))
+    assert {"mma_gemm", "l2_prefetch", "wgmma_ws_gemm"} <= bound
+    arity = {name: len(_cpp_params(cpp, name)) for name in bound}
+    assert arity["mma_gemm"] == 18 and arity["l2_prefetch"] == 2
+    tree = ast.parse((root / "quantkit" / "kernels" / "ops.py").read_text())
+    checked = 0
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in bound):
+            continue
+        owner = node.func.value
+        if not ((isinstance(owner, ast.Name) and owner.id == "ext") or
+                (isinstance(owner, ast.Call) and getattr(owner.func, "attr", None) == "load_extension")):
+            continue
+        if any(isinstance(a, ast.Starred) for a in node.args) or node.keywords:
+            continue
+        assert len(node.args) == arity[node.func.attr], \
+            f"ops.py line {node.lineno}: {node.func.attr} called with {len(node.args)} arguments, bound with {arity[node.func.attr]}"
+        checked += 1
+    assert checked >= 7  # mma_gemm, wgmma_gemm, wgmma_ws_gemm, wgmma_pack_x, mma_dequant, l2_prefetch, the depth
