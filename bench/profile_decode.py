@@ -215,9 +215,9 @@ def main() -> None:
         for name, m, pdl, image, mode in variants:
             decoder = decoders[id(m)]
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
-            base, launch, evict = parse_mode(mode)
+            warm_mode, launch, evict = parse_mode(mode)
             ops.L2_PREFETCH_IN_KERNEL = not launch
-            with prefetch.warmed(model, base, evict_first=evict) as pairs:
+            with prefetch.warmed(model, warm_mode, evict_first=evict) as pairs:
                 for batch in settings.batches:
                     prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                     runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
@@ -230,7 +230,7 @@ def main() -> None:
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "by_linear": linears, "top": top, "x_image": bool(args.compile and image and m is model),
-                           "l2_prefetch": {**prefetch.settings(), "mode": base,
+                           "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,
                                            "pairs": len(pairs)}}
                     result["runs"].append(row)
                     save(result, args.out)  # after every row: a run cut short keeps what it measured
