@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quantkit.atomic import atomic_file  # noqa: E402
 from quantkit.eval import attention, backends, fuse, prefetch, random_weights, throughput  # noqa: E402
 
 KINDS = (  # first match wins
@@ -137,10 +138,9 @@ def parse_mode(spec: str) -> tuple[str, bool, bool] | None:
 
 
 def save(result: dict, out: str) -> None:
-    """The JSON as it stands, replacing the file whole (written beside it, then renamed)."""
-    tmp = Path(out).with_name(Path(out).name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    """The JSON as it stands, replacing the file whole (quantkit.atomic: written beside it, then renamed)."""
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main() -> None:
