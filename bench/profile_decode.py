@@ -56,10 +56,23 @@ def linear_roles(model: torch.nn.Module) -> list[str]:
             if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None]
 
 
-def by_linear(events, roles: list[str], steps: int) -> dict | str:
+def linear_shapes(model: torch.nn.Module) -> frozenset[tuple[int, int]]:
+    """The model's linears' weight shapes, each as its two sizes in ascending order (by_linear's filter)."""
+    return frozenset(tuple(sorted((m.in_features, m.out_features))) for m in model.modules()
+                     if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None)
+
+
+def by_linear(events, roles: list[str], steps: int, shapes: frozenset[tuple[int, int]] | None = None) -> dict | str:
     """Kernel microseconds per step of the linears of each role (summed over the blocks) and their calls per step,
     from the profiler's op events of ``steps`` steps: the outermost LINEAR_OPS, in the order they ran, are the
-    linears of ``roles`` step after step. Where their number is not steps x len(roles), a line saying so."""
+    linears of ``roles`` step after step. With ``shapes`` (linear_shapes; the events recorded with their shapes), a
+    torch op counts only where one of its inputs is 2-D with the sizes of one of them: a compiled step can hold
+    other matrix products (at batch 1 on the H200, one such op a step more than the model has linears). Where the
+    number counted is not steps x len(roles), a line saying so."""
+    def a_linear(ev) -> bool:
+        return (shapes is None or ev.name.startswith("quantkit_eval::")
+                or any(len(s) == 2 and tuple(sorted(s)) in shapes for s in ev.input_shapes))
+
     def outermost(ev) -> bool:
         parent = ev.cpu_parent
         while parent is not None:
@@ -69,7 +82,7 @@ def by_linear(events, roles: list[str], steps: int) -> dict | str:
         return True
 
     ops = sorted((ev for ev in events if ev.device_type == torch.autograd.DeviceType.CPU and ev.name in LINEAR_OPS
-                  and outermost(ev)), key=lambda ev: ev.time_range.start)
+                  and outermost(ev) and a_linear(ev)), key=lambda ev: ev.time_range.start)
     if not roles or len(ops) != steps * len(roles):
         return (f"{len(ops)} linear ops in {steps} steps of {len(roles)} linears: not one op a linear (in eager steps "
                 "the W4A16 kernels run as no op of their own)")
@@ -81,15 +94,16 @@ def by_linear(events, roles: list[str], steps: int) -> dict | str:
     return {role: {"us": round(us, 1), "calls": calls // steps} for role, (us, calls) in totals.items()}
 
 
-def profile_steps(runner: throughput.Runner, steps: int, roles: list[str]) -> tuple[dict, list, dict | str]:
+def profile_steps(runner: throughput.Runner, steps: int, roles: list[str],
+                  shapes: frozenset[tuple[int, int]]) -> tuple[dict, list, dict | str]:
     """Kernel microseconds per decode step by kind, the top kernels, and by_linear's breakdown, over ``steps``
-    eager steps of a model whose linears are ``roles`` (linear_roles)."""
+    eager steps of a model whose linears are ``roles`` (linear_roles) of ``shapes`` (linear_shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
     runner.reset()
     runner._prefill()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             runner._decode()
         torch.cuda.synchronize()
@@ -108,7 +122,7 @@ def profile_steps(runner: throughput.Runner, steps: int, roles: list[str]) -> tu
         entry[1] += 1
     top = sorted(([n, round(t, 1), c // steps] for n, (t, c) in per_name.items()), key=lambda r: -r[1])[:12]
     return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top,
-            by_linear(prof.events(), roles, steps))
+            by_linear(prof.events(), roles, steps, shapes))
 
 
 def replay_us(runner: throughput.Runner, reps: int) -> float:
@@ -194,7 +208,8 @@ def main() -> None:
         result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),
                                                                                      ("baseline", base))}
     vocab = model.config.vocab_size
-    roles = {id(m): linear_roles(m) for m in (model, base)}  # before the quantized linears are wrapped as ops
+    # before the quantized linears are wrapped as ops
+    roles = {id(m): (linear_roles(m), linear_shapes(m)) for m in (model, base)}
     grouped = (nullcontext() if args.plain_sdpa
                else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
@@ -224,7 +239,7 @@ def main() -> None:
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)
-                        kinds, top, linears = profile_steps(runner, args.steps, roles[id(m)])
+                        kinds, top, linears = profile_steps(runner, args.steps, *roles[id(m)])
                     runner.close()
                     kernels = sum(v["us"] for v in kinds.values())
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),

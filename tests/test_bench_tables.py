@@ -83,7 +83,8 @@ def test_profile_decode_times_each_linear_by_its_role():
     """linear_roles lists a fused tiny Llama's linears in the order a step runs them, named by their role; by_linear
     finds, in a real profiler trace of two forward passes whose quantized linears are opaque ops (as in a compiled
     step), one outermost op per linear (the reference's own F.linear inside each op is not counted again) and adds
-    them up by role; a trace that does not hold one op per linear gives a reason instead of a wrong attribution."""
+    them up by role, leaving out a matrix product of the step whose shapes are no linear's; a trace that does not hold
+    one op per linear gives a reason instead of a wrong attribution."""
     from torch.profiler import ProfilerActivity, profile
 
     from quantkit.eval import fuse, random_weights, throughput
@@ -97,17 +98,22 @@ def test_profile_decode_times_each_linear_by_its_role():
     block = ["self_attn.q_proj.shared.fused", "self_attn.o_proj", "mlp.gate_up", "mlp.down_proj"]
     roles = profile_decode.linear_roles(model)
     assert roles == block * blocks + ["lm_head"] and blocks == 2
+    shapes = profile_decode.linear_shapes(model)
+    assert (128, 128) in shapes and (128, 512) in shapes and all(a <= b for a, b in shapes)
     ids = torch.randint(0, model.config.vocab_size, (1, 5))
     with throughput.opaque_quantized_linears(model), torch.inference_mode(), \
-            profile(activities=[ProfilerActivity.CPU]) as prof:
+            profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(2):
+            torch.mm(torch.ones(1, 64), torch.ones(64, 1))  # a matrix product of the step that is no linear
             model(ids)
     events = prof.events()
-    got = profile_decode.by_linear(events, roles, 2)
+    got = profile_decode.by_linear(events, roles, 2, shapes)
     assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(block, blocks), "lm_head": 1}
     assert all(v["us"] == 0 for v in got.values())  # a CPU trace: no kernels
-    assert "linear ops in 3 steps" in profile_decode.by_linear(events, roles, 3)
-    assert f"18 linear ops in 2 steps of {len(roles) - 4} linears" in profile_decode.by_linear(events, roles[4:], 2)
+    assert "20 linear ops in 2 steps" in profile_decode.by_linear(events, roles, 2)  # the product counted without shapes
+    assert "linear ops in 3 steps" in profile_decode.by_linear(events, roles, 3, shapes)
+    assert f"18 linear ops in 2 steps of {len(roles) - 4} linears" in profile_decode.by_linear(events, roles[4:], 2,
+                                                                                               shapes)
 
 
 def test_profile_table_lists_the_linears_by_role():
