@@ -62,17 +62,13 @@ def linear_shapes(model: torch.nn.Module) -> frozenset[tuple[int, int]]:
                      if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None)
 
 
-def by_linear(events, roles: list[str], steps: int, shapes: frozenset[tuple[int, int]] | None = None) -> dict | str:
-    """Kernel microseconds per step of the linears of each role (summed over the blocks) and their calls per step,
-    from the profiler's op events of ``steps`` steps: the outermost LINEAR_OPS, in the order they ran, are the
-    linears of ``roles`` step after step. With ``shapes`` (linear_shapes; the events recorded with their shapes), a
-    torch op counts only where one of its inputs is 2-D with the sizes of one of them: a compiled step can hold
-    other matrix products (at batch 1 on the H200, one such op a step more than the model has linears). Where the
-    number counted is not steps x len(roles), a line saying so."""
-    def a_linear(ev) -> bool:
-        return (shapes is None or ev.name.startswith("quantkit_eval::")
-                or any(len(s) == 2 and tuple(sorted(s)) in shapes for s in ev.input_shapes))
+def _is_linear(ev, shapes: frozenset[tuple[int, int]] | None) -> bool:
+    return (shapes is None or ev.name.startswith("quantkit_eval::")
+            or any(len(s) == 2 and tuple(sorted(s)) in shapes for s in ev.input_shapes))
 
+
+def _outermost_linear_ops(events) -> list:
+    """The CPU events of LINEAR_OPS that no other LINEAR_OPS event encloses, in the order they started."""
     def outermost(ev) -> bool:
         parent = ev.cpu_parent
         while parent is not None:
@@ -81,8 +77,18 @@ def by_linear(events, roles: list[str], steps: int, shapes: frozenset[tuple[int,
             parent = parent.cpu_parent
         return True
 
-    ops = sorted((ev for ev in events if ev.device_type == torch.autograd.DeviceType.CPU and ev.name in LINEAR_OPS
-                  and outermost(ev) and a_linear(ev)), key=lambda ev: ev.time_range.start)
+    return sorted((ev for ev in events if ev.device_type == torch.autograd.DeviceType.CPU and ev.name in LINEAR_OPS
+                   and outermost(ev)), key=lambda ev: ev.time_range.start)
+
+
+def by_linear(events, roles: list[str], steps: int, shapes: frozenset[tuple[int, int]] | None = None) -> dict | str:
+    """Kernel microseconds per step of the linears of each role (summed over the blocks) and their calls per step,
+    from the profiler's op events of ``steps`` steps: the outermost LINEAR_OPS, in the order they ran, are the
+    linears of ``roles`` step after step. With ``shapes`` (linear_shapes; the events recorded with their shapes), a
+    torch op counts only where one of its inputs is 2-D with the sizes of one of them: a compiled step can hold
+    other matrix products (at batch 1 on the H200, one such op a step more than the model has linears;
+    not_linears lists them). Where the number counted is not steps x len(roles), a line saying so."""
+    ops = [ev for ev in _outermost_linear_ops(events) if _is_linear(ev, shapes)]
     if not roles or len(ops) != steps * len(roles):
         return (f"{len(ops)} linear ops in {steps} steps of {len(roles)} linears: not one op a linear (in eager steps "
                 "the W4A16 kernels run as no op of their own)")
@@ -94,10 +100,18 @@ def by_linear(events, roles: list[str], steps: int, shapes: frozenset[tuple[int,
     return {role: {"us": round(us, 1), "calls": calls // steps} for role, (us, calls) in totals.items()}
 
 
+def not_linears(events, steps: int, shapes: frozenset[tuple[int, int]]) -> dict:
+    """The matrix products by_linear leaves out for their shapes: each distinct name with its input shapes, and their
+    kernel microseconds per step."""
+    left = [ev for ev in _outermost_linear_ops(events) if not _is_linear(ev, shapes)]
+    return {"ops": sorted({f"{ev.name} {ev.input_shapes}" for ev in left}),
+            "us": round(sum(ev.device_time_total for ev in left) / steps, 1)}
+
+
 def profile_steps(runner: throughput.Runner, steps: int, roles: list[str],
-                  shapes: frozenset[tuple[int, int]]) -> tuple[dict, list, dict | str]:
-    """Kernel microseconds per decode step by kind, the top kernels, and by_linear's breakdown, over ``steps``
-    eager steps of a model whose linears are ``roles`` (linear_roles) of ``shapes`` (linear_shapes)."""
+                  shapes: frozenset[tuple[int, int]]) -> tuple[dict, list, dict | str, dict]:
+    """Kernel microseconds per decode step by kind, the top kernels, by_linear's breakdown and not_linears, over
+    ``steps`` eager steps of a model whose linears are ``roles`` (linear_roles) of ``shapes`` (linear_shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
     runner.reset()
@@ -122,7 +136,7 @@ def profile_steps(runner: throughput.Runner, steps: int, roles: list[str],
         entry[1] += 1
     top = sorted(([n, round(t, 1), c // steps] for n, (t, c) in per_name.items()), key=lambda r: -r[1])[:12]
     return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top,
-            by_linear(prof.events(), roles, steps, shapes))
+            by_linear(prof.events(), roles, steps, shapes), not_linears(prof.events(), steps, shapes))
 
 
 def replay_us(runner: throughput.Runner, reps: int) -> float:
@@ -239,12 +253,12 @@ def main() -> None:
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)
-                        kinds, top, linears = profile_steps(runner, args.steps, *roles[id(m)])
+                        kinds, top, linears, others = profile_steps(runner, args.steps, *roles[id(m)])
                     runner.close()
                     kernels = sum(v["us"] for v in kinds.values())
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
-                           "by_kind": kinds, "by_linear": linears, "top": top, "x_image": bool(args.compile and image and m is model),
+                           "by_kind": kinds, "by_linear": linears, "not_linears": others, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,
                                            "pairs": len(pairs)}}
                     result["runs"].append(row)
@@ -261,6 +275,8 @@ def main() -> None:
         linears = row["by_linear"]
         print("  linears by role (us/step): " + (", ".join(f"{r} {v['us']:.0f} ({v['calls']})" for r, v in linears.items())
                                               if isinstance(linears, dict) else linears))
+        if row["not_linears"]["ops"]:
+            print(f"  products left out ({row['not_linears']['us']:.0f} us/step): " + "; ".join(row["not_linears"]["ops"]))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def test_profile_decode_times_each_linear_by_its_role():
     assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(block, blocks), "lm_head": 1}
     assert all(v["us"] == 0 for v in got.values())  # a CPU trace: no kernels
     assert "20 linear ops in 2 steps" in profile_decode.by_linear(events, roles, 2)  # the product counted without shapes
+    assert profile_decode.not_linears(events, 2, shapes) == {"ops": ["aten::mm [[1, 64], [64, 1]]"], "us": 0}
     assert "linear ops in 3 steps" in profile_decode.by_linear(events, roles, 3, shapes)
     assert f"18 linear ops in 2 steps of {len(roles) - 4} linears" in profile_decode.by_linear(events, roles[4:], 2,
                                                                                                shapes)
