@@ -43,16 +43,22 @@ def role_label(role: str) -> str:
     return ROLE_LABELS.get(role, role.rsplit(".", 1)[-1])
 
 
+def paired_rows(run: dict):
+    """Each quantized row of the run as (model, batch, row, the baseline's row at its batch or None: a run cut short
+    may lack it)."""
+    rows = {(r["model"], r["batch"]): r for r in run["runs"]}
+    for (model, batch), q in rows.items():
+        if model.startswith("quantized"):
+            yield model, batch, q, rows.get(("baseline", batch))
+
+
 def by_linear_table(labels: list[str], runs: list[dict]) -> list[str]:
     """The rows with a by_linear breakdown in both models: each role's kernel us per step, W4A16 (bf16) and their
     ratio; no lines where no row has one."""
     lines, roles = [], None
     for label, run in zip(labels, runs):
-        rows = {(r["model"], r["batch"]): r for r in run["runs"]}
-        for (model, batch), q in rows.items():
-            b = rows.get(("baseline", batch), {})
-            if not model.startswith("quantized") or not isinstance(q.get("by_linear"), dict) \
-                    or not isinstance(b.get("by_linear"), dict):
+        for model, batch, q, b in paired_rows(run):
+            if not isinstance(q.get("by_linear"), dict) or not isinstance((b or {}).get("by_linear"), dict):
                 continue
             if roles is None:
                 roles = list(q["by_linear"])
@@ -84,18 +90,16 @@ def main(args: list[str]) -> None:
              "attention us | other kernels us | launches |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, run in zip(labels, runs):
-        rows = {(r["model"], r["batch"]): r for r in run["runs"]}
-        for (model, batch), q in rows.items():
-            if not model.startswith("quantized"):
-                continue
-            b = rows[("baseline", batch)]
+        for model, batch, q, b in paired_rows(run):
             other = q["by_kind"]["other"]["us"] + q["by_kind"].get("l2_prefetch", {"us": 0.0})["us"]
+            step, gemm = b and f"{b['graph_step_us']:,.0f}", b and f"{b['by_kind']['gemm']['us']:,.0f}"
             lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
-                         f"{q['graph_step_us']:,.0f} ({b['graph_step_us']:,.0f}) | "
-                         f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | "
-                         f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({b['by_kind']['gemm']['us']:,.0f}) | "
+                         f"{q['graph_step_us']:,.0f} ({step or '-'}) | "
+                         + (f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | " if b else "- | ")
+                         + f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({gemm or '-'}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")
-    lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."]
+    lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS). A dash: the run "
+              "ended before it measured the bf16 model at that batch."]
     lines += by_linear_table(labels, runs)
     sys.stdout.write("\n".join(lines) + "\n")
 

@@ -145,3 +145,14 @@ def test_kernel_table_l2_lists_the_kernel_with_and_without_its_weights_in_the_l2
     assert lines[4:] == ["| 4096x4096 | 128 | 1 | 12.0 | 4.0 | 3.00x | 20.0 |",
                          "| 4096x4096 | 128 | 8 | 13.0 | 6.5 | 2.00x | 20.0 |",
                          "| 14336x4096 | 128 | 1 | 17.0 | 10.0 | 1.70x | 20.0 |"]
+
+
+def test_profile_table_keeps_the_rows_of_a_run_cut_short_before_the_baseline(capsys):
+    """A profile cut short by its time limit (here a real one: the bf16 model measured at batch 1 only) still gives
+    its quantized rows, with a dash where the baseline's figures would be, instead of failing."""
+    path = Path(__file__).resolve().parents[1] / "bench/results/decode_profile_h200_l2_e95c44e.json"
+    profile_table.main([f"e95c44e={path}"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| e95c44e")]
+    assert len(rows) == 3
+    assert rows[0].split(" | ")[3:5] == ["2,578 (4,819)", "1.87x"]
+    assert rows[1].split(" | ")[3:6] == ["3,033 (-)", "-", "2,069 (-)"]
