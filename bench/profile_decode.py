@@ -49,17 +49,21 @@ def kind_of(name: str) -> str:
     return next(k for k, rx in KINDS if rx.search(name))
 
 
+def _linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The model's linears (leaf modules with in_features and out_features), by name, in module order."""
+    return [(name, m) for name, m in model.named_modules()
+            if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None]
+
+
 def linear_roles(model: torch.nn.Module) -> list[str]:
     """The model's linears in the order a step runs them (module order, as quantkit.eval.prefetch relies on too),
     each named by its role: its module name after the decoder block's index ("self_attn.o_proj"; "lm_head")."""
-    return [re.sub(r"^.*?\blayers\.\d+\.", "", name) for name, m in model.named_modules()
-            if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None]
+    return [re.sub(r"^.*?\blayers\.\d+\.", "", name) for name, _ in _linears(model)]
 
 
 def linear_shapes(model: torch.nn.Module) -> frozenset[tuple[int, int]]:
     """The model's linears' weight shapes, each as its two sizes in ascending order (by_linear's filter)."""
-    return frozenset(tuple(sorted((m.in_features, m.out_features))) for m in model.modules()
-                     if hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None)
+    return frozenset(tuple(sorted((m.in_features, m.out_features))) for _, m in _linears(model))
 
 
 def _is_linear(ev, shapes: frozenset[tuple[int, int]] | None) -> bool:

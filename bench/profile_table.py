@@ -98,8 +98,9 @@ def main(args: list[str]) -> None:
                          + (f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | " if b else "- | ")
                          + f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({gemm or '-'}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")
-    lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS). A dash: the run "
-              "ended before it measured the bf16 model at that batch."]
+    cut_short = any(b is None for run in runs for *_, b in paired_rows(run))
+    lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."
+              + (" A dash: the run ended before it measured the bf16 model at that batch." if cut_short else "")]
     lines += by_linear_table(labels, runs)
     sys.stdout.write("\n".join(lines) + "\n")
 

@@ -152,7 +152,9 @@ def test_profile_table_keeps_the_rows_of_a_run_cut_short_before_the_baseline(cap
     its quantized rows, with a dash where the baseline's figures would be, instead of failing."""
     path = Path(__file__).resolve().parents[1] / "bench/results/decode_profile_h200_l2_e95c44e.json"
     profile_table.main([f"e95c44e={path}"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| e95c44e")]
+    out = capsys.readouterr().out
+    assert "A dash: the run ended before it measured the bf16 model" in out
+    rows = [line for line in out.splitlines() if line.startswith("| e95c44e")]
     assert len(rows) == 3
     assert rows[0].split(" | ")[3:5] == ["2,578 (4,819)", "1.87x"]
     assert rows[1].split(" | ")[3:6] == ["3,033 (-)", "-", "2,069 (-)"]
