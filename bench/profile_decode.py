@@ -125,11 +125,19 @@ def profile_steps(runner: throughput.Runner, steps: int, roles: list[str],
         for _ in range(steps):
             runner._decode()
         torch.cuda.synchronize()
+    kinds, top = kernels_by_kind(prof.events(), steps)
+    return (kinds, top, by_linear(prof.events(), roles, steps, shapes), not_linears(prof.events(), steps, shapes))
+
+
+def kernels_by_kind(events, steps: int) -> tuple[dict, list]:
+    """Kernel microseconds and launches per step by kind (KINDS), and the 12 kernels of most time, from the
+    profiler's device events of ``steps`` steps. A device-side annotation (a record_function's range on the GPU, as
+    inductor's "## Call CompiledFxGraph ... ##" around a whole compiled step) is no kernel and does not count."""
     by_kind: dict[str, float] = {k: 0.0 for k, _ in KINDS}
     counts: dict[str, int] = {k: 0 for k, _ in KINDS}
     per_name: dict[str, list] = {}
-    for ev in prof.events():
-        if ev.device_type != torch.autograd.DeviceType.CUDA:
+    for ev in events:
+        if ev.device_type != torch.autograd.DeviceType.CUDA or getattr(ev, "is_user_annotation", False):
             continue
         us = ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
         k = kind_of(ev.name)
@@ -139,8 +147,7 @@ def profile_steps(runner: throughput.Runner, steps: int, roles: list[str],
         entry[0] += us / steps
         entry[1] += 1
     top = sorted(([n, round(t, 1), c // steps] for n, (t, c) in per_name.items()), key=lambda r: -r[1])[:12]
-    return ({k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top,
-            by_linear(prof.events(), roles, steps, shapes), not_linears(prof.events(), steps, shapes))
+    return {k: {"us": round(v, 1), "kernels": counts[k] // steps} for k, v in by_kind.items()}, top
 
 
 def replay_us(runner: throughput.Runner, reps: int) -> float:

@@ -158,3 +158,25 @@ def test_profile_table_keeps_the_rows_of_a_run_cut_short_before_the_baseline(cap
     assert len(rows) == 3
     assert rows[0].split(" | ")[3:5] == ["2,578 (4,819)", "1.87x"]
     assert rows[1].split(" | ")[3:6] == ["3,033 (-)", "-", "2,069 (-)"]
+
+
+def test_profile_decode_counts_kernels_not_the_annotations_around_them():
+    """kernels_by_kind sums the device events of a profile by kind, per step; a device-side annotation (inductor's
+    "## Call CompiledFxGraph ... ##" around a whole compiled step, on the GPU as long as the step) is no kernel: on
+    the H200 it once made 'other' 21,686 us of a 2,588 us step."""
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(i, name, us, annotation=False, device=torch.autograd.DeviceType.CUDA):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=0, end_us=us, device_type=device, use_device="cuda",
+                             is_user_annotation=annotation)
+
+    events = [event(1, "void qk_mma_stream<QkBF16, 1, true, true, false>(...)", 8.0),
+              event(2, "nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT", 6.0), event(3, "_split_kv_partial", 4.0),
+              event(4, "triton_poi_fused_add_mul_0", 2.0),
+              event(5, "## Call CompiledFxGraph fx4xzmejgwwfs ##", 400.0, annotation=True),
+              event(6, "aten::mm", 50.0, device=torch.autograd.DeviceType.CPU)]
+    kinds, top = profile_decode.kernels_by_kind(events, 2)
+    assert {k: v["us"] for k, v in kinds.items()} == {"l2_prefetch": 0, "w4a16": 4.0, "gemm": 3.0, "attention": 2.0,
+                                                      "other": 1.0}
+    assert sum(v["kernels"] for v in profile_decode.kernels_by_kind(events, 1)[0].values()) == 4
+    assert [name for name, *_ in top][0].startswith("void qk_mma_stream") and len(top) == 4
