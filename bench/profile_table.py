@@ -89,16 +89,18 @@ def main(args: list[str]) -> None:
              "| kernels | setup | batch | step us: W4A16 (bf16) | decode ratio | GEMM kernels us: W4A16 (bf16) | "
              "attention us | other kernels us | launches |",
              "|---|---|---|---|---|---|---|---|---|"]
+    cut_short = False
     for label, run in zip(labels, runs):
         for model, batch, q, b in paired_rows(run):
             other = q["by_kind"]["other"]["us"] + q["by_kind"].get("l2_prefetch", {"us": 0.0})["us"]
-            step, gemm = b and f"{b['graph_step_us']:,.0f}", b and f"{b['by_kind']['gemm']['us']:,.0f}"
+            # the bf16 model's step, the ratio and its GEMMs; dashes where the run ended before it
+            step, ratio, gemm = ((f"{b['graph_step_us']:,.0f}", f"{b['graph_step_us'] / q['graph_step_us']:.2f}x",
+                                  f"{b['by_kind']['gemm']['us']:,.0f}") if b else ("-", "-", "-"))
+            cut_short |= b is None
             lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
-                         f"{q['graph_step_us']:,.0f} ({step or '-'}) | "
-                         + (f"{b['graph_step_us'] / q['graph_step_us']:.2f}x | " if b else "- | ")
-                         + f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({gemm or '-'}) | "
+                         f"{q['graph_step_us']:,.0f} ({step}) | {ratio} | "
+                         f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({gemm}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")
-    cut_short = any(b is None for run in runs for *_, b in paired_rows(run))
     lines += ["", "GEMM kernels of the W4A16 model: its 224 W4A16 linears plus the bf16 lm_head (cuBLAS)."
               + (" A dash: the run ended before it measured the bf16 model at that batch." if cut_short else "")]
     lines += by_linear_table(labels, runs)
