@@ -233,8 +233,8 @@ def main() -> None:
         result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),
                                                                                      ("baseline", base))}
     vocab = model.config.vocab_size
-    # before the quantized linears are wrapped as ops
-    roles = {id(m): (linear_roles(m), linear_shapes(m)) for m in (model, base)}
+    # each model's linears by role and their shapes, before the quantized ones are wrapped as ops
+    linears_of = {id(m): (linear_roles(m), linear_shapes(m)) for m in (model, base)}
     grouped = (nullcontext() if args.plain_sdpa
                else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
@@ -264,7 +264,7 @@ def main() -> None:
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)
-                        kinds, top, linears, others = profile_steps(runner, args.steps, *roles[id(m)])
+                        kinds, top, linears, others = profile_steps(runner, args.steps, *linears_of[id(m)])
                     runner.close()
                     kernels = sum(v["us"] for v in kinds.values())
                     row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
@@ -278,7 +278,6 @@ def main() -> None:
                           f"({row['kernels']} launches), " + ", ".join(f"{k} {v['us']:.0f}" for k, v in kinds.items()),
                           flush=True)
                     torch.cuda.empty_cache()
-    save(result, args.out)
     for row in result["runs"]:
         print(f"\n{row['model']} batch {row['batch']} top kernels (us/step, launches/step):")
         for n, t, c in row["top"]:
