@@ -191,6 +191,9 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
                                                                               ws=True, stream_k=True)
             contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                            ws=True, stream_k=False)
+        for ch in (False, True):  # 32 tokens a block, stream-K, the plain and the chunked instance (ops.WS_CHUNKED)
+            contenders[f"qk_wgmma_ws_sk_bt32{'_ch' if ch else '_plain'}"] = lambda ch=ch: w4a16_linear(
+                x, packed, backend="wgmma", bt=32, ws=True, stream_k=True, chunked=ch)
     if ops.has_wgmma(device) and m >= 16:
         contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
         contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)

@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--stream-k", action="store_true", help="the warp-specialized kernel's stream-K")
     ap.add_argument("--grid", action="store_true", help="the warp-specialized kernel's grid, never stream-K")
     ap.add_argument("--splits", type=int, default=None, help="split-K (the wgmma kernels: a cluster of the splits)")
+    ap.add_argument("--chunked", action="store_true", help="the warp-specialized kernel's chunked instance (bt 32)")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
     ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,
@@ -42,6 +43,8 @@ def main() -> None:
         extra["splits"] = args.splits
     if args.stream_k or args.grid:
         extra["stream_k"] = not args.grid
+    if args.chunked:
+        extra["chunked"] = True
     self_check()  # builds the extension and runs its self-check now, before the profiled range
     torch.cuda.synchronize()
     torch.cuda.profiler.start()

@@ -15,13 +15,15 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
 
 // sk_blocks > 0: stream-K (QkWsWalk) over grid (ctas, 1, 1), the rest of the tiles after whole waves cut among the
 // first sk_blocks blocks (at most ctas, each at least a step), no cluster or multicast, the workspace as deep as
-// QkWsWalk::max_splits. pdl: as a programmatic dependent launch (of the packing of x: qk_launch_wgmma_pack_x).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS>
+// QkWsWalk::max_splits. pdl: as a programmatic dependent launch (of the packing of x: qk_launch_wgmma_pack_x). CH: the
+// chunked consumers (qk_wgmma_ws), two blocks a multiprocessor.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool CH = false>
 cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int sk_blocks, bool pdl, dim3 grid,
                            cudaStream_t stream) {
-  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS>;
+  auto kernel = qk_wgmma_ws<Tag, BT, SYM, STAGES, KS, CH>;
   constexpr int smem = qk_ws_smem_bytes(BT, STAGES, KS, SYM);
   static_assert(smem <= 227 * 1024 - 256, "the stage ring must fit Hopper's 227 KB of shared memory per block");
+  static_assert(qk_ws_blocks_per_sm(BT, CH) == 1 || smem <= 113 * 1024, "two blocks' rings must share 227 KB");
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   if (multicast != 1 && (multicast != 2 || grid.z > 1 || grid.y % 2)) return cudaErrorInvalidValue;
@@ -39,7 +41,8 @@ cudaError_t qk_ws_instance(const QkMmaArgs& a, int cluster, int multicast, int s
 // The 128-accumulator instances (w4a16_launch_wgmma_ws_big.cu); cudaErrorInvalidValue for any other bt.
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                    int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
-// The instances of 16 and 32 tokens (w4a16_launch_wgmma_ws_small.cu); cudaErrorInvalidValue for any other bt.
-cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                     int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
+// The instances of 16 and 32 tokens (w4a16_launch_wgmma_ws_small.cu), chunked: 32 tokens' chunked instance;
+// cudaErrorInvalidValue for any other bt (or chunked at 16).
+cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool chunked, int cluster,
+                                     int multicast, int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream);
 #endif

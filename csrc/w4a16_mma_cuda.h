@@ -148,13 +148,16 @@ QK_INLINE uint2 qk_mma_meta_load(const uint16_t* meta, size_t idx) {
   if (SYM) return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(meta) + idx), 0u);
   return __ldg(reinterpret_cast<const uint2*>(meta) + idx);
 }
+// The low / high 16 bits of v in both halves: one byte permute each.
+QK_INLINE uint32_t qk_splat_lo(uint32_t v) { return __byte_perm(v, 0u, 0x1010u); }
+QK_INLINE uint32_t qk_splat_hi(uint32_t v) { return __byte_perm(v, 0u, 0x3232u); }
 template <typename Tag, bool SYM>
 QK_INLINE void qk_mma_meta_unpack(uint2 m, uint32_t& s_lo, uint32_t& s_hi, uint32_t& z_lo, uint32_t& z_hi) {
-  s_lo = qk_splat(qk_lo(m.x)), s_hi = qk_splat(qk_hi(m.x));
+  s_lo = qk_splat_lo(m.x), s_hi = qk_splat_hi(m.x);
   if (SYM) {
     z_lo = z_hi = qk_splat(qk_float_to_bits(QkMagic<Tag>::bias + 8.f, Tag()));
   } else {
-    z_lo = qk_splat(qk_lo(m.y)), z_hi = qk_splat(qk_hi(m.y));
+    z_lo = qk_splat_lo(m.y), z_hi = qk_splat_hi(m.y);
   }
 }
 template <typename Tag, bool SYM>

@@ -70,13 +70,20 @@ QK_INLINE void qk_wgmma_hold(float (&d)[R]) {
 // overwrites acc.
 template <typename Tag, int BT, int KS>
 QK_INLINE void qk_wgmma_issue(float (&acc)[BT / 2], const uint32_t (&a)[KS][4][4], uint32_t stage, int accumulate = 1) {
+  // Each MMA's descriptor is the stage's advanced by its tile's offset: only the low word (the start address / 16, 14
+  // bits; a tile inside shared memory never carries out of it) changes, so a 32-bit add and the same high word, not a
+  // 64-bit add and its register moves (7 instructions an MMA in the 32-token kernel's SASS before, 3 after).
   const uint64_t desc = qk_wgmma_desc(stage);
+  const uint32_t lo = (uint32_t)desc, hi = (uint32_t)(desc >> 32);
   qk_wgmma_fence();
 #pragma unroll
   for (int q = 0; q < KS; ++q)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
-      QkWgmma<Tag, BT>::mma(acc, a[q][j], desc + (uint64_t)(q * BT * 8 + 2 * j), q == 0 && j == 0 ? accumulate : 1);
+    for (int j = 0; j < 4; ++j) {  // +32 bytes per k16 step, +BT*128 bytes per chunk (descriptor units of 16 bytes)
+      uint64_t d;
+      asm("mov.b64 %0, {%1, %2};\n" : "=l"(d) : "r"(lo + (uint32_t)(q * BT * 8 + 2 * j)), "r"(hi));
+      QkWgmma<Tag, BT>::mma(acc, a[q][j], d, q == 0 && j == 0 ? accumulate : 1);
+    }
   qk_wgmma_commit();
 }
 // The same, then a wait for them.
