@@ -164,8 +164,10 @@ def check(name: str, y: torch.Tensor, truth: torch.Tensor, tol: float) -> float:
     return err
 
 
-def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) -> dict:
-    """Every contender at this M, each a call of no arguments on this copy of the layer."""
+def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws_probe=False) -> dict:
+    """Every contender at this M, each a call of no arguments on this copy of the layer; ws_probe: also the
+    warp-specialized kernel's producer alone (ops.ws_probe, stream-K at its decode tile; probe_* contenders, whose
+    output is not the product and is not checked)."""
     contenders = {
         "cublas_bf16": lambda: F.linear(x, weight),
         "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
@@ -191,9 +193,6 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
                                                                               ws=True, stream_k=True)
             contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                            ws=True, stream_k=False)
-        for ch in (False, True):  # 32 tokens a block, stream-K, the plain and the chunked instance (ops.WS_CHUNKED)
-            contenders[f"qk_wgmma_ws_sk_bt32{'_ch' if ch else '_plain'}"] = lambda ch=ch: w4a16_linear(
-                x, packed, backend="wgmma", bt=32, ws=True, stream_k=True, chunked=ch)
     if ops.has_wgmma(device) and m >= 16:
         contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
         contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)
@@ -227,6 +226,12 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune) ->
                                                             wsm=True, ws=False))
     if int4 is not None:
         contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
+    if ws_probe and ops.has_wgmma(device) and m <= 32:
+        bt = ops.ws_stream_k_bt(max(m, 9))
+        contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda: w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True,
+                                                                    stream_k=True)
+        for level, name in ((1, "wait"), (2, "read")):
+            contenders[f"probe_ws_{name}"] = lambda level=level: ops.ws_probe(x, packed, level, bt=bt, stream_k=True)
     return contenders
 
 
@@ -245,7 +250,8 @@ def l2_prefetch_befores(names, packed, dtype) -> dict:
     return {name: warm if name == "quantkit_l2" else wait for name in names}
 
 
-def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero", l2_prefetch=False) -> list[dict]:
+def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero", l2_prefetch=False,
+                ws_probe=False) -> list[dict]:
     dtype = torch.bfloat16
     ql = testing.random_qlinear(n, k, group_size=group, sym=True, act_order=False, dtype=dtype, seed=n + k + group,
                                 device=device)
@@ -262,7 +268,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
         truth = x.float() @ weight.float().T
         tol = testing.TOLERANCE[dtype]
-        per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune) for layer in layers]
+        per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune, ws_probe) for layer in layers]
         contenders = per_copy[0]
         if l2_prefetch:  # (copies == 1: main refuses --l2-prefetch with --cache rotate)
             contenders["quantkit_l2"] = contenders["quantkit"]
@@ -272,7 +278,11 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
         timed, errs = {}, {}
         for name, fn in contenders.items():
             try:
-                errs[name] = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
+                if name.startswith("probe_"):  # its output is not the product: run once, not checked
+                    fn()
+                    errs[name] = None
+                else:
+                    errs[name] = check(name, fn(), truth, tol if name != "torch_int4" else 2e-2)
             except CheckFailed as exc:
                 if name == "torch_int4" or name.startswith("qk_wgmma_"):  # a baseline or tuning variant that fails
                     # its check is reported as such, never timed
@@ -346,6 +356,9 @@ def main(argv=None) -> int:
                     "after the flush; needs --cache zero or clean")
     ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits and "
                     "ops.wgmma_splits), with and without clusters")
+    ap.add_argument("--ws-probe", action="store_true", help="at M <= 32 also time the warp-specialized kernel's "
+                    "producer alone, its consumers only waiting for each stage (probe_ws_wait) or also reading their "
+                    "weights and scales (probe_ws_read): ops.ws_probe, not the product")
     args = ap.parse_args(argv)
     if args.l2_prefetch and args.cache == "rotate":
         ap.error("--l2-prefetch times one call after a flush: use it with --cache zero or clean")
@@ -385,7 +398,7 @@ def main(argv=None) -> int:
             for shape in args.shapes.split(";"):
                 n, k = (int(v) for v in shape.split("x"))
                 rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw,
-                                           args.tune and group == 128, args.cache, args.l2_prefetch)
+                                           args.tune and group == 128, args.cache, args.l2_prefetch, args.ws_probe)
                 result["results"] += rows
                 result["tune"] += tuned
                 write_json(args.out, result)  # after every shape: a run cut short keeps what it measured

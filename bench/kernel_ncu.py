@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from quantkit.kernels import prepare, self_check, testing, w4a16_linear
+from quantkit.kernels import ops, prepare, self_check, testing, w4a16_linear
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--stream-k", action="store_true", help="the warp-specialized kernel's stream-K")
     ap.add_argument("--grid", action="store_true", help="the warp-specialized kernel's grid, never stream-K")
     ap.add_argument("--splits", type=int, default=None, help="split-K (the wgmma kernels: a cluster of the splits)")
-    ap.add_argument("--chunked", action="store_true", help="the warp-specialized kernel's chunked instance (bt 32)")
+    ap.add_argument("--probe", type=int, default=0, help="ops.ws_probe's level (1, 2) instead of the product")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
     ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,
@@ -43,13 +43,14 @@ def main() -> None:
         extra["splits"] = args.splits
     if args.stream_k or args.grid:
         extra["stream_k"] = not args.grid
-    if args.chunked:
-        extra["chunked"] = True
     self_check()  # builds the extension and runs its self-check now, before the profiled range
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
     for _ in range(args.calls):
-        w4a16_linear(x, packed, backend=args.backend, **extra)
+        if args.probe:
+            ops.ws_probe(x, packed, args.probe, bt=args.bt, stream_k=extra.get("stream_k"))
+        else:
+            w4a16_linear(x, packed, backend=args.backend, **extra)
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
 

@@ -126,14 +126,13 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
 // The instances of this translation unit: 64 tokens x 4 chunks a stage, 4 stages; 128 x 2, 5 stages (208-216 KB).
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big), 16 and 32 in w4a16_launch_wgmma_ws_small.cu.
 template <typename Tag, bool SYM>
-cudaError_t ws_tile(const QkMmaArgs& a, int bt, bool chunked, int cluster, int mc, int sk, bool pdl, dim3 grid,
-                    cudaStream_t stream) {
+cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, bool pdl, dim3 grid,
+                    cudaStream_t stream, int probe) {
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream, probe);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream, probe);
   constexpr bool bf16 = std::is_same<Tag, QkBF16>::value;
-  if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, chunked, cluster, mc, sk, pdl, grid, stream);
-  if (chunked) return cudaErrorInvalidValue;  // 32 tokens only
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream);
-  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream);
+  if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe);
+  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe);
 }
 
 }  // namespace
@@ -144,6 +143,7 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
   const cuuint32_t x_rows = (cuuint32_t)(multicast > 1 && ks == 1 ? bt / 2 : bt),
                    x_chunks = (cuuint32_t)(multicast > 1 && ks > 1 ? ks / 2 : ks);
   maps->multicast = multicast;
+  maps->probe = 0;
   const bool ok =
       encode_3d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT16, a.x, {64, (cuuint64_t)a.M, chunks},
                 {128, (cuuint64_t)a.M * 128}, {64, x_rows, x_chunks}) &&
@@ -154,11 +154,10 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
   return ok ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, bool chunked, int cluster,
-                               int multicast, int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream) {
+cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
+                               int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe) {
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
-    return ws_tile<decltype(tag), decltype(s)::value>(a, bt, chunked, cluster, multicast, sk_blocks, pdl, grid,
-                                                      stream);
+    return ws_tile<decltype(tag), decltype(s)::value>(a, bt, cluster, multicast, sk_blocks, pdl, grid, stream, probe);
   });
 }
 #endif

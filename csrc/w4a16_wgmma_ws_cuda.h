@@ -38,6 +38,7 @@
 struct QkWsMaps {
   CUtensorMap x, w, s;
   int multicast;
+  int probe;  // 0; a diagnostic's 1 or 2 (qk_wgmma_ws)
 };
 
 #define QK_WS_CONSUMER_WARPS 8
@@ -51,9 +52,8 @@ __host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
 // where the consumers have the registers (qk_ws_regs) and a step is one chunk.
 __host__ __device__ constexpr bool qk_ws_pipe(int bt) { return bt == 256; }
 // Blocks a multiprocessor holds: two at 16 tokens (registers capped at 96 a thread, 2 chunks a stage, so that twice
-// the consumer warps dequantize and wait for their MMAs) and in the chunked instances (ch: the consumers hold two
-// chunks' A registers, not a stage's, so that registers capped at 112 hold them), else one.
-__host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt, bool ch = false) { return bt == 16 || ch ? 2 : 1; }
+// the consumer warps dequantize and wait for their MMAs), else one.
+__host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt) { return bt == 16 ? 2 : 1; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.
 __host__ __device__ constexpr int qk_ws_threads(int bt) { return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt) ? 128 : 32); }
 // qk_ws_regs: registers a thread of the producer warpgroup keeps and one of the consumers' gets (40 x 128 + 232 x 256
@@ -349,11 +349,10 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (through the workspace, or a cluster of the z
 // splits: qk_ws_cluster_reduce), or (walk.ctas > 0) stream-K over (walk.ctas, 1, 1) blocks (QkWsWalk); maps
 // (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
-// of KS chunks in flight. CH (chunked): each chunk's MMAs are issued as soon as its A registers are dequantized, two
-// chunks' registers taking turns, so that a warpgroup waits for its MMAs once a stage, for its last chunk's only, and
-// holds 32 A registers instead of 16 KS (two blocks a multiprocessor: qk_ws_blocks_per_sm).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool CH = false>
-QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT, CH))
+// of KS chunks in flight. maps.probe > 0 (a diagnostic, not the product): the consumers only wait for each stage (2:
+// and read their weights and scales from it) and give it back, so the kernel runs at its producer's streaming rate.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS>
+QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
@@ -362,7 +361,6 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT, CH))
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
   constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
   constexpr bool PIPE = qk_ws_pipe(BT);  // the consumers dequantize a step while the previous step's MMAs run
-  static_assert(!(CH && PIPE), "the chunked consumers already dequantize a chunk while the previous chunk's MMAs run");
   constexpr int TILES = 8;              // 16-row tiles a block, one a consumer warp
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");
@@ -507,30 +505,28 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT, CH))
             qk_mbar_arrive(empty0 + 8 * s);
         }
       };
-      if constexpr (CH) {
-        // Chunk by chunk: read, dequantize into the A registers of chunk q - 2 once its MMAs are done (those of q - 1
-        // may still run), issue its 4 wgmma; the stage goes back to the producer after its last chunk's MMAs.
+      if (maps.probe) {
+        // The producer's streaming rate: every stage waited for and given back; level 2 also reads this thread's
+        // weights and scales from it (into a sink the compiler keeps).
+        uint32_t sink = 0;
 #pragma unroll 1
         for (int cs = it.c0; cs < c1; cs += KS, ++i) {
           const int s = i % STAGES;
           qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
-          const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
-          const uint32_t stage = smem0 + (uint32_t)(s * STAGE_BYTES);
-          const int g_lo = group_of0(cs);
-          uint32_t a[2][1][4][4];
+          if (maps.probe == 2) {
+            const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
+            const int g_lo = group_of0(cs);
 #pragma unroll
-          for (int q = 0; q < KS; ++q) {
-            uint4 wv[1];
-            uint2 mv[1];
-            read_chunk(base, cs, g_lo, q, wv[0], mv[0], false);
-            if (q >= 2) qk_wgmma_wait<1>();
-            qk_wgmma_dequant<Tag, SYM>(wv, mv, a[q % 2]);
-            // chunk q's x: the stage's sub-tile q (BT rows x 128 bytes); an item's first MMA overwrites acc
-            qk_wgmma_issue<Tag, BT, 1>(acc, a[q % 2], stage + (uint32_t)(q * BT * 128), cs != it.c0 || q > 0);
+            for (int q = 0; q < KS; ++q) {
+              uint4 wv;
+              uint2 mv;
+              read_chunk(base, cs, g_lo, q, wv, mv, false);
+              sink ^= wv.x ^ wv.y ^ wv.z ^ wv.w ^ mv.x ^ mv.y;
+            }
           }
-          qk_wgmma_wait<0>();
           release(i);
         }
+        asm volatile("" ::"r"(sink));
       } else if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
         // so that each MMA group reads one set while the other is written. An item has at least one step (the

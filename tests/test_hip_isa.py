@@ -73,7 +73,7 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc failed on {TU.name}: {res.stderr.strip()[:2000]}"
     report = res.stderr
-    assert report.count("Compiling entry function") == 132, report[:2000]
+    assert report.count("Compiling entry function") == 128, report[:2000]
     for kernel in ("qk_mma_stream", "qk_mma_staged", "qk_wgmma_gemm", "qk_wgmma_ws", "qk_wgmma_pack_x",
                    "qk_wmma_prefill", "qk_l2_prefetch"):
         assert kernel in report, f"no {kernel} instance"
@@ -155,8 +155,6 @@ def check_ws_pipelining(sass: str) -> None:
         bt = int(m.group(1))
         seen.add(bt)
         windows = ws_overlap_windows(body)
-        if re.search(r"ELb1EEv", name):  # the chunked instance (CH): a chunk's MMAs run while the next is dequantized
-            assert "WARPGROUP.DEPBAR.LE gsb0, 0x1" in body, f"{name}: its waits leave no chunk's MMAs in flight"
         if bt in WS_PIPELINED_BT:
             assert windows, f"{name}: no HGMMA group runs under the next step's dequantization (qk_ws_pipe)"
         else:

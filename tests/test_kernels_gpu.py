@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantkit.errors import UnsupportedError
+from quantkit.errors import InputError, UnsupportedError
 from quantkit.kernels import kernel_available, prepare, reference_weight, self_check, w4a16_linear
 from quantkit.kernels import build, ops, testing
 
@@ -197,33 +197,25 @@ def test_wgmma_ws_stream_k(device, dtype, sym, act):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
-                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
-@pytest.mark.parametrize("dtype,sym,act,group", [(torch.bfloat16, True, False, 128), (torch.float16, False, True, 32)],
-                         ids=["bf16-sym-g128", "fp16-asym-act-g32"])
-def test_wgmma_ws_chunked(device, dtype, sym, act, group):
-    """The warp-specialized kernel's chunked instance (32 tokens a block, each chunk's MMAs issued as it is
-    dequantized, two blocks a multiprocessor) against the reference: the grid, its cluster split-K and stream-K over
-    twice the blocks, token counts that leave the last token tile part empty, 73 row tiles, K that ends inside a stage
-    (34 chunks), act-order; the grid gives the bits of the plain instance (the same MMAs into the same sums in the same
-    order). Refused at any other tile."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    ql = testing.random_qlinear(1168, 2176, group_size=group, sym=sym, act_order=act, dtype=dtype, seed=41)
+                    reason="the warp-specialized kernel is Hopper's")
+def test_ws_probe_streams_without_the_product(device):
+    """The warp-specialized kernel's probe (ops.ws_probe: its consumers only wait for each stage, or also read it, and
+    give it back) walks the same stages as the kernel, stream-K and the grid, 16 and 32 tokens, a K that ends inside a
+    stage: it finishes (a consumer that missed a stage would hang its producer), computes no product (zeros), and the
+    kernel after it is right."""
+    ql = testing.random_qlinear(1168, 2176, group_size=128, sym=True, act_order=False, dtype=torch.bfloat16, seed=43)
     packed = prepare(ql, device=device)
-    w = reference_weight(packed, dtype)
-    # two blocks a multiprocessor where the tiles allow (224 of 128 rows), else every tile cut up to 4 ways (10 x 4)
-    assert ops.ws_stream_k(32, 28672, 4096, sms, 32, force=True, chunked=True)[0] == 2 * sms
-    assert ops.ws_stream_k(32, 1168, 2176, sms, 32, force=True, chunked=True)[0] == min(2 * sms, 40)
-    for m in (1, 17, 32, 65):
-        x = testing.random_activations(m, 2176, dtype=dtype, seed=42 + m, device=device)
-        plain = w4a16_linear(x, packed, backend="wgmma", bt=32, splits=1, ws=True, chunked=False)
-        for kw in ({"splits": 1}, {"splits": 3}, {"stream_k": True}):
-            y = w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True, chunked=True, **kw)
-            err = testing.relative_error(y, w, x)
-            assert err <= testing.TOLERANCE[dtype], (m, kw, err)
-            if kw == {"splits": 1}:
-                assert torch.equal(y, plain), m
-    with pytest.raises(UnsupportedError, match="chunked warp-specialized instance has 32 tokens"):
-        w4a16_linear(x, packed, backend="wgmma", bt=64, ws=True, chunked=True)
+    w = reference_weight(packed, torch.bfloat16)
+    x = testing.random_activations(20, 2176, dtype=torch.bfloat16, seed=44, device=device)
+    for bt in (16, 32):
+        for stream_k in (True, False):
+            for level in (1, 2):
+                y = ops.ws_probe(x, packed, level, bt=bt, stream_k=stream_k)
+                assert y.shape == (20, 1168) and not y.any(), (bt, stream_k, level)
+    y = w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True, stream_k=True)
+    assert testing.relative_error(y, w, x) <= testing.TOLERANCE[torch.bfloat16]
+    with pytest.raises(InputError, match="probe level"):
+        ops.ws_probe(x, packed, 3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

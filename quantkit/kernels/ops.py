@@ -135,12 +135,8 @@ WS_DECODE_MIN_K_16 = 12288
 WS_DECODE_MIN_NK = 1 << 25
 # 64-k chunks a stage of the warp-specialized kernel holds at 16 / 32 / 64 / 128 / 256 tokens (csrc: qk_ws_ks)
 WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
-# its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1; the chunked instance's: 2
+# its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1
 WS_BLOCKS_PER_SM = {16: 2}
-# The tiles that run the chunked instance by default (csrc: qk_wgmma_ws's CH, 32 tokens only): each chunk's MMAs issued
-# as soon as its A registers are dequantized, two chunks' registers taking turns, so a warpgroup waits for its MMAs
-# once a stage and holds 32 A registers instead of 64, and two blocks (16 consumer warps) share a multiprocessor.
-WS_CHUNKED = frozenset()
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -377,30 +373,15 @@ def ws_decode(m: int, n: int, k: int) -> bool:
     return k >= WS_DECODE_MIN_K_16 if m <= 16 else n * k >= WS_DECODE_MIN_NK
 
 
-def ws_chunked(bt: int, chunked: bool | None = None) -> bool:
-    """Whether the warp-specialized kernel at bt tokens a block runs its chunked instance (chunked None: WS_CHUNKED's
-    default); only 32 tokens have one."""
-    ch = bt in WS_CHUNKED if chunked is None else chunked
-    if ch and bt != 32:
-        raise UnsupportedError(f"the chunked warp-specialized instance has 32 tokens a block, not {bt}")
-    return ch
-
-
-def ws_blocks_per_sm(bt: int, chunked: bool = False) -> int:
-    """Blocks of the warp-specialized kernel a multiprocessor holds at bt tokens (csrc: qk_ws_blocks_per_sm)."""
-    return 2 if chunked else WS_BLOCKS_PER_SM.get(bt, 1)
-
-
-def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False, chunked: bool = False
-                ) -> tuple[int, int]:
+def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = False) -> tuple[int, int]:
     """(persistent blocks, blocks sharing what is left after whole waves) for the warp-specialized kernel's stream-K at
-    this shape and tile on a GPU of sms multiprocessors (ws_blocks_per_sm blocks each), or (0, 0): by rule, where the
+    this shape and tile on a GPU of sms multiprocessors (WS_BLOCKS_PER_SM blocks each), or (0, 0): by rule, where the
     tiles fill at most WS_SK_MAX_FILL of the multiprocessors or leave at least WS_SK_MIN_IDLE (WS_SK_MIN_IDLE_SMALL
     below 256 tokens) of the grid's last wave idle, on layers of K > WS_DEEP_K up to M = WS_SK_MAX_M; forced, wherever
     every block gets a step and whole waves do not already fill them all."""
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     steps = math.ceil((k // 64) / WS_KS[bt])
-    sms *= ws_blocks_per_sm(bt, chunked)  # the blocks that run at once
+    sms *= WS_BLOCKS_PER_SM.get(bt, 1)  # the blocks that run at once
     ctas = min(sms, tiles * WS_SK_MAX_SPLIT)
     left = tiles % ctas  # the tiles after whole waves of ctas
     blocks = min(ctas, left * WS_SK_MAX_SPLIT)
@@ -412,20 +393,18 @@ def ws_stream_k(m: int, n: int, k: int, sms: int, bt: int, *, force: bool = Fals
     return (ctas, blocks) if force or rule else (0, 0)
 
 
-def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: bool | None = None,
-            chunked: bool | None = None) -> tuple[int, int, int, int]:
+def ws_plan(m: int, n: int, k: int, sms: int, bt: int | None = None, stream_k: bool | None = None
+            ) -> tuple[int, int, int, int]:
     """(tokens a block, persistent blocks, blocks sharing the last wave, splits) of the warp-specialized kernel: the
     cluster split-K of the grid of the smallest tile that holds M (ws_split; stream_k None and bt None or that tile),
     else stream-K's (stream_k None: WS_STREAM_K's rule; True: wherever it can run) or, where it does not run, the
-    grid's tile (wgmma_ws_bt) and (0, 0, 1). bt: the tile, else the rule's; chunked: as ws_chunked, for stream-K's
-    tile."""
+    grid's tile (wgmma_ws_bt) and (0, 0, 1). bt: the tile, else the rule's."""
     if stream_k is None and bt in (None, ws_stream_k_bt(m)) and (splits := ws_split(m, n, k, sms)) > 1:
         return ws_stream_k_bt(m), 0, 0, splits
     if WS_STREAM_K if stream_k is None else stream_k:
         sk_bt = bt or ws_stream_k_bt(m)
         # 16 and 32 tokens (ws_decode) were measured with stream-K wherever it can run
-        ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k) or sk_bt < 64,
-                                   chunked=sk_bt == 32 and ws_chunked(sk_bt, chunked))
+        ctas, blocks = ws_stream_k(m, n, k, sms, sk_bt, force=bool(stream_k) or sk_bt < 64)
         if ctas:
             return sk_bt, ctas, blocks, 1
     return bt or wgmma_ws_bt(m, n, sms), 0, 0, 1
@@ -460,11 +439,11 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
            ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None,
-           pdl: bool | None = None, image: bool = False, chunked: bool | None = None) -> torch.Tensor:
+           pdl: bool | None = None, image: bool = False, probe: int = 0) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here; image: x2 is that image already (x_image; ws only).
     stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K wherever every block gets work (else the grid);
-    False, the grid. chunked (ws only, 32 tokens a block): the chunked instance (None: WS_CHUNKED)."""
+    False, the grid. probe (ws only): ws_probe's level, else 0."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -476,15 +455,12 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     if stream_k and (splits or cluster or multicast):
         raise UnsupportedError("stream-K takes no split-K, cluster or multicast")
     if ws and not (splits or cluster or multicast):
-        plan_bt, sk, sk_blocks, plan_splits = ws_plan(m, n, k, sms, bt, stream_k, chunked)
+        plan_bt, sk, sk_blocks, plan_splits = ws_plan(m, n, k, sms, bt, stream_k)
         depth = ext.wgmma_ws_stream_k_depth(m, n, k, plan_bt, sk, sk_blocks) if sk else 0
         sk, bt = (sk, plan_bt) if depth else (0, bt)  # 0: some run would be empty, the grid instead
         if plan_splits > 1:
             bt, splits = plan_bt, plan_splits
     bt = bt or (wgmma_ws_bt(m, n, sms) if ws else wgmma_bt(m, n))
-    ch = ws and (bt == 32 or bool(chunked)) and ws_chunked(bt, chunked)
-    if chunked and not ws:
-        raise UnsupportedError("chunked is an instance of the warp-specialized kernel (ws)")
     if ws and bt == 256 and not sk:
         splits = splits or 1
     splits = 1 if sk else splits or wgmma_splits(m, n, k, sms, bt)
@@ -511,13 +487,27 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
             ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl,
-                          ch)
+                          probe)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
     ext.wgmma_gemm(xw, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                    packed.zeros is None, bt, splits, dense, WGMMA_WSM if wsm is None else wsm, cl)
     return out
+
+
+def ws_probe(x: torch.Tensor, packed: PackedLinear, level: int, bt: int | None = None,
+             stream_k: bool | None = None) -> torch.Tensor:
+    """A diagnostic for benchmarks (bench/kernel_bench.py --ws-probe): the warp-specialized kernel launched as
+    w4a16_linear(x, packed, backend="wgmma", ws=True, bt=bt, stream_k=stream_k) launches it, but its consumers only
+    wait for each stage of the ring (level 2: and read their weights and scales from it) and give it back: how fast
+    its producer streams the layer without the dequantization and the MMAs. The result is not the product."""
+    if level not in (1, 2):
+        raise InputError(f"probe level must be 1 or 2, got {level}")
+    if not (_mma_on_nvidia(packed) and has_wgmma(x.device)):
+        raise UnsupportedError("the warp-specialized kernel needs a Hopper GPU and the layer's mma layout on it")
+    m, k = math.prod(x.shape[:-1]), x.shape[-1]
+    return _wgmma(x.reshape(m, k).contiguous(), packed, None, None, bt, ws=True, stream_k=stream_k, probe=level)
 
 
 def x_image(x: torch.Tensor) -> torch.Tensor:
@@ -746,7 +736,6 @@ def w4a16_linear(
     ws: bool | None = None,
     multicast: bool | None = None,
     stream_k: bool | None = None,
-    chunked: bool | None = None,
     warm: tuple[PackedLinear, int | None] | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
@@ -765,9 +754,7 @@ def w4a16_linear(
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
     kernel, default wgmma_ws(), which takes bt and splits but neither dense nor wsm; multicast: its blocks sharing x
     in pairs, default WS_MULTICAST where it can; stream_k: its blocks persistent over the tiles and their steps,
-    default WS_STREAM_K's rule, True wherever it can, False never; chunked: its instance at 32 tokens a block whose
-    consumers issue each chunk's MMAs as soon as it is dequantized, two blocks a multiprocessor, default
-    WS_CHUNKED); cluster: split-K
+    default WS_STREAM_K's rule, True wherever it can, False never); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -804,7 +791,7 @@ def w4a16_linear(
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges), None
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, chunked=chunked)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     elif backend == "wmma":
