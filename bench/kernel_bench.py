@@ -230,7 +230,7 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws
         bt = ops.ws_stream_k_bt(max(m, 9))
         contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda: w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True,
                                                                     stream_k=True)
-        for level, name in ((1, "wait"), (2, "read")):
+        for level, name in ((1, "wait"), (2, "read"), (3, "dequant")):
             contenders[f"probe_ws_{name}"] = lambda level=level: ops.ws_probe(x, packed, level, bt=bt, stream_k=True)
     return contenders
 
@@ -357,8 +357,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", action="store_true", help="also sweep the split-K count (for ops.mma_splits and "
                     "ops.wgmma_splits), with and without clusters")
     ap.add_argument("--ws-probe", action="store_true", help="at M <= 32 also time the warp-specialized kernel's "
-                    "producer alone, its consumers only waiting for each stage (probe_ws_wait) or also reading their "
-                    "weights and scales (probe_ws_read): ops.ws_probe, not the product")
+                    "producer alone, its consumers only waiting for each stage (probe_ws_wait), also reading their "
+                    "weights and scales (probe_ws_read), also dequantizing them (probe_ws_dequant): ops.ws_probe, not "
+                    "the product")
     args = ap.parse_args(argv)
     if args.l2_prefetch and args.cache == "rotate":
         ap.error("--l2-prefetch times one call after a flush: use it with --cache zero or clean")

@@ -38,7 +38,7 @@
 struct QkWsMaps {
   CUtensorMap x, w, s;
   int multicast;
-  int probe;  // 0; a diagnostic's 1 or 2 (qk_wgmma_ws)
+  int probe;  // 0; a diagnostic's 1 to 3 (qk_wgmma_ws)
 };
 
 #define QK_WS_CONSUMER_WARPS 8
@@ -350,7 +350,7 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // splits: qk_ws_cluster_reduce), or (walk.ctas > 0) stream-K over (walk.ctas, 1, 1) blocks (QkWsWalk); maps
 // (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
 // of KS chunks in flight. maps.probe > 0 (a diagnostic, not the product): the consumers only wait for each stage (2:
-// and read their weights and scales from it) and give it back, so the kernel runs at its producer's streaming rate.
+// and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back.
 template <typename Tag, int BT, bool SYM, int STAGES, int KS>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
@@ -507,11 +507,21 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
       };
       if (maps.probe) {
         // The producer's streaming rate: every stage waited for and given back; level 2 also reads this thread's
-        // weights and scales from it (into a sink the compiler keeps).
+        // weights and scales from it, level 3 also dequantizes them (into a sink the compiler keeps): all but the MMAs.
         uint32_t sink = 0;
 #pragma unroll 1
         for (int cs = it.c0; cs < c1; cs += KS, ++i) {
           const int s = i % STAGES;
+          if (maps.probe == 3) {
+            uint32_t a[KS][4][4];
+            fetch(cs, i, a);
+#pragma unroll
+            for (int q = 0; q < KS; ++q)
+#pragma unroll
+              for (int j = 0; j < 4; ++j) sink ^= a[q][j][0] ^ a[q][j][1] ^ a[q][j][2] ^ a[q][j][3];
+            release(i);
+            continue;
+          }
           qk_mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
           if (maps.probe == 2) {
             const unsigned char* base = smem0_ptr + s * STAGE_BYTES;
@@ -526,7 +536,9 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
           }
           release(i);
         }
-        asm volatile("" ::"r"(sink));
+        // A store the compiler cannot rule out keeps the reads and dequantization (an empty asm that takes sink does not:
+        // ptxas drops it and them); it writes the zero every probe writes.
+        if (sink == 0x7fc17fc1u) out[0] = 0;
       } else if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two
         // so that each MMA group reads one set while the other is written. An item has at least one step (the

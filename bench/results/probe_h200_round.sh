@@ -1,9 +1,9 @@
 # Session 33's fourth device call (NVIDIA H200): how fast the warp-specialized kernel's producer streams a layer when
 # its consumers do no work (ops.ws_probe), against the kernel itself, at the decode-sized tiles.
 #   1. build and self-check; 2. every GPU kernel test (gpu_tests.log);
-#   3. the kernel benchmark at M = 1, 16, 32 with --ws-probe (kernel_bench.json: probe_ws_wait, probe_ws_read and
+#   3. the kernel benchmark at M = 1, 16, 32 with --ws-probe (kernel_bench.json: probe_ws_{wait,read,dequant} and
 #      qk_wgmma_ws_sk_bt16 / bt32 beside the dispatched kernel);
-#   4. Nsight Compute of the kernel and of each probe level on 28672x4096 at M = 32 (ncu_{kernel,probe1,probe2}.log).
+#   4. Nsight Compute of the kernel and of each probe level on 28672x4096 at M = 32 (ncu_{kernel,probe1,probe2,probe3}.log).
 # Everything under OUT_DIR/round.tgz.
 #     bash bench/results/probe_h200_round.sh OUT_DIR [DEADLINE_SECONDS]
 set -u
@@ -31,7 +31,7 @@ run gpu_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernel
 run kernel_bench 150 python3 bench/kernel_bench.py --out "$R/kernel_bench.json" --reps 20 --ms 1,16,32 --groups 128 \
   --ws-probe --shapes "28672x4096;14336x4096;4096x14336;28672x8192;8192x28672"
 STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
-for p in 0 1 2; do
+for p in 0 1 2 3; do
   run ncu_$([ $p = 0 ] && echo kernel || echo probe$p) 60 ncu --clock-control none --profile-from-start off \
     -k regex:qk_wgmma_ws --launch-skip 3 --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis --metrics "$STALLS" \
