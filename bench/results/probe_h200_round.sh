@@ -1,5 +1,7 @@
-# Session 33's fourth device call (NVIDIA H200): how fast the warp-specialized kernel's producer streams a layer when
-# its consumers do no work (ops.ws_probe), against the kernel itself, at the decode-sized tiles.
+# Session 33's fifth device call (NVIDIA H200), on d4b7c2a (kernel_h200_probe_d4b7c2a.json, kernel_h200_tests_d4b7c2a.log,
+# kernel_h200_ncu_ws32_{kernel,probe1,probe2,probe3}_d4b7c2a.txt): how fast the warp-specialized kernel streams a layer
+# when its consumers do less (ops.ws_probe), against the kernel itself, at the decode-sized tiles. (The fourth call ran
+# it on b80a291 with level 3 added; ptxas had dropped levels 2 and 3's work there, so they measured level 1: not kept.)
 #   1. build and self-check; 2. every GPU kernel test (gpu_tests.log);
 #   3. the kernel benchmark at M = 1, 16, 32 with --ws-probe (kernel_bench.json: probe_ws_{wait,read,dequant} and
 #      qk_wgmma_ws_sk_bt16 / bt32 beside the dispatched kernel);
