@@ -1,4 +1,4 @@
-# Session 33's second device call (the first was refused; ncu_h200_round_5a17f59.sh never ran) on the working tree of
+# Session 33's second device call (the first, an Nsight Compute round, was refused and its script not kept) on the working tree of
 # 5a17f59 plus the chunked instance (the tree of the commit that adds this file, before its leaner issue and the fixed
 # test; kernel_h200_chunked_s33a.json, kernel_h200_ncu_ws32_{plain,chunked}_s33a.txt, kernel_h200_tests_chunked_s33a.log:
 # the test's two failures were its own, fixed since; the decode profiles did not come back: the tool returns 8 files):
