@@ -536,8 +536,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
           }
           release(i);
         }
-        // A store the compiler cannot rule out keeps the reads and dequantization (an empty asm that takes sink does not:
-        // ptxas drops it and them); it writes the zero every probe writes.
+        // A store the compiler cannot rule out keeps the reads and dequantization (an empty asm that takes sink does
+        // not: ptxas drops it and them); it writes the zero every probe writes.
         if (sink == 0x7fc17fc1u) out[0] = 0;
       } else if constexpr (PIPE) {
         // The next step's dequantization while this step's MMAs run: two A register sets, the loop unrolled by two

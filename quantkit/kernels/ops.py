@@ -498,11 +498,11 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
 
 def ws_probe(x: torch.Tensor, packed: PackedLinear, level: int, bt: int | None = None,
              stream_k: bool | None = None) -> torch.Tensor:
-    """A diagnostic for benchmarks (bench/kernel_bench.py --ws-probe): the warp-specialized kernel launched as
-    w4a16_linear(x, packed, backend="wgmma", ws=True, bt=bt, stream_k=stream_k) launches it, but its consumers only
-    wait for each stage of the ring (level 2: and read their weights and scales from it; 3: and dequantize them) and
-    give it back: how fast the kernel streams the layer without its MMAs (3), also without the dequantization (2), or
-    with its producer alone (1). The result is not the product."""
+    """A diagnostic for benchmarks (bench/kernel_bench.py --ws-probe): the warp-specialized kernel, launched as
+    w4a16_linear(x, packed, backend="wgmma", ws=True, bt=bt, stream_k=stream_k) would launch it, but with consumers
+    that only wait for each stage of the ring (level 2: and read their weights and scales from it; 3: and dequantize
+    them) and give it back: how fast the kernel streams the layer without its MMAs (3), also without the
+    dequantization (2), or with its producer alone (1). The result is not the product (zeros)."""
     if level not in (1, 2, 3):
         raise InputError(f"probe level must be 1, 2 or 3, got {level}")
     if not (_mma_on_nvidia(packed) and has_wgmma(x.device)):
