@@ -226,10 +226,8 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws
                                                             wsm=True, ws=False))
     if int4 is not None:
         contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
-    if ws_probe and ops.has_wgmma(device) and m <= 32:
+    if ws_probe and ops.has_wgmma(device) and m <= 32:  # beside qk_wgmma_ws_sk_bt{bt}, the same launch (above)
         bt = ops.ws_stream_k_bt(max(m, 9))
-        contenders[f"qk_wgmma_ws_sk_bt{bt}"] = lambda: w4a16_linear(x, packed, backend="wgmma", bt=bt, ws=True,
-                                                                    stream_k=True)
         for level, name in ((1, "wait"), (2, "read"), (3, "dequant")):
             contenders[f"probe_ws_{name}"] = lambda level=level: ops.ws_probe(x, packed, level, bt=bt, stream_k=True)
     return contenders
