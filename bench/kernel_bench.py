@@ -193,6 +193,9 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws
                                                                               ws=True, stream_k=True)
             contenders[f"qk_wgmma_ws_bt{bt}"] = lambda bt=bt: w4a16_linear(x, packed, backend="wgmma", bt=bt,
                                                                            ws=True, stream_k=False)
+        # its pipelined 32-token instance (ops.WS_PIPELINED_32), stream-K, beside qk_wgmma_ws_sk_bt32
+        contenders["qk_wgmma_ws_sk_bt32_pipe"] = lambda: w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True,
+                                                                      stream_k=True, pipelined=True)
     if ops.has_wgmma(device) and m >= 16:
         contenders["qk_wgmma"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=False, ws=False)
         contenders["qk_wgmma_wsm"] = lambda: w4a16_linear(x, packed, backend="wgmma", wsm=True, ws=False)

@@ -46,16 +46,20 @@ struct QkWsMaps {
 // would not leave the registers for the A operand), 16 x 2 (two blocks a multiprocessor: qk_ws_blocks_per_sm),
 // 128 x 2, 256 x 1.
 __host__ __device__ constexpr int qk_ws_ks(int bt) { return bt == 16 || bt == 128 ? 2 : bt == 256 ? 1 : 4; }
-// Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread).
-__host__ __device__ constexpr bool qk_ws_regs(int bt) { return bt == 256; }
+// Whether the producer warpgroup hands its registers to the consumers (bt 256: 128 accumulators a thread; pl: a
+// pipelined instance, below).
+__host__ __device__ constexpr bool qk_ws_regs(int bt, bool pl = false) { return bt == 256 || pl; }
 // Whether the consumers dequantize the next step while this step's MMAs run (two A register sets): at 256 tokens,
-// where the consumers have the registers (qk_ws_regs) and a step is one chunk.
-__host__ __device__ constexpr bool qk_ws_pipe(int bt) { return bt == 256; }
+// where the consumers have the registers (qk_ws_regs) and a step is one chunk, and in the pipelined instance at 32
+// tokens (pl: 16 accumulators and two sets of 64 A registers; item 44), an option until measured.
+__host__ __device__ constexpr bool qk_ws_pipe(int bt, bool pl = false) { return bt == 256 || pl; }
 // Blocks a multiprocessor holds: two at 16 tokens (registers capped at 96 a thread, 2 chunks a stage, so that twice
 // the consumer warps dequantize and wait for their MMAs), else one.
 __host__ __device__ constexpr int qk_ws_blocks_per_sm(int bt) { return bt == 16 ? 2 : 1; }
 // Threads of a block: the consumers' 8 warps and a producer warp, or (qk_ws_regs) a producer warpgroup.
-__host__ __device__ constexpr int qk_ws_threads(int bt) { return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt) ? 128 : 32); }
+__host__ __device__ constexpr int qk_ws_threads(int bt, bool pl = false) {
+  return 32 * QK_WS_CONSUMER_WARPS + (qk_ws_regs(bt, pl) ? 128 : 32);
+}
 // qk_ws_regs: registers a thread of the producer warpgroup keeps and one of the consumers' gets (40 x 128 + 232 x 256
 // <= 65536; setmaxnreg takes multiples of 8 from 24 to 256).
 #define QK_WS_PRODUCER_REGS 40
@@ -350,17 +354,18 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // splits: qk_ws_cluster_reduce), or (walk.ctas > 0) stream-K over (walk.ctas, 1, 1) blocks (QkWsWalk); maps
 // (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
 // of KS chunks in flight. maps.probe > 0 (a diagnostic, not the product): the consumers only wait for each stage (2:
-// and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back.
-template <typename Tag, int BT, bool SYM, int STAGES, int KS>
-QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT), qk_ws_blocks_per_sm(BT))
+// and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back. PL: pipelined
+// as at 256 tokens (qk_ws_regs, qk_ws_pipe) at a smaller tile.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false>
+QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                 int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
                 const __grid_constant__ QkWsMaps maps, const __grid_constant__ QkWsWalk walk) {
 #if QK_HAS_WGMMA
   constexpr int ACC = BT / 2, MT = BT / 8, MV = SYM ? 4 : 8, G_MAX = 2 * KS;
-  constexpr bool REGS = qk_ws_regs(BT);  // the producer warpgroup hands its registers to the consumers
-  constexpr bool PIPE = qk_ws_pipe(BT);  // the consumers dequantize a step while the previous step's MMAs run
+  constexpr bool REGS = qk_ws_regs(BT, PL);  // the producer warpgroup hands its registers to the consumers
+  constexpr bool PIPE = qk_ws_pipe(BT, PL);  // the consumers dequantize a step while the previous step's MMAs run
   constexpr int TILES = 8;              // 16-row tiles a block, one a consumer warp
   constexpr int X_BYTES = KS * BT * 128, W_BYTES = TILES * KS * 512, STAGE_BYTES = qk_ws_stage_bytes(BT, KS, SYM);
   static_assert(X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV <= STAGE_BYTES, "qk_ws_stage_bytes must hold the stage");

@@ -197,6 +197,31 @@ def test_wgmma_ws_stream_k(device, dtype, sym, act):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
+@pytest.mark.parametrize("dtype,sym,act,group", [(torch.bfloat16, True, False, 128), (torch.float16, False, True, 32)],
+                         ids=["bf16-sym-g128", "fp16-asym-act-g32"])
+def test_wgmma_ws_pipelined_32(device, dtype, sym, act, group):
+    """The warp-specialized kernel's pipelined instance at 32 tokens a block (a producer warpgroup that hands its
+    registers over, the next stage dequantized while this one's MMAs run) against the reference and bit for bit
+    against the plain instance (the same MMAs into the same sums in the same order): the grid, its cluster split-K,
+    stream-K, token counts that leave the last token tile part empty, 73 row tiles, a K that ends inside a stage (34
+    chunks), act-order, group 32. Refused at any other tile."""
+    ql = testing.random_qlinear(1168, 2176, group_size=group, sym=sym, act_order=act, dtype=dtype, seed=41)
+    packed = prepare(ql, device=device)
+    w = reference_weight(packed, dtype)
+    for m in (1, 17, 32, 65):
+        x = testing.random_activations(m, 2176, dtype=dtype, seed=42 + m, device=device)
+        for kw in ({"splits": 1}, {"splits": 3}, {"stream_k": True}):
+            plain = w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True, pipelined=False, **kw)
+            y = w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True, pipelined=True, **kw)
+            err = testing.relative_error(y, w, x)
+            assert err <= testing.TOLERANCE[dtype], (m, kw, err)
+            assert torch.equal(y, plain), (m, kw)
+    with pytest.raises(UnsupportedError, match="pipelined instance"):
+        w4a16_linear(x, packed, backend="wgmma", bt=64, ws=True, pipelined=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warp-specialized kernel is Hopper's")
 def test_ws_probe_streams_without_the_product(device):
     """The warp-specialized kernel's probe (ops.ws_probe: its consumers only wait for each stage, or also read it, or

@@ -137,6 +137,10 @@ WS_DECODE_MIN_NK = 1 << 25
 WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
 # its blocks a multiprocessor at 16 tokens (csrc: qk_ws_blocks_per_sm), else 1
 WS_BLOCKS_PER_SM = {16: 2}
+# Run the pipelined instance at 32 tokens a block (csrc: qk_wgmma_ws's PL; 256 tokens always are): a producer
+# warpgroup that hands its registers to the consumers, who dequantize the next step while this step's MMAs run.
+# Off until measured: docs/kernel.md item 44 found the 32-token kernel's MMAs holding each stage 10-20 us a layer.
+WS_PIPELINED_32 = False
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
 # 64-k chunks. Fitted on an H200 to the split-K sweep of bench/results/kernel_h200_splits.md (every power of two from
@@ -439,11 +443,13 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
            ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None,
-           pdl: bool | None = None, image: bool = False, probe: int = 0) -> torch.Tensor:
+           pdl: bool | None = None, image: bool = False, probe: int = 0, pipelined: bool | None = None
+           ) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here; image: x2 is that image already (x_image; ws only).
     stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K wherever every block gets work (else the grid);
-    False, the grid. probe (ws only): ws_probe's level, else 0."""
+    False, the grid. probe (ws only): ws_probe's level, else 0. pipelined (ws at 32 tokens a block only): the pipelined
+    instance (None: WS_PIPELINED_32)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -461,6 +467,10 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
         if plan_splits > 1:
             bt, splits = plan_bt, plan_splits
     bt = bt or (wgmma_ws_bt(m, n, sms) if ws else wgmma_bt(m, n))
+    if pipelined and not (ws and bt == 32):
+        raise UnsupportedError(f"the pipelined instance is the warp-specialized kernel's at 32 tokens a block (256 "
+                               f"always is); got {'bt ' + str(bt) if ws else 'the wgmma kernel'}")
+    pl = ws and bt == 32 and (WS_PIPELINED_32 if pipelined is None else pipelined)
     if ws and bt == 256 and not sk:
         splits = splits or 1
     splits = 1 if sk else splits or wgmma_splits(m, n, k, sms, bt)
@@ -487,7 +497,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
             ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl,
-                          probe)
+                          probe, pl)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -737,6 +747,7 @@ def w4a16_linear(
     ws: bool | None = None,
     multicast: bool | None = None,
     stream_k: bool | None = None,
+    pipelined: bool | None = None,
     warm: tuple[PackedLinear, int | None] | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
@@ -755,7 +766,8 @@ def w4a16_linear(
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
     kernel, default wgmma_ws(), which takes bt and splits but neither dense nor wsm; multicast: its blocks sharing x
     in pairs, default WS_MULTICAST where it can; stream_k: its blocks persistent over the tiles and their steps,
-    default WS_STREAM_K's rule, True wherever it can, False never); cluster: split-K
+    default WS_STREAM_K's rule, True wherever it can, False never; pipelined: at 32 tokens a block its pipelined
+    instance, default WS_PIPELINED_32); cluster: split-K
     through a thread-block cluster on Hopper (mma streaming and wgmma paths) whenever there are 2 to CLUSTER_MAX
     splits (True) or never (False); default: up to STREAM_CLUSTER_MAX / WGMMA_CLUSTER_MAX splits. For benchmarking
     and tuning.
@@ -792,7 +804,7 @@ def w4a16_linear(
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges), None
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     elif backend == "wmma":
