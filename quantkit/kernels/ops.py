@@ -515,10 +515,11 @@ def ws_probe(x: torch.Tensor, packed: PackedLinear, level: int, bt: int | None =
     dequantization (2), or with its producer alone (1). The result is not the product (zeros)."""
     if level not in (1, 2, 3):
         raise InputError(f"probe level must be 1, 2 or 3, got {level}")
-    if not (_mma_on_nvidia(packed) and has_wgmma(x.device)):
-        raise UnsupportedError("the warp-specialized kernel needs a Hopper GPU and the layer's mma layout on it")
+    _check_inputs(x, packed, None, "wgmma")  # w4a16_linear's own checks, as for backend="wgmma"
+    _check_forced("wgmma", packed, x)
     m, k = math.prod(x.shape[:-1]), x.shape[-1]
-    return _wgmma(x.reshape(m, k).contiguous(), packed, None, None, bt, ws=True, stream_k=stream_k, probe=level)
+    x2, _ = _operands(x.reshape(m, k).contiguous(), None)
+    return _wgmma(x2, packed, None, None, bt, ws=True, stream_k=stream_k, probe=level)
 
 
 def x_image(x: torch.Tensor) -> torch.Tensor:
