@@ -319,7 +319,8 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
                    int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,
                    int64_t sk_blocks, bool pdl, int64_t probe, bool pipelined) {
   const bool bf = is_bf16(xp);
-  TORCH_CHECK(0 <= probe && probe <= 3, "probe must be 0 to 3, got ", probe);
+  TORCH_CHECK(0 <= probe && probe <= 3 && (probe == 0 || bt <= 32), "probe must be 0, or 1 to 3 at bt 16 or 32; got ",
+              probe, " at bt ", bt);
   TORCH_CHECK(!pipelined || bt == 32, "the pipelined instance below 256 tokens has 32 tokens a block, got bt ", bt);
   TORCH_CHECK(sk_blocks <= 0 || (splits <= 1 && cluster <= 1 && multicast == 1),
               "stream-K takes no split-K, cluster or multicast; got splits ", splits, ", cluster ", cluster,

@@ -130,10 +130,10 @@ cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, boo
                     cudaStream_t stream, int probe, bool pipelined) {
   constexpr bool bf16 = std::is_same<Tag, QkBF16>::value;
   if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe, pipelined);
-  if (pipelined && bt != 256) return cudaErrorInvalidValue;  // 256 tokens always are
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream, probe);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream, probe);
-  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe);
+  if ((pipelined && bt != 256) || probe > 0) return cudaErrorInvalidValue;  // 256 tokens always are; probes: 16, 32
+  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream);
+  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream);
+  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream);
 }
 
 }  // namespace

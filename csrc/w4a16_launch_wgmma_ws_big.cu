@@ -4,11 +4,11 @@
 
 #if QK_IS_CUDA
 cudaError_t qk_launch_wgmma_ws_big(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                                   int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe) {
+                                   int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream) {
   if (bt != 256) return cudaErrorInvalidValue;
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     return qk_ws_instance<decltype(tag), 256, decltype(s)::value, 6, qk_ws_ks(256)>(a, cluster, multicast, sk_blocks,
-                                                                                    pdl, grid, stream, probe);
+                                                                                    pdl, grid, stream);
   });
 }
 #endif

@@ -38,7 +38,7 @@
 struct QkWsMaps {
   CUtensorMap x, w, s;
   int multicast;
-  int probe;  // 0; a diagnostic's 1 to 3 (qk_wgmma_ws)
+  int probe;  // 0; a diagnostic's 1 to 3 (qk_wgmma_ws's PROBE instances)
 };
 
 #define QK_WS_CONSUMER_WARPS 8
@@ -353,10 +353,10 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // grid x = ceil(M / BT) token tiles, y = ceil(N / 128), z = split-K (through the workspace, or a cluster of the z
 // splits: qk_ws_cluster_reduce), or (walk.ctas > 0) stream-K over (walk.ctas, 1, 1) blocks (QkWsWalk); maps
 // (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
-// of KS chunks in flight. maps.probe > 0 (a diagnostic, not the product): the consumers only wait for each stage (2:
-// and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back. PL: pipelined
-// as at 256 tokens (qk_ws_regs, qk_ws_pipe) at a smaller tile.
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false>
+// of KS chunks in flight. PL: pipelined as at 256 tokens (qk_ws_regs, qk_ws_pipe) at a smaller tile. PROBE (a
+// diagnostic's instances, not the product; the others hold none of its code): the consumers only wait for each stage
+// (maps.probe 2: and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back.
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false, bool PROBE = false>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
@@ -510,7 +510,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
             qk_mbar_arrive(empty0 + 8 * s);
         }
       };
-      if (maps.probe) {
+      if constexpr (PROBE) {
         // The producer's streaming rate: every stage waited for and given back; level 2 also reads this thread's
         // weights and scales from it, level 3 also dequantizes them (into a sink the compiler keeps): all but the MMAs.
         uint32_t sink = 0;
