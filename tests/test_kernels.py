@@ -425,6 +425,67 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     assert not ops.ws_multicast_fits(1168, 2048, 2)
 
 
+def test_self_check_reaches_every_hopper_plan():
+    """The self-check's dispatch cases (selfcheck.DISPATCH_CASES) take, on a 132-multiprocessor Hopper GPU, the decode
+    kernel and the warp-specialized kernel at every tile under every plan the dispatch makes (stream-K, cluster
+    split-K, the grid), which its small forced-path cases never reach; so a wrong instance on a user's GPU stops the
+    first build instead of a figure."""
+    from quantkit.kernels import ops, selfcheck
+
+    plans = set()
+    for n, k, g, sym, act, dtype, ms in selfcheck.DISPATCH_CASES:
+        assert n * k >= 1 << 25 and k % g == 0 and dtype in (torch.float16, torch.bfloat16)
+        for m in ms:
+            path = ops.mma_or_dequant(m, n, k, wgmma=True, sms=132)
+            if path != "wgmma":
+                plans.add(path)
+                continue
+            assert ops.wgmma_ws(m, n, k, 132), (m, n, k)
+            bt, ctas, _, splits = ops.ws_plan(m, n, k, 132)
+            plans.add((bt, "stream-K" if ctas else f"{splits} splits" if splits > 1 else "grid"))
+    assert {p for p in plans if isinstance(p, tuple) and p[1] == "stream-K"} == {
+        (bt, "stream-K") for bt in (16, 32, 64, 128, 256)}
+    assert {(64, "3 splits"), (128, "3 splits"), (256, "3 splits"), (256, "2 splits")} <= plans
+    assert {(64, "grid"), (256, "grid"), "mma"} <= plans
+    # both activation types, both symmetries, act-order, and the seed's group of 32 beside 128
+    cases = selfcheck.DISPATCH_CASES
+    assert {c[5] for c in cases} == {torch.float16, torch.bfloat16} and {c[3] for c in cases} == {True, False}
+    assert any(c[4] for c in cases) and {c[2] for c in cases} == {32, 128}
+
+
+def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
+    """self_check runs the forced paths of CASES and the dispatch of DISPATCH_CASES against the reference (here every
+    kernel call stood in for by the reference on the CPU) and stops at the first one off by more than the tolerance,
+    naming the kernel, the shape and what to do."""
+    from quantkit.kernels import ops, selfcheck
+    from quantkit.kernels.reference import reference_linear
+
+    monkeypatch.setattr(selfcheck, "CASES", ((3, 64, 256, 64, False, True),))
+    monkeypatch.setattr(selfcheck, "DISPATCH_CASES", ((128, 512, 128, True, False, torch.bfloat16, (1, 17)),))
+    monkeypatch.setattr(ops, "kernel_path", lambda m, packed, x: ("wgmma" if m > 16 else "mma", ""))
+    calls = []
+
+    def kernels(x, packed, bias, *, backend, **how):
+        calls.append((x.shape[0], packed.in_features, backend))
+        y = reference_linear(x, packed, bias)
+        return y * 1.01 if wrong == (x.shape[0], backend) else y
+
+    monkeypatch.setattr(ops, "w4a16_linear", kernels)
+    cpu = torch.device("cpu")
+    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel")):
+        calls.clear()
+        if wrong is None:
+            selfcheck.self_check(cpu, force=True)
+            assert calls == [(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2 + [(1, 512, "kernel"), (17, 512, "kernel")]
+            continue
+        with pytest.raises(selfcheck.KernelSelfCheckError) as e:
+            selfcheck.self_check(cpu, force=True)
+        path = "wgmma" if wrong[1] == "kernel" else wrong[1]
+        assert f"W4A16 kernel '{path}' disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
+        assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
+        assert cpu not in selfcheck._checked  # checked again next time, not taken as passed
+
+
 def _cpp_params(source: str, name: str) -> list[str]:
     """The parameters of the C++ function ``name`` defined in ``source`` (split at its top-level commas)."""
     import re

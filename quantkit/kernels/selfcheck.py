@@ -1,5 +1,10 @@
 """The kernels check themselves against the reference on the device they run on, before any result is used:
-at first build (w4a16_linear with backend auto/kernel), and by the benchmark before it times anything."""
+at first build (w4a16_linear with backend auto/kernel), and by the benchmark before it times anything.
+
+Two sets of cases: every kernel path forced on small layers (CASES), and the dispatch itself (backend "kernel") on
+two layers of 2^25 weights (DISPATCH_CASES), where it takes what the small layers never reach: on Hopper the
+warp-specialized kernel at every tile (16 to 256 tokens a block) under stream-K, cluster split-K and the plain grid,
+and everywhere the decode kernel on deep K, with as many splits as a real layer gets."""
 
 from __future__ import annotations
 
@@ -29,6 +34,16 @@ CASES = (
     (300, 1536, 576, 64, False, False),
 )
 
+# (N, K, group, sym, act_order, dtype, Ms): the paths the dispatch takes there on an H100 / H200 (132
+# multiprocessors; tests/test_kernels.py checks them against ops' plan): 2048x16384 at M = 1 / 8 the decode kernel;
+# 16 / 31 / 48 / 77 / 200 the warp-specialized kernel's stream-K at 16 / 32 / 64 / 128 / 256 tokens a block, 640 its
+# grid of 64, 1024 two cluster splits of 256; 4096x8192 at M = 17 stream-K at 32, 64 / 128 / 256 three cluster splits
+# of 64 / 128 / 256, 1024 the grid of 256.
+DISPATCH_CASES = (
+    (2048, 16384, 128, True, False, torch.bfloat16, (1, 8, 16, 31, 48, 77, 200, 640, 1024)),
+    (4096, 8192, 32, False, True, torch.float16, (3, 17, 64, 128, 256, 1024)),
+)
+
 _checked: set = set()
 
 
@@ -42,9 +57,27 @@ def backends_for(m: int, device: torch.device | None = None) -> tuple[str, ...]:
             + (("wgmma",) if hopper else ()))
 
 
-def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
-    """Run every kernel path on CASES, fp16 and bf16; raise KernelSelfCheckError on the first mismatch."""
+def _check(packed, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, path: str, **how) -> None:
+    """One call of w4a16_linear(x, packed, bias, **how), which runs path, against the reference weight w."""
     from quantkit.kernels.ops import w4a16_linear  # late: ops calls us
+
+    m, n, dtype = x.shape[0], packed.out_features, x.dtype
+    torch.full((m * n * 2,), float("nan"), device=x.device)  # poison what the allocator hands out next
+    err = testing.relative_error(w4a16_linear(x, packed, bias, **how), w, x, bias)
+    tol = testing.tolerance(dtype, backend=path, k=packed.in_features, group_size=packed.group_size)
+    if not err <= tol:
+        act = packed.perm is not None
+        raise KernelSelfCheckError(
+            f"W4A16 kernel '{path}' disagrees with the reference on {x.device} (M={m} N={n} K={packed.in_features} "
+            f"group={packed.group_size} sym={packed.sym} act_order={act} {dtype}): relative error "
+            f"{err:.2e} > {tol:.1e}; do not use its results, report this with the GPU name"
+        )
+
+
+def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
+    """Run every kernel path on CASES and the dispatch on DISPATCH_CASES; raise KernelSelfCheckError on the first
+    mismatch."""
+    from quantkit.kernels.ops import kernel_path  # late: ops calls us
 
     device = torch.device(device or "cuda")
     if device.type == "cuda" and device.index is None:
@@ -52,28 +85,28 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
     if device in _checked and not force:
         return
     _checked.add(device)  # before running, so the paths below don't recurse into the check
+    layouts = ("dot2",) if torch.version.hip else ("mma", "dot2")
     try:
         for seed, (m, n, k, g, sym, act) in enumerate(CASES):
             for dtype in (torch.float16, torch.bfloat16):
                 ql = testing.random_qlinear(n, k, group_size=g, sym=sym, act_order=act, dtype=dtype, seed=seed)
-                packed = prepare(ql, device=device, layouts=("mma", "dot2") if not torch.version.hip else ("dot2",))
+                packed = prepare(ql, device=device, layouts=layouts)
                 x = testing.random_activations(m, k, dtype=dtype, seed=100 + seed, device=device)
                 bias = testing.random_activations(1, n, dtype=dtype, seed=200 + seed, device=device)[0]
                 w = reference_weight(packed, dtype)
                 for backend in backends_for(m, device):
-                    torch.full((m * n * 2,), float("nan"), device=device)  # poison what the allocator hands out next
                     if backend == "staged":  # the shared-memory prefill kernel, whatever the shape
-                        y = w4a16_linear(x, packed, bias, backend="mma", staged=True)
+                        _check(packed, w, x, bias, backend, backend="mma", staged=True)
                     else:
-                        y = w4a16_linear(x, packed, bias, backend=backend)
-                    err = testing.relative_error(y, w, x, bias)
-                    tol = testing.tolerance(dtype, backend=backend, k=k, group_size=g)
-                    if not err <= tol:
-                        raise KernelSelfCheckError(
-                            f"W4A16 kernel '{backend}' disagrees with the reference on {device} "
-                            f"(M={m} N={n} K={k} group={g} sym={sym} act_order={act} {dtype}): relative error "
-                            f"{err:.2e} > {tol:.1e}; do not use its results, report this with the GPU name"
-                        )
+                        _check(packed, w, x, bias, backend, backend=backend)
+        for seed, (n, k, g, sym, act, dtype, ms) in enumerate(DISPATCH_CASES, start=len(CASES)):
+            ql = testing.random_qlinear(n, k, group_size=g, sym=sym, act_order=act, dtype=dtype, seed=seed)
+            packed = prepare(ql, device=device, layouts=layouts)
+            bias = testing.random_activations(1, n, dtype=dtype, seed=200 + seed, device=device)[0]
+            w = reference_weight(packed, dtype)
+            for m in ms:
+                x = testing.random_activations(m, k, dtype=dtype, seed=100 * seed + m, device=device)
+                _check(packed, w, x, bias, kernel_path(m, packed, x)[0], backend="kernel")
     except Exception:
         _checked.discard(device)
         raise
