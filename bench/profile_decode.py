@@ -206,6 +206,10 @@ def main() -> None:
                     help="compiled steps: the warp-specialized kernel's image of x made by inductor's kernel that makes "
                     "x (throughput.COMPILED_X_IMAGE); both: the quantized step also without it ('quantized_packx', its "
                     "own packing launch), one after the other in the same run")
+    ap.add_argument("--ws-pipelined", choices=("off", "on", "both"), default=None,
+                    help="the warp-specialized kernel's pipelined 32-token instance (ops.WS_PIPELINED_32; default: as "
+                    "QUANTKIT_WS_PIPELINED_32 sets it); both: the quantized step also with it on ('quantized_pipe'), "
+                    "one after the other in the same run")
     ap.add_argument("--l2-prefetch", default=None,
                     help="comma-separated modes of quantkit.eval.prefetch (off, attention, next; +launch: the requests "
                     "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off; or +evict: from the "
@@ -243,18 +247,21 @@ def main() -> None:
         # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"
+        pipe = ops.WS_PIPELINED_32 if args.ws_pipelined in (None, "both") else args.ws_pipelined == "on"
         modes = (args.l2_prefetch or prefetch.MODE).split(",")
         # the baseline second, so that a run cut short by a time limit still has both models' steps
-        variants = [("quantized", model, pdl, image, modes[0]), ("baseline", base, pdl, image, "off")]
+        variants = [("quantized", model, pdl, image, modes[0], pipe), ("baseline", base, pdl, image, "off", pipe)]
         if args.x_image == "both":
-            variants.append(("quantized_packx", model, pdl, False, modes[0]))
+            variants.append(("quantized_packx", model, pdl, False, modes[0], pipe))
         if args.pdl == "both":
-            variants.append(("quantized_pdl", model, True, image, modes[0]))
-        variants += [(f"quantized_{mode}", model, pdl, image, mode) for mode in modes[1:]]
+            variants.append(("quantized_pdl", model, True, image, modes[0], pipe))
+        if args.ws_pipelined == "both":
+            variants.append(("quantized_pipe", model, pdl, image, modes[0], True))
+        variants += [(f"quantized_{mode}", model, pdl, image, mode, pipe) for mode in modes[1:]]
         decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
-        for name, m, pdl, image, mode in variants:
+        for name, m, pdl, image, mode, pipe in variants:
             decoder = decoders[id(m)]
-            ops.STREAM_PDL, throughput.COMPILED_X_IMAGE = pdl, image
+            ops.STREAM_PDL, throughput.COMPILED_X_IMAGE, ops.WS_PIPELINED_32 = pdl, image, pipe
             warm_mode, launch, evict = parse_mode(mode)
             ops.L2_PREFETCH_IN_KERNEL = not launch
             with prefetch.warmed(model, warm_mode, evict_first=evict) as pairs:
@@ -271,7 +278,7 @@ def main() -> None:
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "by_linear": linears, "not_linears": others, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,
-                                           "pairs": len(pairs)}}
+                                           "pairs": len(pairs)}, "ws_pipelined_32": pipe and m is model}
                     result["runs"].append(row)
                     save(result, args.out)  # after every row: a run cut short keeps what it measured
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "

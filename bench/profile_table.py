@@ -16,10 +16,11 @@ from quantkit.eval.prefetch import describe
 from quantkit.eval.report import projections_fused
 
 
-def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None) -> str:
+def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None, pipelined: bool = False) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch; x_image (the row's): its compiled step made the warp-specialized kernel's image of x in the
-    kernel that makes x; prefetch (the row's l2_prefetch, --l2-prefetch): the linears' L2 prefetch of the next."""
+    kernel that makes x; prefetch (the row's l2_prefetch, --l2-prefetch): the linears' L2 prefetch of the next;
+    pipelined (the row's ws_pipelined_32, --ws-pipelined): the warp-specialized kernel's pipelined 32-token instance."""
     # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
     # _combine, which the kinds did not count as attention
     unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
@@ -32,7 +33,13 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", programmatic launch" if pdl else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
+            + (", its 32-token instance pipelined" if pipelined else "")
             + (", " + describe(prefetch) if describe(prefetch) else ""))
+
+
+def row_setup(run: dict, model: str, row: dict) -> str:
+    """setup() of one of the run's rows (model's, at one batch), from what the row recorded."""
+    return setup(run, model, row.get("x_image", False), row.get("l2_prefetch"), row.get("ws_pipelined_32", False))
 
 
 # Roles (profile_decode.linear_roles) of the fused projections (quantkit.eval.fuse), by what they compute.
@@ -71,7 +78,7 @@ def by_linear_table(labels: list[str], runs: list[dict]) -> list[str]:
                 qu, bu = q["by_linear"].get(r, {}).get("us"), b["by_linear"].get(r, {}).get("us")
                 cells.append("-" if qu is None or bu is None
                              else f"{qu:,.0f} ({bu:,.0f}) {bu / qu:.2f}x" if qu else f"{qu:,.0f} ({bu:,.0f})")
-            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
+            lines.append(f"| {label} | {row_setup(run, model, q)} | {batch} | "
                          + " | ".join(cells) + " |")
     return lines
 
@@ -97,7 +104,7 @@ def main(args: list[str]) -> None:
             step, ratio, gemm = ((f"{b['graph_step_us']:,.0f}", f"{b['graph_step_us'] / q['graph_step_us']:.2f}x",
                                   f"{b['by_kind']['gemm']['us']:,.0f}") if b else ("-", "-", "-"))
             cut_short |= b is None
-            lines.append(f"| {label} | {setup(run, model, q.get('x_image', False), q.get('l2_prefetch'))} | {batch} | "
+            lines.append(f"| {label} | {row_setup(run, model, q)} | {batch} | "
                          f"{q['graph_step_us']:,.0f} ({step}) | {ratio} | "
                          f"{q['by_kind']['w4a16']['us'] + q['by_kind']['gemm']['us']:,.0f} ({gemm}) | "
                          f"{q['by_kind']['attention']['us']:,.0f} | {other:,.0f} | {q['kernels']} |")

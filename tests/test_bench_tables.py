@@ -34,6 +34,8 @@ def test_eval_table_names_the_decode_attention():
     assert setup(attention="quantkit_grouped_sdpa").endswith("fused q/k/v, gate/up, torch.compile")
     assert setup(compiled_x_image=True).endswith("torch.compile, ws kernel's x packed by inductor")
     assert setup(compiled_x_image=False).endswith("torch.compile, ws kernel's x packed by its own launch")
+    assert setup(compiled_x_image=True, ws_pipelined_32=True).endswith(
+        "ws kernel's x packed by inductor, ws kernel's 32-token instance pipelined")
     assert setup(l2_prefetch={"mode": "off", "in_kernel": True}).endswith("torch.compile")
     assert setup(l2_prefetch={"mode": "attention", "in_kernel": True}).endswith(
         "torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")
@@ -69,6 +71,18 @@ def test_profile_table_names_the_l2_prefetch():
     assert profile_table.setup(run, "quantized_next+evict", False,
                                {"mode": "next", "in_kernel": True, "evict_first": True}).endswith(
         ", L2 prefetch of the next linear (next, from the decode kernel, its own weights evict-first)")
+
+
+def test_profile_table_names_the_pipelined_instance():
+    """A row measured with the warp-specialized kernel's pipelined 32-token instance (profile_decode.py --ws-pipelined,
+    recorded per row) says so; the rows without it, the baseline's included, do not."""
+    run = {"command": "python3 bench/profile_decode.py --compile --fuse --ws-pipelined both --out x.json",
+           "fused_projections": FUSED, "attention": "quantkit_grouped_sdpa", "decode_attention": "split"}
+    pipe = {"x_image": True, "ws_pipelined_32": True}
+    assert profile_table.row_setup(run, "quantized_pipe", pipe).endswith(
+        ", torch.compile, the warp-specialized kernel's x packed by inductor, its 32-token instance pipelined")
+    assert profile_table.row_setup(run, "quantized", {"x_image": True}).endswith("packed by inductor")
+    assert profile_table.row_setup(run, "quantized", {"ws_pipelined_32": False}).endswith(", torch.compile")
 
 
 def test_profile_decode_parses_the_prefetch_modes():

@@ -425,6 +425,21 @@ def test_hopper_dispatch_on_the_benchmark_shapes():
     assert not ops.ws_multicast_fits(1168, 2048, 2)
 
 
+def test_pipelined_32_is_off_unless_the_environment_turns_it_on():
+    """ops.WS_PIPELINED_32 (the pipelined 32-token instance, under measurement) is off by default and on for a process
+    started with QUANTKIT_WS_PIPELINED_32=1, so that an eval or profile run can measure it without a code change."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from quantkit.kernels import ops; print(ops.WS_PIPELINED_32)"
+    env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_WS_PIPELINED_32"}
+    for value, want in ((None, "False"), ("0", "False"), ("1", "True")):
+        run_env = env if value is None else {**env, "QUANTKIT_WS_PIPELINED_32": value}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want, (value, out.stdout, out.stderr)
+
+
 def test_self_check_reaches_every_hopper_plan():
     """The self-check's dispatch cases (selfcheck.DISPATCH_CASES) take, on a 132-multiprocessor Hopper GPU, the decode
     kernel and the warp-specialized kernel at every tile under every plan the dispatch makes (stream-K, cluster
