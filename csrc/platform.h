@@ -14,6 +14,8 @@
 //                                            fp32 FMAs stand in, in the same layout, so the WMMA kernel's indexing and
 //                                            arithmetic run, slowly, on NVIDIA too)
 //   qk_to_float / qk_from_float              scalar conversions for both 16-bit types
+//   qk_thread_x, qk_block_x/y/z, qk_grid_z   threadIdx.x, blockIdx.x/y/z, gridDim.z
+//   qk_sync                                  __syncthreads (the block's barrier, shared memory visible across it)
 //   QK_IS_HIP / QK_IS_CUDA                   for the few kernels that exist on one platform only
 #pragma once
 
@@ -139,4 +141,36 @@ QK_INLINE void qk_wmma16(float (&c)[8], const uint32_t (&a)[8], const uint32_t (
   }
 }
 #define QK_WAVE 32
+#endif
+
+// Indices, the grid's extent in z and the block barrier for the kernels both platforms compile (dot2, WMMA). On gfx11
+// through the compiler's builtins, which is what ROCm's device library makes of HIP's threadIdx, blockIdx, gridDim and
+// __syncthreads once it is linked and inlined: CI compiles the HIP source with -nogpulib (no device library), where
+// HIP's own accessors stay calls into a library that is not there (and the ISA checked would not be a ROCm build's).
+#if QK_IS_HIP
+QK_INLINE int qk_thread_x() { return (int)__builtin_amdgcn_workitem_id_x(); }
+QK_INLINE int qk_block_x() { return (int)__builtin_amdgcn_workgroup_id_x(); }
+QK_INLINE int qk_block_y() { return (int)__builtin_amdgcn_workgroup_id_y(); }
+QK_INLINE int qk_block_z() { return (int)__builtin_amdgcn_workgroup_id_z(); }
+// Blocks along z: the HSA dispatch packet's grid size (work-items, a u32 at byte 20) over its work-group size (a u16
+// at byte 8), as the device library computes it.
+QK_INLINE int qk_grid_z() {
+  typedef __attribute__((address_space(4))) const unsigned char qk_const_u8;
+  qk_const_u8* packet = (qk_const_u8*)__builtin_amdgcn_dispatch_ptr();
+  const uint32_t grid = *(__attribute__((address_space(4))) const uint32_t*)(packet + 20);
+  const uint32_t group = *(__attribute__((address_space(4))) const uint16_t*)(packet + 8);
+  return (int)((grid + group - 1) / group);
+}
+QK_INLINE void qk_sync() {
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "workgroup");
+  __builtin_amdgcn_s_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
+}
+#else
+QK_INLINE int qk_thread_x() { return (int)threadIdx.x; }
+QK_INLINE int qk_block_x() { return (int)blockIdx.x; }
+QK_INLINE int qk_block_y() { return (int)blockIdx.y; }
+QK_INLINE int qk_block_z() { return (int)blockIdx.z; }
+QK_INLINE int qk_grid_z() { return (int)gridDim.z; }
+QK_INLINE void qk_sync() { __syncthreads(); }
 #endif

@@ -8,7 +8,7 @@
 //   zeros    uint8 [G, N]    the true zero point (read only when SYM is false; SYM means zero = 8).
 //   x        T [M, K]        activations, rows contiguous, already permuted for act-order.
 //   bias     T [N] or null   added once (by the blocks of split 0).
-//   out      T [M, N]        when gridDim.z > 1 it must be zero on entry: splits add into it.
+//   out      T [M, N]        when the grid has more than one split (z) it must be zero on entry: splits add into it.
 // Grid: x = ceil(N / 1024) (256 threads x 4 adjacent columns), z = ceil(K / k_split); k_split is a multiple of
 // the group size, at most QK_DOT2_KSPLIT. Per group: part = sum a*(magic+q) with v_dot2_f32_{f16,bf16},
 // sum_a = dot2(a, (1,1)); then out += scale*part - (magic+zero)*scale*sum_a (exact algebra, fp32).
@@ -26,18 +26,18 @@ QK_GLOBAL void __launch_bounds__(QK_DOT2_THREADS)
                    const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N, int K,
                    int group_size, int k_split) {
   __shared__ uint32_t xs[MR][QK_DOT2_KSPLIT / 2];
-  const int n = (blockIdx.x * QK_DOT2_THREADS + threadIdx.x) * 4;
-  const int k0 = blockIdx.z * k_split;
+  const int n = (qk_block_x() * QK_DOT2_THREADS + qk_thread_x()) * 4;
+  const int k0 = qk_block_z() * k_split;
   const int k1 = min(K, k0 + k_split);
   const int pairs = (k1 - k0) / 2;
 
   // Stage this split's activations as 32-bit pairs; rows past M are zero.
   const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
-  for (int i = threadIdx.x; i < MR * pairs; i += QK_DOT2_THREADS) {
+  for (int i = qk_thread_x(); i < MR * pairs; i += QK_DOT2_THREADS) {
     const int m = i / pairs, p = i - m * pairs;
     xs[m][p] = m < M ? x32[((size_t)m * K + k0) / 2 + p] : 0u;
   }
-  __syncthreads();
+  qk_sync();
   if (n >= N) return;
 
   float acc[MR][4];
@@ -85,7 +85,7 @@ QK_GLOBAL void __launch_bounds__(QK_DOT2_THREADS)
   }
 
   float b[4] = {0.f, 0.f, 0.f, 0.f};
-  if (bias != nullptr && blockIdx.z == 0)
+  if (bias != nullptr && qk_block_z() == 0)
 #pragma unroll
     for (int c = 0; c < 4; ++c) b[c] = qk_bits_to_float(bias[n + c], Tag());
 #pragma unroll
@@ -95,7 +95,7 @@ QK_GLOBAL void __launch_bounds__(QK_DOT2_THREADS)
 #pragma unroll
     for (int c = 0; c < 4; ++c) v[c] = acc[m][c] + b[c];
     uint16_t* o = out + (size_t)m * N + n;
-    if (gridDim.z == 1) {
+    if (qk_grid_z() == 1) {
       uint2 packed;
       packed.x = (uint32_t)qk_float_to_bits(v[0], Tag()) | ((uint32_t)qk_float_to_bits(v[1], Tag()) << 16);
       packed.y = (uint32_t)qk_float_to_bits(v[2], Tag()) | ((uint32_t)qk_float_to_bits(v[3], Tag()) << 16);

@@ -44,10 +44,10 @@ QK_GLOBAL void __launch_bounds__(QK_WMMA_THREADS)
                     const uint16_t* __restrict__ scales, const uint8_t* __restrict__ zeros,
                     const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N, int K,
                     int group_size, int k_split) {
-  const int lane = threadIdx.x % 32, wave = threadIdx.x / 32;
-  const int m0 = blockIdx.y * 32 + (wave / 2) * 16;
-  const int n0 = blockIdx.x * 64 + (wave % 2) * 32;
-  const int k0 = blockIdx.z * k_split, k1 = min(K, k0 + k_split);
+  const int lane = qk_thread_x() % 32, wave = qk_thread_x() / 32;
+  const int m0 = qk_block_y() * 32 + (wave / 2) * 16;
+  const int n0 = qk_block_x() * 64 + (wave % 2) * 32;
+  const int k0 = qk_block_z() * k_split, k1 = min(K, k0 + k_split);
   const int row = m0 + lane % 16;
   const bool row_ok = row < M;
   float acc[2][8] = {};
@@ -77,12 +77,12 @@ QK_GLOBAL void __launch_bounds__(QK_WMMA_THREADS)
   for (int t = 0; t < 2; ++t) {
     if (n0 + t * 16 >= N) continue;
     const int n = n0 + t * 16 + lane % 16;
-    const float b = (bias != nullptr && blockIdx.z == 0) ? qk_bits_to_float(bias[n], Tag()) : 0.f;
+    const float b = (bias != nullptr && qk_block_z() == 0) ? qk_bits_to_float(bias[n], Tag()) : 0.f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int m = m0 + 2 * i + lane / 16;
       if (m >= M) continue;
-      if (gridDim.z == 1)
+      if (qk_grid_z() == 1)
         out[(size_t)m * N + n] = qk_float_to_bits(acc[t][i] + b, Tag());
       else
         qk_atomic_add1<Tag>(out + (size_t)m * N + n, acc[t][i] + b);
