@@ -231,7 +231,7 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws
         contenders["torch_int4"] = lambda: torch._weight_int4pack_mm(x, int4[0], group, int4[1])
     if ws_probe and ops.has_wgmma(device) and m <= 32:  # beside qk_wgmma_ws_sk_bt{bt}, the same launch (above)
         bt = ops.ws_stream_k_bt(max(m, 9))
-        for level, name in ((1, "wait"), (2, "read"), (3, "dequant")):
+        for level, name in ((1, "wait"), (2, "read"), (3, "dequant"), (4, "nox")):
             contenders[f"probe_ws_{name}"] = lambda level=level: ops.ws_probe(x, packed, level, bt=bt, stream_k=True)
     return contenders
 
@@ -359,8 +359,8 @@ def main(argv=None) -> int:
                     "ops.wgmma_splits), with and without clusters")
     ap.add_argument("--ws-probe", action="store_true", help="at M <= 32 also time the warp-specialized kernel's "
                     "producer alone, its consumers only waiting for each stage (probe_ws_wait), also reading their "
-                    "weights and scales (probe_ws_read), also dequantizing them (probe_ws_dequant): ops.ws_probe, not "
-                    "the product")
+                    "weights and scales (probe_ws_read), also dequantizing them (probe_ws_dequant), or the producer "
+                    "copying no x (probe_ws_nox): ops.ws_probe, not the product")
     args = ap.parse_args(argv)
     if args.l2_prefetch and args.cache == "rotate":
         ap.error("--l2-prefetch times one call after a flush: use it with --cache zero or clean")

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--stream-k", action="store_true", help="the warp-specialized kernel's stream-K")
     ap.add_argument("--grid", action="store_true", help="the warp-specialized kernel's grid, never stream-K")
     ap.add_argument("--splits", type=int, default=None, help="split-K (the wgmma kernels: a cluster of the splits)")
-    ap.add_argument("--probe", type=int, default=0, help="ops.ws_probe's level (1 to 3) instead of the product")
+    ap.add_argument("--probe", type=int, default=0, help="ops.ws_probe's level (1 to 4) instead of the product")
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
     ql = testing.random_qlinear(args.n, args.k, group_size=args.group, sym=True, act_order=False,

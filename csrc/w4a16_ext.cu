@@ -312,14 +312,14 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 // else 1; sk_blocks > 0: stream-K over sk_ctas persistent blocks instead of the grid of splits (splits 1, no cluster
 // or multicast; the workspace wgmma_ws_stream_k_depth x tiles x bt x 128 floats where that is above 1, a counter a
 // tile); pdl: as a programmatic dependent launch of the wgmma_pack_x call just before it on the stream (which made xp);
-// probe 1 to 3: a diagnostic that leaves out the MMAs and more (QkWsMaps::probe; out is not the product), else 0;
+// probe 1 to 4: a diagnostic that leaves out the MMAs and more (QkWsMaps::probe; out is not the product), else 0;
 // pipelined: at 32 tokens, the instance whose consumers dequantize the next step while this one's MMAs run.
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,
                    int64_t sk_blocks, bool pdl, int64_t probe, bool pipelined) {
   const bool bf = is_bf16(xp);
-  TORCH_CHECK(0 <= probe && probe <= 3 && (probe == 0 || bt <= 32), "probe must be 0, or 1 to 3 at bt 16 or 32; got ",
+  TORCH_CHECK(0 <= probe && probe <= 4 && (probe == 0 || bt <= 32), "probe must be 0, or 1 to 4 at bt 16 or 32; got ",
               probe, " at bt ", bt);
   TORCH_CHECK(!pipelined || bt == 32, "the pipelined instance below 256 tokens has 32 tokens a block, got bt ", bt);
   TORCH_CHECK(sk_blocks <= 0 || (splits <= 1 && cluster <= 1 && multicast == 1),

@@ -95,7 +95,7 @@ cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, boo
 // tensor maps' rule): cudaErrorInvalidValue. sk_blocks > 0: stream-K over the grid's blocks (grid (ctas, 1, 1)), what is
 // left after whole waves cut among the first sk_blocks (QkWsWalk in w4a16_wgmma_ws_cuda.h), no cluster or multicast.
 // pdl: as a programmatic dependent launch of the packing of x before it (its blocks start while that kernel runs,
-// and request their first weights and scales; x is read only after it has finished). probe 1 to 3: a diagnostic,
+// and request their first weights and scales; x is read only after it has finished). probe 1 to 4: a diagnostic,
 // not the product (QkWsMaps::probe), else 0. pipelined: at 32 tokens, the pipelined instance (256 always are).
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe = 0,

@@ -38,7 +38,7 @@
 struct QkWsMaps {
   CUtensorMap x, w, s;
   int multicast;
-  int probe;  // 0; a diagnostic's 1 to 3 (qk_wgmma_ws's PROBE instances)
+  int probe;  // 0; a diagnostic's 1 to 4 (qk_wgmma_ws's PROBE instances)
 };
 
 #define QK_WS_CONSUMER_WARPS 8
@@ -355,7 +355,8 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // (QkWsMaps) cover xp (x packed by qk_wgmma_pack_x), w and meta, which the kernel reads through them only. STAGES steps
 // of KS chunks in flight. PL: pipelined as at 256 tokens (qk_ws_regs, qk_ws_pipe) at a smaller tile. PROBE (a
 // diagnostic's instances, not the product; the others hold none of its code): the consumers only wait for each stage
-// (maps.probe 2: and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back.
+// (maps.probe 2: and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back;
+// maps.probe 4: as 1, and the producer copies no x (the ring of weights and scales alone).
 template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false, bool PROBE = false>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
@@ -411,6 +412,8 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
     // kernel: docs/kernel.md, item 27).
     if (warp == QK_WS_CONSUMER_WARPS && lane == 0) {
       constexpr uint32_t TX = X_BYTES + W_BYTES + TILES * G_MAX * 8 * MV;  // every box whole, zeros included
+      const bool copy_x = !(PROBE && maps.probe == 4);  // probe 4: the weights' and scales' ring alone
+      const uint32_t tx = copy_x ? TX : TX - X_BYTES;
       qk_tensor_map_prefetch(maps.x);
       qk_tensor_map_prefetch(maps.w);
       qk_tensor_map_prefetch(maps.s);
@@ -430,7 +433,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
       for (int j = 0; primed < STAGES && qk_ws_item(walk, (int)blockIdx.x, j, chunks_per_split, it); ++j)
         for (int cs = it.c0; cs < it.c1 && primed < STAGES; cs += KS, ++primed) {
           const uint32_t base = smem0 + (uint32_t)(primed * STAGE_BYTES), bar = full0 + 8 * primed;
-          qk_mbar_arrive_expect_tx(bar, TX);
+          qk_mbar_arrive_expect_tx(bar, tx);
           copy_weights(base, cs, it.by * TILES, bar);
         }
       qk_pdl_wait();
@@ -444,13 +447,15 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
           if (i >= primed) {
             // its last use, step i - STAGES (in both blocks of a pair)
             if (i >= STAGES) qk_mbar_wait(empty0 + 8 * s, ((i / STAGES) - 1) & 1);
-            qk_mbar_arrive_expect_tx(bar, TX);
+            qk_mbar_arrive_expect_tx(bar, tx);
           }
           // chunks past the item's range bring x (or zeros past K) against weights the consumers zero
-          if (mc > 1)
-            qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
-          else
-            qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
+          if (copy_x) {
+            if (mc > 1)
+              qk_tensor_copy_3d_multicast(base + x_dst, maps.x, 0, m0 + x_row, cs + x_chunk, bar, (uint16_t)3);
+            else
+              qk_tensor_copy_3d(base, maps.x, 0, m0, cs, bar);
+          }
           if (i >= primed) copy_weights(base, cs, tile0, bar);
         }
       }

@@ -225,7 +225,8 @@ def test_wgmma_ws_pipelined_32(device, dtype, sym, act, group):
                     reason="the warp-specialized kernel is Hopper's")
 def test_ws_probe_streams_without_the_product(device):
     """The warp-specialized kernel's probe (ops.ws_probe: its consumers only wait for each stage, or also read it, or
-    also dequantize it, and give it back) walks the same stages as the kernel, stream-K and the grid, 16 and 32
+    also dequantize it, and give it back; or only wait, its producer copying no x) walks the same stages as the
+    kernel, stream-K and the grid, 16 and 32
     tokens, a K that ends inside a stage: it finishes (a consumer that missed a stage would hang its producer),
     computes no product (zeros), and the kernel after it is right."""
     ql = testing.random_qlinear(1168, 2176, group_size=128, sym=True, act_order=False, dtype=torch.bfloat16, seed=43)
@@ -234,13 +235,13 @@ def test_ws_probe_streams_without_the_product(device):
     x = testing.random_activations(20, 2176, dtype=torch.bfloat16, seed=44, device=device)
     for bt in (16, 32):
         for stream_k in (True, False):
-            for level in (1, 2, 3):
+            for level in (1, 2, 3, 4):
                 y = ops.ws_probe(x, packed, level, bt=bt, stream_k=stream_k)
                 assert y.shape == (20, 1168) and not y.any(), (bt, stream_k, level)
     y = w4a16_linear(x, packed, backend="wgmma", bt=32, ws=True, stream_k=True)
     assert testing.relative_error(y, w, x) <= testing.TOLERANCE[torch.bfloat16]
     with pytest.raises(InputError, match="probe level"):
-        ops.ws_probe(x, packed, 4)
+        ops.ws_probe(x, packed, 5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

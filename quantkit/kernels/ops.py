@@ -514,10 +514,11 @@ def ws_probe(x: torch.Tensor, packed: PackedLinear, level: int, bt: int | None =
     w4a16_linear(x, packed, backend="wgmma", ws=True, bt=bt, stream_k=stream_k) would launch it, but with consumers
     that only wait for each stage of the ring (level 2: and read their weights and scales from it; 3: and dequantize
     them) and give it back: how fast the kernel streams the layer without its MMAs (3), also without the
-    dequantization (2), or with its producer alone (1). At 16 or 32 tokens a block (the tiles with probe instances,
+    dequantization (2), or with its producer alone (1); level 4: as 1, the producer copying no x (its ring of weights
+    and scales alone: what the copies of x cost it). At 16 or 32 tokens a block (the tiles with probe instances,
     none of whose code the kernel's own instances hold). The result is not the product (zeros)."""
-    if level not in (1, 2, 3):
-        raise InputError(f"probe level must be 1, 2 or 3, got {level}")
+    if level not in (1, 2, 3, 4):
+        raise InputError(f"probe level must be 1, 2, 3 or 4, got {level}")
     _check_inputs(x, packed, None, "wgmma")  # w4a16_linear's own checks, as for backend="wgmma"
     _check_forced("wgmma", packed, x)
     m, k = math.prod(x.shape[:-1]), x.shape[-1]
