@@ -226,9 +226,8 @@ def test_wgmma_ws_pipelined_32(device, dtype, sym, act, group):
 def test_ws_probe_streams_without_the_product(device):
     """The warp-specialized kernel's probe (ops.ws_probe: its consumers only wait for each stage, or also read it, or
     also dequantize it, and give it back; or only wait, its producer copying no x) walks the same stages as the
-    kernel, stream-K and the grid, 16 and 32
-    tokens, a K that ends inside a stage: it finishes (a consumer that missed a stage would hang its producer),
-    computes no product (zeros), and the kernel after it is right."""
+    kernel, stream-K and the grid, 16 and 32 tokens, a K that ends inside a stage: it finishes (a consumer that
+    missed a stage would hang its producer), computes no product (zeros), and the kernel after it is right."""
     ql = testing.random_qlinear(1168, 2176, group_size=128, sym=True, act_order=False, dtype=torch.bfloat16, seed=43)
     packed = prepare(ql, device=device)
     w = reference_weight(packed, torch.bfloat16)
