@@ -69,12 +69,16 @@ def test_dequantized_weights_track_the_originals(tmp_path, tiny_llama):
 
 
 def test_tied_embeddings_stay_tied(tmp_path):
+    """Tied embeddings: no lm_head tensor is written and config.json still says tie_word_embeddings, so loaders tie
+    lm_head to the embedding; an untied model keeps its own lm_head and says so."""
     src = make_checkpoint(tmp_path / "src", "llama", tie_word_embeddings=True)
     convert.convert(str(src), tmp_path / "out", G32, progress=False)
     assert "lm_head.weight" not in tensors_of(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
     untied = make_checkpoint(tmp_path / "src2", "llama", tie_word_embeddings=False)
     convert.convert(str(untied), tmp_path / "out2", G32, progress=False)
     assert tensors_of(tmp_path / "out2")["lm_head.weight"].dtype == torch.bfloat16
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["tie_word_embeddings"] is False
 
 
 def test_deterministic_bytes(tmp_path, tiny_llama):
@@ -91,11 +95,27 @@ def test_deterministic_bytes(tmp_path, tiny_llama):
         assert a == b, f
 
 
-def test_shards_are_written_as_they_fill(tmp_path, tiny_llama):
-    manifest = convert.convert(str(tiny_llama), tmp_path / "out", G32, progress=False, max_shard_bytes=60_000)
-    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+def test_shards_are_written_as_they_fill(tmp_path, tiny_llama, monkeypatch):
+    """A shard goes to disk as soon as it is full, not at the end: when the last decoder block starts, the shards
+    filled so far (one of them holding the first block's quantized tensors) are on disk with their final bytes and
+    more are still to come; the index maps every tensor to one of the shards."""
+    on_disk = []
+    convert_layer = convert._convert_layer
+
+    def spy(layer, src, quantizer, writer, *args):
+        on_disk.append([p.read_bytes() for p in sorted(writer.dir.glob("*.safetensors"))])
+        return convert_layer(layer, src, quantizer, writer, *args)
+
+    monkeypatch.setattr(convert, "_convert_layer", spy)
+    out = tmp_path / "out"
+    manifest = convert.convert(str(tiny_llama), out, G32, progress=False, max_shard_bytes=16_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
     assert sorted(set(index["weight_map"].values())) == manifest["shards"]
     assert all(s.endswith(f"-of-{len(manifest['shards']):05d}.safetensors") for s in manifest["shards"])
+    final = {(out / name).read_bytes(): name for name in manifest["shards"]}
+    written = [final.get(data) for data in on_disk[-1]]
+    assert None not in written and 0 < len(written) < len(manifest["shards"])
+    assert index["weight_map"]["model.layers.0.mlp.gate_proj.qweight"] in written
 
 
 def test_manifest(tmp_path, tiny_llama):

@@ -247,18 +247,47 @@ def test_cli_errors_are_one_line(checkpoints, tmp_path):
     assert out.exit_code == 2 and "'flash' is not one of 'split', 'sdpa'" in out.output
 
 
-def test_compiled_decode_traces_with_quantized_linears_opaque():
-    """--compile: the decode step goes through torch.compile (here its eager backend: tracing only, no code
-    generation) with every quantized linear one custom op; the checks still hold and the modules come back."""
+def test_compiled_decode_traces_with_quantized_linears_opaque(monkeypatch):
+    """--compile: the decode step of both models goes through torch.compile (here its eager backend: tracing only,
+    no code generation) and the compiled step is what runs; in the quantized model's graph every quantized linear is
+    one quantkit_eval::quantized_linear op, in the baseline's there is none. The checks still hold and the modules
+    come back."""
     from quantkit.eval import random_weights
     from quantkit.reference import QuantLinear
 
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
+    op = (torch.ops.quantkit_eval.quantized_linear, torch.ops.quantkit_eval.quantized_linear.default)
+    compiled, wrapped, ops, runs = [], {}, {}, {}
+
+    def recording(name):
+        def backend(gm, example_inputs):
+            ops[name] = ops.get(name, 0) + sum(n.op == "call_function" and n.target in op for n in gm.graph.nodes)
+
+            def run(*args):
+                runs[name] = runs.get(name, 0) + 1
+                return gm.forward(*args)
+            return run
+        return backend
+
+    original = throughput._compiled
+
+    def spy(m, backend):
+        name = "quantized" if m is model else "baseline" if m is base else "other"
+        compiled.append((name, backend))
+        wrapped[name] = sum(isinstance(x, throughput._Opaque) for x in m.modules())
+        return original(m, recording(name))
+
+    monkeypatch.setattr(throughput, "_compiled", spy)
     settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=2, warmup=0, repeats=1, compile=True,
                                    compile_backend="eager")
     section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
     assert section["compiled_decode"] is True
+    assert sorted(compiled) == [("baseline", "eager"), ("quantized", "eager")]
+    quantized = sum(isinstance(m, QuantLinear) for m in model.modules())
+    assert wrapped == {"quantized": quantized, "baseline": 0} and quantized > 0
+    assert runs.get("quantized", 0) >= settings.gen_len and runs.get("baseline", 0) >= settings.gen_len, runs
+    assert ops == {"quantized": quantized, "baseline": 0}, ops
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert isinstance(model.model.layers[0].mlp.down_proj, QuantLinear)
     assert not throughput._OPAQUE

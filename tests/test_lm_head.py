@@ -90,7 +90,7 @@ def test_quantized_lm_head_round_trips(tmp_path, src):
     model = reference.load_model(out_dir)
     assert isinstance(model.lm_head, reference.QuantLinear)
     x = torch.randn(2, 3, hidden)
-    assert torch.allclose(model.lm_head(x), x @ ql.dequantize().T, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(model.lm_head(x), x @ expected.dequantize().T, atol=1e-5, rtol=1e-5)
     # transformers itself: the config says untied, so tie_weights leaves the dequantized lm_head alone
     fake = fake_quant_model(out_dir, torch.float32)
     assert fake.lm_head.weight.data_ptr() != fake.model.embed_tokens.weight.data_ptr()

@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import make_checkpoint, shared_text
 from quantkit import convert, recipes, reference
 from quantkit.eval import ppl
+from test_convert import tensors_of
+from test_packing import slow_unpack_qweight, slow_unpack_qzeros
 
 
 def fake_quant_model(directory, dtype):
@@ -32,14 +34,21 @@ def perplexity(model, directory, ctx=128, windows=4):
 
 
 def test_quantlinear_matches_dequantized_matmul(tmp_path, tiny_llama):
+    """QuantLinear computes x W^T with W decoded from the stored qweight/qzeros/scales/g_idx by test_packing's
+    slow unpacker (GPTQ v1 stores zero - 1), independently of the loader's own unpacking."""
     out = tmp_path / "q"
     convert.convert(str(tiny_llama), out, recipes.load("w4a16-g32-asym"), progress=False)
     model = reference.load_model(out)
-    layer = model.model.layers[0].mlp.down_proj
+    name = "model.layers.0.mlp.down_proj"
+    layer = model.get_submodule(name)
     assert isinstance(layer, reference.QuantLinear)
+    stored = tensors_of(out)
+    codes = torch.tensor(slow_unpack_qweight(stored[f"{name}.qweight"]), dtype=torch.float32)  # [N, K]
+    zeros = torch.tensor(slow_unpack_qzeros(stored[f"{name}.qzeros"], codes.shape[0]), dtype=torch.float32) + 1
+    g = stored[f"{name}.g_idx"].long()
+    weight = stored[f"{name}.scales"].float()[g].T * (codes - zeros[g].T)
     x = torch.randn(3, 5, layer.in_features)
-    expected = x @ layer.ql.dequantize().T
-    assert torch.allclose(layer(x), expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(layer(x), x @ weight.T, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

@@ -27,10 +27,15 @@ def test_dequantized_within_half_a_scale(sym, group, search):
 
 
 def test_symmetric_uses_uint4b8_and_stored_scale():
+    """Zero point 8 everywhere, and the codes are w rounded against the stored bf16 scale (not the fp32 scale it was
+    rounded from): clamp(round(w / scale) + 8, 0, 15)."""
+    torch.manual_seed(0)
     w = torch.randn(16, 64)
     ql = rtn.quantize(w, bits=4, group_size=32, sym=True, scale_dtype=torch.bfloat16)
     assert bool((ql.zeros == 8).all()) and ql.scales.dtype == torch.bfloat16
-    assert int(ql.codes.max()) <= 15
+    scale = ql.scales.float().T.unsqueeze(-1)  # [N, groups, 1]
+    expected = (torch.round(w.reshape(16, 2, 32) / scale) + 8).clamp(0, 15).reshape(16, 64)
+    assert torch.equal(ql.codes, expected.to(torch.uint8))
 
 
 def test_search_is_no_worse_than_plain_grid():
