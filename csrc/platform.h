@@ -17,9 +17,20 @@
 //   qk_thread_x, qk_block_x/y/z, qk_grid_z   threadIdx.x, blockIdx.x/y/z, gridDim.z
 //   qk_sync                                  __syncthreads (the block's barrier, shared memory visible across it)
 //   QK_IS_HIP / QK_IS_CUDA                   for the few kernels that exist on one platform only
+//
+// A third platform, the CPU (QK_IS_HOST, with QK_HOST defined: platform_host.h), gives the same names to the dot2 and
+// WMMA kernels so that CI runs them with no GPU.
 #pragma once
 
 #include <stdint.h>
+
+#if defined(QK_HOST)
+#define QK_IS_HIP 0
+#define QK_IS_CUDA 0
+#define QK_IS_HOST 1
+#include "platform_host.h"
+#else
+#define QK_IS_HOST 0
 
 #if defined(__HIP__) || defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
 #define QK_IS_HIP 1
@@ -174,3 +185,4 @@ QK_INLINE int qk_block_z() { return (int)blockIdx.z; }
 QK_INLINE int qk_grid_z() { return (int)gridDim.z; }
 QK_INLINE void qk_sync() { __syncthreads(); }
 #endif
+#endif  // QK_HOST

@@ -9,12 +9,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "w4a16_dot2.h"
 #include "w4a16_launch.h"
+#include "w4a16_launch_dot2.h"
 #include "w4a16_mma_cuda.h"
 #include "w4a16_wgmma_cuda.h"
 #include "w4a16_wgmma_ws_cuda.h"
-#include "w4a16_wmma.h"
 
 namespace {
 
@@ -135,23 +134,13 @@ void dot2_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
   TORCH_CHECK(k_split % group_size == 0 && k_split <= QK_DOT2_KSPLIT, "k_split must be a multiple of the group size and at most ",
               QK_DOT2_KSPLIT, ", got ", k_split);
   const c10::cuda::CUDAGuard guard(x.device());
-  const dim3 grid((N + 4 * QK_DOT2_THREADS - 1) / (4 * QK_DOT2_THREADS), 1, (K + k_split - 1) / k_split);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint8_t* z = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
   const uint32_t* q = reinterpret_cast<const uint32_t*>(qweight.data_ptr());
-#define QK_DOT2_LAUNCH(TAG, MR, SYM)                                                                              \
-  qk_dot2_decode<TAG, MR, SYM><<<grid, QK_DOT2_THREADS, 0, stream>>>(u16(x), q, u16(scales), z, opt_u16(bias), \
-                                                                      u16_mut(out), M, N, K, group_size, k_split)
-#define QK_DOT2_MR(TAG, SYM)                       \
-  if (M == 1) QK_DOT2_LAUNCH(TAG, 1, SYM);         \
-  else if (M == 2) QK_DOT2_LAUNCH(TAG, 2, SYM);    \
-  else if (M <= 4) QK_DOT2_LAUNCH(TAG, 4, SYM);    \
-  else QK_DOT2_LAUNCH(TAG, 8, SYM);
-  if (bf) {
-    if (zeros) { QK_DOT2_MR(QkBF16, false) } else { QK_DOT2_MR(QkBF16, true) }
-  } else {
-    if (zeros) { QK_DOT2_MR(QkF16, false) } else { QK_DOT2_MR(QkF16, true) }
-  }
+  qk_dot2_instance(bf, !zeros.has_value(), (int)M, [&](auto kernel) {
+    kernel<<<qk_dot2_grid(N, K, k_split), QK_DOT2_THREADS, 0, stream>>>(u16(x), q, u16(scales), z, opt_u16(bias),
+                                                                       u16_mut(out), M, N, K, group_size, k_split);
+  });
   check_launch("dot2 decode kernel");
 }
 
@@ -166,13 +155,12 @@ void wmma_gemm(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, c10
   TORCH_CHECK(k_split > 0 && k_split % group_size == 0 && k_split % 16 == 0,
               "k_split must be a multiple of the group size and of 16, got ", k_split);
   const c10::cuda::CUDAGuard guard(x.device());
-  const dim3 grid((N + 63) / 64, (M + 31) / 32, (K + k_split - 1) / k_split);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const uint8_t* z = zeros ? zeros->data_ptr<uint8_t>() : nullptr;
   const uint32_t* q = reinterpret_cast<const uint32_t*>(qweight.data_ptr());
-  qk_by_type(bf, !zeros.has_value(), [&](auto tag, auto sym) {
-    qk_wmma_prefill<decltype(tag), decltype(sym)::value><<<grid, QK_WMMA_THREADS, 0, stream>>>(
-        u16(x), q, u16(scales), z, opt_u16(bias), u16_mut(out), M, N, K, group_size, k_split);
+  qk_wmma_instance(bf, !zeros.has_value(), [&](auto kernel) {
+    kernel<<<qk_wmma_grid(M, N, K, k_split), QK_WMMA_THREADS, 0, stream>>>(u16(x), q, u16(scales), z, opt_u16(bias),
+                                                                          u16_mut(out), M, N, K, group_size, k_split);
   });
   check_launch("WMMA prefill kernel");
 }

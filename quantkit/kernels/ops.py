@@ -634,14 +634,18 @@ def _dot2_layout_gemm(kernel, x2: torch.Tensor, packed: PackedLinear, bias, k_sp
     return out
 
 
+def dot2_k_split(group_size: int) -> int:
+    """The dot2 decode kernel's k_split: the most whole groups in its 256 staged inputs (QK_DOT2_KSPLIT)."""
+    if group_size > 256:
+        raise UnsupportedError(f"the dot2 decode kernel takes group sizes up to 256, this layer has {group_size}")
+    return 256 // group_size * group_size
+
+
 def _dot2(x2: torch.Tensor, packed: PackedLinear, bias) -> torch.Tensor:
     m = x2.shape[0]
     if m > DOT2_MAX_M:
         raise UnsupportedError(f"the dot2 decode kernel takes M <= {DOT2_MAX_M} rows, x has {m}; use backend='kernel'")
-    k_split = 256 // packed.group_size * packed.group_size if packed.group_size <= 256 else 0
-    if k_split == 0:
-        raise UnsupportedError(f"the dot2 decode kernel takes group sizes up to 256, this layer has {packed.group_size}")
-    return _dot2_layout_gemm(build.load_extension().dot2_gemm, x2, packed, bias, k_split)
+    return _dot2_layout_gemm(build.load_extension().dot2_gemm, x2, packed, bias, dot2_k_split(packed.group_size))
 
 
 def wmma_splits(m: int, n: int, k: int, group_size: int, cus: int, splits: int | None = None) -> int:

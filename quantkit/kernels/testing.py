@@ -57,5 +57,6 @@ def tolerance(dtype: torch.dtype, *, backend: str, k: int = 0, group_size: int =
         return TOLERANCE[dtype] * 2  # sqrt(WMMA_MAX_SPLITS)
     if backend != "dot2":
         return TOLERANCE[dtype]
-    k_split = 256 // group_size * group_size
-    return TOLERANCE[dtype] * math.sqrt(max(1, math.ceil(k / k_split)))
+    from quantkit.kernels.ops import dot2_k_split  # (ops imports this module through selfcheck)
+
+    return TOLERANCE[dtype] * math.sqrt(max(1, math.ceil(k / dot2_k_split(group_size))))

@@ -1,0 +1,60 @@
+"""The dot2 decode and WMMA prefill kernels (csrc/w4a16_dot2.h, csrc/w4a16_wmma.h) built for the CPU: csrc/w4a16_host.cpp
+with csrc/platform_host.h, by the host C++ compiler, loaded with ctypes. ``load`` returns an object whose ``dot2_gemm``
+and ``wmma_gemm`` take the arguments of the extension's functions of those names (quantkit.kernels.ops passes them to
+ops._dot2_layout_gemm), on CPU tensors."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+# g++ (Debian's build-essential) or the clang-19 that CI installs for the RDNA3 ISA check
+CXX = shutil.which("g++") or shutil.which("clang++-19")
+
+
+def build(out_dir: Path) -> Path:
+    lib = out_dir / "libqk_host.so"
+    cmd = [CXX, "-std=c++20", "-O1", "-DQK_HOST", "-shared", "-fPIC", "-fno-strict-aliasing", "-Wall",
+           "-Wno-unknown-pragmas", "-I", str(CSRC), str(CSRC / "w4a16_host.cpp"), "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{Path(CXX).name} failed on csrc/w4a16_host.cpp: {res.stderr.strip()[:3000]}")
+    return lib
+
+
+class HostKernels:
+    def __init__(self, lib: Path):
+        self._lib = ctypes.CDLL(str(lib))
+        for name in ("qk_host_dot2_gemm", "qk_host_wmma_gemm"):
+            fn = getattr(self._lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int] * 5
+
+    def _call(self, fn, x, qweight, scales, zeros, bias, out, group_size, k_split):
+        tensors = (x, qweight, scales, zeros, bias, out)
+        for t in tensors:
+            assert t is None or (t.device.type == "cpu" and t.is_contiguous()), "CPU, contiguous operands"
+        assert x.dtype in (torch.float16, torch.bfloat16) and scales.dtype == out.dtype == x.dtype
+        m, k = x.shape
+        n = qweight.shape[1]
+        ptr = [None if t is None else t.data_ptr() for t in tensors]
+        rc = fn(int(x.dtype == torch.bfloat16), *ptr, m, n, k, group_size, k_split)
+        if rc != 0:
+            what = "sizes refused" if rc == 1 else "threads waiting at barriers that cannot open"
+            raise RuntimeError(f"{what}: M {m}, N {n}, K {k}, group {group_size}, k_split {k_split}")
+
+    def dot2_gemm(self, *args) -> None:
+        self._call(self._lib.qk_host_dot2_gemm, *args)
+
+    def wmma_gemm(self, *args) -> None:
+        self._call(self._lib.qk_host_wmma_gemm, *args)
+
+
+def load(out_dir: Path) -> HostKernels:
+    return HostKernels(build(out_dir))
