@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call after a kernel change: builds the extension (timed) and self-checks it, then the steps of STEPS
-# in order (default "tests bench profile"): tests, the GPU kernel and eval tests; probe, the read-only access-pattern
+# in order (default "tests bench profile"): tests, the GPU kernel and eval tests (and the CPU build of the RDNA3 kernels
+# against the GPU's bits); probe, the read-only access-pattern
 # probe (bench/stream_probe.py); bench, every kernel against cuBLAS and torch's int4 kernel (bench/kernel_bench.py;
 # KERNEL_ARGS replaces its default arguments, the full table); profile, whole decode steps (bench/profile_decode.py,
 # one profile per option set in PROFILES, each within PROFILE_LIMIT seconds, default 240).
@@ -43,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...: one step under its own timeout, its ou
 }
 for what in ${STEPS:-tests bench profile}; do
   case $what in
-    tests) step gpu_tests ${TESTS_LIMIT:-150} python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py ;;
+    tests) step gpu_tests ${TESTS_LIMIT:-150} python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_eval_gpu.py tests/test_host_kernels.py ;;
     probe) step stream_probe 90 python3 bench/stream_probe.py --out "$R/stream_probe.json" ;;
     bench) step kernel_bench ${BENCH_LIMIT:-240} python3 bench/kernel_bench.py --out "$R/kernel_bench.json" ${KERNEL_ARGS:---reps 20} ;;
     profile)  # PROFILES: profile_decode.py option sets separated by ';', one profile each (default: as eval runs, fused)

@@ -31,7 +31,7 @@ def _layer(n, k, group, sym, act, dtype, seed):
     packed = prepare(ql, device="cpu", layouts=("dot2",))
     assert not packed.kernel_reason, packed.kernel_reason
     bias = testing.random_activations(1, n, dtype=dtype, seed=seed + 1, device="cpu")[0]
-    return packed, reference_weight(packed, dtype), bias
+    return ql, packed, reference_weight(packed, dtype), bias
 
 
 def _run(kernel, x, packed, bias, k_split):
@@ -49,7 +49,7 @@ def test_dot2_decode_matches_reference(host, dtype, group, sym, act):
     store, no atomics); with and without a bias."""
     failures = []
     for n, k in ((1040, 640), (64, 256)):
-        packed, w, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
+        _, packed, w, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
         k_split = ops.dot2_k_split(group)
         for m in (1, 2, 3, 4, 7, 8):
             x = testing.random_activations(m, k, dtype=dtype, seed=m, device="cpu")
@@ -69,7 +69,7 @@ def test_wmma_prefill_matches_reference(host, dtype, group, sym, act):
     quarter full (208), with 1 to 3 splits of K (each added into the 16-bit output; with 3 the last one is short);
     with a bias."""
     n, k = 208, 640
-    packed, w, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
+    _, packed, w, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
     failures = []
     for m in (1, 17, 40):
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device="cpu")
@@ -79,3 +79,28 @@ def test_wmma_prefill_matches_reference(host, dtype, group, sym, act):
             if not err <= testing.tolerance(dtype, backend="wmma"):
                 failures.append(f"M={m} k_split={k_split}: {err:.2e}")
     assert not failures, "; ".join(failures)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
+                    reason="needs an NVIDIA GPU (gfx11's own dot2 and WMMA may round otherwise than the stand-ins)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_the_gpu_gives_the_cpu_builds_bits(host, dtype):
+    """The extension's dot2_gemm and wmma_gemm on an NVIDIA GPU give the CPU build's bits wherever K is one split
+    (with several, the order of the 16-bit atomic adds is the GPU's): both run the CUDA stand-ins, so what the tests
+    above check on the CPU is what the GPU computes."""
+    from quantkit.kernels import build, kernel_available
+
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.fail(f"a GPU is present but the kernels are not: {reason}")
+    ext = build.load_extension()
+    for kernel, n, k, ms in (("dot2_gemm", 1040, 256, (1, 3, 8)), ("wmma_gemm", 208, 640, (1, 17, 40))):
+        for group, sym, act in ((64, False, True), (128, True, False)):
+            ql, packed, _, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
+            on_gpu = prepare(ql, device="cuda", layouts=("dot2",))
+            for m in ms:
+                x = testing.random_activations(m, k, dtype=dtype, seed=m, device="cpu")
+                cpu = _run(getattr(host, kernel), x, packed, bias, k)
+                gpu = _run(getattr(ext, kernel), x.cuda(), on_gpu, bias.cuda(), k)
+                assert torch.equal(cpu, gpu.cpu()), (kernel, group, sym, act, m)
