@@ -18,14 +18,26 @@ CSRC = ROOT / "csrc"
 CXX = shutil.which("g++") or shutil.which("clang++-19")
 
 
-def build(out_dir: Path) -> Path:
-    lib = out_dir / "libqk_host.so"
-    cmd = [CXX, "-std=c++20", "-O1", "-DQK_HOST", "-shared", "-fPIC", "-fno-strict-aliasing", "-Wall",
-           "-Wno-unknown-pragmas", "-I", str(CSRC), str(CSRC / "w4a16_host.cpp"), "-o", str(lib)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+FLAGS = ("-std=c++20", "-O1", "-DQK_HOST", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-I", str(CSRC))
+
+
+def _compile(source: Path, out: Path, *flags: str) -> Path:
+    res = subprocess.run([CXX, *FLAGS, *flags, str(source), "-o", str(out)], capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{Path(CXX).name} failed on csrc/w4a16_host.cpp: {res.stderr.strip()[:3000]}")
-    return lib
+        raise RuntimeError(f"{Path(CXX).name} failed on {source.name}: {res.stderr.strip()[:3000]}")
+    return out
+
+
+def build(out_dir: Path) -> Path:
+    return _compile(CSRC / "w4a16_host.cpp", out_dir / "libqk_host.so", "-shared", "-fPIC")
+
+
+def run_check(source: str, out_dir: Path) -> str:
+    """Build tests/<source> against csrc/ for the CPU, run it; its output, which ends "N cases, F failures"."""
+    exe = _compile(ROOT / "tests" / source, out_dir / Path(source).stem)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res.stdout
 
 
 class HostKernels:

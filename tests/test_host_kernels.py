@@ -26,6 +26,13 @@ def host(tmp_path_factory):
     return host_kernels.load(tmp_path_factory.mktemp("host_kernels"))
 
 
+def test_cpu_platform_keeps_its_promises(tmp_path):
+    """What the tests below rely on (tests/host_platform_check.cpp, toy kernels): the block's barrier makes the other
+    threads' shared-memory writes visible and a missing one shows as a stale read; a wave's qk_wmma16 follows gfx11's
+    lane layout; threads stuck at barriers that cannot open make the launch fail rather than hang."""
+    assert host_kernels.run_check("host_platform_check.cpp", tmp_path).strip().endswith("7 cases, 0 failures")
+
+
 def _layer(n, k, group, sym, act, dtype, seed):
     ql = testing.random_qlinear(n, k, group_size=group, sym=sym, act_order=act, dtype=dtype, seed=seed)
     packed = prepare(ql, device="cpu", layouts=("dot2",))
