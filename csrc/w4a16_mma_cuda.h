@@ -342,21 +342,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
         }
     }
   }
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    if (tile0 + nt >= n_tiles) break;
-    const int n_lo = (tile0 + nt) * 16 + gid;
-    const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
-    const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = m0 + 8 * t + 2 * tig + (e & 1);
-        if (tok < M)
-          out[(size_t)tok * N + n_lo + 8 * (e >> 1)] = qk_float_to_bits(acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), Tag());
-      }
-  }
+  qk_mma_store_out<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
