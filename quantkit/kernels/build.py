@@ -22,9 +22,9 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("w4a16_ext.cu", "w4a16_launch_stream.cu", "w4a16_launch_staged.cu", "w4a16_launch_wgmma.cu",
            "w4a16_launch_wgmma_wsm.cu", "w4a16_launch_wgmma_ws.cu",
            "w4a16_launch_wgmma_ws_big.cu", "w4a16_launch_wgmma_ws_small.cu", "w4a16_prefetch.cu")
-HEADERS = ("platform.h", "w4a16_common.h", "w4a16_dot2.h", "w4a16_launch.h", "w4a16_launch_wgmma.h", "w4a16_mma_cuda.h",
-           "w4a16_wgmma_cuda.h", "w4a16_wgmma_ops.h", "w4a16_wgmma_ws_cuda.h", "w4a16_wmma.h",
-           "w4a16_launch_wgmma_ws.h", "w4a16_prefetch.h")
+# Every header, so that the cached library's name (a hash of the sources) changes with any of them: a list kept by
+# hand had missed a new one.
+HEADERS = tuple(sorted(p.name for p in CSRC.glob("*.h")))
 
 _state: dict = {}
 
