@@ -11,7 +11,7 @@ from quantkit.formats import gptq
 from quantkit.kernels import (
     W4A16Linear, kernel_available, prepare, prepare_from_checkpoint, reference_weight, w4a16_linear,
 )
-from quantkit.kernels import testing
+from quantkit.kernels import build, testing
 from quantkit.kernels.packing import MAGIC_BIAS
 
 
@@ -220,6 +220,16 @@ def test_no_gpu_means_reference_and_a_clear_reason():
         w4a16_linear(x, packed, backend="kernel")
     with pytest.raises(UnsupportedError, match="cannot run"):
         w4a16_linear(x, packed, backend="mma")
+
+
+def test_an_install_without_the_kernel_sources_says_so(monkeypatch, tmp_path):
+    """A GPU but no csrc/ (a wheel, not a clone): a one-line reason that names the missing file and what to do, and the
+    reference path, rather than an exception from the build's hashing of its sources."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "kernel sources" not in build._why_not()
+    monkeypatch.setattr(build, "CSRC", tmp_path)
+    reason = build._why_not()
+    assert "w4a16_ext.cu missing" in reason and "pip install -e ." in reason and "\n" not in reason
 
 
 def test_bad_inputs_raise_one_line_errors():
