@@ -81,7 +81,9 @@ QK_GLOBAL void __launch_bounds__(QK_DOT2_THREADS)
 #pragma unroll
     for (int m = 0; m < MR; ++m)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[m][c] += s[c] * part[m][c] - zs[c] * suma[m];
+      // one rounded product (scale * part exact inside the FMA), written out so that every platform's compiler
+      // computes the same bits rather than contracting it its own way
+      for (int c = 0; c < 4; ++c) acc[m][c] += fmaf(s[c], part[m][c], -zs[c] * suma[m]);
   }
 
   float b[4] = {0.f, 0.f, 0.f, 0.f};

@@ -3,7 +3,7 @@
 // CI runs the RDNA3 kernels' source against the reference with no GPU. Slow (each GPU thread a fiber, one running at
 // a time): tests only. Built as tests/host_kernels.py does:
 //
-//     g++ -std=c++20 -O1 -DQK_HOST -fno-strict-aliasing -Icsrc -shared -fPIC csrc/w4a16_host.cpp -o libqk_host.so
+//     g++ -std=c++20 -O1 -DQK_HOST -fno-strict-aliasing -ffp-contract=off -Icsrc -shared -fPIC csrc/w4a16_host.cpp -o libqk_host.so
 //
 // The operands are w4a16_ext.cu's (contiguous, 16-bit floats as their bits, zeros null when symmetric, bias null or
 // [N]); out must be zero when K > k_split. Each returns 0; 1 where w4a16_ext.cu would refuse the sizes; 2 where the
