@@ -253,9 +253,10 @@ QK_INLINE void qk_epilogue_sync() {
 
 // The pieces of a persistent kernel's epilogue (qk_wgmma_ws's stream-K) over the C fragments of NT tiles x MT token
 // tiles: acc[nt][t][0..1] is row n = 16*tile + gid, tokens m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3] row n + 8.
-// Tiles from n_tiles on and tokens from M on are skipped. The grid's epilogue (qk_mma_epilogue, below) keeps its own
-// copy of the store loop: calling qk_mma_store_out instead changed ptxas's schedule of the decode kernel that shares it
-// (5-7% slower at M <= 8 with its warps sharing a tile, measured on the H200).
+// Tiles from n_tiles on and tokens from M on are skipped. The grid's epilogue (qk_mma_epilogue, below) calls
+// qk_mma_store_out too, and nvcc 13.0 gives the same SASS as with the loop written out there (docs/kernel.md, item
+// 46); building that whole epilogue from these pieces had changed ptxas's schedule of the decode kernel that shares it
+// (5-7% slower at M <= 8 with its warps sharing a tile, measured on the H200): compare the SASS when changing it.
 // Whether this block is the last of a tile's nz parts to arrive on its counter (its partial sums, like every
 // other's, in the workspace); the last sets the counter back to zero. The block's first SYNC threads call it.
 template <int SYNC>
