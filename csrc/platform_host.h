@@ -1,5 +1,5 @@
-// platform_host.h — the third platform of platform.h: the CPU, for the kernels both GPU platforms compile (dot2 decode,
-// WMMA prefill), so that CI runs their source with no GPU (tests/test_host_kernels.py, through w4a16_host.cpp).
+// platform_host.h — the third platform of platform.h: the CPU, for the kernels both GPU platforms compile (dot2
+// decode, WMMA prefill), so that CI runs their source with no GPU (tests/test_host_kernels.py, through w4a16_host.cpp).
 // Built by a host compiler with QK_HOST defined (g++ or clang++, -std=c++20); platform.h includes this file then, and
 // only then.
 //

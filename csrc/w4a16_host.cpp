@@ -18,8 +18,8 @@ int qk_host_dot2_gemm(int bf16, const uint16_t* x, const uint32_t* qweight, cons
   if (M < 1 || M > 8 || N % 4 || K % 8 || k_split % group_size || k_split > QK_DOT2_KSPLIT) return 1;
   bool ok = false;
   qk_dot2_instance(bf16 != 0, zeros == nullptr, M, [&](auto kernel) {
-    ok = qk_host_launch(kernel, qk_dot2_grid(N, K, k_split), QK_DOT2_THREADS, x, qweight, scales, zeros, bias, out, M, N,
-                   K, group_size, k_split);
+    ok = qk_host_launch(kernel, qk_dot2_grid(N, K, k_split), QK_DOT2_THREADS, x, qweight, scales, zeros, bias, out,
+                        M, N, K, group_size, k_split);
   });
   return ok ? 0 : 2;
 }
@@ -30,8 +30,8 @@ int qk_host_wmma_gemm(int bf16, const uint16_t* x, const uint32_t* qweight, cons
   if (M < 1 || N % 16 || K % 16 || k_split <= 0 || k_split % group_size || k_split % 16) return 1;
   bool ok = false;
   qk_wmma_instance(bf16 != 0, zeros == nullptr, [&](auto kernel) {
-    ok = qk_host_launch(kernel, qk_wmma_grid(M, N, K, k_split), QK_WMMA_THREADS, x, qweight, scales, zeros, bias, out, M,
-                   N, K, group_size, k_split);
+    ok = qk_host_launch(kernel, qk_wmma_grid(M, N, K, k_split), QK_WMMA_THREADS, x, qweight, scales, zeros, bias, out,
+                        M, N, K, group_size, k_split);
   });
   return ok ? 0 : 2;
 }

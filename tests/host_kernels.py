@@ -1,5 +1,5 @@
-"""The dot2 decode and WMMA prefill kernels (csrc/w4a16_dot2.h, csrc/w4a16_wmma.h) built for the CPU: csrc/w4a16_host.cpp
-with csrc/platform_host.h, by the host C++ compiler, loaded with ctypes. ``load`` returns an object whose ``dot2_gemm``
+"""The dot2 decode and WMMA prefill kernels (csrc/w4a16_dot2.h, csrc/w4a16_wmma.h) built for the CPU:
+csrc/w4a16_host.cpp with csrc/platform_host.h, by the host C++ compiler, loaded with ctypes. ``load`` returns an object whose ``dot2_gemm``
 and ``wmma_gemm`` take the arguments of the extension's functions of those names (quantkit.kernels.ops passes them to
 ops._dot2_layout_gemm), on CPU tensors."""
 

@@ -23,7 +23,8 @@ QK_GLOBAL void wmma_identity() {
   const int l = qk_thread_x() % 32, r = l % 16;
   uint32_t a[8], b[8];
   for (int p = 0; p < 8; ++p) {
-    const uint16_t lo = qk_float_to_bits((float)(r + 2 * p), QkF16()), hi = qk_float_to_bits((float)(r + 2 * p + 1), QkF16());
+    const uint16_t lo = qk_float_to_bits((float)(r + 2 * p), QkF16());
+    const uint16_t hi = qk_float_to_bits((float)(r + 2 * p + 1), QkF16());
     a[p] = lo | (uint32_t)hi << 16;
     const uint16_t one = qk_float_to_bits(1.f, QkF16()), zero = 0;
     b[p] = (2 * p == r ? one : zero) | (uint32_t)(2 * p + 1 == r ? one : zero) << 16;

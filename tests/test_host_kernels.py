@@ -52,8 +52,8 @@ def _run(kernel, x, packed, bias, k_split):
                                                       for g, s, a in LAYERS])
 def test_dot2_decode_matches_reference(host, dtype, group, sym, act):
     """Every row count of the four instances (1, 2, 4, 8 rows), on a layer whose last block of 1024 columns holds 16
-    (its other threads return after staging x) with K in 3 splits, the last one short, and on one that K fits in one split (the plain
-    store, no atomics); with and without a bias."""
+    (its other threads return after staging x) with K in 3 splits, the last one short, and on one that K fits in one
+    split (the plain store, no atomics); with and without a bias."""
     failures = []
     for n, k in ((1040, 640), (64, 256)):
         _, packed, w, bias = _layer(n, k, group, sym, act, dtype, seed=n + k + group)
