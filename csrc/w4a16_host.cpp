@@ -1,7 +1,7 @@
 // w4a16_host.cpp — the dot2 decode and WMMA prefill kernels run on the CPU (platform_host.h), with the launches of
-// w4a16_ext.cu's dot2_gemm and wmma_gemm (w4a16_launch_dot2.h): a C library that tests/host_kernels.py loads, so that
-// CI runs the RDNA3 kernels' source against the reference with no GPU. Slow (each GPU thread a fiber, one running at
-// a time): tests only. Built as tests/host_kernels.py does:
+// w4a16_ext.cu's dot2_gemm and wmma_gemm (w4a16_launch_dot2.h): a C library that quantkit/kernels/host.py loads, so
+// that CI runs the RDNA3 kernels' source against the reference with no GPU. Slow (each GPU thread a fiber, one running at
+// a time): tests and measurements only. Built as quantkit/kernels/host.py does:
 //
 //     g++ -std=c++20 -O1 -DQK_HOST -fno-strict-aliasing -ffp-contract=off -Icsrc -shared -fPIC csrc/w4a16_host.cpp -o libqk_host.so
 //

@@ -1,4 +1,4 @@
-"""The RDNA3 kernels' source run on the CPU (tests/host_kernels.py: csrc/w4a16_host.cpp over csrc/platform_host.h), so
+"""The RDNA3 kernels' source run on the CPU (quantkit.kernels.host: csrc/w4a16_host.cpp over csrc/platform_host.h), so
 that CI checks what the HIP build computes with no GPU: the dot2 decode kernel (csrc/w4a16_dot2.h) and the WMMA
 prefill kernel (csrc/w4a16_wmma.h), with the launches of the extension's dot2_gemm / wmma_gemm and the k_split rules of
 quantkit.kernels.ops, against the reference weight in fp64 within testing.tolerance (the GPU tests' bound). The
@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pathlib import Path
+
+from quantkit.kernels import host as host_kernels
 from quantkit.kernels import ops, prepare, testing
 from quantkit.kernels.reference import reference_weight
-
-import host_kernels
 
 pytestmark = pytest.mark.skipif(host_kernels.CXX is None, reason="no C++ compiler (g++ or clang++-19)")
 
@@ -30,7 +31,8 @@ def test_cpu_platform_keeps_its_promises(tmp_path):
     """What the tests below rely on (tests/host_platform_check.cpp, toy kernels): the block's barrier makes the other
     threads' shared-memory writes visible and a missing one shows as a stale read; a wave's qk_wmma16 follows gfx11's
     lane layout; threads stuck at barriers that cannot open make the launch fail rather than hang."""
-    assert host_kernels.run_check("host_platform_check.cpp", tmp_path).strip().endswith("7 cases, 0 failures")
+    out = host_kernels.run_check(Path(__file__).parent / "host_platform_check.cpp", tmp_path)
+    assert out.strip().endswith("7 cases, 0 failures"), out
 
 
 def _layer(n, k, group, sym, act, dtype, seed):

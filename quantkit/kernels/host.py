@@ -1,5 +1,7 @@
-"""The dot2 decode and WMMA prefill kernels (csrc/w4a16_dot2.h, csrc/w4a16_wmma.h) built for the CPU:
-csrc/w4a16_host.cpp with csrc/platform_host.h, by the host C++ compiler, loaded with ctypes. ``load`` returns an object whose ``dot2_gemm``
+"""The RDNA3 kernels on the CPU: the dot2 decode and WMMA prefill kernels (csrc/w4a16_dot2.h, csrc/w4a16_wmma.h) built
+from csrc/w4a16_host.cpp with csrc/platform_host.h by the host C++ compiler, loaded with ctypes. For tests and
+measurements of their arithmetic where no AMD GPU is (tests/test_host_kernels.py, bench/rdna3_split_error.py), not a
+backend: each GPU thread is a fiber, one running at a time. ``load`` returns an object whose ``dot2_gemm``
 and ``wmma_gemm`` take the arguments of the extension's functions of those names (quantkit.kernels.ops passes them to
 ops._dot2_layout_gemm), on CPU tensors."""
 
@@ -12,11 +14,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-CSRC = ROOT / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 # g++ (Debian's build-essential) or the clang-19 that CI installs for the RDNA3 ISA check
 CXX = shutil.which("g++") or shutil.which("clang++-19")
-
 
 # -ffp-contract=off: no multiply-add the source does not write as fmaf is fused (nvcc and clang fuse by their own rules)
 FLAGS = ("-std=c++20", "-O1", "-DQK_HOST", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas",
@@ -34,11 +34,13 @@ def build(out_dir: Path) -> Path:
     return _compile(CSRC / "w4a16_host.cpp", out_dir / "libqk_host.so", "-shared", "-fPIC")
 
 
-def run_check(source: str, out_dir: Path) -> str:
-    """Build tests/<source> against csrc/ for the CPU, run it; its output, which ends "N cases, F failures"."""
-    exe = _compile(ROOT / "tests" / source, out_dir / Path(source).stem)
+def run_check(source: Path, out_dir: Path) -> str:
+    """Build a C++ check program (source) against csrc/ for the CPU and run it: its output
+    (tests/host_platform_check.cpp ends it with "N cases, F failures"); RuntimeError if it exits non-zero."""
+    exe = _compile(Path(source), out_dir / Path(source).stem)
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:]
+    if res.returncode != 0:
+        raise RuntimeError(f"{Path(source).name} failed: {res.stdout[-3000:]}")
     return res.stdout
 
 
