@@ -106,15 +106,9 @@ QK_WMMA16(QkBF16, qk_bf1616v, __builtin_amdgcn_wmma_f32_16x16x16_bf16_w32)
 typedef __half qk_half;
 typedef __nv_bfloat16 qk_bf16;
 
-// No dot2 on NVIDIA's CUDA cores: two fp32 FMAs in the same order give the same fp32-accumulated result.
 QK_INLINE float2 qk_pair_to_float2(uint32_t v, QkF16) { return __half22float2(*reinterpret_cast<const __half2*>(&v)); }
 QK_INLINE float2 qk_pair_to_float2(uint32_t v, QkBF16) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-}
-template <typename Tag>
-QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, Tag) {
-  const float2 fa = qk_pair_to_float2(a, Tag()), fb = qk_pair_to_float2(b, Tag());
-  return fmaf(fa.y, fb.y, fmaf(fa.x, fb.x, acc));
 }
 QK_INLINE float qk_bits_to_float(uint16_t h, QkF16) { return __half2float(__ushort_as_half(h)); }
 QK_INLINE float qk_bits_to_float(uint16_t h, QkBF16) { return __bfloat162float(__ushort_as_bfloat16(h)); }
@@ -129,28 +123,13 @@ QK_INLINE uint32_t qk_sub_mul2(uint32_t a, uint32_t z, uint32_t s) {
                             *reinterpret_cast<const __half2*>(&s));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
-// The stand-in for gfx11's WMMA: lane l's c[i] is row r = 2i + l / 16 of A (held by lane r) times its own column of
-// B, added to c[i] in k order.
-template <typename Tag>
-QK_INLINE void qk_wmma16(float (&c)[8], const uint32_t (&a)[8], const uint32_t (&b)[8], Tag) {
-  const int half = (threadIdx.x % 32) / 16;
-  float bk[16];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const float2 f = qk_pair_to_float2(b[j], Tag());
-    bk[2 * j] = f.x, bk[2 * j + 1] = f.y;
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    float sum = c[i];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 f = qk_pair_to_float2(__shfl_sync(0xffffffffu, a[j], 2 * i + half), Tag());
-      sum = fmaf(f.y, bk[2 * j + 1], fmaf(f.x, bk[2 * j], sum));
-    }
-    c[i] = sum;
-  }
-}
+// Word j of the A row that lane holds, for the WMMA stand-in (below): a warp shuffle.
+struct QkWaveRows {
+  const uint32_t (&a)[8];
+  QK_INLINE explicit QkWaveRows(const uint32_t (&a_)[8]) : a(a_) {}
+  QK_INLINE uint32_t operator()(int lane, int j) const { return __shfl_sync(0xffffffffu, a[j], lane); }
+  QK_INLINE void done() const {}
+};
 #define QK_WAVE 32
 #endif
 
@@ -186,3 +165,38 @@ QK_INLINE int qk_grid_z() { return (int)gridDim.z; }
 QK_INLINE void qk_sync() { __syncthreads(); }
 #endif
 #endif  // QK_HOST
+
+#if !QK_IS_HIP
+// The stand-ins for gfx11's dot2 and WMMA, on CUDA and on the CPU alike: one definition, so that both builds compute
+// the same bits (tests/test_host_kernels.py compares them on an NVIDIA GPU). Each platform gives qk_pair_to_float2 and
+// QkWaveRows.
+// No dot2 on NVIDIA's CUDA cores: two fp32 FMAs in the same order give the same fp32-accumulated result.
+template <typename Tag>
+QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, Tag) {
+  const float2 fa = qk_pair_to_float2(a, Tag()), fb = qk_pair_to_float2(b, Tag());
+  return fmaf(fa.y, fb.y, fmaf(fa.x, fb.x, acc));
+}
+// WMMA: lane l's c[i] is row r = 2i + l / 16 of A (held by lane r) times its own column of B, added to c[i] in k order.
+template <typename Tag>
+QK_INLINE void qk_wmma16(float (&c)[8], const uint32_t (&a)[8], const uint32_t (&b)[8], Tag) {
+  const int half = (int)((unsigned)qk_thread_x() % 32u / 16u);
+  const QkWaveRows rows(a);
+  float bk[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 f = qk_pair_to_float2(b[j], Tag());
+    bk[2 * j] = f.x, bk[2 * j + 1] = f.y;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    float sum = c[i];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 f = qk_pair_to_float2(rows(2 * i + half, j), Tag());
+      sum = fmaf(f.y, bk[2 * j + 1], fmaf(f.x, bk[2 * j], sum));
+    }
+    c[i] = sum;
+  }
+  rows.done();
+}
+#endif

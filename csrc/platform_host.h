@@ -24,6 +24,7 @@
 
 #include <stdint.h>
 
+#include <math.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -101,11 +102,6 @@ template <typename Tag>
 QK_INLINE float2 qk_pair_to_float2(uint32_t v, Tag) {
   return {qk_bits_to_float((uint16_t)(v & 0xffffu), Tag()), qk_bits_to_float((uint16_t)(v >> 16), Tag())};
 }
-template <typename Tag>
-QK_INLINE float qk_dot2(uint32_t a, uint32_t b, float acc, Tag) {
-  const float2 fa = qk_pair_to_float2(a, Tag()), fb = qk_pair_to_float2(b, Tag());
-  return std::fma(fa.y, fb.y, std::fma(fa.x, fb.x, acc));
-}
 QK_INLINE unsigned long long qk_atomic_cas64(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
   __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   return cmp;  // the word as it was
@@ -124,29 +120,20 @@ QK_INLINE uint32_t qk_sub_mul2(uint32_t a, uint32_t z, uint32_t s) {
   }
   return r;
 }
-// CUDA's stand-in for gfx11's WMMA (platform.h): lane l's c[i] is row 2i + l / 16 of A, held by that lane, times its
-// own column of B, added in k order. The rows come through the wave's buffer, between two waits at its barrier.
-template <typename Tag>
-QK_INLINE void qk_wmma16(float (&c)[8], const uint32_t (&a)[8], const uint32_t (&b)[8], Tag) {
-  const int t = qk_thread_x(), lane = t % 32, half = lane / 16;
-  uint32_t(*rows)[8] = reinterpret_cast<uint32_t(*)[8]>(qk_host_block->wave_a.data() + (size_t)(t / 32) * 32 * 8);
-  std::memcpy(rows[lane], a, sizeof(a));
-  qk_host_wait(QkHostBlock::AT_WAVE);
-  float bk[16];
-  for (int j = 0; j < 8; ++j) {
-    const float2 f = qk_pair_to_float2(b[j], Tag());
-    bk[2 * j] = f.x, bk[2 * j + 1] = f.y;
+// Word j of the A row that lane holds, for the WMMA stand-in (platform.h): the wave's lanes write their rows into its
+// buffer and wait at its barrier; done() waits there again, so that every lane has read the rows before any writes its
+// next ones.
+struct QkWaveRows {
+  uint32_t (*rows)[8];
+  QK_INLINE explicit QkWaveRows(const uint32_t (&a)[8]) {
+    const int t = qk_thread_x();
+    rows = reinterpret_cast<uint32_t(*)[8]>(qk_host_block->wave_a.data() + (size_t)(t / 32) * 32 * 8);
+    std::memcpy(rows[t % 32], a, sizeof(a));
+    qk_host_wait(QkHostBlock::AT_WAVE);
   }
-  for (int i = 0; i < 8; ++i) {
-    float sum = c[i];
-    for (int j = 0; j < 8; ++j) {
-      const float2 f = qk_pair_to_float2(rows[2 * i + half][j], Tag());
-      sum = std::fma(f.y, bk[2 * j + 1], std::fma(f.x, bk[2 * j], sum));
-    }
-    c[i] = sum;
-  }
-  qk_host_wait(QkHostBlock::AT_WAVE);  // every lane has read the rows before any writes its next ones
-}
+  QK_INLINE uint32_t operator()(int lane, int j) const { return rows[lane][j]; }
+  QK_INLINE void done() const { qk_host_wait(QkHostBlock::AT_WAVE); }
+};
 
 // Opens what barriers can open (every live thread of the block, or of a wave, waiting at it); false if none can while
 // threads wait.
