@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import statistics
 import sys
 import time
@@ -164,10 +165,11 @@ def check(name: str, y: torch.Tensor, truth: torch.Tensor, tol: float) -> float:
     return err
 
 
-def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws_probe=False) -> dict:
+def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws_probe=False, skip=None) -> dict:
     """Every contender at this M, each a call of no arguments on this copy of the layer; ws_probe: also the
     warp-specialized kernel's producer alone (ops.ws_probe, stream-K at its decode tile; probe_* contenders, whose
-    output is not the product and is not checked)."""
+    output is not the product and is not checked); skip: a regular expression, the contenders whose names it finds
+    left out (never cublas_bf16 or quantkit)."""
     contenders = {
         "cublas_bf16": lambda: F.linear(x, weight),
         "quantkit": lambda: w4a16_linear(x, packed, backend="kernel"),
@@ -233,6 +235,9 @@ def contenders_of(x, packed, weight, int4, m, n, k, group, sms, device, tune, ws
         bt = ops.ws_stream_k_bt(max(m, 9))
         for level, name in ((1, "wait"), (2, "read"), (3, "dequant"), (4, "nox")):
             contenders[f"probe_ws_{name}"] = lambda level=level: ops.ws_probe(x, packed, level, bt=bt, stream_k=True)
+    if skip:
+        contenders = {name: fn for name, fn in contenders.items()
+                      if name in ("cublas_bf16", "quantkit") or not re.search(skip, name)}
     return contenders
 
 
@@ -252,7 +257,7 @@ def l2_prefetch_befores(names, packed, dtype) -> dict:
 
 
 def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero", l2_prefetch=False,
-                ws_probe=False) -> list[dict]:
+                ws_probe=False, skip=None) -> list[dict]:
     dtype = torch.bfloat16
     ql = testing.random_qlinear(n, k, group_size=group, sym=True, act_order=False, dtype=dtype, seed=n + k + group,
                                 device=device)
@@ -269,7 +274,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
         x = testing.random_activations(m, k, dtype=dtype, seed=m, device=device)
         truth = x.float() @ weight.float().T
         tol = testing.TOLERANCE[dtype]
-        per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune, ws_probe) for layer in layers]
+        per_copy = [contenders_of(x, *layer, m, n, k, group, sms, device, tune, ws_probe, skip) for layer in layers]
         contenders = per_copy[0]
         if l2_prefetch:  # (copies == 1: main refuses --l2-prefetch with --cache rotate)
             contenders["quantkit_l2"] = contenders["quantkit"]
@@ -361,6 +366,8 @@ def main(argv=None) -> int:
                     "producer alone, its consumers only waiting for each stage (probe_ws_wait), also reading their "
                     "weights and scales (probe_ws_read), also dequantizing them (probe_ws_dequant), or the producer "
                     "copying no x (probe_ws_nox): ops.ws_probe, not the product")
+    ap.add_argument("--skip", help="a regular expression: leave out the contenders whose names it finds (not "
+                    "cublas_bf16 or quantkit), e.g. one that hung or failed on this device")
     args = ap.parse_args(argv)
     if args.l2_prefetch and args.cache == "rotate":
         ap.error("--l2-prefetch times one call after a flush: use it with --cache zero or clean")
@@ -400,7 +407,8 @@ def main(argv=None) -> int:
             for shape in args.shapes.split(";"):
                 n, k = (int(v) for v in shape.split("x"))
                 rows, tuned = bench_shape(n, k, group, ms, device, flush, args.reps, copy_bw,
-                                           args.tune and group == 128, args.cache, args.l2_prefetch, args.ws_probe)
+                                           args.tune and group == 128, args.cache, args.l2_prefetch, args.ws_probe,
+                                           args.skip)
                 result["results"] += rows
                 result["tune"] += tuned
                 write_json(args.out, result)  # after every shape: a run cut short keeps what it measured

@@ -105,3 +105,20 @@ def test_l2_prefetch_requests_the_layer_before_its_own_timed_call_only(fake_cuda
         expected += ([("l2", True, torch.bfloat16, kernel_bench.prefetch.MAX_BYTES)] if name == "quantkit_l2" else [])
         expected += [wait, name]
     assert timed == expected
+
+
+def test_skip_leaves_out_the_contenders_it_names_but_never_the_baseline_or_the_dispatch(monkeypatch):
+    """--skip drops contenders by name (one that hung or failed on a device), on a Hopper stood in for."""
+    from quantkit.kernels import ops, prepare, testing
+
+    monkeypatch.setattr(ops, "has_wgmma", lambda device: True)
+    monkeypatch.setattr(ops, "_capability", lambda device: (9, 0))
+    ql = testing.random_qlinear(128, 256, group_size=128, sym=True, act_order=False, dtype=torch.bfloat16, seed=1)
+    packed = prepare(ql, device="cpu")
+    x = testing.random_activations(32, 256, dtype=torch.bfloat16, seed=1, device="cpu")
+    args = (x, packed, None, None, 32, 128, 256, 128, 132, torch.device("cpu"), False, True)
+    every = list(kernel_bench.contenders_of(*args))
+    assert {"qk_wgmma_ws_sk_bt32_pipe", "probe_ws_nox", "probe_ws_wait", "qk_stream_wk"} <= set(every)
+    kept = list(kernel_bench.contenders_of(*args, skip="_pipe$|^probe_|quantkit|cublas"))
+    assert kept == [n for n in every if not (n.endswith("_pipe") or n.startswith("probe_") or "quantkit_" in n)]
+    assert kept[:2] == ["cublas_bf16", "quantkit"]
