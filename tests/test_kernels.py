@@ -3,6 +3,12 @@ reference path, dispatch without a GPU, and the module. GPU sweeps are in test_k
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -223,8 +229,8 @@ def test_no_gpu_means_reference_and_a_clear_reason():
 
 
 def test_an_install_without_the_kernel_sources_says_so(monkeypatch, tmp_path):
-    """A GPU but no csrc/ (a wheel, not a clone): a one-line reason that names the missing file and what to do, and the
-    reference path, rather than an exception from the build's hashing of its sources."""
+    """A GPU but no kernel sources (an install that lost quantkit/_csrc): a one-line reason that names the missing file
+    and what to do, and the reference path, rather than an exception from the build's hashing of its sources."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "kernel sources" not in build._why_not()
     monkeypatch.setattr(build, "CSRC", tmp_path)
@@ -562,3 +568,23 @@ def test_python_calls_into_the_extension_match_its_bindings():
             f"ops.py line {node.lineno}: {node.func.attr} called with {len(node.args)} arguments, bound with {arity[node.func.attr]}"
         checked += 1
     assert checked >= 7  # mma_gemm, wgmma_gemm, wgmma_ws_gemm, wgmma_pack_x, mma_dequant, l2_prefetch, the depth
+
+
+def test_a_wheel_carries_the_kernel_sources(tmp_path):
+    """A wheel (pip install . without -e, or a published one) holds every file the build compiles and hashes, under
+    quantkit/_csrc, where build.CSRC finds them: the kernels build from a wheel as from a clone. Built from a copy of
+    what a wheel is made of, so that no earlier build directory lends it files."""
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("quantkit", "csrc"):  # quantkit/_csrc, a link to ../csrc, stays one
+        shutil.copytree(root / name, src / name, symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, timeout=600)
+    (wheel,) = tmp_path.glob("quantkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert build.CSRC == (root / "quantkit" / "_csrc").resolve()
+    needed = build.SOURCES + build.HEADERS + ("w4a16_host.cpp",)
+    assert len(build.HEADERS) >= 10 and {f"quantkit/_csrc/{name}" for name in needed} <= names

@@ -17,7 +17,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# The kernel sources: quantkit/_csrc, which in a clone is a link to the repository's csrc/ and in a wheel (or a
+# non-editable install) holds the files themselves (pyproject.toml's package data); the repository's csrc/ where
+# the link did not survive (a checkout or copy without symbolic links).
+_PACKAGED = Path(__file__).resolve().parents[1] / "_csrc"
+CSRC = _PACKAGED.resolve() if (_PACKAGED / "w4a16_ext.cu").is_file() else Path(__file__).resolve().parents[2] / "csrc"
 # One translation unit per kernel family (w4a16_launch.h), no torch in them: the build compiles them in parallel.
 SOURCES = ("w4a16_ext.cu", "w4a16_launch_stream.cu", "w4a16_launch_staged.cu", "w4a16_launch_wgmma.cu",
            "w4a16_launch_wgmma_wsm.cu", "w4a16_launch_wgmma_ws.cu",
@@ -53,8 +57,8 @@ def _why_not() -> str:
         return "no GPU visible to torch (torch.cuda.is_available() is False); using the pure-torch reference"
     missing = [name for name in SOURCES + HEADERS if not (CSRC / name).is_file()] if HEADERS else ["*.h"]
     if missing:  # an install without the repository's csrc/ (the kernels are built from it on first use)
-        return (f"the kernel sources are not at {CSRC} ({missing[0]} missing); install quantkit from a clone "
-                "(pip install -e .) to build the kernels; using the pure-torch reference")
+        return (f"the kernel sources are not at {CSRC} ({missing[0]} missing); reinstall quantkit (pip install "
+                "-e . from a clone, or its wheel) to build the kernels; using the pure-torch reference")
     from torch.utils import cpp_extension
 
     if torch.version.hip:

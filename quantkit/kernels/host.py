@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+from quantkit.kernels.build import CSRC
+
 # g++ (Debian's build-essential) or the clang-19 that CI installs for the RDNA3 ISA check
 CXX = shutil.which("g++") or shutil.which("clang++-19")
 
