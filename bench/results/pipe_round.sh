@@ -7,12 +7,14 @@
 #      hangs or fails there is left out of the benchmark (kernel_bench.py --skip) rather than stopping it;
 #   c. bench/device_round.sh, STEPS=bench: M = 16 and 32, group 128, the eval's four Llama-3-8B layers first, then the
 #      issue's, with the probe's four levels (qk_wgmma_ws_sk_bt32_pipe beside qk_wgmma_ws_sk_bt32 and the dispatch).
-#     bash bench/results/pipe_round.sh OUT_DIR   (ends within 588 s; OUT_DIR/{a,b}/round.tgz, a/*.so)
+#     bash bench/results/pipe_round.sh OUT_DIR [SECONDS]   (ends within SECONDS, default 588; OUT_DIR/{a,b}/round.tgz,
+#     a/*.so)
 set -u
-OUT=${1:?usage: pipe_round.sh OUT_DIR}
+OUT=${1:?usage: pipe_round.sh OUT_DIR [SECONDS]}
+TOTAL=${2:-588}
 T0=$(date +%s)
-left() { echo $(( 588 - ($(date +%s) - T0) )); }
-STEPS=tests TESTS_LIMIT=140 bash bench/device_round.sh "$OUT/a" 360
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+STEPS=tests TESTS_LIMIT=140 bash bench/device_round.sh "$OUT/a" $(( TOTAL * 6 / 10 ))
 . bench/device_env.sh > /dev/null
 export QUANTKIT_KERNEL_CACHE=$PWD/.qkcache
 smoke() {  # smoke LEVEL: 0 the pipelined instance, else that probe level; rc 0 when it returns
