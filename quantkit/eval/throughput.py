@@ -484,6 +484,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["compiled_decode"] = settings.compile
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
-    if kernel_ops.WS_PIPELINED_32:  # an option under measurement (QUANTKIT_WS_PIPELINED_32), recorded where it was on
+    if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     return result

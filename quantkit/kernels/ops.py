@@ -140,8 +140,8 @@ WS_KS = {16: 2, 32: 4, 64: 4, 128: 2, 256: 1}
 WS_BLOCKS_PER_SM = {16: 2}
 # Run the pipelined instance at 32 tokens a block (csrc: qk_wgmma_ws's PL; 256 tokens always are): a producer
 # warpgroup that hands its registers to the consumers, who dequantize the next step while this step's MMAs run.
-# Off until measured: docs/kernel.md item 44 found the 32-token kernel's MMAs holding each stage 10-20 us a layer.
-# QUANTKIT_WS_PIPELINED_32=1 turns it on for a process (an eval or profile run measuring it; the eval records it).
+# Off: measured 1-7% slower than the plain instance on the H100 at every shape and M = 16 / 32, and the batch-32 decode
+# step 3% slower (docs/kernel.md item 47). QUANTKIT_WS_PIPELINED_32=1 turns it on for a process (the eval records it).
 WS_PIPELINED_32 = os.environ.get("QUANTKIT_WS_PIPELINED_32", "0") != "0"
 # Split-K of the streaming kernel (mma_splits): the largest power of two that keeps the grid within
 # STREAM_BLOCKS_PER_SM blocks per multiprocessor (M <= 16, M > 16), each warp getting at least MIN_CHUNKS_PER_SPLIT
