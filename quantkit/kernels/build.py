@@ -56,7 +56,7 @@ def _why_not() -> str:
     if not torch.cuda.is_available():
         return "no GPU visible to torch (torch.cuda.is_available() is False); using the pure-torch reference"
     missing = [name for name in SOURCES + HEADERS if not (CSRC / name).is_file()] if HEADERS else ["*.h"]
-    if missing:  # an install without the repository's csrc/ (the kernels are built from it on first use)
+    if missing:  # an install that lost the kernel sources (the kernels are built from them on first use)
         return (f"the kernel sources are not at {CSRC} ({missing[0]} missing); reinstall quantkit (pip install "
                 "-e . from a clone, or its wheel) to build the kernels; using the pure-torch reference")
     from torch.utils import cpp_extension
