@@ -7,10 +7,10 @@ split-K through the 16-bit atomics and the epilogues, not gfx11's own rounding."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-
-from pathlib import Path
 
 from quantkit.kernels import host as host_kernels
 from quantkit.kernels import ops, prepare, testing
