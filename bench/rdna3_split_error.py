@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     if host.CXX is None:
         print("error: no C++ compiler (g++ or clang++-19) to build the kernels for the CPU", file=sys.stderr)
         return 2
+    k_split = ops.dot2_k_split(128)
     with tempfile.TemporaryDirectory() as tmp:
         kernels = host.load(Path(tmp))
         rows = []
@@ -45,9 +46,9 @@ def main(argv=None) -> int:
                 for m in map(int, args.ms.split(",")):
                     x = testing.random_activations(m, k, dtype=dtype, seed=2 + m, device="cpu")
                     t0 = time.time()
-                    y = ops._dot2_layout_gemm(kernels.dot2_gemm, x, packed, None, ops.dot2_k_split(128))
+                    y = ops._dot2_layout_gemm(kernels.dot2_gemm, x, packed, None, k_split)
                     row = {"dtype": str(dtype).removeprefix("torch."), "layer": role, "N": n, "K": k, "M": m,
-                           "splits": -(-k // ops.dot2_k_split(128)),
+                           "splits": -(-k // k_split),
                            "dot2_error": testing.relative_error(y, w, x),
                            "one_rounding_error": testing.relative_error(w4a16_linear(x, packed, backend="reference"),
                                                                         w, x),
