@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7 speed runs on a GPU: `quantkit eval --throughput` of W4A16 (group 128 and group 32) against bf16 on
 # Llama-3-8B shapes (random weights: recipes/configs/llama-3-8b.json), then the GPU eval tests, then, with the
-# time left, the g128 run with the decode step torch.compile'd (--compile) at the batches of COMPILED_BATCH (1).
+# time left, the run with the decode step torch.compile'd (--compile) at the batches of COMPILED_BATCH (1) and the group
+# size of COMPILED_GROUP (128).
 #
 #     bash bench/eval_speed.sh OUT_DIR [DEADLINE_SECONDS]
 #
@@ -60,7 +61,8 @@ for step in ${STEPS:-g128 g32 tests compiled}; do
       timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_eval_gpu.py 2>&1 | tee "$OUT/test_eval_gpu.log" ;;
     compiled)  # one compile per model (dynamic shapes): every batch of COMPILED_BATCH reuses it
       limit=$(( $(left) - 5 < ${COMPILED_LIMIT:-100000} ? $(left) - 5 : ${COMPILED_LIMIT:-100000} ))
-      [ "$limit" -gt 60 ] && run eval_${CONFIG}_g128_compiled $limit --group-size 128 --compile --batch "${COMPILED_BATCH:-1}" ;;
+      [ "$limit" -gt 60 ] && run eval_${CONFIG}_g${COMPILED_GROUP:-128}_compiled $limit --group-size "${COMPILED_GROUP:-128}" \
+        --compile --batch "${COMPILED_BATCH:-1}" ;;
   esac
 done
 echo "== done ($(left) s left)"
