@@ -418,7 +418,7 @@ def test_fused_projections_compute_the_same_function():
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
 
 
-def test_split_kv_decode_plan_and_routing():
+def test_split_kv_decode_plan_and_routing(monkeypatch):
     """The split plan makes at least two programs a multiprocessor (132 here) of whole blocks; supports() takes one
     query token, a power-of-two head size and a shared boolean mask only, runs_for() grouped-query models on a GPU;
     the throughput runs ask for it (Settings.decode_attention, set inside grouped_decode_attention only) and record
@@ -448,6 +448,7 @@ def test_split_kv_decode_plan_and_routing():
     assert bounded(1, 8, 4096)  # a long static cache: 4 blocks a range
     assert decode_attention.settings()["MASK_BOUND"] is True
     assert decode_attention.settings()["SPLITS_ROUND"] == "nearest"
+    assert decode_attention.settings()["COMBINE"] == "kernel"  # "last" is not yet timed on a GPU
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()
@@ -456,6 +457,10 @@ def test_split_kv_decode_plan_and_routing():
     assert not decode_attention.supports(q.expand(1, 4, 2, 32), k, mask)  # two query tokens: not a decode step
     assert not decode_attention.supports(q.float(), k, mask)
     assert not decode_attention.supports(torch.zeros_like(q[..., :24]), k[..., :24], mask)  # head size 24
+    monkeypatch.setattr(decode_attention, "COMBINE", "both")
+    with pytest.raises(ValueError, match="must be kernel or last, got 'both'"):
+        decode_attention.split_kv_decode(q, k, k, mask, 0.1)
+    monkeypatch.undo()
     gqa = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)
     mha = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=8)
     cuda = torch.device("cuda")
