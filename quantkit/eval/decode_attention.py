@@ -141,7 +141,7 @@ if triton is not None:
     def _combine_group(o_ptr, lse_ptr, out_ptr, b, heads, rows, d, splits, sob, soh, sop, slb, slh, sxb, sxh,
                        GP: tl.constexpr, D: tl.constexpr):
         """COMBINE "last": the ranges' sums of a KV head's query rows weighed by their log-sum-exps, read past L1 (the
-        other programs wrote them), the output in out_ptr's dtype; the same arithmetic as _split_kv_combine."""
+        other programs wrote them), the output in out_ptr's dtype; _split_kv_combine's arithmetic, summed in range order."""
         top = tl.full([GP], float("-inf"), tl.float32)
         for p in range(0, splits):
             top = tl.maximum(top, tl.load(lse_ptr + b * slb + heads * slh + p, mask=rows, other=float("-inf"),
