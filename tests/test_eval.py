@@ -127,6 +127,29 @@ def test_random_weights_can_quantize_lm_head(tmp_path):
         validate.evaluate(tmp_path, quantize_lm_head=True, perplexity=False)
 
 
+def check_greedy_token(device: str) -> None:
+    """throughput.greedy_token gives argmax's index (the first of equal maxima) on vocabularies that split into
+    chunks and on one that does not, with ties inside a chunk and across chunks, in float32 and bfloat16."""
+    gen = torch.Generator().manual_seed(0)
+    for vocab in (128256, 49152, 151936, 50021):
+        for dtype in (torch.float32, torch.bfloat16):
+            # integer logits in a small range: many exact ties, in every chunk and across chunks
+            logits = torch.randint(-50, 50, (5, vocab), generator=gen).to(dtype)
+            logits[1, [7, vocab - 1]] = 60  # the maximum twice, in the first and the last chunk
+            logits[2, :] = 3  # one value everywhere: index 0
+            logits = logits.to(device)
+            got = throughput.greedy_token(logits)
+            assert got.shape == (5, 1) and got.dtype == torch.long
+            assert torch.equal(got, logits.argmax(-1, keepdim=True)), (vocab, dtype, got.flatten().tolist())
+            assert got[1, 0] == 7 and got[2, 0] == 0
+
+
+def test_greedy_token_is_argmax_in_two_stages():
+    assert throughput.greedy_chunk(128256) == 1002 and throughput.greedy_chunk(49152) == 1024
+    assert throughput.greedy_chunk(151936) == 128 and throughput.greedy_chunk(50021) == 0  # 50021 is prime
+    check_greedy_token("cpu")
+
+
 def test_throughput_settings_errors():
     with pytest.raises(Exception, match="--batch"):
         throughput.parse_batches("1,x")

@@ -56,6 +56,12 @@ def test_graph_throughput_on_a_tiny_model(models):
     assert [r["batch"] for r in section["rows"]] == [1, 4] and all(r["decode_tok_s"] > 0 for r in section["rows"])
 
 
+def test_greedy_token_is_argmax_on_the_gpu():
+    from test_eval import check_greedy_token
+
+    check_greedy_token("cuda")
+
+
 @pytest.mark.parametrize("mode", ["attention", "next"])
 def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
     """The decode step with the linears warming their successors' weights (quantkit.eval.prefetch) passes the same

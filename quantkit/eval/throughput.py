@@ -4,7 +4,8 @@ baseline measured in the same run, one after the other on the same inputs.
 How (docs/benchmarking.md): a static KV cache (transformers' StaticCache) of prompt_len + gen_len tokens; the
 prefill (prompt_len tokens per sequence, logits of the last position only, as generation does) and one greedy
 decode step are each captured in a CUDA graph, so Python and launch overhead do not hide the kernels; a decode
-step feeds its argmax back as the next input and advances the position on the device. Timing with CUDA events:
+step feeds its argmax back as the next input (picked in two stages, ``greedy_token``) and advances the position on the
+device. Timing with CUDA events:
 per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
 over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
@@ -125,6 +126,33 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
         "python": platform.python_version(),
         "quantkit": __version__,
     }
+
+
+# torch's argmax over a whole vocabulary row runs as one block per row: 36-37 us a step on an H100 for Llama-3's
+# 128,256 logits (bench/results/decode_profile_h100_721b2c1.json), paid by both models alike. In two stages (the
+# maximum of each chunk of a row, then of the chunks) it is a reduction over many rows and a small one.
+GREEDY_CHUNK_MAX = 1024
+GREEDY_CHUNK_MIN = 64
+
+
+def greedy_chunk(vocab: int) -> int:
+    """The largest divisor of ``vocab`` up to GREEDY_CHUNK_MAX, or 0 where it is below GREEDY_CHUNK_MIN (one
+    stage then)."""
+    chunk = next(c for c in range(min(vocab, GREEDY_CHUNK_MAX), 0, -1) if vocab % c == 0)
+    return chunk if chunk >= GREEDY_CHUNK_MIN else 0
+
+
+def greedy_token(logits: torch.Tensor) -> torch.Tensor:
+    """The greedy next token of each row of ``logits`` [batch, vocab], as [batch, 1] indices: the index
+    ``logits.argmax(-1, keepdim=True)`` gives (the first of equal maxima: the first chunk holding the row's maximum,
+    its first position there), in two stages where the vocabulary has a divisor of GREEDY_CHUNK_MIN..MAX."""
+    batch, vocab = logits.shape
+    chunk = greedy_chunk(vocab)
+    if not chunk:
+        return logits.argmax(-1, keepdim=True)
+    values, index = logits.reshape(batch, vocab // chunk, chunk).max(-1)
+    best = values.argmax(-1, keepdim=True)
+    return best * chunk + index.gather(-1, best)
 
 
 def _forward_kwargs(model, cache) -> dict:
@@ -248,7 +276,7 @@ class Runner:
         out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
                          use_cache=True, logits_to_keep=1, **self.kwargs)
         self.logits = out.logits
-        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.token.copy_(greedy_token(out.logits[:, -1]))
         self.pos.fill_(self.s.prompt_len)
 
     def _decode(self) -> None:
@@ -257,7 +285,7 @@ class Runner:
                                 position_ids=self.pos.view(1, 1).expand(self.batch, 1), use_cache=True, logits_to_keep=1,
                                 **self.kwargs)
         self.logits = out.logits
-        self.token.copy_(out.logits[:, -1:].argmax(-1))
+        self.token.copy_(greedy_token(out.logits[:, -1]))
         self.pos.add_(1)
 
     def reset(self) -> None:
