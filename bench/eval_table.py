@@ -22,7 +22,8 @@ def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head) and
     the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step,
-    who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), its pipelined 32-token instance
+    who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
+    (throughput.COMBO_KERNELS), the greedy token's two stages (throughput.greedy_token), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32) and the linears' L2 prefetch (quantkit.eval.prefetch) where they were on."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
@@ -36,6 +37,10 @@ def setup(run: dict) -> str:
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
+    if t.get("combo_kernels"):  # QUANTKIT_COMBO_KERNELS=1 (throughput.COMBO_KERNELS)
+        parts.append("inductor's combo kernels")
+    if t.get("greedy_token"):  # recorded from session 38 on (throughput.greedy_token)
+        parts.append("greedy token in two stages")
     if t.get("ws_pipelined_32"):  # QUANTKIT_WS_PIPELINED_32=1 (kernels.ops.WS_PIPELINED_32)
         parts.append("ws kernel's 32-token instance pipelined")
     if prefetch.describe(t.get("l2_prefetch")):  # recorded from 087be6e on

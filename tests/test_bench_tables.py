@@ -43,6 +43,8 @@ def test_eval_table_names_the_decode_attention():
     assert setup(compiled_x_image=False).endswith("torch.compile, ws kernel's x packed by its own launch")
     assert setup(compiled_x_image=True, ws_pipelined_32=True).endswith(
         "ws kernel's x packed by inductor, ws kernel's 32-token instance pipelined")
+    assert setup(compiled_x_image=True, combo_kernels=True, greedy_token="two stages").endswith(
+        "ws kernel's x packed by inductor, inductor's combo kernels, greedy token in two stages")
     assert setup(l2_prefetch={"mode": "off", "in_kernel": True}).endswith("torch.compile")
     assert setup(l2_prefetch={"mode": "attention", "in_kernel": True}).endswith(
         "torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")

@@ -150,6 +150,17 @@ def test_greedy_token_is_argmax_in_two_stages():
     check_greedy_token("cpu")
 
 
+def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    for combo in (False, True):
+        monkeypatch.setattr(throughput, "COMBO_KERNELS", combo)
+        for backend in ("inductor", "eager"):
+            throughput._compiled(torch.nn.Linear(2, 2), backend)
+    assert [kw["options"] for kw in seen] == [None, None, {"combo_kernels": True}, None]
+    assert all(kw["dynamic"] is True for kw in seen)
+
+
 def test_throughput_settings_errors():
     with pytest.raises(Exception, match="--batch"):
         throughput.parse_batches("1,x")

@@ -238,12 +238,20 @@ def opaque_quantized_linears(model: nn.Module):
             setattr(owner, child, module)
 
 
+# Whether inductor merges a compiled step's independent kernels into combo kernels (its experimental
+# ``combo_kernels``: a layer's rotary of q, rotary of k with its cache write and the v cache write are three
+# launches of 1.2-1.9 us each without it); QUANTKIT_COMBO_KERNELS=1 turns it on for both models, an option not yet
+# measured (docs/kernel.md item 50).
+COMBO_KERNELS = os.environ.get("QUANTKIT_COMBO_KERNELS", "0") == "1"
+
+
 def _compiled(model: nn.Module, backend: str):
     cfg = torch._dynamo.config
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(cfg, knob):
             setattr(cfg, knob, max(getattr(cfg, knob), 64))
-    return torch.compile(model, dynamic=True, backend=backend)
+    options = {"combo_kernels": True} if COMBO_KERNELS and backend == "inductor" else None
+    return torch.compile(model, dynamic=True, backend=backend, options=options)
 
 
 class Runner:
@@ -510,8 +518,11 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["checks"].append(_decode_agreement(q_logits, b_logits, batch=first, same_weights=same_weights))
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
     result["compiled_decode"] = settings.compile
+    result["greedy_token"] = "two stages"  # greedy_token, from session 38 on (before it: torch's argmax)
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
+        if COMBO_KERNELS:  # an option not yet measured, recorded where it was on
+            result["combo_kernels"] = True
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     return result
