@@ -2,7 +2,8 @@
 # For the next device call (written in session 37, not yet run): the split-KV attention's in-kernel combine
 # (quantkit.eval.decode_attention.COMBINE "last", docs/kernel.md item 49) on a GPU for the first time.
 #   PHASE=check (default): its GPU check against SDPA and the default (tests/test_eval_gpu.py -k split_kv, both
-#     ways), then the attention alone at batch 1 / 8 / 32, split_last beside split (bench/decode_attention_bench.py);
+#     ways; the GPU test of the greedy token beside it; the first test builds the W4A16 extension), then, unless
+#     ATTENTION=0, the attention alone at batch 1 / 8 / 32, split_last beside split (bench/decode_attention_bench.py);
 #   PHASE=eval: the compiled eval, group 128, batch 1 / 8 / 32, with COMBINE "last" in both models; run it on the
 #     same warm machine as a default run (PHASE=eval COMBINE=kernel) to compare, since ratios move ~3% between
 #     machines (docs/kernel.md item 48).
@@ -17,9 +18,9 @@ mkdir -p "$R"
 . bench/device_env.sh > /dev/null
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
 if [ "${PHASE:-check}" = check ]; then
-  timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_eval_gpu.py -k split_kv > "$R/tests.log" 2>&1
+  timeout 220 python3 -m pytest -q -rs -p no:cacheprovider tests/test_eval_gpu.py -k "split_kv or greedy" > "$R/tests.log" 2>&1
   echo "== tests: rc $?"; tail -n 2 "$R/tests.log"
-  timeout $(( $(left) - 10 )) python3 bench/decode_attention_bench.py --batch 1,8,32 --out "$R/attention.json" \
+  [ "${ATTENTION:-1}" = 1 ] && timeout $(( $(left) - 10 )) python3 bench/decode_attention_bench.py --batch 1,8,32 --out "$R/attention.json" \
     > "$R/attention.log" 2>&1
   echo "== attention: rc $?"; grep "batch" "$R/attention.log"
 else
