@@ -4,7 +4,7 @@
 #   PHASE=check (default): its GPU check against SDPA and the default (tests/test_eval_gpu.py -k split_kv, both
 #     ways; the GPU test of the greedy token beside it; the first test builds the W4A16 extension), then, unless
 #     ATTENTION=0, the attention alone at batch 1 / 8 / 32, split_last beside split (bench/decode_attention_bench.py);
-#   PHASE=eval: the compiled eval, group 128, batch 1 / 8 / 32, with COMBINE "last" in both models; run it on the
+#   PHASE=eval: the compiled eval, group 128, batch 1 / 8 / 32 (or COMPILED_BATCH), with COMBINE "last" in both models; run it on the
 #     same warm machine as a default run (PHASE=eval COMBINE=kernel) to compare, since ratios move ~3% between
 #     machines (docs/kernel.md item 48).
 #     bash bench/results/combine_round.sh OUT_DIR [SECONDS]   (OUT_DIR/combine.tgz)
@@ -24,7 +24,7 @@ if [ "${PHASE:-check}" = check ]; then
     > "$R/attention.log" 2>&1
   echo "== attention: rc $?"; grep "batch" "$R/attention.log"
 else
-  QUANTKIT_SPLIT_KV_COMBINE=${COMBINE:-last} STEPS=compiled COMPILED_BATCH=1,8,32 \
+  QUANTKIT_SPLIT_KV_COMBINE=${COMBINE:-last} STEPS=compiled COMPILED_BATCH=${COMPILED_BATCH:-1,8,32} \
     bash bench/eval_speed.sh "$R" $(( $(left) - 10 ))
 fi
 tar -C "$OUT" -czf "$OUT/combine.tgz" combine && rm -rf "$R"
