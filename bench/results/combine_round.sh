@@ -18,7 +18,7 @@ mkdir -p "$R"
 . bench/device_env.sh > /dev/null
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
 if [ "${PHASE:-check}" = check ]; then
-  timeout 220 python3 -m pytest -q -rs -p no:cacheprovider tests/test_eval_gpu.py -k "split_kv or greedy" > "$R/tests.log" 2>&1
+  timeout 220 python3 -m pytest -q -rs -p no:cacheprovider tests/test_eval_gpu.py -k "${TESTS:-split_kv or greedy}" > "$R/tests.log" 2>&1
   echo "== tests: rc $?"; tail -n 2 "$R/tests.log"
   [ "${ATTENTION:-1}" = 1 ] && timeout $(( $(left) - 10 )) python3 bench/decode_attention_bench.py --batch 1,8,32 --out "$R/attention.json" \
     > "$R/attention.log" 2>&1

@@ -3,20 +3,22 @@
 # and inductor's combo kernels (QUANTKIT_COMBO_KERNELS=1, item 50), using bench/results/combine_round.sh. Every eval
 # here is the compiled one, group 128, at batch 1 and 8 (COMPILED_BATCH; batch 32 runs one KV range a pair and no
 # combining kernel), and picks its greedy token in two stages (throughput.greedy_token, new in session 38).
-#     [RUNS="kernel last_combo last"] bash bench/results/h100_combine_round.sh OUT_DIR
-# First the GPU check (PHASE=check, without the attention bench unless ATTENTION=1, OUT_DIR/check/combine.tgz; its
-# first test builds the W4A16 extension into the machine's kernel cache); then, only if it passed, an eval for each of
+#     [RUNS="kernel last_combo last"] [TOTAL=585] bash bench/results/h100_combine_round.sh OUT_DIR
+# First the GPU check (PHASE=check: the split-KV kernel against SDPA both ways and the greedy token, TESTS selecting
+# from tests/test_eval_gpu.py; no attention bench unless ATTENTION=1; OUT_DIR/check/combine.tgz); then, only if it
+# passed, while TOTAL seconds last, an eval for each of
 # RUNS in turn while 150 s are left, each given at most 175 s: COMBINE=kernel|last, "_combo" with
 # QUANTKIT_COMBO_KERNELS=1 (OUT_DIR/<run>/combine.tgz), compared within one machine (ratios move ~3% between H100s,
-# item 48). Written as one call because device starts were scarce this session (five refused before it).
+# item 48). Written as one call because device starts were scarce this session (nine starts refused before it).
 set -u
 OUT=${1:?usage: [RUNS=...] h100_combine_round.sh OUT_DIR}
 T0=$(date +%s)
-left() { echo $(( 585 - ($(date +%s) - T0) )); }
+TOTAL=${TOTAL:-585}
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 R=bench/results/combine_round.sh
 export COMPILED_BATCH=${COMPILED_BATCH:-1,8}
 mkdir -p "$OUT/check"
-PHASE=check ATTENTION=${ATTENTION:-0} bash $R "$OUT/check" 230 2>&1 | tee "$OUT/check.log"
+PHASE=check ATTENTION=${ATTENTION:-0} TESTS="${TESTS:-matches_sdpa or greedy}" bash $R "$OUT/check" 230 2>&1 | tee "$OUT/check.log"
 if ! grep -q "== tests: rc 0" "$OUT/check.log"; then
   echo "== the GPU check failed: no evals"
   exit 1
