@@ -6,8 +6,8 @@
 #     [RUNS="kernel last_combo last"] [TOTAL=585] bash bench/results/h100_combine_round.sh OUT_DIR
 # First the GPU check (PHASE=check: the split-KV kernel against SDPA both ways and the greedy token, TESTS selecting
 # from tests/test_eval_gpu.py; no attention bench unless ATTENTION=1; OUT_DIR/check/combine.tgz); then, only if it
-# passed, while TOTAL seconds last, an eval for each of
-# RUNS in turn while 150 s are left, each given at most 175 s: COMBINE=kernel|last, "_combo" with
+# passed, the W4A16 extension's build and self-check, then, while TOTAL seconds last, an eval for each of RUNS in turn
+# while MIN s are left, each given at most CAP s: COMBINE=kernel|last, "_combo" with
 # QUANTKIT_COMBO_KERNELS=1 (OUT_DIR/<run>/combine.tgz), compared within one machine (ratios move ~3% between H100s,
 # item 48). Written as one call because device starts were scarce this session (nine starts refused before it).
 set -u
@@ -17,17 +17,21 @@ TOTAL=${TOTAL:-585}
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 R=bench/results/combine_round.sh
 export COMPILED_BATCH=${COMPILED_BATCH:-1,8}
+CAP=${CAP:-175} MIN=${MIN:-150}  # an eval's most and least seconds (batch 8 alone: CAP=140 MIN=120)
 mkdir -p "$OUT/check"
 PHASE=check ATTENTION=${ATTENTION:-0} TESTS="${TESTS:-matches_sdpa or greedy}" bash $R "$OUT/check" 230 2>&1 | tee "$OUT/check.log"
 if ! grep -q "== tests: rc 0" "$OUT/check.log"; then
   echo "== the GPU check failed: no evals"
   exit 1
 fi
+. bench/device_env.sh > /dev/null
+timeout 220 python3 -c "from quantkit.kernels import kernel_available, self_check; ok, why = kernel_available(); \
+print('kernel_available', ok, why); ok and self_check()" 2>&1 | tail -n 3  # the build, before the evals' deadlines
 for run in ${RUNS:-kernel last_combo last}; do
-  [ "$(left)" -lt 150 ] && { echo "== $run: skipped ($(left) s left)"; continue; }
+  [ "$(left)" -lt "$MIN" ] && { echo "== $run: skipped ($(left) s left)"; continue; }
   mkdir -p "$OUT/$run"
   combo=; [ "${run#*_}" = combo ] && combo=1
-  limit=$(( $(left) - 5 < 175 ? $(left) - 5 : 175 ))
+  limit=$(( $(left) - 5 < CAP ? $(left) - 5 : CAP ))
   PHASE=eval COMBINE=${run%_combo} QUANTKIT_COMBO_KERNELS=${combo:-0} bash $R "$OUT/$run" $limit
   tar -xzOf "$OUT/$run/combine.tgz" --wildcards '*_compiled.log' 2>/dev/null | grep -aE "^(batch|[0-9]+ ) "
 done
