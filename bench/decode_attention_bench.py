@@ -11,8 +11,7 @@ the split kernel at every combination of its launch settings (quantkit.eval.deco
 BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
 with the split count rounded up (SPLITS_ROUND "up": two ranges a pair and the combining kernel at batch 32, not one);
 split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
-ending at the last position that attends. split_last is the default settings with each (sequence, KV head)'s last
-program weighing its ranges together (COMBINE "last") instead of the second kernel.
+ending at the last position that attends.
 """
 
 from __future__ import annotations
@@ -80,8 +79,7 @@ def main() -> int:
 
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
                "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"}),
-               "split_full": variant("split", {**defaults, "MASK_BOUND": False}),
-               "split_last": variant("split", {**defaults, "COMBINE": "last"})}
+               "split_full": variant("split", {**defaults, "MASK_BOUND": False})}
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {

@@ -28,10 +28,8 @@ def setup(run: dict) -> str:
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
-    if "split_kv_settings" in t:  # recorded from e7c49e1 on; COMBINE from session 37 on
-        split = t["split_kv_settings"]
-        parts[0] += f" (split count rounded {split['SPLITS_ROUND']}" + (
-            ", ranges weighed together by each pair's last program" if split.get("COMBINE") == "last" else "") + ")"
+    if "split_kv_settings" in t:  # recorded from e7c49e1 on
+        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']})"
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")

@@ -28,13 +28,6 @@ def test_eval_table_names_the_decode_attention():
     near = setup(attention="quantkit_grouped_sdpa", decode_attention="split",
                  split_kv_settings={"SPLITS_ROUND": "nearest"})
     assert near.startswith("split-KV decode attention (split count rounded nearest), fused")
-    last = setup(attention="quantkit_grouped_sdpa", decode_attention="split",
-                 split_kv_settings={"SPLITS_ROUND": "nearest", "COMBINE": "last"})
-    assert last.startswith("split-KV decode attention (split count rounded nearest, ranges weighed together by each "
-                           "pair's last program), fused")
-    kernel = setup(attention="quantkit_grouped_sdpa", decode_attention="split",
-                   split_kv_settings={"SPLITS_ROUND": "nearest", "COMBINE": "kernel"})
-    assert kernel == near
     assert setup(attention="quantkit_grouped_sdpa").startswith("grouped decode attention, ")  # before the option
     assert setup(attention="quantkit_grouped_sdpa", decode_attention="sdpa").startswith("grouped decode attention, ")
     assert setup(attention="sdpa").startswith("SDPA, cache repeated, ")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from quantkit.errors import InputError
 from quantkit.eval import backends, ppl, report, throughput, validate
 from quantkit.manifest import EVAL_JSON, weights_digest
+from greedy_check import check_greedy_token
 from test_gguf import make_checkpoint
 
 CTX = 64
@@ -125,23 +126,6 @@ def test_random_weights_can_quantize_lm_head(tmp_path):
     torch.testing.assert_close(model.lm_head(x), base.lm_head(x), rtol=1e-5, atol=1e-5)  # the same 4-bit weights
     with pytest.raises(InputError, match="--quantize-lm-head is for --random-weights"):
         validate.evaluate(tmp_path, quantize_lm_head=True, perplexity=False)
-
-
-def check_greedy_token(device: str) -> None:
-    """throughput.greedy_token gives argmax's index (the first of equal maxima) on vocabularies that split into
-    chunks and on one that does not, with ties inside a chunk and across chunks, in float32 and bfloat16."""
-    gen = torch.Generator().manual_seed(0)
-    for vocab in (128256, 49152, 151936, 50021):
-        for dtype in (torch.float32, torch.bfloat16):
-            # integer logits in a small range: many exact ties, in every chunk and across chunks
-            logits = torch.randint(-50, 50, (5, vocab), generator=gen).to(dtype)
-            logits[1, [7, vocab - 1]] = 60  # the maximum twice, in the first and the last chunk
-            logits[2, :] = 3  # one value everywhere: index 0
-            logits = logits.to(device)
-            got = throughput.greedy_token(logits)
-            assert got.shape == (5, 1) and got.dtype == torch.long
-            assert torch.equal(got, logits.argmax(-1, keepdim=True)), (vocab, dtype, got.flatten().tolist())
-            assert got[1, 0] == 7 and got[2, 0] == 0
 
 
 def test_greedy_token_is_argmax_in_two_stages():
@@ -452,7 +436,7 @@ def test_fused_projections_compute_the_same_function():
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
 
 
-def test_split_kv_decode_plan_and_routing(monkeypatch):
+def test_split_kv_decode_plan_and_routing():
     """The split plan makes at least two programs a multiprocessor (132 here) of whole blocks; supports() takes one
     query token, a power-of-two head size and a shared boolean mask only, runs_for() grouped-query models on a GPU;
     the throughput runs ask for it (Settings.decode_attention, set inside grouped_decode_attention only) and record
@@ -482,7 +466,6 @@ def test_split_kv_decode_plan_and_routing(monkeypatch):
     assert bounded(1, 8, 4096)  # a long static cache: 4 blocks a range
     assert decode_attention.settings()["MASK_BOUND"] is True
     assert decode_attention.settings()["SPLITS_ROUND"] == "nearest"
-    assert decode_attention.settings()["COMBINE"] == "kernel"  # "last" is not yet timed on a GPU
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()
@@ -491,10 +474,6 @@ def test_split_kv_decode_plan_and_routing(monkeypatch):
     assert not decode_attention.supports(q.expand(1, 4, 2, 32), k, mask)  # two query tokens: not a decode step
     assert not decode_attention.supports(q.float(), k, mask)
     assert not decode_attention.supports(torch.zeros_like(q[..., :24]), k[..., :24], mask)  # head size 24
-    monkeypatch.setattr(decode_attention, "COMBINE", "both")
-    with pytest.raises(ValueError, match="must be kernel or last, got 'both'"):
-        decode_attention.split_kv_decode(q, k, k, mask, 0.1)
-    monkeypatch.undo()
     gqa = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)
     mha = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=8)
     cuda = torch.device("cuda")

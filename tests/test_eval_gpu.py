@@ -57,7 +57,7 @@ def test_graph_throughput_on_a_tiny_model(models):
 
 
 def test_greedy_token_is_argmax_on_the_gpu():
-    from test_eval import check_greedy_token
+    from greedy_check import check_greedy_token
 
     check_greedy_token("cuda")
 

@@ -6,8 +6,7 @@ whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) an
 a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
 among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
 softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
-a second kernel weighs the ranges' sums by their log-sum-exps (or, with COMBINE "last", the last program of each
-sequence and KV head to finish does, in the same kernel). The ranges cut the sequence's cache up to its last
+a second kernel weighs the ranges' sums by their log-sum-exps. The ranges cut the sequence's cache up to its last
 position that attends, which each program finds in the mask: a static cache's positions not yet written are never
 read, and its programs share what is there (the split count, planned for the whole cache, stays fixed, so a CUDA
 graph of the step replays at any length). Where one range a pair comes nearest to filling the GPU (batch 23
@@ -39,10 +38,6 @@ PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GP
 # or the next above it ("up")
 SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "nearest")
 NUM_WARPS = 4
-# Who weighs a sequence's ranges together where there are several: "kernel", a second kernel (_split_kv_combine); "last",
-# the last of the KV head's programs to store its range (counted on an atomic counter) in the first kernel, one launch
-# a layer fewer. "last" is not yet timed on a GPU (docs/kernel.md item 49)
-COMBINE = os.environ.get("QUANTKIT_SPLIT_KV_COMBINE", "kernel")
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
@@ -106,20 +101,7 @@ def ends_at_last_kept(chunk: int) -> bool:
 def settings() -> dict:
     """The launch settings the kernel reads at every call (what a throughput run records)."""
     return {name: globals()[name] for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND", "SCAN",
-                                               "MASK_BOUND", "COMBINE")}
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """A zeroed int32 counter for each of n (sequence, KV head) pairs, kept per device: COMBINE "last" counts a pair's
-    stored ranges on it and its last program sets it back to zero, so the buffer is zero between calls (and between
-    the replays of a CUDA graph that captured one)."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = _COUNTERS[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return buf
+                                               "MASK_BOUND")}
 
 
 if triton is not None:
@@ -138,38 +120,13 @@ if triton is not None:
         return m_new, l, acc
 
     @triton.jit
-    def _combine_group(o_ptr, lse_ptr, out_ptr, b, heads, rows, d, splits, sob, soh, sop, slb, slh, sxb, sxh,
-                       GP: tl.constexpr, D: tl.constexpr):
-        """COMBINE "last": the ranges' sums of a KV head's query rows weighed by their log-sum-exps, read past L1 (the
-        other programs wrote them), the output in out_ptr's dtype; _split_kv_combine's arithmetic, summed in range order."""
-        top = tl.full([GP], float("-inf"), tl.float32)
-        for p in range(0, splits):
-            top = tl.maximum(top, tl.load(lse_ptr + b * slb + heads * slh + p, mask=rows, other=float("-inf"),
-                                          cache_modifier=".cg"))
-        top = tl.where(top == float("-inf"), 0.0, top)  # rows past G (and a row that kept nothing): no NaN
-        acc = tl.zeros([GP, D], tl.float32)
-        den = tl.zeros([GP], tl.float32)
-        for p in range(0, splits):
-            w = tl.exp(tl.load(lse_ptr + b * slb + heads * slh + p, mask=rows, other=float("-inf"),
-                               cache_modifier=".cg") - top)
-            o = tl.load(o_ptr + b * sob + heads[:, None] * soh + p * sop + d[None, :], mask=rows[:, None], other=0.0,
-                        cache_modifier=".cg")
-            acc += o * w[:, None]
-            den += w
-        out = acc / tl.where(den > 0, den, 1.0)[:, None]
-        tl.store(out_ptr + b * sxb + heads[:, None] * sxh + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=rows[:, None])
-
-    @triton.jit
-    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, scale, positions,
-                          sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh, sxb, sxh,
+    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions,
+                          sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr,
-                          SCAN: tl.constexpr, MASK_BOUND: tl.constexpr, LAST_COMBINES: tl.constexpr):
+                          SCAN: tl.constexpr, MASK_BOUND: tl.constexpr):
         """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range a sequence) the attention
         output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
-        as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing.
-        LAST_COMBINES (with LSE): the program that stores its pair's last range also weighs the ranges together into
-        out_ptr, and sets the pair's counter back to zero."""
+        as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing."""
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
@@ -207,13 +164,6 @@ if triton is not None:
                  mask=rows[:, None])
         if LSE:
             tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
-        if LAST_COMBINES:
-            tl.debug_barrier()  # every thread's stores of this range before the program's arrival (release, GPU scope)
-            count = count_ptr + b * tl.num_programs(1) + hk
-            if tl.atomic_add(count, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-                _combine_group(o_ptr, lse_ptr, out_ptr, b, heads, rows, d, tl.num_programs(0), sob, soh, sop, slb, slh,
-                               sxb, sxh, GP=GP, D=D)
-                tl.store(count, 0)
 
     @triton.jit
     def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
@@ -242,18 +192,14 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     parts = out if splits == 1 else torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
     groups = h // kv_heads
-    if COMBINE not in ("kernel", "last"):
-        raise ValueError(f"split-KV COMBINE (QUANTKIT_SPLIT_KV_COMBINE) must be kernel or last, got {COMBINE!r}")
-    last = splits > 1 and COMBINE == "last"
-    counts = _counters(query.device, b * kv_heads) if last else lse
     _split_kv_partial[(splits, kv_heads, b)](
-        query, key, value, keep, parts, lse, out, counts, scale, positions,
+        query, key, value, keep, parts, lse, scale, positions,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
-        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
+        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
-        MASK_BOUND=ends_at_last_kept(chunk), LAST_COMBINES=last, num_warps=NUM_WARPS)
-    if splits == 1 or last:
+        MASK_BOUND=ends_at_last_kept(chunk), num_warps=NUM_WARPS)
+    if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
                               lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
