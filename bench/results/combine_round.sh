@@ -8,6 +8,8 @@
 #     same warm machine as a default run (PHASE=eval COMBINE=kernel) to compare, since ratios move ~3% between
 #     machines (docs/kernel.md item 48).
 #     bash bench/results/combine_round.sh OUT_DIR [SECONDS]   (OUT_DIR/combine.tgz)
+# Run in session 38 through bench/results/h100_combine_round.sh (its header says how it went). COMBINE "last" was taken
+# out after it, measured slower (docs/kernel.md item 50): QUANTKIT_SPLIT_KV_COMBINE is no longer read.
 set -u
 OUT=${1:?usage: combine_round.sh OUT_DIR [SECONDS]}
 TOTAL=${2:-585}

@@ -10,6 +10,14 @@
 # while MIN s are left, each given at most CAP s: COMBINE=kernel|last, "_combo" with
 # QUANTKIT_COMBO_KERNELS=1 (OUT_DIR/<run>/combine.tgz), compared within one machine (ratios move ~3% between H100s,
 # item 48). Written as one call because device starts were scarce this session (nine starts refused before it).
+# As run (4baab8f): first with the defaults and TOTAL=440: the check failed only on the greedy token's GPU test, whose
+# module imported test_eval and with it gguf, which the GPU image lacks (now tests/greedy_check.py); then, on the warm
+# machine, TESTS="matches_sdpa" RUNS="kernel last_combo last" COMPILED_BATCH=8 CAP=140 MIN=120 TOTAL=420: the check
+# passed (combine_h100_check_4baab8f.log), both evals were cut at their 140 s after the bf16 model's run (its compile
+# and run took 59-61 s; a batch-8 eval needs about 200 s), "last" was skipped. The last device seconds ran
+# `python3 bench/decode_attention_bench.py --batch 8,1` (decode_attention_h100_4baab8f.*) and the timing of
+# bench/greedy_bench.py (greedy_h100_4baab8f.log). COMBINE "last" was taken out after it (docs/kernel.md item 50):
+# QUANTKIT_SPLIT_KV_COMBINE is no longer read.
 set -u
 OUT=${1:?usage: [RUNS=...] h100_combine_round.sh OUT_DIR}
 T0=$(date +%s)
