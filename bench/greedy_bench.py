@@ -1,16 +1,18 @@
 """The decode step's greedy token on a GPU: torch's argmax over a Llama-3 vocabulary row (128,256 bf16 logits)
-against quantkit.eval.throughput.greedy_token's two stages, each timed as 100 calls captured in one CUDA graph (warm
-L2, as in a decode step's graph), after checking that the two give the same indices (tests/greedy_check.py).
+against quantkit.eval.throughput.greedy_token's two stages, after checking that the two give the same indices
+(tests/greedy_check.py). Each is timed by kernel_bench.time_calls as CALLS calls captured in one CUDA graph with no
+flush between them (warm L2, as in a decode step's graph), median of --reps replays.
 
     python3 bench/greedy_bench.py > bench/results/greedy_h100.log
 
-bench/results/greedy_h100_4baab8f.log was made on the H100 in session 38 by this timing code run inline with
-`python3 -c` (the last seconds of that session's device time), before it was put in this file; its check was the
-same cases as tests/greedy_check.py's on logits drawn on the GPU.
+bench/results/greedy_h100_4baab8f.log was made on the H100 in session 38 by code run inline with `python3 -c` (the
+last seconds of that session's device time): the same CALLS calls in one graph, but one timed replay each instead of
+time_calls' median; its check was the same cases as tests/greedy_check.py's on logits drawn on the GPU.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,31 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from greedy_check import check_greedy_token  # noqa: E402
+from kernel_bench import time_calls  # noqa: E402
 from quantkit.eval.throughput import greedy_token  # noqa: E402
 
 VOCAB = 128256
 CALLS = 100
 
 
-def time_graph(fn) -> float:
-    """Microseconds a call: CALLS calls of fn captured in one CUDA graph, replayed once after a warm-up replay."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / CALLS
-
-
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20, help="timed replays of each graph (median reported)")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench/greedy_bench.py times CUDA kernels; no CUDA device here", file=sys.stderr)
         return 1
@@ -52,8 +40,12 @@ def main() -> int:
     print("greedy == argmax on cuda: ok")
     for batch in (1, 8, 32):
         logits = torch.randn(batch, VOCAB, device="cuda", dtype=torch.bfloat16)
-        for name, fn in (("argmax", lambda: logits.argmax(-1, keepdim=True)), ("greedy", lambda: greedy_token(logits))):
-            print("batch", batch, name, round(time_graph(fn), 2), f"us a call (CUDA graph of {CALLS})")
+        one = {"argmax": lambda: logits.argmax(-1, keepdim=True), "greedy": lambda: greedy_token(logits)}
+        fns = {name: (lambda f=f: [f() for _ in range(CALLS)]) for name, f in one.items()}
+        # cache="rotate": no flush between replays (its flush tensor is not used)
+        times = time_calls(fns, torch.empty(1, device="cuda"), args.reps, cache="rotate", calls=CALLS)
+        for name, t in times.items():
+            print("batch", batch, name, round(t["us"], 2), f"us a call (CUDA graph of {CALLS}, median of {args.reps})")
     return 0
 
 
