@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the next device call (written in session 37, not yet run): the split-KV attention's in-kernel combine
+# Written in session 37 for the next device call, run in session 38: the split-KV attention's in-kernel combine
 # (quantkit.eval.decode_attention.COMBINE "last", docs/kernel.md item 49) on a GPU for the first time.
 #   PHASE=check (default): its GPU check against SDPA and the default (tests/test_eval_gpu.py -k split_kv, both
 #     ways; the GPU test of the greedy token beside it; the first test builds the W4A16 extension), then, unless
