@@ -244,6 +244,9 @@ def main() -> None:
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = attention.decode_kernel_of(model)
+        result["greedy_token"] = "two stages"  # throughput.greedy_token, as the eval records it
+        if args.compile:
+            result["combo_kernels"] = throughput.COMBO_KERNELS  # recorded from session 39 on
         # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"

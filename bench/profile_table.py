@@ -31,6 +31,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
     pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
+            + (", inductor's combo kernels" if run.get("combo_kernels") else "")
             + (", programmatic launch" if pdl else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
             + (", its 32-token instance pipelined" if pipelined else "")
@@ -84,9 +85,10 @@ def by_linear_table(labels: list[str], runs: list[dict]) -> list[str]:
 
 
 def main(args: list[str]) -> None:
-    """args: JSON paths, each optionally prefixed "KERNEL=" (which kernel build it measured, a column)."""
-    labels = [a.partition("=")[0] if "=" in a else "" for a in args]
-    runs = [json.load(open(a.partition("=")[2] if "=" in a else a)) for a in args]
+    """args: JSON paths, each optionally prefixed "KERNEL=" (which kernel build it measured, a column; the label may
+    hold "=" itself: the path is what follows the last one)."""
+    labels = [a.rpartition("=")[0] for a in args]
+    runs = [json.load(open(a.rpartition("=")[2])) for a in args]
     env = runs[0]["environment"]
     lines = [f"{env['device']}, driver {env.get('driver')}, torch {env['torch']}, {env['dtype']}; Llama-3-8B shapes with "
              "random weights, group 128; one decode step after a 512-token prompt, replayed from its CUDA graph "

@@ -57,6 +57,8 @@ def test_profile_table_names_the_decode_attention():
     assert legacy.startswith("split-KV decode attention (its kernels counted as other), fused")
     assert setup(attention="sdpa").startswith("transformers SDPA (cache repeated per query head)")
     assert setup(**grouped).endswith(", torch.compile")
+    assert setup(**grouped, combo_kernels=False).endswith(", torch.compile")
+    assert setup(**grouped, combo_kernels=True).endswith(", torch.compile, inductor's combo kernels")
     image = profile_table.setup({"command": command, "fused_projections": FUSED, **grouped}, "quantized", True)
     assert image.endswith(", torch.compile, the warp-specialized kernel's x packed by inductor")
 
