@@ -145,6 +145,15 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
     assert all(kw["dynamic"] is True for kw in seen)
 
 
+def test_combo_kernels_are_on_unless_the_environment_turns_them_off():
+    probe = "from quantkit.eval import throughput; print(throughput.COMBO_KERNELS)"
+    for value, expected in ((None, "True"), ("0", "False"), ("1", "True")):
+        env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_COMBO_KERNELS"}
+        env.update({} if value is None else {"QUANTKIT_COMBO_KERNELS": value})
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
+
+
 def test_throughput_settings_errors():
     with pytest.raises(Exception, match="--batch"):
         throughput.parse_batches("1,x")
