@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel_bench import time_calls  # noqa: E402
-from quantkit.eval import attention, decode_attention  # noqa: E402
+from quantkit.eval import attention, decode_attention, run_settings  # noqa: E402
 
 
 class _Head(torch.nn.Module):  # what transformers hands the attention function: its groups
@@ -52,7 +52,7 @@ def main() -> int:
     module = _Head(args.heads // args.kv_heads)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     defaults = decode_attention.settings()
-    result = {"command": "python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:]),
+    result = {"command": run_settings.with_settings("python3 bench/decode_attention_bench.py " + " ".join(sys.argv[1:])),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "split_defaults": defaults,
               "rows": []}
     ok = True

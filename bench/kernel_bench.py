@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from quantkit.eval import prefetch
+from quantkit.eval import prefetch, run_settings
 from quantkit.kernels import kernel_available, prepare, self_check, w4a16_linear
 from quantkit.kernels import ops, testing
 
@@ -388,7 +388,8 @@ def main(argv=None) -> int:
     copy_bw = copy_bandwidth(device)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     result = {
-        "command": "python3 bench/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": run_settings.with_settings("python3 bench/kernel_bench.py "
+                                              + " ".join(argv if argv is not None else sys.argv[1:])),
         "device": torch.cuda.get_device_name(device),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "copy_bandwidth_Bps": copy_bw, "reps": args.reps, "dtype": "bfloat16", "sym": True,

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantkit.atomic import atomic_file  # noqa: E402
-from quantkit.eval import attention, backends, fuse, prefetch, random_weights, throughput  # noqa: E402
+from quantkit.eval import attention, backends, fuse, prefetch, random_weights, run_settings, throughput  # noqa: E402
 
 KINDS = (  # first match wins
     ("l2_prefetch", re.compile(r"l2_prefetch")),
@@ -231,7 +231,7 @@ def main() -> None:
     model, base, info = random_weights.build(args.config, group_size=args.group_size, dtype=dtype, device=device,
                                              module_factory=backends.kernel_factory(device),
                                              quantize_lm_head=args.quantize_lm_head)
-    result = {"command": "python3 bench/profile_decode.py " + " ".join(sys.argv[1:]),
+    result = {"command": run_settings.with_settings("python3 bench/profile_decode.py " + " ".join(sys.argv[1:])),
               "environment": throughput.environment(device, dtype), "model": info, "runs": []}
     if args.fuse:
         result["fused_projections"] = {name: fuse.fuse_projections(m) for name, m in (("quantized", model),

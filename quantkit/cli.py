@@ -122,8 +122,11 @@ def inspect_cmd(path, as_json):
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed, rebuilt from the parsed options (defaults left out), for the eval's records."""
+    """The command as typed, rebuilt from the parsed options (defaults left out), after the environment settings that
+    change what it measures, for the eval's records."""
     import shlex
+
+    from quantkit.eval.run_settings import with_settings
 
     words = ["quantkit", ctx.info_name or "eval"]
     for param in ctx.command.params:
@@ -136,7 +139,7 @@ def _command_line(ctx: click.Context) -> str:
             words.append(param.opts[0])
         else:
             words += [param.opts[0], str(value)]
-    return " ".join(shlex.quote(w) for w in words)
+    return with_settings(" ".join(shlex.quote(w) for w in words))
 
 
 @main.command(name="eval")

@@ -224,10 +224,15 @@ def test_reports_are_written_atomically(checkpoints, tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial files left behind
 
 
-def test_cli_end_to_end_writes_card_ready_results(checkpoints):
+def test_cli_end_to_end_writes_card_ready_results(checkpoints, monkeypatch):
     from quantkit.cli import main
+    from quantkit.eval.run_settings import MEASURING
     from quantkit.hub.artifact import check_artifact
     from quantkit.hub.card import render_card
+
+    for name in MEASURING:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUANTKIT_SPLITS_ROUND", "nearest")  # its default: the run is the same, the command says it
 
     base_dir, quant = checkpoints
     args = ["eval", str(quant), "--baseline", str(base_dir), "--ctx", str(CTX), "--max-windows", "2", "--device", "cpu",
@@ -238,7 +243,7 @@ def test_cli_end_to_end_writes_card_ready_results(checkpoints):
     assert "top-1 agreement" in out.output and "not meaningful" in out.output
     data = json.loads((quant / EVAL_JSON).read_text())
     assert data["weights_digest"] == weights_digest(quant)
-    assert data["command"].startswith("quantkit eval ") and "--throughput" in data["command"]
+    assert data["command"].startswith("QUANTKIT_SPLITS_ROUND=nearest quantkit eval ") and "--throughput" in data["command"]
     p = data["perplexity"]
     assert {"text", "ctx", "windows", "quantized", "baseline", "kl_divergence", "top1_agreement"} <= set(p)
     assert {"ppl", "stderr"} <= set(p["quantized"]) and math.isfinite(p["quantized"]["stderr"])
