@@ -210,6 +210,11 @@ def main() -> None:
                     help="the warp-specialized kernel's pipelined 32-token instance (ops.WS_PIPELINED_32; default: as "
                     "QUANTKIT_WS_PIPELINED_32 sets it); both: the quantized step also with it on ('quantized_pipe'), "
                     "one after the other in the same run")
+    ap.add_argument("--combo", choices=("off", "on", "both"), default=None,
+                    help="compiled steps: inductor's combo kernels in both models (throughput.COMBO_KERNELS; default: "
+                    "as QUANTKIT_COMBO_KERNELS sets it, on unless 0); both: the two models' steps also compiled the "
+                    "other way ('quantized_combo_off' and 'baseline_combo_off', or _on), one after the other in the "
+                    "same run")
     ap.add_argument("--l2-prefetch", default=None,
                     help="comma-separated modes of quantkit.eval.prefetch (off, attention, next; +launch: the requests "
                     "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off; or +evict: from the "
@@ -245,25 +250,36 @@ def main() -> None:
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = attention.decode_kernel_of(model)
         result["greedy_token"] = "two stages"  # throughput.greedy_token, as the eval records it
+        combo = throughput.COMBO_KERNELS if args.combo in (None, "both") else args.combo == "on"
         if args.compile:
-            result["combo_kernels"] = throughput.COMBO_KERNELS  # recorded from session 39 on
+            result["combo_kernels"] = combo  # recorded from session 39 on; each row records its own too
         # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"
         pipe = ops.WS_PIPELINED_32 if args.ws_pipelined in (None, "both") else args.ws_pipelined == "on"
         modes = (args.l2_prefetch or prefetch.MODE).split(",")
         # the baseline second, so that a run cut short by a time limit still has both models' steps
-        variants = [("quantized", model, pdl, image, modes[0], pipe), ("baseline", base, pdl, image, "off", pipe)]
+        variants = [("quantized", model, pdl, image, modes[0], pipe, combo),
+                    ("baseline", base, pdl, image, "off", pipe, combo)]
         if args.x_image == "both":
-            variants.append(("quantized_packx", model, pdl, False, modes[0], pipe))
+            variants.append(("quantized_packx", model, pdl, False, modes[0], pipe, combo))
         if args.pdl == "both":
-            variants.append(("quantized_pdl", model, True, image, modes[0], pipe))
+            variants.append(("quantized_pdl", model, True, image, modes[0], pipe, combo))
         if args.ws_pipelined == "both":
-            variants.append(("quantized_pipe", model, pdl, image, modes[0], True))
-        variants += [(f"quantized_{mode}", model, pdl, image, mode, pipe) for mode in modes[1:]]
-        decoders = {id(m): throughput._compiled(m, "inductor") if args.compile else None for m in (model, base)}
-        for name, m, pdl, image, mode, pipe in variants:
-            decoder = decoders[id(m)]
+            variants.append(("quantized_pipe", model, pdl, image, modes[0], True, combo))
+        variants += [(f"quantized_{mode}", model, pdl, image, mode, pipe, combo) for mode in modes[1:]]
+        if args.combo == "both":  # each model the other way too; profile_table pairs the two by their suffix
+            other = f"combo_{'off' if combo else 'on'}"
+            variants += [(f"quantized_{other}", model, pdl, image, modes[0], pipe, not combo),
+                         (f"baseline_{other}", base, pdl, image, "off", pipe, not combo)]
+        decoders, default_combo = {}, throughput.COMBO_KERNELS
+        for _, m, *_, c in variants:  # one compiled step per model and combo setting, each compiled on first use
+            if args.compile and (id(m), c) not in decoders:
+                throughput.COMBO_KERNELS = c  # read by throughput._compiled as it wraps the model
+                decoders[id(m), c] = throughput._compiled(m, "inductor")
+        throughput.COMBO_KERNELS = default_combo
+        for name, m, pdl, image, mode, pipe, c in variants:
+            decoder = decoders.get((id(m), c))
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE, ops.WS_PIPELINED_32 = pdl, image, pipe
             warm_mode, launch, evict = parse_mode(mode)
             ops.L2_PREFETCH_IN_KERNEL = not launch
@@ -281,7 +297,8 @@ def main() -> None:
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "by_linear": linears, "not_linears": others, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,
-                                           "pairs": len(pairs)}, "ws_pipelined_32": pipe and m is model}
+                                           "pairs": len(pairs)}, "ws_pipelined_32": pipe and m is model,
+                           "combo_kernels": bool(args.compile and c)}
                     result["runs"].append(row)
                     save(result, args.out)  # after every row: a run cut short keeps what it measured
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "

@@ -16,11 +16,13 @@ from quantkit.eval.prefetch import describe
 from quantkit.eval.report import projections_fused
 
 
-def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None, pipelined: bool = False) -> str:
+def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None, pipelined: bool = False,
+          combo: bool | None = None) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch; x_image (the row's): its compiled step made the warp-specialized kernel's image of x in the
     kernel that makes x; prefetch (the row's l2_prefetch, --l2-prefetch): the linears' L2 prefetch of the next;
-    pipelined (the row's ws_pipelined_32, --ws-pipelined): the warp-specialized kernel's pipelined 32-token instance."""
+    pipelined (the row's ws_pipelined_32, --ws-pipelined): the warp-specialized kernel's pipelined 32-token instance;
+    combo (the row's combo_kernels, --combo; None: the run's): inductor's combo kernels."""
     # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
     # _combine, which the kinds did not count as attention
     unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
@@ -31,7 +33,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
     pdl = model == "quantized_pdl" or re.search(r"--pdl(?! (off|both))", run["command"])
     return (attention + (", fused q/k/v and gate/up" if projections_fused(run) else "")
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
-            + (", inductor's combo kernels" if run.get("combo_kernels") else "")
+            + (", inductor's combo kernels" if (run.get("combo_kernels") if combo is None else combo) else "")
             + (", programmatic launch" if pdl else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
             + (", its 32-token instance pipelined" if pipelined else "")
@@ -40,7 +42,8 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
 
 def row_setup(run: dict, model: str, row: dict) -> str:
     """setup() of one of the run's rows (model's, at one batch), from what the row recorded."""
-    return setup(run, model, row.get("x_image", False), row.get("l2_prefetch"), row.get("ws_pipelined_32", False))
+    return setup(run, model, row.get("x_image", False), row.get("l2_prefetch"), row.get("ws_pipelined_32", False),
+                 row.get("combo_kernels"))
 
 
 # Roles (profile_decode.linear_roles) of the fused projections (quantkit.eval.fuse), by what they compute.
@@ -53,11 +56,13 @@ def role_label(role: str) -> str:
 
 def paired_rows(run: dict):
     """Each quantized row of the run as (model, batch, row, the baseline's row at its batch or None: a run cut short
-    may lack it)."""
+    may lack it). A quantized variant pairs with the baseline of its own suffix where the run has one (--combo both:
+    'quantized_combo_off' with 'baseline_combo_off'), else with 'baseline'."""
     rows = {(r["model"], r["batch"]): r for r in run["runs"]}
     for (model, batch), q in rows.items():
         if model.startswith("quantized"):
-            yield model, batch, q, rows.get(("baseline", batch))
+            own = ("baseline" + model[len("quantized"):], batch)
+            yield model, batch, q, rows.get(own, rows.get(("baseline", batch)))
 
 
 def by_linear_table(labels: list[str], runs: list[dict]) -> list[str]:

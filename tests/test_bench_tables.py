@@ -89,6 +89,23 @@ def test_profile_table_names_the_pipelined_instance():
     assert profile_table.row_setup(run, "quantized", {"ws_pipelined_32": False}).endswith(", torch.compile")
 
 
+def test_profile_table_pairs_each_combo_setting_with_its_own_baseline():
+    """profile_decode.py --combo both: each model's step both ways; a quantized row pairs with the baseline row of its
+    own suffix, the other variants with 'baseline', and each row's setup says its own combo setting."""
+    run = {"command": "python3 bench/profile_decode.py --compile --fuse --combo both --out x.json",
+           "fused_projections": FUSED, "attention": "quantkit_grouped_sdpa", "decode_attention": "split",
+           "combo_kernels": True,
+           "runs": [{"model": m, "batch": 32, "combo_kernels": m in ("quantized", "baseline", "quantized_pdl")}
+                    for m in ("quantized", "baseline", "quantized_pdl", "quantized_combo_off", "baseline_combo_off")]}
+    pairs = {model: b["model"] for model, _, _, b in profile_table.paired_rows(run)}
+    assert pairs == {"quantized": "baseline", "quantized_pdl": "baseline", "quantized_combo_off": "baseline_combo_off"}
+    by_model = {r["model"]: r for r in run["runs"]}
+    assert profile_table.row_setup(run, "quantized", by_model["quantized"]).endswith("inductor's combo kernels")
+    assert profile_table.row_setup(run, "quantized_combo_off", by_model["quantized_combo_off"]).endswith(
+        ", torch.compile")
+    assert profile_table.row_setup(run, "quantized", {}).endswith("inductor's combo kernels")  # the run's setting
+
+
 def test_profile_decode_parses_the_prefetch_modes():
     assert profile_decode.parse_mode("next") == ("next", False, False)
     assert profile_decode.parse_mode("attention+launch") == ("attention", True, False)
