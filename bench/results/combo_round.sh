@@ -5,7 +5,7 @@
 #     COMBO=0 bash bench/results/combo_round.sh OUT_DIR [SECONDS]   (combo kernels off; OUT_DIR/combo0.tgz)
 #     COMBO=1 bash bench/results/combo_round.sh OUT_DIR [SECONDS]   (combo kernels on; OUT_DIR/combo1.tgz)
 # Each at batch 1 / 8 / 32 (COMPILED_BATCH) within SECONDS (default 585).
-# How it went (session 39, 546da8d, one NVIDIA H100 80GB HBM3, docs/kernel.md item 51), five calls on one machine:
+# How it went (session 39, 546da8d, one NVIDIA H100 80GB HBM3, docs/kernel.md item 51), six calls on one machine:
 #   1. COMBO=0 bash bench/results/combo_round.sh $OUT 585        451 s (build 99 s)  -> *_546da8d_h100.*
 #   2. COMBO=1 bash bench/results/combo_round.sh $OUT 500        333 s               -> *_546da8d_h100_combo.*
 #   3. QUANTKIT_COMBO_KERNELS=1 python3 bench/profile_decode.py --compile --fuse --batch 1,8 --out ...
