@@ -325,6 +325,23 @@ def test_compiled_decode_traces_with_quantized_linears_opaque(monkeypatch):
     assert not throughput._OPAQUE
 
 
+def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypatch):
+    """The default compile path for real (inductor, combo kernels on, as on a GPU; code generated for the CPU here):
+    both models' steps compile, run, agree with a plain forward pass, and the record says combo kernels were on."""
+    from quantkit.eval import random_weights
+    from quantkit.reference import QuantLinear
+
+    monkeypatch.setattr(throughput, "COMBO_KERNELS", True)  # the default (whatever this environment says)
+    model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                          module_factory=QuantLinear, progress=False)
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=2, warmup=0, repeats=1, compile=True)
+    assert settings.compile_backend == "inductor"
+    section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
+    assert section["compiled_decode"] is True and section["combo_kernels"] is True
+    steps = [c for c in section["checks"] if "logits_rel_error" in c]
+    assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
+
+
 def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     """Inside a compiled step, a quantized linear whose layer runs the warp-specialized kernel at the step's rows (on
     a GPU: kernels.ops.x_image_ready, wgmma_ws; stood in for here) gets the kernel's image of x from torch ops
