@@ -20,6 +20,7 @@ import json
 import re
 import statistics
 import sys
+from collections import namedtuple
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -29,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantkit.atomic import atomic_file  # noqa: E402
 from quantkit.eval import attention, backends, fuse, prefetch, random_weights, run_settings, throughput  # noqa: E402
+
+# One step profiled: the model's row name, the model, and what its step runs with (ops.STREAM_PDL,
+# throughput.COMPILED_X_IMAGE, the L2 prefetch mode, ops.WS_PIPELINED_32, inductor's combo kernels).
+Variant = namedtuple("Variant", "name model pdl image mode pipe combo")
 
 KINDS = (  # first match wins
     ("l2_prefetch", re.compile(r"l2_prefetch")),
@@ -249,7 +254,7 @@ def main() -> None:
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = attention.decode_kernel_of(model)
-        result["greedy_token"] = "two stages"  # throughput.greedy_token, as the eval records it
+        result["greedy_token"] = throughput.GREEDY_RECORD  # as the eval records it
         combo = throughput.COMBO_KERNELS if args.combo in (None, "both") else args.combo == "on"
         if args.compile:
             result["combo_kernels"] = combo  # recorded from session 39 on; each row records its own too
@@ -258,26 +263,25 @@ def main() -> None:
         pdl, image = args.pdl == "on", args.x_image != "off"
         pipe = ops.WS_PIPELINED_32 if args.ws_pipelined in (None, "both") else args.ws_pipelined == "on"
         modes = (args.l2_prefetch or prefetch.MODE).split(",")
-        # the baseline second, so that a run cut short by a time limit still has both models' steps
-        variants = [("quantized", model, pdl, image, modes[0], pipe, combo),
-                    ("baseline", base, pdl, image, "off", pipe, combo)]
+        # the baseline second, so that a run cut short by a time limit still has both models' steps; each other
+        # variant says only how it differs from the quantized model's
+        quantized = Variant("quantized", model, pdl, image, modes[0], pipe, combo)
+        baseline = quantized._replace(name="baseline", model=base, mode="off")
+        variants = [quantized, baseline]
         if args.x_image == "both":
-            variants.append(("quantized_packx", model, pdl, False, modes[0], pipe, combo))
+            variants.append(quantized._replace(name="quantized_packx", image=False))
         if args.pdl == "both":
-            variants.append(("quantized_pdl", model, True, image, modes[0], pipe, combo))
+            variants.append(quantized._replace(name="quantized_pdl", pdl=True))
         if args.ws_pipelined == "both":
-            variants.append(("quantized_pipe", model, pdl, image, modes[0], True, combo))
-        variants += [(f"quantized_{mode}", model, pdl, image, mode, pipe, combo) for mode in modes[1:]]
+            variants.append(quantized._replace(name="quantized_pipe", pipe=True))
+        variants += [quantized._replace(name=f"quantized_{mode}", mode=mode) for mode in modes[1:]]
         if args.combo == "both":  # each model the other way too; profile_table pairs the two by their suffix
             other = f"combo_{'off' if combo else 'on'}"
-            variants += [(f"quantized_{other}", model, pdl, image, modes[0], pipe, not combo),
-                         (f"baseline_{other}", base, pdl, image, "off", pipe, not combo)]
-        decoders, default_combo = {}, throughput.COMBO_KERNELS
-        for _, m, *_, c in variants:  # one compiled step per model and combo setting, each compiled on first use
-            if args.compile and (id(m), c) not in decoders:
-                throughput.COMBO_KERNELS = c  # read by throughput._compiled as it wraps the model
-                decoders[id(m), c] = throughput._compiled(m, "inductor")
-        throughput.COMBO_KERNELS = default_combo
+            variants += [v._replace(name=f"{v.name}_{other}", combo=not combo) for v in (quantized, baseline)]
+        decoders = {}  # one compiled step per model and combo setting, each compiled on first use
+        for v in variants:
+            if args.compile and (id(v.model), v.combo) not in decoders:
+                decoders[id(v.model), v.combo] = throughput._compiled(v.model, "inductor", combo_kernels=v.combo)
         for name, m, pdl, image, mode, pipe, c in variants:
             decoder = decoders.get((id(m), c))
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE, ops.WS_PIPELINED_32 = pdl, image, pipe

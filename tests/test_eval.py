@@ -142,6 +142,10 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
         for backend in ("inductor", "eager"):
             throughput._compiled(torch.nn.Linear(2, 2), backend)
     assert [kw["options"] for kw in seen] == [None, None, {"combo_kernels": True}, None]
+    throughput._compiled(torch.nn.Linear(2, 2), "inductor", combo_kernels=False)  # the caller's choice over the default
+    monkeypatch.setattr(throughput, "COMBO_KERNELS", False)
+    throughput._compiled(torch.nn.Linear(2, 2), "inductor", combo_kernels=True)
+    assert [kw["options"] for kw in seen[4:]] == [None, {"combo_kernels": True}]
     assert all(kw["dynamic"] is True for kw in seen)
 
 

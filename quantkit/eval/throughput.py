@@ -134,6 +134,7 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
 # maximum of each chunk of a row, then of the chunks) it is a reduction over many rows and a small one: 11.7-13.6 us
 # against 26.5-27.2 at batch 1-32, each timed alone in a CUDA graph (bench/results/greedy_h100_4baab8f.log).
 GREEDY_CHUNK_MAX = 1024
+GREEDY_RECORD = "two stages"  # how a run records greedy_token (from session 38 on; before it: torch's argmax)
 GREEDY_CHUNK_MIN = 64
 
 
@@ -249,17 +250,19 @@ def opaque_quantized_linears(model: nn.Module):
 COMBO_KERNELS = os.environ.get("QUANTKIT_COMBO_KERNELS", "1") != "0"
 # Whether --compile runs the prefill through the compiled model too (both models; then graph-captured as before), so
 # that inductor fuses the prompt's small ops and, in the 4-bit model, makes the warp-specialized kernel's image of x
-# in the kernel that makes x instead of a packing launch before each of its 128 prefill calls. QUANTKIT_COMPILED_PREFILL=1
+# in the kernel that makes x instead of a packing launch before each of its warp-specialized prefill calls. QUANTKIT_COMPILED_PREFILL=1
 # turns it on; off until measured (docs/kernel.md item 52).
 COMPILED_PREFILL = os.environ.get("QUANTKIT_COMPILED_PREFILL", "0") != "0"
 
 
-def _compiled(model: nn.Module, backend: str):
+def _compiled(model: nn.Module, backend: str, combo_kernels: bool | None = None):
+    """model torch.compile'd for the decode step; combo_kernels (default COMBO_KERNELS) only reaches inductor."""
     cfg = torch._dynamo.config
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(cfg, knob):
             setattr(cfg, knob, max(getattr(cfg, knob), 64))
-    options = {"combo_kernels": True} if COMBO_KERNELS and backend == "inductor" else None
+    combo = COMBO_KERNELS if combo_kernels is None else combo_kernels
+    options = {"combo_kernels": True} if combo and backend == "inductor" else None
     return torch.compile(model, dynamic=True, backend=backend, options=options)
 
 
@@ -528,7 +531,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["checks"].append(_decode_agreement(q_logits, b_logits, batch=first, same_weights=same_weights))
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
     result["compiled_decode"] = settings.compile
-    result["greedy_token"] = "two stages"  # greedy_token, from session 38 on (before it: torch's argmax)
+    result["greedy_token"] = GREEDY_RECORD
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
         result["combo_kernels"] = COMBO_KERNELS  # recorded where on from session 38, either way from session 39
