@@ -21,7 +21,8 @@ TARGETS = {1: 2.5, 8: 2.0, 32: 1.3}  # decode speed-up over bf16 by batch (group
 def setup(run: dict) -> str:
     """How both models ran (and the quantized model's lm_head when it is 4-bit too): attention
     (quantkit.eval.attention from its introduction on; before it transformers' SDPA repeated the cache per head) and
-    the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse), torch.compile'd decode step,
+    the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse; the 4-bit model's gated pairs
+    with their SiLU and multiply in the kernel, kernels.ops.GLU_EPILOGUE), torch.compile'd decode step,
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
     (throughput.COMBO_KERNELS), the prefill through the compiled model too (throughput.COMPILED_PREFILL), the greedy
     token's two stages (throughput.greedy_token), its pipelined 32-token instance
@@ -33,6 +34,10 @@ def setup(run: dict) -> str:
         parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']})"
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
+    fused = (t.get("fused_projections") or {}).get("quantized", {})
+    if fused.get("glu") and t.get("glu_epilogue"):  # gated pairs (fuse) and kernels.ops.GLU_EPILOGUE, from session 40
+        parts.append("4-bit gate/up's SiLU and multiply in its kernel"
+                     + (", down as its programmatic launch" if fused.get("glu_pdl") else ""))
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))

@@ -33,7 +33,7 @@ from quantkit.eval import attention, backends, fuse, prefetch, random_weights, r
 
 # One step profiled: the model's row name, the model, and what its step runs with (ops.STREAM_PDL,
 # throughput.COMPILED_X_IMAGE, the L2 prefetch mode, ops.WS_PIPELINED_32, inductor's combo kernels).
-Variant = namedtuple("Variant", "name model pdl image mode pipe combo")
+Variant = namedtuple("Variant", "name model pdl image mode pipe combo glu")
 
 KINDS = (  # first match wins
     ("l2_prefetch", re.compile(r"l2_prefetch")),
@@ -68,7 +68,8 @@ def linear_roles(model: torch.nn.Module) -> list[str]:
 
 def linear_shapes(model: torch.nn.Module) -> frozenset[tuple[int, int]]:
     """The model's linears' weight shapes, each as its two sizes in ascending order (by_linear's filter)."""
-    return frozenset(tuple(sorted((m.in_features, m.out_features))) for _, m in _linears(model))
+    return frozenset(tuple(sorted((m.in_features, getattr(getattr(m, "packed", None), "out_features", m.out_features))))
+                     for _, m in _linears(model))  # (a gated pair's product has both halves' rows)
 
 
 def _is_linear(ev, shapes: frozenset[tuple[int, int]] | None) -> bool:
@@ -220,6 +221,12 @@ def main() -> None:
                     "as QUANTKIT_COMBO_KERNELS sets it, on unless 0); both: the two models' steps also compiled the "
                     "other way ('quantized_combo_off' and 'baseline_combo_off', or _on), one after the other in the "
                     "same run")
+    ap.add_argument("--glu-epilogue", choices=("off", "on", "both"), default=None,
+                    help="the 4-bit model's gated pairs (--fuse) with their SiLU and multiply in the decode kernel's "
+                    "epilogue and down as its programmatic launch (ops.GLU_EPILOGUE and fuse.GLU_PDL; default: as "
+                    "QUANTKIT_GLU_EPILOGUE sets it, on unless 0), or off (torch's ops after the kernel, down a plain "
+                    "launch); both: the quantized step also the other way ('quantized_glu_off' or _on), one after the "
+                    "other in the same run")
     ap.add_argument("--l2-prefetch", default=None,
                     help="comma-separated modes of quantkit.eval.prefetch (off, attention, next; +launch: the requests "
                     "by a launch of their own after each kernel, ops.L2_PREFETCH_IN_KERNEL off; or +evict: from the "
@@ -249,6 +256,9 @@ def main() -> None:
     vocab = model.config.vocab_size
     # each model's linears by role and their shapes, before the quantized ones are wrapped as ops
     linears_of = {id(m): (linear_roles(m), linear_shapes(m)) for m in (model, base)}
+    # the down projections that fuse made programmatic launches after a gated pair (before they are wrapped as ops)
+    after_pairs = [mlp.down_proj for mlp in model.modules()
+                   if isinstance(mlp, fuse.FusedGatedMLP) and getattr(mlp.down_proj, "pdl", None)]
     grouped = (nullcontext() if args.plain_sdpa
                else attention.grouped_decode_attention(model, base, decode_kernel=args.decode_attention))
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
@@ -265,7 +275,9 @@ def main() -> None:
         modes = (args.l2_prefetch or prefetch.MODE).split(",")
         # the baseline second, so that a run cut short by a time limit still has both models' steps; each other
         # variant says only how it differs from the quantized model's
-        quantized = Variant("quantized", model, pdl, image, modes[0], pipe, combo)
+        glu = ops.GLU_EPILOGUE if args.glu_epilogue in (None, "both") else args.glu_epilogue == "on"
+        result["glu_epilogue"] = glu
+        quantized = Variant("quantized", model, pdl, image, modes[0], pipe, combo, glu)
         baseline = quantized._replace(name="baseline", model=base, mode="off")
         variants = [quantized, baseline]
         if args.x_image == "both":
@@ -275,16 +287,21 @@ def main() -> None:
         if args.ws_pipelined == "both":
             variants.append(quantized._replace(name="quantized_pipe", pipe=True))
         variants += [quantized._replace(name=f"quantized_{mode}", mode=mode) for mode in modes[1:]]
+        if args.glu_epilogue == "both":
+            variants.append(quantized._replace(name=f"quantized_glu_{'off' if glu else 'on'}", glu=not glu))
         if args.combo == "both":  # each model the other way too; profile_table pairs the two by their suffix
             other = f"combo_{'off' if combo else 'on'}"
             variants += [v._replace(name=f"{v.name}_{other}", combo=not combo) for v in (quantized, baseline)]
-        decoders = {}  # one compiled step per model and combo setting, each compiled on first use
+        decoders = {}  # one compiled step per model, combo and glu setting, each compiled on first use
         for v in variants:
-            if args.compile and (id(v.model), v.combo) not in decoders:
-                decoders[id(v.model), v.combo] = throughput._compiled(v.model, "inductor", combo_kernels=v.combo)
-        for name, m, pdl, image, mode, pipe, c in variants:
-            decoder = decoders.get((id(m), c))
+            if args.compile and (id(v.model), v.combo, v.glu) not in decoders:
+                decoders[id(v.model), v.combo, v.glu] = throughput._compiled(v.model, "inductor", combo_kernels=v.combo)
+        for name, m, pdl, image, mode, pipe, c, glu in variants:
+            decoder = decoders.get((id(m), c, glu))
             ops.STREAM_PDL, throughput.COMPILED_X_IMAGE, ops.WS_PIPELINED_32 = pdl, image, pipe
+            ops.GLU_EPILOGUE = glu
+            for down in after_pairs:
+                down.pdl = True if glu else None
             warm_mode, launch, evict = parse_mode(mode)
             ops.L2_PREFETCH_IN_KERNEL = not launch
             with prefetch.warmed(model, warm_mode, evict_first=evict) as pairs:
@@ -302,7 +319,7 @@ def main() -> None:
                            "by_kind": kinds, "by_linear": linears, "not_linears": others, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,
                                            "pairs": len(pairs)}, "ws_pipelined_32": pipe and m is model,
-                           "combo_kernels": bool(args.compile and c)}
+                           "combo_kernels": bool(args.compile and c), "glu_epilogue": glu and m is model}
                     result["runs"].append(row)
                     save(result, args.out)  # after every row: a run cut short keeps what it measured
                     print(f"{name:13s} batch {batch:3d}: step {step:8.1f} us, kernels {kernels:8.1f} us "

@@ -17,12 +17,13 @@ from quantkit.eval.report import projections_fused
 
 
 def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = None, pipelined: bool = False,
-          combo: bool | None = None) -> str:
+          combo: bool | None = None, glu: bool = False) -> str:
     """How the run's steps ran; model "quantized_pdl" (--pdl both) or a run with --pdl [on]: the streaming kernel as a
     programmatic launch; x_image (the row's): its compiled step made the warp-specialized kernel's image of x in the
     kernel that makes x; prefetch (the row's l2_prefetch, --l2-prefetch): the linears' L2 prefetch of the next;
     pipelined (the row's ws_pipelined_32, --ws-pipelined): the warp-specialized kernel's pipelined 32-token instance;
-    combo (the row's combo_kernels, --combo; None: the run's): inductor's combo kernels."""
+    combo (the row's combo_kernels, --combo; None: the run's): inductor's combo kernels; glu (the row's glu_epilogue,
+    --glu-epilogue): the 4-bit gated pairs' SiLU and multiply in the kernel, down as its programmatic launch."""
     # runs before the JSON recorded it: the option on the command line, and the split kernels then named _partial and
     # _combine, which the kinds did not count as attention
     unnamed = "decode_attention" not in run and "--decode-attention split" in run["command"]
@@ -35,6 +36,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
             + (", torch.compile" if "--compile" in run["command"] else ", eager ops")
             + (", inductor's combo kernels" if (run.get("combo_kernels") if combo is None else combo) else "")
             + (", programmatic launch" if pdl else "")
+            + (", gate/up's SiLU and multiply in its kernel, down as its programmatic launch" if glu else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
             + (", its 32-token instance pipelined" if pipelined else "")
             + (", " + describe(prefetch) if describe(prefetch) else ""))
@@ -43,7 +45,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
 def row_setup(run: dict, model: str, row: dict) -> str:
     """setup() of one of the run's rows (model's, at one batch), from what the row recorded."""
     return setup(run, model, row.get("x_image", False), row.get("l2_prefetch"), row.get("ws_pipelined_32", False),
-                 row.get("combo_kernels"))
+                 row.get("combo_kernels"), row.get("glu_epilogue", False))
 
 
 # Roles (profile_decode.linear_roles) of the fused projections (quantkit.eval.fuse), by what they compute.

@@ -47,7 +47,8 @@ void check_launch(const char* what, cudaError_t err = cudaGetLastError()) {
 // The operands of the tensor-core kernels over the "mma" layout: types, shapes, alignment. Returns {M, K, N}.
 std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                                           const torch::Tensor& out, const torch::Tensor& ws,
-                                          const torch::Tensor& counters, int64_t group_size, bool sym) {
+                                          const torch::Tensor& counters, int64_t group_size, bool sym,
+                                          bool glu = false) {
   check_tensor(x, "x", x.scalar_type(), 2);
   check_tensor(w, "packed weight", torch::kInt32, 4);
   check_tensor(meta, "packed scales", x.scalar_type(), 4);
@@ -63,7 +64,8 @@ std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::T
   TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
               "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "out must be [", M, ", ", N, "], got ", out.sizes());
+  const int64_t out_n = glu ? N / 2 : N;  // a gated pair's epilogue writes one output per row pair
+  TORCH_CHECK(out.size(0) == M && out.size(1) == out_n, "out must be [", M, ", ", out_n, "], got ", out.sizes());
   return {M, K, N};
 }
 
@@ -240,13 +242,14 @@ QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, cons
 // capability 9.0+, else ignored); cluster: the streaming kernel's splits of a tile as one thread-block cluster
 // (sm_90+, = the number of splits, at most 16; 0 or 1: not); prefetch / prefetch_bytes: what the streaming kernel's
 // blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty); prefetch_evict_first: with
-// them, the kernel's own weights read evict-first.
+// them, the kernel's own weights read evict-first; glu: the layer is a gated pair (packing.glu_order), out [M, N / 2]
+// gets silu(gate) * up (the streaming kernel with wk, no prefetch).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
               int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
-              std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first) {
+              std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first, bool glu) {
   const bool bf = is_bf16(x);
-  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
+  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym, glu);
   check_bias(bias, x, N);
   TORCH_CHECK(staged ? mt == 8 : (mt == 1 || mt == 2 || mt == 4 || mt == 8),
               "mt must be 1, 2, 4 or 8 (staged: 8), got ", mt);
@@ -258,6 +261,8 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   TORCH_CHECK(cluster <= 1 || (!staged && sm90_or_later(x)), "cluster needs the streaming kernel on compute capability 9.0+");
   check_split_workspace(grid, cluster, M, N, ws, counters);
   TORCH_CHECK(prefetch.empty() || wk, "the L2 prefetch at the end of the kernel needs the streaming kernel with wk");
+  TORCH_CHECK(!glu || (wk && prefetch.empty()),
+              "glu (a gated pair's epilogue) needs the streaming kernel with wk and no L2 prefetch");
   const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -265,7 +270,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
                       : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, pf,
-                                         stream));
+                                         glu, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

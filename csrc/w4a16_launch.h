@@ -79,9 +79,10 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 // qk_mma_stream (w4a16_mma_cuda.h), mt token tiles (1, 2, 4, 8); wk: the block's warps share one tile and split its
 // chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above; pf: what
 // its blocks request into the L2 as they finish their reads (the next layer's weights; pf.n = 0: nothing; with wk
-// only, else cudaErrorInvalidValue).
+// only, else cudaErrorInvalidValue); glu: the layer is a gated pair (packing.glu_order) and a.out [M, N / 2] gets
+// silu(gate) * up (with wk and no prefetch only, else cudaErrorInvalidValue).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, cudaStream_t stream);
+                             const QkPrefetchRanges& pf, bool glu, cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);

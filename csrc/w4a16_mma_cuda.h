@@ -193,24 +193,38 @@ struct QkClusterTile {
 };
 
 // The fp32 sum of element idx of red over the cluster's blocks, in rank order (the same order as the workspace
-// path's loop over z), plus the bias, rounded once.
-template <typename Tag>
-QK_INLINE uint16_t qk_cluster_sum(const float* red, int idx, int blocks, float b) {
+// path's loop over z).
+QK_INLINE float qk_cluster_sumf(const float* red, int idx, int blocks) {
 #if QK_SM90
   namespace cg = cooperative_groups;
   float v = 0.f;
 #pragma unroll 1
   for (int p = 0; p < blocks; ++p) v += cg::this_cluster().map_shared_rank(red, p)[idx];
-  return qk_float_to_bits(v + b, Tag());
+  return v;
 #else
-  return 0;
+  return 0.f;
 #endif
+}
+// The same plus the bias, rounded once.
+template <typename Tag>
+QK_INLINE uint16_t qk_cluster_sum(const float* red, int idx, int blocks, float b) {
+  return qk_float_to_bits(qk_cluster_sumf(red, idx, blocks) + b, Tag());
+}
+
+// A gated pair's output feature (GLU epilogues): silu(gate) * up in fp32, rounded once. The pair's layer has its rows
+// in packing.glu_order: a 16-row tile's rows gid and gid + 8 are gate and up of output feature 8 tile + gid. The fast
+// division (2 ulp; 0 where exp(-gate) passes 2^126, i.e. silu's -0 from gate < -87): an IEEE division's slow path
+// is a call with a stack frame, which the spill check (tests/test_hip_isa.py) refuses.
+template <typename Tag>
+QK_INLINE uint16_t qk_glu_bits(float gate, float up) {
+  return qk_float_to_bits(__fdividef(gate, 1.f + __expf(-gate)) * up, Tag());
 }
 
 // Split-K inside a cluster (sm_90): every block stores its sums in its shared memory, then block r of the cluster
-// adds the cluster's sums for elements r, r + S, ... (in units of the block's threads) and writes them out.
+// adds the cluster's sums for elements r, r + S, ... (in units of the block's threads) and writes them out (GLU: the
+// gate elements' threads add their up elements too, 64 floats on, and write the pair's one output of [M, N / 2]).
 // Returns false (doing nothing) unless the launch made gridDim.z blocks one cluster.
-template <typename Tag, int NT, int MT>
+template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterTile& ct, int n_tiles, int m0,
                                  int lane, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M,
                                  int N) {
@@ -230,12 +244,26 @@ QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterT
         for (int e = 0; e < 4; ++e) ct.red[((warp * NT + nt) * MT * 4 + 4 * t + e) * 32 + lane] = acc[nt][t][e];
   cluster.sync();
   const int elements = ct.warps * NT * MT * 4 * 32, threads = (int)blockDim.x;
+  if constexpr (GLU) {  // over the gate elements (e 0, 1) only, each with its up element (e + 2: 64 floats on)
 #pragma unroll 1
-  for (int idx = (int)cluster.block_rank() * threads + (int)threadIdx.x; idx < elements; idx += blocks * threads) {
-    const int l = idx % 32, f = idx / 32, e = f % 4, t = (f / 4) % MT, tile = ct.tile_base + f / (4 * MT);
-    const int n = tile * 16 + l / 4 + 8 * (e >> 1), tok = m0 + 8 * t + 2 * (l % 4) + (e & 1);
-    if (tile < n_tiles && tok < M)
-      out[(size_t)tok * N + n] = qk_cluster_sum<Tag>(ct.red, idx, blocks, bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+    for (int p = (int)cluster.block_rank() * threads + (int)threadIdx.x; p < elements / 2; p += blocks * threads) {
+      const int l = p % 32, e = (p / 32) % 2, f = (p / 64) * 4 + e, idx = f * 32 + l;
+      const int t = (f / 4) % MT, tile = ct.tile_base + f / (4 * MT), tok = m0 + 8 * t + 2 * (l % 4) + e;
+      const int n = tile * 16 + l / 4;
+      if (tile < n_tiles && tok < M) {
+        const float gate = qk_cluster_sumf(ct.red, idx, blocks) + (bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+        const float up = qk_cluster_sumf(ct.red, idx + 64, blocks) + (bias ? qk_bits_to_float(bias[n + 8], Tag()) : 0.f);
+        out[(size_t)tok * (N / 2) + tile * 8 + l / 4] = qk_glu_bits<Tag>(gate, up);
+      }
+    }
+  } else {
+#pragma unroll 1
+    for (int idx = (int)cluster.block_rank() * threads + (int)threadIdx.x; idx < elements; idx += blocks * threads) {
+      const int l = idx % 32, f = idx / 32, e = f % 4, t = (f / 4) % MT, tile = ct.tile_base + f / (4 * MT);
+      const int n = tile * 16 + l / 4 + 8 * (e >> 1), tok = m0 + 8 * t + 2 * (l % 4) + (e & 1);
+      if (tile < n_tiles && tok < M)
+        out[(size_t)tok * N + n] = qk_cluster_sum<Tag>(ct.red, idx, blocks, bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+    }
   }
   cluster.sync();  // no block leaves while another still reads its shared memory
   return true;
@@ -271,8 +299,9 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
   if (threadIdx.x == 0) *counter = 0;
   return true;
 }
-// acc (+ bias), rounded once to 16 bits, into out [M, N].
-template <typename Tag, int NT, int MT>
+// acc (+ bias), rounded once to 16 bits, into out [M, N]; GLU: silu(gate) * up of each row pair (rows n_lo and
+// n_lo + 8, qk_glu_bits) into out [M, N / 2].
+template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
   const int gid = lane / 4, tig = lane % 4;
@@ -287,8 +316,13 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = m0 + 8 * t + 2 * tig + (e & 1);
-        if (tok < M)
+        if constexpr (GLU) {
+          if (e < 2 && tok < M)
+            out[(size_t)tok * (N / 2) + (tile0 + nt) * 8 + gid] =
+                qk_glu_bits<Tag>(acc[nt][t][e] + b_lo, acc[nt][t][e + 2] + b_hi);
+        } else if (tok < M) {
           out[(size_t)tok * N + n_lo + 8 * (e >> 1)] = qk_float_to_bits(acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), Tag());
+        }
       }
   }
 }
@@ -297,13 +331,13 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
 // must call it (it holds barriers when gridDim.z > 1). acc[nt][t][0..1]: row n = 16*tile + gid, tokens
 // m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8. ct: the block's tile for a cluster reduction (red null:
 // the kernel has none, the workspace path).
-template <typename Tag, int NT, int MT>
+template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                                int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0}) {
   const int gid = lane / 4, tig = lane % 4;
   qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
-  if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT>(acc, ct, n_tiles, m0, lane, bias, out, M, N)) return;
+  if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT, GLU>(acc, ct, n_tiles, m0, lane, bias, out, M, N)) return;
   if (gridDim.z > 1) {
     float* part = ws + (size_t)blockIdx.z * M * N;
 #pragma unroll
@@ -343,7 +377,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
         }
     }
   }
-  qk_mma_store_out<Tag, NT, MT>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
+  qk_mma_store_out<Tag, NT, MT, GLU>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
@@ -382,8 +416,8 @@ struct QkDecodeX {
 // use; x fragments come a chunk ahead, in two buffers that take turns (no register copies between chunks).
 // PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h), and reads its
 // own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
-// as without the parameter).
-template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false>
+// as without the parameter). GLU: the layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up.
+template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false>
 QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
@@ -461,7 +495,7 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
   }
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
-  qk_mma_epilogue<Tag, 1, MT>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
+  qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
                               ct);
 }
 

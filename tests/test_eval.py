@@ -486,7 +486,7 @@ def test_fused_projections_compute_the_same_function():
         x, x2 = torch.randn(2, 3, attn.q_proj.in_features), torch.randn(2, 3, attn.q_proj.in_features)
         k_want = attn.k_proj(x2)
         for m in (model, base):
-            assert fuse.fuse_projections(m) == {"qkv": 2, "gate_up": 2, "model_type": "llama"}
+            assert fuse.fuse_projections(m) == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}
         assert isinstance(base.model.layers[0].mlp, fuse.FusedGatedMLP)
         assert isinstance(model.model.layers[1].self_attn.q_proj.shared.fused, QuantLinear)
         for m, w in zip((model, base), want):
@@ -496,6 +496,76 @@ def test_fused_projections_compute_the_same_function():
     section = throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True, progress=False)
     assert section["fused_projections"]["baseline"]["qkv"] == 0  # already fused above: nothing left to fuse
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
+
+
+def _w4a16_tiny_llama():
+    """tiny-llama in bf16 with its quantized linears as W4A16Linear (on the CPU: the reference path behind the
+    kernel's signature), and its bf16 twin."""
+    from quantkit.eval import random_weights
+    from quantkit.kernels import W4A16Linear, prepare
+
+    return random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu", progress=False,
+                                module_factory=lambda ql: W4A16Linear(prepare(ql, device="cpu"), ql.bias,
+                                                                      backend="auto"))
+
+
+@pytest.mark.parametrize("glu", [True, False])
+def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
+    """quantkit.eval.fuse: the 4-bit model's gate and up become one gated pair (W4A16Linear.concat_glu) whose down is
+    a programmatic launch (GLU_PDL), the bf16 model's stay a plain concatenation; the logits agree with the unfused
+    model; the record counts them. An MLP whose activation is not SiLU is concatenated as before."""
+    from quantkit.eval import fuse
+
+    if not glu:
+        monkeypatch.setattr(fuse, "_is_silu", lambda act: False)
+    model, base, _ = _w4a16_tiny_llama()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        want = [m(ids).logits for m in (model, base)]
+        info = [fuse.fuse_projections(m) for m in (model, base)]
+        got = [m(ids).logits for m in (model, base)]
+    pairs = 2 if glu else 0
+    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": pairs, "model_type": "llama", **({"glu_pdl": 2} if glu else {})}
+    assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}
+    mlp = model.model.layers[0].mlp
+    assert getattr(mlp.gate_up, "glu", False) is glu and mlp.down_proj.pdl is (True if glu else None)
+    assert mlp.gate_up.out_features == (model.config.intermediate_size if glu else 2 * model.config.intermediate_size)
+    for g, w in zip(got, want):  # the pair's sums come from one product over both halves: bf16 roundings apart
+        assert float((g.float() - w.float()).norm() / w.float().norm()) < 1e-2
+
+
+def test_compiled_step_routes_a_gated_pair(monkeypatch):
+    """Inside a compiled step a gated pair goes through its op whole (the kernel's epilogue applies the SiLU and
+    multiply) at the rows where its kernel can (kernels.ops.glu_ready and glu_at; stood in for here), and as its op's
+    interleaved sums plus torch's SiLU and multiply (glu_interleaved, for inductor to fuse) elsewhere; both give the
+    eager module's output."""
+    from quantkit.eval import fuse
+    from quantkit.kernels import ops as kernel_ops
+
+    model, _, _ = _w4a16_tiny_llama()
+    fuse.fuse_projections(model)
+    mlp = model.model.layers[0].mlp
+    pair = mlp.gate_up
+    monkeypatch.setattr(kernel_ops, "glu_ready", lambda packed: True)
+    monkeypatch.setattr(kernel_ops, "has_wgmma", lambda device: False)
+    monkeypatch.setattr(kernel_ops, "glu_at", lambda m, n, k, wgmma: m > 4 and n == pair.packed.out_features)
+    seen = []
+
+    def backend(gm, example_inputs):  # the rows flag of each call of the pair's op in the traced graph
+        seen.append([n.args[2] for n in gm.graph.nodes if n.op == "call_function"
+                     and n.target in (torch.ops.quantkit_eval.quantized_linear,
+                                      torch.ops.quantkit_eval.quantized_linear.default)
+                     and throughput._OPAQUE[n.args[1]] is pair])
+        return gm.forward
+
+    with throughput.opaque_quantized_linears(mlp), torch.inference_mode():
+        compiled = torch.compile(mlp, dynamic=False, backend=backend)
+        for rows in (8, 2):
+            x = torch.randn(rows, 1, pair.in_features, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+            assert torch.equal(compiled(x), mlp(x))
+    torch._dynamo.reset()
+    assert seen == [[False], [True]], seen  # 8 rows: the op whole; 2 rows: its sums, then torch's ops
+    assert not throughput._OPAQUE
 
 
 def test_split_kv_decode_plan_and_routing():

@@ -285,6 +285,67 @@ def test_concatenated_layers_compute_each_part():
         concat([packed[0], other])
 
 
+@pytest.mark.parametrize("sym,act", [(True, False), (False, True)])
+def test_rows_reordered_in_every_layout(sym, act):
+    """packing.permute_rows: unpack_mma inverts repack_mma, and the reordered layer's layouts (mma, dot2, the scales,
+    zeros and GPTQ tensors the reference reads) are the original's rows in the new order."""
+    from quantkit.kernels.packing import permute_rows, repack_mma, unpack_mma
+
+    ql = _layer(n=64, k=256, g=64, sym=sym, act=act, seed=11)
+    packed = prepare(ql, device="cpu", layouts=("mma", "dot2"))
+    codes = torch.randint(0, 16, (48, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(unpack_mma(repack_mma(codes)), codes)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    moved = permute_rows(packed, order)
+    assert torch.equal(unpack_mma(moved.mma_weight), unpack_mma(packed.mma_weight)[order])
+    assert torch.equal(decode_dot2(moved.dot2_qweight), decode_dot2(packed.dot2_qweight)[order])
+    assert torch.equal(moved.scales, packed.scales[:, order])
+    assert (moved.zeros is None) == sym and (sym or torch.equal(moved.zeros, packed.zeros[:, order]))
+    x = testing.random_activations(3, 256, dtype=torch.bfloat16, seed=4, device="cpu")
+    want = w4a16_linear(x, packed, backend="reference")[:, order]
+    assert torch.equal(w4a16_linear(x, moved, backend="reference"), want)
+    assert torch.equal(emulate_mma(x[:, moved.perm] if act else x, moved, torch.bfloat16),
+                       emulate_mma(x[:, packed.perm] if act else x, packed, torch.bfloat16)[:, order])
+    with pytest.raises(InputError, match="permutation of the layer's 64"):
+        permute_rows(packed, torch.arange(63))
+
+
+def test_gated_pair_gives_silu_gate_times_up():
+    """packing.interleave_glu and w4a16_linear(glu=True): gate and up as one layer whose 16-row tiles hold 8 gate rows
+    and then the same 8 features' up rows (what the kernel's epilogue pairs: rows gid and gid + 8), and the result
+    silu(gate(x)) * up(x); the module (W4A16Linear.concat_glu) with biases the same; intermediates not a multiple of 8
+    are refused."""
+    from quantkit.kernels import ops
+    from quantkit.kernels.packing import glu_order, interleave_glu
+
+    gate, up = (prepare(_layer(n=48, k=128, g=32, sym=s, seed=20 + i), device="cpu", layouts=("mma", "dot2"))
+                for i, s in enumerate((True, False)))
+    assert glu_order(16).tolist() == [*range(8), *range(16, 24), *range(8, 16), *range(24, 32)]
+    pair = interleave_glu(gate, up)
+    assert pair.out_features == 96 and pair.zeros is not None
+    x = testing.random_activations(5, 128, dtype=torch.float32, seed=21, device="cpu").to(torch.bfloat16)
+    g, u = (w4a16_linear(x, p, backend="reference") for p in (gate, up))
+    rows = w4a16_linear(x, pair, backend="reference")
+    assert torch.equal(rows.view(5, 6, 2, 8)[:, :, 0].reshape(5, 48), g)
+    assert torch.equal(rows.view(5, 6, 2, 8)[:, :, 1].reshape(5, 48), u)
+    want = torch.nn.functional.silu(g) * u
+    assert torch.equal(w4a16_linear(x, pair, backend="reference", glu=True), want)
+    assert torch.equal(ops.glu_interleaved(rows), want)
+    assert w4a16_linear(x[:0], pair, glu=True).shape == (0, 48)
+    bias = [torch.randn(48).to(torch.bfloat16), None]
+    mods = [W4A16Linear(p, b, backend="reference") for p, b in zip((gate, up), bias)]
+    glu = W4A16Linear.concat_glu(*mods)
+    assert glu.glu and glu.out_features == 48 and glu.packed.out_features == 96 and "glu=True" in repr(glu)
+    assert torch.equal(glu(x), torch.nn.functional.silu(mods[0](x)) * mods[1](x))
+    assert torch.equal(glu.forward_rows(x).view(5, 6, 2, 8)[:, :, 1].reshape(5, 48), mods[1](x))
+    assert not glu.glu_in_kernel(x)  # no GPU here
+    small = [prepare(_layer(n=12 * 2, k=128, g=32, seed=22), device="cpu")] * 2
+    with pytest.raises(InputError, match="multiple of 8"):
+        glu_order(12)
+    with pytest.raises(InputError, match="multiple of 16"):
+        w4a16_linear(x, small[0], glu=True)  # 24 rows: not a gated pair's layout
+
+
 def test_split_k_rules_on_the_benchmark_shapes():
     """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
     counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid
@@ -485,9 +546,10 @@ def test_self_check_reaches_every_hopper_plan():
 
 
 def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
-    """self_check runs the forced paths of CASES and the dispatch of DISPATCH_CASES against the reference (here every
-    kernel call stood in for by the reference on the CPU) and stops at the first one off by more than the tolerance,
-    naming the kernel, the shape and what to do."""
+    """self_check runs the forced paths of CASES, the dispatch of DISPATCH_CASES and the gated pair's epilogue of
+    GLU_CASE (at the rows where the kernel applies it, each split way) against the reference (here every kernel call
+    stood in for by the reference on the CPU) and stops at the first one off by more than the tolerance, naming the
+    kernel, the shape and what to do."""
     from quantkit.kernels import ops, selfcheck
     from quantkit.kernels.reference import reference_linear
 
@@ -496,23 +558,28 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr(ops, "kernel_path", lambda m, packed, x: ("wgmma" if m > 16 else "mma", ""))
     calls = []
 
+    monkeypatch.setattr(selfcheck, "GLU_CASE", (16, 128, 64, True, (1, 32)))
+
     def kernels(x, packed, bias, *, backend, **how):
-        calls.append((x.shape[0], packed.in_features, backend))
+        glu = how.get("glu", False)
+        calls.append((x.shape[0], packed.in_features, backend + ("+glu" if glu else "")))
         y = reference_linear(x, packed, bias)
-        return y * 1.01 if wrong == (x.shape[0], backend) else y
+        y = ops.glu_interleaved(y) if glu else y
+        return y * 1.01 if wrong == (x.shape[0], backend + ("+glu" if glu else "")) else y
 
     monkeypatch.setattr(ops, "w4a16_linear", kernels)
     cpu = torch.device("cpu")
-    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel")):
+    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")):
         calls.clear()
         if wrong is None:
             selfcheck.self_check(cpu, force=True)
-            assert calls == [(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2 + [(1, 512, "kernel"), (17, 512, "kernel")]
+            assert calls == ([(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2
+                             + [(1, 512, "kernel"), (17, 512, "kernel")] + [(1, 128, "kernel+glu")] * 6)
             continue
         with pytest.raises(selfcheck.KernelSelfCheckError) as e:
             selfcheck.self_check(cpu, force=True)
-        path = "wgmma" if wrong[1] == "kernel" else wrong[1]
-        assert f"W4A16 kernel '{path}' disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
+        path = "wgmma" if wrong[1] == "kernel" else "mma" if wrong[1] == "kernel+glu" else wrong[1]
+        assert f"W4A16 kernel '{path}' " in str(e.value) and f"disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
         assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
         assert cpu not in selfcheck._checked  # checked again next time, not taken as passed
 
@@ -552,7 +619,7 @@ def test_python_calls_into_the_extension_match_its_bindings():
     bound = set(re.findall(r'm\.def\("(\w+)", &\1', cpp))
     assert {"mma_gemm", "l2_prefetch", "wgmma_ws_gemm"} <= bound
     arity = {name: len(_cpp_params(cpp, name)) for name in bound}
-    assert arity["mma_gemm"] == 18 and arity["l2_prefetch"] == 2
+    assert arity["mma_gemm"] == 19 and arity["l2_prefetch"] == 2
     tree = ast.parse((root / "quantkit" / "kernels" / "ops.py").read_text())
     checked = 0
     for node in ast.walk(tree):

@@ -344,6 +344,57 @@ def test_cluster_split_k_is_bit_equal(device):
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="the gated pair's epilogue is the CUDA decode kernel's")
+@pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, False, False), (torch.float16, True, True)],
+                         ids=["bf16-asym", "fp16-sym-act"])
+def test_gated_pair_epilogue(device, dtype, sym, act):
+    """w4a16_linear(glu=True) on a gated pair (packing.interleave_glu): the decode kernel's epilogue gives
+    silu(gate) * up of its fp32 sums, rounded once, within the kernels' tolerance of the fp64 product of the
+    dequantized weights, at every token-tile count, with a bias, unsplit, split through the workspace and through a
+    cluster (the same bits both ways: the same sums in the same order), eagerly and as a programmatic launch in a CUDA
+    graph; where the kernel cannot (65 rows) the torch ops after the layer give glu_interleaved's bits."""
+    from quantkit.kernels.packing import interleave_glu
+
+    inter, k = 520, 2048
+    gate, up = (testing.random_qlinear(inter, k, group_size=64, sym=sym, act_order=act, dtype=dtype, seed=30 + i)
+                for i in range(2))
+    up = type(up)(**{**up.__dict__, "g_idx": gate.g_idx})  # one input: one act-order permutation
+    pair = interleave_glu(prepare(gate, device=device), prepare(up, device=device))
+    w = reference_weight(pair, dtype).double()
+    bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=32, device=device)[0]
+
+    def exact(x):
+        rows = (x.double() @ w.T + bias.double()).view(x.shape[0], -1, 2, 8)
+        return (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
+
+    def close(got, x):
+        want = exact(x)
+        err = float((got.double() - want).norm() / want.norm())
+        return err <= testing.TOLERANCE[dtype] * 2  # two roundings of the unfused path's size: the sums and the product
+
+    for m in (1, 3, 8, 13, 16, 32):
+        x = testing.random_activations(m, k, dtype=dtype, seed=40 + m, device=device)
+        assert ops.glu_in_kernel(m, pair, x) == (ops.kernel_path(m, pair, x)[0] == "mma")
+        got = w4a16_linear(x, pair, bias, glu=True)
+        assert got.shape == (m, inter) and close(got, x), m
+        for splits in (1, 2, 3, 7, 16, 32):
+            case = dict(backend="mma", staged=False, wk=True, splits=splits, glu=True)
+            ws = w4a16_linear(x, pair, bias, cluster=False, **case)
+            assert close(ws, x), (m, splits)
+            assert torch.equal(w4a16_linear(x, pair, bias, cluster=True, **case), ws), (m, splits)
+    x = testing.random_activations(65, k, dtype=dtype, seed=50, device=device)
+    assert not ops.glu_in_kernel(65, pair, x)
+    assert torch.equal(w4a16_linear(x, pair, bias, glu=True), ops.glu_interleaved(w4a16_linear(x, pair, bias)))
+    x = testing.random_activations(4, k, dtype=dtype, seed=51, device=device)
+    want = w4a16_linear(x, pair, bias, glu=True, backend="mma", staged=False, wk=True, splits=4)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = w4a16_linear(x, pair, bias, glu=True, backend="mma", staged=False, wk=True, splits=4, pdl=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
 def test_cuda_graph_capture(device):
     ql = testing.random_qlinear(512, 1024, group_size=32, sym=True, act_order=True, dtype=torch.float16, seed=9)
     packed = prepare(ql, device=device)

@@ -14,6 +14,7 @@ it goes), so it needs no second copy of the model.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -21,6 +22,12 @@ from torch import nn
 from quantkit.errors import QuantkitError
 
 log = logging.getLogger(__name__)
+
+# A 4-bit model's down projection after a gated pair (W4A16Linear.concat_glu, whose kernel applies the SiLU and
+# multiply where it can: kernels.ops.GLU_EPILOGUE) launched as a programmatic dependent launch of that kernel: two of
+# our kernels in a row, so that down's first weights are requested while gate/up finishes. QUANTKIT_GLU_PDL=0 turns
+# it off; the eval records it.
+GLU_PDL = os.environ.get("QUANTKIT_GLU_PDL", "1") != "0"
 
 
 def _concat(layers: list[nn.Module]) -> nn.Module | None:
@@ -84,15 +91,33 @@ class ProjectionPart(nn.Module):
 
 
 class FusedGatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)) with gate and up as one linear (Llama, Mistral, Qwen2/3 MLPs)."""
+    """down(act(gate(x)) * up(x)) with gate and up as one linear (Llama, Mistral, Qwen2/3 MLPs); a gate_up with
+    ``glu`` (W4A16Linear.concat_glu) returns silu(gate(x)) * up(x) itself."""
 
     def __init__(self, gate_up: nn.Module, down: nn.Module, act_fn, intermediate: int):
         super().__init__()
         self.gate_up, self.down_proj, self.act_fn, self.intermediate = gate_up, down, act_fn, intermediate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.gate_up, "glu", False):
+            return self.down_proj(self.gate_up(x))
         gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def _gated_pair(gate: nn.Module, up: nn.Module, act) -> nn.Module | None:
+    """gate and up as one gated pair (concat_glu) where both have it and act is SiLU; else None."""
+    if not (_is_silu(act) and type(gate) is type(up) and hasattr(type(gate), "concat_glu")):
+        return None
+    try:
+        return type(gate).concat_glu(gate, up)
+    except QuantkitError as e:  # quantized differently (act-order permutation, group size), or not a multiple of 8
+        log.info("gate and up not as a gated pair: %s", e)
+        return None
 
 
 # transformers model types whose attention calls q/k/v_proj in that order on one input and whose MLP is
@@ -103,7 +128,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 def fuse_projections(model: nn.Module) -> dict:
     """Fuse q/k/v and gate/up in every decoder block of ``model``, in place (blocks already fused are left as they
     are). Returns how many blocks it fused."""
-    info = {"qkv": 0, "gate_up": 0, "model_type": getattr(model.config, "model_type", None)}
+    info = {"qkv": 0, "gate_up": 0, "glu": 0, "model_type": getattr(model.config, "model_type", None)}
     if info["model_type"] not in MODEL_TYPES:
         info["skipped"] = f"model type {info['model_type']!r} is not one of {', '.join(MODEL_TYPES)}"
         return info
@@ -120,10 +145,16 @@ def fuse_projections(model: nn.Module) -> dict:
                     setattr(attn, n, ProjectionPart(shared, i))
                 info["qkv"] += 1
         if mlp is not None and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            fused = _concat([mlp.gate_proj, mlp.up_proj])
+            pair = _gated_pair(mlp.gate_proj, mlp.up_proj, mlp.act_fn)
+            fused = pair if pair is not None else _concat([mlp.gate_proj, mlp.up_proj])
             if fused is not None:
                 block.mlp = FusedGatedMLP(fused, mlp.down_proj, mlp.act_fn, mlp.gate_proj.out_features)
                 info["gate_up"] += 1
+            if pair is not None:
+                info["glu"] += 1
+                if GLU_PDL and hasattr(mlp.down_proj, "pdl"):
+                    mlp.down_proj.pdl = True
+                    info["glu_pdl"] = info.get("glu_pdl", 0) + 1
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return info

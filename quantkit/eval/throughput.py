@@ -173,13 +173,20 @@ COMPILED_X_IMAGE = os.environ.get("QUANTKIT_COMPILED_X_IMAGE", "1") != "0"
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear", mutates_args=())
-def _quantized_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
-    return _OPAQUE[layer](x)
+def _quantized_linear(x: torch.Tensor, layer: int, rows: bool) -> torch.Tensor:
+    return _OPAQUE[layer].forward_rows(x) if rows else _OPAQUE[layer](x)
 
 
 @_quantized_linear.register_fake
-def _(x: torch.Tensor, layer: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
+def _(x: torch.Tensor, layer: int, rows: bool) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _rows(_OPAQUE[layer]) if rows else _OPAQUE[layer].out_features)
+
+
+def _rows(module: nn.Module) -> int:
+    """The output features of a quantized linear's own product (a gated pair's: both halves, before its SiLU and
+    multiply)."""
+    packed = getattr(module, "packed", None)
+    return packed.out_features if isinstance(packed, PackedLinear) else module.out_features
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear_image", mutates_args=())
@@ -192,7 +199,7 @@ def _quantized_linear_image(image: torch.Tensor, layer: int) -> torch.Tensor:
 
 @_quantized_linear_image.register_fake
 def _(image: torch.Tensor, layer: int) -> torch.Tensor:
-    return image.new_empty(image.shape[1], _OPAQUE[layer].out_features)
+    return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]))
 
 
 class _Opaque(nn.Module):
@@ -200,24 +207,34 @@ class _Opaque(nn.Module):
     is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
     compiled step makes the kernel's image of x in torch ops (kernels.ops.x_image), which inductor fuses into the
     kernel that makes x where it can (the MLP's activation; after the norm's reduction it is a kernel of its own),
-    and the op reads it: the kernel's own packing of x, a launch before each such layer, is left out."""
+    and the op reads it: the kernel's own packing of x, a launch before each such layer, is left out. A gated pair
+    (W4A16Linear with glu) whose kernel at the step's rows cannot apply the SiLU and multiply itself gives the op its
+    interleaved sums and the SiLU and multiply in torch ops (kernels.ops.glu_interleaved), which inductor fuses."""
 
     def __init__(self, inner: nn.Module, layer: int):
         super().__init__()
         self.inner, self.layer, self.out_features = inner, layer, inner.out_features
+        self.rows = _rows(inner)
+        self.glu = getattr(inner, "glu", False)
         packed = getattr(inner, "packed", None)
-        self.image = (isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
-                      and kernel_ops.x_image_ready(packed))
+        on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
+        self.image = on_kernels and kernel_ops.x_image_ready(packed)
         self.sms = kernel_ops.sm_count(packed.device) if self.image else 0
+        # a gated pair on the kernels: whether its GPU has the wgmma kernels (kernels.ops.glu_at), else None
+        self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if self.glu and on_kernels and kernel_ops.glu_ready(packed) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
         if (COMPILED_X_IMAGE and self.image and torch.compiler.is_compiling()
-                and kernel_ops.wgmma_ws(m, self.out_features, k, self.sms)):
+                and kernel_ops.wgmma_ws(m, self.rows, k, self.sms)):
             y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer)
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return torch.ops.quantkit_eval.quantized_linear(x, self.layer)
+            y = y.reshape(*x.shape[:-1], self.rows)
+        elif self.glu and not (self.glu_wgmma is not None and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma)):
+            y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True)
+        else:
+            return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False)
+        return kernel_ops.glu_interleaved(y) if self.glu else y
 
 
 @contextmanager
@@ -539,4 +556,5 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
             result["compiled_prefill"] = True
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
+    result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
     return result

@@ -5,20 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.kernels.ops import l2_prefetch, w4a16_linear
-from quantkit.kernels.packing import PackedLinear, concat, prepare
+from quantkit.kernels.ops import glu_in_kernel, l2_prefetch, w4a16_linear
+from quantkit.kernels.packing import PackedLinear, concat, glu_order, interleave_glu, prepare
 from quantkit.qlinear import QuantizedLinear
 
 
 class W4A16Linear(nn.Module):
-    """y = x W^T + b with W held 4-bit in a PackedLinear; forward calls w4a16_linear(backend=self.backend)."""
+    """y = x W^T + b with W held 4-bit in a PackedLinear; forward calls w4a16_linear(backend=self.backend).
+    With glu (concat_glu), the layer is a gated pair and forward gives silu(gate(x)) * up(x): out_features is half the
+    packed layer's. pdl: launch the decode kernel as a programmatic dependent launch (None: ops.STREAM_PDL)."""
 
-    def __init__(self, packed: PackedLinear, bias: torch.Tensor | None = None, *, backend: str = "auto") -> None:
+    def __init__(self, packed: PackedLinear, bias: torch.Tensor | None = None, *, backend: str = "auto",
+                 glu: bool = False) -> None:
         super().__init__()
         self.packed = packed
         self.backend = backend
+        self.glu = glu
+        self.pdl: bool | None = None
         self.in_features = packed.in_features
-        self.out_features = packed.out_features
+        self.out_features = packed.out_features // 2 if glu else packed.out_features
         if bias is not None:
             self.register_buffer("bias", bias.detach().to(packed.device))
         else:
@@ -42,9 +47,30 @@ class W4A16Linear(nn.Module):
                               for m in layers])
         return cls(concat([m.packed for m in layers]), bias, backend=layers[0].backend)
 
+    @classmethod
+    def concat_glu(cls, gate: "W4A16Linear", up: "W4A16Linear") -> "W4A16Linear":
+        """One module computing silu(gate(x)) * up(x), its rows interleaved for the kernel's epilogue
+        (packing.interleave_glu)."""
+        bias = None
+        if gate.bias is not None or up.bias is not None:
+            zero = gate.packed.scales.new_zeros(gate.out_features)
+            pair = torch.cat([gate.bias if gate.bias is not None else zero, up.bias if up.bias is not None else zero])
+            bias = pair[glu_order(gate.out_features).to(pair.device)]
+        return cls(interleave_glu(gate.packed, up.packed), bias, backend=gate.backend, glu=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
-                            warm=self._warm(x.numel() // max(1, x.shape[-1])))
+                            warm=self._warm(x.numel() // max(1, x.shape[-1])), glu=self.glu, pdl=self.pdl)
+
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed layer's own outputs (with glu: the gated pair's interleaved sums, before the SiLU and multiply,
+        which kernels.ops.glu_interleaved applies)."""
+        return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
+                            warm=self._warm(x.numel() // max(1, x.shape[-1])), pdl=self.pdl)
+
+    def glu_in_kernel(self, x: torch.Tensor) -> bool:
+        """With glu: whether forward(x) applies the SiLU and multiply in the kernel itself (kernels.ops.glu_in_kernel)."""
+        return self.glu and self.backend in ("auto", "kernel") and glu_in_kernel(x.numel() // x.shape[-1], self.packed, x)
 
     def _warm(self, rows: int) -> tuple[PackedLinear, int | None] | None:
         return self.warm[:2] if self.warm is not None and rows <= self.warm[2] else None
@@ -57,5 +83,6 @@ class W4A16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.packed
-        return (f"in_features={p.in_features}, out_features={p.out_features}, group_size={p.group_size}, "
-                f"sym={p.sym}, act_order={p.perm is not None}, bias={self.bias is not None}, backend={self.backend!r}")
+        return (f"in_features={p.in_features}, out_features={self.out_features}, group_size={p.group_size}, "
+                f"sym={p.sym}, act_order={p.perm is not None}, bias={self.bias is not None}, backend={self.backend!r}"
+                + (", glu=True" if self.glu else ""))

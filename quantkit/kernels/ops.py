@@ -154,6 +154,11 @@ MIN_CHUNKS_PER_SPLIT = 8
 # of the kernel before it. Off: no gain in a whole decode step, whose kernels before it are torch's
 # (bench/results/decode_profile_h100_pdl_{on,off}.json: 6245 vs 6266 us at batch 1).
 STREAM_PDL = False
+# A gated pair's SiLU and multiply (w4a16_linear(glu=True), a layer in packing.glu_order) in the decode kernel's
+# epilogue where it runs with its warps sharing a tile (True), or always as torch ops after the kernel (False: the
+# kernel then writes both halves, as for a plain concatenation of gate and up). QUANTKIT_GLU_EPILOGUE=0 turns it off
+# for a process (the eval records it).
+GLU_EPILOGUE = os.environ.get("QUANTKIT_GLU_EPILOGUE", "1") != "0"
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
@@ -287,10 +292,11 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
-         cluster: bool | None = None, warm: tuple[list, list] | None = None) -> torch.Tensor:
+         cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False) -> torch.Tensor:
     """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
     blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds (its own weights then read evict-first where
-    L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch."""
+    L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch. glu: the layer is a gated pair in
+    packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -301,16 +307,19 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
         raise UnsupportedError(f"wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt={mt}"
                                f"{', staged' if staged else ''}")
     wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
+    if glu and not wk:
+        raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
-    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    out = torch.empty(m, n // 2 if glu else n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
-    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL  # the decode kernel's blocks request them
+    # the decode kernel's blocks request them (not its glu instances: a launch of its own after those)
+    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu
     tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
-                 in_kernel and L2_PREFETCH_EVICT_FIRST)
+                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu)
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
     return out
@@ -721,6 +730,41 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
                           sms=_sm_count(x.device)), ""
 
 
+def glu_interleaved(y: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up from y [..., N], the output of a gated pair in packing.glu_order (each 16 features: 8 of gate,
+    then up's 8 of the same features): [..., N / 2]."""
+    v = y.unflatten(-1, (y.shape[-1] // 16, 2, 8))
+    return (F.silu(v[..., 0, :]) * v[..., 1, :]).flatten(-2)
+
+
+def _glu_in_stream(m: int, n: int, mt: int | None, staged: bool | None, wk: bool | None) -> bool:
+    """Whether the "mma" path at M rows (and these overrides) runs the decode kernel with its warps sharing a tile,
+    the kernel whose epilogue can apply a gated pair's SiLU and multiply."""
+    staged = mma_staged(m, n) if staged is None else staged
+    mt = mt or mma_tiles(m)
+    return not staged and mt <= 4 and (stream_wk(m) if wk is None else wk)
+
+
+def glu_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> bool:
+    """Whether w4a16_linear(x, packed, glu=True) at M rows applies the SiLU and multiply in the kernel's epilogue
+    (GLU_EPILOGUE; the decode kernel with its warps sharing a tile, on NVIDIA) rather than as torch ops after it
+    (glu_interleaved)."""
+    path, _ = kernel_path(m, packed, x)
+    return GLU_EPILOGUE and path == "mma" and _glu_in_stream(m, packed.out_features, None, None, None)
+
+
+def glu_ready(packed: PackedLinear) -> bool:
+    """Whether the kernels can run this gated pair at all (the "mma" layout on an NVIDIA GPU, the extension built):
+    with glu_at, what a compiled step decides without calling into the dispatch while it is traced."""
+    return _mma_on_nvidia(packed)
+
+
+def glu_at(m: int, n: int, k: int, *, wgmma: bool) -> bool:
+    """For a layer where glu_ready holds, glu_in_kernel at M rows from the shape alone (wgmma: a Hopper GPU)."""
+    path = "wgmma" if wgmma and ws_decode(m, n, k) else "mma"
+    return GLU_EPILOGUE and m <= STREAM_MAX_M and path == "mma" and _glu_in_stream(m, n, None, None, None)
+
+
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False, sms: int = 132) -> str:
     """The NVIDIA path for this shape on a GPU of sms multiprocessors (measured on an H100 and an H200:
     docs/kernel.md)."""
@@ -758,8 +802,13 @@ def w4a16_linear(
     stream_k: bool | None = None,
     pipelined: bool | None = None,
     warm: tuple[PackedLinear, int | None] | None = None,
+    glu: bool = False,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
+
+    glu: the layer is a gated pair in packing.glu_order (packing.interleave_glu) and the result is silu(gate) * up,
+    [..., N / 2]: applied in the decode kernel's epilogue where it runs with its warps sharing a tile (glu_in_kernel),
+    else by glu_interleaved after the layer.
 
     warm (layer, max_bytes): after this layer, request that one's packed scales and the first max_bytes (None: all)
     of its weights into the L2, as l2_prefetch does: from the decode kernel's blocks as they finish where it runs
@@ -782,14 +831,15 @@ def w4a16_linear(
     and tuning.
     """
     _check_inputs(x, packed, bias, backend)
-    if backend == "reference":
-        return reference_linear(x, packed, bias)
+    if glu and packed.out_features % 16:
+        raise InputError(f"a gated pair (glu) has a multiple of 16 output features, this layer {packed.out_features}")
     lead, k = x.shape[:-1], x.shape[-1]
     m = math.prod(lead) if lead else 1
-    path, reason = kernel_path(m, packed, x)
+    path, reason = kernel_path(m, packed, x) if backend != "reference" else ("", "")
+    if backend == "reference" or (backend == "auto" and not path):
+        y = reference_linear(x, packed, bias)
+        return glu_interleaved(y) if glu else y
     if backend == "auto":
-        if not path:
-            return reference_linear(x, packed, bias)
         selfcheck.self_check(x.device)
         backend = path
     elif backend == "kernel":
@@ -799,8 +849,9 @@ def w4a16_linear(
         backend = path
     else:
         _check_forced(backend, packed, x)
+    n_out = packed.out_features // 2 if glu else packed.out_features
     if m == 0:
-        return x.new_zeros(*lead, packed.out_features)
+        return x.new_zeros(*lead, n_out)
     x2 = x.reshape(m, k)
     if backend == "wgmma":  # _wgmma puts x in its kernel's k order (and act-order) itself
         x2 = x2.contiguous()
@@ -810,8 +861,9 @@ def w4a16_linear(
     if warm is not None and not (l2_prefetch_ready(warm[0]) and _on_layer_device(x2, warm[0])):
         warm = None
     ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
+    fold = glu and GLU_EPILOGUE and backend == "mma" and _glu_in_stream(m, packed.out_features, mt, staged, wk)
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
-        y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges), None
+        y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=fold), None
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined)
     elif backend == "dequant":
@@ -822,4 +874,6 @@ def w4a16_linear(
         y = _dot2(x2, packed, b)
     if ranges is not None:
         build.load_extension().l2_prefetch(*ranges)
-    return y.reshape(*lead, packed.out_features)
+    if glu and not fold:
+        y = glu_interleaved(y)
+    return y.reshape(*lead, n_out)

@@ -44,6 +44,16 @@ def repack_mma(codes: torch.Tensor) -> torch.Tensor:
     return _words(v, shifts).reshape(n // 16, k // 64, 32, 4).contiguous()
 
 
+def unpack_mma(words: torch.Tensor) -> torch.Tensor:
+    """Inverse of repack_mma: int32 [N/16, K/64, 32, 4] -> codes uint8 [N, K]."""
+    tiles, chunks = words.shape[:2]
+    rh, h, e = torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij")
+    shifts = (4 * (rh + 2 * h) + 16 * e).to(words.device)
+    w = (words.to(torch.int64) & 0xFFFFFFFF).reshape(tiles, chunks, 8, 4, 4, 1, 1, 1)  # t c gid tig j
+    v = (w >> shifts) & 0xF  # t c gid tig j rh h e
+    return v.permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(tiles * 16, chunks * 64).to(torch.uint8)
+
+
 def repack_mma_meta(scales: torch.Tensor, zeros: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """scales [G, N] (+ true zeros [G, N] when asymmetric) -> [N/16, G, 8, 2 or 4] in ``dtype``."""
     g, n = scales.shape
@@ -248,6 +258,50 @@ def concat(parts: list[PackedLinear]) -> PackedLinear:
                           for key in ("qweight", "qzeros", "scales")}
         out.checkpoint["g_idx"] = first.checkpoint["g_idx"]
     return out
+
+
+def permute_rows(packed: PackedLinear, order: torch.Tensor) -> PackedLinear:
+    """The same layer with its output features in ``order`` (row i of the result is row order[i]), in every layout it
+    has: the kernels' (the "mma" weight's rows unpacked and repacked), the scales and zeros, and the GPTQ tensors."""
+    n = packed.out_features
+    order = order.to(torch.int64).cpu()
+    if order.shape != (n,) or not torch.equal(order.sort().values, torch.arange(n)):
+        raise InputError(f"order must be a permutation of the layer's {n} output features")
+    if packed.kernel_reason:
+        raise UnsupportedError(f"cannot reorder a layer the kernels cannot take: {packed.kernel_reason}")
+    out = PackedLinear(out_features=n, in_features=packed.in_features, group_size=packed.group_size, sym=packed.sym,
+                       dtype=packed.dtype, device=packed.device, checkpoint=None, perm=packed.perm, kernel_reason="")
+    dev = order.to(packed.device)
+    out.scales = packed.scales[:, dev].contiguous()
+    out.zeros = None if packed.zeros is None else packed.zeros[:, dev].contiguous()
+    if packed.mma_weight is not None:
+        out.mma_weight = repack_mma(unpack_mma(packed.mma_weight)[dev])
+    if packed.dot2_qweight is not None:
+        out.dot2_qweight = packed.dot2_qweight[:, dev].contiguous()
+    if packed.checkpoint is not None:  # GPTQ tensors: output columns last (qzeros: 8 per word)
+        ck = packed.checkpoint
+        out.checkpoint = {key: ck[key][:, order].contiguous() for key in ("qweight", "scales")}
+        out.checkpoint["qzeros"] = gptq.pack_cols(gptq.unpack_cols(ck["qzeros"], 4, n)[:, order], 4)
+        out.checkpoint["g_idx"] = ck["g_idx"]
+    return out
+
+
+def glu_order(intermediate: int) -> torch.Tensor:
+    """The row order of a gated pair [gate; up] (each ``intermediate`` rows) for the kernels' SiLU-and-multiply
+    epilogue: each 16-row tile holds 8 gate rows and then the up rows of the same 8 features, so that one thread
+    holds both sums of a feature (the MMA's rows gid and gid + 8). The output feature j of the pair is gate row j."""
+    if intermediate % 8:
+        raise InputError(f"a gated pair interleaves by 8 rows; its {intermediate} features are not a multiple of 8")
+    rows = torch.arange(intermediate).view(-1, 8)
+    return torch.stack([rows, rows + intermediate], dim=1).reshape(-1)
+
+
+def interleave_glu(gate: PackedLinear, up: PackedLinear) -> PackedLinear:
+    """gate and up (the same shape) as one layer in glu_order: kernels.ops.w4a16_linear(..., glu=True) computes
+    silu(gate(x)) * up(x) from it."""
+    if gate.out_features != up.out_features:
+        raise InputError(f"gate has {gate.out_features} output features, up {up.out_features}; a gated pair needs the same")
+    return permute_rows(concat([gate, up]), glu_order(gate.out_features))
 
 
 def prepare_from_checkpoint(

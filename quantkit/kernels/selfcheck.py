@@ -1,10 +1,11 @@
 """The kernels check themselves against the reference on the device they run on, before any result is used:
 at first build (w4a16_linear with backend auto/kernel), and by the benchmark before it times anything.
 
-Two sets of cases: every kernel path forced on small layers (CASES), and the dispatch itself (backend "kernel") on
+Three sets of cases: every kernel path forced on small layers (CASES), the dispatch itself (backend "kernel") on
 two layers of 2^25 weights (DISPATCH_CASES), where it takes what the small layers never reach: on Hopper the
 warp-specialized kernel at every tile (16 to 256 tokens a block) under stream-K, cluster split-K and the plain grid,
-and everywhere the decode kernel on deep K, with as many splits as a real layer gets."""
+and everywhere the decode kernel on deep K, with as many splits as a real layer gets; and on NVIDIA a gated pair
+through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ DISPATCH_CASES = (
     (4096, 8192, 32, False, True, torch.float16, (3, 17, 64, 128, 256, 1024)),
 )
 
+# (intermediate, K, group, sym, Ms): a gated pair (packing.interleave_glu) whose SiLU and multiply the decode kernel's
+# epilogue applies at each M (1 to 32: one, two and four token tiles), unsplit, through a cluster and the workspace.
+GLU_CASE = (264, 1536, 64, False, (1, 8, 16, 32))
+
 _checked: set = set()
 
 
@@ -72,6 +77,34 @@ def _check(packed, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, path: s
             f"group={packed.group_size} sym={packed.sym} act_order={act} {dtype}): relative error "
             f"{err:.2e} > {tol:.1e}; do not use its results, report this with the GPU name"
         )
+
+
+def _check_glu(device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """GLU_CASE against silu(gate) * up of the fp64 products of the reference weights (two roundings' tolerance: the
+    unfused path rounds the sums and then the product)."""
+    from quantkit.kernels.ops import glu_in_kernel, w4a16_linear  # late: ops calls us
+    from quantkit.kernels.packing import interleave_glu
+
+    inter, k, g, sym, ms = GLU_CASE
+    pair = interleave_glu(*(prepare(testing.random_qlinear(inter, k, group_size=g, sym=sym, act_order=False,
+                                                           dtype=dtype, seed=seed + i), device=device, layouts=("mma",))
+                            for i in range(2)))
+    w = reference_weight(pair, dtype).double()
+    bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=200 + seed, device=device)[0]
+    for m in ms:
+        x = testing.random_activations(m, k, dtype=dtype, seed=100 * seed + m, device=device)
+        if not glu_in_kernel(m, pair, x):
+            continue
+        rows = (x.double() @ w.T + bias.double()).view(m, -1, 2, 8)
+        want = (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
+        for splits in (None, 2, 32):  # the rule's; two as a cluster; more than a cluster (the workspace)
+            got = w4a16_linear(x, pair, bias, backend="kernel", glu=True, splits=splits)
+            err = float((got.double() - want).norm() / want.norm())
+            if not err <= 2 * testing.TOLERANCE[dtype]:
+                raise KernelSelfCheckError(
+                    f"W4A16 kernel 'mma' with the gated pair's epilogue disagrees with the reference on {device} (M={m} "
+                    f"N={2 * inter} K={k} group={g} sym={sym} splits={splits} {dtype}): relative error {err:.2e} > "
+                    f"{2 * testing.TOLERANCE[dtype]:.1e}; do not use its results, report this with the GPU name")
 
 
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
@@ -107,6 +140,9 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
             for m in ms:
                 x = testing.random_activations(m, k, dtype=dtype, seed=100 * seed + m, device=device)
                 _check(packed, w, x, bias, kernel_path(m, packed, x)[0], backend="kernel")
+        if not torch.version.hip:
+            for dtype in (torch.float16, torch.bfloat16):
+                _check_glu(device, dtype, seed=len(CASES) + len(DISPATCH_CASES))
     except Exception:
         _checked.discard(device)
         raise

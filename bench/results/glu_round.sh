@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Session 40 (docs/kernel.md item 53): the 4-bit gated pairs (gate/up's SiLU and multiply in the decode kernel's
+# epilogue, down as its programmatic launch) on the GPU, on one warm machine, each call's outputs in one archive:
+#     bash bench/results/glu_round.sh OUT_DIR 1 [SECONDS]   build, the epilogue's GPU test, eval g128 compiled b1/8/32
+#     bash bench/results/glu_round.sh OUT_DIR 2 [SECONDS]   the batch-1/8 step profiled with the epilogue on and off
+#     bash bench/results/glu_round.sh OUT_DIR 3 [SECONDS]   eval g128 compiled b1/8/32 with lm_head 4-bit too
+set -u
+OUT=${1:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
+STEP=${2:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
+TOTAL=${3:-585}
+DEADLINE=$(( $(date +%s) + TOTAL ))
+left() { echo $(( DEADLINE - $(date +%s) )); }
+D="$OUT/glu$STEP"
+mkdir -p "$D"
+case $STEP in
+  1)
+    . bench/device_env.sh
+    timeout 200 python3 -c "
+import logging, sys; logging.basicConfig(level=logging.INFO)
+from quantkit.kernels import kernel_available, self_check
+ok, why = kernel_available(); print('kernel_available', ok, why)
+sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/kernel_selfcheck.log"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "gated_pair or cluster_split_k or stream_warps" \
+      2>&1 | tee "$D/kernel_gpu_tests.log"
+    if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+      STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( $(left) - 10 ))
+    else
+      echo "the GPU tests failed: no eval"
+    fi ;;
+  2)
+    . bench/device_env.sh
+    timeout $(( $(left) - 10 )) python3 bench/profile_decode.py --compile --fuse --batch 1,8 --glu-epilogue both \
+      --out "$D/decode_profile_glu.json" 2>&1 | tee "$D/decode_profile_glu.log" ;;
+  3)
+    EXTRA=--quantize-lm-head STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( TOTAL - 10 )) ;;
+esac
+tar -C "$OUT" -czf "$D.tgz" "glu$STEP" && rm -rf "$D"
+echo "== glu $STEP done ($(left) s left)"
