@@ -355,7 +355,7 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
     graph; where the kernel cannot (65 rows) the torch ops after the layer give glu_interleaved's bits."""
     from quantkit.kernels.packing import interleave_glu
 
-    inter, k = 520, 2048
+    inter, k = 528, 2048
     gate, up = (testing.random_qlinear(inter, k, group_size=64, sym=sym, act_order=act, dtype=dtype, seed=30 + i)
                 for i in range(2))
     up = type(up)(**{**up.__dict__, "g_idx": gate.g_idx})  # one input: one act-order permutation

@@ -47,7 +47,7 @@ DISPATCH_CASES = (
 
 # (intermediate, K, group, sym, Ms): a gated pair (packing.interleave_glu) whose SiLU and multiply the decode kernel's
 # epilogue applies at each M (1 to 32: one, two and four token tiles), unsplit, through a cluster and the workspace.
-GLU_CASE = (264, 1536, 64, False, (1, 8, 16, 32))
+GLU_CASE = (272, 1536, 64, False, (1, 8, 16, 32))
 
 _checked: set = set()
 
