@@ -24,7 +24,7 @@ def setup(run: dict) -> str:
     the split-KV kernel's split count rounding, fused projections (quantkit.eval.fuse; the 4-bit model's gated pairs
     with their SiLU and multiply in the kernel, kernels.ops.GLU_EPILOGUE), torch.compile'd decode step,
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
-    (throughput.COMBO_KERNELS), the prefill through the compiled model too (throughput.COMPILED_PREFILL), the greedy
+    (throughput.COMBO_KERNELS), the greedy
     token's two stages (throughput.greedy_token), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32) and the linears' L2 prefetch (quantkit.eval.prefetch) where they were on."""
     t = run["throughput"]
@@ -43,8 +43,6 @@ def setup(run: dict) -> str:
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
     if t.get("combo_kernels"):  # throughput.COMBO_KERNELS (on by default from session 39)
         parts.append("inductor's combo kernels")
-    if t.get("compiled_prefill"):  # QUANTKIT_COMPILED_PREFILL=1 (throughput.COMPILED_PREFILL)
-        parts.append("prefill compiled too")
     if t.get("greedy_token"):  # recorded from session 38 on (throughput.greedy_token)
         parts.append("greedy token in two stages")
     if t.get("ws_pipelined_32"):  # QUANTKIT_WS_PIPELINED_32=1 (kernels.ops.WS_PIPELINED_32)

@@ -38,8 +38,11 @@ def test_eval_table_names_the_decode_attention():
         "ws kernel's x packed by inductor, ws kernel's 32-token instance pipelined")
     assert setup(compiled_x_image=True, combo_kernels=True, greedy_token="two stages").endswith(
         "ws kernel's x packed by inductor, inductor's combo kernels, greedy token in two stages")
-    assert setup(combo_kernels=True, compiled_prefill=True).endswith(
-        "torch.compile, inductor's combo kernels, prefill compiled too")
+    pairs = {**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "glu": 32, "glu_pdl": 32}}
+    assert setup(fused_projections=pairs, glu_epilogue=True).endswith(
+        "fused q/k/v, gate/up, 4-bit gate/up's SiLU and multiply in its kernel, down as its programmatic launch, "
+        "torch.compile")
+    assert setup(fused_projections=pairs, glu_epilogue=False).endswith("fused q/k/v, gate/up, torch.compile")
     assert setup(l2_prefetch={"mode": "off", "in_kernel": True}).endswith("torch.compile")
     assert setup(l2_prefetch={"mode": "attention", "in_kernel": True}).endswith(
         "torch.compile, L2 prefetch of the next linear (attention, from the decode kernel)")

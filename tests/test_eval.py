@@ -329,46 +329,19 @@ def test_compiled_decode_traces_with_quantized_linears_opaque(monkeypatch):
     assert not throughput._OPAQUE
 
 
-@pytest.mark.parametrize("compiled_prefill", [False, True])
-def test_the_prefill_goes_through_the_compiled_model_only_when_asked(monkeypatch, compiled_prefill):
-    from quantkit.eval import random_weights
-    from quantkit.reference import QuantLinear
-
-    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
-                                       module_factory=QuantLinear, progress=False)
-    seen = []
-
-    def compiled(**kw):  # stands in for the torch.compile'd model: records the prompt lengths it is given
-        seen.append(kw["input_ids"].shape[1])
-        return model(**kw)
-
-    monkeypatch.setattr(throughput, "COMPILED_PREFILL", compiled_prefill)
-    settings = throughput.Settings(batches=(1,), prompt_len=6, gen_len=2, warmup=0, repeats=1, compile=True)
-    with torch.inference_mode():
-        runner = throughput.Runner(model, batch=1, settings=settings, prompt=torch.randint(0, 100, (1, 6)),
-                                   decode_model=compiled)
-        runner.prepare()
-        runner.close()
-    assert seen == ([6, 1] if compiled_prefill else [1])
-
-
-@pytest.mark.parametrize("compiled_prefill", [False, True])
-def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypatch, compiled_prefill):
+def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypatch):
     """The default compile path for real (inductor, combo kernels on, as on a GPU; code generated for the CPU here):
-    both models' steps compile, run, agree with a plain forward pass, and the record says combo kernels were on; with
-    throughput.COMPILED_PREFILL the prefill runs through the compiled model too, and the record says so."""
+    both models' steps compile, run, agree with a plain forward pass, and the record says combo kernels were on."""
     from quantkit.eval import random_weights
     from quantkit.reference import QuantLinear
 
     monkeypatch.setattr(throughput, "COMBO_KERNELS", True)  # the default (whatever this environment says)
-    monkeypatch.setattr(throughput, "COMPILED_PREFILL", compiled_prefill)
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
     settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=2, warmup=0, repeats=1, compile=True)
     assert settings.compile_backend == "inductor"
     section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
     assert section["compiled_decode"] is True and section["combo_kernels"] is True
-    assert section.get("compiled_prefill", False) is compiled_prefill
     steps = [c for c in section["checks"] if "logits_rel_error" in c]
     assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
 

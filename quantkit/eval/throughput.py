@@ -265,11 +265,6 @@ def opaque_quantized_linears(model: nn.Module):
 # (docs/kernel.md item 51) it took the compiled eval's decode from 2.19x / 1.98x / 1.48x to 2.25x / 2.01x / 1.43x
 # at batch 1 / 8 / 32, twice alike on one machine.
 COMBO_KERNELS = os.environ.get("QUANTKIT_COMBO_KERNELS", "1") != "0"
-# Whether --compile runs the prefill through the compiled model too (both models; then graph-captured as before), so
-# that inductor fuses the prompt's small ops and, in the 4-bit model, makes the warp-specialized kernel's image of x
-# in the kernel that makes x instead of a packing launch before each of its warp-specialized prefill calls. QUANTKIT_COMPILED_PREFILL=1
-# turns it on; off until measured (docs/kernel.md item 52).
-COMPILED_PREFILL = os.environ.get("QUANTKIT_COMPILED_PREFILL", "0") != "0"
 
 
 def _compiled(model: nn.Module, backend: str, combo_kernels: bool | None = None):
@@ -291,7 +286,6 @@ class Runner:
 
         self.model, self.batch, self.s = model, batch, settings
         self.decode_model = model if decode_model is None else decode_model  # a torch.compile'd model for the decode step (--compile)
-        self.prefill_model = self.decode_model if COMPILED_PREFILL else model  # and for the prefill (COMPILED_PREFILL)
         device = prompt.device
         p, total = settings.prompt_len, settings.prompt_len + settings.gen_len
         self.cache = StaticCache(config=model.config, max_cache_len=total)
@@ -311,7 +305,7 @@ class Runner:
 
     # --- the two steps, written so that they can be captured: no host sync, every input a static tensor
     def _prefill(self) -> None:
-        out = self.prefill_model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
+        out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
                                  use_cache=True, logits_to_keep=1, **self.kwargs)
         self.logits = out.logits
         self.token.copy_(greedy_token(out.logits[:, -1]))
@@ -552,8 +546,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
         result["combo_kernels"] = COMBO_KERNELS  # recorded where on from session 38, either way from session 39
-        if COMPILED_PREFILL:  # an option not yet measured, recorded where it was on
-            result["compiled_prefill"] = True
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
