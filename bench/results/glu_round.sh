@@ -4,6 +4,14 @@
 #     bash bench/results/glu_round.sh OUT_DIR 1 [SECONDS]   build, the epilogue's GPU test, eval g128 compiled b1/8/32
 #     bash bench/results/glu_round.sh OUT_DIR 2 [SECONDS]   the batch-1/8 step profiled with the epilogue on and off
 #     bash bench/results/glu_round.sh OUT_DIR 3 [SECONDS]   eval g128 compiled b1/8/32 with lm_head 4-bit too
+# How it went (session 40, one NVIDIA H100 80GB HBM3, docs/kernel.md item 53):
+#   1. bash bench/results/glu_round.sh $OUT 1 590 on d556739: the self-check refused its own gated-pair case (halves
+#      of 264 rows, which the kernels cannot prepare), 105 s with the build; fixed in 7882e82
+#   2. bash bench/results/glu_round.sh $OUT 1 590 on 7882e82: 370 s   -> glu_h100_{selfcheck,tests}_7882e82.log,
+#                                                                         eval_llama-3-8b_g128_compiled_7882e82_h100_glu.*
+#   3. QUANTKIT_GLU_EPILOGUE=0 QUANTKIT_GLU_PDL=0 COMPILED_BATCH=1,8,32 bash bench/results/variant_round.sh $OUT glu_off 420
+#                                                               272 s   -> eval_llama-3-8b_g128_compiled_7882e82_h100_glu_off.*
+#   Steps 2 and 3 of this script did not run: the session's device time was spent.
 set -u
 OUT=${1:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
