@@ -338,7 +338,7 @@ def test_gated_pair_gives_silu_gate_times_up():
     assert glu.glu and glu.out_features == 48 and glu.packed.out_features == 96 and "glu=True" in repr(glu)
     assert torch.equal(glu(x), torch.nn.functional.silu(mods[0](x)) * mods[1](x))
     assert torch.equal(glu.forward_rows(x).view(5, 6, 2, 8)[:, :, 1].reshape(5, 48), mods[1](x))
-    assert not glu.glu_in_kernel(x)  # no GPU here
+    assert not ops.glu_in_kernel(5, glu.packed, x)  # no GPU here: torch's ops after the reference
     small = [prepare(_layer(n=12 * 2, k=128, g=32, seed=22), device="cpu")] * 2
     with pytest.raises(InputError, match="multiple of 8"):
         glu_order(12)

@@ -306,7 +306,7 @@ class Runner:
     # --- the two steps, written so that they can be captured: no host sync, every input a static tensor
     def _prefill(self) -> None:
         out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
-                                 use_cache=True, logits_to_keep=1, **self.kwargs)
+                         use_cache=True, logits_to_keep=1, **self.kwargs)
         self.logits = out.logits
         self.token.copy_(greedy_token(out.logits[:, -1]))
         self.pos.fill_(self.s.prompt_len)

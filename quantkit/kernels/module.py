@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.kernels.ops import glu_in_kernel, l2_prefetch, w4a16_linear
+from quantkit.kernels.ops import l2_prefetch, w4a16_linear
 from quantkit.kernels.packing import PackedLinear, concat, glu_order, interleave_glu, prepare
 from quantkit.qlinear import QuantizedLinear
 
@@ -67,10 +67,6 @@ class W4A16Linear(nn.Module):
         which kernels.ops.glu_interleaved applies)."""
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
                             warm=self._warm(x.numel() // max(1, x.shape[-1])), pdl=self.pdl)
-
-    def glu_in_kernel(self, x: torch.Tensor) -> bool:
-        """With glu: whether forward(x) applies the SiLU and multiply in the kernel itself (kernels.ops.glu_in_kernel)."""
-        return self.glu and self.backend in ("auto", "kernel") and glu_in_kernel(x.numel() // x.shape[-1], self.packed, x)
 
     def _warm(self, rows: int) -> tuple[PackedLinear, int | None] | None:
         return self.warm[:2] if self.warm is not None and rows <= self.warm[2] else None
