@@ -749,8 +749,8 @@ def glu_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> bool:
     """Whether w4a16_linear(x, packed, glu=True) at M rows applies the SiLU and multiply in the kernel's epilogue
     (GLU_EPILOGUE; the decode kernel with its warps sharing a tile, on NVIDIA) rather than as torch ops after it
     (glu_interleaved)."""
-    path, _ = kernel_path(m, packed, x)
-    return GLU_EPILOGUE and path == "mma" and _glu_in_stream(m, packed.out_features, None, None, None)
+    path, _ = kernel_path(m, packed, x)  # "mma": not the warp-specialized kernel, so glu_at's wgmma question is settled
+    return path == "mma" and glu_at(m, packed.out_features, x.shape[-1], wgmma=False)
 
 
 def glu_ready(packed: PackedLinear) -> bool:
