@@ -37,6 +37,7 @@ def setup(run: dict) -> str:
     fused = (t.get("fused_projections") or {}).get("quantized", {})
     if fused.get("glu") and t.get("glu_epilogue"):  # gated pairs (fuse) and kernels.ops.GLU_EPILOGUE, from session 40
         parts.append("4-bit gate/up's SiLU and multiply in its kernel"
+                     + (" (the warp-specialized one's too)" if t.get("glu_ws") else "")
                      + (", down as its programmatic launch" if fused.get("glu_pdl") else ""))
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on

@@ -194,8 +194,8 @@ struct WgmmaLaunch {
 WgmmaLaunch wgmma_launch(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& ws,
                          torch::Tensor& counters, int64_t group_size, bool sym, int64_t bt, int64_t splits,
-                         int64_t cluster, bool ws_kernel) {
-  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym);
+                         int64_t cluster, bool ws_kernel, bool glu = false) {
+  const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym, glu);
   check_wgmma_bt(bt, ws_kernel);
   check_bias(bias, x, N);
   int major = 0, minor = 0;
@@ -306,12 +306,16 @@ int64_t wgmma_ws_stream_k_depth(int64_t M, int64_t N, int64_t K, int64_t bt, int
 // or multicast; the workspace wgmma_ws_stream_k_depth x tiles x bt x 128 floats where that is above 1, a counter a
 // tile); pdl: as a programmatic dependent launch of the wgmma_pack_x call just before it on the stream (which made xp);
 // probe 1 to 4: a diagnostic that leaves out the MMAs and more (QkWsMaps::probe; out is not the product), else 0;
-// pipelined: at 32 tokens, the instance whose consumers dequantize the next step while this one's MMAs run.
+// pipelined: at 32 tokens, the instance whose consumers dequantize the next step while this one's MMAs run; glu: the
+// layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up (no cluster, probe or pipelining).
 void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
                    torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym,
                    int64_t bt, int64_t splits, int64_t cluster, int64_t multicast, int64_t sk_ctas,
-                   int64_t sk_blocks, bool pdl, int64_t probe, bool pipelined) {
+                   int64_t sk_blocks, bool pdl, int64_t probe, bool pipelined, bool glu) {
   const bool bf = is_bf16(xp);
+  TORCH_CHECK(!glu || (cluster <= 1 && probe == 0 && !pipelined),
+              "glu (a gated pair's epilogue) takes no cluster, probe or pipelined instance; got cluster ", cluster,
+              ", probe ", probe, pipelined ? ", pipelined" : "");
   TORCH_CHECK(0 <= probe && probe <= 4 && (probe == 0 || bt <= 32), "probe must be 0, or 1 to 4 at bt 16 or 32; got ",
               probe, " at bt ", bt);
   TORCH_CHECK(!pipelined || bt == 32, "the pipelined instance below 256 tokens has 32 tokens a block, got bt ", bt);
@@ -319,7 +323,7 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
               "stream-K takes no split-K, cluster or multicast; got splits ", splits, ", cluster ", cluster,
               ", multicast ", multicast);
   auto [grid, args] =
-      wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*ws_kernel=*/true);
+      wgmma_launch(xp, w, meta, bias, out, ws, counters, group_size, sym, bt, splits, cluster, /*ws_kernel=*/true, glu);
   TORCH_CHECK(multicast == 1 || (multicast == 2 && grid.z == 1 && grid.y % 2 == 0),
               "multicast must be 1, or 2 with no split-K and an even number of 128-row blocks; got ", multicast,
               " with ", grid.z, " splits and ", grid.y, " blocks");
@@ -337,7 +341,7 @@ void wgmma_ws_gemm(torch::Tensor xp, torch::Tensor w, torch::Tensor meta, c10::o
   const c10::cuda::CUDAGuard guard(xp.device());
   check_launch("warp-specialized wgmma W4A16 kernel",
                qk_launch_wgmma_ws(args, bf, sym, (int)bt, (int)cluster, (int)multicast, (int)sk_blocks, pdl, grid,
-                                  c10::cuda::getCurrentCUDAStream(), (int)probe, pipelined));
+                                  c10::cuda::getCurrentCUDAStream(), (int)probe, pipelined, glu));
 }
 
 // x [M, K] into the warp-specialized kernel's layout (qk_wgmma_pack_x): out has x's shape and type and holds

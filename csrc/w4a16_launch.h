@@ -97,10 +97,12 @@ cudaError_t qk_launch_wgmma(const QkMmaArgs& a, bool bf16, bool sym, int bt, boo
 // left after whole waves cut among the first sk_blocks (QkWsWalk in w4a16_wgmma_ws_cuda.h), no cluster or multicast.
 // pdl: as a programmatic dependent launch of the packing of x before it (its blocks start while that kernel runs,
 // and request their first weights and scales; x is read only after it has finished). probe 1 to 4: a diagnostic,
-// not the product (QkWsMaps::probe), else 0. pipelined: at 32 tokens, the pipelined instance (256 always are).
+// not the product (QkWsMaps::probe), else 0. pipelined: at 32 tokens, the pipelined instance (256 always are). glu:
+// the layer is a gated pair (packing.glu_order) and a.out [M, N / 2] gets silu(gate) * up (no cluster, no probe, not
+// pipelined).
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe = 0,
-                               bool pipelined = false);
+                               bool pipelined = false, bool glu = false);
 // qk_wgmma_pack_x: x [M, K] into [K / 64][M][64], k in index's order, each row's 16-byte units swizzled; index: int32,
 // words: [K / 2] 32-bit words of x's row (pairs of k), else [K] k; null: no act-order, the MMA's k order itself
 // (qk_wgmma_pack_x_plain; x 16-byte aligned).

@@ -127,13 +127,19 @@ bool encode_3d(CUtensorMap* map, CUtensorMapDataType type, const void* base, con
 // 256 tokens are in w4a16_launch_wgmma_ws_big.cu (qk_launch_wgmma_ws_big), 16 and 32 in w4a16_launch_wgmma_ws_small.cu.
 template <typename Tag, bool SYM>
 cudaError_t ws_tile(const QkMmaArgs& a, int bt, int cluster, int mc, int sk, bool pdl, dim3 grid,
-                    cudaStream_t stream, int probe, bool pipelined) {
+                    cudaStream_t stream, int probe, bool pipelined, bool glu) {
   constexpr bool bf16 = std::is_same<Tag, QkBF16>::value;
-  if (bt < 64) return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe, pipelined);
+  if (bt < 64)
+    return qk_launch_wgmma_ws_small(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, probe, pipelined, glu);
   if ((pipelined && bt != 256) || probe > 0) return cudaErrorInvalidValue;  // 256 tokens always are; probes: 16, 32
-  if (bt == 64) return qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream);
-  if (bt == 128) return qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream);
-  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream);
+  if (bt == 64)
+    return glu ? qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64), false, false, true>(a, cluster, mc, sk, pdl, grid, stream)
+               : qk_ws_instance<Tag, 64, SYM, 4, qk_ws_ks(64)>(a, cluster, mc, sk, pdl, grid, stream);
+  if (bt == 128)
+    return glu ? qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128), false, false, true>(a, cluster, mc, sk, pdl, grid,
+                                                                                     stream)
+               : qk_ws_instance<Tag, 128, SYM, 5, qk_ws_ks(128)>(a, cluster, mc, sk, pdl, grid, stream);
+  return qk_launch_wgmma_ws_big(a, bf16, SYM, bt, cluster, mc, sk, pdl, grid, stream, glu);
 }
 
 }  // namespace
@@ -156,10 +162,11 @@ cudaError_t qk_ws_encode_maps(const QkMmaArgs& a, int bt, int ks, bool sym, int 
 }
 
 cudaError_t qk_launch_wgmma_ws(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
-                               int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe, bool pipelined) {
+                               int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe, bool pipelined,
+                               bool glu) {
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     return ws_tile<decltype(tag), decltype(s)::value>(a, bt, cluster, multicast, sk_blocks, pdl, grid, stream, probe,
-                                                      pipelined);
+                                                      pipelined, glu);
   });
 }
 #endif

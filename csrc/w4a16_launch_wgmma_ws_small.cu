@@ -9,10 +9,20 @@
 #if QK_IS_CUDA
 cudaError_t qk_launch_wgmma_ws_small(const QkMmaArgs& a, bool bf16, bool sym, int bt, int cluster, int multicast,
                                      int sk_blocks, bool pdl, dim3 grid, cudaStream_t stream, int probe,
-                                     bool pipelined) {
+                                     bool pipelined, bool glu) {
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     using Tag = decltype(tag);
     constexpr bool SYM = decltype(s)::value;
+    if (glu) {  // the gated pair's instances
+      if (pipelined || probe > 0) return cudaErrorInvalidValue;
+      if (bt == 16)
+        return qk_ws_instance<Tag, 16, SYM, 7, qk_ws_ks(16), false, false, true>(a, cluster, multicast, sk_blocks, pdl,
+                                                                                 grid, stream);
+      if (bt == 32)
+        return qk_ws_instance<Tag, 32, SYM, 6, qk_ws_ks(32), false, false, true>(a, cluster, multicast, sk_blocks, pdl,
+                                                                                 grid, stream);
+      return cudaErrorInvalidValue;
+    }
     // two blocks a multiprocessor (qk_ws_blocks_per_sm): 7 stages of 2 chunks (92-99 KB)
     if (probe > 0) {  // the diagnostic's instances (ops.ws_probe)
       if (pipelined) return cudaErrorInvalidValue;

@@ -356,8 +356,10 @@ QK_INLINE bool qk_ws_sk_fixup(float (&acc)[ACC], const QkWsItem& it, float* __re
 // of KS chunks in flight. PL: pipelined as at 256 tokens (qk_ws_regs, qk_ws_pipe) at a smaller tile. PROBE (a
 // diagnostic's instances, not the product; the others hold none of its code): the consumers only wait for each stage
 // (maps.probe 2: and read their weights and scales from it; 3: and dequantize them, all but the MMAs) and give it back;
-// maps.probe 4: as 1, and the producer copies no x (the ring of weights and scales alone).
-template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false, bool PROBE = false>
+// maps.probe 4: as 1, and the producer copies no x (the ring of weights and scales alone). GLU: the layer is a gated
+// pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up (qk_mma_store_out's); no cluster split-K (its
+// reduction writes rows of its own: the launcher refuses a cluster).
+template <typename Tag, int BT, bool SYM, int STAGES, int KS, bool PL = false, bool PROBE = false, bool GLU = false>
 QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
     qk_wgmma_ws(const uint16_t* __restrict__ xp, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
@@ -594,7 +596,7 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
       if (it.nz > 1 && !qk_ws_sk_fixup<ACC, 32 * QK_WS_CONSUMER_WARPS>(acc, it, ws, counters + it.cell, walk.tiles))
         continue;
       float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-      qk_mma_store_out<Tag, 1, MT>(acc4, it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out, M, N);
+      qk_mma_store_out<Tag, 1, MT, GLU>(acc4, it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out, M, N);
     }
     if (sk) {
       if (mc > 1) qk_cluster_sync();
@@ -606,13 +608,15 @@ QK_GLOBAL void __launch_bounds__(qk_ws_threads(BT, PL), qk_ws_blocks_per_sm(BT))
   QkWsItem it;
   qk_ws_item(walk, (int)blockIdx.x, 0, chunks_per_split, it);
   float(&acc4)[1][MT][4] = *reinterpret_cast<float(*)[1][MT][4]>(acc);
-  if (gridDim.z > 1 &&
-      qk_ws_cluster_reduce<Tag, MT, 32 * QK_WS_CONSUMER_WARPS>(
-          acc4, reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), it.by * 128, it.bx * BT, bias, out, M,
-          N))
-    return;
-  qk_mma_epilogue<Tag, 1, MT>(acc4, producer ? n_tiles : it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias, out,
-                              ws, counters, M, N);
+  if constexpr (!GLU) {
+    if (gridDim.z > 1 &&
+        qk_ws_cluster_reduce<Tag, MT, 32 * QK_WS_CONSUMER_WARPS>(
+            acc4, reinterpret_cast<float*>(const_cast<unsigned char*>(smem0_ptr)), it.by * 128, it.bx * BT, bias, out,
+            M, N))
+      return;
+  }
+  qk_mma_epilogue<Tag, 1, MT, GLU>(acc4, producer ? n_tiles : it.by * TILES + warp, n_tiles, it.bx * BT, lane, bias,
+                                   out, ws, counters, M, N);
   if (mc > 1) qk_cluster_sync();  // no block leaves while its pair's arrivals may still reach it
 #endif
 }

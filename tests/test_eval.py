@@ -360,12 +360,13 @@ def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     spec = ops.x_image(torch.arange(6 * 256, dtype=torch.float64).reshape(6, 256)).flatten().long()
     images = []
 
-    def kernel_stand_in(image, layer, bias):
+    def kernel_stand_in(image, layer, bias, glu=False):
         m = image.shape[1]
         order = ops.x_image(torch.arange(m * 256, dtype=torch.float64).reshape(m, 256)).flatten().long()
         x = torch.empty(m * 256, dtype=image.dtype)
         x[order] = image.flatten()
         images.append(m)
+        assert not glu
         return reference_linear(x.view(m, 256), layer, bias)
 
     monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
@@ -386,6 +387,44 @@ def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
             images.clear()
     torch._dynamo.reset()
     assert isinstance(model.down, W4A16Linear) and not throughput._OPAQUE
+
+
+@pytest.mark.parametrize("glu_ws", [False, True])
+def test_compiled_step_hands_a_gated_pair_its_image_of_x(monkeypatch, glu_ws):
+    """A gated pair at rows where its layer runs the warp-specialized kernel (stood in for here, as above): the image
+    op applies the SiLU and multiply itself where kernels.ops.GLU_WS holds (asked with glu=True, its output half the
+    rows), else gives the pair's interleaved sums and torch's ops apply them; both the eager module's output."""
+    from quantkit.kernels import W4A16Linear, ops, prepare, reference_linear, testing
+
+    gate, up = (prepare(testing.random_qlinear(32, 256, group_size=64, sym=False, act_order=False,
+                                               dtype=torch.bfloat16, seed=40 + i), device="cpu", layouts=("mma",))
+                for i in range(2))
+    pair = W4A16Linear.concat_glu(W4A16Linear(gate), W4A16Linear(up))
+    asked = []
+
+    def kernel_stand_in(image, layer, bias, glu=False):
+        m = image.shape[1]
+        order = ops.x_image(torch.arange(m * 256, dtype=torch.float64).reshape(m, 256)).flatten().long()
+        x = torch.empty(m * 256, dtype=image.dtype)
+        x[order] = image.flatten()
+        asked.append(glu)
+        y = reference_linear(x.view(m, 256), layer, bias)
+        return ops.glu_interleaved(y) if glu else y
+
+    monkeypatch.setattr(ops, "GLU_WS", glu_ws)
+    monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
+    monkeypatch.setattr(ops, "glu_ready", lambda p: True)
+    monkeypatch.setattr(ops, "has_wgmma", lambda d: True)
+    monkeypatch.setattr(ops, "sm_count", lambda d: 132)
+    monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms: m > 4)
+    monkeypatch.setattr(ops, "w4a16_linear_image", kernel_stand_in)
+    module = torch.nn.Sequential(pair)
+    with throughput.opaque_quantized_linears(module), torch.inference_mode():
+        compiled = torch.compile(module, dynamic=False, backend="eager")
+        x = torch.randn(8, 1, 256, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+        assert torch.equal(compiled(x), module(x))
+    torch._dynamo.reset()
+    assert asked == [glu_ws] and not throughput._OPAQUE
 
 
 def test_decode_attention_reads_each_kv_head_once(monkeypatch):
@@ -521,7 +560,8 @@ def test_compiled_step_routes_a_gated_pair(monkeypatch):
     pair = mlp.gate_up
     monkeypatch.setattr(kernel_ops, "glu_ready", lambda packed: True)
     monkeypatch.setattr(kernel_ops, "has_wgmma", lambda device: False)
-    monkeypatch.setattr(kernel_ops, "glu_at", lambda m, n, k, wgmma: m > 4 and n == pair.packed.out_features)
+    monkeypatch.setattr(kernel_ops, "sm_count", lambda device: 132)
+    monkeypatch.setattr(kernel_ops, "glu_at", lambda m, n, k, wgmma, sms: m > 4 and n == pair.packed.out_features)
     seen = []
 
     def backend(gm, example_inputs):  # the rows flag of each call of the pair's op in the traced graph

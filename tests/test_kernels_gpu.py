@@ -395,6 +395,51 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
+@pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, True, False), (torch.float16, False, True)],
+                         ids=["bf16-sym", "fp16-asym-act"])
+def test_gated_pair_epilogue_in_the_ws_kernel(device, monkeypatch, dtype, sym, act):
+    """With ops.GLU_WS, the warp-specialized kernel writes silu(gate) * up itself: at every tile (16 to 256 tokens a
+    block), under stream-K, the grid and the grid's split-K through the workspace (a cluster is not taken with it),
+    with a bias and act-order, within the gated pair's tolerance of the fp64 product; its image of x too; and with
+    GLU_WS off the same call gives glu_interleaved's bits of the plain kernel."""
+    from quantkit.kernels.packing import interleave_glu
+
+    inter, k = 592, 2048  # 74 row tiles of 16: the last 128-row block part empty
+    gate, up = (testing.random_qlinear(inter, k, group_size=64, sym=sym, act_order=act, dtype=dtype, seed=60 + i)
+                for i in range(2))
+    up = type(up)(**{**up.__dict__, "g_idx": gate.g_idx})
+    pair = interleave_glu(prepare(gate, device=device), prepare(up, device=device))
+    w = reference_weight(pair, dtype).double()
+    bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=62, device=device)[0]
+
+    def close(got, x):
+        rows = (x.double() @ w.T + bias.double()).view(x.shape[0], -1, 2, 8)
+        want = (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
+        return float((got.double() - want).norm() / want.norm()) <= 2 * testing.TOLERANCE[dtype]
+
+    monkeypatch.setattr(ops, "GLU_WS", True)
+    for m in (17, 64, 300):
+        x = testing.random_activations(m, k, dtype=dtype, seed=63 + m, device=device)
+        for bt in (16, 32, 64, 128, 256):
+            for how in (dict(stream_k=True), dict(stream_k=False), dict(stream_k=False, splits=3, cluster=False)):
+                if bt == 256 and "splits" in how:
+                    continue  # 256 tokens a block take no split-K
+                got = w4a16_linear(x, pair, bias, backend="wgmma", ws=True, bt=bt, glu=True, **how)
+                assert got.shape == (m, inter) and close(got, x), (m, bt, how)
+    if not act:
+        x = testing.random_activations(40, k, dtype=dtype, seed=64, device=device)
+        monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms=132: True)  # the image's check, for this small layer
+        monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
+        assert close(ops.w4a16_linear_image(ops.x_image(x), pair, bias, glu=True), x)
+    monkeypatch.setattr(ops, "GLU_WS", False)
+    x = testing.random_activations(64, k, dtype=dtype, seed=65, device=device)
+    plain = w4a16_linear(x, pair, bias, backend="wgmma", ws=True, bt=64)
+    assert torch.equal(w4a16_linear(x, pair, bias, backend="wgmma", ws=True, bt=64, glu=True),
+                       ops.glu_interleaved(plain))
+
+
 def test_cuda_graph_capture(device):
     ql = testing.random_qlinear(512, 1024, group_size=32, sym=True, act_order=True, dtype=torch.float16, seed=9)
     packed = prepare(ql, device=device)

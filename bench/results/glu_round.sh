@@ -4,6 +4,10 @@
 #     bash bench/results/glu_round.sh OUT_DIR 1 [SECONDS]   build, the epilogue's GPU test, eval g128 compiled b1/8/32
 #     bash bench/results/glu_round.sh OUT_DIR 2 [SECONDS]   the batch-1/8 step profiled with the epilogue on and off
 #     bash bench/results/glu_round.sh OUT_DIR 3 [SECONDS]   eval g128 compiled b1/8/32 with lm_head 4-bit too
+#     bash bench/results/glu_round.sh OUT_DIR 4 [SECONDS]   the warp-specialized kernel's epilogue too (QUANTKIT_GLU_WS=1,
+#                                                           item 54): build, its GPU tests and self-check, eval g128
+#                                                           compiled b1/8/32; then step 1's eval again on the same
+#                                                           machine (QUANTKIT_GLU_WS=0 ... variant_round.sh) to compare
 # How it went (session 40, one NVIDIA H100 80GB HBM3, docs/kernel.md item 53):
 #   1. bash bench/results/glu_round.sh $OUT 1 590 on d556739: the self-check refused its own gated-pair case (halves
 #      of 264 rows, which the kernels cannot prepare), 105 s with the build; fixed in 7882e82
@@ -41,6 +45,16 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/kernel_selfcheck.log"
       --out "$D/decode_profile_glu.json" 2>&1 | tee "$D/decode_profile_glu.log" ;;
   3)
     EXTRA=--quantize-lm-head STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( TOTAL - 10 )) ;;
+  4)
+    . bench/device_env.sh
+    export QUANTKIT_GLU_WS=1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "gated_pair" 2>&1 \
+      | tee "$D/kernel_gpu_tests.log"
+    if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+      STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( $(left) - 10 ))
+    else
+      echo "the GPU tests failed: no eval"
+    fi ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "glu$STEP" && rm -rf "$D"
 echo "== glu $STEP done ($(left) s left)"

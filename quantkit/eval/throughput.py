@@ -190,16 +190,16 @@ def _rows(module: nn.Module) -> int:
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear_image", mutates_args=())
-def _quantized_linear_image(image: torch.Tensor, layer: int) -> torch.Tensor:
+def _quantized_linear_image(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
     inner = _OPAQUE[layer]
-    y = kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias)
+    y = kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias, glu=glu)
     inner.warm_next(image.shape[1], image.dtype)
     return y
 
 
 @_quantized_linear_image.register_fake
-def _(image: torch.Tensor, layer: int) -> torch.Tensor:
-    return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]))
+def _(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
+    return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]) // (2 if glu else 1))
 
 
 class _Opaque(nn.Module):
@@ -208,8 +208,9 @@ class _Opaque(nn.Module):
     compiled step makes the kernel's image of x in torch ops (kernels.ops.x_image), which inductor fuses into the
     kernel that makes x where it can (the MLP's activation; after the norm's reduction it is a kernel of its own),
     and the op reads it: the kernel's own packing of x, a launch before each such layer, is left out. A gated pair
-    (W4A16Linear with glu) whose kernel at the step's rows cannot apply the SiLU and multiply itself gives the op its
-    interleaved sums and the SiLU and multiply in torch ops (kernels.ops.glu_interleaved), which inductor fuses."""
+    (W4A16Linear with glu) whose kernel at the step's rows cannot apply the SiLU and multiply itself (kernels.ops.glu_at:
+    the decode kernel can, the warp-specialized one with GLU_WS) gives the op its interleaved sums and the SiLU and
+    multiply in torch ops (kernels.ops.glu_interleaved), which inductor fuses."""
 
     def __init__(self, inner: nn.Module, layer: int):
         super().__init__()
@@ -220,17 +221,25 @@ class _Opaque(nn.Module):
         on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
         self.image = on_kernels and kernel_ops.x_image_ready(packed)
         self.sms = kernel_ops.sm_count(packed.device) if self.image else 0
-        # a gated pair on the kernels: whether its GPU has the wgmma kernels (kernels.ops.glu_at), else None
-        self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if self.glu and on_kernels and kernel_ops.glu_ready(packed) else None
+        # a gated pair on the kernels: whether its GPU has the wgmma kernels and its multiprocessors (kernels.ops.glu_at),
+        # else None
+        ready = self.glu and on_kernels and kernel_ops.glu_ready(packed)
+        self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if ready else None
+        self.glu_sms = kernel_ops.sm_count(packed.device) if ready else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
         if (COMPILED_X_IMAGE and self.image and torch.compiler.is_compiling()
                 and kernel_ops.wgmma_ws(m, self.rows, k, self.sms)):
-            y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer)
+            # a gated pair whose warp-specialized kernel applies the SiLU and multiply itself (kernels.ops.GLU_WS)
+            whole = self.glu and kernel_ops.glu_at(m, self.rows, k, wgmma=True, sms=self.sms)
+            y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer, whole)
+            if whole:
+                return y.reshape(*x.shape[:-1], self.out_features)
             y = y.reshape(*x.shape[:-1], self.rows)
-        elif self.glu and not (self.glu_wgmma is not None and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma)):
+        elif self.glu and not (self.glu_wgmma is not None
+                               and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma, sms=self.glu_sms)):
             y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True)
         else:
             return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False)
@@ -549,4 +558,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
+    if kernel_ops.GLU_WS:  # not yet measured (QUANTKIT_GLU_WS=1), recorded where it was on
+        result["glu_ws"] = True
     return result

@@ -159,6 +159,10 @@ STREAM_PDL = False
 # kernel then writes both halves, as for a plain concatenation of gate and up). QUANTKIT_GLU_EPILOGUE=0 turns it off
 # for a process (the eval records it).
 GLU_EPILOGUE = os.environ.get("QUANTKIT_GLU_EPILOGUE", "1") != "0"
+# The same epilogue in the warp-specialized kernel (batch 32's gate/up, prefill), whose C fragments hold the same rows
+# a thread: off until measured (built in session 40 without a device; docs/kernel.md item 54); QUANTKIT_GLU_WS=1 turns
+# it on for a process (the eval records it). Its cluster split-K is not taken with it (the workspace's instead).
+GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "0") != "0"
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
@@ -454,13 +458,15 @@ def wgmma_ws(m: int, n: int, k: int, sms: int = 132) -> bool:
 def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt: int | None,
            dense: bool | None = None, wsm: bool | None = None, cluster: bool | None = None,
            ws: bool | None = None, multicast: bool | None = None, stream_k: bool | None = None,
-           pdl: bool | None = None, image: bool = False, probe: int = 0, pipelined: bool | None = None
-           ) -> torch.Tensor:
+           pdl: bool | None = None, image: bool = False, probe: int = 0, pipelined: bool | None = None,
+           glu: bool = False) -> torch.Tensor:
     """x2 [M, K] as the caller has it (contiguous): gathered into the MMA's k order (qk_wgmma_gemm), or packed into the
     image of the swizzled tiles (ws, qk_wgmma_ws), here; image: x2 is that image already (x_image; ws only).
     stream_k (ws only): None, WS_STREAM_K's rule; True, stream-K wherever every block gets work (else the grid);
     False, the grid. probe (ws only): ws_probe's level, else 0. pipelined (ws at 32 tokens a block only): the pipelined
-    instance (None: WS_PIPELINED_32)."""
+    instance (None: WS_PIPELINED_32). glu (ws only): the layer is a gated pair in packing.glu_order and the kernel
+    writes silu(gate) * up, [M, N / 2] (its split-K through the workspace, not a cluster; not the pipelined
+    instance)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -468,6 +474,9 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     ws = wgmma_ws(m, n, k, sms) if ws is None else ws
     if image and not ws:
         raise UnsupportedError("an image of x is read by the warp-specialized kernel only")
+    if glu and (not ws or probe or pipelined or cluster):
+        raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the warp-specialized kernel's, without a "
+                               "probe, the pipelined instance or a cluster")
     sk = sk_blocks = depth = 0  # stream-K's persistent blocks, those sharing the last wave, workspace depth; 0: grid
     if stream_k and (splits or cluster or multicast):
         raise UnsupportedError("stream-K takes no split-K, cluster or multicast")
@@ -481,11 +490,11 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
     if pipelined and not (ws and bt == 32):
         raise UnsupportedError(f"the pipelined instance is the warp-specialized kernel's at 32 tokens a block (256 "
                                f"always is); got {'bt ' + str(bt) if ws else 'the wgmma kernel'}")
-    pl = ws and bt == 32 and (WS_PIPELINED_32 if pipelined is None else pipelined)
+    pl = ws and bt == 32 and not glu and (WS_PIPELINED_32 if pipelined is None else pipelined)
     if ws and bt == 256 and not sk:
         splits = splits or 1
     splits = 1 if sk else splits or wgmma_splits(m, n, k, sms, bt)
-    cl = 0 if sk else cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
+    cl = 0 if sk or glu else cluster_size(splits, k, x2.device, _cluster_limit(cluster, WGMMA_CLUSTER_MAX))
     mc = 1
     if ws and not sk:
         can = ws_multicast_fits(n, k, splits)
@@ -493,7 +502,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
             raise UnsupportedError(f"multicast needs no split-K and an even number of 128-row blocks; got "
                                    f"{grid_splits(k, splits)} splits and {math.ceil(n / 128)} blocks")
         mc = 2 if can and (WS_MULTICAST if multicast is None else multicast) else 1
-    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    out = torch.empty(m, n // 2 if glu else n, dtype=x2.dtype, device=x2.device)
     tiles = math.ceil(m / bt) * math.ceil(n / 128)
     depth = depth if depth > 1 else splits if splits > 1 and not cl else 0
     # stream-K's parts are whole tiles in fragment order (qk_ws_part_store); split-K's are [M, N]
@@ -508,7 +517,7 @@ def _wgmma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, bt:
             ext.wgmma_pack_x(x2, index, words, xp)
         ext.wgmma_ws_gemm(xp, packed.mma_weight, meta, bias, out, part, counters, packed.group_size,
                           packed.zeros is None, bt, splits, cl, mc, sk, sk_blocks, ws_pdl(bt) if pdl is None else pdl,
-                          probe, pl)
+                          probe, pl, glu)
         return out
     xw = x2.index_select(1, packed.wgmma_x_index())  # act-order and the MMA's k order inside each chunk, one gather
     dense = (True if dense is None else dense) and bt <= 128
@@ -567,10 +576,12 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device)
 
 
-def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None) -> torch.Tensor:
+def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None, *,
+                       glu: bool = False) -> torch.Tensor:
     """y [M, N] = x W^T (+ bias) from image = x_image(x) [K / 64, M, 64]: the warp-specialized kernel without its own
     packing of x, for a layer where x_image_ready holds at an M where wgmma_ws does (what w4a16_linear runs there). A
-    torch.compile'd step makes the image in the kernel that makes x (quantkit.eval.throughput)."""
+    torch.compile'd step makes the image in the kernel that makes x (quantkit.eval.throughput). glu: the layer is a
+    gated pair and the kernel's epilogue gives silu(gate) * up, [M, N / 2] (GLU_WS; the caller checks it)."""
     if image.dim() != 3 or image.shape[2] != 64:
         raise InputError(f"an image of x is [K / 64, M, 64], got {tuple(image.shape)}")
     chunks, m, _ = image.shape
@@ -584,7 +595,7 @@ def w4a16_linear_image(image: torch.Tensor, packed: PackedLinear, bias: torch.Te
                                f"kernel; use w4a16_linear")
     selfcheck.self_check(image.device)
     image, b = _operands(image.contiguous(), bias)
-    return _wgmma(image.view(m, k), packed, b, None, None, image=True)  # the kernel reads its bytes as the image
+    return _wgmma(image.view(m, k), packed, b, None, None, image=True, glu=glu)  # the kernel reads its bytes as the image
 
 
 def l2_prefetch_ready(packed: PackedLinear) -> bool:
@@ -747,10 +758,13 @@ def _glu_in_stream(m: int, n: int, mt: int | None, staged: bool | None, wk: bool
 
 def glu_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> bool:
     """Whether w4a16_linear(x, packed, glu=True) at M rows applies the SiLU and multiply in the kernel's epilogue
-    (GLU_EPILOGUE; the decode kernel with its warps sharing a tile, on NVIDIA) rather than as torch ops after it
-    (glu_interleaved)."""
-    path, _ = kernel_path(m, packed, x)  # "mma": not the warp-specialized kernel, so glu_at's wgmma question is settled
-    return path == "mma" and glu_at(m, packed.out_features, x.shape[-1], wgmma=False)
+    (GLU_EPILOGUE: the decode kernel with its warps sharing a tile; GLU_WS: the warp-specialized kernel) rather than as
+    torch ops after it (glu_interleaved)."""
+    path, _ = kernel_path(m, packed, x)
+    n, k = packed.out_features, x.shape[-1]
+    if path == "mma":
+        return glu_at(m, n, k, wgmma=False)
+    return path == "wgmma" and GLU_EPILOGUE and GLU_WS and wgmma_ws(m, n, k, _sm_count(x.device))
 
 
 def glu_ready(packed: PackedLinear) -> bool:
@@ -759,10 +773,14 @@ def glu_ready(packed: PackedLinear) -> bool:
     return _mma_on_nvidia(packed)
 
 
-def glu_at(m: int, n: int, k: int, *, wgmma: bool) -> bool:
-    """For a layer where glu_ready holds, glu_in_kernel at M rows from the shape alone (wgmma: a Hopper GPU)."""
-    path = "wgmma" if wgmma and ws_decode(m, n, k) else "mma"
-    return GLU_EPILOGUE and m <= STREAM_MAX_M and path == "mma" and _glu_in_stream(m, n, None, None, None)
+def glu_at(m: int, n: int, k: int, *, wgmma: bool, sms: int = 132) -> bool:
+    """For a layer where glu_ready holds, glu_in_kernel at M rows from the shape alone (wgmma: a Hopper GPU of sms
+    multiprocessors): the decode kernel with its warps sharing a tile, or with GLU_WS the warp-specialized kernel."""
+    if not GLU_EPILOGUE:
+        return False
+    if wgmma and wgmma_ws(m, n, k, sms):
+        return GLU_WS
+    return m <= STREAM_MAX_M and _glu_in_stream(m, n, None, None, None)
 
 
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False, sms: int = 132) -> str:
@@ -807,8 +825,8 @@ def w4a16_linear(
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
     glu: the layer is a gated pair in packing.glu_order (packing.interleave_glu) and the result is silu(gate) * up,
-    [..., N / 2]: applied in the decode kernel's epilogue where it runs with its warps sharing a tile (glu_in_kernel),
-    else by glu_interleaved after the layer.
+    [..., N / 2]: applied in the decode kernel's epilogue where it runs with its warps sharing a tile, or with GLU_WS
+    the warp-specialized kernel's (glu_in_kernel), else by glu_interleaved after the layer.
 
     warm (layer, max_bytes): after this layer, request that one's packed scales and the first max_bytes (None: all)
     of its weights into the L2, as l2_prefetch does: from the decode kernel's blocks as they finish where it runs
@@ -861,11 +879,15 @@ def w4a16_linear(
     if warm is not None and not (l2_prefetch_ready(warm[0]) and _on_layer_device(x2, warm[0])):
         warm = None
     ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
-    fold = glu and GLU_EPILOGUE and backend == "mma" and _glu_in_stream(m, packed.out_features, mt, staged, wk)
+    fold = glu and GLU_EPILOGUE and (
+        (backend == "mma" and _glu_in_stream(m, packed.out_features, mt, staged, wk))
+        or (backend == "wgmma" and GLU_WS and not (pipelined or cluster)
+            and (wgmma_ws(m, packed.out_features, k, _sm_count(x.device)) if ws is None else ws)))
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=fold), None
     elif backend == "wgmma":
-        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined)
+        y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined,
+                   glu=fold)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     elif backend == "wmma":

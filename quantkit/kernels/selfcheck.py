@@ -48,6 +48,9 @@ DISPATCH_CASES = (
 # (intermediate, K, group, sym, Ms): a gated pair (packing.interleave_glu) whose SiLU and multiply the decode kernel's
 # epilogue applies at each M (1 to 32: one, two and four token tiles), unsplit, through a cluster and the workspace.
 GLU_CASE = (272, 1536, 64, False, (1, 8, 16, 32))
+# The same through the warp-specialized kernel's epilogue where ops.GLU_WS holds: a pair of 2^25 weights at M where the
+# dispatch takes that kernel on an H100 / H200 (stream-K and the grid, 32 to 256 tokens a block).
+GLU_WS_CASE = (1024, 16384, 128, True, (31, 48, 77, 200, 640))
 
 _checked: set = set()
 
@@ -79,13 +82,14 @@ def _check(packed, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, path: s
         )
 
 
-def _check_glu(device: torch.device, dtype: torch.dtype, seed: int) -> None:
-    """GLU_CASE against silu(gate) * up of the fp64 products of the reference weights (two roundings' tolerance: the
-    unfused path rounds the sums and then the product)."""
-    from quantkit.kernels.ops import glu_in_kernel, w4a16_linear  # late: ops calls us
+def _check_glu(device: torch.device, dtype: torch.dtype, seed: int, case: tuple) -> None:
+    """A gated pair (GLU_CASE, GLU_WS_CASE) against silu(gate) * up of the fp64 products of the reference weights (two
+    roundings' tolerance: the unfused path rounds the sums and then the product), at each M where the kernel applies
+    them itself."""
+    from quantkit.kernels.ops import glu_in_kernel, kernel_path, w4a16_linear  # late: ops calls us
     from quantkit.kernels.packing import interleave_glu
 
-    inter, k, g, sym, ms = GLU_CASE
+    inter, k, g, sym, ms = case
     pair = interleave_glu(*(prepare(testing.random_qlinear(inter, k, group_size=g, sym=sym, act_order=False,
                                                            dtype=dtype, seed=seed + i), device=device, layouts=("mma",))
                             for i in range(2)))
@@ -97,12 +101,14 @@ def _check_glu(device: torch.device, dtype: torch.dtype, seed: int) -> None:
             continue
         rows = (x.double() @ w.T + bias.double()).view(m, -1, 2, 8)
         want = (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
-        for splits in (None, 2, 32):  # the rule's; two as a cluster; more than a cluster (the workspace)
+        path = kernel_path(m, pair, x)[0]
+        # the decode kernel: the rule's split, a cluster of two, the workspace; the warp-specialized one: its plan
+        for splits in (None, 2, 32) if path == "mma" else (None,):
             got = w4a16_linear(x, pair, bias, backend="kernel", glu=True, splits=splits)
             err = float((got.double() - want).norm() / want.norm())
             if not err <= 2 * testing.TOLERANCE[dtype]:
                 raise KernelSelfCheckError(
-                    f"W4A16 kernel 'mma' with the gated pair's epilogue disagrees with the reference on {device} (M={m} "
+                    f"W4A16 kernel '{path}' with the gated pair's epilogue disagrees with the reference on {device} (M={m} "
                     f"N={2 * inter} K={k} group={g} sym={sym} splits={splits} {dtype}): relative error {err:.2e} > "
                     f"{2 * testing.TOLERANCE[dtype]:.1e}; do not use its results, report this with the GPU name")
 
@@ -141,8 +147,12 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
                 x = testing.random_activations(m, k, dtype=dtype, seed=100 * seed + m, device=device)
                 _check(packed, w, x, bias, kernel_path(m, packed, x)[0], backend="kernel")
         if not torch.version.hip:
+            from quantkit.kernels.ops import GLU_WS  # late: ops imports us
+
             for dtype in (torch.float16, torch.bfloat16):
-                _check_glu(device, dtype, seed=len(CASES) + len(DISPATCH_CASES))
+                _check_glu(device, dtype, len(CASES) + len(DISPATCH_CASES), GLU_CASE)
+            if GLU_WS:
+                _check_glu(device, torch.bfloat16, len(CASES) + len(DISPATCH_CASES) + 2, GLU_WS_CASE)
     except Exception:
         _checked.discard(device)
         raise
