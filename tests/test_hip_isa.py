@@ -157,7 +157,8 @@ def check_ws_pipelining(sass: str) -> None:
         bt = int(m.group(1))
         seen.add(bt)
         windows = ws_overlap_windows(body)
-        if bt in WS_PIPELINED_BT or re.search(r"ELi\d+ELb1ELb0EEv", name):  # 256 tokens, or PL set (PROBE not)
+        # 256 tokens, or PL set (PROBE not; the last flag is GLU)
+        if bt in WS_PIPELINED_BT or re.search(r"ELi\d+ELb1ELb0ELb[01]EEv", name):
             assert windows, f"{name}: no HGMMA group runs under the next step's dequantization (qk_ws_pipe)"
         else:
             assert not windows, f"{name}: {bt}-token instance overlaps its MMAs ({windows}); update WS_PIPELINED_BT"
