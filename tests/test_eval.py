@@ -346,6 +346,18 @@ def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypa
     assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
 
 
+def _x_from_image(image: torch.Tensor) -> torch.Tensor:
+    """x [M, K] back from its image [K / 64, M, 64] (kernels.ops.x_image): what the stand-ins of the kernel read."""
+    from quantkit.kernels import ops
+
+    chunks, m, _ = image.shape
+    k = 64 * chunks
+    order = ops.x_image(torch.arange(m * k, dtype=torch.float64).reshape(m, k)).flatten().long()
+    x = torch.empty(m * k, dtype=image.dtype)
+    x[order] = image.flatten()
+    return x.view(m, k)
+
+
 def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     """Inside a compiled step, a quantized linear whose layer runs the warp-specialized kernel at the step's rows (on
     a GPU: kernels.ops.x_image_ready, wgmma_ws; stood in for here) gets the kernel's image of x from torch ops
@@ -361,13 +373,9 @@ def test_compiled_step_hands_the_ws_kernel_its_image_of_x(monkeypatch):
     images = []
 
     def kernel_stand_in(image, layer, bias, glu=False):
-        m = image.shape[1]
-        order = ops.x_image(torch.arange(m * 256, dtype=torch.float64).reshape(m, 256)).flatten().long()
-        x = torch.empty(m * 256, dtype=image.dtype)
-        x[order] = image.flatten()
-        images.append(m)
+        images.append(image.shape[1])
         assert not glu
-        return reference_linear(x.view(m, 256), layer, bias)
+        return reference_linear(_x_from_image(image), layer, bias)
 
     monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
     monkeypatch.setattr(ops, "sm_count", lambda d: 132)
@@ -403,12 +411,8 @@ def test_compiled_step_hands_a_gated_pair_its_image_of_x(monkeypatch, glu_ws):
     asked = []
 
     def kernel_stand_in(image, layer, bias, glu=False):
-        m = image.shape[1]
-        order = ops.x_image(torch.arange(m * 256, dtype=torch.float64).reshape(m, 256)).flatten().long()
-        x = torch.empty(m * 256, dtype=image.dtype)
-        x[order] = image.flatten()
         asked.append(glu)
-        y = reference_linear(x.view(m, 256), layer, bias)
+        y = reference_linear(_x_from_image(image), layer, bias)
         return ops.glu_interleaved(y) if glu else y
 
     monkeypatch.setattr(ops, "GLU_WS", glu_ws)
