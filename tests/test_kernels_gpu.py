@@ -360,17 +360,11 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
                 for i in range(2))
     up = type(up)(**{**up.__dict__, "g_idx": gate.g_idx})  # one input: one act-order permutation
     pair = interleave_glu(prepare(gate, device=device), prepare(up, device=device))
-    w = reference_weight(pair, dtype).double()
+    w = reference_weight(pair, dtype)
     bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=32, device=device)[0]
 
-    def exact(x):
-        rows = (x.double() @ w.T + bias.double()).view(x.shape[0], -1, 2, 8)
-        return (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
-
     def close(got, x):
-        want = exact(x)
-        err = float((got.double() - want).norm() / want.norm())
-        return err <= testing.TOLERANCE[dtype] * 2  # two roundings of the unfused path's size: the sums and the product
+        return testing.glu_relative_error(got, w, x, bias) <= testing.GLU_TOLERANCE[dtype]
 
     for m in (1, 3, 8, 13, 16, 32):
         x = testing.random_activations(m, k, dtype=dtype, seed=40 + m, device=device)
@@ -411,13 +405,11 @@ def test_gated_pair_epilogue_in_the_ws_kernel(device, monkeypatch, dtype, sym, a
                 for i in range(2))
     up = type(up)(**{**up.__dict__, "g_idx": gate.g_idx})
     pair = interleave_glu(prepare(gate, device=device), prepare(up, device=device))
-    w = reference_weight(pair, dtype).double()
+    w = reference_weight(pair, dtype)
     bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=62, device=device)[0]
 
     def close(got, x):
-        rows = (x.double() @ w.T + bias.double()).view(x.shape[0], -1, 2, 8)
-        want = (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
-        return float((got.double() - want).norm() / want.norm()) <= 2 * testing.TOLERANCE[dtype]
+        return testing.glu_relative_error(got, w, x, bias) <= testing.GLU_TOLERANCE[dtype]
 
     monkeypatch.setattr(ops, "GLU_WS", True)
     for m in (17, 64, 300):

@@ -220,12 +220,10 @@ class _Opaque(nn.Module):
         packed = getattr(inner, "packed", None)
         on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
         self.image = on_kernels and kernel_ops.x_image_ready(packed)
-        self.sms = kernel_ops.sm_count(packed.device) if self.image else 0
-        # a gated pair on the kernels: whether its GPU has the wgmma kernels and its multiprocessors (kernels.ops.glu_at),
-        # else None
+        # a gated pair on the kernels: whether its GPU has the wgmma kernels (kernels.ops.glu_at), else None
         ready = self.glu and on_kernels and kernel_ops.glu_ready(packed)
         self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if ready else None
-        self.glu_sms = kernel_ops.sm_count(packed.device) if ready else 0
+        self.sms = kernel_ops.sm_count(packed.device) if self.image or ready else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
@@ -239,7 +237,7 @@ class _Opaque(nn.Module):
                 return y.reshape(*x.shape[:-1], self.out_features)
             y = y.reshape(*x.shape[:-1], self.rows)
         elif self.glu and not (self.glu_wgmma is not None
-                               and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma, sms=self.glu_sms)):
+                               and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma, sms=self.sms)):
             y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True)
         else:
             return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False)

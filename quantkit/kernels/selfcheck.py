@@ -83,9 +83,8 @@ def _check(packed, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, path: s
 
 
 def _check_glu(device: torch.device, dtype: torch.dtype, seed: int, case: tuple) -> None:
-    """A gated pair (GLU_CASE, GLU_WS_CASE) against silu(gate) * up of the fp64 products of the reference weights (two
-    roundings' tolerance: the unfused path rounds the sums and then the product), at each M where the kernel applies
-    them itself."""
+    """A gated pair (GLU_CASE, GLU_WS_CASE) against silu(gate) * up of the fp64 products of the reference weights
+    (testing.glu_relative_error, GLU_TOLERANCE), at each M where the kernel applies them itself."""
     from quantkit.kernels.ops import glu_in_kernel, kernel_path, w4a16_linear  # late: ops calls us
     from quantkit.kernels.packing import interleave_glu
 
@@ -93,24 +92,23 @@ def _check_glu(device: torch.device, dtype: torch.dtype, seed: int, case: tuple)
     pair = interleave_glu(*(prepare(testing.random_qlinear(inter, k, group_size=g, sym=sym, act_order=False,
                                                            dtype=dtype, seed=seed + i), device=device, layouts=("mma",))
                             for i in range(2)))
-    w = reference_weight(pair, dtype).double()
+    w = reference_weight(pair, dtype)
     bias = testing.random_activations(1, 2 * inter, dtype=dtype, seed=200 + seed, device=device)[0]
+    tol = testing.GLU_TOLERANCE[dtype]
     for m in ms:
         x = testing.random_activations(m, k, dtype=dtype, seed=100 * seed + m, device=device)
         if not glu_in_kernel(m, pair, x):
             continue
-        rows = (x.double() @ w.T + bias.double()).view(m, -1, 2, 8)
-        want = (torch.nn.functional.silu(rows[:, :, 0]) * rows[:, :, 1]).flatten(1)
         path = kernel_path(m, pair, x)[0]
         # the decode kernel: the rule's split, a cluster of two, the workspace; the warp-specialized one: its plan
         for splits in (None, 2, 32) if path == "mma" else (None,):
             got = w4a16_linear(x, pair, bias, backend="kernel", glu=True, splits=splits)
-            err = float((got.double() - want).norm() / want.norm())
-            if not err <= 2 * testing.TOLERANCE[dtype]:
+            err = testing.glu_relative_error(got, w, x, bias)
+            if not err <= tol:
                 raise KernelSelfCheckError(
                     f"W4A16 kernel '{path}' with the gated pair's epilogue disagrees with the reference on {device} (M={m} "
                     f"N={2 * inter} K={k} group={g} sym={sym} splits={splits} {dtype}): relative error {err:.2e} > "
-                    f"{2 * testing.TOLERANCE[dtype]:.1e}; do not use its results, report this with the GPU name")
+                    f"{tol:.1e}; do not use its results, report this with the GPU name")
 
 
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:

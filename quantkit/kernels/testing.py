@@ -7,7 +7,9 @@ error is about ulp/sqrt(12), 1.6e-3 for bf16 (8 significant bits) and 2e-4 for f
 4e-3 (bf16) and 1e-3 (fp16; the dot2 path's factored zero correction loses ~1e-4 to cancellation). The dot2
 path adds split-K partials into the 16-bit output (formats.md §2), one more rounding per split: its bound
 grows with sqrt(splits); so does the WMMA path's (at most 4 splits: ops.WMMA_MAX_SPLITS). A wrong index, a missed
-group or a stale zero gives errors of order 1.
+group or a stale zero gives errors of order 1. A gated pair's output (w4a16_linear(glu=True): silu(gate) * up of the
+fp32 sums, rounded once) is held to twice TOLERANCE (GLU_TOLERANCE), the size of the unfused path's two roundings (the
+sums, then the product), against silu(gate) * up of the fp64 products.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from quantkit.qlinear import QuantizedLinear
 
 TOLERANCE = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
+GLU_TOLERANCE = {dtype: 2 * tol for dtype, tol in TOLERANCE.items()}
 
 
 def random_qlinear(
@@ -43,13 +46,28 @@ def random_activations(m: int, k: int, *, dtype: torch.dtype, seed: int, device)
     return torch.randn(m, k, generator=gen).to(dtype).to(device)
 
 
-def relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> float:
-    """||y - x W^T - b|| / ||x W^T + b||, the truth computed in fp64 from the same (dequantized) weight."""
+def _product(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     truth = x.double() @ weight.double().T
-    if bias is not None:
-        truth = truth + bias.double()
+    return truth if bias is None else truth + bias.double()
+
+
+def _error(y: torch.Tensor, truth: torch.Tensor) -> float:
     err = (y.double() - truth).norm() / truth.norm().clamp_min(1e-30)
     return float("inf") if not torch.isfinite(y).all() else float(err)
+
+
+def relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> float:
+    """||y - x W^T - b|| / ||x W^T + b||, the truth computed in fp64 from the same (dequantized) weight."""
+    return _error(y, _product(weight, x, bias))
+
+
+def glu_relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> float:
+    """relative_error of a gated pair's output y [M, N / 2] (weight [N, K] in packing.glu_order): against silu(gate) *
+    up of the fp64 products."""
+    from quantkit.kernels.ops import glu_interleaved  # (ops imports this module through selfcheck)
+
+    return _error(y, glu_interleaved(_product(weight, x, bias)))
 
 
 def tolerance(dtype: torch.dtype, *, backend: str, k: int = 0, group_size: int = 128) -> float:
