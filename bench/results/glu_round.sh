@@ -16,6 +16,17 @@
 #   3. QUANTKIT_GLU_EPILOGUE=0 QUANTKIT_GLU_PDL=0 COMPILED_BATCH=1,8,32 bash bench/results/variant_round.sh $OUT glu_off 420
 #                                                               272 s   -> eval_llama-3-8b_g128_compiled_7882e82_h100_glu_off.*
 #   Steps 2 and 3 of this script did not run: the session's device time was spent.
+# Session 41, one NVIDIA H100 80GB HBM3 (a fresh machine), on ea58d9e (the warp-specialized kernel's epilogue, item 54):
+#   4. bash bench/results/glu_round.sh $OUT 4 590: its GPU tests cut off by their 150 s limit (the extension's first
+#      build ran inside pytest), no eval; the limit raised to 330 s
+#   5. bash bench/results/glu_round.sh $OUT 4 590: 392 s  -> glu_ws_h100_{tests,selfcheck}_ea58d9e.log,
+#                                                          eval_llama-3-8b_g128_compiled_ea58d9e_h100_glu_ws.*
+#   6. QUANTKIT_GLU_WS=0 bash bench/results/variant_round.sh $OUT ws_off 420
+#                                                    300 s  -> eval_llama-3-8b_g128_compiled_ea58d9e_h100_ws_off.*
+#   7. QUANTKIT_GLU_WS=1 bash bench/results/glu_round.sh $OUT 3 420
+#                                                    360 s  -> eval_llama-3-8b_g128_compiled_lm_head_ea58d9e_h100_glu_ws.*
+#   8. QUANTKIT_GLU_WS=1 bash bench/results/glu_round.sh $OUT 2 440
+#                                                    276 s  -> decode_profile_glu_ea58d9e_h100.{json,log}
 set -u
 OUT=${1:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: glu_round.sh OUT_DIR STEP [SECONDS]}
@@ -48,7 +59,7 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/kernel_selfcheck.log"
   4)
     . bench/device_env.sh
     export QUANTKIT_GLU_WS=1
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "gated_pair" 2>&1 \
+    timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "gated_pair" 2>&1 \
       | tee "$D/kernel_gpu_tests.log"
     if [ "${PIPESTATUS[0]}" -eq 0 ]; then
       STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( $(left) - 10 ))
