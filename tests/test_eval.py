@@ -335,13 +335,17 @@ def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypa
     from quantkit.eval import random_weights
     from quantkit.reference import QuantLinear
 
+    from quantkit.kernels import ops
+
     monkeypatch.setattr(throughput, "COMBO_KERNELS", True)  # the default (whatever this environment says)
+    monkeypatch.setattr(ops, "GLU_WS", False)  # not the default: the record says what ran
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
     settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=2, warmup=0, repeats=1, compile=True)
     assert settings.compile_backend == "inductor"
     section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
     assert section["compiled_decode"] is True and section["combo_kernels"] is True
+    assert section["glu_ws"] is False and section["glu_epilogue"] is ops.GLU_EPILOGUE
     steps = [c for c in section["checks"] if "logits_rel_error" in c]
     assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
 

@@ -545,10 +545,12 @@ def test_self_check_reaches_every_hopper_plan():
     assert any(c[4] for c in cases) and {c[2] for c in cases} == {32, 128}
 
 
-def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
+@pytest.mark.parametrize("glu_ws", [True, False])
+def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     """self_check runs the forced paths of CASES, the dispatch of DISPATCH_CASES and the gated pair's epilogue of
-    GLU_CASE (at the rows where the kernel applies it, each split way) against the reference (here every kernel call
-    stood in for by the reference on the CPU) and stops at the first one off by more than the tolerance, naming the
+    GLU_CASE (at the rows where the kernel applies it, each split way), and with ops.GLU_WS GLU_WS_CASE through the
+    warp-specialized kernel, against the reference (here every kernel call stood in for by the reference on the CPU,
+    the warp-specialized kernel taking M > 16) and stops at the first one off by more than the tolerance, naming the
     kernel, the shape and what to do."""
     from quantkit.kernels import ops, selfcheck
     from quantkit.kernels.reference import reference_linear
@@ -556,9 +558,13 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr(selfcheck, "CASES", ((3, 64, 256, 64, False, True),))
     monkeypatch.setattr(selfcheck, "DISPATCH_CASES", ((128, 512, 128, True, False, torch.bfloat16, (1, 17)),))
     monkeypatch.setattr(ops, "kernel_path", lambda m, packed, x: ("wgmma" if m > 16 else "mma", ""))
+    monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms=132: m > 16)
+    monkeypatch.setattr(ops, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(ops, "GLU_WS", glu_ws)
     calls = []
 
     monkeypatch.setattr(selfcheck, "GLU_CASE", (16, 128, 64, True, (1, 32)))
+    monkeypatch.setattr(selfcheck, "GLU_WS_CASE", (16, 128, 64, False, (40,)))
 
     def kernels(x, packed, bias, *, backend, **how):
         glu = how.get("glu", False)
@@ -569,16 +575,18 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch):
 
     monkeypatch.setattr(ops, "w4a16_linear", kernels)
     cpu = torch.device("cpu")
-    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")):
+    pair = [(1, 128, "kernel+glu")] * 3 + [(32, 128, "kernel+glu")] * glu_ws  # each split way at M = 1
+    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws:
         calls.clear()
         if wrong is None:
             selfcheck.self_check(cpu, force=True)
             assert calls == ([(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2
-                             + [(1, 512, "kernel"), (17, 512, "kernel")] + [(1, 128, "kernel+glu")] * 6)
+                             + [(1, 512, "kernel"), (17, 512, "kernel")] + pair * 2
+                             + [(40, 128, "kernel+glu")] * glu_ws)
             continue
         with pytest.raises(selfcheck.KernelSelfCheckError) as e:
             selfcheck.self_check(cpu, force=True)
-        path = "wgmma" if wrong[1] == "kernel" else "mma" if wrong[1] == "kernel+glu" else wrong[1]
+        path = ("wgmma" if wrong[0] > 16 else "mma") if wrong[1].startswith("kernel") else wrong[1]
         assert f"W4A16 kernel '{path}' " in str(e.value) and f"disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
         assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
         assert cpu not in selfcheck._checked  # checked again next time, not taken as passed

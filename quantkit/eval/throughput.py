@@ -556,6 +556,5 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
-    if kernel_ops.GLU_WS:  # not yet measured (QUANTKIT_GLU_WS=1), recorded where it was on
-        result["glu_ws"] = True
+    result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
     return result

@@ -160,9 +160,10 @@ STREAM_PDL = False
 # for a process (the eval records it).
 GLU_EPILOGUE = os.environ.get("QUANTKIT_GLU_EPILOGUE", "1") != "0"
 # The same epilogue in the warp-specialized kernel (batch 32's gate/up, prefill), whose C fragments hold the same rows
-# a thread: off until measured (built in session 40 without a device; docs/kernel.md item 54); QUANTKIT_GLU_WS=1 turns
-# it on for a process (the eval records it). Its cluster split-K is not taken with it (the workspace's instead).
-GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "0") != "0"
+# a thread (docs/kernel.md item 54): on one H100 the batch-1 prefill 0.86x -> 0.96x of bf16, the rest within 1.3%
+# (eval_llama-3-8b_g128_compiled_ea58d9e_h100_{glu_ws,ws_off}.json). QUANTKIT_GLU_WS=0 turns it off for a process (the
+# eval records it). Its cluster split-K is not taken with it (the workspace's instead).
+GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "1") != "0"
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
