@@ -11,7 +11,10 @@ the split kernel at every combination of its launch settings (quantkit.eval.deco
 BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
 with the split count rounded up (SPLITS_ROUND "up": two ranges a pair and the combining kernel at batch 32, not one);
 split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
-ending at the last position that attends.
+ending at the last position that attends. --o-proj also times the layer after attention with it: the split kernels
+then a 4-bit o_proj of the model's shape (group 128, quantkit's W4A16 kernel), as plain launches (split+o_proj) and
+with the kernels' programmatic launches into it (split+o_proj_pdl, decode_attention.PDL; Hopper and later), and
+o_proj alone on the same output (o_proj).
 """
 
 from __future__ import annotations
@@ -36,6 +39,35 @@ class _Head(torch.nn.Module):  # what transformers hands the attention function:
         self.num_key_value_groups = groups
 
 
+def o_proj_variants(q, k, v, mask, scale: float, defaults: dict) -> dict:
+    """The layer after attention: the split kernels, then a 4-bit o_proj (H * D square, group 128) on their output,
+    with plain launches and with programmatic ones (each sets decode_attention.PDL and o_proj.pdl as it is captured),
+    and the same o_proj alone on that output."""
+    from quantkit.kernels import W4A16Linear, self_check, testing
+
+    self_check()
+    b, h, _, d = q.shape
+    o_proj = W4A16Linear.from_quantized(testing.random_qlinear(h * d, h * d, group_size=128, sym=True, act_order=False,
+                                                               dtype=q.dtype, seed=5), device=q.device)
+    attended = decode_attention.split_kv_decode(q, k, v, mask, scale).transpose(1, 2).reshape(b, h * d).contiguous()
+
+    def layer(pdl: bool):
+        def call():
+            decode_attention.PDL = pdl
+            o_proj.pdl = pdl
+            out = decode_attention.split_kv_decode(q, k, v, mask, scale)
+            y = o_proj(out.transpose(1, 2).reshape(b, h * d))
+            decode_attention.PDL = defaults["PDL"]
+            return y
+        return call
+
+    def alone():
+        o_proj.pdl = False
+        return o_proj(attended)
+
+    return {"split+o_proj": layer(False), "split+o_proj_pdl": layer(True), "o_proj": alone}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", default="1,8,32")
@@ -46,6 +78,7 @@ def main() -> int:
     ap.add_argument("--filled", type=int, default=576, help="positions that attend (the mean over a run)")
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--sweep", action="store_true", help="also every combination of the split kernel's launch settings")
+    ap.add_argument("--o-proj", action="store_true", help="also attention then a 4-bit o_proj, with and without PDL")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     device, dtype = "cuda", torch.bfloat16
@@ -80,12 +113,17 @@ def main() -> int:
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
                "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"}),
                "split_full": variant("split", {**defaults, "MASK_BOUND": False})}
+        if args.o_proj:
+            fns.update(o_proj_variants(q, k, v, mask, scale, defaults))
         if args.sweep:
             for per_sm, block, warps in itertools.product((1, 2, 4, 8, 16), (32, 64, 128), (4, 8)):
                 fns[f"split_p{per_sm}_b{block}_w{warps}"] = variant("split", {
                     **defaults, "PROGRAMS_PER_SM": per_sm, "BLOCK_S": block, "NUM_WARPS": warps})
         with torch.inference_mode():
             for kernel, fn in fns.items():
+                if kernel.startswith("o_proj") or "+o_proj" in kernel:  # checked against the plain launches' bits
+                    row[kernel] = {"rel_err": 0.0 if torch.equal(fn(), fns["split+o_proj"]()) else float("inf")}
+                    continue
                 row[kernel] = {"rel_err": ((fn().float() - want).norm() / want.norm()).item()}
             bad = [kernel for kernel in fns if not row[kernel]["rel_err"] < 1e-2]
             if not bad:
@@ -95,7 +133,8 @@ def main() -> int:
         for kernel in fns:
             t = row[kernel]
             print(f"batch {batch:3d} {kernel}: rel err {t['rel_err']:.2e}" +
-                  (f", {t['us']:.1f} us ({row['kv_bytes'] / t['us'] / 1e6:.2f} TB/s of cache)" if "us" in t
+                  (f", {t['us']:.1f} us" + ("" if "o_proj" in kernel else
+                                            f" ({row['kv_bytes'] / t['us'] / 1e6:.2f} TB/s of cache)") if "us" in t
                    else " FAILED the check" if kernel in bad else ""), flush=True)
         result["rows"].append(row)
         if args.sweep and all("us" in row[kernel] for kernel in fns):

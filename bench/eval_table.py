@@ -30,11 +30,13 @@ def setup(run: dict) -> str:
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
-    if "split_kv_settings" in t:  # recorded from e7c49e1 on
-        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']})"
+    fused = (t.get("fused_projections") or {}).get("quantized", {})
+    if "split_kv_settings" in t:  # recorded from e7c49e1 on; PDL (decode_attention.PDL) from session 41 on
+        pdl = t["split_kv_settings"].get("PDL") and (
+            ", programmatic launches into the 4-bit o_proj" if fused.get("o_proj_pdl") else ", programmatic launches")
+        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']}{pdl or ''})"
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
-    fused = (t.get("fused_projections") or {}).get("quantized", {})
     if fused.get("glu") and t.get("glu_epilogue"):  # gated pairs (fuse) and kernels.ops.GLU_EPILOGUE, from session 40
         parts.append("4-bit gate/up's SiLU and multiply in its kernel"
                      + (" (the warp-specialized one's too)" if t.get("glu_ws") else "")

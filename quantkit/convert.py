@@ -38,12 +38,11 @@ def peak_rss_mb() -> float:
 
 
 def rdna3_refusals(recipe: Recipe, plan: Plan) -> list[str]:
-    """Why vLLM's RDNA3 W4A16 kernel path would refuse this output (empty when it loads)."""
+    """Why vLLM's RDNA3 W4A16 kernel path would refuse this output (empty when it loads). Its group sizes (32 and
+    more) are every one a recipe takes (Recipe's check)."""
     why = []
     if not recipe.sym:
         why.append("asymmetric zero points (it takes symmetric uint4b8 only)")
-    if recipe.group_size < 32:
-        why.append(f"group size {recipe.group_size} < 32")
     narrow = [lin.name for lin in plan.quantized if lin.out_features % 8]
     if narrow:
         why.append(f"N % 8 != 0 in {len(narrow)} layers (e.g. {narrow[0]})")

@@ -28,6 +28,12 @@ def test_eval_table_names_the_decode_attention():
     near = setup(attention="quantkit_grouped_sdpa", decode_attention="split",
                  split_kv_settings={"SPLITS_ROUND": "nearest"})
     assert near.startswith("split-KV decode attention (split count rounded nearest), fused")
+    pdl = {"SPLITS_ROUND": "nearest", "PDL": True}
+    assert setup(attention="quantkit_grouped_sdpa", decode_attention="split", split_kv_settings=pdl).startswith(
+        "split-KV decode attention (split count rounded nearest, programmatic launches), fused")
+    assert setup(attention="quantkit_grouped_sdpa", decode_attention="split", split_kv_settings=pdl,
+                 fused_projections={**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "o_proj_pdl": 32}}).startswith(
+        "split-KV decode attention (split count rounded nearest, programmatic launches into the 4-bit o_proj), fused")
     assert setup(attention="quantkit_grouped_sdpa").startswith("grouped decode attention, ")  # before the option
     assert setup(attention="quantkit_grouped_sdpa", decode_attention="sdpa").startswith("grouped decode attention, ")
     assert setup(attention="sdpa").startswith("SDPA, cache repeated, ")

@@ -533,9 +533,11 @@ def _w4a16_tiny_llama():
 def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
     """quantkit.eval.fuse: the 4-bit model's gate and up become one gated pair (W4A16Linear.concat_glu) whose down is
     a programmatic launch (GLU_PDL), the bf16 model's stay a plain concatenation; the logits agree with the unfused
-    model; the record counts them. An MLP whose activation is not SiLU is concatenated as before."""
-    from quantkit.eval import fuse
+    model; the record counts them. An MLP whose activation is not SiLU is concatenated as before. With the attention
+    kernels' programmatic launches (decode_attention.PDL, asked for in the second case) the 4-bit o_proj is one too."""
+    from quantkit.eval import decode_attention, fuse
 
+    monkeypatch.setattr(decode_attention, "PDL", not glu)
     if not glu:
         monkeypatch.setattr(fuse, "_is_silu", lambda act: False)
     model, base, _ = _w4a16_tiny_llama()
@@ -545,10 +547,12 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
         info = [fuse.fuse_projections(m) for m in (model, base)]
         got = [m(ids).logits for m in (model, base)]
     pairs = 2 if glu else 0
-    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": pairs, "model_type": "llama", **({"glu_pdl": 2} if glu else {})}
-    assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}
+    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": pairs, "model_type": "llama",
+                       **({"glu_pdl": 2} if glu else {"o_proj_pdl": 2})}
+    assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}  # nn.Linear: launched by cuBLAS
     mlp = model.model.layers[0].mlp
     assert getattr(mlp.gate_up, "glu", False) is glu and mlp.down_proj.pdl is (True if glu else None)
+    assert model.model.layers[1].self_attn.o_proj.pdl is (None if glu else True)
     assert mlp.gate_up.out_features == (model.config.intermediate_size if glu else 2 * model.config.intermediate_size)
     for g, w in zip(got, want):  # the pair's sums come from one product over both halves: bf16 roundings apart
         assert float((g.float() - w.float()).norm() / w.float().norm()) < 1e-2
@@ -656,6 +660,36 @@ def test_split_kv_decode_in_the_triton_interpreter():
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("pdl", [True, False])
+def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl):
+    """decode_attention.PDL: both kernels, compiled by Triton for sm_90 here (no GPU needed: PTX and ptxas's cubin),
+    let the next kernel launch as they start, the combining one waits for the ranges' sums (griddepcontrol.wait) and
+    asks for a programmatic launch; without PDL neither instruction is there."""
+    triton = pytest.importorskip("triton")
+    from quantkit.eval import decode_attention
+
+    if not decode_attention._PDL_TRITON:
+        pytest.skip("this Triton has no programmatic-launch hooks")
+    from triton.backends.compiler import GPUTarget
+
+    def compiled(kernel, types, constexprs, **options):
+        names = kernel.arg_names
+        signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
+        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+    ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8", "o_ptr": "*fp32",
+            "lse_ptr": "*fp32", "out_ptr": "*bf16", "scale": "fp32"}
+    partial = compiled(decode_attention._split_kv_partial, ptrs,
+                       {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl})
+    combine = compiled(decode_attention._split_kv_combine, ptrs, {"PP": 64, "D": 128, "PDL": pdl},
+                       **({"launch_pdl": True} if pdl else {}))
+    ptx = [c.asm["ptx"] for c in (partial, combine)]
+    assert [("griddepcontrol.launch_dependents" in p, "griddepcontrol.wait" in p) for p in ptx] == (
+        [(True, False), (True, True)] if pdl else [(False, False), (False, False)])
+    assert combine.metadata.launch_pdl is pdl and partial.metadata.launch_pdl is False
 
 
 def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():

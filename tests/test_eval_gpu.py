@@ -93,6 +93,57 @@ def test_split_kv_decode_matches_sdpa(dtype):
     check_split_kv_decode("cuda", dtype)
 
 
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch, batch):
+    """decode_attention.PDL: the split kernels with their launch hooks and a 4-bit o_proj (4096x4096) launched as
+    their programmatic dependent, captured in one CUDA graph and replayed on new inputs each time, give the bits of
+    the same calls without programmatic launches (o_proj never reads attention's output early); batch 32 is one
+    range a pair (no combining kernel: o_proj follows the ranges' kernel itself)."""
+    pytest.importorskip("triton")
+    from quantkit.eval import decode_attention
+    from quantkit.kernels import W4A16Linear, kernel_available, testing
+
+    ok, why = kernel_available()
+    if not ok:
+        pytest.skip(f"W4A16 kernels unavailable: {why}")
+    if torch.cuda.get_device_capability()[0] < 9 or not decode_attention._PDL_TRITON:
+        pytest.skip("programmatic dependent launch needs compute capability 9.0 and a Triton that asks for it")
+    heads, kv_heads, d, cache = 32, 8, 128, 640
+    o_proj = W4A16Linear.from_quantized(testing.random_qlinear(heads * d, heads * d, group_size=128, sym=True,
+                                                               act_order=False, dtype=torch.bfloat16, seed=5),
+                                        device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    q = torch.empty(batch, heads, 1, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, kv_heads, cache, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for _ in range(2))
+    mask = (torch.arange(cache, device="cuda") < 577).expand(batch, 1, 1, cache).contiguous()
+
+    def layer():
+        out = decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5)
+        return o_proj(out.transpose(1, 2).reshape(batch, heads * d))
+
+    inputs = [torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=gen) for _ in range(4)]
+    monkeypatch.setattr(decode_attention, "PDL", False)
+    want = []
+    for x in inputs:
+        q.copy_(x)
+        want.append(layer().clone())
+    monkeypatch.setattr(decode_attention, "PDL", True)
+    o_proj.pdl = True
+    assert decode_attention.pdl_on(q.device)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        layer()  # compiles the kernels' PDL variants outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            y = layer()
+    for x, w in zip(inputs * 3, want * 3):
+        q.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, w)
+
+
 def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
     """decode_attention "split" (the default): the throughput run's compiled, graph-captured decode steps run the split
     kernel (its plan is worked out at every real call), pass the run's own checks against a plain forward pass, and the

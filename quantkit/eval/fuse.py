@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from quantkit.errors import QuantkitError
+from quantkit.eval import decode_attention
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 # our kernels in a row, so that down's first weights are requested while gate/up finishes. QUANTKIT_GLU_PDL=0 turns
 # it off; the eval records it.
 GLU_PDL = os.environ.get("QUANTKIT_GLU_PDL", "1") != "0"
+# A 4-bit model's o_proj is a programmatic dependent launch too where the split-KV attention kernels let it launch as
+# they start (decode_attention.PDL, QUANTKIT_ATTENTION_PDL=1; after a kernel that does not, it launches as usual).
 
 
 def _concat(layers: list[nn.Module]) -> nn.Module | None:
@@ -155,6 +158,10 @@ def fuse_projections(model: nn.Module) -> dict:
                 if GLU_PDL and hasattr(mlp.down_proj, "pdl"):
                     mlp.down_proj.pdl = True
                     info["glu_pdl"] = info.get("glu_pdl", 0) + 1
+        o_proj = getattr(attn, "o_proj", None)
+        if decode_attention.PDL and hasattr(o_proj, "pdl"):  # the attention kernels let it launch as they start
+            o_proj.pdl = True
+            info["o_proj_pdl"] = info.get("o_proj_pdl", 0) + 1
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return info
