@@ -46,6 +46,9 @@ def setup(run: dict) -> str:
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))
     if t.get("combo_kernels"):  # throughput.COMBO_KERNELS (on by default from session 39)
         parts.append("inductor's combo kernels")
+    if t.get("inductor_pdl"):  # fuse.INDUCTOR_PDL, from session 41 on
+        parts.append("programmatic launches through the step" + (
+            " (4-bit q/k/v and gate/up too)" if fused.get("norm_pdl") else ""))
     if t.get("greedy_token"):  # recorded from session 38 on (throughput.greedy_token)
         parts.append("greedy token in two stages")
     if t.get("ws_pipelined_32"):  # QUANTKIT_WS_PIPELINED_32=1 (kernels.ops.WS_PIPELINED_32)

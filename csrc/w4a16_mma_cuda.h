@@ -117,7 +117,10 @@ QK_INLINE void qk_cp_async_wait() {
 // prologue once every block of this one has triggered; qk_pdl_wait blocks until the kernel before this one has
 // finished and its writes are visible. A kernel launched with the attribute must not touch anything an earlier
 // kernel writes (x, out, the split-K workspace and counters) before qk_pdl_wait; the packed weights and scales
-// are constant, so their first loads go out before it, over the previous kernel's tail.
+// are constant, so their first loads go out before it, over the previous kernel's tail. A kernel triggers only after
+// its own wait, so that a programmatic launch after it starts once every kernel before it has finished: the next
+// kernel may read an older kernel's output without waiting for anything but its predecessor (inductor's kernels
+// with their programmatic launches do; quantkit.eval.fuse.INDUCTOR_PDL).
 QK_INLINE void qk_pdl_trigger() {
 #if QK_SM90
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -424,7 +427,6 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
                   const QkPrefetchRanges pf) {
   constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
-  qk_pdl_trigger();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile = WK ? blockIdx.y : blockIdx.y * QK_STREAM_WARPS + warp;
@@ -456,7 +458,10 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
             wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
           mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
         }
-      if (c == first) qk_pdl_wait();  // x is the previous kernel's output: the first weights are already on their way
+      if (c == first) {  // x is the previous kernel's output: the first weights are already on their way
+        qk_pdl_wait();
+        qk_pdl_trigger();  // the next kernel may launch now
+      }
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
       xs.load(c, xb[0]);
 #pragma unroll
@@ -469,6 +474,8 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
       }
     }
   }
+  qk_pdl_wait();  // (no-ops once done) warps that had no chunk
+  qk_pdl_trigger();
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.
   if (PF && pf.n > 0 && warp == 0) {

@@ -44,6 +44,9 @@ def test_eval_table_names_the_decode_attention():
         "ws kernel's x packed by inductor, ws kernel's 32-token instance pipelined")
     assert setup(compiled_x_image=True, combo_kernels=True, greedy_token="two stages").endswith(
         "ws kernel's x packed by inductor, inductor's combo kernels, greedy token in two stages")
+    assert setup(combo_kernels=True, inductor_pdl=True,
+                 fused_projections={**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "norm_pdl": 64}}).endswith(
+        "inductor's combo kernels, programmatic launches through the step (4-bit q/k/v and gate/up too)")
     pairs = {**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "glu": 32, "glu_pdl": 32}}
     assert setup(fused_projections=pairs, glu_epilogue=True).endswith(
         "fused q/k/v, gate/up, 4-bit gate/up's SiLU and multiply in its kernel, down as its programmatic launch, "

@@ -346,6 +346,7 @@ def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypa
     section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
     assert section["compiled_decode"] is True and section["combo_kernels"] is True
     assert section["glu_ws"] is False and section["glu_epilogue"] is ops.GLU_EPILOGUE
+    assert section["inductor_pdl"] is False  # (QUANTKIT_INDUCTOR_PDL, off by default)
     steps = [c for c in section["checks"] if "logits_rel_error" in c]
     assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
 
@@ -558,6 +559,33 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
         assert float((g.float() - w.float()).norm() / w.float().norm()) < 1e-2
 
 
+def test_programmatic_launches_through_the_step(monkeypatch):
+    """fuse.INDUCTOR_PDL: every 4-bit linear of a fused block is a programmatic dependent launch (q/k/v and gate/up
+    after inductor's normalizations, down after gate/up; o_proj too with the attention's, decode_attention.PDL),
+    none of the bf16 model's; the compiled step asks inductor for its programmatic launches, in both models, and only
+    then (throughput._compiled)."""
+    from quantkit.eval import decode_attention, fuse
+
+    monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
+    monkeypatch.setattr(decode_attention, "PDL", True)
+    model, base, _ = _w4a16_tiny_llama()
+    info = [fuse.fuse_projections(m) for m in (model, base)]
+    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": 2, "glu_pdl": 2, "o_proj_pdl": 2, "norm_pdl": 4,
+                       "model_type": "llama"}
+    assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}
+    for block in model.model.layers:
+        attn, mlp = block.self_attn, block.mlp
+        assert [attn.q_proj.shared.fused.pdl, attn.o_proj.pdl, mlp.gate_up.pdl, mlp.down_proj.pdl] == [True] * 4
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: asked.append(kw.get("options")) or m)
+    for pdl in (True, False):
+        monkeypatch.setattr(fuse, "INDUCTOR_PDL", pdl)
+        throughput._compiled(model, "inductor", combo_kernels=False)
+        throughput._compiled(model, "eager", combo_kernels=False)
+        assert throughput.inductor_pdl() is pdl
+    assert asked == [{"triton.enable_pdl": True}, None, None, None]
+
+
 def test_compiled_step_routes_a_gated_pair(monkeypatch):
     """Inside a compiled step a gated pair goes through its op whole (the kernel's epilogue applies the SiLU and
     multiply) at the rows where its kernel can (kernels.ops.glu_ready and glu_at; stood in for here), and as its op's
@@ -665,8 +693,8 @@ def test_split_kv_decode_in_the_triton_interpreter():
 @pytest.mark.parametrize("pdl", [True, False])
 def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl):
     """decode_attention.PDL: both kernels, compiled by Triton for sm_90 here (no GPU needed: PTX and ptxas's cubin),
-    let the next kernel launch as they start, the combining one waits for the ranges' sums (griddepcontrol.wait) and
-    asks for a programmatic launch; without PDL neither instruction is there."""
+    are programmatic launches that wait for the kernel before them (griddepcontrol.wait), then let the next one launch;
+    without PDL neither instruction is there."""
     triton = pytest.importorskip("triton")
     from quantkit.eval import decode_attention
 
@@ -682,14 +710,16 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
 
     ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8", "o_ptr": "*fp32",
             "lse_ptr": "*fp32", "out_ptr": "*bf16", "scale": "fp32"}
+    launch = {"launch_pdl": True} if pdl else {}
     partial = compiled(decode_attention._split_kv_partial, ptrs,
-                       {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl})
-    combine = compiled(decode_attention._split_kv_combine, ptrs, {"PP": 64, "D": 128, "PDL": pdl},
-                       **({"launch_pdl": True} if pdl else {}))
-    ptx = [c.asm["ptx"] for c in (partial, combine)]
-    assert [("griddepcontrol.launch_dependents" in p, "griddepcontrol.wait" in p) for p in ptx] == (
-        [(True, False), (True, True)] if pdl else [(False, False), (False, False)])
-    assert combine.metadata.launch_pdl is pdl and partial.metadata.launch_pdl is False
+                       {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl},
+                       **launch)
+    combine = compiled(decode_attention._split_kv_combine, ptrs, {"PP": 64, "D": 128, "PDL": pdl}, **launch)
+    for c in (partial, combine):
+        ptx = c.asm["ptx"]
+        wait, trigger = ptx.find("griddepcontrol.wait"), ptx.find("griddepcontrol.launch_dependents")
+        assert (wait >= 0, trigger >= 0, c.metadata.launch_pdl) == (pdl, pdl, pdl)
+        assert not pdl or wait < trigger  # the next kernel launches only once this one has waited
 
 
 def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():

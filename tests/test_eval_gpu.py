@@ -144,6 +144,31 @@ def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch,
         assert torch.equal(y, w)
 
 
+def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
+    """fuse.INDUCTOR_PDL with decode_attention.PDL: inductor's kernels, the attention kernels and every 4-bit linear
+    as programmatic launches in the compiled, graph-captured decode steps (batch 1, 4 and 32: the decode kernel and
+    the warp-specialized one); the run's own checks against a plain forward pass hold and the record says so."""
+    pytest.importorskip("triton")
+    from quantkit.eval import decode_attention, fuse
+    from quantkit.kernels import kernel_available
+
+    ok, why = kernel_available()
+    if not ok:
+        pytest.skip(f"W4A16 kernels unavailable: {why}")
+    monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
+    monkeypatch.setattr(decode_attention, "PDL", True)
+    if not (decode_attention.pdl_on(torch.device("cuda", torch.cuda.current_device())) and throughput.inductor_pdl()):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0, Triton's and inductor's support")
+    kernel, reference, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cuda",
+                                                module_factory=backends.kernel_factory("cuda"), progress=False)
+    settings = throughput.Settings(batches=(1, 4, 32), prompt_len=16, gen_len=4, warmup=1, repeats=2, compile=True)
+    section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
+    torch._dynamo.reset()
+    assert section["inductor_pdl"] is True and section["split_kv_settings"]["PDL"] is True
+    assert section["fused_projections"]["quantized"]["norm_pdl"] > 0
+    assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+
+
 def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
     """decode_attention "split" (the default): the throughput run's compiled, graph-captured decode steps run the split
     kernel (its plan is worked out at every real call), pass the run's own checks against a plain forward pass, and the

@@ -38,12 +38,12 @@ PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GP
 # or the next above it ("up")
 SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "nearest")
 NUM_WARPS = 4
-# Programmatic dependent launch (Hopper and later): both kernels let the next kernel of the stream launch as soon as
-# they start (Triton's gdc_launch_dependents), and the combining kernel is itself a programmatic dependent launch of
-# the ranges' kernel (gdc_wait before it reads their sums), so that the layer after attention, o_proj, launched as a
-# programmatic dependent of ours (quantkit.eval.fuse sets the 4-bit model's), requests its first weights while
-# attention finishes instead of after it. Off until measured; QUANTKIT_ATTENTION_PDL=1 turns it on (the eval records
-# it with the other settings).
+# Programmatic dependent launch (Hopper and later): both kernels are programmatic dependent launches that wait for
+# the kernel before them (Triton's gdc_wait: the ranges' kernel for q and the cache, the combining kernel for the
+# ranges' sums) and then let the next kernel launch (gdc_launch_dependents), so that the layer after attention,
+# o_proj, launched as a programmatic dependent of ours (quantkit.eval.fuse sets the 4-bit model's), requests its
+# first weights while attention finishes instead of after it. Off until measured;
+# QUANTKIT_ATTENTION_PDL=1 turns it on (the eval records it with the other settings).
 PDL = os.environ.get("QUANTKIT_ATTENTION_PDL", "0") != "0"
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
@@ -149,8 +149,10 @@ if triton is not None:
         """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range a sequence) the attention
         output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
         as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing.
-        PDL: the next kernel (the combining one, or what reads the output) may launch as this one starts."""
+        PDL: a programmatic dependent launch, which waits for the kernel before it (what wrote q and the cache) and
+        then lets the next one (the combining kernel, or what reads the output) launch."""
         if PDL:
+            gdc_wait()
             gdc_launch_dependents()
         p, hk, b = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)  # 64-bit offsets
         g, d = tl.arange(0, GP), tl.arange(0, D)
@@ -194,10 +196,11 @@ if triton is not None:
     def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
                           PP: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
         """The ranges' sums weighed by their log-sum-exps. PDL: launched as a programmatic dependent of the ranges'
-        kernel (it waits for their sums here), and lets the next kernel launch as it starts."""
+        kernel (it waits for their sums here), then lets the next kernel launch (only after its own wait: what comes
+        after may read older kernels' outputs waiting for this one alone)."""
         if PDL:
-            gdc_launch_dependents()
             gdc_wait()
+            gdc_launch_dependents()
         h, b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
         p, d = tl.arange(0, PP), tl.arange(0, D)
         lse = tl.load(lse_ptr + b * slb + h * slh + p, mask=p < splits, other=float("-inf"))
@@ -223,19 +226,19 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
     groups = h // kv_heads
     pdl = pdl_on(query.device)
+    launch = {"launch_pdl": True} if pdl else {}
     _split_kv_partial[(splits, kv_heads, b)](
         query, key, value, keep, parts, lse, scale, positions,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
-        MASK_BOUND=ends_at_last_kept(chunk), PDL=pdl, num_warps=NUM_WARPS)
+        MASK_BOUND=ends_at_last_kept(chunk), PDL=pdl, num_warps=NUM_WARPS, **launch)
     if splits == 1:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
                               lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
-                              PP=max(2, triton.next_power_of_2(splits)), D=d, PDL=pdl,
-                              **({"launch_pdl": True} if pdl else {}))
+                              PP=max(2, triton.next_power_of_2(splits)), D=d, PDL=pdl, **launch)
     return out
 
 

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 GLU_PDL = os.environ.get("QUANTKIT_GLU_PDL", "1") != "0"
 # A 4-bit model's o_proj is a programmatic dependent launch too where the split-KV attention kernels let it launch as
 # they start (decode_attention.PDL, QUANTKIT_ATTENTION_PDL=1; after a kernel that does not, it launches as usual).
+# Programmatic launches through the whole compiled decode step (docs/kernel.md item 56): inductor's kernels as
+# programmatic launches that let the next one launch after their loads (its triton.enable_pdl, both models:
+# quantkit.eval.throughput) and every 4-bit linear a programmatic dependent launch, so that q/k/v and gate/up request
+# their weights while the normalization before them runs. Off until measured; QUANTKIT_INDUCTOR_PDL=1 turns it on.
+INDUCTOR_PDL = os.environ.get("QUANTKIT_INDUCTOR_PDL", "0") != "0"
 
 
 def _concat(layers: list[nn.Module]) -> nn.Module | None:
@@ -162,6 +167,13 @@ def fuse_projections(model: nn.Module) -> dict:
         if decode_attention.PDL and hasattr(o_proj, "pdl"):  # the attention kernels let it launch as they start
             o_proj.pdl = True
             info["o_proj_pdl"] = info.get("o_proj_pdl", 0) + 1
+        if INDUCTOR_PDL:
+            linears = [getattr(attn, "q_proj", None), getattr(getattr(block, "mlp", None), "gate_up", None)]
+            for linear in linears:  # q/k/v (shared by its parts) and gate/up, after inductor's normalizations
+                linear = getattr(getattr(linear, "shared", None), "fused", linear)
+                if hasattr(linear, "pdl"):
+                    linear.pdl = True
+                    info["norm_pdl"] = info.get("norm_pdl", 0) + 1
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return info

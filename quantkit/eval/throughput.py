@@ -46,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import decode_attention, ppl, prefetch
+from quantkit.eval import decode_attention, fuse, ppl, prefetch
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
 from quantkit.kernels import ops as kernel_ops
@@ -274,15 +274,28 @@ def opaque_quantized_linears(model: nn.Module):
 COMBO_KERNELS = os.environ.get("QUANTKIT_COMBO_KERNELS", "1") != "0"
 
 
+def inductor_pdl() -> bool:
+    """Whether the compiled decode steps' kernels are programmatic launches (fuse.INDUCTOR_PDL, asked for, and an
+    inductor that has its triton.enable_pdl; it generates them on Hopper and later GPUs only)."""
+    from torch._inductor import config as inductor_config
+
+    return fuse.INDUCTOR_PDL and hasattr(inductor_config.triton, "enable_pdl")
+
+
 def _compiled(model: nn.Module, backend: str, combo_kernels: bool | None = None):
-    """model torch.compile'd for the decode step; combo_kernels (default COMBO_KERNELS) only reaches inductor."""
+    """model torch.compile'd for the decode step; combo_kernels (default COMBO_KERNELS) and inductor_pdl() only
+    reach inductor."""
     cfg = torch._dynamo.config
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(cfg, knob):
             setattr(cfg, knob, max(getattr(cfg, knob), 64))
     combo = COMBO_KERNELS if combo_kernels is None else combo_kernels
-    options = {"combo_kernels": True} if combo and backend == "inductor" else None
-    return torch.compile(model, dynamic=True, backend=backend, options=options)
+    options = {}
+    if backend == "inductor" and combo:
+        options["combo_kernels"] = True
+    if backend == "inductor" and inductor_pdl():
+        options["triton.enable_pdl"] = True
+    return torch.compile(model, dynamic=True, backend=backend, options=options or None)
 
 
 class Runner:
@@ -553,6 +566,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
         result["combo_kernels"] = COMBO_KERNELS  # recorded where on from session 38, either way from session 39
+        result["inductor_pdl"] = inductor_pdl()  # from session 41 on
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
