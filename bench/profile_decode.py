@@ -29,7 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantkit.atomic import atomic_file  # noqa: E402
-from quantkit.eval import attention, backends, fuse, prefetch, random_weights, run_settings, throughput  # noqa: E402
+from quantkit.eval import (  # noqa: E402
+    attention, backends, decode_attention, fuse, prefetch, random_weights, run_settings, throughput,
+)
 
 # One step profiled: the model's row name, the model, and what its step runs with (ops.STREAM_PDL,
 # throughput.COMPILED_X_IMAGE, the L2 prefetch mode, ops.WS_PIPELINED_32, inductor's combo kernels).
@@ -268,6 +270,8 @@ def main() -> None:
         combo = throughput.COMBO_KERNELS if args.combo in (None, "both") else args.combo == "on"
         if args.compile:
             result["combo_kernels"] = combo  # recorded from session 39 on; each row records its own too
+            result["inductor_pdl"] = throughput.inductor_pdl()  # from session 41 on (fuse.INDUCTOR_PDL)
+        result["split_kv_settings"] = decode_attention.settings()  # from session 41 on (its PDL among them)
         # the quantized model's kernels read ops.STREAM_PDL as its step is captured, its opaque linears
         # throughput.COMPILED_X_IMAGE as it is traced
         pdl, image = args.pdl == "on", args.x_image != "off"

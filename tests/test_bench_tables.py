@@ -73,6 +73,9 @@ def test_profile_table_names_the_decode_attention():
     assert setup(**grouped).endswith(", torch.compile")
     assert setup(**grouped, combo_kernels=False).endswith(", torch.compile")
     assert setup(**grouped, combo_kernels=True).endswith(", torch.compile, inductor's combo kernels")
+    assert setup(**grouped, combo_kernels=True, inductor_pdl=True, split_kv_settings={"PDL": True}).endswith(
+        ", inductor's combo kernels, attention's programmatic launches into o_proj, "
+        "programmatic launches through the step")
     image = profile_table.setup({"command": command, "fused_projections": FUSED, **grouped}, "quantized", True)
     assert image.endswith(", torch.compile, the warp-specialized kernel's x packed by inductor")
 
