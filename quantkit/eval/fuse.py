@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 # our kernels in a row, so that down's first weights are requested while gate/up finishes. QUANTKIT_GLU_PDL=0 turns
 # it off; the eval records it.
 GLU_PDL = os.environ.get("QUANTKIT_GLU_PDL", "1") != "0"
-# A 4-bit model's o_proj is a programmatic dependent launch too where the split-KV attention kernels let it launch as
-# they start (decode_attention.PDL, QUANTKIT_ATTENTION_PDL=1; after a kernel that does not, it launches as usual).
+# A 4-bit model's o_proj is a programmatic dependent launch too where the split-KV attention kernels let it launch
+# early (decode_attention.PDL, QUANTKIT_ATTENTION_PDL=1; after a kernel that does not, it launches as usual).
 # Programmatic launches through the whole compiled decode step (docs/kernel.md item 56): inductor's kernels as
 # programmatic launches that let the next one launch after their loads (its triton.enable_pdl, both models:
 # quantkit.eval.throughput) and every 4-bit linear a programmatic dependent launch, so that q/k/v and gate/up request
@@ -164,7 +164,7 @@ def fuse_projections(model: nn.Module) -> dict:
                     mlp.down_proj.pdl = True
                     info["glu_pdl"] = info.get("glu_pdl", 0) + 1
         o_proj = getattr(attn, "o_proj", None)
-        if decode_attention.PDL and hasattr(o_proj, "pdl"):  # the attention kernels let it launch as they start
+        if decode_attention.PDL and hasattr(o_proj, "pdl"):  # the attention kernels let it launch early
             o_proj.pdl = True
             info["o_proj_pdl"] = info.get("o_proj_pdl", 0) + 1
         if INDUCTOR_PDL:

@@ -3,9 +3,9 @@
 Each is read once, when its module is imported: QUANTKIT_COMBO_KERNELS and QUANTKIT_COMPILED_X_IMAGE
 (quantkit.eval.throughput), QUANTKIT_GLU_PDL and QUANTKIT_INDUCTOR_PDL (quantkit.eval.fuse), QUANTKIT_SPLITS_ROUND
 and QUANTKIT_ATTENTION_PDL (quantkit.eval.decode_attention), QUANTKIT_WS_PIPELINED_32, QUANTKIT_GLU_EPILOGUE and
-QUANTKIT_GLU_WS (quantkit.kernels.ops), QUANTKIT_L2_PREFETCH* (quantkit.eval.prefetch). A run's JSON records what they did
-(``combo_kernels``, ``compiled_x_image``, ...); the command carries them too, so that running it again measures the
-same thing. Torch-free: the command line builds its records with it.
+QUANTKIT_GLU_WS (quantkit.kernels.ops), QUANTKIT_L2_PREFETCH* (quantkit.eval.prefetch). A run's JSON records what
+they did (``combo_kernels``, ``compiled_x_image``, ...); the command carries them too, so that running it again
+measures the same thing. Torch-free: the command line builds its records with it.
 """
 
 from __future__ import annotations
