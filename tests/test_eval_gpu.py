@@ -146,8 +146,9 @@ def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch,
 
 def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
     """fuse.INDUCTOR_PDL with decode_attention.PDL: inductor's kernels, the attention kernels and every 4-bit linear
-    as programmatic launches in the compiled, graph-captured decode steps (batch 1, 4 and 32: the decode kernel and
-    the warp-specialized one); the run's own checks against a plain forward pass hold and the record says so."""
+    as programmatic launches in the compiled, graph-captured decode steps (batch 1, 4 and 32; a 128-token prompt,
+    so that the split-KV kernels cut each cache in ranges and combine them); the run's own checks against a plain
+    forward pass hold and the record says so."""
     pytest.importorskip("triton")
     from quantkit.eval import decode_attention, fuse
     from quantkit.kernels import kernel_available
@@ -161,7 +162,8 @@ def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
         pytest.skip("programmatic dependent launch needs compute capability 9.0, Triton's and inductor's support")
     kernel, reference, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cuda",
                                                 module_factory=backends.kernel_factory("cuda"), progress=False)
-    settings = throughput.Settings(batches=(1, 4, 32), prompt_len=16, gen_len=4, warmup=1, repeats=2, compile=True)
+    settings = throughput.Settings(batches=(1, 4, 32), prompt_len=128, gen_len=4, warmup=1, repeats=2, compile=True)
+    assert all(decode_attention.plan(b, 2, 132)[0] > 1 for b in settings.batches)  # tiny-llama's 2 KV heads
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     torch._dynamo.reset()
     assert section["inductor_pdl"] is True and section["split_kv_settings"]["PDL"] is True
