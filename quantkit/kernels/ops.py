@@ -762,10 +762,10 @@ def glu_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> bool:
     (GLU_EPILOGUE: the decode kernel with its warps sharing a tile; GLU_WS: the warp-specialized kernel) rather than as
     torch ops after it (glu_interleaved)."""
     path, _ = kernel_path(m, packed, x)
-    n, k = packed.out_features, x.shape[-1]
-    if path == "mma":
-        return glu_at(m, n, k, wgmma=False)
-    return path == "wgmma" and GLU_EPILOGUE and GLU_WS and wgmma_ws(m, n, k, _sm_count(x.device))
+    if path not in ("mma", "wgmma"):
+        return False
+    wgmma = path == "wgmma"  # (the dispatch takes it at M <= 32 only where wgmma_ws holds)
+    return glu_at(m, packed.out_features, x.shape[-1], wgmma=wgmma, sms=_sm_count(x.device) if wgmma else 132)
 
 
 def glu_ready(packed: PackedLinear) -> bool:
