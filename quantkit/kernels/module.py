@@ -59,14 +59,16 @@ class W4A16Linear(nn.Module):
         return cls(interleave_glu(gate.packed, up.packed), bias, backend=gate.backend, glu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
-                            warm=self._warm(x.numel() // max(1, x.shape[-1])), glu=self.glu, pdl=self.pdl)
+        return self._linear(x, self.glu)
 
     def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The packed layer's own outputs (with glu: the gated pair's interleaved sums, before the SiLU and multiply,
         which kernels.ops.glu_interleaved applies)."""
+        return self._linear(x, False)
+
+    def _linear(self, x: torch.Tensor, glu: bool) -> torch.Tensor:
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
-                            warm=self._warm(x.numel() // max(1, x.shape[-1])), pdl=self.pdl)
+                            warm=self._warm(x.numel() // max(1, x.shape[-1])), glu=glu, pdl=self.pdl)
 
     def _warm(self, rows: int) -> tuple[PackedLinear, int | None] | None:
         return self.warm[:2] if self.warm is not None and rows <= self.warm[2] else None
