@@ -137,6 +137,7 @@ def test_greedy_token_is_argmax_in_two_stages():
 def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    monkeypatch.setattr(throughput.fuse, "INDUCTOR_PDL", False)  # inductor's other option, tested on its own
     for combo in (False, True):
         monkeypatch.setattr(throughput, "COMBO_KERNELS", combo)
         for backend in ("inductor", "eager"):
@@ -149,11 +150,14 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
     assert all(kw["dynamic"] is True for kw in seen)
 
 
-def test_combo_kernels_are_on_unless_the_environment_turns_them_off():
-    probe = "from quantkit.eval import throughput; print(throughput.COMBO_KERNELS)"
+@pytest.mark.parametrize("flag, variable", [("throughput.COMBO_KERNELS", "QUANTKIT_COMBO_KERNELS"),
+                                            ("decode_attention.PDL", "QUANTKIT_ATTENTION_PDL"),
+                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL")])
+def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, variable):
+    probe = f"from quantkit.eval import decode_attention, fuse, throughput; print({flag})"
     for value, expected in ((None, "True"), ("0", "False"), ("1", "True")):
-        env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_COMBO_KERNELS"}
-        env.update({} if value is None else {"QUANTKIT_COMBO_KERNELS": value})
+        env = {k: v for k, v in os.environ.items() if k != variable}
+        env.update({} if value is None else {variable: value})
         out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
 
@@ -330,14 +334,16 @@ def test_compiled_decode_traces_with_quantized_linears_opaque(monkeypatch):
 
 
 def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypatch):
-    """The default compile path for real (inductor, combo kernels on, as on a GPU; code generated for the CPU here):
-    both models' steps compile, run, agree with a plain forward pass, and the record says combo kernels were on."""
-    from quantkit.eval import random_weights
+    """The default compile path for real (inductor, combo kernels and programmatic launches asked for, as on a GPU;
+    code generated for the CPU here): both models' steps compile, run, agree with a plain forward pass, and the
+    record says combo kernels and inductor's programmatic launches were on."""
+    from quantkit.eval import fuse, random_weights
     from quantkit.reference import QuantLinear
 
     from quantkit.kernels import ops
 
-    monkeypatch.setattr(throughput, "COMBO_KERNELS", True)  # the default (whatever this environment says)
+    monkeypatch.setattr(throughput, "COMBO_KERNELS", True)  # the defaults (whatever this environment says)
+    monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
     monkeypatch.setattr(ops, "GLU_WS", False)  # not the default: the record says what ran
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
@@ -346,7 +352,7 @@ def test_compiled_decode_through_inductor_with_combo_kernels_on_the_cpu(monkeypa
     section = throughput.measure(model, base, settings=settings, same_weights=True, progress=False)
     assert section["compiled_decode"] is True and section["combo_kernels"] is True
     assert section["glu_ws"] is False and section["glu_epilogue"] is ops.GLU_EPILOGUE
-    assert section["inductor_pdl"] is False  # (QUANTKIT_INDUCTOR_PDL, off by default)
+    assert section["inductor_pdl"] is True  # (QUANTKIT_INDUCTOR_PDL; this torch's inductor has triton.enable_pdl)
     steps = [c for c in section["checks"] if "logits_rel_error" in c]
     assert len(steps) == 2 and all(c["passed"] for c in steps), section["checks"]
 
@@ -539,6 +545,7 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
     from quantkit.eval import decode_attention, fuse
 
     monkeypatch.setattr(decode_attention, "PDL", not glu)
+    monkeypatch.setattr(fuse, "INDUCTOR_PDL", False)  # the rest of the programmatic launches: the next test
     if not glu:
         monkeypatch.setattr(fuse, "_is_silu", lambda act: False)
     model, base, _ = _w4a16_tiny_llama()

@@ -42,9 +42,10 @@ NUM_WARPS = 4
 # the kernel before them (Triton's gdc_wait: the ranges' kernel for q and the cache, the combining kernel for the
 # ranges' sums) and then let the next kernel launch (gdc_launch_dependents), so that the layer after attention,
 # o_proj, launched as a programmatic dependent of ours (quantkit.eval.fuse sets the 4-bit model's), requests its
-# first weights while attention finishes instead of after it. Off until measured;
-# QUANTKIT_ATTENTION_PDL=1 turns it on (the eval records it with the other settings).
-PDL = os.environ.get("QUANTKIT_ATTENTION_PDL", "0") != "0"
+# first weights while attention finishes instead of after it (docs/kernel.md item 55: with item 56's launches, the
+# compiled batch-1 decode 6.7% faster on one H100). QUANTKIT_ATTENTION_PDL=0 turns it off (the eval records it with
+# the other settings).
+PDL = os.environ.get("QUANTKIT_ATTENTION_PDL", "1") != "0"
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
