@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The README's H100 eval tables from the committed JSON (no GPU needed): which runs each table lists, newest first,
+# each with the commit whose kernels and dispatch it measured. A new run: add its line at the top and run
+#     bash bench/results/h100_tables.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=bench/results
+PY=${PYTHON:-.venv/bin/python}
+export PYTHONPATH=.
+$PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_df03aba_h100_pdl.json@df03aba" \
+  "$R/eval_llama-3-8b_g128_compiled_df03aba_h100_attention_pdl.json@df03aba (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_df03aba_h100_base.json@df03aba (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_ea58d9e_h100_glu_ws.json@ea58d9e" \
+  "$R/eval_llama-3-8b_g128_compiled_ea58d9e_h100_ws_off.json@ea58d9e (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_lm_head_ea58d9e_h100_glu_ws.json@ea58d9e (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_7882e82_h100_glu.json@7882e82" \
+  "$R/eval_llama-3-8b_g128_compiled_7882e82_h100_glu_off.json@7882e82 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_546da8d_h100_combo.json@546da8d" \
+  "$R/eval_llama-3-8b_g128_compiled_546da8d_h100.json@546da8d" \
+  "$R/eval_llama-3-8b_g128_compiled_546da8d_h100_combo_2.json@546da8d (same machine, again)" \
+  "$R/eval_llama-3-8b_g128_compiled_546da8d_h100_2.json@546da8d (same machine, again)" \
+  "$R/eval_llama-3-8b_g32_compiled_546da8d_h100_combo.json@546da8d" \
+  "$R/eval_llama-3-8b_g128_compiled_721b2c1_h100_pair.json@721b2c1" \
+  "$R/eval_llama-3-8b_g128_compiled_7b0b2c8_h100.json@7b0b2c8" \
+  "$R/eval_llama-3-8b_g32_compiled_721b2c1_h100_pair.json@721b2c1" \
+  "$R/eval_llama-3-8b_g32_compiled_721b2c1_h100.json@721b2c1 (another H100)" \
+  "$R/eval_llama-3-8b_g128.json@c0e6b5b" \
+  "$R/eval_llama-3-8b_g128_compiled.json@c0e6b5b" \
+  "$R/eval_llama-3-8b_g128_compiled_lm_head.json@1222e9f" \
+  "$R/eval_llama-3-8b_g32.json@c0e6b5b" \
+  > $R/eval_speed.md
+$PY bench/profile_table.py \
+  "df03aba=$R/decode_profile_pdl_df03aba_h100.json" \
+  "ea58d9e=$R/decode_profile_glu_ea58d9e_h100.json" \
+  "546da8d, inductor's combo kernels (QUANTKIT_COMBO_KERNELS=1; its JSON predates recording it)=$R/decode_profile_h100_combo_546da8d.json" \
+  "session 11=$R/decode_profile_h100_sdpa.json" \
+  "session 11=$R/decode_profile_h100_grouped.json" \
+  "session 11=$R/decode_profile_h100_compiled.json" \
+  "cce997b=$R/decode_profile_h100_cce997b.json" \
+  "1052597 (batches of 2, since reverted)=$R/decode_profile_h100_pf2.json" \
+  "1052597 (batches of 2, since reverted)=$R/decode_profile_h100_fused_pf2.json" \
+  "7b0b2c8=$R/decode_profile_h100_pipe_7b0b2c8.json" \
+  "721b2c1=$R/decode_profile_h100_721b2c1.json" \
+  > $R/decode_profile_h100.md
+$PY bench/update_readme.py
