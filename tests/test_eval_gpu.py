@@ -207,7 +207,8 @@ def test_compiled_step_feeds_the_ws_kernel_its_image_of_x(monkeypatch):
     packed = prepare(testing.random_qlinear(8192, 4096, group_size=128, sym=False, act_order=False,
                                             dtype=torch.bfloat16, seed=5), device="cuda")
     images, real = [], ops.w4a16_linear_image
-    monkeypatch.setattr(ops, "w4a16_linear_image", lambda image, *a, **kw: images.append(image.shape[1]) or real(image, *a, **kw))
+    monkeypatch.setattr(ops, "w4a16_linear_image",
+                        lambda image, *a, **kw: images.append(image.shape[1]) or real(image, *a, **kw))
 
     model = SiluDown(packed)
     with throughput.opaque_quantized_linears(model):
