@@ -134,6 +134,14 @@ def _gated_pair(gate: nn.Module, up: nn.Module, act) -> nn.Module | None:
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
+def _programmatic(linear: nn.Module | None, info: dict, key: str) -> None:
+    """linear launched as a programmatic dependent launch where it is one of our kernels' (it has pdl), counted in
+    info[key]."""
+    if hasattr(linear, "pdl"):
+        linear.pdl = True
+        info[key] = info.get(key, 0) + 1
+
+
 def fuse_projections(model: nn.Module) -> dict:
     """Fuse q/k/v and gate/up in every decoder block of ``model``, in place (blocks already fused are left as they
     are). Returns how many blocks it fused."""
@@ -161,20 +169,14 @@ def fuse_projections(model: nn.Module) -> dict:
                 info["gate_up"] += 1
             if pair is not None:
                 info["glu"] += 1
-                if GLU_PDL and hasattr(mlp.down_proj, "pdl"):
-                    mlp.down_proj.pdl = True
-                    info["glu_pdl"] = info.get("glu_pdl", 0) + 1
-        o_proj = getattr(attn, "o_proj", None)
-        if decode_attention.PDL and hasattr(o_proj, "pdl"):  # the attention kernels let it launch early
-            o_proj.pdl = True
-            info["o_proj_pdl"] = info.get("o_proj_pdl", 0) + 1
+                if GLU_PDL:
+                    _programmatic(mlp.down_proj, info, "glu_pdl")
+        if decode_attention.PDL:  # the attention kernels let o_proj launch early
+            _programmatic(getattr(attn, "o_proj", None), info, "o_proj_pdl")
         if INDUCTOR_PDL:
             linears = [getattr(attn, "q_proj", None), getattr(getattr(block, "mlp", None), "gate_up", None)]
             for linear in linears:  # q/k/v (shared by its parts) and gate/up, after inductor's normalizations
-                linear = getattr(getattr(linear, "shared", None), "fused", linear)
-                if hasattr(linear, "pdl"):
-                    linear.pdl = True
-                    info["norm_pdl"] = info.get("norm_pdl", 0) + 1
+                _programmatic(getattr(getattr(linear, "shared", None), "fused", linear), info, "norm_pdl")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return info
