@@ -764,8 +764,8 @@ def glu_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> bool:
     path, _ = kernel_path(m, packed, x)
     if path not in ("mma", "wgmma"):
         return False
-    wgmma = path == "wgmma"  # (the dispatch takes it at M <= 32 only where wgmma_ws holds)
-    return glu_at(m, packed.out_features, x.shape[-1], wgmma=wgmma, sms=_sm_count(x.device) if wgmma else 132)
+    # (the dispatch takes "wgmma" at M <= 32 only where wgmma_ws holds); both paths are a CUDA device's
+    return glu_at(m, packed.out_features, x.shape[-1], wgmma=path == "wgmma", sms=_sm_count(x.device))
 
 
 def glu_ready(packed: PackedLinear) -> bool:
