@@ -407,6 +407,21 @@ struct QkDecodeX {
 };
 
 #define QK_STREAM_WARPS 4
+// The decode kernel's 16-byte weight loads in flight per thread at 1-2 token tiles (QK_STREAM_U_SMALL) and at 3-4
+// (QK_STREAM_U_LARGE): tuning macros, set for an experiment through QUANTKIT_KERNEL_DEFINES (quantkit/kernels/build.py).
+#ifndef QK_STREAM_U_SMALL
+#define QK_STREAM_U_SMALL 4
+#endif
+#ifndef QK_STREAM_U_LARGE
+#define QK_STREAM_U_LARGE 2
+#endif
+// QK_STREAM_MIN_BLOCKS, if defined: the blocks of the decode kernel at one token tile that a multiprocessor must be
+// able to hold (the launch bounds' second figure; undefined, ptxas chooses the registers), a tuning macro like those
+#ifdef QK_STREAM_MIN_BLOCKS
+#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
+#else
+#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32)
+#endif
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
 //   WK false: y = ceil(N / 64); each warp owns one 16-row tile and streams all of the split's chunks.
@@ -421,12 +436,12 @@ struct QkDecodeX {
 // own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
 // as without the parameter). GLU: the layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up.
 template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false>
-QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
+QK_GLOBAL void QK_STREAM_BOUNDS(MT)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
                   const QkPrefetchRanges pf) {
-  constexpr int U = MT <= 2 ? 4 : 2;  // 16-byte weight loads in flight per thread
+  constexpr int U = MT <= 2 ? QK_STREAM_U_SMALL : QK_STREAM_U_LARGE;  // 16-byte weight loads in flight per thread
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
   const int n_tiles = N / 16, tile = WK ? blockIdx.y : blockIdx.y * QK_STREAM_WARPS + warp;

@@ -122,3 +122,21 @@ def test_skip_leaves_out_the_contenders_it_names_but_never_the_baseline_or_the_d
     kept = list(kernel_bench.contenders_of(*args, skip="_pipe$|^probe_|quantkit|cublas"))
     assert kept == [n for n in every if not (n.endswith("_pipe") or n.startswith("probe_") or "quantkit_" in n)]
     assert kept[:2] == ["cublas_bf16", "quantkit"]
+
+
+def test_chain_bench_overrides_one_role_at_a_time_at_split_counts_its_grid_keeps():
+    """bench/chain_bench.py's sweep: the default dispatch, then each role of a layer alone at every split count of
+    SPLITS that the launch keeps (ops.grid_splits) and that leaves a split 4 chunks or more, through the workspace and
+    (2 or more) through a cluster; nothing beyond the default where the decode kernel does not run."""
+    import chain_bench
+
+    v = chain_bench.variants(1, 132, torch.device("cpu"))
+    assert v.pop("default") == {}
+    assert all(len(over) == 1 for over in v.values())  # one role a variant
+    assert v["o_s4_ws"] == {"o": {"splits": 4, "cluster": False}}
+    assert v["down_s16_cl"] == {"down": {"splits": 16, "cluster": True}}
+    assert "o_s1_ws" in v and "o_s1_cl" not in v  # one split: nothing for a cluster to add
+    for role, (n, k) in chain_bench.ROLES.items():
+        counts = {over[role]["splits"] for over in v.values() if role in over}
+        assert counts == {s for s in chain_bench.SPLITS if (k // 64) // s >= 4}, role
+    assert chain_bench.variants(64, 132, torch.device("cpu")) == {"default": {}}  # M = 64: not the decode kernel

@@ -346,6 +346,23 @@ def test_gated_pair_gives_silu_gate_times_up():
         w4a16_linear(x, small[0], glu=True)  # 24 rows: not a gated pair's layout
 
 
+def test_kernel_defines_are_macros_of_the_build_and_a_bad_one_is_named(monkeypatch):
+    """QUANTKIT_KERNEL_DEFINES (csrc's tuning macros for an experiment) become nvcc -D flags among the build's flags,
+    which the build hashes into its cache directory's name; anything but NAME or NAME=VALUE is refused with the item
+    named."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setenv("QUANTKIT_KERNEL_DEFINES", "QK_STREAM_U_SMALL=8")
+    assert build._arch_flags() == build.cuda_flags("90a") + ["-DQK_STREAM_U_SMALL=8"]
+    monkeypatch.delenv("QUANTKIT_KERNEL_DEFINES")
+    assert build._arch_flags() == build.cuda_flags("90a")
+    assert build.defines({}) == []
+    assert build.defines({"QUANTKIT_KERNEL_DEFINES": " QK_STREAM_U_SMALL=8  QK_X "}) == ["-DQK_STREAM_U_SMALL=8",
+                                                                                         "-DQK_X"]
+    with pytest.raises(InputError, match=r"QUANTKIT_KERNEL_DEFINES: '-O0' is not NAME or NAME=VALUE"):
+        build.defines({"QUANTKIT_KERNEL_DEFINES": "QK_A=1 -O0"})
+
+
 def test_split_k_rules_on_the_benchmark_shapes():
     """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
     counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid

@@ -49,6 +49,7 @@ from quantkit.errors import InputError
 from quantkit.eval import decode_attention, fuse, ppl, prefetch
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
 from quantkit.eval.fuse import fuse_projections
+from quantkit.kernels import build as kernel_build
 from quantkit.kernels import ops as kernel_ops
 from quantkit.kernels.packing import PackedLinear
 
@@ -571,4 +572,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
     result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
+    if kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
+        result["kernel_defines"] = kernel_build.defines()
     return result

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from quantkit.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # The kernel sources: quantkit/_csrc, which in a clone is a link to the repository's csrc/ and in a wheel (or a
@@ -41,15 +43,28 @@ def cuda_flags(cc: str) -> list[str]:
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
 
 
+def defines(environ=os.environ) -> list[str]:
+    """-D flags from QUANTKIT_KERNEL_DEFINES ("NAME=VALUE NAME2=VALUE2"): the sources' tuning macros (e.g.
+    QK_STREAM_U_SMALL, csrc/w4a16_mma_cuda.h) set for an experiment; they are part of the build's hash, so such a
+    build has a cache directory of its own."""
+    out = []
+    for item in environ.get("QUANTKIT_KERNEL_DEFINES", "").split():
+        name = item.split("=", 1)[0]
+        if not name.isidentifier():
+            raise InputError(f"QUANTKIT_KERNEL_DEFINES: {item!r} is not NAME or NAME=VALUE")
+        out.append(f"-D{item}")
+    return out
+
+
 def _arch_flags() -> list[str]:
     if torch.version.hip:
         arch = torch.cuda.get_device_properties(0).gcnArchName.split(":")[0]
-        return [f"--offload-arch={arch}", "-O3", "-std=c++17"]
+        return [f"--offload-arch={arch}", "-O3", "-std=c++17"] + defines()
     major, minor = torch.cuda.get_device_capability()
     cc = f"{major}{minor}"
     if cc == "90":  # Hopper: the "a" target enables wgmma (csrc/w4a16_wgmma_cuda.h)
         cc = "90a"
-    return cuda_flags(cc)
+    return cuda_flags(cc) + defines()
 
 
 def _why_not() -> str:

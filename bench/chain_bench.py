@@ -1,0 +1,197 @@
+"""The W4A16 linears of a decode step alone: Llama-3-8B's four kernels a layer (q/k/v as one layer, o_proj, gate/up as
+a gated pair with the SiLU-and-multiply epilogue, down), LAYERS layers of their own random weights, back to back in one
+CUDA graph, each a programmatic dependent launch as in the eval's compiled step (quantkit.eval.fuse). Every kernel
+meets its weights in DRAM (the layers' 3.6 GB dwarf the L2), as in a step; attention and the norms are left out, so
+that the time is the kernels' and their boundaries'. Variants override one role's split-K (and its cluster) at a time,
+so that a split rule fitted to one call after an L2 flush (bench/kernel_bench.py) can be checked where the kernels run
+in a chain. The bf16 model's linears (cuBLAS, torch's SiLU and multiply) run the same chain as the baseline.
+
+    python3 bench/chain_bench.py --out bench/results/chain_h100.json
+
+Times: us a layer (one replay of the LAYERS-layer graph / LAYERS), median of --reps replays, the variants interleaved
+(kernel_bench.time_calls). Each variant's output after the first layer is checked against the default dispatch's before
+it is timed.
+"read_floor_us": the layer's 4-bit weights and scales at --read-tbps (default: measured here, a plain read of 1 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kernel_bench import time_calls  # bench/ is on sys.path when this runs
+from quantkit.eval import run_settings
+from quantkit.kernels import build, ops, packing, prepare, self_check, testing, w4a16_linear
+from quantkit.qlinear import QuantizedLinear
+
+log = logging.getLogger("chain_bench")
+
+HIDDEN, QKV, INTER = 4096, 6144, 14336  # Llama-3-8B
+# role -> (N, K) of the layer the kernel reads (gate/up: both halves)
+ROLES = {"qkv": (QKV, HIDDEN), "o": (HIDDEN, HIDDEN), "gate_up": (2 * INTER, HIDDEN), "down": (HIDDEN, INTER)}
+SPLITS = (1, 2, 4, 8, 16)
+
+
+def read_rate(device) -> float:
+    """Bytes a second of a plain read (a sum) of 1 GiB, median of 20."""
+    a = torch.ones(1 << 27, dtype=torch.int64, device=device)
+    times = []
+    for _ in range(22):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a.sum()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return a.numel() * 8 / statistics.median(times[2:])
+
+
+def make_layers(n_layers: int, group: int, device) -> list[dict]:
+    gen = torch.Generator(device=device).manual_seed(7)
+
+    def layer(n, k):  # testing.random_qlinear's distribution, drawn on the GPU (seconds, not minutes, for 3.6 GB)
+        groups = k // group
+        ql = QuantizedLinear(codes=torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8, device=device),
+                             scales=(torch.rand(groups, n, generator=gen, device=device) * 0.004 + 0.001).bfloat16(),
+                             zeros=torch.full((groups, n), 8, dtype=torch.uint8, device=device),
+                             g_idx=torch.arange(k, dtype=torch.int32, device=device) // group, bits=4,
+                             group_size=group, sym=True)
+        return prepare(ql, device=device, layouts=("mma",), keep_reference=False)
+
+    layers = []
+    for _ in tqdm(range(n_layers), desc="layers", unit="layer"):
+        layers.append({"qkv": layer(QKV, HIDDEN), "o": layer(HIDDEN, HIDDEN),
+                       "gate_up": packing.interleave_glu(layer(INTER, HIDDEN), layer(INTER, HIDDEN)),
+                       "down": layer(HIDDEN, INTER)})
+    return layers
+
+
+def layer_bytes(layer: dict) -> int:
+    """The 4-bit weights and bf16 scales the layer's kernels read."""
+    return sum(p.mma_weight.numel() * p.mma_weight.element_size()
+               + p.mma_meta(torch.bfloat16).numel() * p.mma_meta(torch.bfloat16).element_size() for p in layer.values())
+
+
+def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
+    """The chain's call; over: role -> keyword overrides of w4a16_linear (splits, cluster)."""
+    kw = {role: {"backend": "kernel", "pdl": True, **over.get(role, {})} for role in ROLES}
+
+    def run():
+        h = x
+        for layer in layers:
+            y = w4a16_linear(h, layer["qkv"], **kw["qkv"])
+            a = y[:, :HIDDEN].contiguous()  # attention's output stands in: as many features as o_proj takes
+            h = w4a16_linear(a, layer["o"], **kw["o"])
+            g = w4a16_linear(h, layer["gate_up"], glu=True, **kw["gate_up"])
+            h = w4a16_linear(g, layer["down"], **kw["down"])
+        return h
+    return run
+
+
+def bf16_chain(weights: list[dict], x: torch.Tensor):
+    def run():
+        h = x
+        for w in weights:
+            y = F.linear(h, w["qkv"])
+            h = F.linear(y[:, :HIDDEN].contiguous(), w["o"])
+            gu = F.linear(h, w["gate_up"])
+            h = F.linear(F.silu(gu[:, :INTER]) * gu[:, INTER:], w["down"])
+        return h
+    return run
+
+
+def default_plan(m: int, role: str, sms: int, device) -> dict:
+    """The dispatch's split-K and cluster for this role's layer at M (ops.mma_splits, ops.cluster_size)."""
+    n, k = ROLES[role]
+    if not ops.stream_wk(m) and role == "gate_up":
+        return {}
+    mt = ops.mma_tiles(m)
+    splits = ops.grid_splits(k, ops.mma_splits(m, n, k, sms, staged=False, mt=mt, wk=ops.stream_wk(m)))
+    return {"splits": splits, "cluster": ops.cluster_size(splits, k, device, ops.STREAM_CLUSTER_MAX[m > 16])}
+
+
+def variants(m: int, sms: int, device) -> dict:
+    """name -> role -> overrides: the default, then each role's every split count through the workspace and through a
+    cluster (where a cluster holds that many), the others left to the dispatch. Only the decode kernel's M (wk)."""
+    out = {"default": {}}
+    if not ops.stream_wk(m) or m > ops.STREAM_MAX_M:
+        return out
+    for role, (n, k) in ROLES.items():
+        for s in SPLITS:
+            if ops.grid_splits(k, s) != s or (k // 64) // s < 4:
+                continue
+            out[f"{role}_s{s}_ws"] = {role: {"splits": s, "cluster": False}}
+            if 1 < s <= ops.CLUSTER_MAX:
+                out[f"{role}_s{s}_cl"] = {role: {"splits": s, "cluster": True}}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ms", default="1,8", help="batch sizes (rows of x), comma-separated")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-sweep", action="store_true", help="the default dispatch and bf16 only")
+    ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not torch.cuda.is_available():
+        print("chain_bench: no GPU; nothing to measure", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    self_check(device)
+    sms = ops.sm_count(device)
+    rate = read_rate(device)
+    layers = make_layers(args.layers, args.group, device)
+    per_layer = layer_bytes(layers[0])
+    gen = torch.Generator(device=device).manual_seed(5)
+    weights = [{role: torch.randn(*ROLES[role], generator=gen, device=device, dtype=torch.bfloat16).mul_(0.02)
+                for role in ROLES} for _ in range(args.layers)]
+    defines = build.defines()
+    result = {"command": run_settings.with_settings("python3 bench/chain_bench.py " + " ".join(sys.argv[1:])),
+              "kernel_defines": defines,
+              "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "layers": args.layers, "group": args.group, "layer_bytes": per_layer, "read_tbps": rate / 1e12,
+              "read_floor_us": per_layer / rate * 1e6, "runs": []}
+    for m in [int(v) for v in args.ms.split(",")]:
+        x = testing.random_activations(m, HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
+        names = variants(m, sms, device) if not args.no_sweep else {"default": {}}
+        names = {k: v for k, v in names.items() if k == "default" or not args.only or re.search(args.only, k)}
+        fns = {name: quantized_chain(layers, x, over) for name, over in names.items()}
+        # checked on the first layer: random layers shrink the activations by orders of magnitude a layer (to zeros
+        # in bf16 well before the last, which leaves the times as they are but a comparison of the last meaningless)
+        truth = quantized_chain(layers[:1], x, {})().float()
+        for name, over in names.items():
+            err = float((quantized_chain(layers[:1], x, over)().float() - truth).norm() / truth.norm())
+            if not math.isfinite(err) or err > 1e-2:
+                raise SystemExit(f"chain_bench: variant {name} at M = {m} differs from the default by {err:.2e}")
+        fns["bf16"] = bf16_chain(weights, x)
+        times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
+        base = times["default"]["us"]
+        plan = {role: default_plan(m, role, sms, device) for role in ROLES}
+        rows = {name: {**t, "vs_default": base / t["us"], "overrides": names.get(name, {})} for name, t in times.items()}
+        result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,
+                               "linears_ratio": times["bf16"]["us"] / base})
+        log.info("M = %d: default %.2f us a layer (plan %s), bf16 %.2f (%.2fx), read floor %.2f", m, base, plan,
+                 times["bf16"]["us"], times["bf16"]["us"] / base, result["read_floor_us"])
+        for name, row in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
+            log.info("  %-16s %7.2f us  (p10 %.2f, p90 %.2f)  %.3fx default", name, row["us"], row["p10"], row["p90"],
+                     row["vs_default"])
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
