@@ -131,6 +131,11 @@ QK_INLINE void qk_pdl_wait() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+// Wait for the kernel before, then let the next one launch: the order every kernel here keeps (see above).
+QK_INLINE void qk_pdl_wait_then_trigger() {
+  qk_pdl_wait();
+  qk_pdl_trigger();
+}
 
 // The group of a lane's weights in chunk c, (64c + 16 tig) / group_size, without a division in the loop: the
 // group size is a multiple of 16, so it is n / d with n = 4c + tig and d = group_size / 16, which is the high word
@@ -474,8 +479,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
           mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
         }
       if (c == first) {  // x is the previous kernel's output: the first weights are already on their way
-        qk_pdl_wait();
-        qk_pdl_trigger();  // the next kernel may launch now
+        qk_pdl_wait_then_trigger();
       }
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
       xs.load(c, xb[0]);
@@ -489,8 +493,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
       }
     }
   }
-  qk_pdl_wait();  // (no-ops once done) warps that had no chunk
-  qk_pdl_trigger();
+  qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.
   if (PF && pf.n > 0 && warp == 0) {
