@@ -4,14 +4,16 @@ CUDA graph, each a programmatic dependent launch as in the eval's compiled step 
 meets its weights in DRAM (the layers' 3.6 GB dwarf the L2), as in a step; attention and the norms are left out, so
 that the time is the kernels' and their boundaries'. Variants override one role's split-K (and its cluster) at a time,
 so that a split rule fitted to one call after an L2 flush (bench/kernel_bench.py) can be checked where the kernels run
-in a chain. The bf16 model's linears (cuBLAS, torch's SiLU and multiply) run the same chain as the baseline.
+in a chain, and (--alone) each role's kernel alone, over the layers on one input. The bf16 model's linears (cuBLAS,
+torch's SiLU and multiply) run the same chain as the baseline.
 
     python3 bench/chain_bench.py --out bench/results/chain_h100.json
 
 Times: us a layer (one replay of the LAYERS-layer graph / LAYERS), median of --reps replays, the variants interleaved
 (kernel_bench.time_calls). Each variant's output after the first layer is checked against the default dispatch's before
 it is timed.
-"read_floor_us": the layer's 4-bit weights and scales at --read-tbps (default: measured here, a plain read of 1 GiB).
+"read_floor_us": the layer's (with --alone also each role's) 4-bit weights and scales at the rate of a plain read of
+1 GiB measured in the same run.
 """
 
 from __future__ import annotations
@@ -75,10 +77,14 @@ def make_layers(n_layers: int, group: int, device) -> list[dict]:
     return layers
 
 
+def packed_bytes(p) -> int:
+    """The 4-bit weights and bf16 scales a kernel of this layer reads."""
+    meta = p.mma_meta(torch.bfloat16)
+    return p.mma_weight.numel() * p.mma_weight.element_size() + meta.numel() * meta.element_size()
+
+
 def layer_bytes(layer: dict) -> int:
-    """The 4-bit weights and bf16 scales the layer's kernels read."""
-    return sum(p.mma_weight.numel() * p.mma_weight.element_size()
-               + p.mma_meta(torch.bfloat16).numel() * p.mma_meta(torch.bfloat16).element_size() for p in layer.values())
+    return sum(packed_bytes(p) for p in layer.values())
 
 
 def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
@@ -94,6 +100,18 @@ def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
             g = w4a16_linear(h, layer["gate_up"], glu=True, **kw["gate_up"])
             h = w4a16_linear(g, layer["down"], **kw["down"])
         return h
+    return run
+
+
+def alone_chain(layers: list[dict], role: str, x: torch.Tensor):
+    """One role's kernel of every layer, back to back on the same input (programmatic launches, as in the chain): what
+    that kernel costs where it follows itself, to set beside its share of the read."""
+    glu = role == "gate_up"
+
+    def run():
+        for layer in layers:
+            y = w4a16_linear(x, layer[role], backend="kernel", pdl=True, glu=glu)
+        return y
     return run
 
 
@@ -121,7 +139,8 @@ def default_plan(m: int, role: str, sms: int, device) -> dict:
 
 def variants(m: int, sms: int, device) -> dict:
     """name -> role -> overrides: the default, then each role's every split count through the workspace and through a
-    cluster (where a cluster holds that many), the others left to the dispatch. Only the decode kernel's M (wk)."""
+    cluster (where a cluster holds that many), the others left to the dispatch; and every kernel a plain launch instead
+    of a programmatic one (pdl_off). Only the decode kernel's M (wk)."""
     out = {"default": {}}
     if not ops.stream_wk(m) or m > ops.STREAM_MAX_M:
         return out
@@ -132,6 +151,7 @@ def variants(m: int, sms: int, device) -> dict:
             out[f"{role}_s{s}_ws"] = {role: {"splits": s, "cluster": False}}
             if 1 < s <= ops.CLUSTER_MAX:
                 out[f"{role}_s{s}_cl"] = {role: {"splits": s, "cluster": True}}
+    out["pdl_off"] = {role: {"pdl": False} for role in ROLES}  # every kernel a plain launch
     return out
 
 
@@ -144,6 +164,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--no-sweep", action="store_true", help="the default dispatch and bf16 only")
     ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
+    ap.add_argument("--alone", action="store_true", help="also each role's kernel alone, over the layers on one input")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -177,17 +198,27 @@ def main() -> int:
             if not math.isfinite(err) or err > 1e-2:
                 raise SystemExit(f"chain_bench: variant {name} at M = {m} differs from the default by {err:.2e}")
         fns["bf16"] = bf16_chain(weights, x)
+        if args.alone:
+            for role, (n, k) in ROLES.items():
+                fns[f"alone_{role}"] = alone_chain(layers, role, x if k == HIDDEN else
+                                                   testing.random_activations(m, k, dtype=torch.bfloat16, seed=4,
+                                                                              device=device))
         times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
         base = times["default"]["us"]
         plan = {role: default_plan(m, role, sms, device) for role in ROLES}
-        rows = {name: {**t, "vs_default": base / t["us"], "overrides": names.get(name, {})} for name, t in times.items()}
+        rows = {name: {**t, "vs_default": base / t["us"], "overrides": names.get(name, {})} for name, t in times.items()
+                if not name.startswith("alone_")}
+        for role in ROLES if args.alone else ():
+            floor = packed_bytes(layers[0][role]) / rate * 1e6
+            rows[f"alone_{role}"] = {**times[f"alone_{role}"], "read_floor_us": floor}
         result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,
                                "linears_ratio": times["bf16"]["us"] / base})
         log.info("M = %d: default %.2f us a layer (plan %s), bf16 %.2f (%.2fx), read floor %.2f", m, base, plan,
                  times["bf16"]["us"], times["bf16"]["us"] / base, result["read_floor_us"])
         for name, row in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
-            log.info("  %-16s %7.2f us  (p10 %.2f, p90 %.2f)  %.3fx default", name, row["us"], row["p10"], row["p90"],
-                     row["vs_default"])
+            against = (f"read floor {row['read_floor_us']:.2f}" if "read_floor_us" in row
+                       else f"{row['vs_default']:.3f}x default")
+            log.info("  %-16s %7.2f us  (p10 %.2f, p90 %.2f)  %s", name, row["us"], row["p10"], row["p90"], against)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     return 0

@@ -127,11 +127,13 @@ def test_skip_leaves_out_the_contenders_it_names_but_never_the_baseline_or_the_d
 def test_chain_bench_overrides_one_role_at_a_time_at_split_counts_its_grid_keeps():
     """bench/chain_bench.py's sweep: the default dispatch, then each role of a layer alone at every split count of
     SPLITS that the launch keeps (ops.grid_splits) and that leaves a split 4 chunks or more, through the workspace and
-    (2 or more) through a cluster; nothing beyond the default where the decode kernel does not run."""
+    (2 or more) through a cluster, and every kernel a plain launch; nothing beyond the default where the decode kernel
+    does not run."""
     import chain_bench
 
     v = chain_bench.variants(1, 132, torch.device("cpu"))
     assert v.pop("default") == {}
+    assert v.pop("pdl_off") == {role: {"pdl": False} for role in chain_bench.ROLES}
     assert all(len(over) == 1 for over in v.values())  # one role a variant
     assert v["o_s4_ws"] == {"o": {"splits": 4, "cluster": False}}
     assert v["down_s16_cl"] == {"down": {"splits": 16, "cluster": True}}
