@@ -16,6 +16,9 @@
 #                                                             (o_proj in 4 splits at M = 1) was on the session's working
 #                                                             tree only and is not kept (docs/kernel.md item 57): at
 #                                                             this commit both evals run the same code
+#     bash bench/results/chain_round.sh OUT_DIR 5 [SECONDS]   (prepared in session 43, not yet run) the chain at M = 1
+#                                                             and 8 with each role's kernel alone and every kernel a
+#                                                             plain launch (--alone, pdl_off)
 set -u
 OUT=${1:?usage: chain_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: chain_round.sh OUT_DIR STEP [SECONDS]}
@@ -65,6 +68,10 @@ case $STEP in
     if [ "$(left)" -gt 70 ]; then
       timeout $(( $(left) - 10 )) python3 bench/kernel_bench.py --out "$D/kernel.json" 2>&1 | tail -40 > "$D/kernel.log"
     fi ;;
+  5)
+    timeout 200 python3 -c "$BUILD" 2>&1 | tee "$D/build.log"
+    timeout $(( $(left) - 15 )) python3 bench/chain_bench.py --ms 1,8 --alone --only '^pdl_off$' \
+      --out "$D/chain_alone.json" 2>&1 | tee "$D/chain_alone.log" ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "chain$STEP" && rm -rf "$D"
 echo "== chain $STEP done ($(left) s left)"
