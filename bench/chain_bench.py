@@ -23,14 +23,13 @@ import json
 import logging
 import math
 import re
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kernel_bench import time_calls  # bench/ is on sys.path when this runs
+from kernel_bench import median_seconds, time_calls  # bench/ is on sys.path when this runs
 from quantkit.eval import run_settings
 from quantkit.kernels import build, ops, packing, prepare, self_check, testing, w4a16_linear
 from quantkit.qlinear import QuantizedLinear
@@ -46,15 +45,7 @@ SPLITS = (1, 2, 4, 8, 16)
 def read_rate(device) -> float:
     """Bytes a second of a plain read (a sum) of 1 GiB, median of 20."""
     a = torch.ones(1 << 27, dtype=torch.int64, device=device)
-    times = []
-    for _ in range(22):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        a.sum()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return a.numel() * 8 / statistics.median(times[2:])
+    return a.numel() * 8 / median_seconds(a.sum)
 
 
 def make_layers(n_layers: int, group: int, device) -> list[dict]:

@@ -43,19 +43,24 @@ class CheckFailed(Exception):
     pass
 
 
+def median_seconds(fn, runs: int = 20) -> float:
+    """Median seconds of fn() over ``runs`` calls after two unmeasured ones, each timed alone by CUDA events."""
+    times = []
+    for _ in range(runs + 2):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return statistics.median(times[2:])
+
+
 def copy_bandwidth(device) -> float:
     """Bytes read + written per second by a 1 GiB device-to-device copy (median of 20)."""
     a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     b = torch.empty_like(a)
-    times = []
-    for _ in range(22):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return 2 * a.numel() / statistics.median(times[2:])
+    return 2 * a.numel() / median_seconds(lambda: b.copy_(a))
 
 
 # --cache: the state of the L2 cache each timed call meets
