@@ -680,3 +680,16 @@ def test_a_wheel_carries_the_kernel_sources(tmp_path):
     assert build.CSRC == (root / "quantkit" / "_csrc").resolve()
     needed = build.SOURCES + build.HEADERS + ("w4a16_host.cpp",)
     assert len(build.HEADERS) >= 10 and {f"quantkit/_csrc/{name}" for name in needed} <= names
+
+
+def test_random_layers_drawn_on_the_device_keep_the_distribution():
+    """testing.random_qlinear(draw_on_device=True) draws with a generator of the layer's device (bench/chain_bench.py's
+    3.6 GB on a GPU); on the CPU that is the same generator, so the same layer, and asymmetric zeros and act-order
+    are drawn there too."""
+    kw = dict(group_size=32, act_order=True, dtype=torch.bfloat16, seed=3)
+    for sym in (True, False):
+        a = testing.random_qlinear(64, 256, sym=sym, **kw)
+        b = testing.random_qlinear(64, 256, sym=sym, draw_on_device=True, **kw)
+        for name in ("codes", "scales", "zeros", "g_idx"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (sym, name)
+    assert int(a.codes.max()) == 15 and int(a.zeros.min()) >= 1 and not torch.equal(a.g_idx, a.g_idx.sort().values)

@@ -26,17 +26,21 @@ GLU_TOLERANCE = {dtype: 2 * tol for dtype, tol in TOLERANCE.items()}
 
 def random_qlinear(
     n: int, k: int, *, group_size: int, sym: bool, act_order: bool, dtype: torch.dtype, seed: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", draw_on_device: bool = False,
 ) -> QuantizedLinear:
-    """A layer with random codes, zeros and positive scales of a realistic size (weights ~ 0.02)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """A layer with random codes, zeros and positive scales of a realistic size (weights ~ 0.02). draw_on_device: draw
+    with a generator of ``device`` (seeded with seed; other numbers than the CPU's), which on a GPU makes gigabytes of
+    layers in seconds."""
+    gen = torch.Generator(device=device if draw_on_device else "cpu").manual_seed(seed)
+    on = gen.device
     groups = k // group_size
-    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
-    zeros = torch.full((groups, n), 8, dtype=torch.uint8) if sym else torch.randint(1, 16, (groups, n), generator=gen, dtype=torch.uint8)
-    scales = (torch.rand(groups, n, generator=gen) * 0.004 + 0.001).to(dtype)
-    g_idx = torch.arange(k, dtype=torch.int32) // group_size
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8, device=on)
+    zeros = (torch.full((groups, n), 8, dtype=torch.uint8, device=on) if sym
+             else torch.randint(1, 16, (groups, n), generator=gen, dtype=torch.uint8, device=on))
+    scales = (torch.rand(groups, n, generator=gen, device=on) * 0.004 + 0.001).to(dtype)
+    g_idx = torch.arange(k, dtype=torch.int32, device=on) // group_size
     if act_order:
-        g_idx = g_idx[torch.randperm(k, generator=gen)]
+        g_idx = g_idx[torch.randperm(k, generator=gen, device=on)]
     return QuantizedLinear(codes=codes.to(device), scales=scales.to(device), zeros=zeros.to(device),
                            g_idx=g_idx.to(device), bits=4, group_size=group_size, sym=sym)
 
