@@ -572,6 +572,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
     result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
-    if kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
-        result["kernel_defines"] = kernel_build.defines()
+    if defines := kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
+        result["kernel_defines"] = defines
     return result
