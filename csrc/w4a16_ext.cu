@@ -234,6 +234,42 @@ QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, cons
   return r;
 }
 
+// The decode kernel's residual add and RMSNorm (QkResidualNorm) from mma_gemm's optional operands, checked: rms
+// [M, K] (with or without glu), residual [M, N] (not glu), next_w [N] and g [M, N] (both or neither, with residual),
+// all of x's dtype, contiguous; the streaming kernel only.
+QkResidualNorm residual_norm(const torch::Tensor& x, const c10::optional<torch::Tensor>& rms, double eps,
+                             const c10::optional<torch::Tensor>& residual, const c10::optional<torch::Tensor>& next_w,
+                             c10::optional<torch::Tensor> g, int64_t M, int64_t N, int64_t K, bool staged, bool glu) {
+  QkResidualNorm rn;
+  TORCH_CHECK(!(staged && (rms || residual)), "the residual add and RMSNorm are the streaming kernel's, not staged");
+  if (rms) {
+    check_tensor(*rms, "rms", x.scalar_type(), 2);
+    TORCH_CHECK(rms->size(0) == M && rms->size(1) == K, "rms must be [", M, ", ", K, "], got ", rms->sizes());
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(rms->data_ptr()) % 16 == 0, "rms must be 16-byte aligned");
+    TORCH_CHECK(eps >= 0, "eps must be >= 0, got ", eps);
+    rn.rms = u16(*rms);
+    rn.eps = (float)eps;
+  }
+  TORCH_CHECK(!next_w == !g, "next_w and g come together");
+  TORCH_CHECK(residual || !next_w, "next_w and g need residual");
+  if (residual) {
+    TORCH_CHECK(!glu, "residual is not for a gated pair (glu)");
+    check_tensor(*residual, "residual", x.scalar_type(), 2);
+    TORCH_CHECK(residual->size(0) == M && residual->size(1) == N, "residual must be [", M, ", ", N, "], got ",
+                residual->sizes());
+    rn.residual = u16(*residual);
+  }
+  if (next_w) {
+    check_tensor(*next_w, "next_w", x.scalar_type(), 1);
+    TORCH_CHECK(next_w->size(0) == N, "next_w must have ", N, " elements, got ", next_w->size(0));
+    check_tensor(*g, "g", x.scalar_type(), 2);
+    TORCH_CHECK(g->size(0) == M && g->size(1) == N, "g must be [", M, ", ", N, "], got ", g->sizes());
+    rn.next_w = u16(*next_w);
+    rn.g = u16_mut(*g);
+  }
+  return rn;
+}
+
 }  // namespace
 
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
@@ -243,11 +279,14 @@ QkPrefetchRanges prefetch_ranges(const std::vector<torch::Tensor>& tensors, cons
 // (sm_90+, = the number of splits, at most 16; 0 or 1: not); prefetch / prefetch_bytes: what the streaming kernel's
 // blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty); prefetch_evict_first: with
 // them, the kernel's own weights read evict-first; glu: the layer is a gated pair (packing.glu_order), out [M, N / 2]
-// gets silu(gate) * up (the streaming kernel with wk, no prefetch).
+// gets silu(gate) * up (the streaming kernel with wk, no prefetch); rms / eps / residual / next_w / g: the residual
+// add and RMSNorm the streaming kernel folds in (residual_norm, QkResidualNorm; none: not).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
               int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
-              std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first, bool glu) {
+              std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first, bool glu,
+              c10::optional<torch::Tensor> rms, double eps, c10::optional<torch::Tensor> residual,
+              c10::optional<torch::Tensor> next_w, c10::optional<torch::Tensor> g) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym, glu);
   check_bias(bias, x, N);
@@ -264,13 +303,14 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   TORCH_CHECK(!glu || (wk && prefetch.empty()),
               "glu (a gated pair's epilogue) needs the streaming kernel with wk and no L2 prefetch");
   const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
+  const QkResidualNorm rn = residual_norm(x, rms, eps, residual, next_w, g, M, N, K, staged, glu);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
                       : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, pf,
-                                         glu, stream));
+                                         glu, rn, stream));
 }
 
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:

@@ -5,6 +5,7 @@
 
 #include "platform.h"
 #include "w4a16_prefetch.h"
+#include "w4a16_residual_norm.h"
 
 #include <type_traits>
 
@@ -80,9 +81,10 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 // chunks (mt <= 4, else cudaErrorInvalidValue); pdl: as a programmatic dependent launch; cluster: as above; pf: what
 // its blocks request into the L2 as they finish their reads (the next layer's weights; pf.n = 0: nothing; with wk
 // only, else cudaErrorInvalidValue); glu: the layer is a gated pair (packing.glu_order) and a.out [M, N / 2] gets
-// silu(gate) * up (with wk and no prefetch only, else cudaErrorInvalidValue).
+// silu(gate) * up (with wk and no prefetch only, else cudaErrorInvalidValue); rn: the residual add and RMSNorm it
+// folds in (QkResidualNorm; all null: none).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, cudaStream_t stream);
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);

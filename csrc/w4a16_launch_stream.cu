@@ -10,38 +10,38 @@ namespace {
 // gated pair's epilogue (glu: wk only, without the prefetch).
 template <typename Tag, bool SYM, int MT>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
-                         bool glu, cudaStream_t stream) {
+                         bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true>, a, grid, block, 0, stream, pdl,
-                                  cluster, pf);
+                                  cluster, pf, rn);
     if (glu) return cudaErrorInvalidValue;
     if (wk && pf.n > 0)
-      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf);
-    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl, cluster, pf);
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
+    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
   }
   if (wk || pf.n > 0 || glu) return cudaErrorInvalidValue;
-  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl, cluster, pf);
+  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
 }
 
 template <typename Tag, bool SYM>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                         const QkPrefetchRanges& pf, bool glu, cudaStream_t stream) {
+                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, cluster, grid, pf, glu, stream);
-    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, cluster, grid, pf, glu, stream);
-    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, cluster, grid, pf, glu, stream);
-    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, cluster, grid, pf, glu, stream);
+    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
   }
 }
 
 }  // namespace
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, cudaStream_t stream) {
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
-    return stream_tiles<decltype(tag), decltype(s)::value>(a, mt, wk, pdl, cluster, grid, pf, glu, stream);
+    return stream_tiles<decltype(tag), decltype(s)::value>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream);
   });
 }
 #endif

@@ -31,6 +31,7 @@
 
 #include "w4a16_common.h"
 #include "w4a16_prefetch.h"
+#include "w4a16_residual_norm.h"
 
 #if QK_IS_CUDA
 #include <cooperative_groups.h>
@@ -191,6 +192,19 @@ QK_INLINE void qk_mma_chunk(float (&acc)[MT][4], const uint4 wv, const uint32_t 
   }
 }
 
+// One output element v (fp32, bias added) at out[at], feature n: rounded once, or with rn.residual the residual
+// add's two roundings (and rn.g's element). rn all null: the plain store (the compiler folds the rest away).
+template <typename Tag>
+QK_INLINE void qk_store_y(uint16_t* __restrict__ out, size_t at, int n, float v, const QkResidualNorm& rn) {
+  uint16_t y = qk_float_to_bits(v, Tag());
+  if (rn.residual != nullptr) {
+    y = qk_float_to_bits(qk_bits_to_float(rn.residual[at], Tag()) + qk_bits_to_float(y, Tag()), Tag());
+    if (rn.next_w != nullptr)
+      rn.g[at] = qk_float_to_bits(qk_bits_to_float(y, Tag()) * qk_bits_to_float(rn.next_w[n], Tag()), Tag());
+  }
+  out[at] = y;
+}
+
 // The block's C fragments as one array in shared memory, for a cluster reduction: warp w's tile nt, token tile
 // t, element e, lane l at red[((w NT + nt) MT 4 + 4t + e) 32 + l]; warps w < warps hold sums (with WK only warp 0),
 // and warp w's tile nt is tile tile_base + w NT + nt. red: shared memory of warps x NT x MT x 512 bytes that nothing
@@ -235,7 +249,7 @@ QK_INLINE uint16_t qk_glu_bits(float gate, float up) {
 template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterTile& ct, int n_tiles, int m0,
                                  int lane, const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M,
-                                 int N) {
+                                 int N, const QkResidualNorm& rn = QkResidualNorm()) {
 #if QK_SM90
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
@@ -270,7 +284,11 @@ QK_INLINE bool qk_cluster_reduce(const float (&acc)[NT][MT][4], const QkClusterT
       const int l = idx % 32, f = idx / 32, e = f % 4, t = (f / 4) % MT, tile = ct.tile_base + f / (4 * MT);
       const int n = tile * 16 + l / 4 + 8 * (e >> 1), tok = m0 + 8 * t + 2 * (l % 4) + (e & 1);
       if (tile < n_tiles && tok < M)
-        out[(size_t)tok * N + n] = qk_cluster_sum<Tag>(ct.red, idx, blocks, bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+        if (rn.residual == nullptr)  // (the plain store written as before: the wgmma kernels' SASS unchanged)
+          out[(size_t)tok * N + n] = qk_cluster_sum<Tag>(ct.red, idx, blocks, bias ? qk_bits_to_float(bias[n], Tag()) : 0.f);
+        else
+          qk_store_y<Tag>(out, (size_t)tok * N + n, n,
+                          qk_cluster_sumf(ct.red, idx, blocks) + (bias ? qk_bits_to_float(bias[n], Tag()) : 0.f), rn);
     }
   }
   cluster.sync();  // no block leaves while another still reads its shared memory
@@ -311,7 +329,8 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
 // n_lo + 8, qk_glu_bits) into out [M, N / 2].
 template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
-                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N) {
+                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N,
+                                const QkResidualNorm& rn = QkResidualNorm()) {
   const int gid = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -329,7 +348,8 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
             out[(size_t)tok * (N / 2) + (tile0 + nt) * 8 + gid] =
                 qk_glu_bits<Tag>(acc[nt][t][e] + b_lo, acc[nt][t][e + 2] + b_hi);
         } else if (tok < M) {
-          out[(size_t)tok * N + n_lo + 8 * (e >> 1)] = qk_float_to_bits(acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), Tag());
+          qk_store_y<Tag>(out, (size_t)tok * N + n_lo + 8 * (e >> 1), n_lo + 8 * (e >> 1),
+                          acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), rn);
         }
       }
   }
@@ -342,10 +362,11 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
 template <typename Tag, int NT, int MT, bool GLU = false>
 QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                               int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0}) {
+                               int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0},
+                               const QkResidualNorm& rn = QkResidualNorm()) {
   const int gid = lane / 4, tig = lane % 4;
   qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
-  if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT, GLU>(acc, ct, n_tiles, m0, lane, bias, out, M, N)) return;
+  if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT, GLU>(acc, ct, n_tiles, m0, lane, bias, out, M, N, rn)) return;
   if (gridDim.z > 1) {
     float* part = ws + (size_t)blockIdx.z * M * N;
 #pragma unroll
@@ -385,7 +406,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
         }
     }
   }
-  qk_mma_store_out<Tag, NT, MT, GLU>(acc, tile0, n_tiles, m0, lane, bias, out, M, N);
+  qk_mma_store_out<Tag, NT, MT, GLU>(acc, tile0, n_tiles, m0, lane, bias, out, M, N, rn);
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
@@ -412,6 +433,47 @@ struct QkDecodeX {
 };
 
 #define QK_STREAM_WARPS 4
+
+// rsqrt(mean(h^2) + eps) of the rows m0 .. m0 + T - 1 of h [M, K] (K a multiple of 8) into scale[0 .. T) (rows from M
+// on: 1), the decode kernel's RMSNorm scales (QkResidualNorm::rms). Every thread of the block calls it: the block
+// reads one row at a time, 8 elements a load (L2: the kernel before wrote h), its warps' sums meeting in shared
+// memory; two block barriers a row. For the decode steps' one to few tokens (each row is one L2 round trip).
+template <typename Tag, int T>
+QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int K, float eps, float* scale) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (int)blockDim.x / 32;
+#pragma unroll 1
+  for (int t = 0; t < T; ++t) {
+    if (m0 + t >= M) {
+      if (threadIdx.x == 0) scale[t] = 1.f;
+      continue;
+    }
+    const uint4* row = reinterpret_cast<const uint4*>(h + (size_t)(m0 + t) * K);
+    float s = 0.f;
+#pragma unroll 4
+    for (int i = (int)threadIdx.x; i < K / 8; i += (int)blockDim.x) {
+      const uint4 v = __ldcg(row + i);
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float a = qk_bits_to_float((uint16_t)(words[j] & 0xffff), Tag());
+        const float b = qk_bits_to_float((uint16_t)(words[j] >> 16), Tag());
+        s = fmaf(a, a, fmaf(b, b, s));
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float total = 0.f;
+      for (int w = 0; w < warps; ++w) total += part[w];
+      scale[t] = rsqrtf(total / (float)K + eps);
+    }
+    __syncthreads();  // part is reused by the next row; scale is read after the last
+  }
+}
+
 // The decode kernel's 16-byte weight loads in flight per thread at 1-2 token tiles (QK_STREAM_U_SMALL) and at 3-4
 // (QK_STREAM_U_LARGE): tuning macros, set for an experiment through QUANTKIT_KERNEL_DEFINES (quantkit/kernels/build.py).
 #ifndef QK_STREAM_U_SMALL
@@ -420,13 +482,13 @@ struct QkDecodeX {
 #ifndef QK_STREAM_U_LARGE
 #define QK_STREAM_U_LARGE 2
 #endif
-// QK_STREAM_MIN_BLOCKS, if defined: the blocks of the decode kernel at one token tile that a multiprocessor must be
-// able to hold (the launch bounds' second figure; undefined, ptxas chooses the registers), a tuning macro like those
-#ifdef QK_STREAM_MIN_BLOCKS
-#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
-#else
-#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32)
+// QK_STREAM_MIN_BLOCKS: the blocks of the decode kernel at one token tile that a multiprocessor must be able to hold
+// (the launch bounds' second figure), a tuning macro like those. 8: 64 registers, what ptxas chose without a bound
+// before the folded RMSNorm (QkResidualNorm) came; with it and no bound ptxas took 56 and a stack frame.
+#ifndef QK_STREAM_MIN_BLOCKS
+#define QK_STREAM_MIN_BLOCKS 8
 #endif
+#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
 //   WK false: y = ceil(N / 64); each warp owns one 16-row tile and streams all of the split's chunks.
@@ -440,12 +502,13 @@ struct QkDecodeX {
 // PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h), and reads its
 // own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
 // as without the parameter). GLU: the layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up.
+// rn: the residual add and RMSNorm folded in (QkResidualNorm; rms with or without GLU, residual without).
 template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false>
 QK_GLOBAL void QK_STREAM_BOUNDS(MT)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
-                  const QkPrefetchRanges pf) {
+                  const QkPrefetchRanges pf, const QkResidualNorm rn) {
   constexpr int U = MT <= 2 ? QK_STREAM_U_SMALL : QK_STREAM_U_LARGE;  // 16-byte weight loads in flight per thread
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -500,6 +563,14 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
     const uint64_t block = ((uint64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     qk_l2_prefetch_slices(pf, block * 32 + lane, (uint64_t)gridDim.x * gridDim.y * gridDim.z * 32);
   }
+  if (rn.rms != nullptr) {  // the RMSNorm's scale of each token (a uniform branch: every thread of the block is here)
+    __shared__ float rms_scale[8 * MT];
+    qk_rms_scales<Tag, 8 * MT>(rn.rms, m0, M, K, rn.eps, rms_scale);
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][t][e] *= rms_scale[8 * t + 2 * tig + (e & 1)];
+  }
   // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
   __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];
   __shared__ float part[WK ? QK_STREAM_WARPS - 1 : 1][WK ? MT * 4 : 1][32];
@@ -521,7 +592,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
   qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
-                              ct);
+                              ct, rn);
 }
 
 #define QK_STAGED_WARPS 8

@@ -346,6 +346,49 @@ def test_gated_pair_gives_silu_gate_times_up():
         w4a16_linear(x, small[0], glu=True)  # 24 rows: not a gated pair's layout
 
 
+def test_fold_is_a_decoder_layers_residual_add_and_rmsnorm():
+    """ops.Fold through w4a16_linear (the reference here; the decode kernel on a GPU, tests/test_kernels_gpu.py): with
+    rms = h and x = round(h * norm weight), the layer of transformers' RMSNorm(h) (the scale after the product, a
+    rounding apart), act-order and a gated pair included; with residual, residual + the layer's own output in one
+    16-bit add, and with next_w that times next_w; its operands checked with one-line errors."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from quantkit.kernels import ops
+    from quantkit.kernels.ops import Fold
+    from quantkit.kernels.packing import interleave_glu
+
+    torch.manual_seed(0)
+    packed = prepare(_layer(n=96, k=256, g=32, sym=False, act=True, seed=30), device="cpu")
+    pair = interleave_glu(*(prepare(_layer(n=48, k=256, g=64, seed=31 + i), device="cpu") for i in range(2)))
+    norm = LlamaRMSNorm(256, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(256) + 0.5)
+    h = (torch.randn(2, 3, 256) * 4).to(torch.bfloat16)
+    x = h * norm.weight
+    bias = torch.randn(96).to(torch.bfloat16)
+    with torch.no_grad():
+        want = w4a16_linear(norm(h), packed, bias)
+        got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5))
+        assert got.shape == want.shape and testing.error_against(got, want.double()) < 2 * testing.TOLERANCE[torch.bfloat16]
+        got = w4a16_linear(x, pair, glu=True, fold=Fold(rms=h, eps=1e-5))
+        assert testing.error_against(got, w4a16_linear(norm(h), pair, glu=True).double()) < 2e-2
+        residual, next_w = (torch.randn(2, 3, 96) * 3).to(torch.bfloat16), (torch.rand(96) + 0.5).to(torch.bfloat16)
+        plain = w4a16_linear(x, packed, bias)
+        stream = w4a16_linear(x, packed, bias, fold=Fold(residual=residual))
+        assert torch.equal(stream, residual + plain)
+        both = w4a16_linear(x, packed, bias, fold=Fold(residual=residual, next_w=next_w))
+        assert both.shape == (2, 2, 3, 96) and torch.equal(both[0], stream) and torch.equal(both[1], stream * next_w)
+        assert w4a16_linear(x[:, :0], packed, fold=Fold(residual=residual[:, :0], next_w=next_w)).shape == (2, 2, 0, 96)
+        assert torch.equal(ops.rms_scale(h, 1e-5), torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-5))
+    for fold, glu, match in ((Fold(rms=h[:, :2]), False, "rms must be x's shape"),
+                             (Fold(residual=residual.float()), False, "residual must be"),
+                             (Fold(residual=residual[..., :48]), True, "not for a gated pair"),
+                             (Fold(next_w=next_w), False, "next_w needs residual")):
+        with pytest.raises(InputError, match=match) as e:
+            w4a16_linear(x, pair if glu else packed, glu=glu, fold=fold)
+        assert "\n" not in str(e.value)
+
+
 def test_kernel_defines_are_macros_of_the_build_and_a_bad_one_is_named(monkeypatch):
     """QUANTKIT_KERNEL_DEFINES (csrc's tuning macros for an experiment) become nvcc -D flags among the build's flags,
     which the build hashes into its cache directory's name; anything but NAME or NAME=VALUE is refused with the item
@@ -565,8 +608,9 @@ def test_self_check_reaches_every_hopper_plan():
 @pytest.mark.parametrize("glu_ws", [True, False])
 def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     """self_check runs the forced paths of CASES, the dispatch of DISPATCH_CASES and the gated pair's epilogue of
-    GLU_CASE (at the rows where the kernel applies it, each split way), and with ops.GLU_WS GLU_WS_CASE through the
-    warp-specialized kernel, against the reference (here every kernel call stood in for by the reference on the CPU,
+    GLU_CASE (at the rows where the kernel applies it, each split way), with ops.GLU_WS GLU_WS_CASE through the
+    warp-specialized kernel, against the reference, and the fold of FOLD_CASE (each split way) against the same
+    kernel's plain output (here every kernel call stood in for by the reference on the CPU,
     the warp-specialized kernel taking M > 16) and stops at the first one off by more than the tolerance, naming the
     kernel, the shape and what to do."""
     from quantkit.kernels import ops, selfcheck
@@ -582,27 +626,40 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
 
     monkeypatch.setattr(selfcheck, "GLU_CASE", (16, 128, 64, True, (1, 32)))
     monkeypatch.setattr(selfcheck, "GLU_WS_CASE", (16, 128, 64, False, (40,)))
+    monkeypatch.setattr(selfcheck, "FOLD_CASE", (32, 192, 64, False, True, (2,)))
 
     def kernels(x, packed, bias, *, backend, **how):
-        glu = how.get("glu", False)
-        calls.append((x.shape[0], packed.in_features, backend + ("+glu" if glu else "")))
-        y = reference_linear(x, packed, bias)
-        y = ops.glu_interleaved(y) if glu else y
-        return y * 1.01 if wrong == (x.shape[0], backend + ("+glu" if glu else "")) else y
+        glu, fold = how.get("glu", False), how.get("fold")
+        tag = backend + ("+glu" if glu else "") + ("" if fold is None else "+rms" if fold.rms is not None else "+res")
+        calls.append((x.shape[0], packed.in_features, tag))
+        if fold is None:
+            y = reference_linear(x, packed, bias)
+            y = ops.glu_interleaved(y) if glu else y
+        else:  # the reference's fold (its residual add on reference_linear's output, as the kernel's on its own)
+            y = real(x, packed, bias, backend="reference", glu=glu, fold=fold)
+        return y * 1.01 if wrong == (x.shape[0], tag) else y
 
+    real = ops.w4a16_linear
     monkeypatch.setattr(ops, "w4a16_linear", kernels)
     cpu = torch.device("cpu")
     pair = [(1, 128, "kernel+glu")] * 3 + [(32, 128, "kernel+glu")] * glu_ws  # each split way at M = 1
-    for wrong in (None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws:
+    fold = [(2, 192, "mma"), (2, 192, "mma+res"), (2, 192, "mma"), (2, 192, "mma+rms"), (2, 128, "mma"),
+            (2, 128, "mma+glu+rms")] * 3  # each split way
+    for wrong in ((None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws
+                  + ((2, "mma+res"), (2, "mma+rms"), (2, "mma+glu+rms"))):
         calls.clear()
         if wrong is None:
             selfcheck.self_check(cpu, force=True)
             assert calls == ([(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2
                              + [(1, 512, "kernel"), (17, 512, "kernel")] + pair * 2
-                             + [(40, 128, "kernel+glu")] * glu_ws)
+                             + [(40, 128, "kernel+glu")] * glu_ws + fold * 2)
             continue
         with pytest.raises(selfcheck.KernelSelfCheckError) as e:
             selfcheck.self_check(cpu, force=True)
+        if wrong[1].startswith("mma+"):  # the fold: against the kernel's own plain output
+            assert "W4A16 kernel 'mma' with the folded " in str(e.value) and "(M=2 " in str(e.value)
+            assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
+            continue
         path = ("wgmma" if wrong[0] > 16 else "mma") if wrong[1].startswith("kernel") else wrong[1]
         assert f"W4A16 kernel '{path}' " in str(e.value) and f"disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
         assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
@@ -644,7 +701,7 @@ def test_python_calls_into_the_extension_match_its_bindings():
     bound = set(re.findall(r'm\.def\("(\w+)", &\1', cpp))
     assert {"mma_gemm", "l2_prefetch", "wgmma_ws_gemm"} <= bound
     arity = {name: len(_cpp_params(cpp, name)) for name in bound}
-    assert arity["mma_gemm"] == 19 and arity["l2_prefetch"] == 2
+    assert arity["mma_gemm"] == 24 and arity["l2_prefetch"] == 2
     tree = ast.parse((root / "quantkit" / "kernels" / "ops.py").read_text())
     checked = 0
     for node in ast.walk(tree):

@@ -389,6 +389,61 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
+                    reason="the decode kernel's fold is NVIDIA's")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_fold_in_the_decode_kernel(device, dtype):
+    """ops.Fold in the decode kernel (QkResidualNorm) on Llama-3-8B's hidden size and an odd one: the residual add
+    and the next norm's input bit for bit those of torch's ops on the same kernel's plain output, the RMSNorm's scale
+    within FOLD_TOLERANCE of that output scaled after it (a gated pair too), at 1 to 16 rows, one token tile or
+    several, the warps sharing a tile or not, unsplit, through a cluster and the workspace, eagerly and as a
+    programmatic launch in a CUDA graph; at 64 rows, whichever kernel the dispatch takes (the fold after it where it
+    is not the decode kernel), within the tolerance of the reference's."""
+    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale
+    from quantkit.kernels.packing import interleave_glu
+
+    tol = testing.FOLD_TOLERANCE[dtype]
+    for n, k, g, act in ((4096, 4096, 128, False), (576, 1536, 64, True)):
+        packed = prepare(testing.random_qlinear(n, k, group_size=g, sym=False, act_order=act, dtype=dtype, seed=n),
+                         device=device)
+        pair = interleave_glu(*(prepare(testing.random_qlinear(528, k, group_size=g, sym=True, act_order=False,
+                                                               dtype=dtype, seed=n + 1 + i), device=device)
+                                for i in range(2)))
+        bias = testing.random_activations(1, n, dtype=dtype, seed=n + 3, device=device)[0]
+        next_w = testing.random_activations(1, n, dtype=dtype, seed=n + 4, device=device)[0]
+        for m in (1, 2, 3, 8, 16):
+            x, h = (testing.random_activations(m, k, dtype=dtype, seed=n + 10 * m + i, device=device) for i in (5, 6))
+            residual = testing.random_activations(m, n, dtype=dtype, seed=n + 10 * m + 7, device=device)
+            for how in ({}, {"splits": 1}, {"splits": 2, "cluster": True}, {"splits": 32, "cluster": False},
+                        {"wk": False}, {"mt": 2, "wk": False}):
+                case = dict(backend="mma", staged=False, **how)
+                plain = w4a16_linear(x, packed, bias, **case)
+                got = w4a16_linear(x, packed, bias, fold=Fold(residual=residual, next_w=next_w), **case)
+                assert torch.equal(got, add_residual(plain, residual, next_w)), (n, m, how)
+                assert torch.equal(w4a16_linear(x, packed, bias, fold=Fold(residual=residual), **case), got[0])
+                rows = w4a16_linear(x, packed, None, **case).float()
+                got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5), **case)
+                assert testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float()) <= tol, (n, m, how)
+                if how.get("wk", True):
+                    rows = w4a16_linear(h, pair, None, **case).float()
+                    got = w4a16_linear(h, pair, None, glu=True, fold=Fold(rms=x, eps=1e-6), **case)
+                    assert testing.error_against(got, glu_interleaved(rows * rms_scale(x, 1e-6))) <= tol, (n, m, how)
+        x, h = (testing.random_activations(64, k, dtype=dtype, seed=n + i, device=device) for i in (8, 9))
+        want = w4a16_linear(x, packed, bias, backend="reference", fold=Fold(rms=h, eps=1e-5))
+        got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5))
+        assert testing.error_against(got, want.double()) <= tol
+    x, h = (testing.random_activations(1, k, dtype=dtype, seed=i, device=device) for i in (60, 61))
+    residual = testing.random_activations(1, n, dtype=dtype, seed=62, device=device)
+    fold = Fold(rms=h, eps=1e-5, residual=residual, next_w=next_w)
+    want = w4a16_linear(x, packed, bias, backend="mma", staged=False, fold=fold)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = w4a16_linear(x, packed, bias, backend="mma", staged=False, fold=fold, pdl=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the wgmma kernel runs on Hopper (compute capability 9.0)")
 @pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, True, False), (torch.float16, False, True)],

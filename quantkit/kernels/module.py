@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.kernels.ops import l2_prefetch, w4a16_linear
+from quantkit.kernels.ops import Fold, l2_prefetch, w4a16_linear
 from quantkit.kernels.packing import PackedLinear, concat, glu_order, interleave_glu, prepare
 from quantkit.qlinear import QuantizedLinear
 
@@ -66,9 +66,14 @@ class W4A16Linear(nn.Module):
         which kernels.ops.glu_interleaved applies)."""
         return self._linear(x, False)
 
-    def _linear(self, x: torch.Tensor, glu: bool) -> torch.Tensor:
+    def folded(self, x: torch.Tensor, fold: Fold) -> torch.Tensor:
+        """forward with a decoder layer's residual add and RMSNorm folded in (kernels.ops.Fold; with fold.next_w the
+        result is [2, ..., N])."""
+        return self._linear(x, self.glu, fold)
+
+    def _linear(self, x: torch.Tensor, glu: bool, fold: Fold | None = None) -> torch.Tensor:
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend,
-                            warm=self._warm(x.numel() // max(1, x.shape[-1])), glu=glu, pdl=self.pdl)
+                            warm=self._warm(x.numel() // max(1, x.shape[-1])), glu=glu, pdl=self.pdl, fold=fold)
 
     def _warm(self, rows: int) -> tuple[PackedLinear, int | None] | None:
         return self.warm[:2] if self.warm is not None and rows <= self.warm[2] else None

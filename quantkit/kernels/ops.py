@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.kernels import build, selfcheck
 from quantkit.kernels.packing import SUPPORTED_DTYPES, PackedLinear, mma_chunk_order
-from quantkit.kernels.reference import reference_linear
+from quantkit.kernels.reference import reference_linear, reference_weight
 
 log = logging.getLogger(__name__)
 
@@ -297,11 +298,14 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
-         cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False) -> torch.Tensor:
+         cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False,
+         fold: "Fold | None" = None) -> torch.Tensor:
     """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
     blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds (its own weights then read evict-first where
     L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch. glu: the layer is a gated pair in
-    packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]."""
+    packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]. fold: the residual add and
+    RMSNorm folded into the decode kernel (its operands as [M, ...] rows; not staged); with fold.next_w the result is
+    [2, M, N] (the stream, then its next normalization's input)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -316,18 +320,23 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
         raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
-    out = torch.empty(m, n // 2 if glu else n, dtype=x2.dtype, device=x2.device)
+    if fold is not None and staged:
+        raise UnsupportedError("the residual add and RMSNorm fold into the streaming kernel, not the staged one")
+    pair = fold is not None and fold.next_w is not None
+    full = torch.empty(2 if pair else 1, m, n // 2 if glu else n, dtype=x2.dtype, device=x2.device)
+    out = full[0]
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
+    rms, eps, residual, next_w, g = fold.operands(full) if fold is not None else (None, 0.0, None, None, None)
     # the decode kernel's blocks request them (not its glu instances: a launch of its own after those)
     in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu
     tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
-                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu)
+                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g)
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
-    return out
+    return full if pair else out
 
 
 def wgmma_bt(m: int, n: int) -> int:
@@ -742,6 +751,67 @@ def kernel_path(m: int, packed: PackedLinear, x: torch.Tensor) -> tuple[str, str
                           sms=_sm_count(x.device)), ""
 
 
+@dataclass(frozen=True)
+class Fold:
+    """A decoder layer's residual add and RMSNorm folded into a linear (w4a16_linear's rms / residual / next_w), its
+    operands as rows [M, ...]: rms [M, K] the stream h whose RMSNorm x is, x being round(h * norm weight): each row's
+    product is scaled by rsqrt(mean(h^2) + eps) before the bias; residual [M, N]: the result is round(residual +
+    round(y)); next_w [N]: with it also round(result * next_w), the next RMSNorm's input before its scale."""
+    rms: torch.Tensor | None = None
+    eps: float = 0.0
+    residual: torch.Tensor | None = None
+    next_w: torch.Tensor | None = None
+
+    def operands(self, full: torch.Tensor) -> tuple:
+        """The extension's (rms, eps, residual, next_w, g) for the result full ([2, M, N] with next_w: g is full[1])."""
+        return self.rms, float(self.eps), self.residual, self.next_w, full[1] if self.next_w is not None else None
+
+
+def rms_scale(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """rsqrt(mean(h^2) + eps) over h's last dimension, fp32, keeping it (an RMSNorm's scale, as transformers'
+    LlamaRMSNorm computes it)."""
+    return torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
+def add_residual(y: torch.Tensor, residual: torch.Tensor, next_w: torch.Tensor | None) -> torch.Tensor:
+    """residual + y in their 16-bit dtype (one rounding); with next_w, stacked with that times next_w: [2, ..., N]."""
+    h = residual + y.to(residual.dtype)
+    return h if next_w is None else torch.stack([h, h * next_w])
+
+
+def _scaled_after(rows: torch.Tensor, bias: torch.Tensor | None, glu: bool, fold: Fold, dtype: torch.dtype
+                  ) -> torch.Tensor:
+    """A fold's RMSNorm scale (fold.rms) applied in torch ops to a linear's own rows [M, N] (fp32 or 16-bit, no bias,
+    before a gated pair's SiLU and multiply), then the bias and the pair's SiLU and multiply, rounded once to dtype;
+    then the rest of the fold (_added_after)."""
+    y = rows.float() * rms_scale(fold.rms, fold.eps)
+    if bias is not None:
+        y = y + bias.float()
+    return _added_after((glu_interleaved(y) if glu else y).to(dtype), fold)
+
+
+def _added_after(y: torch.Tensor, fold: Fold) -> torch.Tensor:
+    """A fold's residual add (and next_w) applied in torch ops to a linear's output y, where the kernel that ran
+    cannot fold it, and the reference's."""
+    return add_residual(y, fold.residual, fold.next_w) if fold.residual is not None else y
+
+
+def _check_fold(fold: Fold, x: torch.Tensor, n_out: int, glu: bool) -> None:
+    rows = x.shape[:-1]
+    if fold.rms is not None and (fold.rms.shape != x.shape or fold.rms.dtype != x.dtype):
+        raise InputError(f"rms must be x's shape {tuple(x.shape)} and dtype, got {tuple(fold.rms.shape)} "
+                         f"{fold.rms.dtype}")
+    if fold.residual is not None:
+        if glu:
+            raise InputError("residual is not for a gated pair (glu): its output is the MLP's inside")
+        if fold.residual.shape != (*rows, n_out) or fold.residual.dtype != x.dtype:
+            raise InputError(f"residual must be {(*rows, n_out)} in x's dtype, got {tuple(fold.residual.shape)} "
+                             f"{fold.residual.dtype}")
+    if fold.next_w is not None and (fold.residual is None or fold.next_w.shape != (n_out,)):
+        raise InputError(f"next_w needs residual and shape ({n_out},), got {tuple(fold.next_w.shape)}"
+                         f"{'' if fold.residual is not None else ' without residual'}")
+
+
 def glu_interleaved(y: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up from y [..., N], the output of a gated pair in packing.glu_order (each 16 features: 8 of gate,
     then up's 8 of the same features): [..., N / 2]."""
@@ -822,6 +892,7 @@ def w4a16_linear(
     pipelined: bool | None = None,
     warm: tuple[PackedLinear, int | None] | None = None,
     glu: bool = False,
+    fold: Fold | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -833,6 +904,11 @@ def w4a16_linear(
     of its weights into the L2, as l2_prefetch does: from the decode kernel's blocks as they finish where it runs
     with its warps sharing a tile and L2_PREFETCH_IN_KERNEL holds, else by l2_prefetch's own launch after it (nothing
     where l2_prefetch_ready does not hold for that layer or it is on another device).
+
+    fold (Fold, its tensors in x's leading shape): a decoder layer's residual add and RMSNorm folded in: into the
+    decode kernel where the "mma" path runs it (not staged), else applied in torch ops after the kernel (and the
+    reference). With fold.next_w the result is [2, ..., N]: the residual stream, then the next RMSNorm's input before
+    its scale (quantkit.eval.fuse's folded decoder layers).
 
     splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
@@ -852,12 +928,19 @@ def w4a16_linear(
     _check_inputs(x, packed, bias, backend)
     if glu and packed.out_features % 16:
         raise InputError(f"a gated pair (glu) has a multiple of 16 output features, this layer {packed.out_features}")
+    n_out = packed.out_features // 2 if glu else packed.out_features
+    if fold is not None:
+        _check_fold(fold, x, n_out, glu)
     lead, k = x.shape[:-1], x.shape[-1]
     m = math.prod(lead) if lead else 1
     path, reason = kernel_path(m, packed, x) if backend != "reference" else ("", "")
     if backend == "reference" or (backend == "auto" and not path):
+        if fold is not None and fold.rms is not None:  # the rows in fp32, the scale, bias and roundings after them
+            rows = F.linear(x.float(), reference_weight(packed, torch.float32).to(x.device))
+            return _scaled_after(rows, bias, glu, fold, x.dtype)
         y = reference_linear(x, packed, bias)
-        return glu_interleaved(y) if glu else y
+        y = glu_interleaved(y) if glu else y
+        return y if fold is None else _added_after(y, fold)
     if backend == "auto":
         selfcheck.self_check(x.device)
         backend = path
@@ -868,27 +951,39 @@ def w4a16_linear(
         backend = path
     else:
         _check_forced(backend, packed, x)
-    n_out = packed.out_features // 2 if glu else packed.out_features
     if m == 0:
-        return x.new_zeros(*lead, n_out)
+        return x.new_zeros(*((2,) if fold is not None and fold.next_w is not None else ()), *lead, n_out)
+    # the fold after the kernel, in torch ops, where the kernel that runs cannot take it (with an RMSNorm scale its rows
+    # then come without the bias and the pair's SiLU and multiply)
+    after = fold is not None and not (backend == "mma" and not (mma_staged(m, packed.out_features) if staged is None
+                                                                 else staged))
+    bias_k, glu_k, kfold = bias, glu, None
+    if after and fold.rms is not None:
+        bias_k, glu_k = None, False
+    elif not after and fold is not None:
+        kfold = Fold(
+            None if fold.rms is None else fold.rms.reshape(m, k).contiguous(), fold.eps,
+            None if fold.residual is None else fold.residual.reshape(m, n_out).contiguous(),
+            None if fold.next_w is None else fold.next_w.contiguous())
     x2 = x.reshape(m, k)
     if backend == "wgmma":  # _wgmma puts x in its kernel's k order (and act-order) itself
         x2 = x2.contiguous()
     else:
         x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
-    x2, b = _operands(x2, bias)
+    x2, b = _operands(x2, bias_k)
     if warm is not None and not (l2_prefetch_ready(warm[0]) and _on_layer_device(x2, warm[0])):
         warm = None
     ranges = _prefetch_ranges(warm[0], x.dtype, warm[1]) if warm is not None else None
-    fold = glu and GLU_EPILOGUE and (
+    glu_fold = glu_k and GLU_EPILOGUE and (
         (backend == "mma" and _glu_in_stream(m, packed.out_features, mt, staged, wk))
         or (backend == "wgmma" and GLU_WS and not (pipelined or cluster)
             and (wgmma_ws(m, packed.out_features, k, _sm_count(x.device)) if ws is None else ws)))
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
-        y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=fold), None
+        y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=glu_fold,
+                         fold=kfold), None
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined,
-                   glu=fold)
+                   glu=glu_fold)
     elif backend == "dequant":
         y = F.linear(x2, dequantize_weight(packed, x.dtype), b)
     elif backend == "wmma":
@@ -897,6 +992,10 @@ def w4a16_linear(
         y = _dot2(x2, packed, b)
     if ranges is not None:
         build.load_extension().l2_prefetch(*ranges)
-    if glu and not fold:
+    if glu_k and not glu_fold:
         y = glu_interleaved(y)
-    return y.reshape(*lead, n_out)
+    if after:
+        rows = Fold(None if fold.rms is None else fold.rms.reshape(m, k), fold.eps,
+                    None if fold.residual is None else fold.residual.reshape(m, n_out), fold.next_w)
+        y = _added_after(y, rows) if fold.rms is None else _scaled_after(y, bias, glu, rows, x.dtype)
+    return y.reshape(*((2,) if y.dim() == 3 else ()), *lead, n_out)

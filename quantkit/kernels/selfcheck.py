@@ -5,7 +5,8 @@ Three sets of cases: every kernel path forced on small layers (CASES), the dispa
 two layers of 2^25 weights (DISPATCH_CASES), where it takes what the small layers never reach: on Hopper the
 warp-specialized kernel at every tile (16 to 256 tokens a block) under stream-K, cluster split-K and the plain grid,
 and everywhere the decode kernel on deep K, with as many splits as a real layer gets; and on NVIDIA a gated pair
-through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE)."""
+through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE) and a decoder layer's residual add and RMSNorm
+folded into the decode kernel (FOLD_CASE)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ GLU_CASE = (272, 1536, 64, False, (1, 8, 16, 32))
 # dispatch takes that kernel on an H100 / H200 (stream-K and the grid, 32 to 256 tokens a block).
 GLU_WS_CASE = (1024, 16384, 128, True, (31, 48, 77, 200, 640))
 
+# (N, K, group, sym, act_order, Ms): a decoder layer's residual add and RMSNorm folded into the decode kernel
+# (ops.Fold) at each M, unsplit, through a cluster and the workspace: the stream and the next norm's input against the
+# same kernel's plain output added in torch ops (bit for bit), and the norm's scale against the plain output scaled
+# after it; a gated pair (GLU_CASE's) with the scale too.
+FOLD_CASE = (320, 1536, 64, False, True, (1, 3, 8))
 _checked: set = set()
 
 
@@ -111,6 +117,50 @@ def _check_glu(device: torch.device, dtype: torch.dtype, seed: int, case: tuple)
                     f"{tol:.1e}; do not use its results, report this with the GPU name")
 
 
+def _fold_error(what: str, device, m: int, n: int, k: int, splits, dtype, detail: str) -> KernelSelfCheckError:
+    return KernelSelfCheckError(
+        f"W4A16 kernel 'mma' with the folded {what} disagrees with its plain output on {device} (M={m} N={n} K={k} "
+        f"splits={splits} {dtype}): {detail}; do not use its results, report this with the GPU name")
+
+
+def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """FOLD_CASE: the decode kernel with ops.Fold against its own plain output with the fold applied after it."""
+    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale, w4a16_linear  # late: ops calls us
+    from quantkit.kernels.packing import interleave_glu
+
+    n, k, g, sym, act, ms = FOLD_CASE
+    packed = prepare(testing.random_qlinear(n, k, group_size=g, sym=sym, act_order=act, dtype=dtype, seed=seed),
+                     device=device, layouts=("mma",))
+    inter, gk, gg, gsym, _ = GLU_CASE
+    pair = interleave_glu(*(prepare(testing.random_qlinear(inter, gk, group_size=gg, sym=gsym, act_order=False,
+                                                           dtype=dtype, seed=seed + i), device=device, layouts=("mma",))
+                            for i in range(2)))
+    bias = testing.random_activations(1, n, dtype=dtype, seed=300 + seed, device=device)[0]
+    next_w = testing.random_activations(1, n, dtype=dtype, seed=301 + seed, device=device)[0]
+    tol = testing.FOLD_TOLERANCE[dtype]
+    for m in ms:
+        x = testing.random_activations(m, k, dtype=dtype, seed=400 + m, device=device)
+        h = testing.random_activations(m, k, dtype=dtype, seed=500 + m, device=device)
+        residual = testing.random_activations(m, n, dtype=dtype, seed=600 + m, device=device)
+        hx = testing.random_activations(m, gk, dtype=dtype, seed=700 + m, device=device)
+        for splits in (None, 2, 32):
+            plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits)
+            got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(residual=residual, next_w=next_w))
+            if not torch.equal(got, add_residual(plain, residual, next_w)):
+                raise _fold_error("residual add", device, m, n, k, splits, dtype, "not bit for bit")
+            rows = w4a16_linear(x, packed, None, backend="mma", splits=splits).float()
+            got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(rms=h, eps=1e-5))
+            err = testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float())
+            if not err <= tol:
+                raise _fold_error("RMSNorm scale", device, m, n, k, splits, dtype, f"relative error {err:.2e} > {tol:.1e}")
+            rows = w4a16_linear(hx, pair, None, backend="mma", splits=splits).float()
+            got = w4a16_linear(hx, pair, None, backend="mma", splits=splits, glu=True, fold=Fold(rms=hx, eps=1e-5))
+            err = testing.error_against(got, glu_interleaved(rows * rms_scale(hx, 1e-5)))
+            if not err <= tol:
+                raise _fold_error("RMSNorm scale of a gated pair", device, m, 2 * inter, gk, splits, dtype,
+                                  f"relative error {err:.2e} > {tol:.1e}")
+
+
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
     """Run every kernel path on CASES and the dispatch on DISPATCH_CASES; raise KernelSelfCheckError on the first
     mismatch."""
@@ -151,6 +201,8 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
                 _check_glu(device, dtype, len(CASES) + len(DISPATCH_CASES), GLU_CASE)
             if GLU_WS:
                 _check_glu(device, torch.bfloat16, len(CASES) + len(DISPATCH_CASES) + 2, GLU_WS_CASE)
+            for dtype in (torch.float16, torch.bfloat16):
+                _check_fold(device, dtype, len(CASES) + len(DISPATCH_CASES) + 3)
     except Exception:
         _checked.discard(device)
         raise

@@ -9,7 +9,8 @@ path adds split-K partials into the 16-bit output (formats.md §2), one more rou
 grows with sqrt(splits); so does the WMMA path's (at most 4 splits: ops.WMMA_MAX_SPLITS). A wrong index, a missed
 group or a stale zero gives errors of order 1. A gated pair's output (w4a16_linear(glu=True): silu(gate) * up of the
 fp32 sums, rounded once) is held to twice TOLERANCE (GLU_TOLERANCE), the size of the unfused path's two roundings (the
-sums, then the product), against silu(gate) * up of the fp64 products.
+sums, then the product), against silu(gate) * up of the fp64 products. A folded RMSNorm's scale (ops.Fold: the fp32
+sums scaled, rounded once) is held to the same (FOLD_TOLERANCE) against the kernel's own 16-bit output scaled after it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from quantkit.qlinear import QuantizedLinear
 
 TOLERANCE = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
 GLU_TOLERANCE = {dtype: 2 * tol for dtype, tol in TOLERANCE.items()}
+FOLD_TOLERANCE = GLU_TOLERANCE
 
 
 def random_qlinear(
@@ -55,14 +57,15 @@ def _product(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -
     return truth if bias is None else truth + bias.double()
 
 
-def _error(y: torch.Tensor, truth: torch.Tensor) -> float:
+def error_against(y: torch.Tensor, truth: torch.Tensor) -> float:
+    """||y - truth|| / ||truth|| (inf where y is not finite)."""
     err = (y.double() - truth).norm() / truth.norm().clamp_min(1e-30)
     return float("inf") if not torch.isfinite(y).all() else float(err)
 
 
 def relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> float:
     """||y - x W^T - b|| / ||x W^T + b||, the truth computed in fp64 from the same (dequantized) weight."""
-    return _error(y, _product(weight, x, bias))
+    return error_against(y, _product(weight, x, bias))
 
 
 def glu_relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
@@ -71,7 +74,7 @@ def glu_relative_error(y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
     up of the fp64 products."""
     from quantkit.kernels.ops import glu_interleaved  # (ops imports this module through selfcheck)
 
-    return _error(y, glu_interleaved(_product(weight, x, bias)))
+    return error_against(y, glu_interleaved(_product(weight, x, bias)))
 
 
 def tolerance(dtype: torch.dtype, *, backend: str, k: int = 0, group_size: int = 128) -> float:
