@@ -48,8 +48,8 @@ KINDS = (  # first match wins
 
 # The ops a linear of the step is, as the profiler names them: our opaque quantized linears (compiled steps) and
 # torch's (bf16 layers, lm_head); the outermost of them counts, with every kernel it launched.
-LINEAR_OPS = frozenset({"quantkit_eval::quantized_linear", "quantkit_eval::quantized_linear_image", "aten::linear",
-                        "aten::addmm", "aten::mm"})
+LINEAR_OPS = frozenset({"quantkit_eval::quantized_linear", "quantkit_eval::quantized_linear_image",
+                        "quantkit_eval::quantized_linear_folded", "aten::linear", "aten::addmm", "aten::mm"})
 
 
 def kind_of(name: str) -> str:
@@ -64,8 +64,9 @@ def _linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 def linear_roles(model: torch.nn.Module) -> list[str]:
     """The model's linears in the order a step runs them (module order, as quantkit.eval.prefetch relies on too),
-    each named by its role: its module name after the decoder block's index ("self_attn.o_proj"; "lm_head")."""
-    return [re.sub(r"^.*?\blayers\.\d+\.", "", name) for name, _ in _linears(model)]
+    each named by its role: its module name after the decoder block's index ("self_attn.o_proj"; "lm_head"; a folded
+    block's o_proj, quantkit.eval.fuse.DeferredProjection's inner, by the same name)."""
+    return [re.sub(r"^.*?\blayers\.\d+\.", "", re.sub(r"\.o_proj\.inner$", ".o_proj", name)) for name, _ in _linears(model)]
 
 
 def linear_shapes(model: torch.nn.Module) -> frozenset[tuple[int, int]]:

@@ -167,6 +167,13 @@ def test_profile_decode_times_each_linear_by_its_role():
     assert "linear ops in 3 steps" in profile_decode.by_linear(events, roles, 3, shapes)
     assert f"18 linear ops in 2 steps of {len(roles) - 4} linears" in profile_decode.by_linear(events, roles[4:], 2,
                                                                                                shapes)
+    with throughput.opaque_quantized_linears(model), torch.inference_mode(), \
+            profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):
+            model(ids[:, :1])  # one token: the folded blocks' ops (fuse.FoldedDecoderLayer)
+    got = profile_decode.by_linear(prof.events(), roles, 2, shapes)
+    assert isinstance(model.model.layers[0], fuse.FoldedDecoderLayer)
+    assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(block, blocks), "lm_head": 1}
 
 
 def test_profile_table_lists_the_linears_by_role():

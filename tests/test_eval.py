@@ -152,7 +152,8 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
 
 @pytest.mark.parametrize("flag, variable", [("throughput.COMBO_KERNELS", "QUANTKIT_COMBO_KERNELS"),
                                             ("decode_attention.PDL", "QUANTKIT_ATTENTION_PDL"),
-                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL")])
+                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL"),
+                                            ("fuse.NORM_FOLD", "QUANTKIT_NORM_FOLD")])
 def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, variable):
     probe = f"from quantkit.eval import decode_attention, fuse, throughput; print({flag})"
     for value, expected in ((None, "True"), ("0", "False"), ("1", "True")):
@@ -546,6 +547,7 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
 
     monkeypatch.setattr(decode_attention, "PDL", not glu)
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", False)  # the rest of the programmatic launches: the next test
+    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the folded layers: test_folded_decoder_layers
     if not glu:
         monkeypatch.setattr(fuse, "_is_silu", lambda act: False)
     model, base, _ = _w4a16_tiny_llama()
@@ -575,6 +577,7 @@ def test_programmatic_launches_through_the_step(monkeypatch):
 
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
     monkeypatch.setattr(decode_attention, "PDL", True)
+    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the folded layers keep them: test_folded_decoder_layers
     model, base, _ = _w4a16_tiny_llama()
     info = [fuse.fuse_projections(m) for m in (model, base)]
     assert info[0] == {"qkv": 2, "gate_up": 2, "glu": 2, "glu_pdl": 2, "o_proj_pdl": 2, "norm_pdl": 4,
@@ -625,6 +628,61 @@ def test_compiled_step_routes_a_gated_pair(monkeypatch):
             assert torch.equal(compiled(x), mlp(x))
     torch._dynamo.reset()
     assert seen == [[False], [True]], seen  # 8 rows: the op whole; 2 rows: its sums, then torch's ops
+    assert not throughput._OPAQUE
+
+
+def test_folded_decoder_layers(monkeypatch):
+    """quantkit.eval.fuse.fold_layers (in fuse_projections, the 4-bit model only): every block a FoldedDecoderLayer
+    whose residual adds and RMSNorms ride in its 4-bit linears (kernels.ops.Fold) at one token a step
+    (NORM_FOLD_ROWS): the same logits as the unfolded model a rounding apart, bit for bit at more tokens (the block's
+    own order of operations) and with no rows folded; the cached decode step agrees with a plain forward pass; the
+    programmatic launches stay; a compiled step traces the four folded linears of each block as the folded op; a
+    model whose blocks are not all foldable (the bf16 one) is left as it is."""
+    from transformers import DynamicCache
+
+    from quantkit.eval import decode_attention, fuse
+
+    monkeypatch.setattr(decode_attention, "PDL", True)
+    monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
+    plain, base, _ = _w4a16_tiny_llama()
+    model, _, _ = _w4a16_tiny_llama()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
+    with torch.inference_mode():
+        monkeypatch.setattr(fuse, "NORM_FOLD", False)
+        fuse.fuse_projections(plain)
+        monkeypatch.setattr(fuse, "NORM_FOLD", True)
+        info = [fuse.fuse_projections(m) for m in (model, base)]
+        assert info[0]["norm_fold"] == 2 and info[0]["norm_fold_rows"] == fuse.NORM_FOLD_ROWS == 1
+        assert "norm_fold" not in info[1] and fuse.fold_layers(base) == 0
+        assert not any(isinstance(b, fuse.FoldedDecoderLayer) for b in base.model.layers)
+        layers = model.model.layers
+        assert all(isinstance(b, fuse.FoldedDecoderLayer) for b in layers) and layers[-1].next_norm is None
+        assert layers[0].next_norm is layers[1].input_layernorm and fuse.fold_layers(model) == 2
+        block = layers[0]
+        assert [block.self_attn.q_proj.shared.fused.pdl, block.self_attn.o_proj.inner.pdl, block.mlp.gate_up.pdl,
+                block.mlp.down_proj.pdl] == [True] * 4
+        assert torch.equal(model(ids).logits, plain(ids).logits)  # 18 rows: not folded
+        one = model(ids[:1, :1]).logits
+        assert 0 < rel(one, plain(ids[:1, :1]).logits) < 2e-2
+        cache = DynamicCache(config=model.config)
+        model(ids[:1, :8], **throughput._forward_kwargs(model, cache), use_cache=True)
+        step = model(ids[:1, 8:], **throughput._forward_kwargs(model, cache), use_cache=True).logits[:, -1]
+        assert rel(step, model(ids[:1]).logits[:, -1]) < 2e-2
+        monkeypatch.setattr(fuse, "NORM_FOLD_ROWS", 0)
+        assert torch.equal(model(ids[:1, :1]).logits, plain(ids[:1, :1]).logits)
+        monkeypatch.setattr(fuse, "NORM_FOLD_ROWS", 1)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(sum(n.op == "call_function" and "quantized_linear_folded" in str(n.target) for n in gm.graph.nodes))
+        return gm.forward
+
+    with throughput.opaque_quantized_linears(model), torch.inference_mode():
+        compiled = torch.compile(model, dynamic=False, backend=backend)
+        assert torch.equal(compiled(ids[:1, :1]).logits, one)
+    torch._dynamo.reset()
+    assert seen == [8], seen  # q/k/v, o_proj, gate/up and down of each of the two blocks
     assert not throughput._OPAQUE
 
 
@@ -729,13 +787,15 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
         assert not pdl or wait < trigger  # the next kernel launches only once this one has waited
 
 
-def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
+def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run(monkeypatch):
     """quantkit.eval.prefetch: "next" chains every W4A16 linear of the fused model to the one after it, across
     blocks; "attention" keeps the q/k/v -> o pair of each block; warmed() sets W4A16Linear.warm on the requesting
     layers only, with the limits, and takes it back; a layer without the extension requests nothing (on CPU) and
     still computes; an unknown mode is refused."""
     from quantkit.eval import fuse, prefetch, random_weights
     from quantkit.kernels import W4A16Linear
+
+    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the blocks' own names (folded: o_proj is self_attn.o_proj.inner)
 
     model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu",
                                        module_factory=lambda ql: W4A16Linear.from_quantized(ql, device="cpu"),

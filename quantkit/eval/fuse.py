@@ -21,6 +21,7 @@ from torch import nn
 
 from quantkit.errors import QuantkitError
 from quantkit.eval import decode_attention
+from quantkit.kernels.ops import Fold
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,18 @@ class FusedProjections(nn.Module):
         self.bounds = [(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
+        self._primed = False
+
+    def prime(self, x: torch.Tensor, fold) -> None:
+        """Compute the projections of x with a decoder layer's RMSNorm folded in (kernels.ops.Fold), for the parts
+        that the attention then asks for with x (FoldedDecoderLayer)."""
+        self._x, self._y, self._primed = x, self.fused.folded(x, fold), True
 
     def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        if i == 0 or self._x is not x:  # the first projection computes them all; a different input is recomputed
+        # the first projection computes them all (unless primed with x); a different input is recomputed
+        if (i == 0 and not self._primed) or self._x is not x:
             self._x, self._y = x, self.fused(x)
+        self._primed = False
         lo, hi = self.bounds[i]
         y = self._y[..., lo:hi]
         if i == len(self.bounds) - 1:
@@ -112,6 +121,97 @@ class FusedGatedMLP(nn.Module):
             return self.down_proj(self.gate_up(x))
         gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)
+
+
+# A 4-bit model's decoder layers with their residual adds and RMSNorms folded into its kernels (FoldedDecoderLayer) at
+# steps of up to NORM_FOLD_ROWS tokens (the decode steps of those batches): the two normalizations and the residual
+# adds of a layer are then no launches of their own. QUANTKIT_NORM_FOLD=0 turns it off, QUANTKIT_NORM_FOLD_ROWS sets
+# the rows; the eval records both.
+NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "1") != "0"
+NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
+
+
+class DeferredProjection(nn.Module):
+    """In an attention block folded by FoldedDecoderLayer, where o_proj was: the attention's output passes through,
+    and the layer applies o_proj (``inner``) itself, with the residual add folded in."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _rms_eps(norm: nn.Module) -> float | None:
+    """The epsilon of an RMSNorm of transformers' Llama form (weight * normalized), or None for anything else."""
+    eps = getattr(norm, "variance_epsilon", None)
+    weight = getattr(norm, "weight", None)
+    if not type(norm).__name__.endswith("RMSNorm") or not isinstance(eps, float) or weight is None:
+        return None
+    return eps
+
+
+class FoldedDecoderLayer(nn.Module):
+    """A decoder block (pre-norm attention and gated MLP with transformers' Llama RMSNorm; its 4-bit q/k/v, o_proj,
+    gate/up pair and down) whose residual adds and normalizations run inside its kernels at steps of up to
+    NORM_FOLD_ROWS tokens (kernels.ops.Fold): q/k/v take x = round(h * norm weight) and scale their rows by the norm's
+    rsqrt(mean(h^2) + eps); o_proj writes the stream after its residual add and the next normalization's x (its weight
+    times that stream), gate/up scales like q/k/v, down writes the stream and the next layer's x. Between folded
+    layers the hidden states are [2, ..., D]: the stream h and that x; the first layer makes x in torch ops, the last
+    returns h alone. At more tokens, the block's own order of operations (o_proj called here). Every decoder block of
+    the model is folded or none (fold_layers)."""
+
+    def __init__(self, block: nn.Module, next_norm: nn.Module | None):
+        super().__init__()
+        self.self_attn, self.mlp = block.self_attn, block.mlp
+        self.input_layernorm, self.post_attention_layernorm = block.input_layernorm, block.post_attention_layernorm
+        if hasattr(block, "attention_type"):  # read by the model's loop (sliding-window layers)
+            self.attention_type = block.attention_type
+        self.self_attn.o_proj = DeferredProjection(block.self_attn.o_proj)
+        self.eps_in, self.eps_post = _rms_eps(self.input_layernorm), _rms_eps(self.post_attention_layernorm)
+        object.__setattr__(self, "next_norm", next_norm)  # the next layer's input_layernorm (its module, not ours)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        attn, mlp = self.self_attn, self.mlp
+        carry = hidden_states.dim() == 4  # [2, ..., D] from the folded layer before
+        h = hidden_states[0] if carry else hidden_states
+        if not (carry or (NORM_FOLD and h.numel() // h.shape[-1] <= NORM_FOLD_ROWS)):
+            x, _ = attn(hidden_states=self.input_layernorm(h), **kwargs)
+            h = h + attn.o_proj.inner(x)
+            return h + mlp(self.post_attention_layernorm(h))
+        x = hidden_states[1] if carry else h * self.input_layernorm.weight
+        attn.q_proj.shared.prime(x, Fold(rms=h, eps=self.eps_in))
+        a, _ = attn(hidden_states=x, **kwargs)
+        hx = attn.o_proj.inner.folded(a, Fold(residual=h, next_w=self.post_attention_layernorm.weight))
+        u = mlp.gate_up.folded(hx[1], Fold(rms=hx[0], eps=self.eps_post))
+        nxt = None if self.next_norm is None else self.next_norm.weight
+        return mlp.down_proj.folded(u, Fold(residual=hx[0], next_w=nxt))
+
+
+def _foldable(block: nn.Module) -> bool:
+    attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+    q = getattr(attn, "q_proj", None)
+    linears = [getattr(getattr(q, "shared", None), "fused", None), getattr(attn, "o_proj", None),
+               getattr(mlp, "gate_up", None), getattr(mlp, "down_proj", None)]
+    return (isinstance(q, ProjectionPart) and isinstance(mlp, FusedGatedMLP) and getattr(mlp.gate_up, "glu", False)
+            and all(hasattr(m, "folded") for m in linears)
+            and all(_rms_eps(getattr(block, n, None)) is not None
+                    for n in ("input_layernorm", "post_attention_layernorm")))
+
+
+def fold_layers(model: nn.Module) -> int:
+    """Every decoder block of ``model`` (already fused: fuse_projections) as a FoldedDecoderLayer, in place, where all
+    of them can be (4-bit q/k/v, o_proj, gated pair and down, Llama RMSNorms); returns how many (0: none)."""
+    layers = model.get_decoder().layers
+    if not len(layers) or not all(isinstance(b, FoldedDecoderLayer) or _foldable(b) for b in layers):
+        return 0
+    for i, block in enumerate(layers):
+        if not isinstance(block, FoldedDecoderLayer):
+            layers[i] = FoldedDecoderLayer(block, None)
+    for i, layer in enumerate(layers):
+        object.__setattr__(layer, "next_norm", layers[i + 1].input_layernorm if i + 1 < len(layers) else None)
+    return len(layers)
 
 
 def _is_silu(act) -> bool:
@@ -179,4 +279,7 @@ def fuse_projections(model: nn.Module) -> dict:
                 _programmatic(getattr(getattr(linear, "shared", None), "fused", linear), info, "norm_pdl")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    folded = fold_layers(model) if NORM_FOLD else 0
+    if folded:
+        info.update(norm_fold=folded, norm_fold_rows=NORM_FOLD_ROWS)
     return info

@@ -203,6 +203,18 @@ def _(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
     return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]) // (2 if glu else 1))
 
 
+@torch.library.custom_op("quantkit_eval::quantized_linear_folded", mutates_args=())
+def _quantized_linear_folded(x: torch.Tensor, rms: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
+                             next_w: torch.Tensor | None, layer: int) -> torch.Tensor:
+    return _OPAQUE[layer].folded(x, kernel_ops.Fold(rms, eps, residual, next_w))
+
+
+@_quantized_linear_folded.register_fake
+def _(x, rms, eps, residual, next_w, layer):
+    out = x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
+    return out if next_w is None else out.new_empty(2, *out.shape)
+
+
 class _Opaque(nn.Module):
     """A quantized linear that torch.compile sees as one custom op (it runs the module as it is). Where the module
     is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
@@ -225,6 +237,11 @@ class _Opaque(nn.Module):
         ready = self.glu and on_kernels and kernel_ops.glu_ready(packed)
         self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if ready else None
         self.sms = kernel_ops.sm_count(packed.device) if self.image or ready else 0
+
+    def folded(self, x: torch.Tensor, fold: kernel_ops.Fold) -> torch.Tensor:
+        """The module's folded() as one custom op (a decoder layer's residual add and RMSNorm folded in)."""
+        return torch.ops.quantkit_eval.quantized_linear_folded(x, fold.rms, fold.eps, fold.residual, fold.next_w,
+                                                               self.layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
