@@ -11,10 +11,15 @@ the split kernel at every combination of its launch settings (quantkit.eval.deco
 BLOCK_S, NUM_WARPS), each named split_p{programs a multiprocessor}_b{block}_w{warps}. split_up is the default settings
 with the split count rounded up (SPLITS_ROUND "up": two ranges a pair and the combining kernel at batch 32, not one);
 split_full is the default settings with the ranges cutting the whole cache (MASK_BOUND off) instead of
-ending at the last position that attends. --o-proj also times the layer after attention with it: the split kernels
-then a 4-bit o_proj of the model's shape (group 128, quantkit's W4A16 kernel), as plain launches (split+o_proj) and
-with the kernels' programmatic launches into it (split+o_proj_pdl, decode_attention.PDL; Hopper and later), and
-o_proj alone on the same output (o_proj).
+ending at the last position that attends; split_unfused is the default settings with the ranges combined by the
+second kernel (FUSED_COMBINE off) instead of by the last range of each pair to finish (split_fused, the other way
+round, where QUANTKIT_SPLIT_KV_FUSED_COMBINE=0 made the second kernel the default). --o-proj also times the layer
+after attention with it: the split kernels then a 4-bit o_proj of the model's shape (group 128, quantkit's W4A16
+kernel), as plain launches (split+o_proj) and with the kernels' programmatic launches into it (split+o_proj_pdl,
+decode_attention.PDL; Hopper and later), both also with the other way of combining the ranges
+(split_unfused+o_proj, split_unfused+o_proj_pdl; or split_fused+...), and o_proj alone on the same output (o_proj).
+
+    python3 bench/decode_attention_bench.py --batch 1,8 --o-proj --out bench/results/decode_attention_fused.json
 """
 
 from __future__ import annotations
@@ -39,25 +44,40 @@ class _Head(torch.nn.Module):  # what transformers hands the attention function:
         self.num_key_value_groups = groups
 
 
+def apply(settings: dict) -> None:
+    """decode_attention's launch settings (its settings() keys) set to these."""
+    for name, value in settings.items():
+        setattr(decode_attention, name, value)
+
+
+def other_combine(defaults: dict) -> tuple[str, bool]:
+    """The split variant with the ranges combined the other way from the default settings: its name and
+    decode_attention.FUSED_COMBINE."""
+    fused = not defaults["FUSED_COMBINE"]
+    return ("split_fused" if fused else "split_unfused"), fused
+
+
 def o_proj_variants(q, k, v, mask, scale: float, defaults: dict) -> dict:
     """The layer after attention: the split kernels, then a 4-bit o_proj (H * D square, group 128) on their output,
-    with plain launches and with programmatic ones (each sets decode_attention.PDL and o_proj.pdl as it is captured),
-    and the same o_proj alone on that output."""
+    with plain launches and with programmatic ones (each sets decode_attention's default settings but PDL, and
+    o_proj.pdl, as it is captured), each with the ranges combined both ways (decode_attention.FUSED_COMBINE, set
+    alike), and the same o_proj alone on the output of the default settings."""
     from quantkit.kernels import W4A16Linear, self_check, testing
 
     self_check()
     b, h, _, d = q.shape
     o_proj = W4A16Linear.from_quantized(testing.random_qlinear(h * d, h * d, group_size=128, sym=True, act_order=False,
                                                                dtype=q.dtype, seed=5), device=q.device)
+    apply(defaults)  # not what the contender before left
     attended = decode_attention.split_kv_decode(q, k, v, mask, scale).transpose(1, 2).reshape(b, h * d).contiguous()
 
-    def layer(pdl: bool):
+    def layer(pdl: bool, fused: bool = defaults["FUSED_COMBINE"]):
         def call():
-            decode_attention.PDL = pdl
+            apply({**defaults, "PDL": pdl, "FUSED_COMBINE": fused})
             o_proj.pdl = pdl
             out = decode_attention.split_kv_decode(q, k, v, mask, scale)
             y = o_proj(out.transpose(1, 2).reshape(b, h * d))
-            decode_attention.PDL = defaults["PDL"]
+            apply(defaults)
             return y
         return call
 
@@ -65,7 +85,9 @@ def o_proj_variants(q, k, v, mask, scale: float, defaults: dict) -> dict:
         o_proj.pdl = False
         return o_proj(attended)
 
-    return {"split+o_proj": layer(False), "split+o_proj_pdl": layer(True), "o_proj": alone}
+    other, fused = other_combine(defaults)
+    return {"split+o_proj": layer(False), "split+o_proj_pdl": layer(True), f"{other}+o_proj": layer(False, fused),
+            f"{other}+o_proj_pdl": layer(True, fused), "o_proj": alone}
 
 
 def main() -> int:
@@ -105,14 +127,15 @@ def main() -> int:
         def variant(kernel, settings=defaults):  # read as the step is traced and captured (DECODE_KERNEL guarded on)
             def call():
                 attention.DECODE_KERNEL = kernel
-                for name, value in settings.items():
-                    setattr(decode_attention, name, value)
+                apply(settings)
                 return compiled()
             return call
 
         fns = {"sdpa": variant("sdpa"), "split": variant("split"),
                "split_up": variant("split", {**defaults, "SPLITS_ROUND": "up"}),
                "split_full": variant("split", {**defaults, "MASK_BOUND": False})}
+        other, fused = other_combine(defaults)
+        fns[other] = variant("split", {**defaults, "FUSED_COMBINE": fused})
         if args.o_proj:
             fns.update(o_proj_variants(q, k, v, mask, scale, defaults))
         if args.sweep:
@@ -122,7 +145,8 @@ def main() -> int:
         with torch.inference_mode():
             for kernel, fn in fns.items():
                 if kernel.startswith("o_proj") or "+o_proj" in kernel:  # checked against the plain launches' bits
-                    row[kernel] = {"rel_err": 0.0 if torch.equal(fn(), fns["split+o_proj"]()) else float("inf")}
+                    plain = f"{kernel.split('+')[0]}+o_proj" if "+o_proj" in kernel else "split+o_proj"
+                    row[kernel] = {"rel_err": 0.0 if torch.equal(fn(), fns[plain]()) else float("inf")}
                     continue
                 row[kernel] = {"rel_err": ((fn().float() - want).norm() / want.norm()).item()}
             bad = [kernel for kernel in fns if not row[kernel]["rel_err"] < 1e-2]
@@ -141,8 +165,7 @@ def main() -> int:
             best = min((kernel for kernel in fns if kernel.startswith("split_")), key=lambda kernel: row[kernel]["us"])
             print(f"batch {batch:3d} fastest split: {best}, {row[best]['us']:.1f} us", flush=True)
     attention.DECODE_KERNEL = "sdpa"
-    for name, value in defaults.items():
-        setattr(decode_attention, name, value)
+    apply(defaults)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0 if ok else 1
 

@@ -152,6 +152,7 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
 
 @pytest.mark.parametrize("flag, variable", [("throughput.COMBO_KERNELS", "QUANTKIT_COMBO_KERNELS"),
                                             ("decode_attention.PDL", "QUANTKIT_ATTENTION_PDL"),
+                                            ("decode_attention.FUSED_COMBINE", "QUANTKIT_SPLIT_KV_FUSED_COMBINE"),
                                             ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL"),
                                             ("fuse.NORM_FOLD", "QUANTKIT_NORM_FOLD")])
 def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, variable):
@@ -716,6 +717,7 @@ def test_split_kv_decode_plan_and_routing():
     assert bounded(1, 8, 4096)  # a long static cache: 4 blocks a range
     assert decode_attention.settings()["MASK_BOUND"] is True
     assert decode_attention.settings()["SPLITS_ROUND"] == "nearest"
+    assert decode_attention.settings()["FUSED_COMBINE"] is decode_attention.FUSED_COMBINE is True
     q, k = torch.zeros(1, 4, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 10, 32, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
     ok = decode_attention.available()
@@ -744,22 +746,87 @@ def test_split_kv_decode_plan_and_routing():
             pass
 
 
-def test_split_kv_decode_in_the_triton_interpreter():
+@pytest.mark.parametrize("fused_combine", [True, False])
+def test_split_kv_decode_in_the_triton_interpreter(fused_combine):
     """The split kernel's arithmetic on the CPU through Triton's interpreter (where Triton is installed; the GPU
-    tests run it compiled): float16, since the interpreter's dot mishandles bfloat16."""
+    tests run it compiled): float16, since the interpreter's dot mishandles bfloat16; the ranges combined by the last
+    to finish (decode_attention.FUSED_COMBINE: the interpreter runs the programs one after another) and by the
+    combining kernel."""
     pytest.importorskip("triton")
-    code = "import torch, split_kv_check; split_kv_check.check_split_kv_decode('cpu', torch.float16)"
+    code = ("import torch, split_kv_check; "
+            f"split_kv_check.check_split_kv_decode('cpu', torch.float16, fused_combine={fused_combine})")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def test_split_kv_fused_combine_launches_one_kernel_with_the_counters(monkeypatch):
+    """decode_attention.FUSED_COMBINE, read at every call: with ranges, one launch (the ranges' kernel, FUSED, given
+    the device's counters, its tile of ranges a step bounded) instead of two; one range a pair: one launch either way,
+    not FUSED; off: the combining kernel after the ranges' kernel."""
+    pytest.importorskip("triton")
+    from quantkit.eval import decode_attention
+
+    launches = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.name, grid, args, kw))
+
+    monkeypatch.setattr(decode_attention, "_split_kv_partial", Kernel("partial"))
+    monkeypatch.setattr(decode_attention, "_split_kv_combine", Kernel("combine"))
+    q, k = torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), torch.zeros(1, 8, 640, 128, dtype=torch.bfloat16)
+    mask = torch.ones(1, 1, 1, 640, dtype=torch.bool)
+    for fused in (True, False):
+        monkeypatch.setattr(decode_attention, "FUSED_COMBINE", fused)
+        launches.clear()
+        decode_attention.split_kv_decode(q, k, k, mask, 1.0)
+        assert [(name, grid) for name, grid, _, _ in launches] == [("partial", (20, 8, 1))] + (
+            [] if fused else [("combine", (32, 1))])
+        _, _, args, kw = launches[0]
+        assert kw["FUSED"] is fused and kw["LSE"] is True
+        if fused:
+            assert args[7] is decode_attention.counters(q.device, 8) and args[7].dtype == torch.int32
+            assert (kw["GN"], kw["PP"], kw["PC"]) == (4, 32, 32)  # 4 x 32 x 128 fp32: 128 a thread of 4 warps, one tile
+        launches.clear()
+        decode_attention.split_kv_decode(q.expand(32, -1, -1, -1), k.expand(32, -1, -1, -1), k.expand(32, -1, -1, -1),
+                                          mask.expand(32, -1, -1, -1), 1.0)
+        assert [(name, grid) for name, grid, _, _ in launches] == [("partial", (1, 8, 32))]
+        assert launches[0][3]["FUSED"] is False
+
+
+def test_split_kv_counters_are_grown_only_and_never_in_a_capture(monkeypatch):
+    """decode_attention.counters: zero int32, one tensor a device of at least COUNTERS_MIN, the same tensor while it is
+    large enough; a larger one replaces it (twice the size at least) and the old one is kept alive (a captured graph
+    may replay into it); asked to grow during a CUDA graph capture it refuses instead of allocating."""
+    from quantkit.eval import decode_attention
+
+    monkeypatch.setattr(decode_attention, "_counters", {})
+    monkeypatch.setattr(decode_attention, "_retired", [])
+    cpu, least = torch.device("cpu"), decode_attention.COUNTERS_MIN
+    first = decode_attention.counters(cpu, 8)
+    assert first.dtype == torch.int32 and first.numel() == least and not first.any()
+    assert decode_attention.counters(cpu, least) is first
+    grown = decode_attention.counters(cpu, least + 1)
+    assert grown.numel() == 2 * least and not grown.any() and decode_attention._retired == [first]
+    assert decode_attention.counters(cpu, 1) is grown
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="before capturing"):
+        decode_attention.counters(torch.device("cuda", 0), 8)
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("pdl", [True, False])
-def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl):
+def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl, fused):
     """decode_attention.PDL: both kernels, compiled by Triton for sm_90 here (no GPU needed: PTX and ptxas's cubin),
     are programmatic launches that wait for the kernel before them (griddepcontrol.wait), then let the next one launch;
-    without PDL neither instruction is there."""
+    without PDL neither instruction is there. FUSED (decode_attention.FUSED_COMBINE): the ranges' kernel stores its
+    sums, then a barrier of the block, then one acq_rel add at GPU scope on the pair's counter; after it the counter's
+    reset and only loads through the L2 (ld.global.cg: the ranges' sums); without FUSED no atomic and no such load."""
     triton = pytest.importorskip("triton")
     from quantkit.eval import decode_attention
 
@@ -774,17 +841,30 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
     ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8", "o_ptr": "*fp32",
-            "lse_ptr": "*fp32", "out_ptr": "*bf16", "scale": "fp32"}
+            "lse_ptr": "*fp32", "out_ptr": "*bf16", "count_ptr": "*i32", "scale": "fp32"}
     launch = {"launch_pdl": True} if pdl else {}
     partial = compiled(decode_attention._split_kv_partial, ptrs,
-                       {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl},
-                       **launch)
+                       {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl,
+                        "FUSED": fused, "GN": 4, "PP": 64, "PC": 32}, **launch)
     combine = compiled(decode_attention._split_kv_combine, ptrs, {"PP": 64, "D": 128, "PDL": pdl}, **launch)
     for c in (partial, combine):
         ptx = c.asm["ptx"]
         wait, trigger = ptx.find("griddepcontrol.wait"), ptx.find("griddepcontrol.launch_dependents")
         assert (wait >= 0, trigger >= 0, c.metadata.launch_pdl) == (pdl, pdl, pdl)
         assert not pdl or wait < trigger  # the next kernel launches only once this one has waited
+    lines = [line.split("//")[0].strip() for line in partial.asm["ptx"].splitlines()]
+    atomics = [i for i, line in enumerate(lines) if "atom." in line]
+    cg = [i for i, line in enumerate(lines) if "ld.global.cg" in line]
+    if not fused:
+        assert atomics == [] and cg == []
+        return
+    assert len(atomics) == 1 and all(q in lines[atomics[0]] for q in (".global", ".gpu", ".acq_rel", ".add"))
+    (at,) = atomics
+    stores = [i for i, line in enumerate(lines[:at]) if "st.global" in line]
+    assert stores and any(line.startswith("bar.sync") for line in lines[stores[-1]:at])  # the sums, a barrier, the add
+    after = [line for line in lines[at:] if "ld.global" in line]
+    assert after and all("ld.global.cg" in line for line in after) and cg[0] > at
+    assert any("st.global.b32" in line for line in lines[at:])  # the counter back to zero
 
 
 def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run(monkeypatch):

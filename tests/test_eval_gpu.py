@@ -84,21 +84,27 @@ def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
     assert all(m.warm is None for m in kernel.modules() if hasattr(m, "warm"))
 
 
+@pytest.mark.parametrize("fused_combine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_split_kv_decode_matches_sdpa(dtype):
-    """quantkit.eval.decode_attention compiled for this GPU against SDPA in fp32 (tests/split_kv_check.py's cases)."""
+def test_split_kv_decode_matches_sdpa(dtype, fused_combine):
+    """quantkit.eval.decode_attention compiled for this GPU against SDPA in fp32 (tests/split_kv_check.py's cases),
+    the ranges combined in their kernel by the last to finish (FUSED_COMBINE, its counters left zero) and by the
+    combining kernel."""
     pytest.importorskip("triton")
     from split_kv_check import check_split_kv_decode
 
-    check_split_kv_decode("cuda", dtype)
+    check_split_kv_decode("cuda", dtype, fused_combine)
 
 
+@pytest.mark.parametrize("fused_combine", [True, False])
 @pytest.mark.parametrize("batch", [1, 8, 32])
-def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch, batch):
+def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch, batch, fused_combine):
     """decode_attention.PDL: the split kernels with their launch hooks and a 4-bit o_proj (4096x4096) launched as
     their programmatic dependent, captured in one CUDA graph and replayed on new inputs each time, give the bits of
     the same calls without programmatic launches (o_proj never reads attention's output early); batch 32 is one
-    range a pair (no combining kernel: o_proj follows the ranges' kernel itself)."""
+    range a pair (no combining kernel: o_proj follows the ranges' kernel itself). Both ways of combining the ranges
+    (decode_attention.FUSED_COMBINE): fused, every replay finds the arrival counters zero again (12 replays) and they
+    are zero after them."""
     pytest.importorskip("triton")
     from quantkit.eval import decode_attention
     from quantkit.kernels import W4A16Linear, kernel_available, testing
@@ -123,6 +129,7 @@ def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch,
         return o_proj(out.transpose(1, 2).reshape(batch, heads * d))
 
     inputs = [torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=gen) for _ in range(4)]
+    monkeypatch.setattr(decode_attention, "FUSED_COMBINE", fused_combine)
     monkeypatch.setattr(decode_attention, "PDL", False)
     want = []
     for x in inputs:
@@ -142,13 +149,17 @@ def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch,
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(y, w)
+    if fused_combine:
+        assert not decode_attention.counters(q.device, 0).any()
 
 
-def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
+@pytest.mark.parametrize("fused_combine", [True, False])
+def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch, fused_combine):
     """fuse.INDUCTOR_PDL with decode_attention.PDL: inductor's kernels, the attention kernels and every 4-bit linear
     as programmatic launches in the compiled, graph-captured decode steps (batch 1, 4 and 32; a 128-token prompt,
-    so that the split-KV kernels cut each cache in ranges and combine them); the run's own checks against a plain
-    forward pass hold and the record says so."""
+    so that the split-KV kernels cut each cache in ranges and combine them, in their kernel or by the combining
+    kernel: decode_attention.FUSED_COMBINE); the run's own checks against a plain forward pass hold and the record
+    says so."""
     pytest.importorskip("triton")
     from quantkit.eval import decode_attention, fuse
     from quantkit.kernels import kernel_available
@@ -158,6 +169,7 @@ def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
         pytest.skip(f"W4A16 kernels unavailable: {why}")
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
     monkeypatch.setattr(decode_attention, "PDL", True)
+    monkeypatch.setattr(decode_attention, "FUSED_COMBINE", fused_combine)
     if not (decode_attention.pdl_on(torch.device("cuda", torch.cuda.current_device())) and throughput.inductor_pdl()):
         pytest.skip("programmatic dependent launch needs compute capability 9.0, Triton's and inductor's support")
     kernel, reference, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cuda",
@@ -167,28 +179,34 @@ def test_programmatic_launches_through_the_compiled_graphed_step(monkeypatch):
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     torch._dynamo.reset()
     assert section["inductor_pdl"] is True and section["split_kv_settings"]["PDL"] is True
+    assert section["split_kv_settings"]["FUSED_COMBINE"] is fused_combine
     assert section["fused_projections"]["quantized"]["norm_pdl"] > 0
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
 
 
-def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch):
+@pytest.mark.parametrize("fused_combine", [True, False])
+def test_split_kv_decode_in_the_compiled_graphed_step(models, monkeypatch, fused_combine):
     """decode_attention "split" (the default): the throughput run's compiled, graph-captured decode steps run the split
     kernel (its plan is worked out at every real call), pass the run's own checks against a plain forward pass, and the
-    result says so."""
+    result says so; the ranges combined in their kernel (FUSED_COMBINE) or by the combining kernel."""
     pytest.importorskip("triton")
     from quantkit.eval import attention, decode_attention
 
     kernel, reference, _ = models
+    monkeypatch.setattr(decode_attention, "FUSED_COMBINE", fused_combine)
     calls = []
     real_plan = decode_attention.plan
     monkeypatch.setattr(decode_attention, "plan", lambda *a: calls.append(a) or real_plan(*a))
-    settings = throughput.Settings(batches=(1, 4), prompt_len=16, gen_len=4, warmup=1, repeats=2, compile=True)
+    # a 128-token prompt: ranges at both batches (tiny-llama's 2 KV heads), so that they are combined
+    settings = throughput.Settings(batches=(1, 4), prompt_len=128, gen_len=4, warmup=1, repeats=2, compile=True)
     assert settings.decode_attention == "split"
+    assert all(real_plan(b, 2, 132)[0] > 1 for b in settings.batches)
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     torch._dynamo.reset()
     assert section["compiled_decode"] is True and section["cuda_graphs"] is True
     assert section["decode_attention"] == "split" and attention.DECODE_KERNEL == "sdpa"  # restored after the run
     assert section["split_kv_settings"] == decode_attention.settings() and section["split_kv_settings"]["MASK_BOUND"]
+    assert section["split_kv_settings"]["FUSED_COMBINE"] is fused_combine
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
     assert {a[0] for a in calls} >= {1, 4}, calls  # batch 1 and 4 steps went through it
 

@@ -5,14 +5,15 @@ A decode step has one query token a sequence; SDPA's kernels give each (sequence
 whole cache, so at batch 1 the step's attention runs on 8 blocks (Llama-3-8B) and at batch 32 reads the cache at about
 a quarter of the copy rate (docs/kernel.md item 37). Here the cache of each (sequence, KV head) is cut into ranges
 among enough programs to fill the GPU: each computes, for the query heads of its KV head's group, its range's
-softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions);
-a second kernel weighs the ranges' sums by their log-sum-exps. The ranges cut the sequence's cache up to its last
-position that attends, which each program finds in the mask: a static cache's positions not yet written are never
-read, and its programs share what is there (the split count, planned for the whole cache, stays fixed, so a CUDA
-graph of the step replays at any length). Where one range a pair comes nearest to filling the GPU (batch 23
-and more on Llama-3-8B shapes), the one kernel writes the output itself and there is no second. One custom op
-(``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the kernels
-as they are.
+softmax-weighted sum of V and the log-sum-exp of its scores (Triton, tensor-core dots over blocks of positions), and
+the last program of each (sequence, KV head) to store its range weighs all the pair's ranges by their log-sum-exps, in
+the same kernel (FUSED_COMBINE: an arrival counter a pair; off, a second kernel does it). The ranges cut the sequence's
+cache up to its last position that attends, which each program finds in the mask: a static cache's positions not yet
+written are never read, and its programs share what is there (the split count, planned for the whole cache, stays
+fixed, so a CUDA graph of the step replays at any length). Where one range a pair comes nearest to filling the GPU
+(batch 23 and more on Llama-3-8B shapes), each program writes the output itself and there is nothing to combine. One
+custom op (``quantkit::split_kv_decode``), opaque to torch.compile, so a compiled and graph-captured step launches the
+kernels as they are.
 
 Inputs as transformers' attention functions get them: query [B, H, 1, D], key/value [B, H_kv, S, D] (a static cache),
 a boolean mask [B, 1, 1, >= S] of the positions that attend (at least one a sequence).
@@ -38,7 +39,7 @@ PROGRAMS_PER_SM = 2  # the programs plan() aims at, per multiprocessor of the GP
 # or the next above it ("up")
 SPLITS_ROUND = os.environ.get("QUANTKIT_SPLITS_ROUND", "nearest")
 NUM_WARPS = 4
-# Programmatic dependent launch (Hopper and later): both kernels are programmatic dependent launches that wait for
+# Programmatic dependent launch (Hopper and later): the kernels are programmatic dependent launches that wait for
 # the kernel before them (Triton's gdc_wait: the ranges' kernel for q and the cache, the combining kernel for the
 # ranges' sums) and then let the next kernel launch (gdc_launch_dependents), so that the layer after attention,
 # o_proj, launched as a programmatic dependent of ours (quantkit.eval.fuse sets the 4-bit model's), requests its
@@ -46,6 +47,10 @@ NUM_WARPS = 4
 # compiled batch-1 decode 6.7% faster on one H100). QUANTKIT_ATTENTION_PDL=0 turns it off (the eval records it with
 # the other settings).
 PDL = os.environ.get("QUANTKIT_ATTENTION_PDL", "1") != "0"
+# Where there are ranges: the last of a (sequence, KV head)'s ranges to finish combines them in the ranges' kernel
+# (an arrival counter a pair, counters()) instead of a second kernel; QUANTKIT_SPLIT_KV_FUSED_COMBINE=0: the
+# combining kernel (bench/decode_attention_bench.py times both)
+FUSED_COMBINE = os.environ.get("QUANTKIT_SPLIT_KV_FUSED_COMBINE", "1") != "0"
 
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) nothing here runs
     import triton
@@ -124,7 +129,7 @@ def ends_at_last_kept(chunk: int) -> bool:
 def settings() -> dict:
     """The launch settings the kernel reads at every call (what a throughput run records)."""
     return {name: globals()[name] for name in ("PROGRAMS_PER_SM", "BLOCK_S", "NUM_WARPS", "SPLITS_ROUND", "SCAN",
-                                               "MASK_BOUND", "PDL")}
+                                               "MASK_BOUND", "PDL", "FUSED_COMBINE")}
 
 
 if triton is not None:
@@ -143,13 +148,53 @@ if triton is not None:
         return m_new, l, acc
 
     @triton.jit
-    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, scale, positions,
-                          sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh,
+    def _tile(o_ptr, lse_ptr, p0, splits, soh, sop, slh, G: tl.constexpr, GN: tl.constexpr, PC: tl.constexpr,
+              D: tl.constexpr):
+        """The fused combine's ranges p0 to p0 + PC of the group's heads: their log-sum-exps [GN, PC] (-inf past
+        splits and G) and sums [GN, PC, D], read through the L2 (.cg: no L1 line that another multiprocessor's stores
+        left stale)."""
+        g, pc = tl.arange(0, GN), p0 + tl.arange(0, PC)
+        inside = (g < G)[:, None] & (pc < splits)[None, :]
+        lse = tl.load(lse_ptr + g[:, None] * slh + pc[None, :], mask=inside, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(o_ptr + g[:, None, None] * soh + pc[None, :, None] * sop + tl.arange(0, D)[None, None, :],
+                    mask=inside[:, :, None], other=0.0, cache_modifier=".cg")
+        return lse, o
+
+    @triton.jit
+    def _combine_group(o_ptr, lse_ptr, out_ptr, splits, soh, sop, slh, sxh, G: tl.constexpr, GN: tl.constexpr,
+                       PP: tl.constexpr, PC: tl.constexpr, D: tl.constexpr):
+        """The fused combine: the G query heads of one KV head together, the arithmetic of _split_kv_combine (each
+        head's ranges weighed by exp(lse - its max lse), the weighted sum over the sum of weights; a range that kept
+        nothing has lse -inf, weight 0), the sums read PC ranges a tile (bounded whatever the split count). Every
+        log-sum-exp and the first tile are loaded together: ceil(splits / PC) reads one after another."""
+        g, p, d = tl.arange(0, GN), tl.arange(0, PP), tl.arange(0, D)
+        rows = g < G
+        every = tl.load(lse_ptr + g[:, None] * slh + p[None, :], mask=rows[:, None] & (p < splits)[None, :],
+                        other=float("-inf"), cache_modifier=".cg")
+        lse, o = _tile(o_ptr, lse_ptr, 0, splits, soh, sop, slh, G, GN, PC, D)
+        top = tl.where(rows, tl.max(every, 1), 0.0)  # each head's max (every head has a range that kept something)
+        w = tl.exp(lse - top[:, None])
+        l = tl.sum(w, 1)
+        acc = tl.sum(o * w[:, :, None], 1)
+        for p0 in range(PC, splits, PC):
+            lse, o = _tile(o_ptr, lse_ptr, p0, splits, soh, sop, slh, G, GN, PC, D)
+            w = tl.exp(lse - top[:, None])
+            l += tl.sum(w, 1)
+            acc += tl.sum(o * w[:, :, None], 1)
+        out = acc / tl.where(rows, l, 1.0)[:, None]
+        tl.store(out_ptr + g[:, None] * sxh + d[None, :], out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
+
+    @triton.jit
+    def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, scale, positions,
+                          sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh, sxb, sxh,
                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr,
-                          SCAN: tl.constexpr, MASK_BOUND: tl.constexpr, PDL: tl.constexpr):
+                          SCAN: tl.constexpr, MASK_BOUND: tl.constexpr, PDL: tl.constexpr, FUSED: tl.constexpr,
+                          GN: tl.constexpr, PP: tl.constexpr, PC: tl.constexpr):
         """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range a sequence) the attention
         output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
         as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing.
+        FUSED (with LSE): the last of the pair's ranges to store its sums combines them all into out_ptr (count_ptr:
+        an arrival counter a (sequence, KV head), zero before the launch and left zero).
         PDL: a programmatic dependent launch, which waits for the kernel before it (what wrote q and the cache) and
         then lets the next one (the combining kernel, or what reads the output) launch."""
         if PDL:
@@ -192,13 +237,28 @@ if triton is not None:
                  mask=rows[:, None])
         if LSE:
             tl.store(lse_ptr + b * slb + heads * slh + p, lse, mask=rows)
+            if FUSED:
+                # The block's stores, a barrier, then one thread's acq_rel add at GPU scope: its release (cumulative,
+                # so the other threads' stores before the barrier with it) publishes this range to any program whose
+                # add comes later, and the adds on a counter are one release sequence, so the last to add (it finds
+                # the counter one short of the ranges) acquires every range's sums. Its threads get the add's result
+                # through a barrier after the acquire, and read the sums through the L2 (.cg).
+                tl.debug_barrier()
+                count_ptr = count_ptr + b * tl.num_programs(1) + hk
+                arrived = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
+                if arrived == tl.num_programs(0) - 1:
+                    tl.store(count_ptr, 0)  # every range has added: zero for the next launch (a graph's replay)
+                    _combine_group(o_ptr + b * sob + hk * G * soh, lse_ptr + b * slb + hk * G * slh,
+                                   out_ptr + b * sxb + hk * G * sxh, tl.num_programs(0), soh, sop, slh, sxh, G, GN, PP,
+                                   PC, D)
 
     @triton.jit
     def _split_kv_combine(o_ptr, lse_ptr, out_ptr, splits, sob, soh, sop, slb, slh, sxb, sxh,
                           PP: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
-        """The ranges' sums weighed by their log-sum-exps. PDL: launched as a programmatic dependent of the ranges'
-        kernel (it waits for their sums here), then lets the next kernel launch (only after its own wait: what comes
-        after may read older kernels' outputs waiting for this one alone)."""
+        """The ranges' sums weighed by their log-sum-exps, one query head a program (FUSED_COMBINE off). PDL:
+        launched as a programmatic dependent of the ranges' kernel (it waits for their sums here), then lets the next
+        kernel launch (only after its own wait: what comes after may read older kernels' outputs waiting for this one
+        alone)."""
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
@@ -209,6 +269,29 @@ if triton is not None:
         o = tl.load(o_ptr + b * sob + h * soh + p[:, None] * sop + d[None, :], mask=(p < splits)[:, None], other=0.0)
         out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
         tl.store(out_ptr + b * sxb + h * sxh + d, out.to(out_ptr.dtype.element_ty))
+
+
+_counters: dict = {}  # device -> the fused combine's arrival counters (int32, zero between launches)
+_retired: list = []  # counters replaced by larger ones: kept, since a captured graph may still replay into them
+COUNTERS_MIN = 1 << 14  # (sequence, KV head) pairs the first allocation covers: batch 2048 at 8 KV heads
+
+
+def counters(device: torch.device, pairs: int) -> torch.Tensor:
+    """At least pairs int32 arrival counters on device, zero (the kernel leaves them so): one tensor a device, shared
+    by every call (one call at a time: calls on one stream, each kernel waiting for the one before), grown only and
+    never inside a CUDA graph capture (the first call of a shape allocates them, as a throughput run's warm-up does
+    outside its graphs)."""
+    have = _counters.get(device)
+    if have is None or have.numel() < pairs:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"split-KV decode: {pairs} arrival counters asked for in a CUDA graph capture, "
+                               f"{0 if have is None else have.numel()} allocated; run the step once before capturing")
+        if have is not None:
+            _retired.append(have)
+        have = torch.zeros(max(pairs, COUNTERS_MIN, 0 if have is None else 2 * have.numel()), dtype=torch.int32,
+                           device=device)
+        _counters[device] = have
+    return have
 
 
 @torch.library.custom_op("quantkit::split_kv_decode", mutates_args=())
@@ -225,21 +308,28 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     # one range: the kernel writes out ([B, H, 1, D]: the range index's stride is never used); else the ranges' parts
     parts = out if splits == 1 else torch.empty(b, h, splits, d, dtype=torch.float32, device=query.device)
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
+    fused = FUSED_COMBINE and splits > 1
+    count = counters(query.device, b * kv_heads) if fused else lse  # not read without FUSED
     groups = h // kv_heads
     pdl = pdl_on(query.device)
     launch = {"launch_pdl": True} if pdl else {}
+    pp = max(2, triton.next_power_of_2(splits))
+    gn = triton.next_power_of_2(groups)
+    # the fused combine's ranges a tile: at most 128 fp32 a thread (all of a pair's at batch 1 on the eval's cache)
+    pc = min(pp, max(1, 4096 * NUM_WARPS // (gn * d))) if fused else 1
     _split_kv_partial[(splits, kv_heads, b)](
-        query, key, value, keep, parts, lse, scale, positions,
+        query, key, value, keep, parts, lse, out, count, scale, positions,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
-        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
+        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
-        MASK_BOUND=ends_at_last_kept(chunk), PDL=pdl, num_warps=NUM_WARPS, **launch)
-    if splits == 1:
+        MASK_BOUND=ends_at_last_kept(chunk), PDL=pdl, FUSED=fused, GN=gn, PP=pp if fused else 2, PC=pc,
+        num_warps=NUM_WARPS, **launch)
+    if splits == 1 or fused:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
                               lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
-                              PP=max(2, triton.next_power_of_2(splits)), D=d, PDL=pdl, **launch)
+                              PP=pp, D=d, PDL=pdl, **launch)
     return out
 
 
