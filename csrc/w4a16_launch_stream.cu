@@ -7,32 +7,44 @@ namespace {
 
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk), those also with the L2 prefetch of a next layer at their end (pf.n > 0: wk only) or with the
-// gated pair's epilogue (glu: wk only, without the prefetch).
-template <typename Tag, bool SYM, int MT>
+// gated pair's epilogue (glu: wk only, without the prefetch); each but the prefetch's also with the residual add and
+// RMSNorm folded in (FOLD: rn has rms or residual).
+template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
                          bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
-      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true>, a, grid, block, 0, stream, pdl,
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
                                   cluster, pf, rn);
     if (glu) return cudaErrorInvalidValue;
-    if (wk && pf.n > 0)
+    if (wk && pf.n > 0) {
+      if constexpr (FOLD) return cudaErrorInvalidValue;  // (no fold with the prefetch)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
-    if (wk) return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
+    }
+    if (wk)
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, false, FOLD>, a, grid, block, 0, stream, pdl,
+                                  cluster, pf, rn);
   }
   if (wk || pf.n > 0 || glu) return cudaErrorInvalidValue;
-  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
+  return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false, false, false, FOLD>, a, grid, block, 0, stream, pdl,
+                              cluster, pf, rn);
 }
 
 template <typename Tag, bool SYM>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                          const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
+  if (rn.rms != nullptr || rn.residual != nullptr) switch (mt) {
+      case 1: return stream_shape<Tag, SYM, 1, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+      case 2: return stream_shape<Tag, SYM, 2, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+      case 4: return stream_shape<Tag, SYM, 4, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+      default: return stream_shape<Tag, SYM, 8, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    }
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 2: return stream_shape<Tag, SYM, 2>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 4: return stream_shape<Tag, SYM, 4>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    default: return stream_shape<Tag, SYM, 8>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 1: return stream_shape<Tag, SYM, 1, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 2: return stream_shape<Tag, SYM, 2, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 4: return stream_shape<Tag, SYM, 4, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    default: return stream_shape<Tag, SYM, 8, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
   }
 }
 

@@ -482,13 +482,15 @@ QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int 
 #ifndef QK_STREAM_U_LARGE
 #define QK_STREAM_U_LARGE 2
 #endif
-// QK_STREAM_MIN_BLOCKS: the blocks of the decode kernel at one token tile that a multiprocessor must be able to hold
-// (the launch bounds' second figure), a tuning macro like those. 8: 64 registers, what ptxas chose without a bound
-// before the folded RMSNorm (QkResidualNorm) came; with it and no bound ptxas took 56 and a stack frame.
-#ifndef QK_STREAM_MIN_BLOCKS
-#define QK_STREAM_MIN_BLOCKS 8
+// QK_STREAM_MIN_BLOCKS, if defined: the blocks of the decode kernel at one token tile that a multiprocessor must be
+// able to hold (the launch bounds' second figure; undefined, ptxas chooses the registers), a tuning macro like those.
+// The instances with the residual add and RMSNorm folded in (FOLD) hold 8 at one token tile unless it is defined: 64
+// registers, where ptxas alone took 56 and a stack frame.
+#ifdef QK_STREAM_MIN_BLOCKS
+#define QK_STREAM_BOUNDS(MT, FOLD) __launch_bounds__(QK_STREAM_WARPS * 32, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
+#else
+#define QK_STREAM_BOUNDS(MT, FOLD) __launch_bounds__(QK_STREAM_WARPS * 32, FOLD && MT == 1 ? 8 : 0)
 #endif
-#define QK_STREAM_BOUNDS(MT) __launch_bounds__(QK_STREAM_WARPS * 32, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
 //   WK false: y = ceil(N / 64); each warp owns one 16-row tile and streams all of the split's chunks.
@@ -502,9 +504,10 @@ QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int 
 // PF: the block then requests its share of pf into the L2 (the next layer's weights, w4a16_prefetch.h), and reads its
 // own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
 // as without the parameter). GLU: the layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up.
-// rn: the residual add and RMSNorm folded in (QkResidualNorm; rms with or without GLU, residual without).
-template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false>
-QK_GLOBAL void QK_STREAM_BOUNDS(MT)
+// FOLD: rn, the residual add and RMSNorm folded in (QkResidualNorm; rms with or without GLU, residual without); the
+// instances without it ignore rn (the same code as without the parameter).
+template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false, bool FOLD = false>
+QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
@@ -563,7 +566,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
     const uint64_t block = ((uint64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     qk_l2_prefetch_slices(pf, block * 32 + lane, (uint64_t)gridDim.x * gridDim.y * gridDim.z * 32);
   }
-  if (rn.rms != nullptr) {  // the RMSNorm's scale of each token (a uniform branch: every thread of the block is here)
+  if (FOLD && rn.rms != nullptr) {  // the RMSNorm's scale of each token (uniform: every thread of the block is here)
     __shared__ float rms_scale[8 * MT];
     qk_rms_scales<Tag, 8 * MT>(rn.rms, m0, M, K, rn.eps, rms_scale);
 #pragma unroll
@@ -592,7 +595,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT)
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
   qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
-                              ct, rn);
+                              ct, FOLD ? rn : QkResidualNorm());
 }
 
 #define QK_STAGED_WARPS 8

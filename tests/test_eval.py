@@ -153,8 +153,7 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
 @pytest.mark.parametrize("flag, variable", [("throughput.COMBO_KERNELS", "QUANTKIT_COMBO_KERNELS"),
                                             ("decode_attention.PDL", "QUANTKIT_ATTENTION_PDL"),
                                             ("decode_attention.FUSED_COMBINE", "QUANTKIT_SPLIT_KV_FUSED_COMBINE"),
-                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL"),
-                                            ("fuse.NORM_FOLD", "QUANTKIT_NORM_FOLD")])
+                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL")])
 def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, variable):
     probe = f"from quantkit.eval import decode_attention, fuse, throughput; print({flag})"
     for value, expected in ((None, "True"), ("0", "False"), ("1", "True")):
@@ -162,6 +161,15 @@ def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, var
         env.update({} if value is None else {variable: value})
         out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
+
+
+def test_norm_fold_is_off_unless_the_environment_turns_it_on():
+    probe = "from quantkit.eval import fuse; print(fuse.NORM_FOLD, fuse.NORM_FOLD_ROWS)"
+    for env_value, expected in ((None, "False 1"), ("1", "True 1"), ("0", "False 1")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTKIT_NORM_FOLD")}
+        env.update({} if env_value is None else {"QUANTKIT_NORM_FOLD": env_value})
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (env_value, out.stdout, out.stderr)
 
 
 def test_throughput_settings_errors():
@@ -548,7 +556,6 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
 
     monkeypatch.setattr(decode_attention, "PDL", not glu)
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", False)  # the rest of the programmatic launches: the next test
-    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the folded layers: test_folded_decoder_layers
     if not glu:
         monkeypatch.setattr(fuse, "_is_silu", lambda act: False)
     model, base, _ = _w4a16_tiny_llama()
@@ -578,7 +585,6 @@ def test_programmatic_launches_through_the_step(monkeypatch):
 
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
     monkeypatch.setattr(decode_attention, "PDL", True)
-    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the folded layers keep them: test_folded_decoder_layers
     model, base, _ = _w4a16_tiny_llama()
     info = [fuse.fuse_projections(m) for m in (model, base)]
     assert info[0] == {"qkv": 2, "gate_up": 2, "glu": 2, "glu_pdl": 2, "o_proj_pdl": 2, "norm_pdl": 4,
@@ -867,15 +873,13 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
     assert any("st.global.b32" in line for line in lines[at:])  # the counter back to zero
 
 
-def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run(monkeypatch):
+def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
     """quantkit.eval.prefetch: "next" chains every W4A16 linear of the fused model to the one after it, across
     blocks; "attention" keeps the q/k/v -> o pair of each block; warmed() sets W4A16Linear.warm on the requesting
     layers only, with the limits, and takes it back; a layer without the extension requests nothing (on CPU) and
     still computes; an unknown mode is refused."""
     from quantkit.eval import fuse, prefetch, random_weights
     from quantkit.kernels import W4A16Linear
-
-    monkeypatch.setattr(fuse, "NORM_FOLD", False)  # the blocks' own names (folded: o_proj is self_attn.o_proj.inner)
 
     model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu",
                                        module_factory=lambda ql: W4A16Linear.from_quantized(ql, device="cpu"),

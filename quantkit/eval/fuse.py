@@ -125,9 +125,11 @@ class FusedGatedMLP(nn.Module):
 
 # A 4-bit model's decoder layers with their residual adds and RMSNorms folded into its kernels (FoldedDecoderLayer) at
 # steps of up to NORM_FOLD_ROWS tokens (the decode steps of those batches): the two normalizations and the residual
-# adds of a layer are then no launches of their own. QUANTKIT_NORM_FOLD=0 turns it off, QUANTKIT_NORM_FOLD_ROWS sets
-# the rows; the eval records both.
-NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "1") != "0"
+# adds of a layer are then no launches of their own. Off unless QUANTKIT_NORM_FOLD=1: on the H100 the compiled batch-1
+# decode was 1.6% slower with it (docs/kernel.md item 58: each q/k/v and gate/up block reading its rows of the stream
+# after its main loop costs more than the normalizations' launches). QUANTKIT_NORM_FOLD_ROWS sets the rows; the eval
+# records both.
+NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "0") != "0"
 NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
 
 

@@ -328,8 +328,8 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     rms, eps, residual, next_w, g = fold.operands(full) if fold is not None else (None, 0.0, None, None, None)
-    # the decode kernel's blocks request them (not its glu instances: a launch of its own after those)
-    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu
+    # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
+    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
     tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
