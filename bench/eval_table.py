@@ -26,7 +26,9 @@ def setup(run: dict) -> str:
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
     (throughput.COMBO_KERNELS), the greedy
     token's two stages (throughput.greedy_token), its pipelined 32-token instance
-    (kernels.ops.WS_PIPELINED_32) and the linears' L2 prefetch (quantkit.eval.prefetch) where they were on."""
+    (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
+    last of them to finish (decode_attention.FUSED_COMBINE) and the 4-bit blocks' folded norms (fuse.NORM_FOLD) where they were
+    on."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
@@ -34,13 +36,16 @@ def setup(run: dict) -> str:
     if "split_kv_settings" in t:  # recorded from e7c49e1 on; PDL (decode_attention.PDL) from session 41 on
         pdl = t["split_kv_settings"].get("PDL") and (
             ", programmatic launches into the 4-bit o_proj" if fused.get("o_proj_pdl") else ", programmatic launches")
-        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']}{pdl or ''})"
+        combine = ", ranges combined by the last to finish" if t["split_kv_settings"].get("FUSED_COMBINE") else ""
+        parts[0] += f" (split count rounded {t['split_kv_settings']['SPLITS_ROUND']}{pdl or ''}{combine})"
     if projections_fused(t):
         parts.append("fused q/k/v, gate/up")
     if fused.get("glu") and t.get("glu_epilogue"):  # gated pairs (fuse) and kernels.ops.GLU_EPILOGUE, from session 40
         parts.append("4-bit gate/up's SiLU and multiply in its kernel"
                      + (" (the warp-specialized one's too)" if t.get("glu_ws") else "")
                      + (", down as its programmatic launch" if fused.get("glu_pdl") else ""))
+    if fused.get("norm_fold"):  # fuse.NORM_FOLD (QUANTKIT_NORM_FOLD=1), from session 44 on
+        parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {fused['norm_fold_rows']} token(s)")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))

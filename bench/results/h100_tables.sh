@@ -8,6 +8,10 @@ R=bench/results
 PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_fold.json@04b9357" \
+  "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_fold_b1.json@04b9357 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_nofold.json@04b9357 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_fold_unfused.json@04b9357 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_7716e73_h100.json@7716e73" \
   "$R/eval_llama-3-8b_g128_compiled_lm_head_7716e73_h100.json@7716e73 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_df03aba_h100_pdl.json@df03aba" \
