@@ -12,7 +12,7 @@
 #                                                            (QUANTKIT_SPLIT_KV_FUSED_COMBINE=0); the GPU eval tests
 #     bash bench/results/fold_round.sh OUT_DIR 4 [SECONDS]   after the fold became opt-in and its own kernel instances
 #                                                            (the others' bf16 SASS that of .base): build, the fold's
-#                                                            GPU tests, compiled eval g128 at batch 1 (the default)
+#                                                            and the decode kernel's GPU tests, the chained kernels
 #     bash bench/results/fold_round.sh OUT_DIR 3 [SECONDS]   compiled eval g128 at batch 1, 8, 32 (the default); the
 #                                                            compiled-step GPU tests of the split-KV kernel if time is
 #                                                            left
@@ -58,10 +58,11 @@ case $STEP in
         | tee "$D/tests_compiled.log"
     fi ;;
   4)
-    timeout 300 python3 -c "$BUILD" 2>&1 | tee "$D/build.log"
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "fold or cluster or gated_pair_epilogue" \
-      2>&1 | tail -4 | tee "$D/tests_fold.log"
-    STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh "$D/eval" $(( $(left) - 10 )) ;;
+    timeout 240 python3 -c "$BUILD" 2>&1 | tee "$D/build.log"
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py \
+      -k "fold or cluster or gated_pair_epilogue or programmatic or splits_and_tiles" 2>&1 | tail -4 | tee "$D/tests_fold.log"
+    timeout $(( $(left) - 5 )) python3 bench/chain_bench.py --ms 1,8 --no-sweep --out "$D/chain.json" 2>&1 | tail -8 \
+      | tee "$D/chain.log" ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "fold$STEP" && rm -rf "$D"
 echo "== fold $STEP done ($(left) s left)"
