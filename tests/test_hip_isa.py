@@ -75,7 +75,7 @@ def test_cuda_source_builds_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc failed on {TU.name}: {res.stderr.strip()[:2000]}"
     report = res.stderr
-    assert report.count("Compiling entry function") == 172, report[:2000]
+    assert report.count("Compiling entry function") == 212, report[:2000]  # 40 of them the fold's (FOLD)
     for kernel in ("qk_mma_stream", "qk_mma_staged", "qk_wgmma_gemm", "qk_wgmma_ws", "qk_wgmma_pack_x",
                    "qk_wmma_prefill", "qk_l2_prefetch"):
         assert kernel in report, f"no {kernel} instance"
