@@ -31,20 +31,14 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
                               cluster, pf, rn);
 }
 
-template <typename Tag, bool SYM>
+template <typename Tag, bool SYM, bool FOLD>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                          const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
-  if (rn.rms != nullptr || rn.residual != nullptr) switch (mt) {
-      case 1: return stream_shape<Tag, SYM, 1, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-      case 2: return stream_shape<Tag, SYM, 2, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-      case 4: return stream_shape<Tag, SYM, 4, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-      default: return stream_shape<Tag, SYM, 8, true>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    }
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 2: return stream_shape<Tag, SYM, 2, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 4: return stream_shape<Tag, SYM, 4, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    default: return stream_shape<Tag, SYM, 8, false>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
   }
 }
 
@@ -52,8 +46,12 @@ cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int clus
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
+  const bool fold = rn.rms != nullptr || rn.residual != nullptr;  // the FOLD instances
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
-    return stream_tiles<decltype(tag), decltype(s)::value>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    using Tag = decltype(tag);
+    constexpr bool SYM = decltype(s)::value;
+    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream)
+                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream);
   });
 }
 #endif

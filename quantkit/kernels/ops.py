@@ -762,6 +762,12 @@ class Fold:
     residual: torch.Tensor | None = None
     next_w: torch.Tensor | None = None
 
+    def rows(self, m: int, k: int, n: int) -> "Fold":
+        """The same with its tensors as rows, contiguous: rms [m, k], residual [m, n] (from x's leading shape)."""
+        return Fold(None if self.rms is None else self.rms.reshape(m, k).contiguous(), self.eps,
+                    None if self.residual is None else self.residual.reshape(m, n).contiguous(),
+                    None if self.next_w is None else self.next_w.contiguous())
+
     def operands(self, full: torch.Tensor) -> tuple:
         """The extension's (rms, eps, residual, next_w, g) for the result full ([2, M, N] with next_w: g is full[1])."""
         return self.rms, float(self.eps), self.residual, self.next_w, full[1] if self.next_w is not None else None
@@ -957,14 +963,8 @@ def w4a16_linear(
     # then come without the bias and the pair's SiLU and multiply)
     after = fold is not None and not (backend == "mma" and not (mma_staged(m, packed.out_features) if staged is None
                                                                  else staged))
-    bias_k, glu_k, kfold = bias, glu, None
-    if after and fold.rms is not None:
-        bias_k, glu_k = None, False
-    elif not after and fold is not None:
-        kfold = Fold(
-            None if fold.rms is None else fold.rms.reshape(m, k).contiguous(), fold.eps,
-            None if fold.residual is None else fold.residual.reshape(m, n_out).contiguous(),
-            None if fold.next_w is None else fold.next_w.contiguous())
+    rows = fold.rows(m, k, n_out) if fold is not None else None
+    bias_k, glu_k = (None, False) if after and fold.rms is not None else (bias, glu)
     x2 = x.reshape(m, k)
     if backend == "wgmma":  # _wgmma puts x in its kernel's k order (and act-order) itself
         x2 = x2.contiguous()
@@ -980,7 +980,7 @@ def w4a16_linear(
             and (wgmma_ws(m, packed.out_features, k, _sm_count(x.device)) if ws is None else ws)))
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=glu_fold,
-                         fold=kfold), None
+                         fold=None if after else rows), None
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined,
                    glu=glu_fold)
@@ -995,7 +995,5 @@ def w4a16_linear(
     if glu_k and not glu_fold:
         y = glu_interleaved(y)
     if after:
-        rows = Fold(None if fold.rms is None else fold.rms.reshape(m, k), fold.eps,
-                    None if fold.residual is None else fold.residual.reshape(m, n_out), fold.next_w)
         y = _added_after(y, rows) if fold.rms is None else _scaled_after(y, bias, glu, rows, x.dtype)
     return y.reshape(*((2,) if y.dim() == 3 else ()), *lead, n_out)
