@@ -9,6 +9,8 @@ torch's SiLU and multiply) run the same chain as the baseline.
 
     python3 bench/chain_bench.py --out bench/results/chain_h100.json
 
+The gated MLP in one launch (ops.w4a16_mlp, "mlp_one_launch") is a variant of every run where it takes the M.
+
 Times: us a layer (one replay of the LAYERS-layer graph / LAYERS), median of --reps replays, the variants interleaved
 (kernel_bench.time_calls). Each variant's output after the first layer is checked against the default dispatch's before
 it is timed.
@@ -24,6 +26,7 @@ import logging
 import math
 import re
 import sys
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +76,8 @@ def layer_bytes(layer: dict) -> int:
 
 
 def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
-    """The chain's call; over: role -> keyword overrides of w4a16_linear (splits, cluster)."""
+    """The chain's call; over: role -> keyword overrides of w4a16_linear (splits, cluster), and "mlp": True for
+    gate/up and down in one launch (ops.w4a16_mlp; down's overrides its splits)."""
     kw = {role: {"backend": "kernel", "pdl": True, **over.get(role, {})} for role in ROLES}
 
     def run():
@@ -82,6 +86,10 @@ def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
             y = w4a16_linear(h, layer["qkv"], **kw["qkv"])
             a = y[:, :HIDDEN].contiguous()  # attention's output stands in: as many features as o_proj takes
             h = w4a16_linear(a, layer["o"], **kw["o"])
+            if over.get("mlp"):
+                h = ops.w4a16_mlp(h, layer["gate_up"], layer["down"], backend="kernel", pdl=True,
+                                  splits=kw["down"].get("splits"))
+                continue
             g = w4a16_linear(h, layer["gate_up"], glu=True, **kw["gate_up"])
             h = w4a16_linear(g, layer["down"], **kw["down"])
         return h
@@ -125,10 +133,12 @@ def default_plan(m: int, role: str, sms: int, device) -> dict:
 def variants(m: int, sms: int, device) -> dict:
     """name -> role -> overrides: the default, then each role's every split count through the workspace and through a
     cluster (where a cluster holds that many), the others left to the dispatch; and every kernel a plain launch instead
-    of a programmatic one (pdl_off). Only the decode kernel's M (wk)."""
+    of a programmatic one (pdl_off); and gate/up and down in one launch (mlp_one_launch). Only the decode kernel's M
+    (wk)."""
     out = {"default": {}}
     if not ops.stream_wk(m) or m > ops.STREAM_MAX_M:
         return out
+    out.update(mlp_variants(m, sms))
     for role, (n, k) in ROLES.items():
         for s in SPLITS:
             if ops.grid_splits(k, s) != s or (k // 64) // s < 4:
@@ -138,6 +148,12 @@ def variants(m: int, sms: int, device) -> dict:
                 out[f"{role}_s{s}_cl"] = {role: {"splits": s, "cluster": True}}
     out["pdl_off"] = {role: {"pdl": False} for role in ROLES}  # every kernel a plain launch
     return out
+
+
+def mlp_variants(m: int, sms: int) -> dict:
+    """gate/up and down in one launch (ops.w4a16_mlp, down's default splits) where ops.mlp_at takes that M."""
+    pair = SimpleNamespace(out_features=ROLES["gate_up"][0], in_features=HIDDEN)
+    return {"mlp_one_launch": {"mlp": True}} if ops.mlp_at(m, pair, sms) else {}
 
 
 def main() -> int:
@@ -172,7 +188,7 @@ def main() -> int:
               "read_floor_us": per_layer / rate * 1e6, "runs": []}
     for m in [int(v) for v in args.ms.split(",")]:
         x = testing.random_activations(m, HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
-        names = variants(m, sms, device) if not args.no_sweep else {"default": {}}
+        names = variants(m, sms, device) if not args.no_sweep else {"default": {}, **mlp_variants(m, sms)}
         names = {k: v for k, v in names.items() if k == "default" or not args.only or re.search(args.only, k)}
         fns = {name: quantized_chain(layers, x, over) for name, over in names.items()}
         # checked on the first layer: random layers shrink the activations by orders of magnitude a layer (to zeros

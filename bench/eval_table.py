@@ -27,8 +27,8 @@ def setup(run: dict) -> str:
     (throughput.COMBO_KERNELS), the greedy
     token's two stages (throughput.greedy_token), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
-    last of them to finish (decode_attention.FUSED_COMBINE) and the 4-bit blocks' folded norms (fuse.NORM_FOLD) where they were
-    on."""
+    last of them to finish (decode_attention.FUSED_COMBINE), the 4-bit blocks' folded norms (fuse.NORM_FOLD) and the 4-bit
+    MLP in one launch (kernels.ops.FUSED_MLP) where they were on."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]
@@ -44,6 +44,8 @@ def setup(run: dict) -> str:
         parts.append("4-bit gate/up's SiLU and multiply in its kernel"
                      + (" (the warp-specialized one's too)" if t.get("glu_ws") else "")
                      + (", down as its programmatic launch" if fused.get("glu_pdl") else ""))
+        if t.get("fused_mlp"):  # kernels.ops.FUSED_MLP, from session 45 on
+            parts.append("4-bit gate/up and down in one launch up to 8 rows")
     if fused.get("norm_fold"):  # fuse.NORM_FOLD (QUANTKIT_NORM_FOLD=1), from session 44 on
         parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {fused['norm_fold_rows']} token(s)")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")

@@ -313,6 +313,34 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
                                          glu, rn, stream));
 }
 
+// A decode step's gated MLP in one launch (qk_mma_mlp, M <= 8): out = down(silu(gate(x)) * up(x)), with the gated
+// pair w1 / meta1 in packing.glu_order ([N1, K1]) and down w2 / meta2 ([N2, N1 / 2]), both without bias, of one
+// symmetry; mid [M, N1 / 2] receives the pair's outputs; splits: down's split-K (through ws and counters, a counter
+// a tile of 16 outputs); sync: splits + 1 zeroed ints, left zero; pdl: a programmatic dependent launch (sm_90+).
+void mlp_gemm(torch::Tensor x, torch::Tensor w1, torch::Tensor meta1, torch::Tensor w2, torch::Tensor meta2,
+              torch::Tensor mid, torch::Tensor out, torch::Tensor ws, torch::Tensor counters, torch::Tensor sync,
+              int64_t group1, int64_t group2, bool sym, int64_t splits, bool pdl) {
+  const bool bf = is_bf16(x);
+  const auto [M, K1, N1] = check_mma_operands(x, w1, meta1, mid, ws, counters, group1, sym, /*glu=*/true);
+  [[maybe_unused]] const auto [M2, K2, N2] = check_mma_operands(mid, w2, meta2, out, ws, counters, group2, sym);
+  TORCH_CHECK(M >= 1 && M <= 8, "the fused MLP kernel takes 1 to 8 rows, got ", M);
+  TORCH_CHECK(K2 * 2 == N1, "down must take the gated pair's ", N1 / 2, " outputs, takes ", K2);
+  const int64_t per_split = split_chunks(K2, splits), nz = (K2 / 64 + per_split - 1) / per_split;
+  if (nz > 1) {
+    TORCH_CHECK(ws.numel() >= nz * M * N2, "workspace must hold splits*M*N = ", nz * M * N2, " floats, has ", ws.numel());
+    TORCH_CHECK(counters.numel() >= N2 / 16, "counters must hold ", N2 / 16, ", has ", counters.numel());
+  }
+  check_tensor(sync, "sync", torch::kInt32, 1);
+  TORCH_CHECK(sync.numel() >= nz + 1, "sync must hold splits + 1 = ", nz + 1, " ints, has ", sync.numel());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const QkMlpArgs args{u16(x), reinterpret_cast<const uint4*>(w1.data_ptr()), reinterpret_cast<const uint4*>(w2.data_ptr()),
+                       u16(meta1), u16(meta2), u16_mut(mid), u16_mut(out), ws.data_ptr<float>(),
+                       counters.data_ptr<int>(), sync.data_ptr<int>(), (int)M, (int)N1, (int)K1, (int)N2, (int)group1,
+                       (int)group2, (int)per_split};
+  check_launch("fused MLP W4A16 kernel",
+               qk_launch_mlp(args, bf, sym, pdl && sm90_or_later(x), c10::cuda::getCurrentCUDAStream()));
+}
+
 // The Hopper wgmma kernel (w4a16_wgmma_cuda.h): x in wgmma k order, bt tokens per block (64, 128 or 256); dense:
 // the two-blocks-per-multiprocessor instance (fewer chunks per step, registers capped) for bt 64 and 128; wsm: the
 // weights and scales through the shared-memory stages with x; cluster: as mma_gemm's.
@@ -446,6 +474,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if QK_IS_CUDA
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
+  m.def("mlp_gemm", &mlp_gemm, "a decode step's gated MLP (M <= 8) in one launch of the decode kernel");
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
   m.def("wgmma_ws_gemm", &wgmma_ws_gemm, "warp-specialized Hopper wgmma W4A16 GEMM, x packed by wgmma_pack_x");
   m.def("wgmma_pack_x", &wgmma_pack_x, "x in the warp-specialized wgmma kernel's layout");

@@ -35,14 +35,13 @@ struct QkMmaArgs {
   int M, N, K, group_size, chunks_per_split;
 };
 
-// One mma-layout kernel instance, through cudaLaunchKernelEx; pdl adds the programmatic-stream-serialization
-// attribute (the kernel must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster: the thread-block cluster's
-// dims, where it has more than one block (sm_90+; the kernels reduce split-K through distributed shared memory when
-// the cluster is (1, 1, grid.z)). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes the GPU
-// supports (16 on Hopper). extra: the kernel's parameters after QkMmaArgs's, if it has any.
-template <typename... Params, typename... Extra>
-cudaError_t qk_launch_mma_kernel_in(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
-                                    cudaStream_t stream, bool pdl, dim3 cluster, const Extra&... extra) {
+// kernel(args...) through cudaLaunchKernelEx; pdl adds the programmatic-stream-serialization attribute (the kernel
+// must be written for it: qk_pdl_wait in w4a16_mma_cuda.h); cluster: the thread-block cluster's dims, where it has
+// more than one block (sm_90+). Above 8 blocks, the portable limit, the kernel is allowed the larger sizes the GPU
+// supports (16 on Hopper).
+template <typename... Params, typename... Args>
+cudaError_t qk_launch_ex(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                         dim3 cluster, const Args&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -66,8 +65,14 @@ cudaError_t qk_launch_mma_kernel_in(void (*kernel)(Params...), const QkMmaArgs& 
   }
   config.attrs = attribute;
   config.numAttrs = n;
-  return cudaLaunchKernelEx(&config, kernel, a.x, a.w, a.meta, a.bias, a.out, a.ws, a.counters, a.M, a.N, a.K,
-                            a.group_size, a.chunks_per_split, extra...);
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+// One mma-layout kernel instance (qk_launch_ex); extra: the kernel's parameters after QkMmaArgs's, if it has any.
+template <typename... Params, typename... Extra>
+cudaError_t qk_launch_mma_kernel_in(void (*kernel)(Params...), const QkMmaArgs& a, dim3 grid, dim3 block, size_t smem,
+                                    cudaStream_t stream, bool pdl, dim3 cluster, const Extra&... extra) {
+  return qk_launch_ex(kernel, grid, block, smem, stream, pdl, cluster, a.x, a.w, a.meta, a.bias, a.out, a.ws,
+                      a.counters, a.M, a.N, a.K, a.group_size, a.chunks_per_split, extra...);
 }
 // The same with cluster > 1 making every cluster blocks along z one cluster (the split-K reduction's).
 template <typename... Params, typename... Extra>
@@ -85,6 +90,17 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 // folds in (QkResidualNorm; all null: none).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream);
+// qk_mma_mlp (w4a16_mma_cuda.h): a decode step's gated MLP, M <= 8, in one launch of n1 + n2 splits blocks.
+struct QkMlpArgs {
+  const uint16_t* x;
+  const uint4 *w1, *w2;
+  const uint16_t *meta1, *meta2;
+  uint16_t *mid, *out;
+  float* ws;
+  int *counters, *sync;
+  int M, N1, K1, N2, group1, group2, chunks_per_split;
+};
+cudaError_t qk_launch_mlp(const QkMlpArgs& a, bool bf16, bool sym, bool pdl, cudaStream_t stream);
 // qk_mma_staged, 8 token tiles.
 cudaError_t qk_launch_staged(const QkMmaArgs& a, bool bf16, bool sym, dim3 grid, cudaStream_t stream);
 // qk_wgmma_gemm: bt tokens per block (64, 128, 256); dense: the two-blocks-per-multiprocessor instance (bt <= 128);

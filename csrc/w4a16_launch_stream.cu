@@ -1,4 +1,5 @@
-// w4a16_launch_stream.cu — the decode kernel's instances (w4a16_mma_cuda.h: qk_mma_stream) and their launcher.
+// w4a16_launch_stream.cu — the decode kernel's instances (w4a16_mma_cuda.h: qk_mma_stream, and qk_mma_mlp, a
+// step's gated MLP in one launch) and their launchers.
 #include "w4a16_launch.h"
 #include "w4a16_mma_cuda.h"
 
@@ -43,6 +44,16 @@ cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int clus
 }
 
 }  // namespace
+
+cudaError_t qk_launch_mlp(const QkMlpArgs& a, bool bf16, bool sym, bool pdl, cudaStream_t stream) {
+  const int splits = (a.N1 / 2 / 64 + a.chunks_per_split - 1) / a.chunks_per_split;
+  const dim3 grid(a.N1 / 16 + a.N2 / 16 * splits);
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    return qk_launch_ex(qk_mma_mlp<decltype(tag), decltype(s)::value>, grid, dim3(QK_STREAM_WARPS * 32), 0, stream,
+                        pdl, dim3(1, 1, 1), a.x, a.w1, a.meta1, a.w2, a.meta2, a.mid, a.out, a.ws, a.counters, a.sync,
+                        a.M, a.N1, a.K1, a.N2, a.group1, a.group2, a.chunks_per_split);
+  });
+}
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {

@@ -410,8 +410,9 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
-// m0 + 8t + gid, k = 64cc + 16tig .. +16), straight from global memory (L1-resident), zero past M.
-template <int MT>
+// m0 + 8t + gid, k = 64cc + 16tig .. +16), straight from global memory (L1-resident), zero past M. CG: read through
+// the L2 only (x written by another block of the same kernel, qk_mma_mlp; the read-only path could see stale lines).
+template <int MT, bool CG = false>
 struct QkDecodeX {
   const uint4* row[MT];
   QK_INLINE QkDecodeX(const uint16_t* x, int m0, int gid, int tig, int M, int K) {
@@ -425,7 +426,12 @@ struct QkDecodeX {
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
       uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-      if (row[t]) lo = __ldg(row[t] + cc * 8), hi = __ldg(row[t] + cc * 8 + 1);
+      if (row[t]) {
+        if constexpr (CG)
+          lo = __ldcg(row[t] + cc * 8), hi = __ldcg(row[t] + cc * 8 + 1);
+        else
+          lo = __ldg(row[t] + cc * 8), hi = __ldg(row[t] + cc * 8 + 1);
+      }
       xb[t][0] = lo.x, xb[t][1] = lo.y, xb[t][2] = lo.z, xb[t][3] = lo.w;
       xb[t][4] = hi.x, xb[t][5] = hi.y, xb[t][6] = hi.z, xb[t][7] = hi.w;
     }
@@ -471,6 +477,38 @@ QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int 
       scale[t] = rsqrtf(total / (float)K + eps);
     }
     __syncthreads();  // part is reused by the next row; scale is read after the last
+  }
+}
+
+// The decode kernel's main loop (qk_mma_stream's, written out there) over one 16-row tile's chunks first,
+// first + step, ... below c1 (wt, meta_row: the lane's weights and its group-0 scales): every load of a batch of U
+// chunks is issued before the first use (weights from DRAM, their scales, the first chunk's x), so that a batch pays
+// one memory latency, not one per chunk; x comes a chunk ahead, in two buffers that take turns. ready() runs once,
+// after the first batch's weights and scales are requested and before the first x is read (the wait for whatever
+// writes x).
+template <typename Tag, int MT, bool SYM, int U, typename X, typename Ready>
+QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* wt, const uint16_t* meta_row,
+                                const QkGroupOf& group_of, int first, int step, int c1, Ready ready) {
+  for (int c = first; c < c1; c += step) {
+    uint4 wv[U];
+    uint2 mv[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (c + u < c1) {
+        wv[u] = qk_ld_stream(wt + (size_t)(c + u) * 32);
+        mv[u] = qk_mma_meta_load<SYM>(meta_row, group_of(c + u) * 8);
+      }
+    if (c == first) ready();
+    uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
+    xs.load(c, xb[0]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c + u >= c1) break;
+      if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);  // past the range: an unused reload
+      uint32_t s_lo, s_hi, z_lo, z_hi;
+      qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
+      qk_mma_chunk<Tag, MT>(acc, wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
+    }
   }
 }
 
@@ -529,6 +567,8 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
+  // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
+  // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
   if (tile < n_tiles) {
     for (int c = first; c < c1; c += step) {
       // Every load of the batch is issued before the first use: weights (DRAM), their scales and the first
@@ -596,6 +636,103 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
   qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
                               ct, FOLD ? rn : QkResidualNorm());
+}
+
+// The gated MLP of a decode step in one launch (M <= 8, one token tile): down(silu(gate(x)) * up(x)), gate/up a gated
+// pair in packing.glu_order ([N1, K1], N1 = 2 I) and down [N2, I]. Block b of the 1-D grid is a work item: first the
+// n1 = N1 / 16 tiles of the gated pair (one 16-row tile each, all of K1, the block's warps sharing it as in
+// qk_mma_stream with WK; the SiLU-and-multiply epilogue writes its 8 outputs to mid [M, I]), then down's tiles, split
+// z major (split z reads mid's chunks [z cps, (z + 1) cps)). Each pair tile adds one to its split's arrival counter
+// (sync[z]) after its writes; a down item requests its first weights, then waits until its split's pair tiles have all
+// arrived, and reads mid through the L2. So down's reads start as soon as the part of mid they need exists, not when
+// the whole gated pair's grid has ended, and there is one launch instead of two. The wait relies on the GPU
+// starting a grid's blocks in the order of their index (as single-pass scans such as CUB's do): a down item then
+// waits only for blocks that have started. Down's splits add up through the workspace (ws, a counter a tile in
+// counters); the last down item to finish (sync[splits]) sets sync back to zero for the next launch.
+// Programmatic-launch aware: every block requests its first weights, then waits for the kernel before (x; and the
+// same kernel's previous launch, whose counters it reuses) before touching anything written.
+template <typename Tag, bool SYM>
+QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, 8)  // 64 registers, as the decode kernel's one-tile instances
+    qk_mma_mlp(const uint16_t* __restrict__ x, const uint4* __restrict__ w1, const uint16_t* __restrict__ meta1,
+               const uint4* __restrict__ w2, const uint16_t* __restrict__ meta2, uint16_t* __restrict__ mid,
+               uint16_t* __restrict__ out, float* __restrict__ ws, int* __restrict__ counters, int* __restrict__ sync,
+               int M, int N1, int K1, int N2, int group1, int group2, int cps) {
+  constexpr int U = QK_STREAM_U_SMALL;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int K2 = N1 / 2, n1 = N1 / 16, n2 = N2 / 16, chunks2 = K2 / 64, splits = (chunks2 + cps - 1) / cps;
+  const int item = blockIdx.x;
+  const bool pair = item < n1;
+  const int tile = pair ? item : (item - n1) % n2, z = pair ? 0 : (item - n1) / n2;
+  const int K = pair ? K1 : K2, chunks = K / 64, group_size = pair ? group1 : group2;
+  const int c0 = pair ? 0 : z * cps, c1 = pair ? chunks : min(chunks, c0 + cps);
+  const uint4* wt = (pair ? w1 : w2) + (size_t)tile * chunks * 32 + lane;
+  const uint16_t* meta_row =
+      (pair ? meta1 : meta2) + ((size_t)tile * (K / group_size) * 8 + lane / 4) * (SYM ? 2 : 4);
+  const QkGroupOf group_of(group_size, lane % 4);
+  float acc[1][1][4] = {};
+  if (pair) {
+    const QkDecodeX<1> xs(x, 0, lane / 4, lane % 4, M, K1);
+    qk_stream_chunks<Tag, 1, SYM, U>(acc[0], xs, wt, meta_row, group_of, warp * U, QK_STREAM_WARPS * U, c1,
+                                     [] { qk_pdl_wait_then_trigger(); });
+  } else {
+    const QkDecodeX<1, true> xs(mid, 0, lane / 4, lane % 4, M, K2);
+    const int need = 8 * (c1 - c0);  // the pair tiles that write mid's chunks c0 .. c1
+    const int* arrived = sync + z;
+    qk_stream_chunks<Tag, 1, SYM, U>(acc[0], xs, wt, meta_row, group_of, c0 + warp * U, QK_STREAM_WARPS * U, c1, [&] {
+      qk_pdl_wait_then_trigger();
+      int seen;  // every lane acquires the arrivals itself before its first read of mid
+      do {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(arrived) : "memory");
+      } while (seen < need);
+    });
+  }
+  qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
+  __shared__ float part[QK_STREAM_WARPS - 1][4][32];
+  if (warp > 0)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) part[warp - 1][e][lane] = acc[0][0][e];
+  __syncthreads();
+  if (warp == 0)
+#pragma unroll
+    for (int v = 0; v < QK_STREAM_WARPS - 1; ++v)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][0][e] += part[v][e][lane];
+  if (pair) {
+    if (warp == 0) {
+      qk_mma_store_out<Tag, 1, 1, true>(acc, tile, n1, 0, lane, nullptr, mid, M, N1);
+      __threadfence();  // this lane's outputs, then the arrival that publishes them
+      __syncwarp();
+      if (lane == 0) atomicAdd(sync + tile / (8 * cps), 1);
+    }
+    return;
+  }
+  const int gid = lane / 4, tig = lane % 4;
+  if (splits > 1) {
+    if (warp == 0)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = 2 * tig + (e & 1);
+        if (tok < M) __stcg(ws + ((size_t)z * M + tok) * N2 + tile * 16 + gid + 8 * (e >> 1), acc[0][0][e]);
+      }
+    if (qk_split_arrive<QK_STREAM_WARPS * 32>(counters + tile, splits)) {
+      if (warp == 0)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = 2 * tig + (e & 1);
+          float v = 0.f;
+          if (tok < M)
+            for (int s = 0; s < splits; ++s) v += __ldcg(ws + ((size_t)s * M + tok) * N2 + tile * 16 + gid + 8 * (e >> 1));
+          acc[0][0][e] = v;
+        }
+      qk_mma_store_out<Tag, 1, 1>(acc, warp == 0 ? tile : n2, n2, 0, lane, nullptr, out, M, N2);
+    }
+  } else {
+    qk_mma_store_out<Tag, 1, 1>(acc, warp == 0 ? tile : n2, n2, 0, lane, nullptr, out, M, N2);
+  }
+  if (threadIdx.x == 0 && atomicAdd(sync + splits, 1) == n2 * splits - 1) {
+    // every pair tile has arrived and every down item is past its wait: the counters go back to zero
+    for (int i = 0; i <= splits; ++i) sync[i] = 0;
+  }
 }
 
 #define QK_STAGED_WARPS 8

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -609,8 +610,9 @@ def test_self_check_reaches_every_hopper_plan():
 def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     """self_check runs the forced paths of CASES, the dispatch of DISPATCH_CASES and the gated pair's epilogue of
     GLU_CASE (at the rows where the kernel applies it, each split way), with ops.GLU_WS GLU_WS_CASE through the
-    warp-specialized kernel, against the reference, and the fold of FOLD_CASE (each split way) against the same
-    kernel's plain output (here every kernel call stood in for by the reference on the CPU,
+    warp-specialized kernel, against the reference, the fold of FOLD_CASE (each split way) against the same
+    kernel's plain output and the one-launch MLP of MLP_CASE (each split way) against its two launches (here every
+    kernel call stood in for by the reference on the CPU,
     the warp-specialized kernel taking M > 16) and stops at the first one off by more than the tolerance, naming the
     kernel, the shape and what to do."""
     from quantkit.kernels import ops, selfcheck
@@ -627,8 +629,9 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     monkeypatch.setattr(selfcheck, "GLU_CASE", (16, 128, 64, True, (1, 32)))
     monkeypatch.setattr(selfcheck, "GLU_WS_CASE", (16, 128, 64, False, (40,)))
     monkeypatch.setattr(selfcheck, "FOLD_CASE", (32, 192, 64, False, True, (2,)))
+    monkeypatch.setattr(selfcheck, "MLP_CASE", (64, 128, 64, True, (3,)))
 
-    def kernels(x, packed, bias, *, backend, **how):
+    def kernels(x, packed, bias=None, *, backend, **how):
         glu, fold = how.get("glu", False), how.get("fold")
         tag = backend + ("+glu" if glu else "") + ("" if fold is None else "+rms" if fold.rms is not None else "+res")
         calls.append((x.shape[0], packed.in_features, tag))
@@ -645,20 +648,26 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     pair = [(1, 128, "kernel+glu")] * 3 + [(32, 128, "kernel+glu")] * glu_ws  # each split way at M = 1
     fold = [(2, 192, "mma"), (2, 192, "mma+res"), (2, 192, "mma"), (2, 192, "mma+rms"), (2, 128, "mma"),
             (2, 128, "mma+glu+rms")] * 3  # each split way
+    # the one launch (here, on the CPU, its two) against the two launches, each split way
+    mlp = [(3, 128, "kernel+glu"), (3, 64, "kernel"), (3, 128, "mma+glu"), (3, 64, "mma")] * 3
     for wrong in ((None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws
-                  + ((2, "mma+res"), (2, "mma+rms"), (2, "mma+glu+rms"))):
+                  + ((2, "mma+res"), (2, "mma+rms"), (2, "mma+glu+rms"), (3, "kernel+glu"))):
         calls.clear()
         if wrong is None:
             selfcheck.self_check(cpu, force=True)
             assert calls == ([(3, 256, "mma"), (3, 256, "dequant"), (3, 256, "dot2")] * 2
                              + [(1, 512, "kernel"), (17, 512, "kernel")] + pair * 2
-                             + [(40, 128, "kernel+glu")] * glu_ws + fold * 2)
+                             + [(40, 128, "kernel+glu")] * glu_ws + (fold + mlp) * 2)
             continue
         with pytest.raises(selfcheck.KernelSelfCheckError) as e:
             selfcheck.self_check(cpu, force=True)
         if wrong[1].startswith("mma+"):  # the fold: against the kernel's own plain output
             assert "W4A16 kernel 'mma' with the folded " in str(e.value) and "(M=2 " in str(e.value)
             assert "report this with the GPU name" in str(e.value) and "\n" not in str(e.value)
+            continue
+        if wrong == (3, "kernel+glu"):  # the one-launch MLP: against its two launches
+            assert "W4A16 kernel 'mma' with the gated MLP in one launch disagrees with its two launches on cpu (M=3 " \
+                in str(e.value) and "\n" not in str(e.value)
             continue
         path = ("wgmma" if wrong[0] > 16 else "mma") if wrong[1].startswith("kernel") else wrong[1]
         assert f"W4A16 kernel '{path}' " in str(e.value) and f"disagrees with the reference on cpu (M={wrong[0]}" in str(e.value)
@@ -750,3 +759,42 @@ def test_random_layers_drawn_on_the_device_keep_the_distribution():
         for name in ("codes", "scales", "zeros", "g_idx"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (sym, name)
     assert int(a.codes.max()) == 15 and int(a.zeros.min()) >= 1 and not torch.equal(a.g_idx, a.g_idx.sort().values)
+
+
+def test_mlp_in_one_launch_rule_and_fallback(monkeypatch):
+    """ops.mlp_at takes the one-launch MLP (csrc qk_mma_mlp) at 1 to MLP_MAX_M rows where the gated pair runs unsplit
+    (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both layers on an NVIDIA GPU's "mma"
+    layout of one symmetry without act-order, down taking the pair's outputs. Elsewhere (here, the CPU) w4a16_mlp is the
+    pair then down, and the eval's FusedGatedMLP runs the two layers."""
+    from quantkit.eval.fuse import FusedGatedMLP
+    from quantkit.kernels import ops, packing
+    from quantkit.kernels.module import W4A16Linear
+
+    pair = SimpleNamespace(out_features=28672, in_features=4096)  # Llama-3-8B's gate/up: 1792 tiles of 16 rows
+    assert [m for m in range(0, 12) if ops.mlp_at(m, pair, 132)] == list(range(1, ops.MLP_MAX_M + 1))
+    wide = SimpleNamespace(out_features=512, in_features=16384)  # 32 tiles: the rule splits them at M = 1
+    assert ops.mma_splits(1, 512, 16384, 132, staged=False, mt=1, wk=True) > 1 and not ops.mlp_at(1, wide, 132)
+    monkeypatch.setattr(ops, "FUSED_MLP", False)
+    assert not ops.mlp_at(1, pair, 132)
+    monkeypatch.setattr(ops, "FUSED_MLP", True)
+
+    gate, up, down = (prepare(testing.random_qlinear(n, k, group_size=64, sym=True, act_order=False,
+                                                     dtype=torch.bfloat16, seed=90 + i), device="cpu")
+                      for i, (n, k) in enumerate(((64, 128), (64, 128), (128, 64))))
+    packed_pair = packing.interleave_glu(gate, up)
+    assert not ops.mlp_ready(packed_pair, down)  # no NVIDIA GPU here
+    x = testing.random_activations(3, 128, dtype=torch.bfloat16, seed=91, device="cpu")
+    want = w4a16_linear(w4a16_linear(x, packed_pair, glu=True), down)
+    assert torch.equal(ops.w4a16_mlp(x, packed_pair, down), want)
+    from quantkit.kernels import module
+
+    monkeypatch.setattr(module, "mlp_ready", lambda pair, down: True)  # as on a GPU: the module asks, the op decides
+    monkeypatch.setattr(module, "sm_count", lambda device: 132)
+    layer, down_layer = W4A16Linear(packed_pair, glu=True), W4A16Linear(down)
+    assert layer.fuses_with(down_layer) and layer.fuses_at(3) == ops.mlp_at(3, packed_pair, 132)
+    assert not layer.fuses_with(W4A16Linear(down, torch.zeros(128)))  # a bias: two launches
+    calls = []
+    monkeypatch.setattr(W4A16Linear, "mlp", lambda self, x, d: calls.append(x.shape) or want)
+    mlp = FusedGatedMLP(layer, down_layer, torch.nn.functional.silu, 64)
+    assert torch.equal(mlp(x), want) and calls == [(3, 128)]
+    assert mlp(x.repeat(3, 1)).shape == (9, 128) and calls == [(3, 128)]  # 9 rows: the two layers

@@ -9,7 +9,7 @@ import torch
 
 from quantkit.errors import InputError, UnsupportedError
 from quantkit.kernels import kernel_available, prepare, reference_weight, self_check, w4a16_linear
-from quantkit.kernels import build, ops, testing
+from quantkit.kernels import build, ops, packing, testing
 
 pytestmark = [
     pytest.mark.gpu,
@@ -575,6 +575,40 @@ def assert_programmatic_chain(chain):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="the one-launch MLP is the CUDA decode kernel's")
+@pytest.mark.parametrize("dtype,sym,m,splits", [(torch.bfloat16, True, 1, None), (torch.bfloat16, True, 8, 5),
+                                                (torch.float16, False, 3, None), (torch.float16, False, 1, 1)],
+                         ids=["bf16-sym-m1", "bf16-sym-m8-split5", "fp16-asym-m3", "fp16-asym-m1-unsplit"])
+def test_mlp_in_one_launch(device, monkeypatch, dtype, sym, m, splits):
+    """ops.w4a16_mlp: a gated pair and its down projection in one launch (csrc qk_mma_mlp), its down blocks waiting
+    for the pair tiles of their split, on a layer of Llama-3-8B's MLP shape cut to a quarter of its rows: bit for bit
+    the two layers launched one after the other, near the reference; again and again, eagerly, as programmatic
+    launches back to back and from a CUDA graph (its counters are left zero for the next launch); and the two
+    launches with QUANTKIT_FUSED_MLP off."""
+    inter, hidden = 3584, 4096
+    gate, up, down = (prepare(testing.random_qlinear(n, k, group_size=128, sym=sym, act_order=False, dtype=dtype,
+                                                     seed=60 + i), device=device)
+                      for i, (n, k) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))
+    pair = packing.interleave_glu(gate, up)
+    assert ops.mlp_ready(pair, down) and ops.mlp_at(m, pair, ops.sm_count(torch.device(device)))
+    x = testing.random_activations(m, hidden, dtype=dtype, seed=70, device=device)
+    mid = ops.w4a16_linear(x, pair, backend="mma", glu=True, splits=1)
+    want = ops.w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)
+    assert testing.relative_error(want, reference_weight(down, dtype), mid, None) <= testing.TOLERANCE[dtype]
+
+    def chain(pdl):
+        y = x
+        for _ in range(2):  # back to back: the second launch reuses the counters the first left
+            y = ops.w4a16_mlp(y, pair, down, backend="kernel", splits=splits, pdl=pdl)
+        return y
+
+    assert torch.equal(ops.w4a16_mlp(x, pair, down, backend="kernel", splits=splits), want)
+    assert_programmatic_chain(chain)
+    monkeypatch.setattr(ops, "FUSED_MLP", False)
+    assert not ops.mlp_at(m, pair, ops.sm_count(torch.device(device)))
+    assert torch.equal(ops.w4a16_mlp(x, pair, down, backend="kernel", splits=splits), want)
 
 
 @pytest.mark.parametrize("plan", [dict(bt=64, splits=2), dict(bt=256, stream_k=True), dict(bt=128)])

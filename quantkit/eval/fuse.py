@@ -110,7 +110,8 @@ class ProjectionPart(nn.Module):
 
 class FusedGatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)) with gate and up as one linear (Llama, Mistral, Qwen2/3 MLPs); a gate_up with
-    ``glu`` (W4A16Linear.concat_glu) returns silu(gate(x)) * up(x) itself."""
+    ``glu`` (W4A16Linear.concat_glu) returns silu(gate(x)) * up(x) itself, and where it fuses with down at the step's
+    rows (W4A16Linear.fuses_with / fuses_at: kernels.ops.w4a16_mlp, a decode step's MLP in one launch) runs both."""
 
     def __init__(self, gate_up: nn.Module, down: nn.Module, act_fn, intermediate: int):
         super().__init__()
@@ -118,6 +119,9 @@ class FusedGatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self.gate_up, "glu", False):
+            fuses = getattr(self.gate_up, "fuses_with", None)
+            if fuses is not None and fuses(self.down_proj) and self.gate_up.fuses_at(x.numel() // x.shape[-1]):
+                return self.gate_up.mlp(x, self.down_proj)
             return self.down_proj(self.gate_up(x))
         gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)

@@ -215,6 +215,16 @@ def _(x, rms, eps, residual, next_w, layer):
     return out if next_w is None else out.new_empty(2, *out.shape)
 
 
+@torch.library.custom_op("quantkit_eval::quantized_mlp", mutates_args=())
+def _quantized_mlp(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
+    return _OPAQUE[pair].mlp(x, _OPAQUE[down])
+
+
+@_quantized_mlp.register_fake
+def _(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _OPAQUE[down].out_features)
+
+
 class _Opaque(nn.Module):
     """A quantized linear that torch.compile sees as one custom op (it runs the module as it is). Where the module
     is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
@@ -237,6 +247,18 @@ class _Opaque(nn.Module):
         ready = self.glu and on_kernels and kernel_ops.glu_ready(packed)
         self.glu_wgmma = kernel_ops.has_wgmma(packed.device) if ready else None
         self.sms = kernel_ops.sm_count(packed.device) if self.image or ready else 0
+
+    def fuses_with(self, down: nn.Module) -> bool:
+        """The module's fuses_with (a gated pair and its down projection in one launch) for another opaque linear."""
+        inner = getattr(self.inner, "fuses_with", None)
+        return isinstance(down, _Opaque) and inner is not None and inner(down.inner)
+
+    def fuses_at(self, rows: int) -> bool:
+        return self.inner.fuses_at(rows)
+
+    def mlp(self, x: torch.Tensor, down: "_Opaque") -> torch.Tensor:
+        """The module's mlp(x, down) as one custom op."""
+        return torch.ops.quantkit_eval.quantized_mlp(x, self.layer, down.layer)
 
     def folded(self, x: torch.Tensor, fold: kernel_ops.Fold) -> torch.Tensor:
         """The module's folded() as one custom op (a decoder layer's residual add and RMSNorm folded in)."""
@@ -588,6 +610,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     if kernel_ops.WS_PIPELINED_32:  # an option measured slower (QUANTKIT_WS_PIPELINED_32), recorded where it was on
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
+    result["fused_mlp"] = kernel_ops.FUSED_MLP  # from session 45 on: the decode steps' MLP in one launch where it can
     result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
     if defines := kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
         result["kernel_defines"] = defines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.kernels.ops import Fold, l2_prefetch, w4a16_linear
+from quantkit.kernels.ops import Fold, l2_prefetch, mlp_at, mlp_ready, sm_count, w4a16_linear, w4a16_mlp
 from quantkit.kernels.packing import PackedLinear, concat, glu_order, interleave_glu, prepare
 from quantkit.qlinear import QuantizedLinear
 
@@ -70,6 +70,22 @@ class W4A16Linear(nn.Module):
         """forward with a decoder layer's residual add and RMSNorm folded in (kernels.ops.Fold; with fold.next_w the
         result is [2, ..., N])."""
         return self._linear(x, self.glu, fold)
+
+    def fuses_with(self, down: nn.Module) -> bool:
+        """Whether mlp() can run this gated pair (glu) and down in one launch at all (kernels.ops.mlp_ready; neither
+        with a bias or an L2 prefetch of its own, both of one backend); fuses_at says at which rows."""
+        return (isinstance(down, W4A16Linear) and self.glu and self.bias is None and down.bias is None
+                and self.warm is None and down.warm is None and down.backend == self.backend
+                and self.backend in ("auto", "kernel") and mlp_ready(self.packed, down.packed))
+
+    def fuses_at(self, rows: int) -> bool:
+        """For a down where fuses_with holds: whether mlp() at this many rows is one launch (kernels.ops.mlp_at)."""
+        return mlp_at(rows, self.packed, sm_count(self.packed.device))
+
+    def mlp(self, x: torch.Tensor, down: "W4A16Linear") -> torch.Tensor:
+        """down(self(x)) for this gated pair (glu): one launch where fuses_with and fuses_at hold
+        (kernels.ops.w4a16_mlp), else the two layers."""
+        return w4a16_mlp(x, self.packed, down.packed, backend=self.backend, pdl=self.pdl, down_pdl=down.pdl)
 
     def _linear(self, x: torch.Tensor, glu: bool, fold: Fold | None = None) -> torch.Tensor:
         return w4a16_linear(x, self.packed, self.bias, backend=self.backend,

@@ -165,6 +165,12 @@ GLU_EPILOGUE = os.environ.get("QUANTKIT_GLU_EPILOGUE", "1") != "0"
 # (eval_llama-3-8b_g128_compiled_ea58d9e_h100_{glu_ws,ws_off}.json). QUANTKIT_GLU_WS=0 turns it off for a process (the
 # eval records it). Its cluster split-K is not taken with it (the workspace's instead).
 GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "1") != "0"
+# A decode step's gated MLP, down(silu(gate(x)) * up(x)), in one launch of the decode kernel (csrc qk_mma_mlp,
+# w4a16_mlp) instead of two, at up to MLP_MAX_M rows (one token tile) where the gated pair runs unsplit there: down's
+# blocks start on the part of the pair's output they need as soon as it is written, not after the pair's whole grid.
+# QUANTKIT_FUSED_MLP=0 turns it off for a process (the eval records it).
+FUSED_MLP = os.environ.get("QUANTKIT_FUSED_MLP", "1") != "0"
+MLP_MAX_M = 8
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
@@ -858,6 +864,63 @@ def glu_at(m: int, n: int, k: int, *, wgmma: bool, sms: int = 132) -> bool:
     if wgmma and wgmma_ws(m, n, k, sms):
         return GLU_WS
     return m <= STREAM_MAX_M and _glu_in_stream(m, n, None, None, None)
+
+
+def mlp_ready(pair: PackedLinear, down: PackedLinear) -> bool:
+    """Whether w4a16_mlp can run this gated pair (packing.glu_order) and its down projection in one launch at all: the
+    "mma" layout of both on an NVIDIA GPU, the extension built, one symmetry, no act-order, down taking the pair's
+    outputs. mlp_at says at which rows."""
+    return (pair.perm is None and down.perm is None and (pair.zeros is None) == (down.zeros is None)
+            and pair.out_features % 16 == 0
+            and down.in_features * 2 == pair.out_features and _mma_on_nvidia(pair) and _mma_on_nvidia(down))
+
+
+def mlp_at(m: int, pair: PackedLinear, sms: int) -> bool:
+    """For layers where mlp_ready holds, whether w4a16_mlp at M rows on a GPU of sms multiprocessors takes the one
+    launch: FUSED_MLP, 1 <= M <= MLP_MAX_M, and the gated pair unsplit there as w4a16_linear would run it (mma_splits),
+    so that both give the same bits."""
+    # (mma_splits is the same at every M of one token tile: M = 1 stands for them, and a traced M is only compared)
+    return (FUSED_MLP and 1 <= m <= MLP_MAX_M
+            and mma_splits(1, pair.out_features, pair.in_features, sms, staged=False, mt=1, wk=True) == 1)
+
+
+def _mlp_sync(device: torch.device, ints: int) -> torch.Tensor:
+    """The fused MLP kernel's arrival counters (zero, and left zero by the kernel)."""
+    sync = _buffers.get(("mlp_sync", device))
+    if sync is None or sync.numel() < ints:
+        sync = _buffers[("mlp_sync", device)] = torch.zeros(max(ints, 64), dtype=torch.int32, device=device)
+    return sync
+
+
+def w4a16_mlp(x: torch.Tensor, pair: PackedLinear, down: PackedLinear, *, backend: str = "auto",
+              splits: int | None = None, pdl: bool | None = None, down_pdl: bool | None = None) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) for a gated pair in packing.glu_order (packing.interleave_glu) and its down
+    projection, neither with a bias: [..., down.out_features]. One launch (csrc qk_mma_mlp) where backend is "auto"
+    or "kernel", mlp_ready holds and mlp_at holds at x's rows; else w4a16_linear(glu=True) then w4a16_linear, which
+    the one launch matches bit for bit (the pair unsplit, down's splits summed in the same order). splits: down's
+    split-K (default mma_splits, as w4a16_linear's); pdl: the launch (or the pair's) as a programmatic dependent
+    launch (default STREAM_PDL); down_pdl: down's where there are two launches."""
+    _check_inputs(x, pair, None, backend)
+    lead, k = x.shape[:-1], x.shape[-1]
+    m = math.prod(lead) if lead else 1
+    one = (backend in ("auto", "kernel") and _on_layer_device(x, pair) and mlp_ready(pair, down)
+           and mlp_at(m, pair, _sm_count(x.device)))
+    if not one:
+        y = w4a16_linear(x, pair, backend=backend, glu=True, pdl=pdl)
+        return w4a16_linear(y, down, backend=backend, splits=splits, pdl=down_pdl)
+    selfcheck.self_check(x.device)
+    x2, _ = _operands(x.reshape(m, k).contiguous(), None)
+    n1, n2 = pair.out_features, down.out_features
+    splits = splits or mma_splits(m, n2, n1 // 2, _sm_count(x.device), staged=False, mt=1, wk=True)
+    z = grid_splits(n1 // 2, splits)
+    ws, counters = _workspace(x.device, z * m * n2 if z > 1 else 0, n2 // 16)
+    mid = torch.empty(m, n1 // 2, dtype=x.dtype, device=x.device)
+    out = torch.empty(m, n2, dtype=x.dtype, device=x.device)
+    build.load_extension().mlp_gemm(x2, pair.mma_weight, pair.mma_meta(x.dtype), down.mma_weight,
+                                    down.mma_meta(x.dtype), mid, out, ws, counters, _mlp_sync(x.device, z + 1),
+                                    pair.group_size, down.group_size, pair.zeros is None, splits,
+                                    STREAM_PDL if pdl is None else pdl)
+    return out.reshape(*lead, n2)
 
 
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False, sms: int = 132) -> str:

@@ -5,8 +5,8 @@ Three sets of cases: every kernel path forced on small layers (CASES), the dispa
 two layers of 2^25 weights (DISPATCH_CASES), where it takes what the small layers never reach: on Hopper the
 warp-specialized kernel at every tile (16 to 256 tokens a block) under stream-K, cluster split-K and the plain grid,
 and everywhere the decode kernel on deep K, with as many splits as a real layer gets; and on NVIDIA a gated pair
-through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE) and a decoder layer's residual add and RMSNorm
-folded into the decode kernel (FOLD_CASE)."""
+through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE), a decoder layer's residual add and RMSNorm
+folded into the decode kernel (FOLD_CASE) and a decode step's gated MLP in one launch (MLP_CASE)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ GLU_WS_CASE = (1024, 16384, 128, True, (31, 48, 77, 200, 640))
 # same kernel's plain output added in torch ops (bit for bit), and the norm's scale against the plain output scaled
 # after it; a gated pair (GLU_CASE's) with the scale too.
 FOLD_CASE = (320, 1536, 64, False, True, (1, 3, 8))
+# (intermediate, hidden, group, sym, Ms): a decode step's gated MLP in one launch (ops.w4a16_mlp) at each M where it
+# runs (ops.mlp_at), down unsplit, in 3 uneven splits and in the rule's: bit for bit the gated pair then down, launched
+# one after the other (the kernels the other cases check against the reference).
+MLP_CASE = (320, 576, 64, False, (1, 3, 8))
 _checked: set = set()
 
 
@@ -161,6 +165,30 @@ def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
                                   f"relative error {err:.2e} > {tol:.1e}")
 
 
+def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """MLP_CASE: the one-launch MLP against the gated pair and down one after the other."""
+    from quantkit.kernels.ops import mlp_at, sm_count, w4a16_linear, w4a16_mlp  # late: ops calls us
+    from quantkit.kernels.packing import interleave_glu
+
+    inter, hidden, g, sym, ms = MLP_CASE
+    gate, up, down = (prepare(testing.random_qlinear(n, k, group_size=g, sym=sym, act_order=False, dtype=dtype,
+                                                     seed=seed + i), device=device, layouts=("mma",))
+                      for i, (n, k) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))
+    pair = interleave_glu(gate, up)
+    for m in ms:
+        if not mlp_at(m, pair, sm_count(device)):
+            continue
+        x = testing.random_activations(m, hidden, dtype=dtype, seed=800 + m, device=device)
+        for splits in (1, 3, None):
+            got = w4a16_mlp(x, pair, down, backend="kernel", splits=splits)
+            mid = w4a16_linear(x, pair, backend="mma", glu=True, splits=1)
+            if not torch.equal(got, w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)):
+                raise KernelSelfCheckError(
+                    f"W4A16 kernel 'mma' with the gated MLP in one launch disagrees with its two launches on {device} "
+                    f"(M={m} intermediate={inter} hidden={hidden} group={g} sym={sym} splits={splits} {dtype}): not bit "
+                    f"for bit; do not use its results, report this with the GPU name")
+
+
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
     """Run every kernel path on CASES and the dispatch on DISPATCH_CASES; raise KernelSelfCheckError on the first
     mismatch."""
@@ -203,6 +231,7 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
                 _check_glu(device, torch.bfloat16, len(CASES) + len(DISPATCH_CASES) + 2, GLU_WS_CASE)
             for dtype in (torch.float16, torch.bfloat16):
                 _check_fold(device, dtype, len(CASES) + len(DISPATCH_CASES) + 3)
+                _check_mlp(device, dtype, len(CASES) + len(DISPATCH_CASES) + 4)
     except Exception:
         _checked.discard(device)
         raise
