@@ -410,9 +410,10 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
-// m0 + 8t + gid, k = 64cc + 16tig .. +16), straight from global memory (L1-resident), zero past M. CG: read through
-// the L2 only (x written by another block of the same kernel, qk_mma_mlp; the read-only path could see stale lines).
-template <int MT, bool CG = false>
+// m0 + 8t + gid, k = 64cc + 16tig .. +16), straight from global memory (L1-resident), zero past M. WEAK: plain loads
+// instead of the read-only path, for an x that another block of the same kernel wrote (qk_mma_mlp, after an acquire:
+// the memory model orders those, not the non-coherent ones), still cached in the L1 for the blocks beside.
+template <int MT, bool WEAK = false>
 struct QkDecodeX {
   const uint4* row[MT];
   QK_INLINE QkDecodeX(const uint16_t* x, int m0, int gid, int tig, int M, int K) {
@@ -427,8 +428,8 @@ struct QkDecodeX {
     for (int t = 0; t < MT; ++t) {
       uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
       if (row[t]) {
-        if constexpr (CG)
-          lo = __ldcg(row[t] + cc * 8), hi = __ldcg(row[t] + cc * 8 + 1);
+        if constexpr (WEAK)
+          lo = row[t][cc * 8], hi = row[t][cc * 8 + 1];
         else
           lo = __ldg(row[t] + cc * 8), hi = __ldg(row[t] + cc * 8 + 1);
       }
@@ -644,7 +645,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
 // qk_mma_stream with WK; the SiLU-and-multiply epilogue writes its 8 outputs to mid [M, I]), then down's tiles, split
 // z major (split z reads mid's chunks [z cps, (z + 1) cps)). Each pair tile adds one to its split's arrival counter
 // (sync[z]) after its writes; a down item requests its first weights, then waits until its split's pair tiles have all
-// arrived, and reads mid through the L2. So down's reads start as soon as the part of mid they need exists, not when
+// arrived, and reads mid. So down's reads start as soon as the part of mid they need exists, not when
 // the whole gated pair's grid has ended, and there is one launch instead of two. The wait relies on the GPU
 // starting a grid's blocks in the order of their index (as single-pass scans such as CUB's do): a down item then
 // waits only for blocks that have started. Down's splits add up through the workspace (ws, a counter a tile in
@@ -680,10 +681,16 @@ QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32, 8)  // 64 registers, as t
     const int* arrived = sync + z;
     qk_stream_chunks<Tag, 1, SYM, U>(acc[0], xs, wt, meta_row, group_of, c0 + warp * U, QK_STREAM_WARPS * U, c1, [&] {
       qk_pdl_wait_then_trigger();
-      int seen;  // every lane acquires the arrivals itself before its first read of mid
-      do {
-        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(arrived) : "memory");
-      } while (seen < need);
+      if (lane == 0) {  // one lane a warp polls, backing off, then acquires what the arrivals published
+        int seen;
+        while (true) {
+          asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(arrived) : "memory");
+          if (seen >= need) break;
+          __nanosleep(64);
+        }
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+      }
+      __syncwarp();
     });
   }
   qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk

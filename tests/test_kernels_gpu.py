@@ -583,11 +583,12 @@ def assert_programmatic_chain(chain):
                          ids=["bf16-sym-m1", "bf16-sym-m8-split5", "fp16-asym-m3", "fp16-asym-m1-unsplit"])
 def test_mlp_in_one_launch(device, monkeypatch, dtype, sym, m, splits):
     """ops.w4a16_mlp: a gated pair and its down projection in one launch (csrc qk_mma_mlp), its down blocks waiting
-    for the pair tiles of their split, on a layer of Llama-3-8B's MLP shape cut to a quarter of its rows: bit for bit
+    for the pair tiles of their split, on Llama-3-8B's hidden size with 4352 intermediate features (the pair's 544
+    tiles unsplit, as mlp_at asks; down in the rule's 2 splits, 5 uneven ones or none): bit for bit
     the two layers launched one after the other, near the reference; again and again, eagerly, as programmatic
     launches back to back and from a CUDA graph (its counters are left zero for the next launch); and the two
     launches with QUANTKIT_FUSED_MLP off."""
-    inter, hidden = 3584, 4096
+    inter, hidden = 4352, 4096
     gate, up, down = (prepare(testing.random_qlinear(n, k, group_size=128, sym=sym, act_order=False, dtype=dtype,
                                                      seed=60 + i), device=device)
                       for i, (n, k) in enumerate(((inter, hidden), (inter, hidden), (hidden, inter))))

@@ -8,6 +8,10 @@
 #                                                           eval g128 at batch 1 with the time left
 #     bash bench/results/mlp_round.sh OUT_DIR 2 [SECONDS]   compiled eval g128 at batch 1 with the two launches
 #                                                           (QUANTKIT_FUSED_MLP=0), then at batch 1, 8, 32 (the default)
+#     bash bench/results/mlp_round.sh OUT_DIR 3 [SECONDS]   after step 1 (the one launch slower: down read mid through
+#                                                           the L2 only, every lane polling): build, the MLP's GPU tests,
+#                                                           the chain again, then compiled eval g128 at batch 1, 8, 32
+#                                                           with the two launches (QUANTKIT_FUSED_MLP=0)
 set -u
 OUT=${1:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
@@ -34,6 +38,15 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
     QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh "$D/eval_b1_two" \
       $(( ($(left) - 20) * 2 / 5 ))
     STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval" $(( $(left) - 10 )) ;;
+  3)
+    timeout 300 python3 -c "
+import logging, sys; logging.basicConfig(level=logging.INFO)
+from quantkit.kernels import kernel_available, self_check
+ok, why = kernel_available(); print('kernel_available', ok, why)
+sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "mlp" 2>&1 | tail -8 | tee "$D/tests.log"
+    timeout 120 python3 bench/chain_bench.py --ms 1,8 --no-sweep --out "$D/chain.json" 2>&1 | tail -8 | tee "$D/chain.log"
+    QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval_two" $(( $(left) - 10 )) ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "mlp$STEP" && rm -rf "$D"
 echo "== mlp $STEP done ($(left) s left)"
