@@ -11,7 +11,8 @@
 #     bash bench/results/mlp_round.sh OUT_DIR 3 [SECONDS]   after step 1 (the one launch slower: down read mid through
 #                                                           the L2 only, every lane polling): build, the MLP's GPU tests,
 #                                                           the chain again, then compiled eval g128 at batch 1, 8, 32
-#                                                           with the two launches (QUANTKIT_FUSED_MLP=0)
+#                                                           with the two launches (QUANTKIT_FUSED_MLP=0; not with
+#                                                           CHAIN_ONLY=1)
 set -u
 OUT=${1:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
@@ -46,7 +47,8 @@ ok, why = kernel_available(); print('kernel_available', ok, why)
 sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
     timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "mlp" 2>&1 | tail -8 | tee "$D/tests.log"
     timeout 120 python3 bench/chain_bench.py --ms 1,8 --no-sweep --out "$D/chain.json" 2>&1 | tail -8 | tee "$D/chain.log"
-    QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1,8,32 bash bench/eval_speed.sh "$D/eval_two" $(( $(left) - 10 )) ;;
+    [ "${CHAIN_ONLY:-0}" = 1 ] || QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1,8,32 \
+      bash bench/eval_speed.sh "$D/eval_two" $(( $(left) - 10 )) ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "mlp$STEP" && rm -rf "$D"
 echo "== mlp $STEP done ($(left) s left)"
