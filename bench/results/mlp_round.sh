@@ -13,6 +13,8 @@
 #                                                           the chain again, then compiled eval g128 at batch 1, 8, 32
 #                                                           with the two launches (QUANTKIT_FUSED_MLP=0; not with
 #                                                           CHAIN_ONLY=1)
+#     bash bench/results/mlp_round.sh OUT_DIR 4 [SECONDS]   step 3 without its eval, then compiled eval g128 at batch 1
+#                                                           with the MLP the chain found faster at M = 1
 set -u
 OUT=${1:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: mlp_round.sh OUT_DIR STEP [SECONDS]}
@@ -49,6 +51,15 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
     timeout 120 python3 bench/chain_bench.py --ms 1,8 --no-sweep --out "$D/chain.json" 2>&1 | tail -8 | tee "$D/chain.log"
     [ "${CHAIN_ONLY:-0}" = 1 ] || QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1,8,32 \
       bash bench/eval_speed.sh "$D/eval_two" $(( $(left) - 10 )) ;;
+  4)  # step 3's build, tests and chain, then compiled eval g128 at batch 1 with whichever MLP the chain found faster
+    CHAIN_ONLY=1 bash "$0" "$OUT" 3 $(( $(left) - 200 ))
+    tar -C "$OUT" -xzf "$OUT/mlp3.tgz" && rm "$OUT/mlp3.tgz"
+    FUSED=$(python3 -c "
+import json; runs = json.load(open('$OUT/mlp3/chain.json'))['runs']; rows = [r['us_per_layer'] for r in runs if r['m'] == 1]
+print(int(bool(rows) and rows[0].get('mlp_one_launch', {}).get('us', 1e9) < rows[0]['default']['us'])))")
+    echo "one-launch MLP faster in the chain at M = 1: $FUSED" | tee "$D/choice.log"
+    QUANTKIT_FUSED_MLP=$FUSED STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh "$D/eval_b1" $(( $(left) - 10 ))
+    mv "$OUT/mlp3" "$D/" ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "mlp$STEP" && rm -rf "$D"
 echo "== mlp $STEP done ($(left) s left)"
