@@ -9,7 +9,8 @@ torch's SiLU and multiply) run the same chain as the baseline.
 
     python3 bench/chain_bench.py --out bench/results/chain_h100.json
 
-The gated MLP in one launch (ops.w4a16_mlp, "mlp_one_launch") is a variant of every run where it takes the M.
+The gated MLP in one launch (ops.w4a16_mlp, "mlp_one_launch"; off by default in the eval) is a variant of every run
+where it takes the M.
 
 Times: us a layer (one replay of the LAYERS-layer graph / LAYERS), median of --reps replays, the variants interleaved
 (kernel_bench.time_calls). Each variant's output after the first layer is checked against the default dispatch's before
@@ -151,7 +152,8 @@ def variants(m: int, sms: int, device) -> dict:
 
 
 def mlp_variants(m: int, sms: int) -> dict:
-    """gate/up and down in one launch (ops.w4a16_mlp, down's default splits) where ops.mlp_at takes that M."""
+    """gate/up and down in one launch (ops.w4a16_mlp, down's default splits) where ops.mlp_at takes that M with
+    ops.FUSED_MLP on (main turns it on: the default chain calls the two layers itself either way)."""
     pair = SimpleNamespace(out_features=ROLES["gate_up"][0], in_features=HIDDEN)
     return {"mlp_one_launch": {"mlp": True}} if ops.mlp_at(m, pair, sms) else {}
 
@@ -172,6 +174,7 @@ def main() -> int:
         print("chain_bench: no GPU; nothing to measure", file=sys.stderr)
         return 2
     device = torch.device("cuda")
+    ops.FUSED_MLP = True  # the mlp_one_launch variant's (QUANTKIT_FUSED_MLP, off by default, changes no other chain)
     self_check(device)
     sms = ops.sm_count(device)
     rate = read_rate(device)

@@ -3,6 +3,7 @@ reference path, dispatch without a GPU, and the module. GPU sweeps are in test_k
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -630,6 +631,7 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     monkeypatch.setattr(selfcheck, "GLU_WS_CASE", (16, 128, 64, False, (40,)))
     monkeypatch.setattr(selfcheck, "FOLD_CASE", (32, 192, 64, False, True, (2,)))
     monkeypatch.setattr(selfcheck, "MLP_CASE", (64, 128, 64, True, (3,)))
+    monkeypatch.setattr(ops, "FUSED_MLP", True)  # (off by default: the self-check runs the one launch where it may run)
 
     def kernels(x, packed, bias=None, *, backend, **how):
         glu, fold = how.get("glu", False), how.get("fold")
@@ -762,14 +764,16 @@ def test_random_layers_drawn_on_the_device_keep_the_distribution():
 
 
 def test_mlp_in_one_launch_rule_and_fallback(monkeypatch):
-    """ops.mlp_at takes the one-launch MLP (csrc qk_mma_mlp) at 1 to MLP_MAX_M rows where the gated pair runs unsplit
-    (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both layers on an NVIDIA GPU's "mma"
+    """ops.mlp_at takes the one-launch MLP (csrc qk_mma_mlp) with FUSED_MLP (off by default) at 1 to MLP_MAX_M rows
+    where the gated pair runs unsplit (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both layers on an NVIDIA GPU's "mma"
     layout of one symmetry without act-order, down taking the pair's outputs. Elsewhere (here, the CPU) w4a16_mlp is the
     pair then down, and the eval's FusedGatedMLP runs the two layers."""
     from quantkit.eval.fuse import FusedGatedMLP
     from quantkit.kernels import ops, packing
     from quantkit.kernels.module import W4A16Linear
 
+    assert not ops.FUSED_MLP or "QUANTKIT_FUSED_MLP" in os.environ  # off by default (measured slower)
+    monkeypatch.setattr(ops, "FUSED_MLP", True)
     pair = SimpleNamespace(out_features=28672, in_features=4096)  # Llama-3-8B's gate/up: 1792 tiles of 16 rows
     assert [m for m in range(0, 12) if ops.mlp_at(m, pair, 132)] == list(range(1, ops.MLP_MAX_M + 1))
     wide = SimpleNamespace(out_features=512, in_features=16384)  # 32 tiles: the rule splits them at M = 1

@@ -587,7 +587,8 @@ def test_mlp_in_one_launch(device, monkeypatch, dtype, sym, m, splits):
     tiles unsplit, as mlp_at asks; down in the rule's 2 splits, 5 uneven ones or none): bit for bit
     the two layers launched one after the other, near the reference; again and again, eagerly, as programmatic
     launches back to back and from a CUDA graph (its counters are left zero for the next launch); and the two
-    launches with QUANTKIT_FUSED_MLP off."""
+    launches with QUANTKIT_FUSED_MLP off (the default)."""
+    monkeypatch.setattr(ops, "FUSED_MLP", True)  # off by default (measured slower)
     inter, hidden = 4352, 4096
     gate, up, down = (prepare(testing.random_qlinear(n, k, group_size=128, sym=sym, act_order=False, dtype=dtype,
                                                      seed=60 + i), device=device)

@@ -8,6 +8,9 @@ R=bench/results
 PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_65fc5cc_h100_two_b1.json@65fc5cc" \
+  "$R/eval_llama-3-8b_g128_compiled_65fc5cc_h100_mlp_b1.json@65fc5cc (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_a279aa1_h100_mlp_b1.json@a279aa1 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_fold.json@04b9357" \
   "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_fold_b1.json@04b9357 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_04b9357_h100_nofold.json@04b9357 (same machine)" \

@@ -56,7 +56,10 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
     tar -C "$OUT" -xzf "$OUT/mlp3.tgz" && rm "$OUT/mlp3.tgz"
     FUSED=$(python3 -c "
 import json; runs = json.load(open('$OUT/mlp3/chain.json'))['runs']; rows = [r['us_per_layer'] for r in runs if r['m'] == 1]
-print(int(bool(rows) and rows[0].get('mlp_one_launch', {}).get('us', 1e9) < rows[0]['default']['us'])))")
+print(int(bool(rows) and rows[0].get('mlp_one_launch', {}).get('us', 1e9) < rows[0]['default']['us']))")
+    # (as run in session 45 the line above had one parenthesis too many: FUSED came out empty, and the eval below ran
+    # with QUANTKIT_FUSED_MLP='', the one launch, the default then; the two launches were measured after it, by hand:
+    # QUANTKIT_FUSED_MLP=0 STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh $OUT/eval_two 240)
     echo "one-launch MLP faster in the chain at M = 1: $FUSED" | tee "$D/choice.log"
     QUANTKIT_FUSED_MLP=$FUSED STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh "$D/eval_b1" $(( $(left) - 10 ))
     mv "$OUT/mlp3" "$D/" ;;

@@ -168,8 +168,10 @@ GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "1") != "0"
 # A decode step's gated MLP, down(silu(gate(x)) * up(x)), in one launch of the decode kernel (csrc qk_mma_mlp,
 # w4a16_mlp) instead of two, at up to MLP_MAX_M rows (one token tile) where the gated pair runs unsplit there: down's
 # blocks start on the part of the pair's output they need as soon as it is written, not after the pair's whole grid.
-# QUANTKIT_FUSED_MLP=0 turns it off for a process (the eval records it).
-FUSED_MLP = os.environ.get("QUANTKIT_FUSED_MLP", "1") != "0"
+# Off unless QUANTKIT_FUSED_MLP=1 (the eval records it): on the H100 it measured slower, 54.77 -> 57.40 us a layer for
+# the four kernels chained at M = 1 and 62.27 -> 65.66 at M = 8, and the compiled batch-1 decode 402.9 -> 370.6 tok/s
+# (docs/kernel.md item 59): the programmatic launch of down already overlaps the pair's tail.
+FUSED_MLP = os.environ.get("QUANTKIT_FUSED_MLP", "0") == "1"
 MLP_MAX_M = 8
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
