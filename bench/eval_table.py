@@ -27,8 +27,8 @@ def setup(run: dict) -> str:
     (throughput.COMBO_KERNELS), the greedy
     token's two stages (throughput.greedy_token), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
-    last of them to finish (decode_attention.FUSED_COMBINE), the 4-bit blocks' folded norms (fuse.NORM_FOLD) and the 4-bit
-    MLP in one launch (kernels.ops.FUSED_MLP) where they were on."""
+    last of them to finish (decode_attention.FUSED_COMBINE), the 4-bit blocks' folded norms (fuse.NORM_FOLD) and the
+    4-bit MLP in one launch (kernels.ops.FUSED_MLP) where they were on."""
     t = run["throughput"]
     parts = ["SDPA, cache repeated" if t.get("attention") != "quantkit_grouped_sdpa"
              else "split-KV decode attention" if t.get("decode_attention") == "split" else "grouped decode attention"]

@@ -765,9 +765,9 @@ def test_random_layers_drawn_on_the_device_keep_the_distribution():
 
 def test_mlp_in_one_launch_rule_and_fallback(monkeypatch):
     """ops.mlp_at takes the one-launch MLP (csrc qk_mma_mlp) with FUSED_MLP (off by default) at 1 to MLP_MAX_M rows
-    where the gated pair runs unsplit (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both layers on an NVIDIA GPU's "mma"
-    layout of one symmetry without act-order, down taking the pair's outputs. Elsewhere (here, the CPU) w4a16_mlp is the
-    pair then down, and the eval's FusedGatedMLP runs the two layers."""
+    where the gated pair runs unsplit (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both
+    layers on an NVIDIA GPU's "mma" layout of one symmetry without act-order, down taking the pair's outputs.
+    Elsewhere (here, the CPU) w4a16_mlp is the pair then down, and the eval's FusedGatedMLP runs the two layers."""
     from quantkit.eval.fuse import FusedGatedMLP
     from quantkit.kernels import ops, packing
     from quantkit.kernels.module import W4A16Linear

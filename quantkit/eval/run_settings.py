@@ -4,7 +4,8 @@ Each is read once, when its module is imported: QUANTKIT_COMBO_KERNELS and QUANT
 (quantkit.eval.throughput), QUANTKIT_GLU_PDL, QUANTKIT_INDUCTOR_PDL, QUANTKIT_NORM_FOLD and QUANTKIT_NORM_FOLD_ROWS
 (quantkit.eval.fuse), QUANTKIT_SPLITS_ROUND,
 QUANTKIT_ATTENTION_PDL and QUANTKIT_SPLIT_KV_FUSED_COMBINE (quantkit.eval.decode_attention), QUANTKIT_WS_PIPELINED_32,
-QUANTKIT_GLU_EPILOGUE, QUANTKIT_GLU_WS and QUANTKIT_FUSED_MLP (quantkit.kernels.ops), QUANTKIT_L2_PREFETCH* (quantkit.eval.prefetch), and
+QUANTKIT_GLU_EPILOGUE, QUANTKIT_GLU_WS and QUANTKIT_FUSED_MLP (quantkit.kernels.ops), QUANTKIT_L2_PREFETCH*
+(quantkit.eval.prefetch), and
 QUANTKIT_KERNEL_DEFINES (quantkit.kernels.build: the csrc tuning macros the extension is built with). A run's JSON
 records what they did (``combo_kernels``, ``compiled_x_image``, ...); the command carries them too, so that running it
 again measures the same thing. Torch-free: the command line builds its records with it.

@@ -254,6 +254,7 @@ class _Opaque(nn.Module):
         return isinstance(down, _Opaque) and inner is not None and inner(down.inner)
 
     def fuses_at(self, rows: int) -> bool:
+        """The module's fuses_at (at which rows mlp() is one launch)."""
         return self.inner.fuses_at(rows)
 
     def mlp(self, x: torch.Tensor, down: "_Opaque") -> torch.Tensor:

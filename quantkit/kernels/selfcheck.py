@@ -185,8 +185,8 @@ def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
             if not torch.equal(got, w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)):
                 raise KernelSelfCheckError(
                     f"W4A16 kernel 'mma' with the gated MLP in one launch disagrees with its two launches on {device} "
-                    f"(M={m} intermediate={inter} hidden={hidden} group={g} sym={sym} splits={splits} {dtype}): not bit "
-                    f"for bit; do not use its results, report this with the GPU name")
+                    f"(M={m} intermediate={inter} hidden={hidden} group={g} sym={sym} splits={splits} {dtype}): "
+                    f"not bit for bit; do not use its results, report this with the GPU name")
 
 
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
