@@ -518,11 +518,6 @@ QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* w
 #ifndef QK_STREAM_U_SMALL
 #define QK_STREAM_U_SMALL 4
 #endif
-// QK_STREAM_SELF_PREFETCH: 0 (the default, no code), or the largest layer (N K weights) whose decode-kernel blocks
-// request their whole range into the L2 before they wait for the kernel before them; an experiment's macro too.
-#ifndef QK_STREAM_SELF_PREFETCH
-#define QK_STREAM_SELF_PREFETCH 0
-#endif
 #ifndef QK_STREAM_U_LARGE
 #define QK_STREAM_U_LARGE 2
 #endif
@@ -573,23 +568,6 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
-#if QK_STREAM_SELF_PREFETCH
-  // (Tuning macro, off by default.) On layers of at most QK_STREAM_SELF_PREFETCH weights (N K), the tile's whole
-  // range of this split, weights and scales, is requested into the L2 at the start, before the wait for the kernel
-  // before: the batches after the first then meet their weights in the L2.
-  if (tile < n_tiles && (WK ? threadIdx.x == 0 : lane == 0) &&
-      (unsigned long long)N * K <= (unsigned long long)QK_STREAM_SELF_PREFETCH) {
-    constexpr int meta_bytes = SYM ? 32 : 64;  // a group's 8 entries of this tile
-    const int g0 = c0 * 64 / group_size, g1 = (c1 * 64 + group_size - 1) / group_size;
-    QkPrefetchRanges own{};
-    own.p[0] = reinterpret_cast<const char*>(w + ((size_t)tile * chunks + c0) * 32);
-    own.bytes[0] = (uint64_t)(c1 - c0) * 512;
-    own.p[1] = reinterpret_cast<const char*>(meta) + ((size_t)tile * groups + g0) * meta_bytes;
-    own.bytes[1] = (uint64_t)(g1 - g0) * meta_bytes;
-    own.n = c1 > c0 ? 2 : 0;
-    qk_l2_prefetch_slices(own, 0, 1);
-  }
-#endif
   // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
   // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
   if (tile < n_tiles) {

@@ -7,7 +7,14 @@ cd "$(dirname "$0")/../.."
 R=bench/results
 PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
+# the current defaults only (the README's first H100 table), then every H100 run
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_405ae51_h100.json@405ae51" \
+  "$R/eval_llama-3-8b_g32_compiled_405ae51_h100.json@405ae51 (another H100)" \
+  > $R/eval_speed_current.md
+$PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_405ae51_h100.json@405ae51" \
+  "$R/eval_llama-3-8b_g32_compiled_405ae51_h100.json@405ae51 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_65fc5cc_h100_two_b1.json@65fc5cc" \
   "$R/eval_llama-3-8b_g128_compiled_65fc5cc_h100_mlp_b1.json@65fc5cc (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_a279aa1_h100_mlp_b1.json@a279aa1 (another H100)" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 46: the decode kernel's blocks request their whole range (weights and scales of their tile and split) into
 # the L2 before they wait for the kernel before them (csrc QK_STREAM_SELF_PREFETCH, a build macro set through
-# QUANTKIT_KERNEL_DEFINES; 0, the default, builds the same code as before). Outputs in one archive a step:
+# QUANTKIT_KERNEL_DEFINES; 0, the default, builds the same code as before). Measured slower (docs/kernel.md item 60), the
+# macro was taken out of the tree again: the script runs as it ran only on 405ae51's tree. Outputs in one archive a step:
 #     bash bench/results/self_prefetch_round.sh OUT_DIR 1 [SECONDS]   the default build: the step's four kernels a layer
 #                                                                    chained (chain_bench, with every kernel a plain
 #                                                                    launch too, and each role alone); then the same
