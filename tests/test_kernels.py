@@ -650,8 +650,8 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     pair = [(1, 128, "kernel+glu")] * 3 + [(32, 128, "kernel+glu")] * glu_ws  # each split way at M = 1
     fold = [(2, 192, "mma"), (2, 192, "mma+res"), (2, 192, "mma"), (2, 192, "mma+rms"), (2, 128, "mma"),
             (2, 128, "mma+glu+rms")] * 3  # each split way
-    # the one launch (here, on the CPU, its two) against the two launches, each split way
-    mlp = [(3, 128, "kernel+glu"), (3, 64, "kernel"), (3, 128, "mma+glu"), (3, 64, "mma")] * 3
+    # the two launches' gated pair once, then each split way the one launch (here, on the CPU, its two) against down
+    mlp = [(3, 128, "mma+glu")] + [(3, 128, "kernel+glu"), (3, 64, "kernel"), (3, 64, "mma")] * 3
     for wrong in ((None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws
                   + ((2, "mma+res"), (2, "mma+rms"), (2, "mma+glu+rms"), (3, "kernel+glu"))):
         calls.clear()

@@ -179,9 +179,9 @@ def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
         if not mlp_at(m, pair, sm_count(device)):
             continue
         x = testing.random_activations(m, hidden, dtype=dtype, seed=800 + m, device=device)
+        mid = w4a16_linear(x, pair, backend="mma", glu=True, splits=1)  # the pair's launch: the same for every split
         for splits in (1, 3, None):
             got = w4a16_mlp(x, pair, down, backend="kernel", splits=splits)
-            mid = w4a16_linear(x, pair, backend="mma", glu=True, splits=1)
             if not torch.equal(got, w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)):
                 raise KernelSelfCheckError(
                     f"W4A16 kernel 'mma' with the gated MLP in one launch disagrees with its two launches on {device} "
