@@ -156,7 +156,7 @@ def bulk_variants(m: int, sms: int, device) -> dict:
     """The decode kernel's bulk instances (ops.STREAM_BULK, csrc qk_mma_bulk) where they take the M: every role; q/k/v
     and o_proj only (the layers whose grids leave room for the next kernel's blocks); every role with down in 2 or 8
     splits (4, the default, is one wave of registers but not of its shared memory)."""
-    if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1 and torch.cuda.get_device_capability(device)[0] >= 9):
+    if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1 and ops.bulk_device(device)):
         return {}
     every = {role: {"bulk": True} for role in ROLES}
     return {"bulk": every, "bulk_qkv_o": {role: {"bulk": True} for role in ("qkv", "o")},

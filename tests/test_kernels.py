@@ -763,6 +763,22 @@ def test_random_layers_drawn_on_the_device_keep_the_distribution():
     assert int(a.codes.max()) == 15 and int(a.zeros.min()) >= 1 and not torch.equal(a.g_idx, a.g_idx.sort().values)
 
 
+def test_bulk_instances_rule(monkeypatch):
+    """ops.bulk_at: the decode kernel's bulk instances take one token tile with the warps sharing a tile and at most
+    BULK_MAX_CHUNKS chunks a split (as the launch splits K: grid_splits), on a device that has them (bulk_device: a
+    CUDA GPU of compute capability 9.0+, never the CPU); STREAM_BULK is off by default (not yet measured faster)."""
+    from quantkit.kernels import ops
+
+    assert not ops.STREAM_BULK or os.environ.get("QUANTKIT_STREAM_BULK") == "1"
+    cpu = torch.device("cpu")
+    assert not ops.bulk_device(cpu) and not ops.bulk_at(4096, 1, 1, True, cpu)
+    monkeypatch.setattr(ops, "bulk_device", lambda device: True)
+    assert ops.bulk_at(4096, 1, 1, True, cpu)  # 64 chunks
+    assert ops.bulk_at(14336, 2, 1, True, cpu) and not ops.bulk_at(14336, 1, 1, True, cpu)  # 112 and 224 chunks
+    assert ops.bulk_at(8192 * 2 + 64, 2, 1, True, cpu) is False  # 257 chunks in 2 splits: 129 a split
+    assert not ops.bulk_at(4096, 1, 2, True, cpu) and not ops.bulk_at(4096, 1, 1, False, cpu)
+
+
 def test_mlp_in_one_launch_rule_and_fallback(monkeypatch):
     """ops.mlp_at takes the one-launch MLP (csrc qk_mma_mlp) with FUSED_MLP (off by default) at 1 to MLP_MAX_M rows
     where the gated pair runs unsplit (the bits of its two launches), never with FUSED_MLP off; mlp_ready needs both

@@ -290,11 +290,16 @@ def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: b
     return 1 << (max(1, min(want, cap)).bit_length() - 1)
 
 
+def bulk_device(device: torch.device) -> bool:
+    """Whether the decode kernel's bulk instances run on this device (a CUDA GPU of compute capability 9.0+)."""
+    return device.type == "cuda" and not torch.version.hip and _capability(device)[0] >= 9
+
+
 def bulk_at(k: int, splits: int, mt: int, wk: bool, device: torch.device) -> bool:
     """Whether the decode kernel's bulk instances can take this launch (STREAM_BULK's rule, before the switch): one
-    token tile, warps sharing a tile, at most BULK_MAX_CHUNKS chunks a split, compute capability 9.0+."""
+    token tile, warps sharing a tile, at most BULK_MAX_CHUNKS chunks a split, bulk_device."""
     per_split = math.ceil((k // 64) / grid_splits(k, splits))
-    return mt == 1 and wk and per_split <= BULK_MAX_CHUNKS and _capability(device)[0] >= 9
+    return mt == 1 and wk and per_split <= BULK_MAX_CHUNKS and bulk_device(device)
 
 
 def grid_splits(k: int, splits: int) -> int:
