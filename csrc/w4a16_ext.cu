@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <array>
+#include <cstring>
 #include <vector>
 
 #include <c10/cuda/CUDAStream.h>
@@ -322,6 +323,18 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
                                          glu, rn, bulk, stream));
 }
 
+// The decode kernel's trace records (w4a16_trace.h) as int64 [n, 6] on the CPU (weights' address, block and
+// multiprocessor << 32, four times in ns), the buffer emptied; only in a build with QK_STREAM_TRACE=1.
+torch::Tensor stream_trace() {
+  std::vector<QkTraceRecord> records(QK_TRACE_RECORDS);
+  const int n = qk_stream_trace_read(records.data(), QK_TRACE_RECORDS);
+  TORCH_CHECK(n != -1, "this build has no trace: build with QUANTKIT_KERNEL_DEFINES=QK_STREAM_TRACE=1");
+  TORCH_CHECK(n >= 0, "reading the decode kernel's trace failed: ", cudaGetErrorString(cudaGetLastError()));
+  torch::Tensor out = torch::empty({n, 6}, torch::kInt64);
+  std::memcpy(out.data_ptr(), records.data(), sizeof(QkTraceRecord) * n);
+  return out;
+}
+
 // A decode step's gated MLP in one launch (qk_mma_mlp, M <= 8): out = down(silu(gate(x)) * up(x)), with the gated
 // pair w1 / meta1 in packing.glu_order ([N1, K1]) and down w2 / meta2 ([N2, N1 / 2]), both without bias, of one
 // symmetry; mid [M, N1 / 2] receives the pair's outputs; splits: down's split-K (through ws and counters, a counter
@@ -483,6 +496,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if QK_IS_CUDA
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
+  m.def("stream_trace", &stream_trace, "the decode kernel's trace records (QK_STREAM_TRACE builds)");
   m.def("mlp_gemm", &mlp_gemm, "a decode step's gated MLP (M <= 8) in one launch of the decode kernel");
   m.def("wgmma_gemm", &wgmma_gemm, "Hopper wgmma W4A16 GEMM over the mma layout, x in wgmma k order");
   m.def("wgmma_ws_gemm", &wgmma_ws_gemm, "warp-specialized Hopper wgmma W4A16 GEMM, x packed by wgmma_pack_x");

@@ -6,6 +6,7 @@
 #include "platform.h"
 #include "w4a16_prefetch.h"
 #include "w4a16_residual_norm.h"
+#include "w4a16_trace.h"
 
 #include <type_traits>
 
@@ -92,6 +93,9 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, bool bulk,
                              cudaStream_t stream);
+// The decode kernel's trace (w4a16_trace.h; QK_STREAM_TRACE builds): copies up to max records into host, empties the
+// buffer and returns how many it copied; -1 where the build has no trace, -2 on a CUDA error.
+int qk_stream_trace_read(QkTraceRecord* host, int max);
 // qk_mma_mlp (w4a16_mma_cuda.h): a decode step's gated MLP, M <= 8, in one launch of n1 + n2 splits blocks.
 struct QkMlpArgs {
   const uint16_t* x;

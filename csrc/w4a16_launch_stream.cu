@@ -1,5 +1,7 @@
 // w4a16_launch_stream.cu — the decode kernel's instances (w4a16_mma_cuda.h: qk_mma_stream, and qk_mma_mlp, a
 // step's gated MLP in one launch) and their launchers.
+#include <algorithm>
+
 #include "w4a16_launch.h"
 #include "w4a16_mma_cuda.h"
 
@@ -70,6 +72,21 @@ cudaError_t qk_launch_mlp(const QkMlpArgs& a, bool bf16, bool sym, bool pdl, cud
                         pdl, dim3(1, 1, 1), a.x, a.w1, a.meta1, a.w2, a.meta2, a.mid, a.out, a.ws, a.counters, a.sync,
                         a.M, a.N1, a.K1, a.N2, a.group1, a.group2, a.chunks_per_split);
   });
+}
+
+int qk_stream_trace_read(QkTraceRecord* host, int max) {
+#if QK_STREAM_TRACE
+  unsigned int count = 0;
+  if (cudaMemcpyFromSymbol(&count, qk_trace_count, sizeof(count)) != cudaSuccess) return -2;
+  const int n = (int)std::min<unsigned int>(count, (unsigned int)std::min(max, QK_TRACE_RECORDS));
+  if (n > 0 && cudaMemcpyFromSymbol(host, qk_trace_records, sizeof(QkTraceRecord) * n) != cudaSuccess) return -2;
+  count = 0;
+  if (cudaMemcpyToSymbol(qk_trace_count, &count, sizeof(count)) != cudaSuccess) return -2;
+  return n;
+#else
+  (void)host, (void)max;
+  return -1;
+#endif
 }
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,

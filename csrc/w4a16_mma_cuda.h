@@ -33,6 +33,7 @@
 #include "w4a16_common.h"
 #include "w4a16_prefetch.h"
 #include "w4a16_residual_norm.h"
+#include "w4a16_trace.h"
 
 #if QK_IS_CUDA
 #include <cooperative_groups.h>
@@ -569,6 +570,8 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
   const uint4* wt = w + (size_t)tile * chunks * 32 + lane;
   const uint16_t* meta_row = meta + ((size_t)tile * groups * 8 + gid) * (SYM ? 2 : 4);  // this lane's, group 0
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
+  QkTrace trace;  // (QK_STREAM_TRACE builds only)
+  trace.mark(0);
   // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
   // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
   if (tile < n_tiles) {
@@ -588,6 +591,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
         }
       if (c == first) {  // x is the previous kernel's output: the first weights are already on their way
         qk_pdl_wait_then_trigger();
+        trace.mark(1);
       }
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
       xs.load(c, xb[0]);
@@ -602,6 +606,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
     }
   }
   qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
+  trace.mark(2);
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.
   if (PF && pf.n > 0 && warp == 0) {
@@ -638,6 +643,8 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
   qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
                               ct, FOLD ? rn : QkResidualNorm());
+  trace.mark(3);
+  trace.write(w);
 }
 
 // The decode kernel at one token tile with its weights through shared memory (bulk instances; sm_90): the grid,
