@@ -97,14 +97,14 @@ def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
     return run
 
 
-def alone_chain(layers: list[dict], role: str, x: torch.Tensor, **over):
+def alone_chain(layers: list[dict], role: str, x: torch.Tensor):
     """One role's kernel of every layer, back to back on the same input (programmatic launches, as in the chain): what
-    that kernel costs where it follows itself, to set beside its share of the read; over: w4a16_linear overrides."""
+    that kernel costs where it follows itself, to set beside its share of the read."""
     glu = role == "gate_up"
 
     def run():
         for layer in layers:
-            y = w4a16_linear(x, layer[role], backend="kernel", pdl=True, glu=glu, **over)
+            y = w4a16_linear(x, layer[role], backend="kernel", pdl=True, glu=glu)
         return y
     return run
 
@@ -148,19 +148,7 @@ def variants(m: int, sms: int, device) -> dict:
             if 1 < s <= ops.CLUSTER_MAX:
                 out[f"{role}_s{s}_cl"] = {role: {"splits": s, "cluster": True}}
     out["pdl_off"] = {role: {"pdl": False} for role in ROLES}  # every kernel a plain launch
-    out.update(bulk_variants(m, sms, device))
     return out
-
-
-def bulk_variants(m: int, sms: int, device) -> dict:
-    """The decode kernel's bulk instances (ops.STREAM_BULK, csrc qk_mma_bulk) where they take the M: every role; q/k/v
-    and o_proj only (the layers whose grids leave room for the next kernel's blocks); every role with down in 2 or 8
-    splits (4, the default, is one wave of registers but not of its shared memory)."""
-    if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1 and ops.bulk_device(device)):
-        return {}
-    every = {role: {"bulk": True} for role in ROLES}
-    return {"bulk": every, "bulk_qkv_o": {role: {"bulk": True} for role in ("qkv", "o")},
-            **{f"bulk_down_s{s}": {**every, "down": {"bulk": True, "splits": s}} for s in (2, 8)}}
 
 
 def mlp_variants(m: int, sms: int) -> dict:
@@ -177,7 +165,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--no-sweep", action="store_true", help="the default dispatch and bf16 only (and the bulk variants)")
+    ap.add_argument("--no-sweep", action="store_true", help="the default dispatch and bf16 only")
     ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
     ap.add_argument("--alone", action="store_true", help="also each role's kernel alone, over the layers on one input")
     args = ap.parse_args()
@@ -203,8 +191,7 @@ def main() -> int:
               "read_floor_us": per_layer / rate * 1e6, "runs": []}
     for m in [int(v) for v in args.ms.split(",")]:
         x = testing.random_activations(m, HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
-        names = (variants(m, sms, device) if not args.no_sweep
-                 else {"default": {}, **mlp_variants(m, sms), **bulk_variants(m, sms, device)})
+        names = variants(m, sms, device) if not args.no_sweep else {"default": {}, **mlp_variants(m, sms)}
         names = {k: v for k, v in names.items() if k == "default" or not args.only or re.search(args.only, k)}
         fns = {name: quantized_chain(layers, x, over) for name, over in names.items()}
         # checked on the first layer: random layers shrink the activations by orders of magnitude a layer (to zeros
@@ -215,13 +202,11 @@ def main() -> int:
             if not math.isfinite(err) or err > 1e-2:
                 raise SystemExit(f"chain_bench: variant {name} at M = {m} differs from the default by {err:.2e}")
         fns["bf16"] = bf16_chain(weights, x)
-        bulk = bool(bulk_variants(m, sms, device))
         if args.alone:
             for role, (n, k) in ROLES.items():
-                xr = x if k == HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4, device=device)
-                fns[f"alone_{role}"] = alone_chain(layers, role, xr)
-                if bulk:
-                    fns[f"alone_bulk_{role}"] = alone_chain(layers, role, xr, bulk=True)
+                fns[f"alone_{role}"] = alone_chain(layers, role, x if k == HIDDEN else
+                                                   testing.random_activations(m, k, dtype=torch.bfloat16, seed=4,
+                                                                              device=device))
         times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
         base = times["default"]["us"]
         plan = {role: default_plan(m, role, sms, device) for role in ROLES}
@@ -229,9 +214,7 @@ def main() -> int:
                 if not name.startswith("alone_")}
         for role in ROLES if args.alone else ():
             floor = packed_bytes(layers[0][role]) / rate * 1e6
-            for name in (f"alone_{role}", f"alone_bulk_{role}"):
-                if name in times:
-                    rows[name] = {**times[name], "read_floor_us": floor}
+            rows[f"alone_{role}"] = {**times[f"alone_{role}"], "read_floor_us": floor}
         result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,
                                "linears_ratio": times["bf16"]["us"] / base})
         log.info("M = %d: default %.2f us a layer (plan %s), bf16 %.2f (%.2fx), read floor %.2f", m, base, plan,

@@ -46,8 +46,6 @@ def setup(run: dict) -> str:
                      + (", down as its programmatic launch" if fused.get("glu_pdl") else ""))
         if t.get("fused_mlp"):  # kernels.ops.FUSED_MLP, from session 45 on
             parts.append("4-bit gate/up and down in one launch up to 8 rows")
-    if t.get("stream_bulk"):  # kernels.ops.STREAM_BULK, from session 47 on
-        parts.append("4-bit decode kernel's weights through shared memory (bulk copies) at one token tile")
     if fused.get("norm_fold"):  # fuse.NORM_FOLD (QUANTKIT_NORM_FOLD=1), from session 44 on
         parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {fused['norm_fold_rows']} token(s)")
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")

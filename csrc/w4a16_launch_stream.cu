@@ -11,27 +11,11 @@ namespace {
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk), those also with the L2 prefetch of a next layer at their end (pf.n > 0: wk only) or with the
 // gated pair's epilogue (glu: wk only, without the prefetch); each but the prefetch's also with the residual add and
-// RMSNorm folded in (FOLD: rn has rms or residual); and at one token tile with wk, the bulk instances (qk_mma_bulk:
-// the weights through shared memory; neither the prefetch nor the fold).
+// RMSNorm folded in (FOLD: rn has rms or residual).
 template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
-                         bool glu, const QkResidualNorm& rn, bool bulk, cudaStream_t stream) {
+                         bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
-  if (bulk) {
-    if constexpr (MT == 1 && !FOLD) {
-      if (!wk || pf.n > 0) return cudaErrorInvalidValue;
-      const size_t smem = qk_bulk_smem_bytes(a.chunks_per_split, a.group_size, SYM);
-      const int pieces = (a.chunks_per_split + QK_STREAM_WARPS * QK_STREAM_U_SMALL - 1) / (QK_STREAM_WARPS * QK_STREAM_U_SMALL);
-      if (pieces > QK_BULK_MAX_PIECES) return cudaErrorInvalidValue;
-      auto kernel = glu ? qk_mma_bulk<Tag, SYM, true> : qk_mma_bulk<Tag, SYM, false>;
-      if (smem > 48 * 1024) {  // above the default limit: allowed per kernel
-        const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err != cudaSuccess) return err;
-      }
-      return qk_launch_mma_kernel(kernel, a, grid, block, smem, stream, pdl, cluster);
-    }
-    return cudaErrorInvalidValue;
-  }
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
@@ -52,13 +36,12 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
 
 template <typename Tag, bool SYM, bool FOLD>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, bool bulk,
-                         cudaStream_t stream) {
+                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream);
-    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream);
-    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream);
-    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream);
+    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
   }
 }
 
@@ -90,14 +73,13 @@ int qk_stream_trace_read(QkTraceRecord* host, int max) {
 }
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, bool bulk,
-                             cudaStream_t stream) {
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
   const bool fold = rn.rms != nullptr || rn.residual != nullptr;  // the FOLD instances
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     using Tag = decltype(tag);
     constexpr bool SYM = decltype(s)::value;
-    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream)
-                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, bulk, stream);
+    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream)
+                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream);
   });
 }
 #endif

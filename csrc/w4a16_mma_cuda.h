@@ -29,7 +29,6 @@
 // no global round trips, and the same additions in the same order, so the same bits.
 #pragma once
 
-#include "w4a16_bulk.h"
 #include "w4a16_common.h"
 #include "w4a16_prefetch.h"
 #include "w4a16_residual_norm.h"
@@ -645,99 +644,6 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
                               ct, FOLD ? rn : QkResidualNorm());
   trace.mark(3);
   trace.write(w);
-}
-
-// The decode kernel at one token tile with its weights through shared memory (bulk instances; sm_90): the grid,
-// the tiles, the splits and the warps' shares of qk_mma_stream with WK, but one thread of the block requests the
-// block's whole range (its tile's chunks of its split, then the scales of their groups) into shared memory by the copy
-// engine (cp.async.bulk), in pieces of QK_STREAM_WARPS * U chunks (one batch of each warp) that complete on an mbarrier
-// each, before the block waits for the kernel before it. No register holds a load in flight, so the range may be
-// as long as shared memory allows and a block needs few registers: the blocks of the next kernel, resident beside
-// this one's, have their whole ranges on the way while this one computes, instead of a batch a warp. The warps read
-// the same chunks in the same order and add their sums the same way as qk_mma_stream<WK>'s: the same bits.
-// Dynamic shared memory: qk_bulk_smem_bytes(chunks_per_split, ...); QK_BULK_MAX_PIECES barriers.
-#define QK_BULK_MAX_PIECES 8
-template <typename Tag, bool SYM, bool GLU = false>
-QK_GLOBAL void __launch_bounds__(QK_STREAM_WARPS * 32)
-    qk_mma_bulk(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
-                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
-                int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split) {
-  constexpr int U = QK_STREAM_U_SMALL, PIECE = QK_STREAM_WARPS * U, META = SYM ? 2 : 4;  // META: u16 a row a group
-  extern __shared__ __align__(128) uint4 qk_bulk_smem[];
-  __shared__ __align__(8) uint64_t bars[QK_BULK_MAX_PIECES];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int gid = lane / 4, tig = lane % 4;
-  const int n_tiles = N / 16, tile = blockIdx.y;
-  const int chunks = K / 64, groups = K / group_size;
-  const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const int g0 = c0 * 64 / group_size, g1 = min(groups, (c1 * 64 + group_size - 1) / group_size);
-  const int pieces = (c1 - c0 + PIECE - 1) / PIECE;
-  const uint4* ws_w = qk_bulk_smem;                                                      // [chunk - c0][lane]
-  const uint16_t* ws_meta = reinterpret_cast<const uint16_t*>(qk_bulk_smem + (size_t)chunks_per_split * 32);
-  const uint32_t bar0 = qk_smem_addr(bars);
-  if (tile < n_tiles && threadIdx.x == 0) {
-    for (int p = 0; p < pieces; ++p) qk_mbar_init(bar0 + 8 * p, 1);
-    qk_mbar_init_fence();
-    const uint32_t meta_bytes = (uint32_t)(g1 - g0) * 8 * META * 2;
-    for (int p = 0; p < pieces; ++p) {  // piece 0 also brings the scales
-      const int a = c0 + p * PIECE, n = min(PIECE, c1 - a);
-      qk_mbar_arrive_expect_tx(bar0 + 8 * p, (uint32_t)n * 512 + (p == 0 ? meta_bytes : 0));
-      if (p == 0)
-        qk_bulk_copy(qk_smem_addr(ws_meta), meta + ((size_t)tile * groups + g0) * 8 * META, meta_bytes, bar0);
-      qk_bulk_copy(qk_smem_addr(ws_w + (size_t)(a - c0) * 32), w + ((size_t)tile * chunks + a) * 32, (uint32_t)n * 512,
-                   bar0 + 8 * p);
-    }
-  }
-  __syncthreads();  // the barriers initialized before anyone waits on them
-  qk_pdl_wait_then_trigger();  // x is the previous kernel's output; the weights are already on their way
-
-  float acc[1][1][4] = {{{0.f, 0.f, 0.f, 0.f}}};
-  const QkDecodeX<1> xs(x, 0, gid, tig, M, K);
-  const QkGroupOf group_of(group_size, tig);
-  const uint16_t* meta_row = ws_meta + gid * META;  // this lane's rows, group g0
-  if (tile < n_tiles) {
-    for (int c = c0 + warp * U; c < c1; c += PIECE) {
-      qk_mbar_wait(bar0 + 8 * ((c - c0) / PIECE), 0);
-      uint4 wv[U];
-      uint2 mv[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (c + u < c1) {
-          wv[u] = ws_w[(size_t)(c + u - c0) * 32 + lane];
-          const int at = (group_of(c + u) - g0) * 8 * META;
-          mv[u] = SYM ? make_uint2(*reinterpret_cast<const uint32_t*>(meta_row + at), 0u)
-                      : *reinterpret_cast<const uint2*>(meta_row + at);
-        }
-      uint32_t xb[2][1][8];
-      xs.load(c, xb[0]);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (c + u >= c1) break;
-        if (u + 1 < U) xs.load(min(c + u + 1, c1 - 1), xb[(u + 1) % 2]);
-        uint32_t s_lo, s_hi, z_lo, z_hi;
-        qk_mma_meta_unpack<Tag, SYM>(mv[u], s_lo, s_hi, z_lo, z_hi);
-        qk_mma_chunk<Tag, 1>(acc[0], wv[u], xb[u % 2], s_lo, s_hi, z_lo, z_hi);
-      }
-    }
-  }
-  __shared__ float part[QK_STREAM_WARPS - 1][4][32];  // warps 1..3 hand their sums to warp 0, as qk_mma_stream<WK>
-  if (warp > 0)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) part[warp - 1][e][lane] = acc[0][0][e];
-  __syncthreads();
-  if (warp == 0)
-#pragma unroll
-    for (int v = 0; v < QK_STREAM_WARPS - 1; ++v)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[0][0][e] += part[v][e][lane];
-  const QkClusterTile ct{&part[0][0][0], (int)blockIdx.y, 1};
-  qk_mma_epilogue<Tag, 1, 1, GLU>(acc, warp > 0 ? n_tiles : tile, n_tiles, 0, lane, bias, out, ws, counters, M, N, ct);
-}
-// qk_mma_bulk's dynamic shared memory for chunks_per_split chunks a split: the weights, then the scales of the groups
-// a split touches (one more than its chunks span where a group does not start a split).
-__host__ __device__ inline size_t qk_bulk_smem_bytes(int chunks_per_split, int group_size, bool sym) {
-  return (size_t)chunks_per_split * 512 + (size_t)((chunks_per_split * 64 + group_size - 1) / group_size + 1) * 8 *
-                                              (sym ? 2 : 4) * 2;
 }
 
 // The gated MLP of a decode step in one launch (M <= 8, one token tile): down(silu(gate(x)) * up(x)), gate/up a gated

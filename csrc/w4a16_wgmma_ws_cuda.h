@@ -77,6 +77,17 @@ __host__ __device__ constexpr int qk_ws_smem_bytes(int bt, int stages, int ks, b
 }
 
 #if QK_HAS_WGMMA
+// Shared-memory mbarriers: init with an arrival count, arrive, arrive and set the bytes the phase waits for, wait
+// for the phase of a parity to complete.
+QK_INLINE void qk_mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+QK_INLINE void qk_mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+QK_INLINE void qk_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
 // Arrive on the barrier at the same shared-memory offset in block rank of the cluster.
 QK_INLINE void qk_mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
   asm volatile(
@@ -93,6 +104,14 @@ QK_INLINE uint32_t qk_cluster_rank() {
 // Every thread of every block of the cluster (release / acquire).
 QK_INLINE void qk_cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+QK_INLINE void qk_mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
 }
 // One 3-D tensor copy global -> shared of map's box at (c0, c1, c2) (innermost first), completing on bar by the box's
 // bytes; dst 128-byte aligned.

@@ -142,19 +142,3 @@ def test_chain_bench_overrides_one_role_at_a_time_at_split_counts_its_grid_keeps
         counts = {over[role]["splits"] for over in v.values() if role in over}
         assert counts == {s for s in chain_bench.SPLITS if (k // 64) // s >= 4}, role
     assert chain_bench.variants(64, 132, torch.device("cpu")) == {"default": {}}  # M = 64: not the decode kernel
-
-
-def test_chain_bench_bulk_variants_where_the_bulk_instances_run(monkeypatch):
-    """The bulk variants (ops.STREAM_BULK's instances) at one token tile on a GPU that has them: every role, q/k/v and
-    o_proj only, every role with down in 2 or 8 splits; none at two token tiles or where the GPU has none."""
-    import chain_bench
-    from quantkit.kernels import ops
-
-    assert chain_bench.bulk_variants(1, 132, torch.device("cpu")) == {}
-    monkeypatch.setattr(ops, "bulk_device", lambda device: True)
-    v = chain_bench.bulk_variants(8, 132, torch.device("cpu"))
-    assert v["bulk"] == {role: {"bulk": True} for role in chain_bench.ROLES}
-    assert v["bulk_qkv_o"] == {"qkv": {"bulk": True}, "o": {"bulk": True}}
-    assert v["bulk_down_s2"]["down"] == {"bulk": True, "splits": 2} and v["bulk_down_s8"]["qkv"] == {"bulk": True}
-    assert chain_bench.bulk_variants(16, 132, torch.device("cpu")) == {}
-    assert set(chain_bench.variants(1, 132, torch.device("cpu"))) >= set(v)

@@ -344,56 +344,6 @@ def test_cluster_split_k_is_bit_equal(device):
     assert torch.equal(got, want)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
-                    reason="the bulk copies need compute capability 9.0+")
-@pytest.mark.parametrize("dtype,sym,group", [(torch.bfloat16, True, 128), (torch.float16, False, 32),
-                                             (torch.bfloat16, False, 192)], ids=["bf16-sym-g128", "fp16-asym-g32",
-                                                                                  "bf16-asym-g192"])
-def test_bulk_instances_are_bit_equal(device, dtype, sym, group):
-    """bulk=True (the decode kernel's weights and scales through shared memory by the copy engine) reads the same
-    chunks in the same order as the plain instance with its warps sharing a tile and adds the same sums: the same bits,
-    within the tolerance of the product, at M = 1-8, with a bias, on ranges that are not a whole number of pieces (1 to
-    8 pieces of 16 chunks, splits that leave a short last one), through the workspace and a cluster, for a plain layer
-    and a gated pair (glu), eagerly and as programmatic launches chained in a CUDA graph; where it cannot take the launch
-    (two token tiles, the fold), a clear error."""
-    k = 6144  # 96 chunks: splits 1 (6 pieces), 2, 3, 5 (20 chunks: a short piece), 7 and 96 (1 chunk)
-    ql = testing.random_qlinear(1040, k, group_size=group, sym=sym, act_order=False, dtype=dtype, seed=60)
-    packed = prepare(ql, device=device)
-    w = reference_weight(packed, dtype)
-    bias = testing.random_activations(1, 1040, dtype=dtype, seed=61, device=device)[0]
-    base = dict(backend="mma", staged=False, wk=True)
-    for m in (1, 3, 8):
-        x = testing.random_activations(m, k, dtype=dtype, seed=62 + m, device=device)
-        for splits in (1, 2, 3, 5, 7, 96):
-            for cluster in (False, True):
-                want = w4a16_linear(x, packed, bias, splits=splits, cluster=cluster, bulk=False, **base)
-                got = w4a16_linear(x, packed, bias, splits=splits, cluster=cluster, bulk=True, **base)
-                assert testing.relative_error(got, w, x, bias) <= testing.TOLERANCE[dtype], (m, splits, cluster)
-                assert torch.equal(got, want), (m, splits, cluster)
-    gate, up = (testing.random_qlinear(528, 2304, group_size=group, sym=sym, act_order=False, dtype=dtype, seed=70 + i)
-                for i in range(2))
-    pair = packing.interleave_glu(prepare(gate, device=device), prepare(up, device=device))
-    x = testing.random_activations(4, 2304, dtype=dtype, seed=72, device=device)
-    for splits in (1, 3):
-        assert torch.equal(w4a16_linear(x, pair, glu=True, splits=splits, bulk=True, **base),
-                           w4a16_linear(x, pair, glu=True, splits=splits, bulk=False, **base)), splits
-    layers = [prepare(testing.random_qlinear(1024, 1024, group_size=group if 1024 % group == 0 else 128, sym=sym,
-                                             act_order=False, dtype=dtype, seed=80 + i), device=device)
-              for i in range(3)]
-    x = testing.random_activations(2, 1024, dtype=dtype, seed=83, device=device)
-
-    def chain(pdl):  # programmatic launches of the bulk instances against plain launches of the same
-        y = x
-        for _ in range(3):
-            for layer in layers:
-                y = w4a16_linear(y, layer, backend="mma", staged=False, wk=True, pdl=pdl, splits=2, bulk=True)
-        return y
-
-    assert_programmatic_chain(chain)
-    with pytest.raises(UnsupportedError, match="bulk"):
-        w4a16_linear(testing.random_activations(16, k, dtype=dtype, seed=84, device=device), packed, bulk=True, **base)
-
-
 @pytest.mark.skipif(bool(torch.version.hip), reason="the gated pair's epilogue is the CUDA decode kernel's")
 @pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, False, False), (torch.float16, True, True)],
                          ids=["bf16-asym", "fp16-sym-act"])

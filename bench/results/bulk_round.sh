@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Session 47: the decode kernel's bulk instances (csrc qk_mma_bulk, ops.STREAM_BULK / w4a16_linear(bulk=True)): one
 # thread a block requests the block's whole range of weights and scales into shared memory by the copy engine before the
-# block waits for the kernel before it. Outputs in one archive a step:
+# block waits for the kernel before it. Measured slower in every role (docs/kernel.md item 61) and taken out of the tree
+# again: the script runs as it ran only on 544af2f's tree. Outputs in one archive a step:
 #     bash bench/results/bulk_round.sh OUT_DIR 1 [SECONDS]   build and self-check, the bulk GPU test and the programmatic
 #                                                           chains', then the step's four kernels a layer chained
 #                                                           (chain_bench --no-sweep --alone: the default, the bulk
 #                                                           variants, each role alone both ways, bf16)
 #     bash bench/results/bulk_round.sh OUT_DIR 2 [SECONDS]   compiled eval g128 at batch 1 with QUANTKIT_STREAM_BULK=1,
-#                                                           then without (the default), on the same machine
+#                                                           then without (the default), on the same machine (not run)
 set -u
 OUT=${1:?usage: bulk_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: bulk_round.sh OUT_DIR STEP [SECONDS]}

@@ -612,7 +612,6 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["ws_pipelined_32"] = True
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
     result["fused_mlp"] = kernel_ops.FUSED_MLP  # from session 45 on: the decode steps' MLP in one launch where it can
-    result["stream_bulk"] = kernel_ops.STREAM_BULK  # from session 47 on: the decode kernel's weights through shared memory
     result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
     if defines := kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
         result["kernel_defines"] = defines

@@ -173,14 +173,6 @@ GLU_WS = os.environ.get("QUANTKIT_GLU_WS", "1") != "0"
 # (docs/kernel.md item 59): the programmatic launch of down already overlaps the pair's tail.
 FUSED_MLP = os.environ.get("QUANTKIT_FUSED_MLP", "0") == "1"
 MLP_MAX_M = 8
-# The decode kernel's bulk instances (csrc qk_mma_bulk; sm_90): at one token tile with its warps sharing a tile, one
-# thread a block requests the block's whole range of weights and scales into shared memory by the copy engine before
-# the block waits for the kernel before it, instead of each warp a batch of 4 chunks into registers; the same chunks,
-# order and sums (the same bits). Where a kernel's grid leaves room, the next kernel's blocks then have their whole
-# ranges on the way while this one computes. Up to BULK_MAX_CHUNKS 64-k chunks a split (its shared memory: 512 bytes a
-# chunk and the groups' scales). Off unless QUANTKIT_STREAM_BULK=1 (the eval records it): not yet measured.
-STREAM_BULK = os.environ.get("QUANTKIT_STREAM_BULK", "0") == "1"
-BULK_MAX_CHUNKS = 128
 # w4a16_linear(warm=...) on the streaming kernel with its warps sharing a tile: the next layer's L2 prefetch from the
 # kernel's blocks as they finish (True) or by a launch of its own after the kernel (False)
 L2_PREFETCH_IN_KERNEL = True
@@ -290,18 +282,6 @@ def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: b
     return 1 << (max(1, min(want, cap)).bit_length() - 1)
 
 
-def bulk_device(device: torch.device) -> bool:
-    """Whether the decode kernel's bulk instances run on this device (a CUDA GPU of compute capability 9.0+)."""
-    return device.type == "cuda" and not torch.version.hip and _capability(device)[0] >= 9
-
-
-def bulk_at(k: int, splits: int, mt: int, wk: bool, device: torch.device) -> bool:
-    """Whether the decode kernel's bulk instances can take this launch (STREAM_BULK's rule, before the switch): one
-    token tile, warps sharing a tile, at most BULK_MAX_CHUNKS chunks a split, bulk_device."""
-    per_split = math.ceil((k // 64) / grid_splits(k, splits))
-    return mt == 1 and wk and per_split <= BULK_MAX_CHUNKS and bulk_device(device)
-
-
 def grid_splits(k: int, splits: int) -> int:
     """The split-K count a launch gets for a requested one (as csrc/w4a16_ext.cu computes it): whole chunks per
     split, so 7 requested over 64 chunks is 64 / ceil(64 / 7) = 7 splits of 10 chunks (the last short), 12 over 64
@@ -327,15 +307,13 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
          cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False,
-         fold: "Fold | None" = None, bulk: bool | None = None) -> torch.Tensor:
+         fold: "Fold | None" = None) -> torch.Tensor:
     """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
     blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds (its own weights then read evict-first where
     L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch. glu: the layer is a gated pair in
     packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]. fold: the residual add and
     RMSNorm folded into the decode kernel (its operands as [M, ...] rows; not staged); with fold.next_w the result is
-    [2, M, N] (the stream, then its next normalization's input). bulk: the decode kernel's bulk instances (default
-    STREAM_BULK where bulk_at holds and neither the prefetch nor the fold asks for the plain ones; True where they
-    cannot take the launch: UnsupportedError)."""
+    [2, M, N] (the stream, then its next normalization's input)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -361,15 +339,9 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
     in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
     tensors, sizes = warm if in_kernel else ([], [])
-    can_bulk = not staged and bulk_at(k, splits, mt, wk, x2.device) and not in_kernel and fold is None
-    if bulk and not can_bulk:
-        raise UnsupportedError(f"bulk (the decode kernel's weights through shared memory) needs one token tile with "
-                               f"its warps sharing a tile, at most {BULK_MAX_CHUNKS} chunks a split, no L2 prefetch, "
-                               f"no fold and compute capability 9.0+; got M={m}, K={k}, splits={splits}")
-    bulk = can_bulk and (STREAM_BULK if bulk is None else bulk)
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
-                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, bulk)
+                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g)
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
     return full if pair else out
@@ -992,7 +964,6 @@ def w4a16_linear(
     warm: tuple[PackedLinear, int | None] | None = None,
     glu: bool = False,
     fold: Fold | None = None,
-    bulk: bool | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -1010,11 +981,10 @@ def w4a16_linear(
     reference). With fold.next_w the result is [2, ..., N]: the residual stream, then the next RMSNorm's input before
     its scale (quantkit.eval.fuse's folded decoder layers).
 
-    splits / mt / staged / pdl / wk / bulk override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
     kernel as one of the packing of x, default ws_pdl(); wk: the decode kernel's warps
-    sharing a tile, default stream_wk(); bulk: its bulk instances, default STREAM_BULK where bulk_at holds); splits
-    also that of the "wmma" path (default wmma_splits); splits / bt /
+    sharing a tile, default stream_wk()); splits also that of the "wmma" path (default wmma_splits); splits / bt /
     dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
@@ -1075,7 +1045,7 @@ def w4a16_linear(
             and (wgmma_ws(m, packed.out_features, k, _sm_count(x.device)) if ws is None else ws)))
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=glu_fold,
-                         fold=None if after else rows, bulk=bulk), None
+                         fold=None if after else rows), None
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined,
                    glu=glu_fold)
