@@ -15,7 +15,7 @@ namespace {
 template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
                          bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
-  const dim3 block(QK_STREAM_WARPS * 32);
+  const dim3 block((wk ? QK_STREAM_WK_WARPS : QK_STREAM_WARPS) * 32);
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
