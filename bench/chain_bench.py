@@ -97,14 +97,14 @@ def quantized_chain(layers: list[dict], x: torch.Tensor, over: dict):
     return run
 
 
-def alone_chain(layers: list[dict], role: str, x: torch.Tensor):
+def alone_chain(layers: list[dict], role: str, x: torch.Tensor, **over):
     """One role's kernel of every layer, back to back on the same input (programmatic launches, as in the chain): what
-    that kernel costs where it follows itself, to set beside its share of the read."""
+    that kernel costs where it follows itself, to set beside its share of the read; over: w4a16_linear overrides."""
     glu = role == "gate_up"
 
     def run():
         for layer in layers:
-            y = w4a16_linear(x, layer[role], backend="kernel", pdl=True, glu=glu)
+            y = w4a16_linear(x, layer[role], backend="kernel", pdl=True, glu=glu, **over)
         return y
     return run
 
@@ -151,6 +151,17 @@ def variants(m: int, sms: int, device) -> dict:
     return out
 
 
+def wk_warps_variants(m: int) -> dict:
+    """Blocks of 8 warps sharing a tile (w4a16_linear(wk_warps=8)) at one token tile: each role in 1 or 2 splits (2
+    through a cluster), and every role at once in 1 split and in the mix q/k/v, o_proj and gate/up unsplit, down in 2."""
+    if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1):
+        return {}
+    out = {f"wk8_{role}_s{s}": {role: {"wk_warps": 8, "splits": s}} for role in ROLES for s in (1, 2)}
+    out["wk8_all_s1"] = {role: {"wk_warps": 8, "splits": 1} for role in ROLES}
+    out["wk8_mix"] = {**out["wk8_all_s1"], "down": {"wk_warps": 8, "splits": 2}}
+    return out
+
+
 def mlp_variants(m: int, sms: int) -> dict:
     """gate/up and down in one launch (ops.w4a16_mlp, down's default splits) where ops.mlp_at takes that M with
     ops.FUSED_MLP on (main turns it on: the default chain calls the two layers itself either way)."""
@@ -168,6 +179,8 @@ def main() -> int:
     ap.add_argument("--no-sweep", action="store_true", help="the default dispatch and bf16 only")
     ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
     ap.add_argument("--alone", action="store_true", help="also each role's kernel alone, over the layers on one input")
+    ap.add_argument("--wk8", action="store_true", help="also the variants of blocks of 8 warps sharing a tile "
+                    "(wk_warps_variants), and each role alone with them unsplit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -193,6 +206,8 @@ def main() -> int:
         x = testing.random_activations(m, HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
         names = variants(m, sms, device) if not args.no_sweep else {"default": {}, **mlp_variants(m, sms)}
         names = {k: v for k, v in names.items() if k == "default" or not args.only or re.search(args.only, k)}
+        if args.wk8:
+            names.update(wk_warps_variants(m))
         fns = {name: quantized_chain(layers, x, over) for name, over in names.items()}
         # checked on the first layer: random layers shrink the activations by orders of magnitude a layer (to zeros
         # in bf16 well before the last, which leaves the times as they are but a comparison of the last meaningless)
@@ -204,9 +219,10 @@ def main() -> int:
         fns["bf16"] = bf16_chain(weights, x)
         if args.alone:
             for role, (n, k) in ROLES.items():
-                fns[f"alone_{role}"] = alone_chain(layers, role, x if k == HIDDEN else
-                                                   testing.random_activations(m, k, dtype=torch.bfloat16, seed=4,
-                                                                              device=device))
+                xr = x if k == HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4, device=device)
+                fns[f"alone_{role}"] = alone_chain(layers, role, xr)
+                if args.wk8 and wk_warps_variants(m):
+                    fns[f"alone_wk8_{role}"] = alone_chain(layers, role, xr, wk_warps=8, splits=1)
         times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
         base = times["default"]["us"]
         plan = {role: default_plan(m, role, sms, device) for role in ROLES}
@@ -214,7 +230,9 @@ def main() -> int:
                 if not name.startswith("alone_")}
         for role in ROLES if args.alone else ():
             floor = packed_bytes(layers[0][role]) / rate * 1e6
-            rows[f"alone_{role}"] = {**times[f"alone_{role}"], "read_floor_us": floor}
+            for name in (f"alone_{role}", f"alone_wk8_{role}"):
+                if name in times:
+                    rows[name] = {**times[name], "read_floor_us": floor}
         result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,
                                "linears_ratio": times["bf16"]["us"] / base})
         log.info("M = %d: default %.2f us a layer (plan %s), bf16 %.2f (%.2fx), read floor %.2f", m, base, plan,

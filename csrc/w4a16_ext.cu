@@ -287,7 +287,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
               std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first, bool glu,
               c10::optional<torch::Tensor> rms, double eps, c10::optional<torch::Tensor> residual,
-              c10::optional<torch::Tensor> next_w, c10::optional<torch::Tensor> g) {
+              c10::optional<torch::Tensor> next_w, c10::optional<torch::Tensor> g, int64_t wk_warps) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym, glu);
   check_bias(bias, x, N);
@@ -305,13 +305,17 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               "glu (a gated pair's epilogue) needs the streaming kernel with wk and no L2 prefetch");
   const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
   const QkResidualNorm rn = residual_norm(x, rms, eps, residual, next_w, g, M, N, K, staged, glu);
+  TORCH_CHECK(wk_warps == QK_STREAM_WARPS || (wk_warps == 8 && wk && mt == 1 && prefetch.empty() &&
+                                               rn.rms == nullptr && rn.residual == nullptr),
+              "wk_warps must be ", QK_STREAM_WARPS, ", or 8 with wk at mt 1 without the L2 prefetch or the fold; got ",
+              wk_warps);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
                       : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, pf,
-                                         glu, rn, stream));
+                                         glu, rn, (int)wk_warps, stream));
 }
 
 // The decode kernel's trace records (w4a16_trace.h) as int64 [n, 6] on the CPU (weights' address, block and

@@ -11,11 +11,21 @@ namespace {
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk), those also with the L2 prefetch of a next layer at their end (pf.n > 0: wk only) or with the
 // gated pair's epilogue (glu: wk only, without the prefetch); each but the prefetch's also with the residual add and
-// RMSNorm folded in (FOLD: rn has rms or residual).
+// RMSNorm folded in (FOLD: rn has rms or residual); wk_warps 8: at one token tile with wk, the blocks of 8 warps.
 template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
-                         bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
-  const dim3 block((wk ? QK_STREAM_WK_WARPS : QK_STREAM_WARPS) * 32);
+                         bool glu, const QkResidualNorm& rn, int wk_warps, cudaStream_t stream) {
+  const dim3 block(QK_STREAM_WARPS * 32);
+  if (wk_warps == 8) {  // (one token tile, wk, neither the prefetch nor the fold)
+    if constexpr (MT == 1 && !FOLD) {
+      if (wk && pf.n == 0)
+        return qk_launch_mma_kernel(glu ? qk_mma_stream<Tag, 1, SYM, true, false, true, false, 8>
+                                        : qk_mma_stream<Tag, 1, SYM, true, false, false, false, 8>,
+                                    a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn);
+    }
+    return cudaErrorInvalidValue;
+  }
+  if (wk_warps != QK_STREAM_WARPS) return cudaErrorInvalidValue;
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
@@ -36,12 +46,13 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
 
 template <typename Tag, bool SYM, bool FOLD>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
+                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
+                         cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
-    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
+    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
+    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
+    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
   }
 }
 
@@ -73,13 +84,14 @@ int qk_stream_trace_read(QkTraceRecord* host, int max) {
 }
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, cudaStream_t stream) {
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
+                             cudaStream_t stream) {
   const bool fold = rn.rms != nullptr || rn.residual != nullptr;  // the FOLD instances
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     using Tag = decltype(tag);
     constexpr bool SYM = decltype(s)::value;
-    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream)
-                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, stream);
+    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream)
+                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
   });
 }
 #endif

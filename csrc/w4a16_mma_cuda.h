@@ -441,12 +441,6 @@ struct QkDecodeX {
 };
 
 #define QK_STREAM_WARPS 4
-// The warps of a decode-kernel block whose warps share one tile (WK): a tuning macro like those below, set for an
-// experiment through QUANTKIT_KERNEL_DEFINES (more warps a tile: the same warps in flight with fewer split-K parts).
-#ifndef QK_STREAM_WK_WARPS
-#define QK_STREAM_WK_WARPS QK_STREAM_WARPS
-#endif
-#define QK_STREAM_MAX_THREADS (32 * (QK_STREAM_WK_WARPS > QK_STREAM_WARPS ? QK_STREAM_WK_WARPS : QK_STREAM_WARPS))
 
 // rsqrt(mean(h^2) + eps) of the rows m0 .. m0 + T - 1 of h [M, K] (K a multiple of 8) into scale[0 .. T) (rows from M
 // on: 1), the decode kernel's RMSNorm scales (QkResidualNorm::rms). Every thread of the block calls it: the block
@@ -533,10 +527,9 @@ QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* w
 // The instances with the residual add and RMSNorm folded in (FOLD) hold 8 at one token tile unless it is defined: 64
 // registers, where ptxas alone took 56 and a stack frame.
 #ifdef QK_STREAM_MIN_BLOCKS
-#define QK_STREAM_BOUNDS(MT, FOLD) __launch_bounds__(QK_STREAM_MAX_THREADS, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
+#define QK_STREAM_BOUNDS(MT, FOLD, WKW) __launch_bounds__(32 * WKW, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
 #else
-#define QK_STREAM_BOUNDS(MT, FOLD) \
-  __launch_bounds__(QK_STREAM_MAX_THREADS, FOLD && MT == 1 ? 8 * 32 * QK_STREAM_WARPS / QK_STREAM_MAX_THREADS : 0)
+#define QK_STREAM_BOUNDS(MT, FOLD, WKW) __launch_bounds__(32 * WKW, FOLD && MT == 1 ? 8 : 0)
 #endif
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
@@ -552,9 +545,12 @@ QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* w
 // own weights with the L2 policy pf.stream_evict_first asks for (qk_stream_policy); PF false ignores pf (the same code
 // as without the parameter). GLU: the layer is a gated pair (packing.glu_order) and out [M, N / 2] gets silu(gate) * up.
 // FOLD: rn, the residual add and RMSNorm folded in (QkResidualNorm; rms with or without GLU, residual without); the
-// instances without it ignore rn (the same code as without the parameter).
-template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false, bool FOLD = false>
-QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
+// instances without it ignore rn (the same code as without the parameter). WKW: the warps of a block whose warps share
+// a tile (WK), QK_STREAM_WARPS or, in the one-token-tile instances that w4a16_linear(wk_warps=8) asks for, 8: as many
+// warps in flight with half the split-K parts.
+template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false, bool FOLD = false,
+          int WKW = QK_STREAM_WARPS>
+QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
@@ -566,7 +562,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
   const int m0 = blockIdx.x * 8 * MT;
   const int chunks = K / 64, groups = K / group_size;
   const int c0 = blockIdx.z * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const int first = WK ? c0 + warp * U : c0, step = WK ? QK_STREAM_WK_WARPS * U : U;
+  const int first = WK ? c0 + warp * U : c0, step = WK ? WKW * U : U;
 
   float acc[1][MT][4];
 #pragma unroll
@@ -629,7 +625,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
   }
   // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
   __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];
-  __shared__ float part[WK ? QK_STREAM_WK_WARPS - 1 : 1][WK ? MT * 4 : 1][32];
+  __shared__ float part[WK ? WKW - 1 : 1][WK ? MT * 4 : 1][32];
   if constexpr (WK) {  // warps 1..3 hand their partial sums to warp 0, which alone writes the tile
     if (warp > 0)
 #pragma unroll
@@ -639,7 +635,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD)
     __syncthreads();
     if (warp == 0)
 #pragma unroll
-      for (int v = 0; v < QK_STREAM_WK_WARPS - 1; ++v)
+      for (int v = 0; v < WKW - 1; ++v)
 #pragma unroll
         for (int t = 0; t < MT; ++t)
 #pragma unroll

@@ -712,7 +712,7 @@ def test_python_calls_into_the_extension_match_its_bindings():
     bound = set(re.findall(r'm\.def\("(\w+)", &\1', cpp))
     assert {"mma_gemm", "l2_prefetch", "wgmma_ws_gemm"} <= bound
     arity = {name: len(_cpp_params(cpp, name)) for name in bound}
-    assert arity["mma_gemm"] == 24 and arity["l2_prefetch"] == 2
+    assert arity["mma_gemm"] == 25 and arity["l2_prefetch"] == 2
     tree = ast.parse((root / "quantkit" / "kernels" / "ops.py").read_text())
     checked = 0
     for node in ast.walk(tree):

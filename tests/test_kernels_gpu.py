@@ -344,6 +344,50 @@ def test_cluster_split_k_is_bit_equal(device):
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="blocks of 8 warps are the CUDA decode kernel's")
+@pytest.mark.parametrize("dtype,sym,group", [(torch.bfloat16, True, 128), (torch.float16, False, 32)],
+                         ids=["bf16-sym-g128", "fp16-asym-g32"])
+def test_eight_warps_sharing_a_tile(device, dtype, sym, group):
+    """w4a16_linear(wk_warps=8): the decode kernel's blocks of 8 warps sharing a tile, within the kernels' tolerance of
+    the product at M = 1-8, with a bias, unsplit and split (workspace and cluster: the same bits), for a plain layer and
+    a gated pair, eagerly and as programmatic launches chained in a CUDA graph; elsewhere a clear error."""
+    from quantkit.kernels.packing import interleave_glu
+
+    k = 6144
+    packed = prepare(testing.random_qlinear(1040, k, group_size=group, sym=sym, act_order=False, dtype=dtype, seed=90),
+                     device=device)
+    w = reference_weight(packed, dtype)
+    bias = testing.random_activations(1, 1040, dtype=dtype, seed=91, device=device)[0]
+    case = dict(backend="mma", staged=False, wk=True, wk_warps=8)
+    for m in (1, 3, 8):
+        x = testing.random_activations(m, k, dtype=dtype, seed=92 + m, device=device)
+        for splits in (1, 2, 3, 7, 96):
+            got = w4a16_linear(x, packed, bias, splits=splits, cluster=False, **case)
+            assert testing.relative_error(got, w, x, bias) <= testing.TOLERANCE[dtype], (m, splits)
+            assert torch.equal(w4a16_linear(x, packed, bias, splits=splits, cluster=True, **case), got), (m, splits)
+    gate, up = (testing.random_qlinear(528, 2048, group_size=group, sym=sym, act_order=False, dtype=dtype, seed=95 + i)
+                for i in range(2))
+    pair = interleave_glu(prepare(gate, device=device), prepare(up, device=device))
+    x = testing.random_activations(4, 2048, dtype=dtype, seed=97, device=device)
+    for splits in (1, 3):
+        got = w4a16_linear(x, pair, glu=True, splits=splits, **case)
+        assert testing.glu_relative_error(got, reference_weight(pair, dtype), x, None) <= testing.GLU_TOLERANCE[dtype]
+    layers = [prepare(testing.random_qlinear(1024, 1024, group_size=group, sym=sym, act_order=False, dtype=dtype,
+                                             seed=98 + i), device=device) for i in range(3)]
+    x = testing.random_activations(2, 1024, dtype=dtype, seed=101, device=device)
+
+    def chain(pdl):
+        y = x
+        for _ in range(3):
+            for layer in layers:
+                y = w4a16_linear(y, layer, backend="mma", staged=False, wk=True, wk_warps=8, pdl=pdl, splits=2)
+        return y
+
+    assert_programmatic_chain(chain)
+    with pytest.raises(UnsupportedError, match="wk_warps"):
+        w4a16_linear(testing.random_activations(16, k, dtype=dtype, seed=102, device=device), packed, **case)
+
+
 @pytest.mark.skipif(bool(torch.version.hip), reason="the gated pair's epilogue is the CUDA decode kernel's")
 @pytest.mark.parametrize("dtype,sym,act", [(torch.bfloat16, False, False), (torch.float16, True, True)],
                          ids=["bf16-asym", "fp16-sym-act"])

@@ -199,6 +199,9 @@ WS_PDL_MIN_BT = 32
 # (bench/results/kernel_h200_fs_de194b9.json: 28672x8192 at M = 2 58.7 -> 50.0 us, 14336x4096 at M = 1 19.5 -> 16.6
 # us; session 13, before that rule, had measured it equal or up to 5% slower there). stream_wk() is that rule.
 STREAM_WK_M = (1, 32)
+# Its blocks' warps (csrc QK_STREAM_WARPS); w4a16_linear(wk_warps=8) runs blocks of 8 at one token tile (the same warps
+# in flight with half the split-K parts; session 47's experiment).
+STREAM_WK_WARPS = 4
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
@@ -307,13 +310,14 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
          cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False,
-         fold: "Fold | None" = None) -> torch.Tensor:
+         fold: "Fold | None" = None, wk_warps: int | None = None) -> torch.Tensor:
     """The "mma" path; warm: the L2 prefetch ranges (_prefetch_ranges) requested after it, from the decode kernel's
     blocks where it runs with wk and L2_PREFETCH_IN_KERNEL holds (its own weights then read evict-first where
     L2_PREFETCH_EVICT_FIRST holds), else by the prefetch kernel's launch. glu: the layer is a gated pair in
     packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]. fold: the residual add and
     RMSNorm folded into the decode kernel (its operands as [M, ...] rows; not staged); with fold.next_w the result is
-    [2, M, N] (the stream, then its next normalization's input)."""
+    [2, M, N] (the stream, then its next normalization's input). wk_warps: the warps of a decode-kernel block whose
+    warps share a tile (default STREAM_WK_WARPS; 8 at one token tile without the prefetch or the fold)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -339,9 +343,13 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
     in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
     tensors, sizes = warm if in_kernel else ([], [])
+    wk_warps = wk_warps or STREAM_WK_WARPS
+    if wk_warps != STREAM_WK_WARPS and (staged or not wk or mt != 1 or in_kernel or fold is not None):
+        raise UnsupportedError(f"wk_warps={wk_warps} needs the decode kernel at one token tile with its warps sharing a "
+                               f"tile, without the L2 prefetch or the fold (M={m})")
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
-                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g)
+                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, wk_warps)
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
     return full if pair else out
@@ -964,6 +972,7 @@ def w4a16_linear(
     warm: tuple[PackedLinear, int | None] | None = None,
     glu: bool = False,
     fold: Fold | None = None,
+    wk_warps: int | None = None,
 ) -> torch.Tensor:
     """y = x W^T (+ bias) for x [..., K] in float16/bfloat16 and a prepared 4-bit layer; y is [..., N] in x.dtype.
 
@@ -981,10 +990,11 @@ def w4a16_linear(
     reference). With fold.next_w the result is [2, ..., N]: the residual stream, then the next RMSNorm's input before
     its scale (quantkit.eval.fuse's folded decoder layers).
 
-    splits / mt / staged / pdl / wk override the split-K count, token tiles and kernel of the "mma" path (pdl:
+    splits / mt / staged / pdl / wk / wk_warps override the split-K count, token tiles and kernel of the "mma" path (pdl:
     launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
     kernel as one of the packing of x, default ws_pdl(); wk: the decode kernel's warps
-    sharing a tile, default stream_wk()); splits also that of the "wmma" path (default wmma_splits); splits / bt /
+    sharing a tile, default stream_wk(); wk_warps: that block's warps, default STREAM_WK_WARPS, 8 at one token tile);
+    splits also that of the "wmma" path (default wmma_splits); splits / bt /
     dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
     for 64 and 128 tokens per block; wsm: weights through shared memory, default WGMMA_WSM; ws: the warp-specialized
@@ -1045,7 +1055,7 @@ def w4a16_linear(
             and (wgmma_ws(m, packed.out_features, k, _sm_count(x.device)) if ws is None else ws)))
     if backend == "mma":  # _mma issues the prefetch itself, from its kernel where it can
         y, ranges = _mma(x2, packed, b, splits, mt, staged, pdl, wk, cluster, warm=ranges, glu=glu_fold,
-                         fold=None if after else rows), None
+                         fold=None if after else rows, wk_warps=wk_warps), None
     elif backend == "wgmma":
         y = _wgmma(x2, packed, b, splits, bt, dense, wsm, cluster, ws, multicast, stream_k, pdl, pipelined=pipelined,
                    glu=glu_fold)
