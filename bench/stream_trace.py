@@ -1,6 +1,6 @@
-"""When the decode kernel's blocks start, wait and leave, kernel after kernel, where they run back to back as in a decode
-step (bench/chain_bench.py's chains: each role of the 32 layers alone, and the four roles chained; programmatic launches
-from one CUDA graph). Needs the diagnostic build (csrc/w4a16_trace.h):
+"""When the decode kernel's blocks start, wait and leave, kernel after kernel, where they run back to back as in a
+decode step (bench/chain_bench.py's chains: each role of the 32 layers alone, and the four roles chained; programmatic
+launches from one CUDA graph). Needs the diagnostic build (csrc/w4a16_trace.h):
 
     QUANTKIT_KERNEL_DEFINES=QK_STREAM_TRACE=1 python3 bench/stream_trace.py --out stream_trace.json
 
@@ -36,7 +36,8 @@ def kernel_times(records: torch.Tensor) -> dict[int, dict]:
         waited = t[:, 1][t[:, 1] > 0]
         out[key] = {"blocks": len(r), "start": (int(t[:, 0].min()), int(t[:, 0].max())),
                     "wait": (int(waited.min()), int(waited.max())) if len(waited) else None,
-                    "loop_end": (int(t[:, 2].min()), int(t[:, 2].max())), "exit": (int(t[:, 3].min()), int(t[:, 3].max())),
+                    "loop_end": (int(t[:, 2].min()), int(t[:, 2].max())),
+                    "exit": (int(t[:, 3].min()), int(t[:, 3].max())),
                     "starts": t[:, 0]}
     return out
 
@@ -105,8 +106,8 @@ def main() -> int:
               "runs": []}
     for m in [int(v) for v in args.ms.split(",")]:
         x = testing.random_activations(m, chain_bench.HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
-        chains = {"chain": (chain_bench.quantized_chain(layers, x, {}),
-                            [(role, layer[role].mma_weight.data_ptr()) for layer in layers for role in chain_bench.ROLES])}
+        every = [(role, layer[role].mma_weight.data_ptr()) for layer in layers for role in chain_bench.ROLES]
+        chains = {"chain": (chain_bench.quantized_chain(layers, x, {}), every)}
         for role, (n, k) in chain_bench.ROLES.items():
             xr = x if k == chain_bench.HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4,
                                                                                device=device)

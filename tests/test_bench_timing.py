@@ -150,7 +150,8 @@ def test_chain_bench_eight_warp_variants_at_one_token_tile():
     import chain_bench
 
     v = chain_bench.wk_warps_variants(8)
-    assert v["wk8_o_s1"] == {"o": {"wk_warps": 8, "splits": 1}} and v["wk8_down_s2"] == {"down": {"wk_warps": 8, "splits": 2}}
+    assert v["wk8_o_s1"] == {"o": {"wk_warps": 8, "splits": 1}}
+    assert v["wk8_down_s2"] == {"down": {"wk_warps": 8, "splits": 2}}
     assert v["wk8_all_s1"] == {role: {"wk_warps": 8, "splits": 1} for role in chain_bench.ROLES}
     assert v["wk8_mix"]["down"] == {"wk_warps": 8, "splits": 2} and v["wk8_mix"]["qkv"]["splits"] == 1
     assert len(v) == 2 * len(chain_bench.ROLES) + 2

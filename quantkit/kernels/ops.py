@@ -344,9 +344,9 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
     tensors, sizes = warm if in_kernel else ([], [])
     wk_warps = wk_warps or STREAM_WK_WARPS
-    if wk_warps != STREAM_WK_WARPS and (staged or not wk or mt != 1 or in_kernel or fold is not None):
-        raise UnsupportedError(f"wk_warps={wk_warps} needs the decode kernel at one token tile with its warps sharing a "
-                               f"tile, without the L2 prefetch or the fold (M={m})")
+    if wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or in_kernel or fold is not None):
+        raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
+                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
                  in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, wk_warps)
@@ -990,8 +990,8 @@ def w4a16_linear(
     reference). With fold.next_w the result is [2, ..., N]: the residual stream, then the next RMSNorm's input before
     its scale (quantkit.eval.fuse's folded decoder layers).
 
-    splits / mt / staged / pdl / wk / wk_warps override the split-K count, token tiles and kernel of the "mma" path (pdl:
-    launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
+    splits / mt / staged / pdl / wk / wk_warps override the split-K count, token tiles and kernel of the "mma" path
+    (pdl: launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
     kernel as one of the packing of x, default ws_pdl(); wk: the decode kernel's warps
     sharing a tile, default stream_wk(); wk_warps: that block's warps, default STREAM_WK_WARPS, 8 at one token tile);
     splits also that of the "wmma" path (default wmma_splits); splits / bt /
