@@ -109,6 +109,12 @@ def alone_chain(layers: list[dict], role: str, x: torch.Tensor, **over):
     return run
 
 
+def role_input(m: int, role: str, x: torch.Tensor) -> torch.Tensor:
+    """The input of a role's kernel run alone: x where the role takes the hidden size, else (down) M rows of its own."""
+    k = ROLES[role][1]
+    return x if k == HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4, device=x.device)
+
+
 def bf16_chain(weights: list[dict], x: torch.Tensor):
     def run():
         h = x
@@ -219,8 +225,8 @@ def main() -> int:
                 raise SystemExit(f"chain_bench: variant {name} at M = {m} differs from the default by {err:.2e}")
         fns["bf16"] = bf16_chain(weights, x)
         if args.alone:
-            for role, (n, k) in ROLES.items():
-                xr = x if k == HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4, device=device)
+            for role in ROLES:
+                xr = role_input(m, role, x)
                 fns[f"alone_{role}"] = alone_chain(layers, role, xr)
                 if args.wk8 and wk_warps_variants(m):
                     fns[f"alone_wk8_{role}"] = alone_chain(layers, role, xr, wk_warps=8, splits=1)

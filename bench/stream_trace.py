@@ -108,10 +108,8 @@ def main() -> int:
         x = testing.random_activations(m, chain_bench.HIDDEN, dtype=torch.bfloat16, seed=3, device=device)
         every = [(role, layer[role].mma_weight.data_ptr()) for layer in layers for role in chain_bench.ROLES]
         chains = {"chain": (chain_bench.quantized_chain(layers, x, {}), every)}
-        for role, (n, k) in chain_bench.ROLES.items():
-            xr = x if k == chain_bench.HIDDEN else testing.random_activations(m, k, dtype=torch.bfloat16, seed=4,
-                                                                               device=device)
-            chains[f"alone_{role}"] = (chain_bench.alone_chain(layers, role, xr),
+        for role in chain_bench.ROLES:
+            chains[f"alone_{role}"] = (chain_bench.alone_chain(layers, role, chain_bench.role_input(m, role, x)),
                                        [(role, layer[role].mma_weight.data_ptr()) for layer in layers])
         for name, (fn, sequence) in chains.items():
             records = traced(ext, fn)
@@ -120,9 +118,10 @@ def main() -> int:
             steps = starts.diff()
             resolution = int(steps[steps > 0].min()) if (steps > 0).any() else None
             rows = chain_rows(times, sequence)
+            by_role = summary(rows)
             result["runs"].append({"m": m, "chain": name, "records": len(records), "timer_step_ns": resolution,
-                                   "by_role": summary(rows), "kernels": rows})
-            for role, s in summary(rows).items():
+                                   "by_role": by_role, "kernels": rows})
+            for role, s in by_role.items():
                 log.info("M = %d %-14s %-8s start %6.2f  release %6.2f (last %6.2f)  loop end %6.2f  period %6.2f us  "
                          "early %.2f  (%d blocks, %d kernels)", m, name, role, s["start_us"], s["release_us"],
                          s["last_release_us"], s["loop_us"], s["period_us"], s["early"], s["blocks"], s["kernels"])
