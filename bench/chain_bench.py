@@ -132,9 +132,11 @@ def default_plan(m: int, role: str, sms: int, device) -> dict:
     n, k = ROLES[role]
     if not ops.stream_wk(m) and role == "gate_up":
         return {}
-    mt = ops.mma_tiles(m)
-    splits = ops.grid_splits(k, ops.mma_splits(m, n, k, sms, staged=False, mt=mt, wk=ops.stream_wk(m)))
-    return {"splits": splits, "cluster": ops.cluster_size(splits, k, device, ops.STREAM_CLUSTER_MAX[m > 16])}
+    mt, wk = ops.mma_tiles(m), ops.stream_wk(m)
+    warps = ops.stream_wk_warps(mt, wk)
+    splits = ops.grid_splits(k, ops.mma_splits(m, n, k, sms, staged=False, mt=mt, wk=wk, warps=warps))
+    return {"splits": splits, "cluster": ops.cluster_size(splits, k, device, ops.STREAM_CLUSTER_MAX[m > 16]),
+            "wk_warps": warps}
 
 
 def variants(m: int, sms: int, device) -> dict:
@@ -160,12 +162,15 @@ def variants(m: int, sms: int, device) -> dict:
 def wk_warps_variants(m: int) -> dict:
     """Blocks of 8 warps sharing a tile (w4a16_linear(wk_warps=8)) at one token tile: each role in 1 or 2 splits (2
     through a cluster), and every role at once in 1 split and in the mix q/k/v, o_proj and gate/up unsplit, down in
-    2."""
+    2 (the default's splits with them on a 132-multiprocessor GPU), and that with o_proj in 2; and every role in blocks of 4 warps with their
+    splits (wk4_all, the default before session 48)."""
     if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1):
         return {}
     out = {f"wk8_{role}_s{s}": {role: {"wk_warps": 8, "splits": s}} for role in ROLES for s in (1, 2)}
     out["wk8_all_s1"] = {role: {"wk_warps": 8, "splits": 1} for role in ROLES}
     out["wk8_mix"] = {**out["wk8_all_s1"], "down": {"wk_warps": 8, "splits": 2}}
+    out["wk8_mix_o2"] = {**out["wk8_mix"], "o": {"wk_warps": 8, "splits": 2}}
+    out["wk4_all"] = {role: {"wk_warps": 4} for role in ROLES}
     return out
 
 
@@ -187,7 +192,7 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
     ap.add_argument("--alone", action="store_true", help="also each role's kernel alone, over the layers on one input")
     ap.add_argument("--wk8", action="store_true", help="also the variants of blocks of 8 warps sharing a tile "
-                    "(wk_warps_variants), and each role alone with them unsplit")
+                    "(wk_warps_variants), and each role alone in blocks of 4")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -229,7 +234,7 @@ def main() -> int:
                 xr = role_input(m, role, x)
                 fns[f"alone_{role}"] = alone_chain(layers, role, xr)
                 if args.wk8 and wk_warps_variants(m):
-                    fns[f"alone_wk8_{role}"] = alone_chain(layers, role, xr, wk_warps=8, splits=1)
+                    fns[f"alone_wk4_{role}"] = alone_chain(layers, role, xr, wk_warps=4)
         times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
         base = times["default"]["us"]
         plan = {role: default_plan(m, role, sms, device) for role in ROLES}
@@ -237,7 +242,7 @@ def main() -> int:
                 if not name.startswith("alone_")}
         for role in ROLES if args.alone else ():
             floor = packed_bytes(layers[0][role]) / rate * 1e6
-            for name in (f"alone_{role}", f"alone_wk8_{role}"):
+            for name in (f"alone_{role}", f"alone_wk4_{role}"):
                 if name in times:
                     rows[name] = {**times[name], "read_floor_us": floor}
         result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,

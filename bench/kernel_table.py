@@ -193,8 +193,9 @@ def variants(data: dict, min_m: int | None = None) -> list[str]:
 
 def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
     """The split count this commit's rules pick for a --tune sweep row, or None where they would run another
-    configuration than the row records (wk, tokens per block). Rows of runs before the configuration was recorded
-    are taken to have run this commit's configuration."""
+    configuration than the row records (wk, its blocks' warps, tokens per block). Rows of runs before the configuration
+    was recorded are taken to have run this commit's configuration, but blocks of 4 warps (wk_warps, recorded from
+    session 48 on)."""
     from quantkit.kernels import ops
 
     if kernel == "wgmma":
@@ -202,9 +203,10 @@ def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
         return ops.wgmma_splits(m, n, k, SMS, bt) if row.get("bt", bt) == bt else None
     mt = 8 if kernel == "staged" else ops.mma_tiles(m)
     wk = kernel == "stream" and ops.stream_wk(m)
-    if row.get("wk", wk) != wk:
+    warps = ops.stream_wk_warps(mt, wk)
+    if row.get("wk", wk) != wk or row.get("wk_warps", ops.STREAM_WK_WARPS) != warps:
         return None
-    return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk)
+    return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk, warps=warps)
 
 
 def _sweep_kernel(t: dict) -> str:

@@ -145,8 +145,8 @@ def test_chain_bench_overrides_one_role_at_a_time_at_split_counts_its_grid_keeps
 
 
 def test_chain_bench_eight_warp_variants_at_one_token_tile():
-    """--wk8: blocks of 8 warps sharing a tile, each role in 1 or 2 splits, every role unsplit, and the mix with down in
-    2; only at one token tile."""
+    """--wk8: blocks of 8 warps sharing a tile, each role in 1 or 2 splits, every role unsplit, the mix with down in
+    2 and that with o_proj in 2, and every role in blocks of 4; only at one token tile."""
     import chain_bench
 
     v = chain_bench.wk_warps_variants(8)
@@ -154,5 +154,7 @@ def test_chain_bench_eight_warp_variants_at_one_token_tile():
     assert v["wk8_down_s2"] == {"down": {"wk_warps": 8, "splits": 2}}
     assert v["wk8_all_s1"] == {role: {"wk_warps": 8, "splits": 1} for role in chain_bench.ROLES}
     assert v["wk8_mix"]["down"] == {"wk_warps": 8, "splits": 2} and v["wk8_mix"]["qkv"]["splits"] == 1
-    assert len(v) == 2 * len(chain_bench.ROLES) + 2
+    assert v["wk4_all"] == {role: {"wk_warps": 4} for role in chain_bench.ROLES}
+    assert v["wk8_mix_o2"]["o"]["splits"] == 2 and v["wk8_mix_o2"]["down"]["splits"] == 2
+    assert len(v) == 2 * len(chain_bench.ROLES) + 4
     assert chain_bench.wk_warps_variants(9) == {}

@@ -425,6 +425,13 @@ def test_split_k_rules_on_the_benchmark_shapes():
             assert s & (s - 1) == 0 and ops.grid_splits(k, s) == s
             got.append(s)
         assert tuple(got) == counts, (m, got)
+    # blocks of 8 warps sharing a tile (one token tile, the default there) count as two: half the parts, at least 1
+    assert ops.STREAM_WK_WARPS_ONE_TILE == 8 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 8 unless asked
+    assert ops.stream_wk_warps(1, True) == ops.STREAM_WK_WARPS_ONE_TILE
+    assert ops.stream_wk_warps(2, True) == ops.stream_wk_warps(1, False) == ops.stream_wk_warps(1, True, False) == 4
+    got = tuple(ops.mma_splits(1, n, k, 132, staged=False, mt=1, wk=True, warps=8) for n, k in shapes)
+    assert got == (1, 1, 2, 1, 1), got
+    assert ops.mma_splits(1, 4096, 4096, 132, staged=False, mt=1, wk=False, warps=8) == 8  # warps: wk's blocks only
     assert ops.grid_splits(4096, 7) == 7 and ops.grid_splits(4096, 12) == 11 and ops.grid_splits(4096, 100) == 64
     assert ops.cluster_size(1, 4096, torch.device("cpu"), 16) == 0  # one split: nothing to reduce
     assert ops.cluster_size(4, 4096, torch.device("cpu"), 2) == 0  # above the limit: the workspace path

@@ -199,9 +199,14 @@ WS_PDL_MIN_BT = 32
 # (bench/results/kernel_h200_fs_de194b9.json: 28672x8192 at M = 2 58.7 -> 50.0 us, 14336x4096 at M = 1 19.5 -> 16.6
 # us; session 13, before that rule, had measured it equal or up to 5% slower there). stream_wk() is that rule.
 STREAM_WK_M = (1, 32)
-# Its blocks' warps (csrc QK_STREAM_WARPS); w4a16_linear(wk_warps=8) runs blocks of 8 at one token tile (the same warps
-# in flight with half the split-K parts; session 47's experiment).
+# Its blocks' warps (csrc QK_STREAM_WARPS), and at one token tile (M <= 8) STREAM_WK_WARPS_ONE_TILE where neither the
+# L2 prefetch from its blocks nor the fold runs (stream_wk_warps): blocks of 8 warps with half the split-K parts
+# (mma_splits counts such a block as two), as many warps in flight and half the partial sums to add. Measured on an
+# H100, the four kernels of a layer chained at M = 1: 55.25 -> 51.19 us a layer, o_proj alone 7.14 -> 5.57 us and
+# q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json; docs/kernel.md item 63). QUANTKIT_STREAM_WK_WARPS=4
+# keeps blocks of 4 there too for a process (the eval records it).
 STREAM_WK_WARPS = 4
+STREAM_WK_WARPS_ONE_TILE = 4 if os.environ.get("QUANTKIT_STREAM_WK_WARPS", "8") == "4" else 8
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
@@ -272,16 +277,25 @@ def mma_staged(m: int, n: int) -> bool:
     return m > STREAM_MAX_M and n >= STAGED_MIN_N
 
 
-def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: bool = False) -> int:
-    """Split-K count. Streaming: the largest power of two that keeps the grid within STREAM_BLOCKS_PER_SM blocks per
-    multiprocessor, each warp at least MIN_CHUNKS_PER_SPLIT chunks. Staged: split only a grid that leaves most SMs
-    idle (measured: docs/kernel.md). sms: the GPU's multiprocessor count."""
+def stream_wk_warps(mt: int, wk: bool, plain: bool = True) -> int:
+    """The warps of a decode-kernel block: STREAM_WK_WARPS_ONE_TILE at one token tile with the warps sharing a tile
+    (wk) where the block neither requests an L2 prefetch nor folds the normalization in (plain), else STREAM_WK_WARPS."""
+    return STREAM_WK_WARPS_ONE_TILE if wk and mt == 1 and plain else STREAM_WK_WARPS
+
+
+def mma_splits(m: int, n: int, k: int, sms: int, *, staged: bool, mt: int, wk: bool = False,
+               warps: int = STREAM_WK_WARPS) -> int:
+    """Split-K count. Streaming: the largest power of two that keeps the grid within STREAM_BLOCKS_PER_SM blocks of
+    STREAM_WK_WARPS warps per multiprocessor (a block of warps warps sharing a tile counts as warps / STREAM_WK_WARPS
+    of them), each warp at least MIN_CHUNKS_PER_SPLIT chunks. Staged: split only a grid that leaves most SMs idle
+    (measured: docs/kernel.md). sms: the GPU's multiprocessor count."""
     blocks = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     if staged:
         want = math.ceil(sms / blocks) if 2 * blocks < sms else 1
         return max(1, min(want, (k // 64) // MIN_CHUNKS_PER_SPLIT))
-    want = STREAM_BLOCKS_PER_SM[m > 16] * sms // blocks
-    cap = (k // 64) // (MIN_CHUNKS_PER_SPLIT * (4 if wk else 1))
+    warps = warps if wk else STREAM_WK_WARPS
+    want = STREAM_BLOCKS_PER_SM[m > 16] * sms * STREAM_WK_WARPS // (blocks * warps)
+    cap = (k // 64) // (MIN_CHUNKS_PER_SPLIT * (warps if wk else 1))
     return 1 << (max(1, min(want, cap)).bit_length() - 1)
 
 
@@ -317,7 +331,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]. fold: the residual add and
     RMSNorm folded into the decode kernel (its operands as [M, ...] rows; not staged); with fold.next_w the result is
     [2, M, N] (the stream, then its next normalization's input). wk_warps: the warps of a decode-kernel block whose
-    warps share a tile (default STREAM_WK_WARPS; 8 at one token tile without the prefetch or the fold)."""
+    warps share a tile (default stream_wk_warps; 8 only at one token tile without the prefetch or the fold)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
@@ -330,7 +344,15 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
     if glu and not wk:
         raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
-    splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk)
+    # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
+    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
+    plain = not in_kernel and fold is None
+    if wk_warps is None:
+        wk_warps = stream_wk_warps(mt, wk, plain)
+    elif wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or not plain):
+        raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
+                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
+    splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=wk_warps)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     if fold is not None and staged:
         raise UnsupportedError("the residual add and RMSNorm fold into the streaming kernel, not the staged one")
@@ -340,13 +362,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
     rms, eps, residual, next_w, g = fold.operands(full) if fold is not None else (None, 0.0, None, None, None)
-    # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
-    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
     tensors, sizes = warm if in_kernel else ([], [])
-    wk_warps = wk_warps or STREAM_WK_WARPS
-    if wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or in_kernel or fold is not None):
-        raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
-                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
                  in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, wk_warps)
@@ -993,7 +1009,7 @@ def w4a16_linear(
     splits / mt / staged / pdl / wk / wk_warps override the split-K count, token tiles and kernel of the "mma" path
     (pdl: launch the decode kernel as a programmatic dependent launch, default STREAM_PDL, and the warp-specialized wgmma
     kernel as one of the packing of x, default ws_pdl(); wk: the decode kernel's warps
-    sharing a tile, default stream_wk(); wk_warps: that block's warps, default STREAM_WK_WARPS, 8 at one token tile);
+    sharing a tile, default stream_wk(); wk_warps: that block's warps, 4 or 8, default stream_wk_warps());
     splits also that of the "wmma" path (default wmma_splits); splits / bt /
     dense / wsm those of
     the "wgmma" path (dense=False: its one-block-per-multiprocessor instance; the default is the two-blocks instance
