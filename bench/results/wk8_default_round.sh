@@ -3,14 +3,14 @@
 # mma_splits counting such a block as two; QUANTKIT_STREAM_WK_WARPS=4 for the blocks of 4 of before). One archive a
 # step:
 #     bash bench/results/wk8_default_round.sh OUT_DIR 1 [SECONDS]   build and self-check; the kernels' GPU tests of the
-#                                                                 default paths at M <= 8 and of the blocks of 8; the
-#                                                                 four kernels a layer chained at M = 1 and 8 (default,
-#                                                                 the --wk8 variants, each role alone); compiled eval
-#                                                                 g128 at batch 1 with the default, then with
-#                                                                 QUANTKIT_STREAM_WK_WARPS=4
-#     bash bench/results/wk8_default_round.sh OUT_DIR 2 [SECONDS]   issue 4's kernel benchmark at M = 1, 2, 4, 8 (group
-#                                                                 128), and at M = 1, 8 with QUANTKIT_STREAM_WK_WARPS=4,
-#                                                                 then compiled eval g128 at batch 8 both ways
+#                                                                 default paths at M <= 8 and of the blocks of 8;
+#                                                                 compiled eval g128 at batch 1 with the default, then
+#                                                                 with QUANTKIT_STREAM_WK_WARPS=4; with the time left
+#                                                                 the four kernels a layer chained at M = 1 and 8
+#                                                                 (default, the --wk8 variants)
+#     bash bench/results/wk8_default_round.sh OUT_DIR 2 [SECONDS]   compiled eval g128 at batch 8 with the default, then
+#                                                                 issue 4's kernel benchmark at M = 1 and 8 (group 128)
+#                                                                 with the time left
 set -u
 OUT=${1:?usage: wk8_default_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: wk8_default_round.sh OUT_DIR STEP [SECONDS]}
@@ -34,18 +34,17 @@ import logging, sys; logging.basicConfig(level=logging.INFO)
 from quantkit.kernels import kernel_available, self_check
 ok, why = kernel_available(); print('kernel_available', ok, why)
 sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
-    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "match_reference or \
+    timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "match_reference or \
 splits_and_tiles or sharing_a_tile or eight_warps or gated_pair_epilogue or fold_in or programmatic_launch_chain or \
 l2_prefetch or cuda_graph" 2>&1 | tail -15 | tee "$D/tests.log"
-    timeout 130 python3 bench/chain_bench.py --ms 1,8 --no-sweep --alone --wk8 --reps 10 --out "$D/chain.json" 2>&1 \
-      | grep -v "^layers" | tail -60 | tee "$D/chain.log"
-    eval_pair 1 ;;
+    eval_pair 1
+    timeout $(( $(left) - 5 )) python3 bench/chain_bench.py --ms 1,8 --no-sweep --wk8 --reps 10 --out "$D/chain.json" \
+      2>&1 | grep -v "^layers" | tail -60 | tee "$D/chain.log" ;;
   2)
-    timeout 150 python3 bench/kernel_bench.py --reps 20 --ms 1,2,4,8 --groups 128 --out "$D/kernel.json" 2>&1 \
-      | tail -40 | tee "$D/kernel.log"
-    QUANTKIT_STREAM_WK_WARPS=4 timeout 100 python3 bench/kernel_bench.py --reps 20 --ms 1,8 --groups 128 \
-      --out "$D/kernel_wk4.json" 2>&1 | tail -20 | tee "$D/kernel_wk4.log"
-    eval_pair 8 ;;
+    STEPS=compiled COMPILED_BATCH=8 bash bench/eval_speed.sh "$D/eval_wk8_b8" $(( $(left) - 60 )) 2>&1 \
+      | grep -v "quantizing" | tail -12
+    timeout $(( $(left) - 5 )) python3 bench/kernel_bench.py --reps 20 --ms 1,8 --groups 128 --out "$D/kernel.json" \
+      2>&1 | tail -40 | tee "$D/kernel.log" ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "wk8_$STEP" && rm -rf "$D"
 echo "== wk8 step $STEP done ($(left) s left)"
