@@ -2,12 +2,12 @@
 # Session 48: the decode kernel in blocks of 8 warps sharing a tile by default at one token tile (ops.stream_wk_warps,
 # mma_splits counting such a block as two; QUANTKIT_STREAM_WK_WARPS=4 for the blocks of 4 of before). One archive a
 # step:
-#     bash bench/results/wk8_default_round.sh OUT_DIR 1 [SECONDS]   build and self-check; the kernels' GPU tests of the
-#                                                                 default paths at M <= 8 and of the blocks of 8;
-#                                                                 compiled eval g128 at batch 1 with the default, then
-#                                                                 with QUANTKIT_STREAM_WK_WARPS=4; with the time left
-#                                                                 the four kernels a layer chained at M = 1 and 8
-#                                                                 (default, the --wk8 variants)
+#     bash bench/results/wk8_default_round.sh OUT_DIR 1 [SECONDS]   build and self-check; compiled eval g128 at batch 1;
+#                                                                 the kernels' GPU tests of the default paths at M <= 8
+#                                                                 and of the blocks of 8; with the time left the eval
+#                                                                 again with QUANTKIT_STREAM_WK_WARPS=4, then the four
+#                                                                 kernels a layer chained at M = 1 and 8 (default, the
+#                                                                 --wk8 variants)
 #     bash bench/results/wk8_default_round.sh OUT_DIR 2 [SECONDS]   compiled eval g128 at batch 8 with the default, then
 #                                                                 issue 4's kernel benchmark at M = 1 and 8 (group 128)
 #                                                                 with the time left
@@ -21,11 +21,11 @@ D="$OUT/wk8_$STEP"
 mkdir -p "$D"
 . bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$D/nvidia-smi.csv"
-eval_pair() {  # eval_pair BATCH: compiled g128 eval at BATCH with the default, then with blocks of 4 warps
-  STEPS=compiled COMPILED_BATCH=$1 COMPILED_LIMIT=$(( ($(left) - 20) / 2 )) bash bench/eval_speed.sh "$D/eval_wk8_b$1" \
-    $(( ($(left) - 20) / 2 + 15 )) 2>&1 | grep -v "quantizing" | tail -12
-  QUANTKIT_STREAM_WK_WARPS=4 STEPS=compiled COMPILED_BATCH=$1 bash bench/eval_speed.sh "$D/eval_wk4_b$1" \
-    $(( $(left) - 5 )) 2>&1 | grep -v "quantizing" | tail -12
+eval_b() {  # eval_b BATCH NAME SECONDS [ENV=VALUE ...]: compiled g128 eval at BATCH, within SECONDS
+  local batch=$1 name=$2 limit=$3; shift 3
+  [ "$limit" -gt 90 ] || { echo "== $name skipped ($limit s left)"; return; }
+  env "$@" STEPS=compiled COMPILED_BATCH=$batch bash bench/eval_speed.sh "$D/$name" "$limit" 2>&1 \
+    | grep -v "quantizing" | tail -12
 }
 case $STEP in
   1)
@@ -34,17 +34,17 @@ import logging, sys; logging.basicConfig(level=logging.INFO)
 from quantkit.kernels import kernel_available, self_check
 ok, why = kernel_available(); print('kernel_available', ok, why)
 sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
-    timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py -k "match_reference or \
-splits_and_tiles or sharing_a_tile or eight_warps or gated_pair_epilogue or fold_in or programmatic_launch_chain or \
-l2_prefetch or cuda_graph" 2>&1 | tail -15 | tee "$D/tests.log"
-    eval_pair 1
-    timeout $(( $(left) - 5 )) python3 bench/chain_bench.py --ms 1,8 --no-sweep --wk8 --reps 10 --out "$D/chain.json" \
-      2>&1 | grep -v "^layers" | tail -60 | tee "$D/chain.log" ;;
+    eval_b 1 eval_wk8_b1 $(( $(left) - 60 < 200 ? $(left) - 60 : 200 ))
+    timeout $(( $(left) - 5 < 70 ? $(left) - 5 : 70 )) python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py \
+      -k "eight_warps or sharing_a_tile or splits_and_tiles or gated_pair_epilogue or fold_in or \
+programmatic_launch_chain or match_reference" 2>&1 | tail -15 | tee "$D/tests.log"
+    eval_b 1 eval_wk4_b1 $(( $(left) - 5 )) QUANTKIT_STREAM_WK_WARPS=4
+    [ "$(left)" -gt 60 ] && timeout $(( $(left) - 5 )) python3 bench/chain_bench.py --ms 1,8 --no-sweep --wk8 --reps 10 \
+      --out "$D/chain.json" 2>&1 | grep -v "^layers" | tail -60 | tee "$D/chain.log" ;;
   2)
-    STEPS=compiled COMPILED_BATCH=8 bash bench/eval_speed.sh "$D/eval_wk8_b8" $(( $(left) - 60 )) 2>&1 \
-      | grep -v "quantizing" | tail -12
-    timeout $(( $(left) - 5 )) python3 bench/kernel_bench.py --reps 20 --ms 1,8 --groups 128 --out "$D/kernel.json" \
-      2>&1 | tail -40 | tee "$D/kernel.log" ;;
+    eval_b 8 eval_wk8_b8 $(( $(left) - 60 ))
+    [ "$(left)" -gt 60 ] && timeout $(( $(left) - 5 )) python3 bench/kernel_bench.py --reps 20 --ms 1,8 --groups 128 \
+      --out "$D/kernel.json" 2>&1 | tail -40 | tee "$D/kernel.log" ;;
 esac
 tar -C "$OUT" -czf "$D.tgz" "wk8_$STEP" && rm -rf "$D"
 echo "== wk8 step $STEP done ($(left) s left)"
