@@ -408,7 +408,7 @@ def test_kernel_defines_are_macros_of_the_build_and_a_bad_one_is_named(monkeypat
         build.defines({"QUANTKIT_KERNEL_DEFINES": "QK_A=1 -O0"})
 
 
-def test_split_k_rules_on_the_benchmark_shapes():
+def test_split_k_rules_on_the_benchmark_shapes(monkeypatch):
     """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
     counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid
     keeps them (ops.grid_splits); the clusters the dispatch would launch follow STREAM_CLUSTER_MAX."""
@@ -426,8 +426,10 @@ def test_split_k_rules_on_the_benchmark_shapes():
             got.append(s)
         assert tuple(got) == counts, (m, got)
     # blocks of 8 warps sharing a tile (one token tile, the default there) count as two: half the parts, at least 1
-    assert ops.STREAM_WK_WARPS_ONE_TILE == 8 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 8 unless asked
+    assert ops.STREAM_WK_WARPS_ONE_TILE == 4 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 8 only when asked
     assert ops.stream_wk_warps(1, True) == ops.STREAM_WK_WARPS_ONE_TILE
+    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # QUANTKIT_STREAM_WK_WARPS=8
+    assert ops.stream_wk_warps(1, True) == 8
     assert ops.stream_wk_warps(2, True) == ops.stream_wk_warps(1, False) == ops.stream_wk_warps(1, True, False) == 4
     got = tuple(ops.mma_splits(1, n, k, 132, staged=False, mt=1, wk=True, warps=8) for n, k in shapes)
     assert got == (1, 1, 2, 1, 1), got

@@ -461,7 +461,7 @@ def test_fold_in_the_decode_kernel(device, dtype):
             for how in ({}, {"splits": 1}, {"splits": 2, "cluster": True}, {"splits": 32, "cluster": False},
                         {"wk": False}, {"mt": 2, "wk": False}):
                 case = dict(backend="mma", staged=False, **how)
-                plain = w4a16_linear(x, packed, bias, **case)
+                plain = w4a16_linear(x, packed, bias, wk_warps=ops.STREAM_WK_WARPS, **case)  # the fold's blocks' warps
                 got = w4a16_linear(x, packed, bias, fold=Fold(residual=residual, next_w=next_w), **case)
                 assert torch.equal(got, add_residual(plain, residual, next_w)), (n, m, how)
                 assert torch.equal(w4a16_linear(x, packed, bias, fold=Fold(residual=residual), **case), got[0])
@@ -565,16 +565,18 @@ def test_l2_prefetch_requests_and_writes_nothing(device, monkeypatch):
     assert ops.l2_prefetch(nxt, torch.bfloat16, 0) == meta_bytes
     for m in (1, 3, 16, 32, 64):
         x = testing.random_activations(m, 1024, dtype=torch.bfloat16, seed=22 + m, device=device)
-        y0 = w4a16_linear(x, packed)
         for in_kernel, evict_first in ((True, False), (True, True), (False, False)):
             monkeypatch.setattr(ops, "L2_PREFETCH_IN_KERNEL", in_kernel)
             monkeypatch.setattr(ops, "L2_PREFETCH_EVICT_FIRST", evict_first)
+            # the prefetching blocks have STREAM_WK_WARPS warps: without it, blocks of as many for the same bits
+            warps = ops.STREAM_WK_WARPS if in_kernel else None
+            y0 = w4a16_linear(x, packed, wk_warps=warps)
             for splits, cluster in ((None, None), (4, True), (4, False)):
                 if m > ops.STREAM_MAX_M and splits:
                     continue
                 assert torch.equal(w4a16_linear(x, packed, warm=(nxt, 1 << 20), splits=splits, cluster=cluster),
-                                   w4a16_linear(x, packed, splits=splits, cluster=cluster)), (m, in_kernel,
-                                                                                             evict_first, splits)
+                                   w4a16_linear(x, packed, splits=splits, cluster=cluster, wk_warps=warps)), (
+                    m, in_kernel, evict_first, splits)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 ops.l2_prefetch(nxt, torch.bfloat16, 1 << 20)
@@ -640,8 +642,9 @@ def test_mlp_in_one_launch(device, monkeypatch, dtype, sym, m, splits):
     pair = packing.interleave_glu(gate, up)
     assert ops.mlp_ready(pair, down) and ops.mlp_at(m, pair, ops.sm_count(torch.device(device)))
     x = testing.random_activations(m, hidden, dtype=dtype, seed=70, device=device)
-    mid = ops.w4a16_linear(x, pair, backend="mma", glu=True, splits=1)
-    want = ops.w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)
+    two = dict(backend="mma", wk_warps=ops.STREAM_WK_WARPS)  # the one launch's blocks' warps, for the same bits
+    mid = ops.w4a16_linear(x, pair, glu=True, splits=1, **two)
+    want = ops.w4a16_linear(mid, down, splits=splits, cluster=False, **two)
     assert testing.relative_error(want, reference_weight(down, dtype), mid, None) <= testing.TOLERANCE[dtype]
 
     def chain(pdl):
@@ -654,7 +657,9 @@ def test_mlp_in_one_launch(device, monkeypatch, dtype, sym, m, splits):
     assert_programmatic_chain(chain)
     monkeypatch.setattr(ops, "FUSED_MLP", False)
     assert not ops.mlp_at(m, pair, ops.sm_count(torch.device(device)))
-    assert torch.equal(ops.w4a16_mlp(x, pair, down, backend="kernel", splits=splits), want)
+    two = ops.w4a16_linear(ops.w4a16_linear(x, pair, backend="kernel", glu=True), down, backend="kernel", splits=splits)
+    assert torch.equal(ops.w4a16_mlp(x, pair, down, backend="kernel", splits=splits), two)
+    assert ops.STREAM_WK_WARPS_ONE_TILE != ops.STREAM_WK_WARPS or torch.equal(two, want)
 
 
 @pytest.mark.parametrize("plan", [dict(bt=64, splits=2), dict(bt=256, stream_k=True), dict(bt=128)])

@@ -613,7 +613,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["glu_epilogue"] = kernel_ops.GLU_EPILOGUE  # where the 4-bit model has gated pairs (fused_projections' glu)
     result["fused_mlp"] = kernel_ops.FUSED_MLP  # from session 45 on: the decode steps' MLP in one launch where it can
     result["glu_ws"] = kernel_ops.GLU_WS  # recorded where on in session 41's first runs, either way since
-    result["stream_wk_warps_one_tile"] = kernel_ops.STREAM_WK_WARPS_ONE_TILE  # from session 48 on (4 before)
+    result["stream_wk_warps_one_tile"] = kernel_ops.STREAM_WK_WARPS_ONE_TILE  # from session 48 on (4 before: the same)
     if defines := kernel_build.defines():  # csrc tuning macros of an experiment (QUANTKIT_KERNEL_DEFINES)
         result["kernel_defines"] = defines
     return result

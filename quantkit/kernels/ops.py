@@ -200,13 +200,15 @@ WS_PDL_MIN_BT = 32
 # us; session 13, before that rule, had measured it equal or up to 5% slower there). stream_wk() is that rule.
 STREAM_WK_M = (1, 32)
 # Its blocks' warps (csrc QK_STREAM_WARPS), and at one token tile (M <= 8) STREAM_WK_WARPS_ONE_TILE where neither the
-# L2 prefetch from its blocks nor the fold runs (stream_wk_warps): blocks of 8 warps with half the split-K parts
-# (mma_splits counts such a block as two), as many warps in flight and half the partial sums to add. Measured on an
-# H100, the four kernels of a layer chained at M = 1: 55.25 -> 51.19 us a layer, o_proj alone 7.14 -> 5.57 us and
-# q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json; docs/kernel.md item 63). QUANTKIT_STREAM_WK_WARPS=4
-# keeps blocks of 4 there too for a process (the eval records it).
+# L2 prefetch from its blocks nor the fold runs (stream_wk_warps). Blocks of 8 warps with half the split-K parts
+# (mma_splits counts such a block as two) keep as many warps in flight with half the partial sums to add; measured on
+# an H100, the four kernels of a layer chained at M = 1: 55.25 -> 51.19 us a layer, o_proj alone 7.14 -> 5.57 us and
+# q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json; docs/kernel.md item 63). Still 4 by default: their
+# first run as the default stopped at the self-check, which compared them bit for bit with the fold's blocks of 4
+# (the comparisons now name the warps; not yet run again), so no eval has measured them. QUANTKIT_STREAM_WK_WARPS=8
+# turns them on for a process (the eval records it).
 STREAM_WK_WARPS = 4
-STREAM_WK_WARPS_ONE_TILE = 4 if os.environ.get("QUANTKIT_STREAM_WK_WARPS", "8") == "4" else 8
+STREAM_WK_WARPS_ONE_TILE = 8 if os.environ.get("QUANTKIT_STREAM_WK_WARPS", "4") == "8" else STREAM_WK_WARPS
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
@@ -279,7 +281,8 @@ def mma_staged(m: int, n: int) -> bool:
 
 def stream_wk_warps(mt: int, wk: bool, plain: bool = True) -> int:
     """The warps of a decode-kernel block: STREAM_WK_WARPS_ONE_TILE at one token tile with the warps sharing a tile
-    (wk) where the block neither requests an L2 prefetch nor folds the normalization in (plain), else STREAM_WK_WARPS."""
+    (wk) where the block neither requests an L2 prefetch nor folds the normalization in (plain), else
+    STREAM_WK_WARPS."""
     return STREAM_WK_WARPS_ONE_TILE if wk and mt == 1 and plain else STREAM_WK_WARPS
 
 
@@ -923,7 +926,8 @@ def w4a16_mlp(x: torch.Tensor, pair: PackedLinear, down: PackedLinear, *, backen
     """down(silu(gate(x)) * up(x)) for a gated pair in packing.glu_order (packing.interleave_glu) and its down
     projection, neither with a bias: [..., down.out_features]. One launch (csrc qk_mma_mlp) where backend is "auto"
     or "kernel", mlp_ready holds and mlp_at holds at x's rows; else w4a16_linear(glu=True) then w4a16_linear, which
-    the one launch matches bit for bit (the pair unsplit, down's splits summed in the same order). splits: down's
+    the one launch matches bit for bit where those run blocks of STREAM_WK_WARPS warps (the pair unsplit, down's
+    splits summed in the same order). splits: down's
     split-K (default mma_splits, as w4a16_linear's); pdl: the launch (or the pair's) as a programmatic dependent
     launch (default STREAM_PDL); down_pdl: down's where there are two launches."""
     _check_inputs(x, pair, None, backend)

@@ -129,7 +129,8 @@ def _fold_error(what: str, device, m: int, n: int, k: int, splits, dtype, detail
 
 def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
     """FOLD_CASE: the decode kernel with ops.Fold against its own plain output with the fold applied after it."""
-    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale, w4a16_linear  # late: ops calls us
+    from quantkit.kernels.ops import (STREAM_WK_WARPS, Fold, add_residual, glu_interleaved,  # late: ops calls us
+                                      rms_scale, w4a16_linear)
     from quantkit.kernels.packing import interleave_glu
 
     n, k, g, sym, act, ms = FOLD_CASE
@@ -148,7 +149,8 @@ def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
         residual = testing.random_activations(m, n, dtype=dtype, seed=600 + m, device=device)
         hx = testing.random_activations(m, gk, dtype=dtype, seed=700 + m, device=device)
         for splits in (None, 2, 32):
-            plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits)
+            # the fold's blocks have STREAM_WK_WARPS warps: the plain output from blocks of as many, for the same bits
+            plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits, wk_warps=STREAM_WK_WARPS)
             got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(residual=residual, next_w=next_w))
             if not torch.equal(got, add_residual(plain, residual, next_w)):
                 raise _fold_error("residual add", device, m, n, k, splits, dtype, "not bit for bit")
@@ -167,7 +169,7 @@ def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
 
 def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
     """MLP_CASE: the one-launch MLP against the gated pair and down one after the other."""
-    from quantkit.kernels.ops import mlp_at, sm_count, w4a16_linear, w4a16_mlp  # late: ops calls us
+    from quantkit.kernels.ops import STREAM_WK_WARPS, mlp_at, sm_count, w4a16_linear, w4a16_mlp  # late: ops calls us
     from quantkit.kernels.packing import interleave_glu
 
     inter, hidden, g, sym, ms = MLP_CASE
@@ -179,10 +181,12 @@ def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
         if not mlp_at(m, pair, sm_count(device)):
             continue
         x = testing.random_activations(m, hidden, dtype=dtype, seed=800 + m, device=device)
-        mid = w4a16_linear(x, pair, backend="mma", glu=True, splits=1)  # the pair's launch: the same for every split
+        # the two launches in blocks of STREAM_WK_WARPS warps, as the one launch's; the pair's the same for every split
+        two = dict(backend="mma", wk_warps=STREAM_WK_WARPS)
+        mid = w4a16_linear(x, pair, glu=True, splits=1, **two)
         for splits in (1, 3, None):
             got = w4a16_mlp(x, pair, down, backend="kernel", splits=splits)
-            if not torch.equal(got, w4a16_linear(mid, down, backend="mma", splits=splits, cluster=False)):
+            if not torch.equal(got, w4a16_linear(mid, down, splits=splits, cluster=False, **two)):
                 raise KernelSelfCheckError(
                     f"W4A16 kernel 'mma' with the gated MLP in one launch disagrees with its two launches on {device} "
                     f"(M={m} intermediate={inter} hidden={hidden} group={g} sym={sym} splits={splits} {dtype}): "
