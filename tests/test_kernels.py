@@ -425,7 +425,7 @@ def test_split_k_rules_on_the_benchmark_shapes(monkeypatch):
             assert s & (s - 1) == 0 and ops.grid_splits(k, s) == s
             got.append(s)
         assert tuple(got) == counts, (m, got)
-    # blocks of 8 warps sharing a tile (one token tile, the default there) count as two: half the parts, at least 1
+    # blocks of 8 warps sharing a tile (one token tile, QUANTKIT_STREAM_WK_WARPS=8) count as two: half the parts
     assert ops.STREAM_WK_WARPS_ONE_TILE == 4 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 8 only when asked
     assert ops.stream_wk_warps(1, True) == ops.STREAM_WK_WARPS_ONE_TILE
     monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # QUANTKIT_STREAM_WK_WARPS=8
