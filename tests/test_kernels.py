@@ -408,6 +408,33 @@ def test_kernel_defines_are_macros_of_the_build_and_a_bad_one_is_named(monkeypat
         build.defines({"QUANTKIT_KERNEL_DEFINES": "QK_A=1 -O0"})
 
 
+def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
+    """ops.mma_plan with blocks of 8 at one token tile: a plain launch asked for STREAM_WK_WARPS warps plans the grid
+    and sums of a fold's launch, of a prefetching one's and of the one-launch MLP's down, which is what the
+    self-check's and GPU tests' bit-for-bit comparisons ask it for; left to the default it plans blocks of 8, which
+    sum in another order (what stopped session 48's first run of them as the default)."""
+    from quantkit.kernels import ops, selfcheck
+
+    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # QUANTKIT_STREAM_WK_WARPS=8
+    monkeypatch.setattr(ops, "L2_PREFETCH_IN_KERNEL", True)
+    n, k, *_, ms = selfcheck.FOLD_CASE
+    for m in ms:
+        for splits in (None, 2, 32):
+            fold = ops.mma_plan(m, n, k, 132, splits=splits, fold=True)
+            assert ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS) == fold
+            plain = ops.mma_plan(m, n, k, 132, splits=splits)
+            assert plain[4] == 8 and plain != fold  # one token tile: blocks of 8 unless asked for 4
+            prefetch = ops.mma_plan(m, n, k, 132, splits=splits, prefetch=True)
+            assert prefetch[3] and prefetch[4] == ops.STREAM_WK_WARPS
+            assert ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS)[4:] == prefetch[4:]
+    inter, hidden, *_, ms = selfcheck.MLP_CASE
+    for m in ms:  # the one launch's down: mma_splits' count for blocks of 4 (w4a16_mlp), as the plain launch's with 4
+        one = ops.mma_splits(m, hidden, inter, 132, staged=False, mt=1, wk=True)
+        assert ops.mma_plan(m, hidden, inter, 132, wk_warps=ops.STREAM_WK_WARPS)[4:] == (4, one)
+    with pytest.raises(UnsupportedError, match="wk_warps=8"):
+        ops.mma_plan(1, n, k, 132, fold=True, wk_warps=8)
+
+
 def test_split_k_rules_on_the_benchmark_shapes(monkeypatch):
     """The streaming kernel's split-K rule (ops.mma_splits with ops.stream_wk) gives, on a 132-multiprocessor GPU, the
     counts fitted to the H200 sweep (bench/results/kernel_h200_splits.md), powers of two, and the launch's grid

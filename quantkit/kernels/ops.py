@@ -324,6 +324,34 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
     return default if cluster is None else CLUSTER_MAX if cluster else 0
 
 
+def mma_plan(m: int, n: int, k: int, sms: int, *, splits: int | None = None, mt: int | None = None,
+             staged: bool | None = None, wk: bool | None = None, glu: bool = False, prefetch: bool = False,
+             fold: bool = False, wk_warps: int | None = None) -> tuple[bool, int, bool, bool, int, int]:
+    """The "mma" path's launch for M x K by N on a GPU of sms multiprocessors, from w4a16_linear's overrides (None:
+    the dispatch's): (staged, token tiles, wk, whether the decode kernel's blocks request the L2 prefetch, the warps
+    of a block whose warps share a tile, the split-K count asked for). prefetch: an L2 prefetch follows the layer;
+    fold: the residual add and RMSNorm fold into the kernel. Two calls whose plans are equal run the same
+    instance, grid and sums, but for the fold or the prefetch in it."""
+    staged = mma_staged(m, n) if staged is None else staged
+    mt = 8 if staged else (mt or mma_tiles(m))
+    if wk and (staged or mt > 4):  # checked here: the extension's own check would be its last line of defence
+        raise UnsupportedError(f"wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt={mt}"
+                               f"{', staged' if staged else ''}")
+    wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
+    if glu and not wk:
+        raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
+    # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
+    in_kernel = prefetch and wk and L2_PREFETCH_IN_KERNEL and not glu and not fold
+    plain = not in_kernel and not fold
+    if wk_warps is None:
+        wk_warps = stream_wk_warps(mt, wk, plain)
+    elif wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or not plain):
+        raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
+                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
+    splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=wk_warps)
+    return staged, mt, wk, in_kernel, wk_warps, splits
+
+
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
          staged: bool | None, pdl: bool | None = None, wk: bool | None = None,
          cluster: bool | None = None, warm: tuple[list, list] | None = None, glu: bool = False,
@@ -338,24 +366,10 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features
-    staged = mma_staged(m, n) if staged is None else staged
-    mt = 8 if staged else (mt or mma_tiles(m))
     sms = _sm_count(x2.device)
-    if wk and (staged or mt > 4):  # checked here: the extension's own check would be its last line of defence
-        raise UnsupportedError(f"wk (warps sharing a tile) is the streaming kernel's, with mt <= 4; got mt={mt}"
-                               f"{', staged' if staged else ''}")
-    wk = False if staged else (stream_wk(m) and mt <= 4 if wk is None else wk)
-    if glu and not wk:
-        raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
-    # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
-    in_kernel = warm is not None and wk and L2_PREFETCH_IN_KERNEL and not glu and fold is None
-    plain = not in_kernel and fold is None
-    if wk_warps is None:
-        wk_warps = stream_wk_warps(mt, wk, plain)
-    elif wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or not plain):
-        raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
-                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
-    splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=wk_warps)
+    staged, mt, wk, in_kernel, wk_warps, splits = mma_plan(m, n, k, sms, splits=splits, mt=mt, staged=staged, wk=wk,
+                                                           glu=glu, prefetch=warm is not None, fold=fold is not None,
+                                                           wk_warps=wk_warps)
     cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     if fold is not None and staged:
         raise UnsupportedError("the residual add and RMSNorm fold into the streaming kernel, not the staged one")
