@@ -128,13 +128,12 @@ def bf16_chain(weights: list[dict], x: torch.Tensor):
 
 
 def default_plan(m: int, role: str, sms: int, device) -> dict:
-    """The dispatch's split-K and cluster for this role's layer at M (ops.mma_splits, ops.cluster_size)."""
+    """The dispatch's split-K, cluster and blocks' warps for this role's layer at M (ops.mma_plan, ops.cluster_size)."""
     n, k = ROLES[role]
     if not ops.stream_wk(m) and role == "gate_up":
         return {}
-    mt, wk = ops.mma_tiles(m), ops.stream_wk(m)
-    warps = ops.stream_wk_warps(mt, wk)
-    splits = ops.grid_splits(k, ops.mma_splits(m, n, k, sms, staged=False, mt=mt, wk=wk, warps=warps))
+    *_, warps, splits = ops.mma_plan(m, n, k, sms, staged=False)
+    splits = ops.grid_splits(k, splits)
     return {"splits": splits, "cluster": ops.cluster_size(splits, k, device, ops.STREAM_CLUSTER_MAX[m > 16]),
             "wk_warps": warps}
 

@@ -334,10 +334,7 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
                                                                      cluster=cl, ws=ws)
             else:
                 staged = kernel == "staged"
-                mt = 8 if staged else ops.mma_tiles(m)
-                wk = not staged and ops.stream_wk(m)
-                warps = ops.stream_wk_warps(mt, wk)
-                default = ops.mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=warps)
+                _, _, wk, _, warps, default = ops.mma_plan(m, n, k, sms, staged=staged)
                 config = {"wk": wk, "wk_warps": warps}
                 call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
                                                                              staged=staged, wk=wk, cluster=cl)

@@ -201,12 +201,10 @@ def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
     if kernel == "wgmma":
         bt = ops.wgmma_bt(m, n)
         return ops.wgmma_splits(m, n, k, SMS, bt) if row.get("bt", bt) == bt else None
-    mt = 8 if kernel == "staged" else ops.mma_tiles(m)
-    wk = kernel == "stream" and ops.stream_wk(m)
-    warps = ops.stream_wk_warps(mt, wk)
+    _, _, wk, _, warps, splits = ops.mma_plan(m, n, k, SMS, staged=kernel == "staged")
     if row.get("wk", wk) != wk or row.get("wk_warps", ops.STREAM_WK_WARPS) != warps:
         return None
-    return ops.mma_splits(m, n, k, SMS, staged=kernel == "staged", mt=mt, wk=wk, warps=warps)
+    return splits
 
 
 def _sweep_kernel(t: dict) -> str:
