@@ -132,10 +132,10 @@ def default_plan(m: int, role: str, sms: int, device) -> dict:
     n, k = ROLES[role]
     if not ops.stream_wk(m) and role == "gate_up":
         return {}
-    *_, warps, splits = ops.mma_plan(m, n, k, sms, staged=False)
-    splits = ops.grid_splits(k, splits)
+    plan = ops.mma_plan(m, n, k, sms, staged=False)
+    splits = ops.grid_splits(k, plan.splits)
     return {"splits": splits, "cluster": ops.cluster_size(splits, k, device, ops.STREAM_CLUSTER_MAX[m > 16]),
-            "wk_warps": warps}
+            "wk_warps": plan.warps}
 
 
 def variants(m: int, sms: int, device) -> dict:
@@ -191,7 +191,7 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="a regular expression: the sweep's variants whose names it finds")
     ap.add_argument("--alone", action="store_true", help="also each role's kernel alone, over the layers on one input")
     ap.add_argument("--wk8", action="store_true", help="also the variants of blocks of 8 warps sharing a tile "
-                    "(wk_warps_variants), and each role alone in blocks of 4")
+                    "(wk_warps_variants), and each role alone with them unsplit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -233,7 +233,7 @@ def main() -> int:
                 xr = role_input(m, role, x)
                 fns[f"alone_{role}"] = alone_chain(layers, role, xr)
                 if args.wk8 and wk_warps_variants(m):
-                    fns[f"alone_wk4_{role}"] = alone_chain(layers, role, xr, wk_warps=4)
+                    fns[f"alone_wk8_{role}"] = alone_chain(layers, role, xr, wk_warps=8, splits=1)
         times = time_calls(fns, torch.empty(0, device=device), args.reps, cache="rotate", calls=args.layers)
         base = times["default"]["us"]
         plan = {role: default_plan(m, role, sms, device) for role in ROLES}
@@ -241,7 +241,7 @@ def main() -> int:
                 if not name.startswith("alone_")}
         for role in ROLES if args.alone else ():
             floor = packed_bytes(layers[0][role]) / rate * 1e6
-            for name in (f"alone_{role}", f"alone_wk4_{role}"):
+            for name in (f"alone_{role}", f"alone_wk8_{role}"):
                 if name in times:
                     rows[name] = {**times[name], "read_floor_us": floor}
         result["runs"].append({"m": m, "default_plan": plan, "us_per_layer": rows,

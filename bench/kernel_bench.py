@@ -334,8 +334,8 @@ def bench_shape(n, k, group, ms, device, flush, reps, copy_bw, tune, cache="zero
                                                                      cluster=cl, ws=ws)
             else:
                 staged = kernel == "staged"
-                _, _, wk, _, warps, default = ops.mma_plan(m, n, k, sms, staged=staged)
-                config = {"wk": wk, "wk_warps": warps}
+                plan = ops.mma_plan(m, n, k, sms, staged=staged)
+                wk, default, config = plan.wk, plan.splits, {"wk": plan.wk, "wk_warps": plan.warps}
                 call = lambda splits, cl, staged=staged, wk=wk: w4a16_linear(x, packed, backend="mma", splits=splits,
                                                                              staged=staged, wk=wk, cluster=cl)
             for splits in sorted({1, 2, 4, 8, 16, 32, default}):

@@ -201,10 +201,10 @@ def rule_splits(kernel: str, m: int, n: int, k: int, row: dict) -> int | None:
     if kernel == "wgmma":
         bt = ops.wgmma_bt(m, n)
         return ops.wgmma_splits(m, n, k, SMS, bt) if row.get("bt", bt) == bt else None
-    _, _, wk, _, warps, splits = ops.mma_plan(m, n, k, SMS, staged=kernel == "staged")
-    if row.get("wk", wk) != wk or row.get("wk_warps", ops.STREAM_WK_WARPS) != warps:
+    plan = ops.mma_plan(m, n, k, SMS, staged=kernel == "staged")
+    if row.get("wk", plan.wk) != plan.wk or row.get("wk_warps", ops.STREAM_WK_WARPS) != plan.warps:
         return None
-    return splits
+    return plan.splits
 
 
 def _sweep_kernel(t: dict) -> str:

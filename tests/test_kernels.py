@@ -423,14 +423,16 @@ def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
             fold = ops.mma_plan(m, n, k, 132, splits=splits, fold=True)
             assert ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS) == fold
             plain = ops.mma_plan(m, n, k, 132, splits=splits)
-            assert plain[4] == 8 and plain != fold  # one token tile: blocks of 8 unless asked for 4
+            assert plain.warps == 8 and plain != fold  # one token tile: blocks of 8 unless asked for 4
             prefetch = ops.mma_plan(m, n, k, 132, splits=splits, prefetch=True)
-            assert prefetch[3] and prefetch[4] == ops.STREAM_WK_WARPS
-            assert ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS)[4:] == prefetch[4:]
+            assert prefetch.in_kernel and prefetch.warps == ops.STREAM_WK_WARPS
+            asked = ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS)
+            assert (asked.warps, asked.splits) == (prefetch.warps, prefetch.splits)
     inter, hidden, *_, ms = selfcheck.MLP_CASE
     for m in ms:  # the one launch's down: mma_splits' count for blocks of 4 (w4a16_mlp), as the plain launch's with 4
         one = ops.mma_splits(m, hidden, inter, 132, staged=False, mt=1, wk=True)
-        assert ops.mma_plan(m, hidden, inter, 132, wk_warps=ops.STREAM_WK_WARPS)[4:] == (4, one)
+        plan = ops.mma_plan(m, hidden, inter, 132, wk_warps=ops.STREAM_WK_WARPS)
+        assert (plan.warps, plan.splits) == (4, one)
     with pytest.raises(UnsupportedError, match="wk_warps=8"):
         ops.mma_plan(1, n, k, 132, fold=True, wk_warps=8)
 

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -324,14 +325,25 @@ def _cluster_limit(cluster: bool | None, default: int) -> int:
     return default if cluster is None else CLUSTER_MAX if cluster else 0
 
 
+class MmaPlan(NamedTuple):
+    """The "mma" path's launch (mma_plan): the staged kernel or the decode one, its token tiles, whether its warps
+    share a tile (wk), whether its blocks request the L2 prefetch (in_kernel), the warps of a block whose warps share
+    a tile, and the split-K count asked for."""
+    staged: bool
+    mt: int
+    wk: bool
+    in_kernel: bool
+    warps: int
+    splits: int
+
+
 def mma_plan(m: int, n: int, k: int, sms: int, *, splits: int | None = None, mt: int | None = None,
              staged: bool | None = None, wk: bool | None = None, glu: bool = False, prefetch: bool = False,
-             fold: bool = False, wk_warps: int | None = None) -> tuple[bool, int, bool, bool, int, int]:
+             fold: bool = False, wk_warps: int | None = None) -> MmaPlan:
     """The "mma" path's launch for M x K by N on a GPU of sms multiprocessors, from w4a16_linear's overrides (None:
-    the dispatch's): (staged, token tiles, wk, whether the decode kernel's blocks request the L2 prefetch, the warps
-    of a block whose warps share a tile, the split-K count asked for). prefetch: an L2 prefetch follows the layer;
-    fold: the residual add and RMSNorm fold into the kernel. Two calls whose plans are equal run the same
-    instance, grid and sums, but for the fold or the prefetch in it."""
+    the dispatch's). prefetch: an L2 prefetch follows the layer; fold: the residual add and RMSNorm fold into the
+    kernel. Two calls whose plans are equal run the same instance, grid and sums, but for the fold or the prefetch in
+    it."""
     staged = mma_staged(m, n) if staged is None else staged
     mt = 8 if staged else (mt or mma_tiles(m))
     if wk and (staged or mt > 4):  # checked here: the extension's own check would be its last line of defence
@@ -349,7 +361,7 @@ def mma_plan(m: int, n: int, k: int, sms: int, *, splits: int | None = None, mt:
         raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
                                f"sharing a tile, without the L2 prefetch or the fold (M={m})")
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=wk_warps)
-    return staged, mt, wk, in_kernel, wk_warps, splits
+    return MmaPlan(staged, mt, wk, in_kernel, wk_warps, splits)
 
 
 def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: int | None,
