@@ -162,7 +162,7 @@ def wk_warps_variants(m: int) -> dict:
     """Blocks of 8 warps sharing a tile (w4a16_linear(wk_warps=8)) at one token tile: each role in 1 or 2 splits (2
     through a cluster), and every role at once in 1 split and in the mix q/k/v, o_proj and gate/up unsplit, down in
     2 (ops.mma_splits' counts for them on a 132-multiprocessor GPU), and that with o_proj in 2; and every role in
-    blocks of 4 warps with their splits (wk4_all: the default unless QUANTKIT_STREAM_WK_WARPS=8)."""
+    blocks of 4 warps with their splits (wk4_all: the default before session 50, QUANTKIT_STREAM_WK_WARPS=4)."""
     if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1):
         return {}
     out = {f"wk8_{role}_s{s}": {role: {"wk_warps": 8, "splits": s}} for role in ROLES for s in (1, 2)}

@@ -415,7 +415,7 @@ def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
     sum in another order (what stopped session 48's first run of them as the default)."""
     from quantkit.kernels import ops, selfcheck
 
-    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # QUANTKIT_STREAM_WK_WARPS=8
+    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # the default (a run with QUANTKIT_STREAM_WK_WARPS=4 too)
     monkeypatch.setattr(ops, "L2_PREFETCH_IN_KERNEL", True)
     n, k, *_, ms = selfcheck.FOLD_CASE
     for m in ms:
@@ -454,10 +454,11 @@ def test_split_k_rules_on_the_benchmark_shapes(monkeypatch):
             assert s & (s - 1) == 0 and ops.grid_splits(k, s) == s
             got.append(s)
         assert tuple(got) == counts, (m, got)
-    # blocks of 8 warps sharing a tile (one token tile, QUANTKIT_STREAM_WK_WARPS=8) count as two: half the parts
-    assert ops.STREAM_WK_WARPS_ONE_TILE == 4 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 8 only when asked
+    # blocks of 8 warps sharing a tile (one token tile; the default, QUANTKIT_STREAM_WK_WARPS=4 turns them off) count
+    # as two: half the parts
+    assert ops.STREAM_WK_WARPS_ONE_TILE == 8 or "QUANTKIT_STREAM_WK_WARPS" in os.environ  # 4 only when asked
     assert ops.stream_wk_warps(1, True) == ops.STREAM_WK_WARPS_ONE_TILE
-    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # QUANTKIT_STREAM_WK_WARPS=8
+    monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)
     assert ops.stream_wk_warps(1, True) == 8
     assert ops.stream_wk_warps(2, True) == ops.stream_wk_warps(1, False) == ops.stream_wk_warps(1, True, False) == 4
     got = tuple(ops.mma_splits(1, n, k, 132, staged=False, mt=1, wk=True, warps=8) for n, k in shapes)

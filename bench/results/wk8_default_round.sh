@@ -40,7 +40,7 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tee "$D/build.log"
     timeout $(( $(left) - 5 < 70 ? $(left) - 5 : 70 )) python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py \
       -k "eight_warps or sharing_a_tile or splits_and_tiles or gated_pair_epilogue or fold_in or \
 programmatic_launch_chain or match_reference" 2>&1 | tail -15 | tee "$D/tests.log"
-    eval_b 1 eval_wk4_b1 $(( $(left) - 5 )) QUANTKIT_STREAM_WK_WARPS=4  # (4: the default)
+    eval_b 1 eval_wk4_b1 $(( $(left) - 5 )) QUANTKIT_STREAM_WK_WARPS=4  # (4: the default before session 50)
     [ "$(left)" -gt 60 ] && timeout $(( $(left) - 5 )) python3 bench/chain_bench.py --ms 1,8 --no-sweep --wk8 --reps 10 \
       --out "$D/chain.json" 2>&1 | grep -v "^layers" | tail -60 | tee "$D/chain.log" ;;
   2)

@@ -204,12 +204,13 @@ STREAM_WK_M = (1, 32)
 # L2 prefetch from its blocks nor the fold runs (stream_wk_warps). Blocks of 8 warps with half the split-K parts
 # (mma_splits counts such a block as two) keep as many warps in flight with half the partial sums to add; measured on
 # an H100, the four kernels of a layer chained at M = 1: 55.25 -> 51.19 us a layer, o_proj alone 7.14 -> 5.57 us and
-# q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json; docs/kernel.md item 63). Still 4 by default: their
-# first run as the default stopped at the self-check, which compared them bit for bit with the fold's blocks of 4
-# (the comparisons now name the warps; not yet run again), so no eval has measured them. QUANTKIT_STREAM_WK_WARPS=8
-# turns them on for a process (the eval records it).
+# q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json), and the compiled decode step at batch 1 with them
+# 407.9 tok/s, 2.497x the bf16 model's in the same run (eval_llama-3-8b_g128_compiled_wk8_78330be_h100_b1.json;
+# session 46's with blocks of 4 on another H100: 401.2, 2.37x); the self-check and the kernels' GPU tests passed with
+# them (docs/kernel.md item 63). The default from session 50; QUANTKIT_STREAM_WK_WARPS=4 turns them off for a process
+# (the eval records it).
 STREAM_WK_WARPS = 4
-STREAM_WK_WARPS_ONE_TILE = 8 if os.environ.get("QUANTKIT_STREAM_WK_WARPS", "4") == "8" else STREAM_WK_WARPS
+STREAM_WK_WARPS_ONE_TILE = STREAM_WK_WARPS if os.environ.get("QUANTKIT_STREAM_WK_WARPS", "8") == "4" else 8
 # Split-K on Hopper and later: the splits of a tile launched as one thread-block cluster add their sums through
 # distributed shared memory (csrc/w4a16_mma_cuda.h, qk_cluster_reduce) instead of fp32 partials in global memory,
 # a counter and a last-block pass. CLUSTER_MAX (16) is Hopper's largest cluster. Measured on an H200
