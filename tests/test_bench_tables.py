@@ -52,7 +52,8 @@ def test_eval_table_names_the_decode_attention():
         "fused q/k/v, gate/up, 4-bit gate/up's SiLU and multiply in its kernel, down as its programmatic launch, "
         "torch.compile")
     assert setup(fused_projections=pairs, glu_epilogue=False).endswith("fused q/k/v, gate/up, torch.compile")
-    assert setup(stream_wk_warps_one_tile=8).endswith("torch.compile, decode kernel in blocks of 8 warps at one token tile")
+    assert setup(stream_wk_warps_one_tile=8).endswith(
+        "torch.compile, decode kernel in blocks of 8 warps at one token tile")
     assert setup(stream_wk_warps_one_tile=4).endswith("torch.compile")
     assert setup(l2_prefetch={"mode": "off", "in_kernel": True}).endswith("torch.compile")
     assert setup(l2_prefetch={"mode": "attention", "in_kernel": True}).endswith(
@@ -60,8 +61,8 @@ def test_eval_table_names_the_decode_attention():
 
 
 def test_eval_table_prints_a_missed_target_apart():
-    """A ratio that two decimals would round onto its target is printed with as many more as it takes, so that "no" never stands next
-    to the target's own figure; the others keep two."""
+    """A ratio that two decimals would round onto its target is printed with as many more as it takes, so that "no"
+    never stands next to the target's own figure; the others keep two."""
     assert eval_table.ratio(2.497, 2.5) == "2.497x"
     assert eval_table.ratio(2.5, 2.5) == eval_table.ratio(2.504, 2.5) == "2.50x"
     assert eval_table.ratio(2.374, 2.5) == eval_table.ratio(2.374, None) == "2.37x"
