@@ -9,11 +9,14 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
 # the current defaults only (the README's first H100 table), then every H100 run
 $PY bench/eval_table.py \
-  "$R/eval_llama-3-8b_g128_compiled_wk8_78330be_h100_b1.json@78330be" \
-  "$R/eval_llama-3-8b_g128_compiled_405ae51_h100.json@405ae51" \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776" \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
   "$R/eval_llama-3-8b_g32_compiled_405ae51_h100.json@405ae51 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776" \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk4.json@4d26776 (same machine, QUANTKIT_STREAM_WK_WARPS=4)" \
   "$R/eval_llama-3-8b_g128_compiled_wk8_78330be_h100_b1.json@78330be" \
   "$R/eval_llama-3-8b_g128_compiled_405ae51_h100.json@405ae51" \
   "$R/eval_llama-3-8b_g32_compiled_405ae51_h100.json@405ae51 (another H100)" \
