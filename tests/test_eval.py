@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from quantkit.errors import InputError
-from quantkit.eval import backends, ppl, report, throughput, validate
+from quantkit.eval import backends, ppl, render, report, throughput, validate
 from quantkit.manifest import EVAL_JSON, weights_digest
 from greedy_check import check_greedy_token
 from test_gguf import make_checkpoint
@@ -111,6 +111,11 @@ def test_cpu_throughput_runs_and_says_it_is_not_meaningful():
         assert row["quantized"]["decode"]["samples"] == 2
     assert all(c["passed"] for c in section["checks"] if "passed" in c)
     assert section["checks"][0]["kl_divergence"] == 0  # reference QuantLinear vs the same dequantized weights
+    # the first decode step's check compares one position a row of the first batch: said next to its top-1 figure
+    first_step = [c for c in section["checks"] if "first decode step" in c["name"]]
+    assert len(first_step) == 1 and first_step[0]["batch"] == 1 and first_step[0]["positions"] == 1, section["checks"]
+    table = render.throughput_table(section)
+    assert f"(over {section['checks'][0]['positions']} positions)" in table and "(over 1 position) PASSED" in table
 
 
 def test_random_weights_can_quantize_lm_head(tmp_path):

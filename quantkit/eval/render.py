@@ -25,6 +25,18 @@ def perplexity_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+CHECK_FIGURES = ("kl_divergence", "top1_agreement", "prob_rel_error", "logits_rel_error")
+
+
+def check_figures(check: dict, label=lambda key: key) -> str:
+    """A throughput check's figures, and over how many positions its distributions were compared: the first decode
+    step's check compares one position a batch row, so at batch 1 its top-1 agreement is 0 or 1."""
+    figures = ", ".join(f"{label(k)} {check[k]}" for k in CHECK_FIGURES if k in check)
+    if "positions" in check:
+        figures += f" (over {check['positions']} position{'s' if check['positions'] != 1 else ''})"
+    return figures
+
+
 def throughput_table(section: dict) -> str:
     """The "throughput" section as text: tokens/s per batch size, quantized vs baseline, and the checks."""
     s = section["settings"]
@@ -42,8 +54,7 @@ def throughput_table(section: dict) -> str:
     lines = [head] + _table(rows)
     for c in section.get("checks", []):
         verdict = "" if "passed" not in c else (" PASSED" if c["passed"] else " FAILED")
-        figures = ", ".join(f"{k} {c[k]}" for k in ("kl_divergence", "top1_agreement", "prob_rel_error", "logits_rel_error") if k in c)
-        lines.append(f"check: {c['name']}: {figures}{verdict}")
+        lines.append(f"check: {c['name']}: {check_figures(c)}{verdict}")
     if section.get("note"):
         lines.append(f"NOTE: {section['note']}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from quantkit.atomic import atomic_file
+from quantkit.eval import render
 from quantkit.eval.attention import NAME as ATTENTION
 from quantkit.manifest import write_json
 
@@ -82,8 +83,7 @@ def _throughput_md(t: dict, plot_name: str | None) -> list[str]:
     if t.get("checks"):
         lines += ["", "Checks on the run's own inputs, before timing:", ""]
         for c in t["checks"]:
-            figures = ", ".join(f"{k.replace('_', ' ')} {c[k]}" for k in
-                                ("kl_divergence", "top1_agreement", "prob_rel_error", "logits_rel_error") if k in c)
+            figures = render.check_figures(c, label=lambda k: k.replace("_", " "))
             verdict = "" if "passed" not in c else (" — passed" if c["passed"] else " — **FAILED**")
             lines.append(f"- {c['name']}: {figures}{verdict}")
     if plot_name:

@@ -522,7 +522,7 @@ def _decode_agreement(q_logits: torch.Tensor, b_logits: torch.Tensor, *, batch: 
     rel = float((lp.exp() - lp_base.exp()).norm() / lp_base.exp().norm().clamp_min(1e-30))
     check = {"name": "quantized vs baseline: the first decode step (cached, M = batch rows)", "batch": batch,
              "kl_divergence": round(float(kl.mean()), 6), "top1_agreement": round(float(same.double().mean()), 6),
-             "prob_rel_error": round(rel, 6), "same_weights": same_weights}
+             "prob_rel_error": round(rel, 6), "positions": int(kl.numel()), "same_weights": same_weights}
     if same_weights:
         check["passed"] = rel <= SAME_WEIGHTS_MAX_REL_ERROR
         if not check["passed"]:
