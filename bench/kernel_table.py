@@ -12,6 +12,11 @@ and through a cluster, beside the count today's rules (ops.mma_splits, ops.wgmma
 
     python bench/kernel_table.py --splits bench/results/kernel_h200_splits.json > bench/results/kernel_h200_splits.md
 
+--compare: two runs' own dispatch at the points both measured (another commit, or QUANTKIT_ settings), the second
+against the first.
+
+    python bench/kernel_table.py --compare A.json "blocks of 4" B.json "blocks of 8" > bench/results/a_vs_b.md
+
 --l2: a --l2-prefetch run's dispatched kernel with its layer's weights requested into the L2 before the call
 (quantkit_l2) against the same kernel without, at each shape, group and M.
 
@@ -254,6 +259,25 @@ def l2_table(data: dict) -> list[str]:
     return lines
 
 
+def compare_table(base: dict, other: dict, base_name: str, other_name: str) -> list[str]:
+    """Two runs' own dispatch ("quantkit", what each run's quantkit.kernels.ops ran, under its QUANTKIT_ settings) at
+    the points both measured: each time and cuBLAS bf16 speed-up, and how much faster ``other`` is."""
+    lines = [f"The dispatched W4A16 kernel of two runs on the {other['device']} (torch {other['torch']}), "
+             f"{other['timing']}: {base_name} (`{base['command']}`) against {other_name} (`{other['command']}`), "
+             "us (speed-up over cuBLAS bf16 in the same run).", "",
+             f"| N x K | group | M | {base_name} | {other_name} | {other_name} faster by |", "|---|---|---|---|---|---|"]
+    theirs = {(r["N"], r["K"], r["group"], r["M"]): r for r in other["results"]}
+    for r in sorted(base["results"], key=lambda r: (r["group"] != 128, SHAPES.index((r["N"], r["K"]))
+                                                    if (r["N"], r["K"]) in SHAPES else len(SHAPES), r["M"])):
+        o = theirs.get((r["N"], r["K"], r["group"], r["M"]))
+        if o is None or "us" not in r.get("quantkit", {}) or "us" not in o.get("quantkit", {}):
+            continue
+        a, b = r["quantkit"], o["quantkit"]
+        lines.append(f"| {r['N']}x{r['K']} | {r['group']} | {r['M']} | {a['us']:.1f} ({a['speedup_vs_cublas']:.2f}x) | "
+                     f"{b['us']:.1f} ({b['speedup_vs_cublas']:.2f}x) | {a['us'] / b['us']:.3f}x |")
+    return lines
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     rows = data["results"]
@@ -271,6 +295,9 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--splits"]:
     sys.stdout.write("\n".join(splits_table(json.load(open(sys.argv[2])))) + "\n")
 elif __name__ == "__main__" and sys.argv[1:2] == ["--l2"]:
     sys.stdout.write("\n".join(l2_table(json.load(open(sys.argv[2])))) + "\n")
+elif __name__ == "__main__" and sys.argv[1:2] == ["--compare"]:  # --compare BASE.json NAME OTHER.json NAME
+    sys.stdout.write("\n".join(compare_table(json.load(open(sys.argv[2])), json.load(open(sys.argv[4])), sys.argv[3],
+                                             sys.argv[5])) + "\n")
 elif __name__ == "__main__" and sys.argv[1:2] == ["--variants"]:  # --variants JSON [MIN_M (default 16)]
     sys.stdout.write("\n".join(variants(json.load(open(sys.argv[2])), int(sys.argv[3]) if sys.argv[3:] else None)) + "\n")
 elif __name__ == "__main__":

@@ -220,6 +220,25 @@ def test_kernel_table_l2_lists_the_kernel_with_and_without_its_weights_in_the_l2
                          "| 14336x4096 | 128 | 1 | 17.0 | 10.0 | 1.70x | 20.0 |"]
 
 
+def test_kernel_table_compare_lists_both_runs_dispatch_where_both_measured():
+    def row(n, k, m, us, group=128):
+        return {"N": n, "K": k, "group": group, "M": m, "cublas_bf16": {"us": 40.0},
+                "quantkit": {"us": us, "speedup_vs_cublas": 40.0 / us}}
+
+    base = {"device": "NVIDIA H100", "torch": "2.11", "timing": "t", "command": "a",
+            "results": [row(4096, 4096, 8, 13.0), row(4096, 4096, 1, 12.0), row(28672, 8192, 1, 50.0, 32),
+                        row(14336, 4096, 1, 20.0), row(4096, 14336, 1, 22.0)]}
+    other = {**base, "command": "b", "results": [row(4096, 4096, 1, 10.0), row(14336, 4096, 1, 25.0),
+                                                 row(28672, 8192, 1, 40.0, 32), row(4096, 4096, 8, 13.0),
+                                                 {**row(4096, 14336, 1, 1.0), "quantkit": {"error": "failed"}}]}
+    lines = kernel_table.compare_table(base, other, "four", "eight")
+    assert lines[2] == "| N x K | group | M | four | eight | eight faster by |"
+    assert lines[4:] == ["| 4096x4096 | 128 | 1 | 12.0 (3.33x) | 10.0 (4.00x) | 1.200x |",
+                         "| 4096x4096 | 128 | 8 | 13.0 (3.08x) | 13.0 (3.08x) | 1.000x |",
+                         "| 14336x4096 | 128 | 1 | 20.0 (2.00x) | 25.0 (1.60x) | 0.800x |",
+                         "| 28672x8192 | 32 | 1 | 50.0 (0.80x) | 40.0 (1.00x) | 1.250x |"]
+
+
 def test_profile_table_keeps_the_rows_of_a_run_cut_short_before_the_baseline(capsys):
     """A profile cut short by its time limit (here a real one: the bf16 model measured at batch 1 only) still gives
     its quantized rows, with a dash where the baseline's figures would be, instead of failing."""

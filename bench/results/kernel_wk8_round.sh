@@ -5,6 +5,10 @@
 # run the deadline cuts keeps what it measured. NAME is the commit the kernels are measured on. One archive,
 # OUT_DIR/kt.tgz:
 #     bash bench/results/kernel_wk8_round.sh OUT_DIR NAME [SECONDS]
+# Run once, on 5a898c4 (one NVIDIA H100 80GB HBM3): `bash bench/results/kernel_wk8_round.sh $OUT 5a898c4 320` (132 s;
+# its files: kernel_h100_5a898c4_m8.{json,log} and kernel_h100_wk4_5a898c4.{json,log}), then on the same warm machine
+# `python3 bench/kernel_bench.py --ms 16,32,64,128,256,1024 --out $OUT/kt2/kernel_h100_5a898c4_m16.json` (34 s) and
+# the whole table, `python3 bench/kernel_bench.py --out $OUT/kt3/kernel_h100_5a898c4.json` (37 s): the README's table.
 set -u
 OUT=${1:?usage: kernel_wk8_round.sh OUT_DIR NAME [SECONDS]}
 NAME=${2:?usage: kernel_wk8_round.sh OUT_DIR NAME [SECONDS]}
