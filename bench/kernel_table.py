@@ -265,7 +265,8 @@ def compare_table(base: dict, other: dict, base_name: str, other_name: str) -> l
     lines = [f"The dispatched W4A16 kernel of two runs on the {other['device']} (torch {other['torch']}), "
              f"{other['timing']}: {base_name} (`{base['command']}`) against {other_name} (`{other['command']}`), "
              "us (speed-up over cuBLAS bf16 in the same run).", "",
-             f"| N x K | group | M | {base_name} | {other_name} | {other_name} faster by |", "|---|---|---|---|---|---|"]
+             f"| N x K | group | M | {base_name} | {other_name} | {other_name} faster by |",
+             "|---|---|---|---|---|---|"]
     theirs = {(r["N"], r["K"], r["group"], r["M"]): r for r in other["results"]}
     for r in sorted(base["results"], key=lambda r: (r["group"] != 128, SHAPES.index((r["N"], r["K"]))
                                                     if (r["N"], r["K"]) in SHAPES else len(SHAPES), r["M"])):
