@@ -162,7 +162,9 @@ def wk_warps_variants(m: int) -> dict:
     """Blocks of 8 warps sharing a tile (w4a16_linear(wk_warps=8)) at one token tile: each role in 1 or 2 splits (2
     through a cluster), and every role at once in 1 split and in the mix q/k/v, o_proj and gate/up unsplit, down in
     2 (ops.mma_splits' counts for them on a 132-multiprocessor GPU), and that with o_proj in 2; and every role in
-    blocks of 4 warps with their splits (wk4_all: the default before session 50, QUANTKIT_STREAM_WK_WARPS=4)."""
+    blocks of 4 warps with their splits (wk4_all: the default before session 50, QUANTKIT_STREAM_WK_WARPS=4), and each
+    role alone in blocks of 4, the others as dispatched (wk4_ROLE: gate/up's unsplit layer, 6% slower in blocks of 8
+    alone at 14336x4096 in session 51's kernel table)."""
     if not (ops.stream_wk(m) and ops.mma_tiles(m) == 1):
         return {}
     out = {f"wk8_{role}_s{s}": {role: {"wk_warps": 8, "splits": s}} for role in ROLES for s in (1, 2)}
@@ -170,6 +172,7 @@ def wk_warps_variants(m: int) -> dict:
     out["wk8_mix"] = {**out["wk8_all_s1"], "down": {"wk_warps": 8, "splits": 2}}
     out["wk8_mix_o2"] = {**out["wk8_mix"], "o": {"wk_warps": 8, "splits": 2}}
     out["wk4_all"] = {role: {"wk_warps": 4} for role in ROLES}
+    out.update({f"wk4_{role}": {role: {"wk_warps": 4}} for role in ROLES})
     return out
 
 

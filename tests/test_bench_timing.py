@@ -146,7 +146,7 @@ def test_chain_bench_overrides_one_role_at_a_time_at_split_counts_its_grid_keeps
 
 def test_chain_bench_eight_warp_variants_at_one_token_tile():
     """--wk8: blocks of 8 warps sharing a tile, each role in 1 or 2 splits, every role unsplit, the mix with down in
-    2 and that with o_proj in 2, and every role in blocks of 4; only at one token tile."""
+    2 and that with o_proj in 2, every role in blocks of 4, and each role alone in them; only at one token tile."""
     import chain_bench
 
     v = chain_bench.wk_warps_variants(8)
@@ -156,5 +156,6 @@ def test_chain_bench_eight_warp_variants_at_one_token_tile():
     assert v["wk8_mix"]["down"] == {"wk_warps": 8, "splits": 2} and v["wk8_mix"]["qkv"]["splits"] == 1
     assert v["wk4_all"] == {role: {"wk_warps": 4} for role in chain_bench.ROLES}
     assert v["wk8_mix_o2"]["o"]["splits"] == 2 and v["wk8_mix_o2"]["down"]["splits"] == 2
-    assert len(v) == 2 * len(chain_bench.ROLES) + 4
+    assert v["wk4_gate_up"] == {"gate_up": {"wk_warps": 4}}
+    assert len(v) == 3 * len(chain_bench.ROLES) + 4
     assert chain_bench.wk_warps_variants(9) == {}
