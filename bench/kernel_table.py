@@ -33,6 +33,11 @@ SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192), (8192, 2867
 LARGEST = SHAPES[3:]
 
 
+def shape_rank(n: int, k: int) -> int:
+    """Where the shape (N, K) stands in the tables' order: SHAPES' order, any other shape after them."""
+    return SHAPES.index((n, k)) if (n, k) in SHAPES else len(SHAPES)
+
+
 SMS = 132  # multiprocessors of the H100 SXM and the H200 the tables were measured on (the split-K rules use it)
 
 
@@ -228,7 +233,7 @@ def splits_table(data: dict) -> list[str]:
              "| shape | kernel | M | " + " | ".join(str(c) for c in counts) + " | rule / best |",
              "|---" * (len(counts) + 4) + "|"]
     keys = sorted({(t["N"], t["K"], _sweep_kernel(t), t["M"]) for t in tune},
-                  key=lambda v: (SHAPES.index(v[:2]) if v[:2] in SHAPES else 99, v[2] != "stream", v[3]))
+                  key=lambda v: (shape_rank(*v[:2]), v[2] != "stream", v[3]))
     for n, k, kernel, m in keys:
         rows = [t for t in tune if (t["N"], t["K"], t["M"], _sweep_kernel(t)) == (n, k, m, kernel)]
         best = min(rows, key=lambda t: t["us"])
@@ -250,8 +255,7 @@ def l2_table(data: dict) -> list[str]:
              f"requested into the L2 before the call (ops.l2_prefetch) against without, {data['timing']}. Command: "
              f"`{data['command']}`.", "",
              "| N x K | group | M | cold L2 us | weights in the L2 us | speed-up | cuBLAS bf16 us |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(data["results"], key=lambda r: (r["group"], SHAPES.index((r["N"], r["K"]))
-                                                    if (r["N"], r["K"]) in SHAPES else len(SHAPES), r["N"], r["K"], r["M"])):
+    for r in sorted(data["results"], key=lambda r: (r["group"], shape_rank(r["N"], r["K"]), r["N"], r["K"], r["M"])):
         cold, warm = r.get("quantkit", {}), r.get("quantkit_l2", {})
         if "us" in cold and "us" in warm:
             lines.append(f"| {r['N']}x{r['K']} | {r['group']} | {r['M']} | {cold['us']:.1f} | {warm['us']:.1f} | "
@@ -268,8 +272,7 @@ def compare_table(base: dict, other: dict, base_name: str, other_name: str) -> l
              f"| N x K | group | M | {base_name} | {other_name} | {other_name} faster by |",
              "|---|---|---|---|---|---|"]
     theirs = {(r["N"], r["K"], r["group"], r["M"]): r for r in other["results"]}
-    for r in sorted(base["results"], key=lambda r: (r["group"] != 128, SHAPES.index((r["N"], r["K"]))
-                                                    if (r["N"], r["K"]) in SHAPES else len(SHAPES), r["M"])):
+    for r in sorted(base["results"], key=lambda r: (r["group"] != 128, shape_rank(r["N"], r["K"]), r["M"])):
         o = theirs.get((r["N"], r["K"], r["group"], r["M"]))
         if o is None or "us" not in r.get("quantkit", {}) or "us" not in o.get("quantkit", {}):
             continue
