@@ -233,7 +233,7 @@ def splits_table(data: dict) -> list[str]:
              "| shape | kernel | M | " + " | ".join(str(c) for c in counts) + " | rule / best |",
              "|---" * (len(counts) + 4) + "|"]
     keys = sorted({(t["N"], t["K"], _sweep_kernel(t), t["M"]) for t in tune},
-                  key=lambda v: (shape_rank(*v[:2]), v[2] != "stream", v[3]))
+                  key=lambda v: (shape_rank(*v[:2]), v[:2], v[2] != "stream", v[3], v[2]))  # no tie: no set order
     for n, k, kernel, m in keys:
         rows = [t for t in tune if (t["N"], t["K"], t["M"], _sweep_kernel(t)) == (n, k, m, kernel)]
         best = min(rows, key=lambda t: t["us"])
