@@ -11,10 +11,11 @@ export PYTHONPATH=.
 $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
-  "$R/eval_llama-3-8b_g32_compiled_405ae51_h100.json@405ae51 (another H100)" \
+  "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
-  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776" \
+  "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1" \
+  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk4.json@4d26776 (same machine, QUANTKIT_STREAM_WK_WARPS=4)" \
   "$R/eval_llama-3-8b_g128_compiled_wk8_78330be_h100_b1.json@78330be" \
