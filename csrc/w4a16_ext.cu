@@ -305,10 +305,8 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               "glu (a gated pair's epilogue) needs the streaming kernel with wk and no L2 prefetch");
   const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
   const QkResidualNorm rn = residual_norm(x, rms, eps, residual, next_w, g, M, N, K, staged, glu);
-  TORCH_CHECK(wk_warps == QK_STREAM_WARPS || (wk_warps == 8 && wk && mt == 1 && prefetch.empty() &&
-                                               rn.rms == nullptr && rn.residual == nullptr),
-              "wk_warps must be ", QK_STREAM_WARPS, ", or 8 with wk at mt 1 without the L2 prefetch or the fold; got ",
-              wk_warps);
+  TORCH_CHECK(wk_warps == QK_STREAM_WARPS || (wk_warps == 8 && wk && mt == 1 && prefetch.empty()),
+              "wk_warps must be ", QK_STREAM_WARPS, ", or 8 with wk at mt 1 without the L2 prefetch; got ", wk_warps);
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const QkMmaArgs args = mma_args(x, w, meta, bias, out, ws, counters, M, N, K, group_size, per_split);

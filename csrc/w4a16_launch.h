@@ -89,7 +89,7 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 // only, else cudaErrorInvalidValue); glu: the layer is a gated pair (packing.glu_order) and a.out [M, N / 2] gets
 // silu(gate) * up (with wk and no prefetch only, else cudaErrorInvalidValue); rn: the residual add and RMSNorm it
 // folds in (QkResidualNorm; all null: none); wk_warps: the warps of a block with wk, QK_STREAM_WARPS or 8 (mt 1, no
-// prefetch, no fold; else cudaErrorInvalidValue).
+// prefetch; else cudaErrorInvalidValue).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
                              cudaStream_t stream);

@@ -11,16 +11,17 @@ namespace {
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk), those also with the L2 prefetch of a next layer at their end (pf.n > 0: wk only) or with the
 // gated pair's epilogue (glu: wk only, without the prefetch); each but the prefetch's also with the residual add and
-// RMSNorm folded in (FOLD: rn has rms or residual); wk_warps 8: at one token tile with wk, the blocks of 8 warps.
+// RMSNorm folded in (FOLD: rn has rms or residual); wk_warps 8: at one token tile with wk and without the prefetch,
+// the blocks of 8 warps (with the fold or not).
 template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
                          bool glu, const QkResidualNorm& rn, int wk_warps, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
-  if (wk_warps == 8) {  // (one token tile, wk, neither the prefetch nor the fold)
-    if constexpr (MT == 1 && !FOLD) {
+  if (wk_warps == 8) {  // (one token tile, wk, not the prefetch)
+    if constexpr (MT == 1) {
       if (wk && pf.n == 0)
-        return qk_launch_mma_kernel(glu ? qk_mma_stream<Tag, 1, SYM, true, false, true, false, 8>
-                                        : qk_mma_stream<Tag, 1, SYM, true, false, false, false, 8>,
+        return qk_launch_mma_kernel(glu ? qk_mma_stream<Tag, 1, SYM, true, false, true, FOLD, 8>
+                                        : qk_mma_stream<Tag, 1, SYM, true, false, false, FOLD, 8>,
                                     a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn);
     }
     return cudaErrorInvalidValue;

@@ -442,23 +442,21 @@ struct QkDecodeX {
 
 #define QK_STREAM_WARPS 4
 
-// rsqrt(mean(h^2) + eps) of the rows m0 .. m0 + T - 1 of h [M, K] (K a multiple of 8) into scale[0 .. T) (rows from M
-// on: 1), the decode kernel's RMSNorm scales (QkResidualNorm::rms). Every thread of the block calls it: the block
-// reads one row at a time, 8 elements a load (L2: the kernel before wrote h), its warps' sums meeting in shared
-// memory; two block barriers a row. For the decode steps' one to few tokens (each row is one L2 round trip).
+// The decode kernel's RMSNorm scales (QkResidualNorm::rms) in two halves. qk_rms_partials: this warp's share of the
+// sums of squares of the rows m0 .. m0 + T - 1 of h [M, K] (K a multiple of 8; the block's threads striding over each
+// row, 8 elements a load; rows from M on: none) into part[warp][t]. Every warp calls it once, right after its wait for
+// the kernel that wrote h, so that the rows' L2 round trip overlaps its first weights' DRAM latency instead of
+// following the main loop (session 44's version read the rows after it, two block barriers a row: slower than the
+// launches it removed, docs/kernel.md item 58). qk_rms_scale: rsqrt(mean(h^2) + eps) of row t from the warps' parts
+// in warp order, after a block barrier that follows every warp's call (rows from M on: 1).
 template <typename Tag, int T>
-QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int K, float eps, float* scale) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (int)blockDim.x / 32;
+QK_INLINE void qk_rms_partials(const uint16_t* __restrict__ h, int m0, int M, int K, float (*part)[T]) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll 1
-  for (int t = 0; t < T; ++t) {
-    if (m0 + t >= M) {
-      if (threadIdx.x == 0) scale[t] = 1.f;
-      continue;
-    }
+  for (int t = 0; t < T && m0 + t < M; ++t) {
     const uint4* row = reinterpret_cast<const uint4*>(h + (size_t)(m0 + t) * K);
     float s = 0.f;
-#pragma unroll 4
+#pragma unroll 2
     for (int i = (int)threadIdx.x; i < K / 8; i += (int)blockDim.x) {
       const uint4 v = __ldcg(row + i);
       const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -471,15 +469,15 @@ QK_INLINE void qk_rms_scales(const uint16_t* __restrict__ h, int m0, int M, int 
     }
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) part[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float total = 0.f;
-      for (int w = 0; w < warps; ++w) total += part[w];
-      scale[t] = rsqrtf(total / (float)K + eps);
-    }
-    __syncthreads();  // part is reused by the next row; scale is read after the last
+    if (lane == 0) part[warp][t] = s;
   }
+}
+template <int T>
+QK_INLINE float qk_rms_scale(const float (*part)[T], int t, int m0, int M, int K, float eps) {
+  if (m0 + t >= M) return 1.f;
+  float total = 0.f;
+  for (int w = 0; w < (int)blockDim.x / 32; ++w) total += part[w][t];
+  return rsqrtf(total / (float)K + eps);
 }
 
 // The decode kernel's main loop (qk_mma_stream's, written out there) over one 16-row tile's chunks first,
@@ -524,12 +522,12 @@ QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* w
 #endif
 // QK_STREAM_MIN_BLOCKS, if defined: the blocks of the decode kernel at one token tile that a multiprocessor must be
 // able to hold (the launch bounds' second figure; undefined, ptxas chooses the registers), a tuning macro like those.
-// The instances with the residual add and RMSNorm folded in (FOLD) hold 8 at one token tile unless it is defined: 64
-// registers, where ptxas alone took 56 and a stack frame.
+// The instances with the residual add and RMSNorm folded in (FOLD) hold 8 blocks of 4 warps (4 of 8) at one token
+// tile unless it is defined: 64 registers, where ptxas alone took 56 and a stack frame.
 #ifdef QK_STREAM_MIN_BLOCKS
 #define QK_STREAM_BOUNDS(MT, FOLD, WKW) __launch_bounds__(32 * WKW, MT == 1 ? QK_STREAM_MIN_BLOCKS : 1)
 #else
-#define QK_STREAM_BOUNDS(MT, FOLD, WKW) __launch_bounds__(32 * WKW, FOLD && MT == 1 ? 8 : 0)
+#define QK_STREAM_BOUNDS(MT, FOLD, WKW) __launch_bounds__(32 * WKW, FOLD && MT == 1 ? 32 / WKW : 0)
 #endif
 
 // Decode: grid x = ceil(M / 8MT) token tiles, z = split-K, and y by how the block's 4 warps share the work:
@@ -574,6 +572,13 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
   QkTrace trace;  // (QK_STREAM_TRACE builds only)
   trace.mark(0);
+  // FOLD with rn.rms: each warp's part of the tokens' sums of squares, taken right after its wait (qk_rms_partials)
+  __shared__ float rms_part[FOLD ? WKW : 1][FOLD ? 8 * MT : 1];
+  const bool rms = FOLD && rn.rms != nullptr, loops = tile < n_tiles && first < c1;
+  auto rms_partials = [&] {
+    if constexpr (FOLD)
+      if (rms) qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
+  };
   // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
   // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
   if (tile < n_tiles) {
@@ -593,6 +598,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
         }
       if (c == first) {  // x is the previous kernel's output: the first weights are already on their way
         qk_pdl_wait_then_trigger();
+        rms_partials();
         trace.mark(1);
       }
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
@@ -608,20 +614,13 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     }
   }
   qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
+  if (!loops) rms_partials();
   trace.mark(2);
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.
   if (PF && pf.n > 0 && warp == 0) {
     const uint64_t block = ((uint64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     qk_l2_prefetch_slices(pf, block * 32 + lane, (uint64_t)gridDim.x * gridDim.y * gridDim.z * 32);
-  }
-  if (FOLD && rn.rms != nullptr) {  // the RMSNorm's scale of each token (uniform: every thread of the block is here)
-    __shared__ float rms_scale[8 * MT];
-    qk_rms_scales<Tag, 8 * MT>(rn.rms, m0, M, K, rn.eps, rms_scale);
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[0][t][e] *= rms_scale[8 * t + 2 * tig + (e & 1)];
   }
   // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
   __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];
@@ -640,7 +639,19 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
         for (int t = 0; t < MT; ++t)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[0][t][e] += part[v][4 * t + e][lane];
+  } else if (rms) {
+    __syncthreads();  // every warp's rms_part (uniform: rn is the launch's)
   }
+  if constexpr (FOLD)
+    if (rms)  // the RMSNorm's scale of each token, after the product (with WK only warp 0's sums are the tile's)
+#pragma unroll
+      for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float scale = qk_rms_scale<8 * MT>(rms_part, 8 * t + 2 * tig + e, m0, M, K, rn.eps);
+          acc[0][t][e] *= scale;
+          acc[0][t][e + 2] *= scale;
+        }
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
   qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,

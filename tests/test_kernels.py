@@ -409,10 +409,10 @@ def test_kernel_defines_are_macros_of_the_build_and_a_bad_one_is_named(monkeypat
 
 
 def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
-    """ops.mma_plan with blocks of 8 at one token tile: a plain launch asked for STREAM_WK_WARPS warps plans the grid
-    and sums of a fold's launch, of a prefetching one's and of the one-launch MLP's down, which is what the
-    self-check's and GPU tests' bit-for-bit comparisons ask it for; left to the default it plans blocks of 8, which
-    sum in another order (what stopped session 48's first run of them as the default)."""
+    """ops.mma_plan with blocks of 8 at one token tile: a plain launch left to the default plans the grid and sums of
+    a fold's launch (blocks of 8 too since session 52), and asked for STREAM_WK_WARPS warps those of a prefetching
+    one's and of the one-launch MLP's down, which is what the self-check's and GPU tests' bit-for-bit comparisons ask
+    it for; blocks of 8 and of 4 sum in another order (what stopped session 48's first run of them as the default)."""
     from quantkit.kernels import ops, selfcheck
 
     monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", 8)  # the default (a run with QUANTKIT_STREAM_WK_WARPS=4 too)
@@ -421,9 +421,9 @@ def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
     for m in ms:
         for splits in (None, 2, 32):
             fold = ops.mma_plan(m, n, k, 132, splits=splits, fold=True)
-            assert ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS) == fold
             plain = ops.mma_plan(m, n, k, 132, splits=splits)
-            assert plain.warps == 8 and plain != fold  # one token tile: blocks of 8 unless asked for 4
+            assert plain.warps == 8 and plain == fold  # one token tile: blocks of 8 unless asked for 4
+            assert ops.mma_plan(m, n, k, 132, splits=splits, fold=True, wk_warps=4).warps == 4
             prefetch = ops.mma_plan(m, n, k, 132, splits=splits, prefetch=True)
             assert prefetch.in_kernel and prefetch.warps == ops.STREAM_WK_WARPS
             asked = ops.mma_plan(m, n, k, 132, splits=splits, wk_warps=ops.STREAM_WK_WARPS)
@@ -434,7 +434,7 @@ def test_bit_for_bit_comparisons_launch_alike(monkeypatch):
         plan = ops.mma_plan(m, hidden, inter, 132, wk_warps=ops.STREAM_WK_WARPS)
         assert (plan.warps, plan.splits) == (4, one)
     with pytest.raises(UnsupportedError, match="wk_warps=8"):
-        ops.mma_plan(1, n, k, 132, fold=True, wk_warps=8)
+        ops.mma_plan(1, n, k, 132, prefetch=True, wk_warps=8)
 
 
 def test_split_k_rules_on_the_benchmark_shapes(monkeypatch):

@@ -200,9 +200,10 @@ WS_PDL_MIN_BT = 32
 # (bench/results/kernel_h200_fs_de194b9.json: 28672x8192 at M = 2 58.7 -> 50.0 us, 14336x4096 at M = 1 19.5 -> 16.6
 # us; session 13, before that rule, had measured it equal or up to 5% slower there). stream_wk() is that rule.
 STREAM_WK_M = (1, 32)
-# Its blocks' warps (csrc QK_STREAM_WARPS), and at one token tile (M <= 8) STREAM_WK_WARPS_ONE_TILE where neither the
-# L2 prefetch from its blocks nor the fold runs (stream_wk_warps). Blocks of 8 warps with half the split-K parts
-# (mma_splits counts such a block as two) keep as many warps in flight with half the partial sums to add; measured on
+# Its blocks' warps (csrc QK_STREAM_WARPS), and at one token tile (M <= 8) STREAM_WK_WARPS_ONE_TILE where the L2
+# prefetch from its blocks does not run (stream_wk_warps; with the fold too since session 52). Blocks of 8 warps with
+# half the split-K parts (mma_splits counts such a block as two) keep as many warps in flight with half the partial
+# sums to add; measured on
 # an H100, the four kernels of a layer chained at M = 1: 55.25 -> 51.19 us a layer, o_proj alone 7.14 -> 5.57 us and
 # q/k/v 8.37 -> 6.79 (bench/results/chain_h100_wk8_0ba3a27.json), and the compiled decode step at batch 1 with them
 # 407.9 tok/s, 2.497x the bf16 model's in the same run (eval_llama-3-8b_g128_compiled_wk8_78330be_h100_b1.json;
@@ -283,8 +284,7 @@ def mma_staged(m: int, n: int) -> bool:
 
 def stream_wk_warps(mt: int, wk: bool, plain: bool = True) -> int:
     """The warps of a decode-kernel block: STREAM_WK_WARPS_ONE_TILE at one token tile with the warps sharing a tile
-    (wk) where the block neither requests an L2 prefetch nor folds the normalization in (plain), else
-    STREAM_WK_WARPS."""
+    (wk) where the block does not request an L2 prefetch (plain), else STREAM_WK_WARPS."""
     return STREAM_WK_WARPS_ONE_TILE if wk and mt == 1 and plain else STREAM_WK_WARPS
 
 
@@ -355,12 +355,11 @@ def mma_plan(m: int, n: int, k: int, sms: int, *, splits: int | None = None, mt:
         raise UnsupportedError("glu (the SiLU-and-multiply epilogue) is the decode kernel's with its warps sharing a tile")
     # the decode kernel's blocks request them (not its glu or fold instances: a launch of its own after those)
     in_kernel = prefetch and wk and L2_PREFETCH_IN_KERNEL and not glu and not fold
-    plain = not in_kernel and not fold
     if wk_warps is None:
-        wk_warps = stream_wk_warps(mt, wk, plain)
-    elif wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or not plain):
+        wk_warps = stream_wk_warps(mt, wk, not in_kernel)
+    elif wk_warps != STREAM_WK_WARPS and (wk_warps != 8 or staged or not wk or mt != 1 or in_kernel):
         raise UnsupportedError(f"wk_warps={wk_warps}: 4, or 8 with the decode kernel at one token tile with its warps "
-                               f"sharing a tile, without the L2 prefetch or the fold (M={m})")
+                               f"sharing a tile, without the L2 prefetch from its blocks (M={m})")
     splits = splits or mma_splits(m, n, k, sms, staged=staged, mt=mt, wk=wk, warps=wk_warps)
     return MmaPlan(staged, mt, wk, in_kernel, wk_warps, splits)
 
@@ -375,7 +374,7 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     packing.glu_order and the decode kernel (with wk) writes silu(gate) * up, [M, N / 2]. fold: the residual add and
     RMSNorm folded into the decode kernel (its operands as [M, ...] rows; not staged); with fold.next_w the result is
     [2, M, N] (the stream, then its next normalization's input). wk_warps: the warps of a decode-kernel block whose
-    warps share a tile (default stream_wk_warps; 8 only at one token tile without the prefetch or the fold)."""
+    warps share a tile (default stream_wk_warps; 8 only at one token tile without the prefetch from its blocks)."""
     ext = build.load_extension()
     m, k = x2.shape
     n = packed.out_features

@@ -129,8 +129,7 @@ def _fold_error(what: str, device, m: int, n: int, k: int, splits, dtype, detail
 
 def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
     """FOLD_CASE: the decode kernel with ops.Fold against its own plain output with the fold applied after it."""
-    from quantkit.kernels.ops import (STREAM_WK_WARPS, Fold, add_residual, glu_interleaved,  # late: ops calls us
-                                      rms_scale, w4a16_linear)
+    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale, w4a16_linear  # late: ops calls us
     from quantkit.kernels.packing import interleave_glu
 
     n, k, g, sym, act, ms = FOLD_CASE
@@ -149,8 +148,7 @@ def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
         residual = testing.random_activations(m, n, dtype=dtype, seed=600 + m, device=device)
         hx = testing.random_activations(m, gk, dtype=dtype, seed=700 + m, device=device)
         for splits in (None, 2, 32):
-            # the fold's blocks have STREAM_WK_WARPS warps: the plain output from blocks of as many, for the same bits
-            plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits, wk_warps=STREAM_WK_WARPS)
+            plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits)  # the fold's launch (ops.mma_plan)
             got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(residual=residual, next_w=next_w))
             if not torch.equal(got, add_residual(plain, residual, next_w)):
                 raise _fold_error("residual add", device, m, n, k, splits, dtype, "not bit for bit")
