@@ -479,45 +479,6 @@ QK_INLINE float qk_rms_scale(const float (*part)[T], int t, int m0, int M, int K
   for (int w = 0; w < (int)blockDim.x / 32; ++w) total += part[w][t];
   return rsqrtf(total / (float)K + eps);
 }
-// The same sums for one token row of up to QK_RMS_EARLY x 8 x blockDim elements, in two steps, so that the decode
-// kernel issues the row's loads together with its first x's and adds them up after: load (this thread's elements,
-// zeros past K), then store_sum (the warp's sum into *part). An experiment (docs/kernel.md item 64), built only with
-// QK_FOLD_EARLY=1 (QUANTKIT_KERNEL_DEFINES), and then in the one-token-tile fold instances only: there the row's 8
-// registers held across the first x's loads make ptxas spill 8-18 bytes under the 64-register bound.
-#ifndef QK_FOLD_EARLY
-#define QK_FOLD_EARLY 0
-#endif
-#ifndef QK_RMS_EARLY
-#define QK_RMS_EARLY 2
-#endif
-template <typename Tag>
-struct QkRmsRow {
-  uint4 v[QK_RMS_EARLY];
-  QK_INLINE void load(const uint16_t* __restrict__ h, int K) {
-    const uint4* row = reinterpret_cast<const uint4*>(h);
-#pragma unroll
-    for (int j = 0; j < QK_RMS_EARLY; ++j) {
-      const int i = (int)threadIdx.x + j * (int)blockDim.x;
-      v[j] = i < K / 8 ? __ldcg(row + i) : make_uint4(0, 0, 0, 0);
-    }
-  }
-  QK_INLINE void store_sum(float* part) const {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < QK_RMS_EARLY; ++j) {
-      const uint32_t words[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float a = qk_bits_to_float((uint16_t)(words[k] & 0xffff), Tag());
-        const float b = qk_bits_to_float((uint16_t)(words[k] >> 16), Tag());
-        s = fmaf(a, a, fmaf(b, b, s));
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (threadIdx.x % 32 == 0) *part = s;
-  }
-};
 
 // The decode kernel's main loop (qk_mma_stream's, written out there) over one 16-row tile's chunks first,
 // first + step, ... below c1 (wt, meta_row: the lane's weights and its group-0 scales): every load of a batch of U
@@ -611,12 +572,13 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
   QkTrace trace;  // (QK_STREAM_TRACE builds only)
   trace.mark(0);
-  // FOLD with rn.rms: each warp's part of the tokens' sums of squares, taken after its wait by qk_rms_partials, before
-  // the first x's loads (QK_FOLD_EARLY builds, one token row that QkRmsRow holds: loaded with them, added up after)
+  // FOLD with rn.rms: each warp's part of the tokens' sums of squares, taken right after its wait (qk_rms_partials)
   __shared__ float rms_part[FOLD ? WKW : 1][FOLD ? 8 * MT : 1];
   const bool rms = FOLD && rn.rms != nullptr, loops = tile < n_tiles && first < c1;
-  const bool early = QK_FOLD_EARLY && MT == 1 && rms && M - m0 == 1 && K / 8 <= QK_RMS_EARLY * (int)blockDim.x;
-  QkRmsRow<Tag> hrow;
+  auto rms_partials = [&] {
+    if constexpr (FOLD)
+      if (rms) qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
+  };
   // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
   // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
   if (tile < n_tiles) {
@@ -636,16 +598,11 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
         }
       if (c == first) {  // x is the previous kernel's output: the first weights are already on their way
         qk_pdl_wait_then_trigger();
-        if constexpr (FOLD)
-          if (rms && !early) qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
+        rms_partials();
         trace.mark(1);
       }
       uint32_t xb[2][MT][8];  // chunk c + u's x in xb[u % 2]; the next chunk's is loaded during this one
-      if constexpr (FOLD)
-        if (early && c == first) hrow.load(rn.rms + (size_t)m0 * K, K);
       xs.load(c, xb[0]);
-      if constexpr (FOLD)
-        if (early && c == first) hrow.store_sum(&rms_part[warp][0]);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (c + u >= c1) break;
@@ -657,15 +614,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     }
   }
   qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
-  if constexpr (FOLD)
-    if (rms && !loops) {
-      if (early) {
-        hrow.load(rn.rms + (size_t)m0 * K, K);
-        hrow.store_sum(&rms_part[warp][0]);
-      } else {
-        qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
-      }
-    }
+  if (!loops) rms_partials();
   trace.mark(2);
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.

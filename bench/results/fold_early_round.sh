@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 52 (docs/kernel.md item 64): the fold with each warp's part of the RMSNorm's sums of squares loaded together
 # with its first x's and added up after them (the experimental build QK_FOLD_EARLY=1, whose one-token-tile fold
-# instances spill 8-18 bytes), against the same build without the fold. One call, after the build and self-check:
+# instances spill 8-18 bytes), against the same build without the fold. Ran on 435f7f0; measured slower and taken
+# out of the tree again in the commit after it (its code: git show 435f7f0 -- csrc/w4a16_mma_cuda.h). One call, after the build and self-check:
 # the fold's GPU tests, then the compiled batch-1 step profiled (bench/profile_decode.py: the quantized and the bf16
 # models' graph-replayed steps) with the fold, then without it if the time allows. One archive, OUT_DIR/fold_early.tgz:
 #     bash bench/results/fold_early_round.sh OUT_DIR [SECONDS]
