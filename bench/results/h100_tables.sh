@@ -14,7 +14,9 @@ $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
-  "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1" \
+  "$R/eval_llama-3-8b_g128_compiled_eaf81b8_h100_fold_b1.json@eaf81b8 (QUANTKIT_NORM_FOLD=1)" \
+  "$R/eval_llama-3-8b_g128_compiled_eaf81b8_h100_nofold_b1.json@eaf81b8 (same machine)" \
+  "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk4.json@4d26776 (same machine, QUANTKIT_STREAM_WK_WARPS=4)" \

@@ -130,9 +130,10 @@ class FusedGatedMLP(nn.Module):
 # A 4-bit model's decoder layers with their residual adds and RMSNorms folded into its kernels (FoldedDecoderLayer) at
 # steps of up to NORM_FOLD_ROWS tokens (the decode steps of those batches): the two normalizations and the residual
 # adds of a layer are then no launches of their own. Off unless QUANTKIT_NORM_FOLD=1: on the H100 the compiled batch-1
-# decode was 1.6% slower with it (docs/kernel.md item 58: each q/k/v and gate/up block reading its rows of the stream
-# after its main loop costs more than the normalizations' launches). QUANTKIT_NORM_FOLD_ROWS sets the rows; the eval
-# records both.
+# decode was 1.6% slower with it in session 44 (docs/kernel.md item 58: each q/k/v and gate/up block reading its rows of
+# the stream after its main loop), and with those reads right after each warp's wait and the blocks of 8 warps
+# (session 52, item 64) as fast as without it (410.3 against 410.0 tok/s on one machine): no gain to turn it on for.
+# QUANTKIT_NORM_FOLD_ROWS sets the rows; the eval records both.
 NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "0") != "0"
 NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
 
