@@ -49,7 +49,9 @@ def setup(run: dict) -> str:
         if t.get("fused_mlp"):  # kernels.ops.FUSED_MLP, from session 45 on
             parts.append("4-bit gate/up and down in one launch up to 8 rows")
     if fused.get("norm_fold"):  # fuse.NORM_FOLD (QUANTKIT_NORM_FOLD=1), from session 44 on
-        parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {fused['norm_fold_rows']} token(s)")
+        rows = fused["norm_fold_rows"]
+        parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {rows} token(s)"
+                     + (", o_proj's sums of squares to gate/up" if fused.get("norm_fold_ss") else ""))  # session 52
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
         parts.append("ws kernel's x packed by " + ("inductor" if t["compiled_x_image"] else "its own launch"))

@@ -271,6 +271,24 @@ QkResidualNorm residual_norm(const torch::Tensor& x, const c10::optional<torch::
   return rn;
 }
 
+// The stream's sums of squares between two folded kernels (QkSumSq) from mma_gemm's ss, checked: fp32, contiguous;
+// with rn.residual (and not rn.rms) [M, N / 16], written, with rn.rms (and not rn.residual) [M, K / 16], read.
+QkSumSq sum_squares(const c10::optional<torch::Tensor>& ss, const QkResidualNorm& rn, int64_t M, int64_t N, int64_t K) {
+  QkSumSq sq;
+  if (!ss) return sq;
+  const bool out = rn.residual != nullptr;
+  TORCH_CHECK(out != (rn.rms != nullptr), "ss goes with residual (written) or with rms (read), not both or neither");
+  check_tensor(*ss, "ss", torch::kFloat32, 2);
+  const int64_t parts = (out ? N : K) / 16;
+  TORCH_CHECK((out ? N : K) % 16 == 0 && ss->size(0) == M && ss->size(1) == parts, "ss must be [", M, ", ", parts,
+              "] (", out ? "N" : "K", " / 16, a multiple of 16), got ", ss->sizes());
+  if (out)
+    sq.out = ss->data_ptr<float>();
+  else
+    sq.in = ss->data_ptr<float>();
+  return sq;
+}
+
 }  // namespace
 
 // The tensor-core kernels (w4a16_mma_cuda.h). mt: token tiles of 8 per block (1, 2, 4 or 8; staged: 8);
@@ -280,14 +298,15 @@ QkResidualNorm residual_norm(const torch::Tensor& x, const c10::optional<torch::
 // (sm_90+, = the number of splits, at most 16; 0 or 1: not); prefetch / prefetch_bytes: what the streaming kernel's
 // blocks request into the L2 as they finish (prefetch_ranges; with wk only; none: empty); prefetch_evict_first: with
 // them, the kernel's own weights read evict-first; glu: the layer is a gated pair (packing.glu_order), out [M, N / 2]
-// gets silu(gate) * up (the streaming kernel with wk, no prefetch); rms / eps / residual / next_w / g: the residual
-// add and RMSNorm the streaming kernel folds in (residual_norm, QkResidualNorm; none: not).
+// gets silu(gate) * up (the streaming kernel with wk, no prefetch); rms / eps / residual / next_w / g / ss: the
+// residual add and RMSNorm the streaming kernel folds in (residual_norm, QkResidualNorm; none: not).
 void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor ws, torch::Tensor counters, int64_t group_size, bool sym, int64_t mt,
               int64_t splits, bool staged, bool pdl, bool wk, int64_t cluster, std::vector<torch::Tensor> prefetch,
               std::vector<int64_t> prefetch_bytes, bool prefetch_evict_first, bool glu,
               c10::optional<torch::Tensor> rms, double eps, c10::optional<torch::Tensor> residual,
-              c10::optional<torch::Tensor> next_w, c10::optional<torch::Tensor> g, int64_t wk_warps) {
+              c10::optional<torch::Tensor> next_w, c10::optional<torch::Tensor> g, int64_t wk_warps,
+              c10::optional<torch::Tensor> ss) {
   const bool bf = is_bf16(x);
   const auto [M, K, N] = check_mma_operands(x, w, meta, out, ws, counters, group_size, sym, glu);
   check_bias(bias, x, N);
@@ -305,6 +324,9 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
               "glu (a gated pair's epilogue) needs the streaming kernel with wk and no L2 prefetch");
   const QkPrefetchRanges pf = prefetch_ranges(prefetch, prefetch_bytes, prefetch_evict_first);
   const QkResidualNorm rn = residual_norm(x, rms, eps, residual, next_w, g, M, N, K, staged, glu);
+  const QkSumSq sq = sum_squares(ss, rn, M, N, K);
+  TORCH_CHECK(sq.out == nullptr || (wk && cluster <= 1), "ss (the stream's sums of squares) is written with wk, "
+              "unsplit or through the workspace, not through a cluster");
   TORCH_CHECK(wk_warps == QK_STREAM_WARPS || (wk_warps == 8 && wk && mt == 1 && prefetch.empty()),
               "wk_warps must be ", QK_STREAM_WARPS, ", or 8 with wk at mt 1 without the L2 prefetch; got ", wk_warps);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -313,7 +335,7 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
   check_launch("tensor-core W4A16 kernel",
                staged ? qk_launch_staged(args, bf, sym, grid, stream)
                       : qk_launch_stream(args, bf, sym, (int)mt, wk, pdl && sm90_or_later(x), (int)cluster, grid, pf,
-                                         glu, rn, (int)wk_warps, stream));
+                                         glu, rn, sq, (int)wk_warps, stream));
 }
 
 // The decode kernel's trace records (w4a16_trace.h) as int64 [n, 6] on the CPU (weights' address, block and

@@ -88,11 +88,12 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 // its blocks request into the L2 as they finish their reads (the next layer's weights; pf.n = 0: nothing; with wk
 // only, else cudaErrorInvalidValue); glu: the layer is a gated pair (packing.glu_order) and a.out [M, N / 2] gets
 // silu(gate) * up (with wk and no prefetch only, else cudaErrorInvalidValue); rn: the residual add and RMSNorm it
-// folds in (QkResidualNorm; all null: none); wk_warps: the warps of a block with wk, QK_STREAM_WARPS or 8 (mt 1, no
+// folds in (QkResidualNorm; all null: none); sq: the stream's sums of squares it writes (with rn.residual) or reads
+// (with rn.rms) (QkSumSq; all null: none); wk_warps: the warps of a block with wk, QK_STREAM_WARPS or 8 (mt 1, no
 // prefetch; else cudaErrorInvalidValue).
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
-                             cudaStream_t stream);
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, const QkSumSq& sq,
+                             int wk_warps, cudaStream_t stream);
 // The decode kernel's trace (w4a16_trace.h; QK_STREAM_TRACE builds): copies up to max records into host, empties the
 // buffer and returns how many it copied; -1 where the build has no trace, -2 on a CUDA error.
 int qk_stream_trace_read(QkTraceRecord* host, int max);

@@ -11,18 +11,18 @@ namespace {
 // The instances: mt in {1, 2, 4, 8} token tiles with one warp per tile, and mt in {1, 2, 4} with the block's warps
 // sharing a tile (wk), those also with the L2 prefetch of a next layer at their end (pf.n > 0: wk only) or with the
 // gated pair's epilogue (glu: wk only, without the prefetch); each but the prefetch's also with the residual add and
-// RMSNorm folded in (FOLD: rn has rms or residual); wk_warps 8: at one token tile with wk and without the prefetch,
-// the blocks of 8 warps (with the fold or not).
+// RMSNorm folded in (FOLD: rn has rms or residual; sq, QkSumSq, the sums of squares between two of them); wk_warps 8:
+// at one token tile with wk and without the prefetch, the blocks of 8 warps (with the fold or not).
 template <typename Tag, bool SYM, int MT, bool FOLD>
 cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim3 grid, const QkPrefetchRanges& pf,
-                         bool glu, const QkResidualNorm& rn, int wk_warps, cudaStream_t stream) {
+                         bool glu, const QkResidualNorm& rn, const QkSumSq& sq, int wk_warps, cudaStream_t stream) {
   const dim3 block(QK_STREAM_WARPS * 32);
   if (wk_warps == 8) {  // (one token tile, wk, not the prefetch)
     if constexpr (MT == 1) {
       if (wk && pf.n == 0)
         return qk_launch_mma_kernel(glu ? qk_mma_stream<Tag, 1, SYM, true, false, true, FOLD, 8>
                                         : qk_mma_stream<Tag, 1, SYM, true, false, false, FOLD, 8>,
-                                    a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn);
+                                    a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn, sq);
     }
     return cudaErrorInvalidValue;
   }
@@ -30,30 +30,31 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
-                                  cluster, pf, rn);
+                                  cluster, pf, rn, sq);
     if (glu) return cudaErrorInvalidValue;
     if (wk && pf.n > 0) {
       if constexpr (FOLD) return cudaErrorInvalidValue;  // (no fold with the prefetch)
-      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf, rn);
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf,
+                                  rn, sq);
     }
     if (wk)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, false, FOLD>, a, grid, block, 0, stream, pdl,
-                                  cluster, pf, rn);
+                                  cluster, pf, rn, sq);
   }
   if (wk || pf.n > 0 || glu) return cudaErrorInvalidValue;
   return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false, false, false, FOLD>, a, grid, block, 0, stream, pdl,
-                              cluster, pf, rn);
+                              cluster, pf, rn, sq);
 }
 
 template <typename Tag, bool SYM, bool FOLD>
 cudaError_t stream_tiles(const QkMmaArgs& a, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
-                         cudaStream_t stream) {
+                         const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, const QkSumSq& sq,
+                         int wk_warps, cudaStream_t stream) {
   switch (mt) {
-    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
-    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
-    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
-    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
+    case 1: return stream_shape<Tag, SYM, 1, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
+    case 2: return stream_shape<Tag, SYM, 2, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
+    case 4: return stream_shape<Tag, SYM, 4, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
+    default: return stream_shape<Tag, SYM, 8, FOLD>(a, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
   }
 }
 
@@ -85,14 +86,14 @@ int qk_stream_trace_read(QkTraceRecord* host, int max) {
 }
 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
-                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, int wk_warps,
-                             cudaStream_t stream) {
+                             const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, const QkSumSq& sq,
+                             int wk_warps, cudaStream_t stream) {
   const bool fold = rn.rms != nullptr || rn.residual != nullptr;  // the FOLD instances
   return qk_by_type(bf16, sym, [&](auto tag, auto s) {
     using Tag = decltype(tag);
     constexpr bool SYM = decltype(s)::value;
-    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream)
-                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, wk_warps, stream);
+    return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream)
+                : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
   });
 }
 #endif

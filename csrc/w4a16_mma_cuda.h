@@ -194,9 +194,10 @@ QK_INLINE void qk_mma_chunk(float (&acc)[MT][4], const uint4 wv, const uint32_t 
 }
 
 // One output element v (fp32, bias added) at out[at], feature n: rounded once, or with rn.residual the residual
-// add's two roundings (and rn.g's element). rn all null: the plain store (the compiler folds the rest away).
+// add's two roundings (and rn.g's element). rn all null: the plain store (the compiler folds the rest away). Returns
+// the element stored, as a float (qk_mma_store_out with SS).
 template <typename Tag>
-QK_INLINE void qk_store_y(uint16_t* __restrict__ out, size_t at, int n, float v, const QkResidualNorm& rn) {
+QK_INLINE float qk_store_y(uint16_t* __restrict__ out, size_t at, int n, float v, const QkResidualNorm& rn) {
   uint16_t y = qk_float_to_bits(v, Tag());
   if (rn.residual != nullptr) {
     y = qk_float_to_bits(qk_bits_to_float(rn.residual[at], Tag()) + qk_bits_to_float(y, Tag()), Tag());
@@ -204,6 +205,7 @@ QK_INLINE void qk_store_y(uint16_t* __restrict__ out, size_t at, int n, float v,
       rn.g[at] = qk_float_to_bits(qk_bits_to_float(y, Tag()) * qk_bits_to_float(rn.next_w[n], Tag()), Tag());
   }
   out[at] = y;
+  return qk_bits_to_float(y, Tag());
 }
 
 // The block's C fragments as one array in shared memory, for a cluster reduction: warp w's tile nt, token tile
@@ -327,11 +329,12 @@ QK_INLINE bool qk_split_arrive(int* counter, int nz) {
   return true;
 }
 // acc (+ bias), rounded once to 16 bits, into out [M, N]; GLU: silu(gate) * up of each row pair (rows n_lo and
-// n_lo + 8, qk_glu_bits) into out [M, N / 2].
-template <typename Tag, int NT, int MT, bool GLU = false>
+// n_lo + 8, qk_glu_bits) into out [M, N / 2]. SS (not GLU): also each token's sum of squares of the tile's outputs
+// into ss_out [M, N / 16] where it is set (QkSumSq::out; the code of the other instances as without it).
+template <typename Tag, int NT, int MT, bool GLU = false, bool SS = false>
 QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                 const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M, int N,
-                                const QkResidualNorm& rn = QkResidualNorm()) {
+                                const QkResidualNorm& rn = QkResidualNorm(), float* __restrict__ ss_out = nullptr) {
   const int gid = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -339,6 +342,7 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
     const int n_lo = (tile0 + nt) * 16 + gid;
     const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
     const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
+    float sq[MT][2] = {};  // (SS) this lane's squares of the stored outputs, by token tile and token e & 1
 #pragma unroll
     for (int t = 0; t < MT; ++t)
 #pragma unroll
@@ -349,10 +353,23 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
             out[(size_t)tok * (N / 2) + (tile0 + nt) * 8 + gid] =
                 qk_glu_bits<Tag>(acc[nt][t][e] + b_lo, acc[nt][t][e + 2] + b_hi);
         } else if (tok < M) {
-          qk_store_y<Tag>(out, (size_t)tok * N + n_lo + 8 * (e >> 1), n_lo + 8 * (e >> 1),
-                          acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), rn);
+          const float y = qk_store_y<Tag>(out, (size_t)tok * N + n_lo + 8 * (e >> 1), n_lo + 8 * (e >> 1),
+                                          acc[nt][t][e] + ((e >> 1) ? b_hi : b_lo), rn);
+          if constexpr (SS) sq[t][e & 1] = fmaf(y, y, sq[t][e & 1]);
         }
       }
+    if constexpr (SS && !GLU)
+      if (ss_out != nullptr)  // each token's sum over the tile's 16 rows: the 8 lanes of its tig, then gid 0
+#pragma unroll
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float v = sq[t][h];
+#pragma unroll
+            for (int o = 4; o < 32; o *= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+            const int tok = m0 + 8 * t + 2 * tig + h;
+            if (gid == 0 && tok < M) ss_out[(size_t)tok * (N / 16) + tile0 + nt] = v;
+          }
   }
 }
 
@@ -360,11 +377,11 @@ QK_INLINE void qk_mma_store_out(const float (&acc)[NT][MT][4], int tile0, int n_
 // must call it (it holds barriers when gridDim.z > 1). acc[nt][t][0..1]: row n = 16*tile + gid, tokens
 // m0 + 8t + 2*tig + {0,1}; acc[nt][t][2..3]: row n + 8. ct: the block's tile for a cluster reduction (red null:
 // the kernel has none, the workspace path).
-template <typename Tag, int NT, int MT, bool GLU = false>
+template <typename Tag, int NT, int MT, bool GLU = false, bool SS = false>
 QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, int m0, int lane,
                                const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                                int* __restrict__ counters, int M, int N, const QkClusterTile& ct = {nullptr, 0, 0},
-                               const QkResidualNorm& rn = QkResidualNorm()) {
+                               const QkResidualNorm& rn = QkResidualNorm(), float* __restrict__ ss_out = nullptr) {
   const int gid = lane / 4, tig = lane % 4;
   qk_pdl_wait();  // (a no-op once waited) warps that had no tile come here without having waited
   if (gridDim.z > 1 && qk_cluster_reduce<Tag, NT, MT, GLU>(acc, ct, n_tiles, m0, lane, bias, out, M, N, rn)) return;
@@ -407,7 +424,7 @@ QK_INLINE void qk_mma_epilogue(float (&acc)[NT][MT][4], int tile0, int n_tiles, 
         }
     }
   }
-  qk_mma_store_out<Tag, NT, MT, GLU>(acc, tile0, n_tiles, m0, lane, bias, out, M, N, rn);
+  qk_mma_store_out<Tag, NT, MT, GLU, SS>(acc, tile0, n_tiles, m0, lane, bias, out, M, N, rn, ss_out);
 }
 
 // The activations of the decode kernels: a lane's B fragments of chunk cc for each of MT token tiles (its rows
@@ -552,7 +569,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
-                  const QkPrefetchRanges pf, const QkResidualNorm rn) {
+                  const QkPrefetchRanges pf, const QkResidualNorm rn, const QkSumSq sq) {
   constexpr int U = MT <= 2 ? QK_STREAM_U_SMALL : QK_STREAM_U_LARGE;  // 16-byte weight loads in flight per thread
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -573,11 +590,21 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
   QkTrace trace;  // (QK_STREAM_TRACE builds only)
   trace.mark(0);
   // FOLD with rn.rms: each warp's part of the tokens' sums of squares, taken right after its wait (qk_rms_partials)
+  // or from sq.in
   __shared__ float rms_part[FOLD ? WKW : 1][FOLD ? 8 * MT : 1];
   const bool rms = FOLD && rn.rms != nullptr, loops = tile < n_tiles && first < c1;
+  // with sq.in where it can (QkSumSq): one token row's sums from the kernel before, one a thread, requested after the
+  // wait and added up after the main loop, instead of the row of h
+  const bool ss = rms && WK && sq.in != nullptr && gridDim.z == 1 && M - m0 == 1 && K / 16 <= (int)blockDim.x;
+  float ssv = 0.f;
   auto rms_partials = [&] {
-    if constexpr (FOLD)
-      if (rms) qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
+    if constexpr (FOLD) {
+      if (ss) {
+        if ((int)threadIdx.x < K / 16) ssv = __ldcg(sq.in + (size_t)m0 * (K / 16) + threadIdx.x);
+      } else if (rms) {
+        qk_rms_partials<Tag, 8 * MT>(rn.rms, m0, M, K, rms_part);
+      }
+    }
   };
   // The loop of qk_stream_chunks written out: through that function nvcc 13.0 schedules the 4- and 8-token-tile
   // instances differently (their SASS no longer that of 712cc89; docs/kernel.md, item 46 on such changes).
@@ -622,6 +649,12 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     const uint64_t block = ((uint64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     qk_l2_prefetch_slices(pf, block * 32 + lane, (uint64_t)gridDim.x * gridDim.y * gridDim.z * 32);
   }
+  if constexpr (FOLD)
+    if (ss) {  // the warp's part of the row's sum, for the barrier below
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) ssv += __shfl_xor_sync(0xffffffffu, ssv, o);
+      if (lane == 0) rms_part[warp][0] = ssv;
+    }
   // Shared memory of the split-K cluster reduction: the 4 warps' sums, or with WK warp 0's, which reuses part[0].
   __shared__ float red[WK ? 1 : QK_STREAM_WARPS * MT * 4 * 32];
   __shared__ float part[WK ? WKW - 1 : 1][WK ? MT * 4 : 1][32];
@@ -654,8 +687,10 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
         }
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
-  qk_mma_epilogue<Tag, 1, MT, GLU>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws, counters, M, N,
-                              ct, FOLD ? rn : QkResidualNorm());
+  // (the stream's sums of squares, sq.out, from the fold's instances whose warps share a tile only)
+  qk_mma_epilogue<Tag, 1, MT, GLU, FOLD && WK>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws,
+                                              counters, M, N, ct, FOLD ? rn : QkResidualNorm(),
+                                              FOLD && WK ? sq.out : nullptr);
   trace.mark(3);
   trace.write(w);
 }

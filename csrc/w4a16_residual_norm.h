@@ -18,3 +18,16 @@ struct QkResidualNorm {
   uint16_t* g = nullptr;
   float eps = 0.f;
 };
+
+// The stream's sums of squares between two folded decode kernels (qk_mma_stream's, beside QkResidualNorm; all null,
+// the default: none). A struct of its own, not in QkResidualNorm, whose size the other kernels' temporaries see.
+//   out [M, N / 16] fp32 (with rn.residual): each token's sum of squares of the stream it writes over each 16-feature
+//     tile (by the fold's instances whose warps share a tile, unsplit or through the workspace, not a cluster), for
+//     the RMSNorm that the next kernel folds in.
+//   in [M, K / 16] fp32 (with rn.rms): those sums of h from the kernel that wrote h; the block adds up its token's row
+//     of them instead of reading h where it can (its warps sharing a tile, unsplit, one token row, K / 16 at most its
+//     threads), and reads h's row otherwise.
+struct QkSumSq {
+  float* out = nullptr;
+  const float* in = nullptr;
+};

@@ -52,6 +52,11 @@ def test_eval_table_names_the_decode_attention():
         "fused q/k/v, gate/up, 4-bit gate/up's SiLU and multiply in its kernel, down as its programmatic launch, "
         "torch.compile")
     assert setup(fused_projections=pairs, glu_epilogue=False).endswith("fused q/k/v, gate/up, torch.compile")
+    fold = {**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "norm_fold": 32, "norm_fold_rows": 1}}
+    assert setup(fused_projections=fold).endswith(
+        "gate/up, 4-bit residual adds and RMSNorms folded into the kernels up to 1 token(s), torch.compile")
+    assert setup(fused_projections={**fold, "quantized": {**fold["quantized"], "norm_fold_ss": True}}).endswith(
+        "folded into the kernels up to 1 token(s), o_proj's sums of squares to gate/up, torch.compile")
     assert setup(stream_wk_warps_one_tile=8).endswith(
         "torch.compile, decode kernel in blocks of 8 warps at one token tile")
     assert setup(stream_wk_warps_one_tile=4).endswith("torch.compile")

@@ -647,8 +647,10 @@ def test_folded_decoder_layers(monkeypatch):
     """quantkit.eval.fuse.fold_layers (in fuse_projections, the 4-bit model only): every block a FoldedDecoderLayer
     whose residual adds and RMSNorms ride in its 4-bit linears (kernels.ops.Fold) at one token a step
     (NORM_FOLD_ROWS): the same logits as the unfolded model a rounding apart, bit for bit at more tokens (the block's
-    own order of operations) and with no rows folded; the cached decode step agrees with a plain forward pass; the
-    programmatic launches stay; a compiled step traces the four folded linears of each block as the folded op; a
+    own order of operations) and with no rows folded, with o_proj's sums of squares handed to gate/up or not
+    (NORM_FOLD_SS); the cached decode step agrees with a plain forward pass; the
+    programmatic launches stay; a compiled step traces the four folded linears of each block as the folded ops, and
+    inductor compiles it to the same logits; a
     model whose blocks are not all foldable (the bf16 one) is left as it is."""
     from transformers import DynamicCache
 
@@ -666,6 +668,7 @@ def test_folded_decoder_layers(monkeypatch):
         monkeypatch.setattr(fuse, "NORM_FOLD", True)
         info = [fuse.fuse_projections(m) for m in (model, base)]
         assert info[0]["norm_fold"] == 2 and info[0]["norm_fold_rows"] == fuse.NORM_FOLD_ROWS == 1
+        assert info[0]["norm_fold_ss"] is fuse.NORM_FOLD_SS is True  # (unless QUANTKIT_NORM_FOLD_SS=0)
         assert "norm_fold" not in info[1] and fuse.fold_layers(base) == 0
         assert not any(isinstance(b, fuse.FoldedDecoderLayer) for b in base.model.layers)
         layers = model.model.layers
@@ -677,6 +680,9 @@ def test_folded_decoder_layers(monkeypatch):
         assert torch.equal(model(ids).logits, plain(ids).logits)  # 18 rows: not folded
         one = model(ids[:1, :1]).logits
         assert 0 < rel(one, plain(ids[:1, :1]).logits) < 2e-2
+        monkeypatch.setattr(fuse, "NORM_FOLD_SS", False)  # o_proj's sums of squares for gate/up: the same logits
+        assert torch.equal(model(ids[:1, :1]).logits, one)
+        monkeypatch.setattr(fuse, "NORM_FOLD_SS", True)
         cache = DynamicCache(config=model.config)
         model(ids[:1, :8], **throughput._forward_kwargs(model, cache), use_cache=True)
         step = model(ids[:1, 8:], **throughput._forward_kwargs(model, cache), use_cache=True).logits[:, -1]
@@ -695,6 +701,9 @@ def test_folded_decoder_layers(monkeypatch):
         assert torch.equal(compiled(ids[:1, :1]).logits, one)
     torch._dynamo.reset()
     assert seen == [8], seen  # q/k/v, o_proj, gate/up and down of each of the two blocks
+    with throughput.opaque_quantized_linears(model), torch.inference_mode():  # inductor lowers them (o_proj fills ss)
+        assert torch.equal(torch.compile(model, dynamic=False)(ids[:1, :1]).logits, one)
+    torch._dynamo.reset()
     assert not throughput._OPAQUE
 
 

@@ -352,7 +352,8 @@ def test_fold_is_a_decoder_layers_residual_add_and_rmsnorm():
     """ops.Fold through w4a16_linear (the reference here; the decode kernel on a GPU, tests/test_kernels_gpu.py): with
     rms = h and x = round(h * norm weight), the layer of transformers' RMSNorm(h) (the scale after the product, a
     rounding apart), act-order and a gated pair included; with residual, residual + the layer's own output in one
-    16-bit add, and with next_w that times next_w; its operands checked with one-line errors."""
+    16-bit add, and with next_w that times next_w; with ss, the stream's sums of squares by 16 features filled beside
+    it (read, not changing the result, with rms); its operands checked with one-line errors."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     from quantkit.kernels import ops
@@ -382,10 +383,22 @@ def test_fold_is_a_decoder_layers_residual_add_and_rmsnorm():
         assert both.shape == (2, 2, 3, 96) and torch.equal(both[0], stream) and torch.equal(both[1], stream * next_w)
         assert w4a16_linear(x[:, :0], packed, fold=Fold(residual=residual[:, :0], next_w=next_w)).shape == (2, 2, 0, 96)
         assert torch.equal(ops.rms_scale(h, 1e-5), torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-5))
+        # ss: the stream's sums of squares by 16 features filled beside it; given with rms, the same result
+        ss = torch.full((2, 3, 6), float("nan"))
+        assert torch.equal(w4a16_linear(x, packed, bias, fold=Fold(residual=residual, next_w=next_w, ss=ss)), both)
+        assert torch.equal(ss, ops.sum_squares(stream))
+        assert torch.equal(ss[1, 2, 5], stream[1, 2, 80:].float().pow(2).sum())
+        got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5, ss=ops.sum_squares(h)))
+        assert torch.equal(got, w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5)))
     for fold, glu, match in ((Fold(rms=h[:, :2]), False, "rms must be x's shape"),
                              (Fold(residual=residual.float()), False, "residual must be"),
                              (Fold(residual=residual[..., :48]), True, "not for a gated pair"),
-                             (Fold(next_w=next_w), False, "next_w needs residual")):
+                             (Fold(next_w=next_w), False, "next_w needs residual"),
+                             (Fold(residual=residual, ss=torch.zeros(2, 3, 5)), False, r"ss must be \(2, 3, 6\)"),
+                             (Fold(rms=h, ss=torch.zeros(2, 3, 16, dtype=torch.float64)), False, "ss must be"),
+                             (Fold(rms=h, ss=torch.zeros(2, 16, 3).transpose(1, 2)), False, "contiguous"),
+                             (Fold(rms=h, residual=residual, ss=torch.zeros(2, 3, 6)), False, "not both"),
+                             (Fold(ss=torch.zeros(2, 3, 6)), False, "ss goes with residual")):
         with pytest.raises(InputError, match=match) as e:
             w4a16_linear(x, pair if glu else packed, glu=glu, fold=fold)
         assert "\n" not in str(e.value)
@@ -687,8 +700,8 @@ def test_self_check_stops_on_a_wrong_kernel(monkeypatch, glu_ws):
     monkeypatch.setattr(ops, "w4a16_linear", kernels)
     cpu = torch.device("cpu")
     pair = [(1, 128, "kernel+glu")] * 3 + [(32, 128, "kernel+glu")] * glu_ws  # each split way at M = 1
-    fold = [(2, 192, "mma"), (2, 192, "mma+res"), (2, 192, "mma"), (2, 192, "mma+rms"), (2, 128, "mma"),
-            (2, 128, "mma+glu+rms")] * 3  # each split way
+    fold = [(2, 192, "mma"), (2, 192, "mma+res"), (2, 192, "mma"), (2, 192, "mma+rms"), (2, 192, "mma+rms"),
+            (2, 128, "mma"), (2, 128, "mma+glu+rms"), (2, 128, "mma+glu+rms")] * 3  # each split way; rms: no ss, ss
     # the two launches' gated pair once, then each split way the one launch (here, on the CPU, its two) against down
     mlp = [(3, 128, "mma+glu")] + [(3, 128, "kernel+glu"), (3, 64, "kernel"), (3, 64, "mma")] * 3
     for wrong in ((None, (3, "mma"), (3, "dot2"), (17, "kernel"), (1, "kernel+glu")) + ((40, "kernel+glu"),) * glu_ws
@@ -751,7 +764,7 @@ def test_python_calls_into_the_extension_match_its_bindings():
     bound = set(re.findall(r'm\.def\("(\w+)", &\1', cpp))
     assert {"mma_gemm", "l2_prefetch", "wgmma_ws_gemm"} <= bound
     arity = {name: len(_cpp_params(cpp, name)) for name in bound}
-    assert arity["mma_gemm"] == 25 and arity["l2_prefetch"] == 2
+    assert arity["mma_gemm"] == 26 and arity["l2_prefetch"] == 2
     tree = ast.parse((root / "quantkit" / "kernels" / "ops.py").read_text())
     checked = 0
     for node in ast.walk(tree):

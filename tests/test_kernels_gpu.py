@@ -439,12 +439,14 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
 def test_fold_in_the_decode_kernel(device, dtype):
     """ops.Fold in the decode kernel (QkResidualNorm) on Llama-3-8B's hidden size and an odd one: the residual add
     and the next norm's input bit for bit those of torch's ops on the same kernel's plain output, the RMSNorm's scale
-    within FOLD_TOLERANCE of that output scaled after it (a gated pair too), at 1 to 16 rows, one token tile or
-    several, the warps sharing a tile or not (in blocks of 8 and of 4 at one token tile), unsplit, through a cluster
-    and the workspace, eagerly and as a
-    programmatic launch in a CUDA graph; at 64 rows, whichever kernel the dispatch takes (the fold after it where it
+    within FOLD_TOLERANCE of that output scaled after it (a gated pair too), from h's row or from its sums of squares
+    (ops.Fold.ss), and the stream's sums of squares within SUM_SQUARES_RTOL of torch's, at 1 to 16 rows, one token
+    tile or several, the warps sharing a tile or not (in blocks of 8 and of 4 at one token tile), unsplit, through a
+    cluster and the workspace, eagerly and as a programmatic launch in a CUDA graph (two folded layers, the sums of
+    squares from one to the next, too); at 64 rows, whichever kernel the dispatch takes (the fold after it where it
     is not the decode kernel), within the tolerance of the reference's."""
-    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale
+    from quantkit.kernels import selfcheck
+    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale, sum_squares
     from quantkit.kernels.packing import interleave_glu
 
     tol = testing.FOLD_TOLERANCE[dtype]
@@ -469,13 +471,19 @@ def test_fold_in_the_decode_kernel(device, dtype):
                 got = w4a16_linear(x, packed, bias, fold=Fold(residual=residual, next_w=next_w), **case)
                 assert torch.equal(got, add_residual(plain, residual, next_w)), (n, m, how)
                 assert torch.equal(w4a16_linear(x, packed, bias, fold=Fold(residual=residual), **case), got[0])
+                ss = torch.full((m, n // 16), float("nan"), device=device)  # the stream's sums of squares too
+                assert torch.equal(w4a16_linear(x, packed, bias, fold=Fold(residual=residual, ss=ss), **case), got[0])
+                assert torch.allclose(ss, sum_squares(got[0]), rtol=selfcheck.SUM_SQUARES_RTOL, atol=0), (n, m, how)
                 rows = w4a16_linear(x, packed, None, **case).float()
-                got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5), **case)
-                assert testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float()) <= tol, (n, m, how)
+                for ss in (None, sum_squares(h)):  # the row of h read, or its sums of squares given
+                    got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5, ss=ss), **case)
+                    assert testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float()) <= tol, (n, m, how)
                 if how.get("wk", True):
                     rows = w4a16_linear(h, pair, None, **case).float()
-                    got = w4a16_linear(h, pair, None, glu=True, fold=Fold(rms=x, eps=1e-6), **case)
-                    assert testing.error_against(got, glu_interleaved(rows * rms_scale(x, 1e-6))) <= tol, (n, m, how)
+                    for ss in (None, sum_squares(x)):
+                        got = w4a16_linear(h, pair, None, glu=True, fold=Fold(rms=x, eps=1e-6, ss=ss), **case)
+                        err = testing.error_against(got, glu_interleaved(rows * rms_scale(x, 1e-6)))
+                        assert err <= tol, (n, m, how, ss is None)
         x, h = (testing.random_activations(64, k, dtype=dtype, seed=n + i, device=device) for i in (8, 9))
         want = w4a16_linear(x, packed, bias, backend="reference", fold=Fold(rms=h, eps=1e-5))
         got = w4a16_linear(x, packed, bias, fold=Fold(rms=h, eps=1e-5))
@@ -487,6 +495,27 @@ def test_fold_in_the_decode_kernel(device, dtype):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         got = w4a16_linear(x, packed, bias, backend="mma", staged=False, fold=fold, pdl=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+    # a folded layer writing the stream's sums of squares, the next one adding them up, as programmatic launches
+    square = prepare(testing.random_qlinear(k, k, group_size=g, sym=True, act_order=False, dtype=dtype, seed=63),
+                     device=device)
+    res, w = (testing.random_activations(1, k, dtype=dtype, seed=i, device=device) for i in (64, 65))
+    ss = torch.empty(1, k // 16, device=device)
+
+    def pair_of_layers(pdl):
+        hx = w4a16_linear(x, square, None, backend="mma", staged=False, pdl=pdl,
+                          fold=Fold(residual=res, next_w=w[0], ss=ss))
+        return w4a16_linear(hx[1], packed, bias, backend="mma", staged=False, pdl=pdl,
+                            fold=Fold(rms=hx[0], eps=1e-5, ss=ss)), hx[0]
+
+    want, stream = pair_of_layers(False)
+    rows = w4a16_linear(w4a16_linear(x, square, None, fold=Fold(residual=res, next_w=w[0]))[1], packed, None).float()
+    assert testing.error_against(want, rows * rms_scale(stream, 1e-5) + bias.float()) <= tol
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got, _ = pair_of_layers(True)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(got, want)

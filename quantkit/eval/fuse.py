@@ -136,6 +136,10 @@ class FusedGatedMLP(nn.Module):
 # QUANTKIT_NORM_FOLD_ROWS sets the rows; the eval records both.
 NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "0") != "0"
 NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
+# With the fold, o_proj also writes the stream's sums of squares by 16 features (kernels.ops.Fold.ss), and gate/up's
+# blocks add up their token's row of them, loaded as they start, instead of reading the stream's row after their
+# wait (docs/kernel.md item 65; session 52, not yet measured); QUANTKIT_NORM_FOLD_SS=0 turns that off.
+NORM_FOLD_SS = os.environ.get("QUANTKIT_NORM_FOLD_SS", "1") != "0"
 
 
 class DeferredProjection(nn.Module):
@@ -190,8 +194,10 @@ class FoldedDecoderLayer(nn.Module):
         x = hidden_states[1] if carry else h * self.input_layernorm.weight
         attn.q_proj.shared.prime(x, Fold(rms=h, eps=self.eps_in))
         a, _ = attn(hidden_states=x, **kwargs)
-        hx = attn.o_proj.inner.folded(a, Fold(residual=h, next_w=self.post_attention_layernorm.weight))
-        u = mlp.gate_up.folded(hx[1], Fold(rms=hx[0], eps=self.eps_post))
+        d = h.shape[-1]
+        ss = h.new_empty(*h.shape[:-1], d // 16, dtype=torch.float32) if NORM_FOLD_SS and d % 16 == 0 else None
+        hx = attn.o_proj.inner.folded(a, Fold(residual=h, next_w=self.post_attention_layernorm.weight, ss=ss))
+        u = mlp.gate_up.folded(hx[1], Fold(rms=hx[0], eps=self.eps_post, ss=ss))
         nxt = None if self.next_norm is None else self.next_norm.weight
         return mlp.down_proj.folded(u, Fold(residual=hx[0], next_w=nxt))
 
@@ -288,5 +294,5 @@ def fuse_projections(model: nn.Module) -> dict:
             torch.cuda.empty_cache()
     folded = fold_layers(model) if NORM_FOLD else 0
     if folded:
-        info.update(norm_fold=folded, norm_fold_rows=NORM_FOLD_ROWS)
+        info.update(norm_fold=folded, norm_fold_rows=NORM_FOLD_ROWS, norm_fold_ss=NORM_FOLD_SS)
     return info

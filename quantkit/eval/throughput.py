@@ -203,16 +203,29 @@ def _(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
     return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]) // (2 if glu else 1))
 
 
+# ss (kernels.ops.Fold.ss): read, with rms; the op that fills it (with residual) is quantized_linear_folded_into,
+# whose ss is a tensor (inductor does not lower a mutated argument that may be None)
 @torch.library.custom_op("quantkit_eval::quantized_linear_folded", mutates_args=())
 def _quantized_linear_folded(x: torch.Tensor, rms: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
-                             next_w: torch.Tensor | None, layer: int) -> torch.Tensor:
-    return _OPAQUE[layer].folded(x, kernel_ops.Fold(rms, eps, residual, next_w))
+                             next_w: torch.Tensor | None, ss: torch.Tensor | None, layer: int) -> torch.Tensor:
+    return _OPAQUE[layer].folded(x, kernel_ops.Fold(rms, eps, residual, next_w, ss))
 
 
 @_quantized_linear_folded.register_fake
-def _(x, rms, eps, residual, next_w, layer):
+def _folded_fake(x, rms, eps, residual, next_w, ss, layer):
     out = x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
     return out if next_w is None else out.new_empty(2, *out.shape)
+
+
+@torch.library.custom_op("quantkit_eval::quantized_linear_folded_into", mutates_args=("ss",))
+def _quantized_linear_folded_into(x: torch.Tensor, residual: torch.Tensor, next_w: torch.Tensor | None,
+                                  ss: torch.Tensor, layer: int) -> torch.Tensor:
+    return _OPAQUE[layer].folded(x, kernel_ops.Fold(None, 0.0, residual, next_w, ss))
+
+
+@_quantized_linear_folded_into.register_fake
+def _(x, residual, next_w, ss, layer):
+    return _folded_fake(x, None, 0.0, residual, next_w, None, layer)
 
 
 @torch.library.custom_op("quantkit_eval::quantized_mlp", mutates_args=())
@@ -263,8 +276,11 @@ class _Opaque(nn.Module):
 
     def folded(self, x: torch.Tensor, fold: kernel_ops.Fold) -> torch.Tensor:
         """The module's folded() as one custom op (a decoder layer's residual add and RMSNorm folded in)."""
+        if fold.ss is not None and fold.residual is not None:  # ss filled
+            return torch.ops.quantkit_eval.quantized_linear_folded_into(x, fold.residual, fold.next_w, fold.ss,
+                                                                        self.layer)
         return torch.ops.quantkit_eval.quantized_linear_folded(x, fold.rms, fold.eps, fold.residual, fold.next_w,
-                                                               self.layer)
+                                                               fold.ss, self.layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]

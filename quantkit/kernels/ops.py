@@ -382,7 +382,11 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     staged, mt, wk, in_kernel, wk_warps, splits = mma_plan(m, n, k, sms, splits=splits, mt=mt, staged=staged, wk=wk,
                                                            glu=glu, prefetch=warm is not None, fold=fold is not None,
                                                            wk_warps=wk_warps)
-    cl = 0 if staged else cluster_size(splits, k, x2.device, _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
+    # a fold's sums of squares (Fold.ss) come from the kernel whose warps share a tile, through the workspace where
+    # it splits (the cluster's sums are the same bits), else from torch ops after it
+    ss_out = fold is not None and fold.ss is not None and fold.residual is not None
+    cl = 0 if staged or (ss_out and wk) else cluster_size(splits, k, x2.device,
+                                                           _cluster_limit(cluster, STREAM_CLUSTER_MAX[m > 16]))
     if fold is not None and staged:
         raise UnsupportedError("the residual add and RMSNorm fold into the streaming kernel, not the staged one")
     pair = fold is not None and fold.next_w is not None
@@ -390,11 +394,15 @@ def _mma(x2: torch.Tensor, packed: PackedLinear, bias, splits: int | None, mt: i
     out = full[0]
     tiles = math.ceil(m / (8 * mt)) * math.ceil(n / mma_n_per_block(staged, wk))
     ws, counters = _workspace(x2.device, splits * m * n if splits > 1 and not cl else 0, tiles)
-    rms, eps, residual, next_w, g = fold.operands(full) if fold is not None else (None, 0.0, None, None, None)
+    rms, eps, residual, next_w, g, ss = (fold.operands(full) if fold is not None
+                                         else (None, 0.0, None, None, None, None))
     tensors, sizes = warm if in_kernel else ([], [])
     ext.mma_gemm(x2, packed.mma_weight, packed.mma_meta(x2.dtype), bias, out, ws, counters, packed.group_size,
                  packed.zeros is None, mt, splits, staged, STREAM_PDL if pdl is None else pdl, wk, cl, tensors, sizes,
-                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, wk_warps)
+                 in_kernel and L2_PREFETCH_EVICT_FIRST, glu, rms, eps, residual, next_w, g, wk_warps,
+                 None if ss_out and not wk else ss)
+    if ss_out and not wk:
+        ss.copy_(sum_squares(out))
     if warm is not None and not in_kernel:
         ext.l2_prefetch(*warm)
     return full if pair else out
@@ -817,21 +825,35 @@ class Fold:
     """A decoder layer's residual add and RMSNorm folded into a linear (w4a16_linear's rms / residual / next_w), its
     operands as rows [M, ...]: rms [M, K] the stream h whose RMSNorm x is, x being round(h * norm weight): each row's
     product is scaled by rsqrt(mean(h^2) + eps) before the bias; residual [M, N]: the result is round(residual +
-    round(y)); next_w [N]: with it also round(result * next_w), the next RMSNorm's input before its scale."""
+    round(y)); next_w [N]: with it also round(result * next_w), the next RMSNorm's input before its scale.
+    ss, fp32, contiguous, between two folded linears (a decoder layer's o_proj and gate/up): with residual [M, N / 16],
+    filled with each row's sums of squares of the result over each 16 features (sum_squares: by the decode kernel
+    where it writes the result, else in torch ops); with rms [M, K / 16], those sums of rms, which the decode kernel
+    adds up instead of reading rms's row where it can (csrc QkSumSq); the reference reads rms."""
     rms: torch.Tensor | None = None
     eps: float = 0.0
     residual: torch.Tensor | None = None
     next_w: torch.Tensor | None = None
+    ss: torch.Tensor | None = None
 
     def rows(self, m: int, k: int, n: int) -> "Fold":
-        """The same with its tensors as rows, contiguous: rms [m, k], residual [m, n] (from x's leading shape)."""
+        """The same with its tensors as rows, contiguous: rms [m, k], residual [m, n] (from x's leading shape); ss
+        [m, ...] a view (filled in place)."""
         return Fold(None if self.rms is None else self.rms.reshape(m, k).contiguous(), self.eps,
                     None if self.residual is None else self.residual.reshape(m, n).contiguous(),
-                    None if self.next_w is None else self.next_w.contiguous())
+                    None if self.next_w is None else self.next_w.contiguous(),
+                    None if self.ss is None else self.ss.view(m, self.ss.shape[-1]))
 
     def operands(self, full: torch.Tensor) -> tuple:
-        """The extension's (rms, eps, residual, next_w, g) for the result full ([2, M, N] with next_w: g is full[1])."""
-        return self.rms, float(self.eps), self.residual, self.next_w, full[1] if self.next_w is not None else None
+        """The extension's (rms, eps, residual, next_w, g, ss) for the result full ([2, M, N] with next_w: g is
+        full[1])."""
+        return (self.rms, float(self.eps), self.residual, self.next_w, full[1] if self.next_w is not None else None,
+                self.ss)
+
+
+def sum_squares(h: torch.Tensor) -> torch.Tensor:
+    """Each row's sums of squares of h [..., N] over each 16 features, fp32: [..., N / 16] (Fold.ss)."""
+    return h.float().pow(2).unflatten(-1, (h.shape[-1] // 16, 16)).sum(-1)
 
 
 def rms_scale(h: torch.Tensor, eps: float) -> torch.Tensor:
@@ -858,9 +880,14 @@ def _scaled_after(rows: torch.Tensor, bias: torch.Tensor | None, glu: bool, fold
 
 
 def _added_after(y: torch.Tensor, fold: Fold) -> torch.Tensor:
-    """A fold's residual add (and next_w) applied in torch ops to a linear's output y, where the kernel that ran
-    cannot fold it, and the reference's."""
-    return add_residual(y, fold.residual, fold.next_w) if fold.residual is not None else y
+    """A fold's residual add (and next_w, and ss) applied in torch ops to a linear's output y, where the kernel that
+    ran cannot fold it, and the reference's."""
+    if fold.residual is None:
+        return y
+    out = add_residual(y, fold.residual, fold.next_w)
+    if fold.ss is not None:
+        fold.ss.copy_(sum_squares(out if fold.next_w is None else out[0]))
+    return out
 
 
 def _check_fold(fold: Fold, x: torch.Tensor, n_out: int, glu: bool) -> None:
@@ -877,6 +904,14 @@ def _check_fold(fold: Fold, x: torch.Tensor, n_out: int, glu: bool) -> None:
     if fold.next_w is not None and (fold.residual is None or fold.next_w.shape != (n_out,)):
         raise InputError(f"next_w needs residual and shape ({n_out},), got {tuple(fold.next_w.shape)}"
                          f"{'' if fold.residual is not None else ' without residual'}")
+    if fold.ss is not None:
+        if (fold.rms is None) == (fold.residual is None):
+            raise InputError("ss goes with residual (filled) or with rms (read), not both or neither")
+        width = n_out if fold.residual is not None else x.shape[-1]
+        if (width % 16 or fold.ss.shape != (*rows, width // 16) or fold.ss.dtype != torch.float32
+                or not fold.ss.is_contiguous() or fold.ss.device != x.device):
+            raise InputError(f"ss must be {(*rows, width // 16)} float32, contiguous, on {x.device} (width {width} a "
+                             f"multiple of 16), got {tuple(fold.ss.shape)} {fold.ss.dtype}")
 
 
 def glu_interleaved(y: torch.Tensor) -> torch.Tensor:

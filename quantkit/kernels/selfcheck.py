@@ -58,6 +58,9 @@ GLU_WS_CASE = (1024, 16384, 128, True, (31, 48, 77, 200, 640))
 # same kernel's plain output added in torch ops (bit for bit), and the norm's scale against the plain output scaled
 # after it; a gated pair (GLU_CASE's) with the scale too.
 FOLD_CASE = (320, 1536, 64, False, True, (1, 3, 8))
+# The decode kernel's sums of squares of the stream it writes (ops.Fold.ss) against torch's of its output: fp32 sums
+# of 16 squares in another order, a few ulp apart.
+SUM_SQUARES_RTOL = 1e-5
 # (intermediate, hidden, group, sym, Ms): a decode step's gated MLP in one launch (ops.w4a16_mlp) at each M where it
 # runs (ops.mlp_at), down unsplit, in 3 uneven splits and in the rule's: bit for bit the gated pair then down, launched
 # one after the other (the kernels the other cases check against the reference).
@@ -129,7 +132,8 @@ def _fold_error(what: str, device, m: int, n: int, k: int, splits, dtype, detail
 
 def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
     """FOLD_CASE: the decode kernel with ops.Fold against its own plain output with the fold applied after it."""
-    from quantkit.kernels.ops import Fold, add_residual, glu_interleaved, rms_scale, w4a16_linear  # late: ops calls us
+    from quantkit.kernels.ops import (Fold, add_residual, glu_interleaved, rms_scale, sum_squares,  # late: ops calls us
+                                      w4a16_linear)
     from quantkit.kernels.packing import interleave_glu
 
     n, k, g, sym, act, ms = FOLD_CASE
@@ -149,20 +153,28 @@ def _check_fold(device: torch.device, dtype: torch.dtype, seed: int) -> None:
         hx = testing.random_activations(m, gk, dtype=dtype, seed=700 + m, device=device)
         for splits in (None, 2, 32):
             plain = w4a16_linear(x, packed, bias, backend="mma", splits=splits)  # the fold's launch (ops.mma_plan)
-            got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(residual=residual, next_w=next_w))
+            ss = torch.full((m, n // 16), float("nan"), device=device)
+            got = w4a16_linear(x, packed, bias, backend="mma", splits=splits,
+                               fold=Fold(residual=residual, next_w=next_w, ss=ss))
             if not torch.equal(got, add_residual(plain, residual, next_w)):
                 raise _fold_error("residual add", device, m, n, k, splits, dtype, "not bit for bit")
+            if not torch.allclose(ss, sum_squares(got[0]), rtol=SUM_SQUARES_RTOL, atol=0):
+                raise _fold_error("stream's sums of squares", device, m, n, k, splits, dtype, "not those of its output")
             rows = w4a16_linear(x, packed, None, backend="mma", splits=splits).float()
-            got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(rms=h, eps=1e-5))
-            err = testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float())
-            if not err <= tol:
-                raise _fold_error("RMSNorm scale", device, m, n, k, splits, dtype, f"relative error {err:.2e} > {tol:.1e}")
+            for ss in (None, sum_squares(h)):  # h's row read by the kernel, or its sums of squares given
+                got = w4a16_linear(x, packed, bias, backend="mma", splits=splits, fold=Fold(rms=h, eps=1e-5, ss=ss))
+                err = testing.error_against(got, rows * rms_scale(h, 1e-5) + bias.float())
+                if not err <= tol:
+                    raise _fold_error("RMSNorm scale", device, m, n, k, splits, dtype,
+                                      f"relative error {err:.2e} > {tol:.1e}{'' if ss is None else ' (from ss)'}")
             rows = w4a16_linear(hx, pair, None, backend="mma", splits=splits).float()
-            got = w4a16_linear(hx, pair, None, backend="mma", splits=splits, glu=True, fold=Fold(rms=hx, eps=1e-5))
-            err = testing.error_against(got, glu_interleaved(rows * rms_scale(hx, 1e-5)))
-            if not err <= tol:
-                raise _fold_error("RMSNorm scale of a gated pair", device, m, 2 * inter, gk, splits, dtype,
-                                  f"relative error {err:.2e} > {tol:.1e}")
+            for ss in (None, sum_squares(hx)):
+                got = w4a16_linear(hx, pair, None, backend="mma", splits=splits, glu=True,
+                                   fold=Fold(rms=hx, eps=1e-5, ss=ss))
+                err = testing.error_against(got, glu_interleaved(rows * rms_scale(hx, 1e-5)))
+                if not err <= tol:
+                    raise _fold_error("RMSNorm scale of a gated pair", device, m, 2 * inter, gk, splits, dtype,
+                                      f"relative error {err:.2e} > {tol:.1e}{'' if ss is None else ' (from ss)'}")
 
 
 def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
