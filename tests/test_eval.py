@@ -647,14 +647,15 @@ def test_folded_decoder_layers(monkeypatch):
     """quantkit.eval.fuse.fold_layers (in fuse_projections, the 4-bit model only): every block a FoldedDecoderLayer
     whose residual adds and RMSNorms ride in its 4-bit linears (kernels.ops.Fold) at one token a step
     (NORM_FOLD_ROWS): the same logits as the unfolded model a rounding apart, bit for bit at more tokens (the block's
-    own order of operations) and with no rows folded, with o_proj's sums of squares handed to gate/up or not
-    (NORM_FOLD_SS); the cached decode step agrees with a plain forward pass; the
+    own order of operations) and with no rows folded, with o_proj's and down's sums of squares handed to gate/up and
+    the next block or not (NORM_FOLD_SS); the cached decode step agrees with a plain forward pass; the
     programmatic launches stay; a compiled step traces the four folded linears of each block as the folded ops, and
     inductor compiles it to the same logits; a
     model whose blocks are not all foldable (the bf16 one) is left as it is."""
     from transformers import DynamicCache
 
     from quantkit.eval import decode_attention, fuse
+    from quantkit.kernels import ops
 
     monkeypatch.setattr(decode_attention, "PDL", True)
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
@@ -678,7 +679,13 @@ def test_folded_decoder_layers(monkeypatch):
         assert [block.self_attn.q_proj.shared.fused.pdl, block.self_attn.o_proj.inner.pdl, block.mlp.gate_up.pdl,
                 block.mlp.down_proj.pdl] == [True] * 4
         assert torch.equal(model(ids).logits, plain(ids).logits)  # 18 rows: not folded
+        carried = []  # what the first block hands the second: its stream and x, and the stream's sums of squares
+        hook = layers[1].register_forward_pre_hook(lambda mod, args: carried.append(args[0]))
         one = model(ids[:1, :1]).logits
+        hook.remove()
+        (hx, ss), = carried
+        assert hx.shape == (2, 1, 1, model.config.hidden_size)
+        assert torch.allclose(ss, ops.sum_squares(hx[0]), rtol=1e-6, atol=0)
         assert 0 < rel(one, plain(ids[:1, :1]).logits) < 2e-2
         monkeypatch.setattr(fuse, "NORM_FOLD_SS", False)  # o_proj's sums of squares for gate/up: the same logits
         assert torch.equal(model(ids[:1, :1]).logits, one)

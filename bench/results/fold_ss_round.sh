@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # docs/kernel.md item 65 (written in session 52, not yet run on a GPU): the fold (QUANTKIT_NORM_FOLD=1) with o_proj
 # writing the stream's sums of squares by 16 features and gate/up adding up its token's row of them (ops.Fold.ss,
-# csrc QkSumSq; QUANTKIT_NORM_FOLD_SS=0 turns that part off). Two calls on one machine, one archive each,
+# csrc QkSumSq; from session 53 down's too, for the next layer's q/k/v; QUANTKIT_NORM_FOLD_SS=0 turns that part
+# off). Two calls on one machine, one archive each,
 # OUT_DIR/fold_ss<STEP>.tgz:
 #     bash bench/results/fold_ss_round.sh OUT_DIR 1 [SECONDS]   build and self-check (FOLD_CASE with ss), the fold's
 #                                                              GPU tests, then the compiled eval g128 at batch 1 with

@@ -136,9 +136,9 @@ class FusedGatedMLP(nn.Module):
 # QUANTKIT_NORM_FOLD_ROWS sets the rows; the eval records both.
 NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "0") != "0"
 NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
-# With the fold, o_proj also writes the stream's sums of squares by 16 features (kernels.ops.Fold.ss), and gate/up's
-# blocks add up their token's row of them, loaded as they start, instead of reading the stream's row after their
-# wait (docs/kernel.md item 65; session 52, not yet measured); QUANTKIT_NORM_FOLD_SS=0 turns that off.
+# With the fold, o_proj and down also write the stream's sums of squares by 16 features (kernels.ops.Fold.ss), and
+# gate/up's and the next layer's q/k/v blocks add up their token's row of them, loaded after their wait, instead of
+# reading the stream's row (docs/kernel.md item 65); QUANTKIT_NORM_FOLD_SS=0 turns that off.
 NORM_FOLD_SS = os.environ.get("QUANTKIT_NORM_FOLD_SS", "1") != "0"
 
 
@@ -168,9 +168,10 @@ class FoldedDecoderLayer(nn.Module):
     gate/up pair and down) whose residual adds and normalizations run inside its kernels at steps of up to
     NORM_FOLD_ROWS tokens (kernels.ops.Fold): q/k/v take x = round(h * norm weight) and scale their rows by the norm's
     rsqrt(mean(h^2) + eps); o_proj writes the stream after its residual add and the next normalization's x (its weight
-    times that stream), gate/up scales like q/k/v, down writes the stream and the next layer's x. Between folded
-    layers the hidden states are [2, ..., D]: the stream h and that x; the first layer makes x in torch ops, the last
-    returns h alone. At more tokens, the block's own order of operations (o_proj called here). Every decoder block of
+    times that stream), gate/up scales like q/k/v, down writes the stream and the next layer's x. With NORM_FOLD_SS,
+    o_proj and down also write the stream's sums of squares by 16 features (Fold.ss) that gate/up and the next
+    layer's q/k/v add up. Between folded layers the hidden states are ([2, ..., D], ss or None): the stream h and
+    that x, and those sums; the first layer makes x in torch ops (and no sums), the last returns h alone. At more tokens, the block's own order of operations (o_proj called here). Every decoder block of
     the model is folded or none (fold_layers)."""
 
     def __init__(self, block: nn.Module, next_norm: nn.Module | None):
@@ -185,21 +186,28 @@ class FoldedDecoderLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         attn, mlp = self.self_attn, self.mlp
-        carry = hidden_states.dim() == 4  # [2, ..., D] from the folded layer before
-        h = hidden_states[0] if carry else hidden_states
+        carry = isinstance(hidden_states, tuple)  # ([2, ..., D], ss) from the folded layer before
+        h = hidden_states[0][0] if carry else hidden_states
         if not (carry or (NORM_FOLD and h.numel() // h.shape[-1] <= NORM_FOLD_ROWS)):
             x, _ = attn(hidden_states=self.input_layernorm(h), **kwargs)
             h = h + attn.o_proj.inner(x)
             return h + mlp(self.post_attention_layernorm(h))
-        x = hidden_states[1] if carry else h * self.input_layernorm.weight
-        attn.q_proj.shared.prime(x, Fold(rms=h, eps=self.eps_in))
+        x = hidden_states[0][1] if carry else h * self.input_layernorm.weight
+        attn.q_proj.shared.prime(x, Fold(rms=h, eps=self.eps_in, ss=hidden_states[1] if carry else None))
         a, _ = attn(hidden_states=x, **kwargs)
-        d = h.shape[-1]
-        ss = h.new_empty(*h.shape[:-1], d // 16, dtype=torch.float32) if NORM_FOLD_SS and d % 16 == 0 else None
+        ss = self._sums(h)
         hx = attn.o_proj.inner.folded(a, Fold(residual=h, next_w=self.post_attention_layernorm.weight, ss=ss))
         u = mlp.gate_up.folded(hx[1], Fold(rms=hx[0], eps=self.eps_post, ss=ss))
-        nxt = None if self.next_norm is None else self.next_norm.weight
-        return mlp.down_proj.folded(u, Fold(residual=hx[0], next_w=nxt))
+        if self.next_norm is None:
+            return mlp.down_proj.folded(u, Fold(residual=hx[0]))
+        ss = self._sums(h)
+        return mlp.down_proj.folded(u, Fold(residual=hx[0], next_w=self.next_norm.weight, ss=ss)), ss
+
+    @staticmethod
+    def _sums(h: torch.Tensor) -> torch.Tensor | None:
+        """An empty Fold.ss for the stream like h, where NORM_FOLD_SS holds and its width is a multiple of 16."""
+        d = h.shape[-1]
+        return h.new_empty(*h.shape[:-1], d // 16, dtype=torch.float32) if NORM_FOLD_SS and d % 16 == 0 else None
 
 
 def _foldable(block: nn.Module) -> bool:
