@@ -56,7 +56,11 @@ def test_eval_table_names_the_decode_attention():
     assert setup(fused_projections=fold).endswith(
         "gate/up, 4-bit residual adds and RMSNorms folded into the kernels up to 1 token(s), torch.compile")
     assert setup(fused_projections={**fold, "quantized": {**fold["quantized"], "norm_fold_ss": True}}).endswith(
-        "folded into the kernels up to 1 token(s), o_proj's sums of squares to gate/up, torch.compile")
+        "folded into the kernels up to 1 token(s), o_proj's sums of squares to gate/up and down's to q/k/v, "
+        "torch.compile")
+    ss_mlp = {**fold["quantized"], "norm_fold_ss": True, "norm_fold_ss_down": False}
+    assert setup(fused_projections={**fold, "quantized": ss_mlp}).endswith(
+        "up to 1 token(s), o_proj's sums of squares to gate/up, torch.compile")
     assert setup(stream_wk_warps_one_tile=8).endswith(
         "torch.compile, decode kernel in blocks of 8 warps at one token tile")
     assert setup(stream_wk_warps_one_tile=4).endswith("torch.compile")

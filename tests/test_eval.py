@@ -670,6 +670,7 @@ def test_folded_decoder_layers(monkeypatch):
         info = [fuse.fuse_projections(m) for m in (model, base)]
         assert info[0]["norm_fold"] == 2 and info[0]["norm_fold_rows"] == fuse.NORM_FOLD_ROWS == 1
         assert info[0]["norm_fold_ss"] is fuse.NORM_FOLD_SS is True  # (unless QUANTKIT_NORM_FOLD_SS=0)
+        assert info[0]["norm_fold_ss_down"] is fuse.NORM_FOLD_SS_DOWN is True
         assert "norm_fold" not in info[1] and fuse.fold_layers(base) == 0
         assert not any(isinstance(b, fuse.FoldedDecoderLayer) for b in base.model.layers)
         layers = model.model.layers
@@ -687,6 +688,13 @@ def test_folded_decoder_layers(monkeypatch):
         assert hx.shape == (2, 1, 1, model.config.hidden_size)
         assert torch.allclose(ss, ops.sum_squares(hx[0]), rtol=1e-6, atol=0)
         assert 0 < rel(one, plain(ids[:1, :1]).logits) < 2e-2
+        monkeypatch.setattr(fuse, "NORM_FOLD_SS_DOWN", False)  # o_proj's sums only: the same logits, none handed on
+        carried.clear()
+        hook = layers[1].register_forward_pre_hook(lambda mod, args: carried.append(args[0]))
+        assert torch.equal(model(ids[:1, :1]).logits, one)
+        hook.remove()
+        assert carried[0][1] is None
+        monkeypatch.setattr(fuse, "NORM_FOLD_SS_DOWN", True)
         monkeypatch.setattr(fuse, "NORM_FOLD_SS", False)  # o_proj's sums of squares for gate/up: the same logits
         assert torch.equal(model(ids[:1, :1]).logits, one)
         monkeypatch.setattr(fuse, "NORM_FOLD_SS", True)

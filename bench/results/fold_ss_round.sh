@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# docs/kernel.md item 65 (written in session 52, not yet run on a GPU): the fold (QUANTKIT_NORM_FOLD=1) with o_proj
-# writing the stream's sums of squares by 16 features and gate/up adding up its token's row of them (ops.Fold.ss,
-# csrc QkSumSq; from session 53 down's too, for the next layer's q/k/v; QUANTKIT_NORM_FOLD_SS=0 turns that part
-# off). Two calls on one machine, one archive each,
-# OUT_DIR/fold_ss<STEP>.tgz:
+# docs/kernel.md item 65: the fold (QUANTKIT_NORM_FOLD=1) with o_proj writing the stream's sums of squares by 16
+# features and gate/up adding up its token's row of them (ops.Fold.ss, csrc QkSumSq), and, from session 53, down's
+# for the next layer's q/k/v (QUANTKIT_NORM_FOLD_SS_DOWN=0 turns that part off, QUANTKIT_NORM_FOLD_SS=0 both).
+# Calls on one machine, one archive each, OUT_DIR/fold_ss<STEP>.tgz:
 #     bash bench/results/fold_ss_round.sh OUT_DIR 1 [SECONDS]   build and self-check (FOLD_CASE with ss), the fold's
 #                                                              GPU tests, then the compiled eval g128 at batch 1 with
-#                                                              the fold (and ss), then without the fold (the default)
-#     bash bench/results/fold_ss_round.sh OUT_DIR 2 [SECONDS]   the same eval with the fold and QUANTKIT_NORM_FOLD_SS=0,
-#                                                              then the batch-1 step profiled with the fold and ss
+#                                                              the fold (and both sums), then without the fold (the
+#                                                              default); session 53 ran this on an H200 (aaae41c)
+#     bash bench/results/fold_ss_round.sh OUT_DIR 2 [SECONDS]   the same eval with the fold and o_proj's sums only
+#                                                              (QUANTKIT_NORM_FOLD_SS_DOWN=0), then with no sums
+#     bash bench/results/fold_ss_round.sh OUT_DIR 3 [SECONDS]   the batch-1 step profiled with the fold and both sums
 set -u
 OUT=${1:?usage: fold_ss_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: fold_ss_round.sh OUT_DIR STEP [SECONDS]}
@@ -18,7 +19,7 @@ left() { echo $(( DEADLINE - $(date +%s) )); }
 D="$OUT/fold_ss$STEP"
 mkdir -p "$D"
 . bench/device_env.sh
-unset QUANTKIT_NORM_FOLD QUANTKIT_NORM_FOLD_SS QUANTKIT_STREAM_WK_WARPS
+unset QUANTKIT_NORM_FOLD QUANTKIT_NORM_FOLD_SS QUANTKIT_NORM_FOLD_SS_DOWN QUANTKIT_STREAM_WK_WARPS
 eval_b1() {  # eval_b1 NAME SECONDS (the environment says the fold)
   STEPS=compiled COMPILED_BATCH=1 bash bench/eval_speed.sh "$D/eval_$1" "$2" 2>&1 | grep -v "quantizing" | tail -9
 }
@@ -34,7 +35,9 @@ sys.exit(1) if not ok else self_check()" 2>&1 | tail -4 | tee "$D/build.log"
     QUANTKIT_NORM_FOLD=1 eval_b1 fold_ss $(( ($(left) - 10) / 2 ))
     eval_b1 nofold $(( $(left) - 8 )) ;;
   2)
-    QUANTKIT_NORM_FOLD=1 QUANTKIT_NORM_FOLD_SS=0 eval_b1 fold_noss $(( $(left) - 130 ))
+    QUANTKIT_NORM_FOLD=1 QUANTKIT_NORM_FOLD_SS_DOWN=0 eval_b1 fold_ss_mlp $(( ($(left) - 10) / 2 ))
+    QUANTKIT_NORM_FOLD=1 QUANTKIT_NORM_FOLD_SS=0 eval_b1 fold_noss $(( $(left) - 8 )) ;;
+  3)
     QUANTKIT_NORM_FOLD=1 timeout $(( $(left) - 8 )) python3 bench/profile_decode.py --batch 1 --compile --pdl on \
       --fuse --out "$D/decode_profile_fold_ss.json" 2>&1 | grep "^quantized\|^baseline" | tee "$D/profile.log" ;;
 esac

@@ -138,8 +138,11 @@ NORM_FOLD = os.environ.get("QUANTKIT_NORM_FOLD", "0") != "0"
 NORM_FOLD_ROWS = int(os.environ.get("QUANTKIT_NORM_FOLD_ROWS", "1"))
 # With the fold, o_proj and down also write the stream's sums of squares by 16 features (kernels.ops.Fold.ss), and
 # gate/up's and the next layer's q/k/v blocks add up their token's row of them, loaded after their wait, instead of
-# reading the stream's row (docs/kernel.md item 65); QUANTKIT_NORM_FOLD_SS=0 turns that off.
+# reading the stream's row (docs/kernel.md item 65); QUANTKIT_NORM_FOLD_SS=0 turns that off, and
+# QUANTKIT_NORM_FOLD_SS_DOWN=0 down's part alone (at batch 1 down splits, and writing the sums takes it from a cluster
+# to the workspace). On one H200 (session 53) the fold with both decoded 446.4 tok/s against 470.2 without the fold.
 NORM_FOLD_SS = os.environ.get("QUANTKIT_NORM_FOLD_SS", "1") != "0"
+NORM_FOLD_SS_DOWN = os.environ.get("QUANTKIT_NORM_FOLD_SS_DOWN", "1") != "0"
 
 
 class DeferredProjection(nn.Module):
@@ -169,10 +172,11 @@ class FoldedDecoderLayer(nn.Module):
     NORM_FOLD_ROWS tokens (kernels.ops.Fold): q/k/v take x = round(h * norm weight) and scale their rows by the norm's
     rsqrt(mean(h^2) + eps); o_proj writes the stream after its residual add and the next normalization's x (its weight
     times that stream), gate/up scales like q/k/v, down writes the stream and the next layer's x. With NORM_FOLD_SS,
-    o_proj and down also write the stream's sums of squares by 16 features (Fold.ss) that gate/up and the next
-    layer's q/k/v add up. Between folded layers the hidden states are ([2, ..., D], ss or None): the stream h and
-    that x, and those sums; the first layer makes x in torch ops (and no sums), the last returns h alone. At more tokens, the block's own order of operations (o_proj called here). Every decoder block of
-    the model is folded or none (fold_layers)."""
+    o_proj and down (NORM_FOLD_SS_DOWN) also write the stream's sums of squares by 16 features (Fold.ss) that gate/up
+    and the next layer's q/k/v add up. Between folded layers the hidden states are ([2, ..., D], ss or None): the stream
+    h and that x, and those sums; the first layer makes x in torch ops (and no sums), the last returns h alone. At more
+    tokens, the block's own order of operations (o_proj called here). Every decoder block of the model is folded or none
+    (fold_layers)."""
 
     def __init__(self, block: nn.Module, next_norm: nn.Module | None):
         super().__init__()
@@ -200,7 +204,7 @@ class FoldedDecoderLayer(nn.Module):
         u = mlp.gate_up.folded(hx[1], Fold(rms=hx[0], eps=self.eps_post, ss=ss))
         if self.next_norm is None:
             return mlp.down_proj.folded(u, Fold(residual=hx[0]))
-        ss = self._sums(h)
+        ss = self._sums(h) if NORM_FOLD_SS_DOWN else None
         return mlp.down_proj.folded(u, Fold(residual=hx[0], next_w=self.next_norm.weight, ss=ss)), ss
 
     @staticmethod
@@ -302,5 +306,6 @@ def fuse_projections(model: nn.Module) -> dict:
             torch.cuda.empty_cache()
     folded = fold_layers(model) if NORM_FOLD else 0
     if folded:
-        info.update(norm_fold=folded, norm_fold_rows=NORM_FOLD_ROWS, norm_fold_ss=NORM_FOLD_SS)
+        info.update(norm_fold=folded, norm_fold_rows=NORM_FOLD_ROWS, norm_fold_ss=NORM_FOLD_SS,
+                    norm_fold_ss_down=NORM_FOLD_SS and NORM_FOLD_SS_DOWN)
     return info
