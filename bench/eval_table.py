@@ -52,7 +52,7 @@ def setup(run: dict) -> str:
         rows = fused["norm_fold_rows"]
         parts.append(f"4-bit residual adds and RMSNorms folded into the kernels up to {rows} token(s)"
                      + (", o_proj's sums of squares to gate/up" if fused.get("norm_fold_ss") else "")  # session 52
-                     # down's to the next q/k/v: from session 53 on (recorded from its second run on)
+                     # down's to the next q/k/v: from session 53 on (norm_fold_ss_down recorded from 49b7998 on)
                      + (" and down's to q/k/v" if fused.get("norm_fold_ss_down", fused.get("norm_fold_ss")) else ""))
     parts.append("torch.compile" if t.get("compiled_decode") else "eager ops")
     if "compiled_x_image" in t:  # recorded from fccb3ab on
