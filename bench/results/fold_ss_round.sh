@@ -10,6 +10,9 @@
 #     bash bench/results/fold_ss_round.sh OUT_DIR 2 [SECONDS]   the same eval with the fold and o_proj's sums only
 #                                                              (QUANTKIT_NORM_FOLD_SS_DOWN=0), then with no sums
 #     bash bench/results/fold_ss_round.sh OUT_DIR 3 [SECONDS]   the batch-1 step profiled with the fold and both sums
+# Session 54 ran steps 1 and 2 on one H100 (0d70d44; step 1's tests and fold eval cut off after the fresh build, so the
+# fold with both sums ran in a call of its own on the same machine, with QUANTKIT_NORM_FOLD=1 and the eval_b1 line's
+# command); step 3 was not run: the fold was slower in every form.
 set -u
 OUT=${1:?usage: fold_ss_round.sh OUT_DIR STEP [SECONDS]}
 STEP=${2:?usage: fold_ss_round.sh OUT_DIR STEP [SECONDS]}

@@ -14,6 +14,11 @@ $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100b_nofold_b1.json@0d70d44 (another H100)" \
+  "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_nofold_b1.json@0d70d44" \
+  "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_fold_ss_b1.json@0d70d44 (same machine, QUANTKIT_NORM_FOLD=1)" \
+  "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_fold_ss_mlp_b1.json@0d70d44 (same machine, QUANTKIT_NORM_FOLD=1 QUANTKIT_NORM_FOLD_SS_DOWN=0)" \
+  "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_fold_noss_b1.json@0d70d44 (same machine, QUANTKIT_NORM_FOLD=1 QUANTKIT_NORM_FOLD_SS=0)" \
   "$R/eval_llama-3-8b_g128_compiled_eaf81b8_h100_fold_b1.json@eaf81b8 (QUANTKIT_NORM_FOLD=1)" \
   "$R/eval_llama-3-8b_g128_compiled_eaf81b8_h100_nofold_b1.json@eaf81b8 (same machine)" \
   "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
@@ -55,6 +60,7 @@ $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g32.json@c0e6b5b" \
   > $R/eval_speed.md
 $PY bench/profile_table.py \
+  "0d70d44=$R/decode_profile_h100_0d70d44.json" \
   "df03aba=$R/decode_profile_pdl_df03aba_h100.json" \
   "ea58d9e=$R/decode_profile_glu_ea58d9e_h100.json" \
   "546da8d, inductor's combo kernels (QUANTKIT_COMBO_KERNELS=1; its JSON predates recording it)=$R/decode_profile_h100_combo_546da8d.json" \
