@@ -26,7 +26,8 @@ def setup(run: dict) -> str:
     with their SiLU and multiply in the kernel, kernels.ops.GLU_EPILOGUE), torch.compile'd decode step,
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
     (throughput.COMBO_KERNELS), the greedy
-    token's two stages (throughput.greedy_token), its pipelined 32-token instance
+    token's two stages (throughput.greedy_token), the cache layers writing at the runner's position
+    (throughput.SHARED_CACHE_POSITION), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
     last of them to finish (decode_attention.FUSED_COMBINE), the 4-bit blocks' folded norms (fuse.NORM_FOLD), the
     4-bit MLP in one launch (kernels.ops.FUSED_MLP) and the decode kernel's blocks of 8 warps
@@ -64,6 +65,8 @@ def setup(run: dict) -> str:
             " (4-bit q/k/v and gate/up too)" if fused.get("norm_pdl") else ""))
     if t.get("greedy_token"):  # recorded from session 38 on (throughput.greedy_token)
         parts.append("greedy token in two stages")
+    if t.get("shared_cache_position"):  # throughput.SHARED_CACHE_POSITION, from session 54 on
+        parts.append("one cache position for every layer")
     if t.get("stream_wk_warps_one_tile") == 8:  # kernels.ops.STREAM_WK_WARPS_ONE_TILE, recorded from session 48 on
         parts.append("decode kernel in blocks of 8 warps at one token tile")
     if t.get("ws_pipelined_32"):  # QUANTKIT_WS_PIPELINED_32=1 (kernels.ops.WS_PIPELINED_32)

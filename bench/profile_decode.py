@@ -313,6 +313,8 @@ def main() -> None:
                 for batch in settings.batches:
                     prompt = torch.randint(0, vocab, (batch, args.prompt_len), device=device)
                     runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
+                    # from session 54 on (throughput.SHARED_CACHE_POSITION), alike in every runner
+                    result["shared_cache_position"] = runner.shared_cache_layers > 0
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)

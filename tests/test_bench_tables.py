@@ -44,6 +44,9 @@ def test_eval_table_names_the_decode_attention():
         "ws kernel's x packed by inductor, ws kernel's 32-token instance pipelined")
     assert setup(compiled_x_image=True, combo_kernels=True, greedy_token="two stages").endswith(
         "ws kernel's x packed by inductor, inductor's combo kernels, greedy token in two stages")
+    assert setup(greedy_token="two stages", shared_cache_position=True).endswith(
+        "greedy token in two stages, one cache position for every layer")
+    assert setup(greedy_token="two stages", shared_cache_position=False).endswith("greedy token in two stages")
     assert setup(combo_kernels=True, inductor_pdl=True,
                  fused_projections={**FUSED, "quantized": {"qkv": 32, "gate_up": 32, "norm_pdl": 64}}).endswith(
         "inductor's combo kernels, programmatic launches through the step (4-bit q/k/v and gate/up too)")
@@ -98,6 +101,8 @@ def test_profile_table_names_the_decode_attention():
     assert setup(**grouped, combo_kernels=True, inductor_pdl=True, split_kv_settings={"PDL": True}).endswith(
         ", inductor's combo kernels, attention's programmatic launches into o_proj, "
         "programmatic launches through the step")
+    assert setup(**grouped, inductor_pdl=True, shared_cache_position=True).endswith(
+        ", programmatic launches through the step, one cache position for every layer")
     image = profile_table.setup({"command": command, "fused_projections": FUSED, **grouped}, "quantized", True)
     assert image.endswith(", torch.compile, the warp-specialized kernel's x packed by inductor")
 

@@ -513,6 +513,56 @@ def test_decode_attention_reads_each_kv_head_once(monkeypatch):
     torch._dynamo.reset()
 
 
+def test_cache_layers_write_at_the_runners_position(monkeypatch):
+    """throughput.SHARED_CACHE_POSITION: the runner's cache layers write each step's keys and values at its position
+    (0 for the prompt), advancing no counter of their own, and hold what transformers' own layers hold, with the same
+    logits, eagerly and compiled by inductor; the run records it."""
+    from transformers.cache_utils import StaticLayer
+
+    from quantkit.eval import random_weights
+    from quantkit.reference import QuantLinear
+
+    model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                          module_factory=QuantLinear, progress=False)
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=3)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def run(shared: bool, decoder=None):
+        monkeypatch.setattr(throughput, "SHARED_CACHE_POSITION", shared)
+        runner = throughput.Runner(model, batch=2, settings=settings, prompt=prompt, decode_model=decoder)
+        assert runner.shared_cache_layers == (model.config.num_hidden_layers if shared else 0)
+        runner.prepare()
+        for _ in range(2):  # a second repeat starts from the reset cache again
+            runner.reset()
+            runner.prefill()
+            logits = []
+            for _ in range(settings.gen_len):
+                runner.decode()
+                logits.append(runner.decode_logits()[:, -1].clone())
+        layers = runner.cache.layers
+        assert all((type(layer) is StaticLayer) != shared for layer in layers)
+        counted = [int(layer.cumulative_length) for layer in layers]
+        assert counted == [0 if shared else settings.prompt_len + settings.gen_len] * len(layers)
+        return torch.stack(logits), [(layer.keys.clone(), layer.values.clone()) for layer in layers]
+
+    with torch.inference_mode():
+        want, cached = run(False)
+        written = settings.prompt_len + settings.gen_len
+        assert all(k[:, :, :written].abs().sum(-1).gt(0).all() and not k[:, :, written:].any() for k, _ in cached)
+        for decoder in (None, throughput._compiled(model, "inductor")):
+            got, got_cached = run(True, decoder)
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            for (k, v), (k2, v2) in zip(cached, got_cached):
+                assert torch.allclose(k, k2, rtol=1e-4, atol=1e-5) and torch.allclose(v, v2, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    monkeypatch.setattr(throughput, "SHARED_CACHE_POSITION", True)
+    assert throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True,
+                              progress=False)["shared_cache_position"] is True
+    monkeypatch.setattr(throughput, "SHARED_CACHE_POSITION", False)
+    assert throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True,
+                              progress=False)["shared_cache_position"] is False
+
+
 def test_fused_projections_compute_the_same_function():
     """quantkit.eval.fuse: q/k/v and gate/up as one linear each, in the quantized (reference modules) and the bf16
     model alike, give the same logits; a projection handed a new input recomputes; the throughput run records it."""

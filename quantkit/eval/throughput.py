@@ -1,7 +1,8 @@
 """Throughput: prefill and decode tokens/s of a causal LM at several batch sizes, the quantized model and its bf16
 baseline measured in the same run, one after the other on the same inputs.
 
-How (docs/benchmarking.md): a static KV cache (transformers' StaticCache) of prompt_len + gen_len tokens; the
+How (docs/benchmarking.md): a static KV cache (transformers' StaticCache, its layers writing at the runner's position:
+SHARED_CACHE_POSITION) of prompt_len + gen_len tokens; the
 prefill (prompt_len tokens per sequence, logits of the last position only, as generation does) and one greedy
 decode step are each captured in a CUDA graph, so Python and launch overhead do not hide the kernels; a decode
 step feeds its argmax back as the next input (picked in two stages, ``greedy_token``) and advances the position on the
@@ -331,6 +332,60 @@ def opaque_quantized_linears(model: nn.Module):
 COMBO_KERNELS = os.environ.get("QUANTKIT_COMBO_KERNELS", "1") != "0"
 
 
+# Whether the static cache's layers write each step's keys and values at the runner's position (Runner.pos, one tensor
+# for every layer) rather than at a position each layer counts itself: transformers 5's StaticLayer advances its own
+# counter every step (cumulative_length.add_), which the compiled step ran as 31 one-thread kernels a step on
+# Llama-3-8B, in both models (about 1.2 us each; triton_poi_fused_add_copy_ in bench/results/
+# decode_profile_h100_0d70d44.json). On; QUANTKIT_SHARED_CACHE_POSITION=0 keeps transformers' counters.
+SHARED_CACHE_POSITION = os.environ.get("QUANTKIT_SHARED_CACHE_POSITION", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _at_position_layer():
+    """A transformers static cache layer that writes at a position it is given (``position``, a tensor of one
+    element the caller advances), with no counter of its own; None where this transformers' layers keep no such
+    counter. One class for every cache, so that compiled steps' guards on it hold."""
+    from transformers.cache_utils import StaticLayer
+
+    if not hasattr(StaticLayer(max_cache_len=1), "cumulative_length"):
+        return None
+
+    class AtPosition(StaticLayer):
+        def __init__(self, max_cache_len: int, position: torch.Tensor):
+            super().__init__(max_cache_len=max_cache_len)
+            self.position = position
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            where = torch.arange(key_states.shape[-2], device=self.device) + self.position
+            self.keys.index_copy_(2, where, key_states)
+            self.values.index_copy_(2, where, value_states)
+            return self.keys, self.values
+
+        def get_seq_length(self):
+            return self.position[0] if self.is_initialized else 0
+
+    return AtPosition
+
+
+def share_cache_position(cache, position: torch.Tensor) -> int:
+    """cache's plain static layers (transformers' StaticLayer, not its sliding-window ones) replaced by layers that
+    write at ``position``; how many were replaced (0 where this transformers' layers take the position from the model
+    instead)."""
+    from transformers.cache_utils import StaticLayer
+
+    layer_type = _at_position_layer()
+    if layer_type is None:
+        return 0
+    replaced = 0
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is StaticLayer and not layer.is_initialized:
+            cache.layers[i] = layer_type(layer.max_cache_len, position)
+            replaced += 1
+    return replaced
+
+
 def inductor_pdl() -> bool:
     """Whether the compiled decode steps' kernels are programmatic launches (fuse.INDUCTOR_PDL, asked for, and an
     inductor that has its triton.enable_pdl; it generates them on Hopper and later GPUs only)."""
@@ -374,6 +429,8 @@ class Runner:
         self.slots = torch.arange(total, device=device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.full((1,), p, dtype=torch.long, device=device)
+        # the cache's layers write at pos (0 during the prefill), unless transformers' own counters are kept
+        self.shared_cache_layers = share_cache_position(self.cache, self.pos) if SHARED_CACHE_POSITION else 0
         self.logits: torch.Tensor | None = None
         self._captured_logits: torch.Tensor | None = None
         self.first_step_logits: torch.Tensor | None = None
@@ -382,6 +439,8 @@ class Runner:
 
     # --- the two steps, written so that they can be captured: no host sync, every input a static tensor
     def _prefill(self) -> None:
+        if self.shared_cache_layers:
+            self.pos.zero_()  # the prompt's keys and values from position 0
         out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
                          use_cache=True, logits_to_keep=1, **self.kwargs)
         self.logits = out.logits
@@ -505,6 +564,7 @@ def _measure_one(model, *, batch: int, settings: Settings, prompt: torch.Tensor,
             torch.cuda.synchronize()
             runner.prepare()
         out["cuda_graphs"] = runner.use_graphs
+        out["shared_cache_layers"] = runner.shared_cache_layers
         if check:
             out["decode_check_rel_error"] = round(runner.check_decode(), 6)
             out["first_step_logits"] = runner.first_step_logits
@@ -618,6 +678,8 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     b_logits = measured[(first, "baseline")].pop("first_step_logits")
     result["checks"].append(_decode_agreement(q_logits, b_logits, batch=first, same_weights=same_weights))
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
+    # from session 54 on: whether both models' cache layers wrote at the runner's position (SHARED_CACHE_POSITION)
+    result["shared_cache_position"] = all(v.pop("shared_cache_layers") > 0 for v in measured.values())
     result["compiled_decode"] = settings.compile
     result["greedy_token"] = GREEDY_RECORD
     if settings.compile:
