@@ -457,6 +457,17 @@ def test_compiled_step_hands_a_gated_pair_its_image_of_x(monkeypatch, glu_ws):
     assert asked == [glu_ws] and not throughput._OPAQUE
 
 
+def _decoded(runner: throughput.Runner) -> torch.Tensor:
+    """The last position's logits of each of the runner's decode steps after a reset and a prefill, stacked."""
+    runner.reset()
+    runner.prefill()
+    out = []
+    for _ in range(runner.s.gen_len):
+        runner.decode()
+        out.append(runner.decode_logits()[:, -1].clone())
+    return torch.stack(out)
+
+
 def test_decode_attention_reads_each_kv_head_once(monkeypatch):
     """The throughput runs' attention (quantkit.eval.attention): a grouped-query decode step gives transformers'
     SDPA logits without repeating the cache per query head, traced through torch.compile too (where transformers
@@ -486,13 +497,7 @@ def test_decode_attention_reads_each_kv_head_once(monkeypatch):
     def decode_logits(decoder=None):
         runner = throughput.Runner(model, batch=2, settings=settings, prompt=prompt, decode_model=decoder)
         runner.prepare()
-        runner.reset()
-        runner.prefill()
-        out = []
-        for _ in range(settings.gen_len):
-            runner.decode()
-            out.append(runner.decode_logits()[:, -1].clone())
-        return torch.stack(out)
+        return _decoded(runner)
 
     with torch.inference_mode():
         want = decode_logits()
@@ -532,18 +537,13 @@ def test_cache_layers_write_at_the_runners_position(monkeypatch):
         runner = throughput.Runner(model, batch=2, settings=settings, prompt=prompt, decode_model=decoder)
         assert runner.shared_cache_layers == (model.config.num_hidden_layers if shared else 0)
         runner.prepare()
-        for _ in range(2):  # a second repeat starts from the reset cache again
-            runner.reset()
-            runner.prefill()
-            logits = []
-            for _ in range(settings.gen_len):
-                runner.decode()
-                logits.append(runner.decode_logits()[:, -1].clone())
+        _decoded(runner)
+        logits = _decoded(runner)  # a second repeat starts from the reset cache again
         layers = runner.cache.layers
         assert all((type(layer) is StaticLayer) != shared for layer in layers)
         counted = [int(layer.cumulative_length) for layer in layers]
         assert counted == [0 if shared else settings.prompt_len + settings.gen_len] * len(layers)
-        return torch.stack(logits), [(layer.keys.clone(), layer.values.clone()) for layer in layers]
+        return logits, [(layer.keys.clone(), layer.values.clone()) for layer in layers]
 
     with torch.inference_mode():
         want, cached = run(False)
