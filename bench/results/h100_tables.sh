@@ -9,11 +9,19 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
 # the current defaults only (the README's first H100 table), then every H100 run
 $PY bench/eval_table.py \
-  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_wk8.json@4d26776" \
-  "$R/eval_llama-3-8b_g128_compiled_4d26776_h100_b32.json@4d26776 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1.json@fea6522" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b8.json@fea6522 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b32.json@fea6522 (same machine)" \
   "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1.json@fea6522" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_counters_b1.json@fea6522 (same machine, QUANTKIT_SHARED_CACHE_POSITION=0)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1_2.json@fea6522 (same machine, again)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_counters_b1_2.json@fea6522 (same machine, QUANTKIT_SHARED_CACHE_POSITION=0, again)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b8.json@fea6522 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_counters_b8.json@fea6522 (same machine, QUANTKIT_SHARED_CACHE_POSITION=0)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b32.json@fea6522 (same machine)" \
   "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100b_nofold_b1.json@0d70d44 (another H100)" \
   "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_nofold_b1.json@0d70d44" \
   "$R/eval_llama-3-8b_g128_compiled_0d70d44_h100_fold_ss_b1.json@0d70d44 (same machine, QUANTKIT_NORM_FOLD=1)" \
@@ -60,7 +68,8 @@ $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g32.json@c0e6b5b" \
   > $R/eval_speed.md
 $PY bench/profile_table.py \
-  "0d70d44=$R/decode_profile_h100_0d70d44.json" \
+  "fea6522=$R/decode_profile_h100_fea6522.json" \
+  "0d70d44 (another H100)=$R/decode_profile_h100_0d70d44.json" \
   "df03aba=$R/decode_profile_pdl_df03aba_h100.json" \
   "ea58d9e=$R/decode_profile_glu_ea58d9e_h100.json" \
   "546da8d, inductor's combo kernels (QUANTKIT_COMBO_KERNELS=1; its JSON predates recording it)=$R/decode_profile_h100_combo_546da8d.json" \
