@@ -27,7 +27,8 @@ def setup(run: dict) -> str:
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
     (throughput.COMBO_KERNELS), the greedy
     token's two stages (throughput.greedy_token), the cache layers writing at the runner's position
-    (throughput.SHARED_CACHE_POSITION), its pipelined 32-token instance
+    (throughput.SHARED_CACHE_POSITION) with the rotary embedding and cache write in the attention kernel
+    (attention.ROPE_IN_ATTENTION), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
     last of them to finish (decode_attention.FUSED_COMBINE), the 4-bit blocks' folded norms (fuse.NORM_FOLD), the
     4-bit MLP in one launch (kernels.ops.FUSED_MLP) and the decode kernel's blocks of 8 warps
@@ -67,6 +68,8 @@ def setup(run: dict) -> str:
         parts.append("greedy token in two stages")
     if t.get("shared_cache_position"):  # throughput.SHARED_CACHE_POSITION, from session 54 on
         parts.append("one cache position for every layer")
+    if t.get("rope_in_attention"):  # attention.ROPE_IN_ATTENTION, from session 55 on
+        parts.append("rotary embedding and cache write in the attention kernel")
     if t.get("stream_wk_warps_one_tile") == 8:  # kernels.ops.STREAM_WK_WARPS_ONE_TILE, recorded from session 48 on
         parts.append("decode kernel in blocks of 8 warps at one token tile")
     if t.get("ws_pipelined_32"):  # QUANTKIT_WS_PIPELINED_32=1 (kernels.ops.WS_PIPELINED_32)

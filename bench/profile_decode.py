@@ -315,6 +315,9 @@ def main() -> None:
                     runner = throughput.Runner(m, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
                     # from session 54 on (throughput.SHARED_CACHE_POSITION), alike in every runner
                     result["shared_cache_position"] = runner.shared_cache_layers > 0
+                    # from session 55 on (attention.ROPE_IN_ATTENTION), alike in every runner
+                    result["rope_in_attention"] = (runner.shared_cache_layers > 0
+                                                   and attention.rope_in_attention_of(m))
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)

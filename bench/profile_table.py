@@ -40,6 +40,7 @@ def setup(run: dict, model: str, x_image: bool = False, prefetch: dict | None = 
                else "")
             + (", programmatic launches through the step" if run.get("inductor_pdl") else "")
             + (", one cache position for every layer" if run.get("shared_cache_position") else "")
+            + (", rotary embedding and cache write in the attention kernel" if run.get("rope_in_attention") else "")
             + (", gate/up's SiLU and multiply in its kernel, down as its programmatic launch" if glu else "")
             + (", the warp-specialized kernel's x packed by inductor" if x_image else "")
             + (", its 32-token instance pipelined" if pipelined else "")

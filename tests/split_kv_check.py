@@ -58,3 +58,100 @@ def _check(device: str, dtype: torch.dtype) -> None:
             past = (torch.arange(s)[None, :] >= torch.tensor(filled)[:, None]).to(device)[:, None, :, None]
             k, v = (t.masked_fill(past, float("nan")) for t in (k, v))
             assert torch.equal(decode_attention.split_kv_decode(q, k, v, mask, d ** -0.5), got), (b, h, kv, s, d)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' rotary embedding (rotate_half) of x [B, heads, 1, D] in fp32, rounded once to x's dtype."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    turned = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos.float()[:, None] + turned * sin.float()[:, None]).to(x.dtype)
+
+
+def check_rope_split_kv_decode(device: str, dtype: torch.dtype) -> None:
+    """quantkit.eval.decode_attention.rope_split_kv_decode against the rotary embedding in torch, the cache written at
+    the position and split_kv_decode after it, every case of SPLIT_KV_CASES at a position inside the first sequence's
+    attending ones (for a sequence whose mask keeps less, the step's key and value are written all the same): the
+    output within a rounding of split_kv_decode's, the caches alike outside the position and within one rounding of
+    the rotated key and the value there; through torch.compile (the caches mutated in place, not copied) the same."""
+    from quantkit.eval import decode_attention
+
+    gen = torch.Generator().manual_seed(11)
+    compiled = torch.compile(lambda *a: decode_attention.rope_split_kv_decode(*a) * 1, dynamic=True)
+    for b, h, kv, s, d, filled in SPLIT_KV_CASES:
+        at = filled[0] - 1
+        q = torch.randn(b, 1, h, d, generator=gen).to(device, dtype).transpose(1, 2)  # as a projection's view
+        k_new, v_new = (torch.randn(b, 1, kv, d, generator=gen).to(device, dtype).transpose(1, 2) for _ in range(2))
+        angle = torch.rand(b, 1, d // 2, generator=gen) * 6.3
+        cos, sin = (f(torch.cat((angle, angle), -1)).to(device, dtype) for f in (torch.cos, torch.sin))
+        k, v = (torch.randn(b, kv, s, d, generator=gen).to(device, dtype) for _ in range(2))
+        mask = (torch.arange(s + 8)[None, :] < torch.tensor(filled)[:, None]).reshape(b, 1, 1, s + 8).to(device)
+        position = torch.tensor([at], device=device)
+        k_want, v_want = k.clone(), v.clone()
+        k_want[:, :, at], v_want[:, :, at] = rotary(k_new, cos, sin)[:, :, 0], v_new[:, :, 0]
+        want = decode_attention.split_kv_decode(rotary(q, cos, sin), k_want, v_want, mask, d ** -0.5)
+        for run in (decode_attention.rope_split_kv_decode, compiled):
+            k_got, v_got = k.clone(), v.clone()
+            got = run(q, k_new, v_new, cos, sin, k_got, v_got, position, mask, d ** -0.5)
+            assert got.shape == (b, h, 1, d) and got.dtype == dtype
+            err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+            assert err < 2e-3, (b, h, kv, s, d, err)
+            others = torch.arange(s, device=device) != at
+            assert torch.equal(k_got[:, :, others], k[:, :, others]) and torch.equal(v_got, v_want), (b, h, kv, s, d)
+            torch.testing.assert_close(k_got[:, :, at], k_want[:, :, at], rtol=1e-2, atol=1e-2)
+
+
+def check_rope_in_attention_steps(device: str, dtype: torch.dtype) -> None:
+    """quantkit.eval.attention.ROPE_IN_ATTENTION: a tiny Llama's decode steps (q/k/v fused as in the throughput runs,
+    the runner's cache writing at its position) through rope_split_kv_decode, eagerly and compiled by inductor, give
+    the logits and the caches of transformers' own rotary embedding and cache write with the attention after them
+    (the split kernel on a GPU, SDPA on the CPU), one rope launch a layer and step; the forwards restored after."""
+    from quantkit.eval import attention, decode_attention, fuse, random_weights, throughput
+    from quantkit.reference import QuantLinear
+
+    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=dtype, device=device,
+                                       module_factory=QuantLinear, progress=False)
+    fuse.fuse_projections(model)
+    layers = model.config.num_hidden_layers
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=3, cuda_graphs=False)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(3)).to(device)
+    launches, launch = [], decode_attention._launch
+
+    def counted(*args, rope=None):
+        launches.append(rope is not None)
+        return launch(*args, rope=rope)
+
+    def run(rope: bool, compiled: bool):
+        torch._dynamo.reset()
+        attention.ROPE_IN_ATTENTION, launches[:] = rope, []
+        with attention.grouped_decode_attention(model, decode_kernel="split"):
+            assert sum("forward" in vars(m) for m in model.modules()) == (layers if rope else 0)
+            decoder = throughput._compiled(model, "inductor") if compiled else None
+            runner = throughput.Runner(model, batch=2, settings=settings, prompt=prompt, decode_model=decoder)
+            assert runner.shared_cache_layers == layers
+            runner.prepare()
+            runner.reset()
+            runner.prefill()
+            logits = []
+            for _ in range(settings.gen_len):
+                runner.decode()
+                logits.append(runner.decode_logits()[:, -1].float())
+        assert not any("forward" in vars(m) for m in model.modules())
+        if rope:  # prepare's step and the three decode steps, one launch a layer each
+            assert launches.count(True) == (1 + settings.gen_len) * layers, launches
+        return torch.stack(logits), [(layer.keys.clone(), layer.values.clone()) for layer in runner.cache.layers]
+
+    saved = attention.ROPE_IN_ATTENTION
+    decode_attention._launch = counted
+    try:
+        with torch.inference_mode():
+            want, want_cache = run(False, False)
+            for compiled in (False, True):
+                got, got_cache = run(True, compiled)
+                torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+                for (k, v), (k2, v2) in zip(want_cache, got_cache):
+                    torch.testing.assert_close(k2, k, rtol=1e-2, atol=1e-2)
+                    torch.testing.assert_close(v2, v, rtol=1e-2, atol=1e-2)
+    finally:
+        decode_attention._launch, attention.ROPE_IN_ATTENTION = launch, saved
+        torch._dynamo.reset()

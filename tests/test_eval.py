@@ -843,6 +843,56 @@ def test_split_kv_decode_in_the_triton_interpreter(fused_combine):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def test_rope_in_attention_in_the_triton_interpreter():
+    """decode_attention.rope_split_kv_decode (a decode step's rotary embedding and cache write in the split kernel's
+    launch) on the CPU through Triton's interpreter, float16: against torch's rotary embedding and cache write with
+    split_kv_decode after them, called and compiled; and attention.ROPE_IN_ATTENTION's decode steps of a tiny Llama,
+    eager and compiled, against transformers' own (tests/split_kv_check.py). The interpreter runs the programs one
+    after another, so the ranges reading the step's position before the first range stores it are the GPU tests'."""
+    pytest.importorskip("triton")
+    code = ("import torch, split_kv_check; split_kv_check.check_rope_split_kv_decode('cpu', torch.float16); "
+            "split_kv_check.check_rope_in_attention_steps('cpu', torch.float16)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transformers(monkeypatch):
+    """attention.ROPE_IN_ATTENTION: off unless QUANTKIT_ROPE_IN_ATTENTION=1; on, grouped_decode_attention with the
+    split kernel swaps the forwards of a Llama's attention blocks for the time of the block (not with SDPA), and where
+    the kernels cannot run (a CPU without Triton's interpreter) the steps are transformers' own, the same logits; the
+    throughput run records it off there."""
+    from quantkit.eval import attention, random_weights
+    from quantkit.reference import QuantLinear
+
+    assert attention.ROPE_IN_ATTENTION is False
+    env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_ROPE_IN_ATTENTION"}
+    probe = "import quantkit.eval.attention as a; print(a.ROPE_IN_ATTENTION)"
+    for value, want in ((None, "False"), ("0", "False"), ("1", "True")):
+        run_env = env if value is None else {**env, "QUANTKIT_ROPE_IN_ATTENTION": value}
+        out = subprocess.run([sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr[-2000:]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
+                                          module_factory=QuantLinear, progress=False)
+    blocks = [layer.self_attn for layer in base.model.layers]
+    prompt = torch.randint(0, base.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
+    settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=3)
+    with torch.inference_mode():
+        want = _decoded(throughput.Runner(base, batch=2, settings=settings, prompt=prompt))
+        monkeypatch.setattr(attention, "ROPE_IN_ATTENTION", True)
+        with attention.grouped_decode_attention(base, decode_kernel="sdpa"):
+            assert not any("forward" in vars(b) for b in blocks)
+        with attention.grouped_decode_attention(base, decode_kernel="split"):
+            assert all("forward" in vars(b) for b in blocks) and not attention.rope_in_attention_of(base)
+            got = _decoded(throughput.Runner(base, batch=2, settings=settings, prompt=prompt))
+        assert not any("forward" in vars(b) for b in blocks)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True,
+                              progress=False)["rope_in_attention"] is False
+
+
 def test_split_kv_fused_combine_launches_one_kernel_with_the_counters(monkeypatch):
     """decode_attention.FUSED_COMBINE, read at every call: with ranges, one launch (the ranges' kernel, FUSED, given
     the device's counters, its tile of ranges a step bounded) instead of two; one range a pair: one launch either way,
@@ -901,14 +951,16 @@ def test_split_kv_counters_are_grown_only_and_never_in_a_capture(monkeypatch):
         decode_attention.counters(torch.device("cuda", 0), 8)
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("pdl", [True, False])
-def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl, fused):
+def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pdl, fused, rope):
     """decode_attention.PDL: both kernels, compiled by Triton for sm_90 here (no GPU needed: PTX and ptxas's cubin),
     are programmatic launches that wait for the kernel before them (griddepcontrol.wait), then let the next one launch;
     without PDL neither instruction is there. FUSED (decode_attention.FUSED_COMBINE): the ranges' kernel stores its
     sums, then a barrier of the block, then one acq_rel add at GPU scope on the pair's counter; after it the counter's
-    reset and only loads through the L2 (ld.global.cg: the ranges' sums); without FUSED no atomic and no such load."""
+    reset and only loads through the L2 (ld.global.cg: the ranges' sums); without FUSED no atomic and no such load.
+    ROPE (rope_split_kv_decode) compiles to the same hooks, with the step's key and value stored (two 16-bit rows)."""
     triton = pytest.importorskip("triton")
     from quantkit.eval import decode_attention
 
@@ -923,11 +975,12 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
     ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8", "o_ptr": "*fp32",
-            "lse_ptr": "*fp32", "out_ptr": "*bf16", "count_ptr": "*i32", "scale": "fp32"}
+            "lse_ptr": "*fp32", "out_ptr": "*bf16", "count_ptr": "*i32", "scale": "fp32", "kn_ptr": "*bf16",
+            "vn_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16", "pos_ptr": "*i64"}
     launch = {"launch_pdl": True} if pdl else {}
     partial = compiled(decode_attention._split_kv_partial, ptrs,
                        {"G": 4, "GP": 16, "D": 128, "BS": 32, "LSE": True, "SCAN": 1024, "MASK_BOUND": True, "PDL": pdl,
-                        "FUSED": fused, "GN": 4, "PP": 64, "PC": 32}, **launch)
+                        "FUSED": fused, "GN": 4, "PP": 64, "PC": 32, "ROPE": rope}, **launch)
     combine = compiled(decode_attention._split_kv_combine, ptrs, {"PP": 64, "D": 128, "PDL": pdl}, **launch)
     for c in (partial, combine):
         ptx = c.asm["ptx"]
@@ -935,6 +988,8 @@ def test_split_kv_kernels_compiled_for_hopper_hold_the_launch_hooks_asked_for(pd
         assert (wait >= 0, trigger >= 0, c.metadata.launch_pdl) == (pdl, pdl, pdl)
         assert not pdl or wait < trigger  # the next kernel launches only once this one has waited
     lines = [line.split("//")[0].strip() for line in partial.asm["ptx"].splitlines()]
+    # ROPE: the first range's key and value rows, a bf16 each a thread, in a branch (the output's are predicated)
+    assert len([line for line in lines if line.startswith("st.global.b16")]) == (2 if rope else 0)
     atomics = [i for i, line in enumerate(lines) if "atom." in line]
     cg = [i for i, line in enumerate(lines) if "ld.global.cg" in line]
     if not fused:

@@ -96,6 +96,37 @@ def test_split_kv_decode_matches_sdpa(dtype, fused_combine):
     check_split_kv_decode("cuda", dtype, fused_combine)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_in_attention_matches_rotary_then_cache_then_split_kv(dtype):
+    """decode_attention.rope_split_kv_decode compiled for this GPU (tests/split_kv_check.py): the rotary embedding,
+    the cache write at the position and the attention in one launch, against torch's rotary embedding and cache write
+    with split_kv_decode after them; here the ranges run at once, the one holding the step's position possibly before
+    the first range has stored its key and value. Then a tiny Llama's decode steps through it (ROPE_IN_ATTENTION),
+    eager and compiled, against transformers' own."""
+    pytest.importorskip("triton")
+    from split_kv_check import check_rope_in_attention_steps, check_rope_split_kv_decode
+
+    check_rope_split_kv_decode("cuda", dtype)
+    if dtype == torch.bfloat16:
+        check_rope_in_attention_steps("cuda", dtype)
+
+
+def test_rope_in_attention_in_the_compiled_graphed_step(models, monkeypatch):
+    """attention.ROPE_IN_ATTENTION in the throughput run's compiled, graph-captured decode steps (batch 1 and 4, a
+    128-token prompt: ranges combined): the run's own checks against a plain forward pass hold and it records it."""
+    pytest.importorskip("triton")
+    from quantkit.eval import attention
+
+    kernel, reference, _ = models
+    monkeypatch.setattr(attention, "ROPE_IN_ATTENTION", True)
+    settings = throughput.Settings(batches=(1, 4), prompt_len=128, gen_len=4, warmup=1, repeats=2, compile=True)
+    section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
+    torch._dynamo.reset()
+    assert section["rope_in_attention"] is True and section["shared_cache_position"] is True
+    assert section["decode_attention"] == "split" and section["cuda_graphs"] is True
+    assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+
+
 @pytest.mark.parametrize("fused_combine", [True, False])
 @pytest.mark.parametrize("batch", [1, 8, 32])
 def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch, batch, fused_combine):

@@ -6,14 +6,9 @@
 #     bash bench/results/cache_position_round.sh OUT_DIR 2   batch 8 both ways (~330 s), then tests/test_eval_gpu.py
 #     bash bench/results/cache_position_round.sh OUT_DIR 3   batch 32 as the default, then the batch-1 step profiled
 set -u
-OUT=${1:?usage: cache_position_round.sh OUT_DIR STEP}
-STEP=${2:?usage: cache_position_round.sh OUT_DIR STEP}
-D="$OUT/cp$STEP"
-mkdir -p "$D"
+. "$(dirname "$0")/round_lib.sh"
+round_start cp "${1:?usage: cache_position_round.sh OUT_DIR STEP}" "${2:?usage: cache_position_round.sh OUT_DIR STEP}"
 unset QUANTKIT_SHARED_CACHE_POSITION
-eval_at() {  # eval_at NAME BATCH SECONDS (the environment says the cache's position)
-  STEPS=compiled COMPILED_BATCH=$2 bash bench/eval_speed.sh "$D/eval_$1" "$3" 2>&1 | grep -v "quantizing" | tail -9
-}
 case $STEP in
   1) eval_at shared_b1 1 310; QUANTKIT_SHARED_CACHE_POSITION=0 eval_at counters_b1 1 250 ;;
   2) eval_at shared_b8 8 240; QUANTKIT_SHARED_CACHE_POSITION=0 eval_at counters_b8 8 210
@@ -24,5 +19,4 @@ case $STEP in
      timeout 220 python3 bench/profile_decode.py --batch 1 --compile --pdl on --fuse --out "$D/decode_profile.json" 2>&1 \
        | grep "^quantized\|^baseline" | tee "$D/profile.log" ;;
 esac
-tar -C "$OUT" -czf "$D.tgz" "cp$STEP" && rm -rf "$D"
-echo "== cp$STEP done"
+round_end

@@ -6,11 +6,14 @@ avoid it in eager mode, but not under torch.compile): on Llama-3-8B shapes (8 KV
 writes four copies of the whole cache per layer and step, which measured (bench/results/decode_profile_h100.md)
 more time than the weights' own GEMMs at batch 8 and above. Here a single-token query is viewed as [batch, kv_heads, group, head_dim] instead, so SDPA reads each cached
 key and value once; everything else (prefill, models without GQA) is transformers' SDPA unchanged. Both models of
-a throughput run use it, so their comparison is unaffected.
+a throughput run use it, so their comparison is unaffected. With ROPE_IN_ATTENTION, a Llama-type attention block's
+decode steps hand q, k and v to the split kernel before the rotary embedding, which it applies and writes the cache
+in the same launch.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -25,6 +28,14 @@ NAME = "quantkit_grouped_sdpa"
 # for the duration of grouped_decode_attention (the throughput runs: Settings.decode_attention).
 DECODE_KERNELS = ("split", "sdpa")
 DECODE_KERNEL = "sdpa"
+# With the "split" kernel: a decode step's rotary embedding of q and k and its cache write done in the split kernel's
+# launch (decode_attention.rope_split_kv_decode) instead of in inductor's kernel before it, one launch a layer fewer in
+# both models (docs/kernel.md item 67), where the attention is Llama's (ROPE_MODEL_TYPES: projections, rotary
+# embedding, cache, attention, o_proj; no q/k norm) and its cache layer writes at a position tensor
+# (quantkit.eval.throughput.share_cache_position). Read when grouped_decode_attention is entered; off unless
+# QUANTKIT_ROPE_IN_ATTENTION=1 (not measured on a GPU yet).
+ROPE_IN_ATTENTION = os.environ.get("QUANTKIT_ROPE_IN_ATTENTION", "0") == "1"
+ROPE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -50,6 +61,60 @@ def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
             mask = mask.reshape(b, h // groups, groups, mask.shape[-1])
     out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _rope_decode(module: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
+    """The attention block's output for a one-token step through rope_split_kv_decode, or None where that does not
+    apply (then transformers' forward runs): not a one-token step, not the split kernel, no cache layer that writes at
+    a position tensor (nor one initialized by a prefill), shapes the kernel does not take."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the name since transformers 5.2x, and before
+    embeddings, mask = kwargs.get("position_embeddings"), kwargs.get("attention_mask")
+    layers = getattr(cache, "layers", None)
+    layer = layers[module.layer_idx] if layers is not None and module.layer_idx < len(layers) else None
+    position = getattr(layer, "position", None)
+    if (hidden_states.dim() != 3 or hidden_states.shape[1] != 1 or DECODE_KERNEL != "split" or embeddings is None
+            or position is None or not layer.is_initialized or not decode_attention.runs_on(hidden_states)):
+        return None
+    config = module.config
+    heads, d = config.num_attention_heads, module.head_dim
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if kv_heads == heads or not decode_attention.supports_heads(heads, kv_heads, d, hidden_states.dtype, mask,
+                                                                 layer.keys.shape[-2]):
+        return None
+    b = hidden_states.shape[0]
+    q, k, v = (proj(hidden_states).view(b, 1, -1, d).transpose(1, 2)
+               for proj in (module.q_proj, module.k_proj, module.v_proj))
+    cos, sin = embeddings
+    out = decode_attention.rope_split_kv_decode(q, k, v, cos, sin, layer.keys, layer.values, position, mask,
+                                                module.scaling)
+    return module.o_proj(out.transpose(1, 2).reshape(b, 1, -1))
+
+
+def _rope_forward(module: nn.Module):
+    """module's forward with its one-token steps through _rope_decode (transformers' attention modules return the
+    output and the attention weights, None here)."""
+    original = module.forward
+
+    def forward(hidden_states: torch.Tensor, *args, **kwargs):
+        out = None if args else _rope_decode(module, hidden_states, kwargs)
+        return original(hidden_states, *args, **kwargs) if out is None else (out, None)
+
+    return forward
+
+
+def _rope_modules(model: nn.Module) -> list[nn.Module]:
+    """model's attention blocks that _rope_decode can run (where ROPE_IN_ATTENTION and the model type allow)."""
+    if not ROPE_IN_ATTENTION or getattr(model.config, "model_type", None) not in ROPE_MODEL_TYPES:
+        return []
+    return [m for m in model.modules()
+            if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx", "head_dim", "scaling"))
+            and not hasattr(m, "q_norm")]
+
+
+def rope_in_attention_of(model: nn.Module) -> bool:
+    """Whether the model's decode steps run their rotary embedding and cache write in the split kernel now (inside
+    grouped_decode_attention, given cache layers that write at the runner's position)."""
+    return decode_kernel_of(model) == "split" and any("forward" in vars(m) for m in _rope_modules(model))
 
 
 def decode_kernel_of(model: nn.Module) -> str:
@@ -78,15 +143,21 @@ def grouped_decode_attention(*models: nn.Module, decode_kernel: str = "sdpa"):
     if decode_kernel not in DECODE_KERNELS:
         raise ValueError(f"decode_kernel must be one of {DECODE_KERNELS}, got {decode_kernel!r}")
     _register()
-    changed, kernel_before, DECODE_KERNEL = [], DECODE_KERNEL, decode_kernel
+    changed, kernel_before, DECODE_KERNEL, swapped = [], DECODE_KERNEL, decode_kernel, []
     for model in models:
         config = model.config
         if getattr(config, "_attn_implementation", None) == "sdpa":
             model.set_attn_implementation(NAME)
             changed.append(model)
+            if decode_kernel == "split":
+                for module in _rope_modules(model):
+                    module.forward = _rope_forward(module)
+                    swapped.append(module)
     try:
         yield
     finally:
         DECODE_KERNEL = kernel_before
+        for module in swapped:
+            del module.forward
         for model in changed:
             model.set_attn_implementation("sdpa")

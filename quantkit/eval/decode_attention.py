@@ -86,9 +86,21 @@ def supports(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) 
     """The shapes this kernel takes: one query token, grouped heads, a power-of-two head size of 16-256, a boolean mask
     shared by the heads."""
     b, h, q, d = query.shape
-    return (available() and q == 1 and h % key.shape[1] == 0 and d in HEAD_DIMS and mask is not None
+    return q == 1 and supports_heads(h, key.shape[1], d, query.dtype, mask, key.shape[-2])
+
+
+def supports_heads(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, mask: torch.Tensor | None,
+                   positions: int) -> bool:
+    """supports() for a one-token query of heads query heads over a cache of kv_heads heads and positions positions."""
+    return (available() and heads % kv_heads == 0 and head_dim in HEAD_DIMS and mask is not None
             and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1
-            and mask.shape[-1] >= key.shape[-2] and query.dtype in DTYPES)
+            and mask.shape[-1] >= positions and dtype in DTYPES)
+
+
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels run where x is: a GPU, or anywhere under Triton's interpreter (TRITON_INTERPRET=1, which
+    the CPU tests use)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
@@ -185,16 +197,27 @@ if triton is not None:
         tl.store(out_ptr + g[:, None] * sxh + d[None, :], out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
 
     @triton.jit
+    def _rotated(x_ptr, d, dp, cos, sin):
+        """Rotary embedding of the rows at x_ptr (offsets d; dp: each element's partner in the other half of the head,
+        sin already negated for the first half), in fp32, rounded once to x's dtype (as inductor's fused kernel)."""
+        x = tl.load(x_ptr + d).to(tl.float32) * cos + tl.load(x_ptr + dp).to(tl.float32) * sin
+        return x.to(x_ptr.dtype.element_ty)
+
+    @triton.jit
     def _split_kv_partial(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, scale, positions,
                           sqb, sqh, skb, skh, sks, svb, svh, svs, smb, sms, sob, soh, sop, slb, slh, sxb, sxh,
+                          kn_ptr, vn_ptr, cos_ptr, sin_ptr, pos_ptr, sknb, sknh, svnb, svnh, scb, ssb,
                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, LSE: tl.constexpr,
                           SCAN: tl.constexpr, MASK_BOUND: tl.constexpr, PDL: tl.constexpr, FUSED: tl.constexpr,
-                          GN: tl.constexpr, PP: tl.constexpr, PC: tl.constexpr):
+                          GN: tl.constexpr, PP: tl.constexpr, PC: tl.constexpr, ROPE: tl.constexpr):
         """One range's weighted sum of V (fp32) and its log-sum-exp; without LSE (one range a sequence) the attention
         output itself, in o_ptr's dtype. The sequence's positions up to its last attending one are cut into
         as many ranges as there are programs on axis 0, each whole blocks of BS; a range past them keeps nothing.
         FUSED (with LSE): the last of the pair's ranges to store its sums combines them all into out_ptr (count_ptr:
         an arrival counter a (sequence, KV head), zero before the launch and left zero).
+        ROPE: q and the step's key (kn_ptr) come before the rotary embedding (cos_ptr, sin_ptr: [B, D] rows), which
+        every program applies to them; the step's key and value (vn_ptr) belong at the position at pos_ptr, where the
+        first range stores them in the cache and whichever range holds that position attends to them as they are.
         PDL: a programmatic dependent launch, which waits for the kernel before it (what wrote q and the cache) and
         then lets the next one (the combining kernel, or what reads the output) launch."""
         if PDL:
@@ -204,7 +227,25 @@ if triton is not None:
         g, d = tl.arange(0, GP), tl.arange(0, D)
         heads = hk * G + g  # the query heads of this KV head (GP >= 16 rows for the dot; those past G are zero)
         # q first: its load is in flight during the scan of the mask
-        q = tl.load(q_ptr + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < G)[:, None], other=0.0)
+        q_ptr = q_ptr + b * sqb + heads[:, None] * sqh
+        k_ptr, v_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh
+        if ROPE:
+            dp = (d + D // 2) % D  # rotate_half: the first half takes minus the second, the second the first
+            cos = tl.load(cos_ptr + b * scb + d).to(tl.float32)
+            sin = tl.load(sin_ptr + b * ssb + d).to(tl.float32)
+            sin = tl.where(d < D // 2, -sin, sin)
+            q_rows = (g < G)[:, None]
+            q = tl.load(q_ptr + d[None, :], mask=q_rows, other=0.0).to(tl.float32) * cos[None, :]
+            q += tl.load(q_ptr + dp[None, :], mask=q_rows, other=0.0).to(tl.float32) * sin[None, :]
+            q = q.to(q_ptr.dtype.element_ty)
+            kn = _rotated(kn_ptr + b * sknb + hk * sknh, d, dp, cos, sin).to(k_ptr.dtype.element_ty)
+            vn = tl.load(vn_ptr + b * svnb + hk * svnh + d).to(v_ptr.dtype.element_ty)
+            at = tl.load(pos_ptr)
+            if p == 0:  # the range that stores the step's key and value; none of the others reads that position
+                tl.store(k_ptr + at * sks + d, kn)
+                tl.store(v_ptr + at * svs + d, vn)
+        else:
+            q = tl.load(q_ptr + d[None, :], mask=(g < G)[:, None], other=0.0)
         mask_ptr = mask_ptr + b * smb
         if MASK_BOUND:
             n, last = tl.arange(0, SCAN), tl.full([], -1, tl.int32)
@@ -221,13 +262,15 @@ if triton is not None:
         acc = tl.zeros([GP, D], tl.float32)
         start = p * chunk
         end = tl.minimum(start + chunk, filled)
-        k_ptr, v_ptr = k_ptr + b * skb + hk * skh, v_ptr + b * svb + hk * svh
         for s0 in range(start, end, BS):
             s = s0 + tl.arange(0, BS)
             inside = s < end
             keep = tl.load(mask_ptr + s * sms, mask=inside, other=0) != 0
             k = tl.load(k_ptr + s[:, None] * sks + d[None, :], mask=inside[:, None], other=0.0)
             v = tl.load(v_ptr + s[:, None] * svs + d[None, :], mask=inside[:, None], other=0.0)
+            if ROPE:  # the step's own position: its key and value as computed, whether or not stored yet
+                here = (s == at)[:, None]
+                k, v = tl.where(here, kn[None, :], k), tl.where(here, vn[None, :], v)
             m, l, acc = _attend(q, keep, k, v, m, l, acc, scale)
         some = l > 0
         lse = tl.where(some, m + tl.log(tl.where(some, l, 1.0)), float("-inf"))  # -inf: the range kept nothing
@@ -294,15 +337,15 @@ def counters(device: torch.device, pairs: int) -> torch.Tensor:
     return have
 
 
-@torch.library.custom_op("quantkit::split_kv_decode", mutates_args=())
-def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                    scale: float) -> torch.Tensor:
-    """[B, H, 1, D] attention output of the one-token query (see the module doc; ``supports`` must hold)."""
+def _launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float,
+            rope: tuple | None = None) -> torch.Tensor:
+    """The kernels of split_kv_decode (rope None) and rope_split_kv_decode (rope: the step's key and value
+    [B, H_kv, 1, D], cos and sin [B or 1, 1, D], the position tensor)."""
     b, h, _, d = query.shape
     kv_heads, positions = key.shape[1], key.shape[2]
     sms = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 132
     splits, chunk = plan(b, kv_heads, positions, sms)  # the ranges themselves: worked out by each program
-    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    query = query if query.stride(-1) == 1 else query.contiguous()
     keep = mask.view(torch.uint8)
     out = torch.empty(b, h, 1, d, dtype=query.dtype, device=query.device)
     # one range: the kernel writes out ([B, H, 1, D]: the range index's stride is never used); else the ranges' parts
@@ -310,6 +353,15 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     lse = torch.empty(b, h, splits, dtype=torch.float32, device=query.device) if splits > 1 else parts
     fused = FUSED_COMBINE and splits > 1
     count = counters(query.device, b * kv_heads) if fused else lse  # not read without FUSED
+    if rope is None:
+        key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
+        new_key = new_value = cos = sin = at = query  # not read without ROPE
+    else:  # the cache is written in place: its rows must be contiguous (transformers' static caches are)
+        if key.stride(-1) != 1 or value.stride(-1) != 1:
+            raise ValueError("rope_split_kv_decode: the key and value caches' rows must be contiguous")
+        new_key, new_value, cos, sin, at = rope
+        new_key, new_value = (t if t.stride(-1) == 1 else t.contiguous() for t in (new_key, new_value))
+        cos, sin = (t.expand(b, 1, d) if t.stride(-1) == 1 else t.contiguous().expand(b, 1, d) for t in (cos, sin))
     groups = h // kv_heads
     pdl = pdl_on(query.device)
     launch = {"launch_pdl": True} if pdl else {}
@@ -322,9 +374,11 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), keep.stride(0), keep.stride(3),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
+        new_key, new_value, cos, sin, at, new_key.stride(0), new_key.stride(1), new_value.stride(0),
+        new_value.stride(1), cos.stride(0), sin.stride(0),
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BS=BLOCK_S, LSE=splits > 1, SCAN=SCAN,
         MASK_BOUND=ends_at_last_kept(chunk), PDL=pdl, FUSED=fused, GN=gn, PP=pp if fused else 2, PC=pc,
-        num_warps=NUM_WARPS, **launch)
+        ROPE=rope is not None, num_warps=NUM_WARPS, **launch)
     if splits == 1 or fused:
         return out
     _split_kv_combine[(h, b)](parts, lse, out, splits, parts.stride(0), parts.stride(1), parts.stride(2),
@@ -333,6 +387,31 @@ def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return out
 
 
+@torch.library.custom_op("quantkit::split_kv_decode", mutates_args=())
+def split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """[B, H, 1, D] attention output of the one-token query (see the module doc; ``supports`` must hold)."""
+    return _launch(query, key, value, mask, scale)
+
+
 @split_kv_decode.register_fake
 def _(query, key, value, mask, scale):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("quantkit::rope_split_kv_decode", mutates_args=("key_cache", "value_cache"))
+def rope_split_kv_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, position: torch.Tensor,
+                         mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """A decode step's rotary embedding, cache write and attention in one launch (attention.ROPE_IN_ATTENTION): query
+    [B, H, 1, D] and the step's key [B, H_kv, 1, D] before the rotary embedding (transformers' rotate_half convention:
+    cos and sin [B or 1, 1, D]), its value [B, H_kv, 1, D]; the rotated key and the value are written into key_cache
+    and value_cache [B, H_kv, S, D] at position (a one-element integer tensor, the same for every sequence), and the
+    [B, H, 1, D] attention output of the rotated query over the caches is returned (``supports`` must hold for the
+    query and the caches)."""
+    return _launch(query, key_cache, value_cache, mask, scale, rope=(key, value, cos, sin, position))
+
+
+@rope_split_kv_decode.register_fake
+def _(query, key, value, cos, sin, key_cache, value_cache, position, mask, scale):
     return torch.empty_like(query, memory_format=torch.contiguous_format)

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from quantkit.errors import InputError
 from quantkit.eval import decode_attention, fuse, ppl, prefetch
-from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention
+from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention, rope_in_attention_of
 from quantkit.eval.fuse import fuse_projections
 from quantkit.kernels import build as kernel_build
 from quantkit.kernels import ops as kernel_ops
@@ -644,6 +644,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["l2_prefetch"] = {**prefetch.settings(), "pairs": len(warm_pairs)}
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = decode_kernel_of(model)  # what runs: SDPA where the kernel does not apply
+        rope = rope_in_attention_of(model) and rope_in_attention_of(baseline)
         if result["decode_attention"] == "split":
             result["split_kv_settings"] = decode_attention.settings()
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
@@ -680,6 +681,9 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     result["cuda_graphs"] = all(v["cuda_graphs"] for v in measured.values())
     # from session 54 on: whether both models' cache layers wrote at the runner's position (SHARED_CACHE_POSITION)
     result["shared_cache_position"] = all(v.pop("shared_cache_layers") > 0 for v in measured.values())
+    # from session 55 on: both models' rotary embedding and cache write in the split kernel
+    # (attention.ROPE_IN_ATTENTION)
+    result["rope_in_attention"] = rope and result["shared_cache_position"]
     result["compiled_decode"] = settings.compile
     result["greedy_token"] = GREEDY_RECORD
     if settings.compile:
