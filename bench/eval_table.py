@@ -26,7 +26,7 @@ def setup(run: dict) -> str:
     with their SiLU and multiply in the kernel, kernels.ops.GLU_EPILOGUE), torch.compile'd decode step,
     who packed x for the warp-specialized kernel in it (throughput.COMPILED_X_IMAGE), inductor's combo kernels
     (throughput.COMBO_KERNELS), the greedy
-    token's two stages (throughput.greedy_token), the cache layers writing at the runner's position
+    token's two stages or one launch (quantkit.eval.greedy), the cache layers writing at the runner's position
     (throughput.SHARED_CACHE_POSITION) with the rotary embedding and cache write in the attention kernel
     (attention.ROPE_IN_ATTENTION), its pipelined 32-token instance
     (kernels.ops.WS_PIPELINED_32), the linears' L2 prefetch (quantkit.eval.prefetch), the split-KV ranges combined by the
@@ -64,8 +64,8 @@ def setup(run: dict) -> str:
     if t.get("inductor_pdl"):  # fuse.INDUCTOR_PDL, from session 41 on
         parts.append("programmatic launches through the step" + (
             " (4-bit q/k/v and gate/up too)" if fused.get("norm_pdl") else ""))
-    if t.get("greedy_token"):  # recorded from session 38 on (throughput.greedy_token)
-        parts.append("greedy token in two stages")
+    if t.get("greedy_token"):  # recorded from session 38 on (quantkit.eval.greedy), "one launch" from session 55
+        parts.append(f"greedy token in {t['greedy_token']}")
     if t.get("shared_cache_position"):  # throughput.SHARED_CACHE_POSITION, from session 54 on
         parts.append("one cache position for every layer")
     if t.get("rope_in_attention"):  # attention.ROPE_IN_ATTENTION, from session 55 on

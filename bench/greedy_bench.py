@@ -1,5 +1,6 @@
 """The decode step's greedy token on a GPU: torch's argmax over a Llama-3 vocabulary row (128,256 bf16 logits)
-against quantkit.eval.throughput.greedy_token's two stages, after checking that the two give the same indices
+against quantkit.eval.greedy's two stages (greedy_token; "into": with the copy into the step's token tensor, as a step
+runs it) and its one-launch kernel (greedy_into with ONE_LAUNCH), after checking that they give argmax's indices
 (tests/greedy_check.py). Each is timed by kernel_bench.time_calls as CALLS calls captured in one CUDA graph with no
 flush between them (warm L2, as in a decode step's graph), median of --reps replays.
 
@@ -21,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from greedy_check import check_greedy_token  # noqa: E402
+from greedy_check import check_greedy_into, check_greedy_token  # noqa: E402
 from kernel_bench import time_calls  # noqa: E402
-from quantkit.eval.throughput import greedy_token  # noqa: E402
+from quantkit.eval import greedy  # noqa: E402
 
 VOCAB = 128256
 CALLS = 100
@@ -37,10 +38,18 @@ def main(argv=None) -> int:
         print("error: bench/greedy_bench.py times CUDA kernels; no CUDA device here", file=sys.stderr)
         return 1
     check_greedy_token("cuda")
-    print("greedy == argmax on cuda: ok")
+    check_greedy_into("cuda")
+    print("greedy == argmax on cuda, in two stages and in one launch: ok")
+
+    def into(logits, token, one_launch):
+        greedy.ONE_LAUNCH = one_launch  # read at every call (here: as each graph is captured)
+        greedy.greedy_into(logits, token)
+
     for batch in (1, 8, 32):
         logits = torch.randn(batch, VOCAB, device="cuda", dtype=torch.bfloat16)
-        one = {"argmax": lambda: logits.argmax(-1, keepdim=True), "greedy": lambda: greedy_token(logits)}
+        token = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+        one = {"argmax": lambda: logits.argmax(-1, keepdim=True), "greedy": lambda: greedy.greedy_token(logits),
+               "greedy_into": lambda: into(logits, token, False), "one_launch": lambda: into(logits, token, True)}
         fns = {name: (lambda f=f: [f() for _ in range(CALLS)]) for name, f in one.items()}
         # cache="rotate": no flush between replays (its flush tensor is not used)
         times = time_calls(fns, torch.empty(1, device="cuda"), args.reps, cache="rotate", calls=CALLS)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantkit.atomic import atomic_file  # noqa: E402
 from quantkit.eval import (  # noqa: E402
-    attention, backends, decode_attention, fuse, prefetch, random_weights, run_settings, throughput,
+    attention, backends, decode_attention, fuse, greedy, prefetch, random_weights, run_settings, throughput,
 )
 
 # One step profiled: the model's row name, the model, and what its step runs with (ops.STREAM_PDL,
@@ -267,7 +267,7 @@ def main() -> None:
     with grouped, throughput.opaque_quantized_linears(model) if args.compile else nullcontext():
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = attention.decode_kernel_of(model)
-        result["greedy_token"] = throughput.GREEDY_RECORD  # as the eval records it
+        result["greedy_token"] = greedy.record(device)  # as the eval records it
         combo = throughput.COMBO_KERNELS if args.combo in (None, "both") else args.combo == "on"
         if args.compile:
             result["combo_kernels"] = combo  # recorded from session 39 on; each row records its own too

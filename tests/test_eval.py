@@ -134,9 +134,56 @@ def test_random_weights_can_quantize_lm_head(tmp_path):
 
 
 def test_greedy_token_is_argmax_in_two_stages():
-    assert throughput.greedy_chunk(128256) == 1002 and throughput.greedy_chunk(49152) == 1024
-    assert throughput.greedy_chunk(151936) == 128 and throughput.greedy_chunk(50021) == 0  # 50021 is prime
+    from quantkit.eval import greedy
+
+    assert greedy.greedy_chunk(128256) == 1002 and greedy.greedy_chunk(49152) == 1024
+    assert greedy.greedy_chunk(151936) == 128 and greedy.greedy_chunk(50021) == 0  # 50021 is prime
     check_greedy_token("cpu")
+
+
+def test_greedy_token_in_one_launch_in_the_triton_interpreter():
+    """quantkit.eval.greedy's one-launch kernel on the CPU through Triton's interpreter (tests/greedy_check.py), where
+    Triton is installed; the GPU test runs it compiled."""
+    pytest.importorskip("triton")
+    code = "import greedy_check; greedy_check.check_greedy_into('cpu')"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_greedy_token_in_one_launch_is_off_by_default_and_falls_back(monkeypatch):
+    """greedy.ONE_LAUNCH: off unless QUANTKIT_GREEDY_ONE_LAUNCH=1; on, where Triton cannot run (a CPU without its
+    interpreter) greedy_into is greedy_token and a copy, and a run records two stages there; compiled for sm_90 here,
+    the kernel's programs fold their maxima into the row's key (a relaxed 64-bit atomic maximum), then, after a barrier,
+    the same thread's acq_rel add on the row's counter, and the last to arrive takes the key in an acq_rel exchange."""
+    from quantkit.eval import greedy
+
+    assert greedy.ONE_LAUNCH is False and greedy.record(torch.device("cuda")) == "two stages"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(greedy, "ONE_LAUNCH", True)
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(4))
+    token = torch.zeros(3, 1, dtype=torch.long)
+    assert not greedy.one_launch_runs(logits) and greedy.record(logits.device) == "two stages"
+    greedy.greedy_into(logits, token)
+    assert torch.equal(token, logits.argmax(-1, keepdim=True))
+    triton = pytest.importorskip("triton")
+    assert greedy.record(torch.device("cuda")) == "one launch"
+    from triton.backends.compiler import GPUTarget
+
+    kernel = greedy._greedy
+    types = {"logits_ptr": "*bf16", "out_ptr": "*i64", "key_ptr": "*i64", "count_ptr": "*i32"}
+    signature = {n: "constexpr" if n == "BLOCK" else types.get(n, "i32") for n in kernel.arg_names}
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": greedy.BLOCK})
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": greedy.NUM_WARPS}).asm["ptx"]
+    lines = [line.split("//")[0].strip() for line in ptx.splitlines()]
+    (fold,) = [i for i, line in enumerate(lines) if ".max.s64" in line]
+    (add,) = [i for i, line in enumerate(lines) if "atom." in line and ".add" in line]
+    (take,) = [i for i, line in enumerate(lines) if "atom." in line and ".exch" in line]
+    assert ".relaxed" in lines[fold] and ".gpu" in lines[fold] and fold < add < take
+    assert all(q in lines[add] for q in (".gpu", ".acq_rel")) and ".acq_rel" in lines[take]
+    assert any(line.startswith("bar.sync") for line in lines[fold:add])
+    assert lines[fold].split()[0] == lines[add].split()[0]  # the same predicate: the same thread
 
 
 def test_combo_kernels_option_reaches_inductor_only(monkeypatch):

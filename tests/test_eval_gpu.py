@@ -62,6 +62,13 @@ def test_greedy_token_is_argmax_on_the_gpu():
     check_greedy_token("cuda")
 
 
+def test_greedy_token_in_one_launch_on_the_gpu():
+    pytest.importorskip("triton")
+    from greedy_check import check_greedy_into
+
+    check_greedy_into("cuda")
+
+
 @pytest.mark.parametrize("mode", ["attention", "next"])
 def test_graph_throughput_with_l2_prefetch(models, monkeypatch, mode):
     """The decode step with the linears warming their successors' weights (quantkit.eval.prefetch) passes the same
@@ -112,17 +119,20 @@ def test_rope_in_attention_matches_rotary_then_cache_then_split_kv(dtype):
 
 
 def test_rope_in_attention_in_the_compiled_graphed_step(models, monkeypatch):
-    """attention.ROPE_IN_ATTENTION in the throughput run's compiled, graph-captured decode steps (batch 1 and 4, a
-    128-token prompt: ranges combined): the run's own checks against a plain forward pass hold and it records it."""
+    """attention.ROPE_IN_ATTENTION with greedy.ONE_LAUNCH in the throughput run's compiled, graph-captured decode steps
+    (batch 1 and 4, a 128-token prompt: ranges combined): the run's own checks against a plain forward pass hold (the
+    steps' tokens feed the next ones) and it records both."""
     pytest.importorskip("triton")
-    from quantkit.eval import attention
+    from quantkit.eval import attention, greedy
 
     kernel, reference, _ = models
     monkeypatch.setattr(attention, "ROPE_IN_ATTENTION", True)
+    monkeypatch.setattr(greedy, "ONE_LAUNCH", True)
     settings = throughput.Settings(batches=(1, 4), prompt_len=128, gen_len=4, warmup=1, repeats=2, compile=True)
     section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
     torch._dynamo.reset()
     assert section["rope_in_attention"] is True and section["shared_cache_position"] is True
+    assert section["greedy_token"] == "one launch"
     assert section["decode_attention"] == "split" and section["cuda_graphs"] is True
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
 

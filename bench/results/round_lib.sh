@@ -1,4 +1,4 @@
-# Sourced by the A/B round scripts (cache_position_round.sh, rope_round.sh): "round_start PREFIX OUT_DIR STEP" makes
+# Sourced by the A/B round scripts (cache_position_round.sh, launches_round.sh): "round_start PREFIX OUT_DIR STEP" makes
 # D=OUT_DIR/PREFIX<STEP>, "eval_at NAME BATCH SECONDS" runs the compiled eval at one batch into D/eval_NAME (the
 # environment says which side), "round_end" packs D into OUT_DIR/PREFIX<STEP>.tgz.
 round_start() {

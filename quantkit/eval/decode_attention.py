@@ -241,7 +241,7 @@ if triton is not None:
             kn = _rotated(kn_ptr + b * sknb + hk * sknh, d, dp, cos, sin).to(k_ptr.dtype.element_ty)
             vn = tl.load(vn_ptr + b * svnb + hk * svnh + d).to(v_ptr.dtype.element_ty)
             at = tl.load(pos_ptr)
-            if p == 0:  # the range that stores the step's key and value; none of the others reads that position
+            if p == 0:  # the range that stores them (the range holding the position uses them, not what it loads)
                 tl.store(k_ptr + at * sks + d, kn)
                 tl.store(v_ptr + at * svs + d, vn)
         else:

@@ -5,8 +5,8 @@ How (docs/benchmarking.md): a static KV cache (transformers' StaticCache, its la
 SHARED_CACHE_POSITION) of prompt_len + gen_len tokens; the
 prefill (prompt_len tokens per sequence, logits of the last position only, as generation does) and one greedy
 decode step are each captured in a CUDA graph, so Python and launch overhead do not hide the kernels; a decode
-step feeds its argmax back as the next input (picked in two stages, ``greedy_token``) and advances the position on the
-device. Timing with CUDA events:
+step feeds its argmax back as the next input (quantkit.eval.greedy: in two stages, or one launch) and advances the
+position on the device. Timing with CUDA events:
 per repeat one prefill replay, then gen_len decode replays. Warm-up repeats are dropped; the median of the
 rest and its spread (min .. max) are reported. Attention goes through transformers' SDPA with an explicit mask
 over the whole static cache, the same for both models; grouped-query decode steps read each cached key/value head
@@ -47,9 +47,10 @@ from torch import nn
 from tqdm import tqdm
 
 from quantkit.errors import InputError
-from quantkit.eval import decode_attention, fuse, ppl, prefetch
+from quantkit.eval import decode_attention, fuse, greedy, ppl, prefetch
 from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention, rope_in_attention_of
 from quantkit.eval.fuse import fuse_projections
+from quantkit.eval.greedy import greedy_into
 from quantkit.kernels import build as kernel_build
 from quantkit.kernels import ops as kernel_ops
 from quantkit.kernels.packing import PackedLinear
@@ -129,36 +130,6 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict:
         "python": platform.python_version(),
         "quantkit": __version__,
     }
-
-
-# torch's argmax over a whole vocabulary row runs as one block per row: 36-37 us a step on an H100 for Llama-3's
-# 128,256 logits (bench/results/decode_profile_h100_721b2c1.json), paid by both models alike. In two stages (the
-# maximum of each chunk of a row, then of the chunks) it is a reduction over many rows and a small one: 11.7-13.6 us
-# against 26.5-27.2 at batch 1-32, each timed alone in a CUDA graph (bench/results/greedy_h100_4baab8f.log).
-GREEDY_CHUNK_MAX = 1024
-GREEDY_RECORD = "two stages"  # how a run records greedy_token (from session 38 on; before it: torch's argmax)
-GREEDY_CHUNK_MIN = 64
-
-
-@functools.lru_cache(maxsize=None)
-def greedy_chunk(vocab: int) -> int:
-    """The largest divisor of ``vocab`` up to GREEDY_CHUNK_MAX, or 0 where it is below GREEDY_CHUNK_MIN (one
-    stage then)."""
-    chunk = next(c for c in range(min(vocab, GREEDY_CHUNK_MAX), 0, -1) if vocab % c == 0)
-    return chunk if chunk >= GREEDY_CHUNK_MIN else 0
-
-
-def greedy_token(logits: torch.Tensor) -> torch.Tensor:
-    """The greedy next token of each row of ``logits`` [batch, vocab], as [batch, 1] indices: the index
-    ``logits.argmax(-1, keepdim=True)`` gives (the first of equal maxima: the first chunk holding the row's maximum,
-    its first position there), in two stages where the vocabulary has a divisor of GREEDY_CHUNK_MIN..MAX."""
-    batch, vocab = logits.shape
-    chunk = greedy_chunk(vocab)
-    if not chunk:
-        return logits.argmax(-1, keepdim=True)
-    values, index = logits.reshape(batch, vocab // chunk, chunk).max(-1)
-    best = values.argmax(-1, keepdim=True)
-    return index.gather(-1, best).add_(best, alpha=chunk)  # one kernel for the index's two terms
 
 
 def _forward_kwargs(model, cache) -> dict:
@@ -444,7 +415,7 @@ class Runner:
         out = self.model(input_ids=self.prompt, attention_mask=self.prefill_mask, position_ids=self.prefill_pos,
                          use_cache=True, logits_to_keep=1, **self.kwargs)
         self.logits = out.logits
-        self.token.copy_(greedy_token(out.logits[:, -1]))
+        greedy_into(out.logits[:, -1], self.token)
         self.pos.fill_(self.s.prompt_len)
 
     def _decode(self) -> None:
@@ -453,7 +424,7 @@ class Runner:
                                 position_ids=self.pos.view(1, 1).expand(self.batch, 1), use_cache=True, logits_to_keep=1,
                                 **self.kwargs)
         self.logits = out.logits
-        self.token.copy_(greedy_token(out.logits[:, -1]))
+        greedy_into(out.logits[:, -1], self.token)
         self.pos.add_(1)
 
     def reset(self) -> None:
@@ -685,7 +656,7 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     # (attention.ROPE_IN_ATTENTION)
     result["rope_in_attention"] = rope and result["shared_cache_position"]
     result["compiled_decode"] = settings.compile
-    result["greedy_token"] = GREEDY_RECORD
+    result["greedy_token"] = greedy.record(device)
     if settings.compile:
         result["compiled_x_image"] = COMPILED_X_IMAGE
         result["combo_kernels"] = COMBO_KERNELS  # recorded where on from session 38, either way from session 39
