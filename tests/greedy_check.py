@@ -49,7 +49,6 @@ def check_greedy_into(device: str) -> None:
                     greedy.greedy_into(logits, token)
                     assert torch.equal(token, want), (vocab, dtype, token.flatten().tolist(), want.flatten().tolist())
                 assert token[1, 0] == 7 and token[2, 0] == 0 and token[3, 0] == vocab - 1 and token[4, 0] == 5
-                keys, counts = greedy._state[logits.device]
-                assert not keys.any() and not counts.any()
+                assert not greedy._keys[logits.device].any() and not greedy._counts[logits.device].any()
     finally:
         greedy.ONE_LAUNCH = saved

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantkit.eval import decode_attention
+from quantkit.eval import decode_attention, device_state
 
 NAME = "quantkit_grouped_sdpa"
 # What a decode step's attention runs on a GPU: "sdpa" (SDPA on the grouped query) or "split"
@@ -73,7 +73,7 @@ def _rope_decode(module: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -
     layer = layers[module.layer_idx] if layers is not None and module.layer_idx < len(layers) else None
     position = getattr(layer, "position", None)
     if (hidden_states.dim() != 3 or hidden_states.shape[1] != 1 or DECODE_KERNEL != "split" or embeddings is None
-            or position is None or not layer.is_initialized or not decode_attention.runs_on(hidden_states)):
+            or position is None or not layer.is_initialized or not device_state.runs_on(hidden_states.device)):
         return None
     config = module.config
     heads, d = config.num_attention_heads, module.head_dim

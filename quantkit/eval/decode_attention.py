@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from quantkit.eval import device_state
+
 # Launch settings, read at every call (bench/decode_attention_bench.py --sweep measures the alternatives)
 BLOCK_S = 32  # cache positions a dot covers
 SCAN = 1024  # mask positions a program reads at a time to find its sequence's last attending position
@@ -95,12 +97,6 @@ def supports_heads(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
     return (available() and heads % kv_heads == 0 and head_dim in HEAD_DIMS and mask is not None
             and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1
             and mask.shape[-1] >= positions and dtype in DTYPES)
-
-
-def runs_on(x: torch.Tensor) -> bool:
-    """Whether the kernels run where x is: a GPU, or anywhere under Triton's interpreter (TRITON_INTERPRET=1, which
-    the CPU tests use)."""
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
@@ -320,21 +316,9 @@ COUNTERS_MIN = 1 << 14  # (sequence, KV head) pairs the first allocation covers:
 
 
 def counters(device: torch.device, pairs: int) -> torch.Tensor:
-    """At least pairs int32 arrival counters on device, zero (the kernel leaves them so): one tensor a device, shared
-    by every call (one call at a time: calls on one stream, each kernel waiting for the one before), grown only and
-    never inside a CUDA graph capture (the first call of a shape allocates them, as a throughput run's warm-up does
-    outside its graphs)."""
-    have = _counters.get(device)
-    if have is None or have.numel() < pairs:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"split-KV decode: {pairs} arrival counters asked for in a CUDA graph capture, "
-                               f"{0 if have is None else have.numel()} allocated; run the step once before capturing")
-        if have is not None:
-            _retired.append(have)
-        have = torch.zeros(max(pairs, COUNTERS_MIN, 0 if have is None else 2 * have.numel()), dtype=torch.int32,
-                           device=device)
-        _counters[device] = have
-    return have
+    """At least pairs int32 arrival counters on device, zero (the kernel leaves them so; device_state.kept_zeros)."""
+    return device_state.kept_zeros(_counters, _retired, device, pairs, torch.int32, COUNTERS_MIN,
+                                   "split-KV decode: arrival counters")
 
 
 def _launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float,

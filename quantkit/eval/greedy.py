@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from quantkit.eval import device_state
+
 try:  # Triton comes with torch's CUDA builds; without it (CPU builds) greedy_into runs greedy_token
     import triton
     import triton.language as tl
@@ -35,9 +37,15 @@ BLOCK = 4096  # logits a program of the one-launch kernel reads
 NUM_WARPS = 4
 
 
+def one_launch_on(device: torch.device) -> bool:
+    """Whether greedy_into runs the one-launch kernel on device: ONE_LAUNCH, Triton, and a GPU or Triton's
+    interpreter (device_state.runs_on)."""
+    return ONE_LAUNCH and triton is not None and device_state.runs_on(torch.device(device))
+
+
 def record(device: torch.device) -> str:
     """How a run on device records its greedy token (from session 38 on; before it: torch's argmax)."""
-    return "one launch" if one_launch_runs(torch.empty(1, 2, device="meta"), device) else "two stages"
+    return "one launch" if one_launch_on(device) else "two stages"
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,32 +95,16 @@ if triton is not None:
             tl.store(out_ptr + b * s_out, 2147483647 - (best & 2147483647))
 
 
-_state: dict = {}  # device -> (keys int64, counters int32), zero between launches
+_keys: dict = {}  # device -> the rows' keys (int64, zero between launches)
+_counts: dict = {}  # device -> the rows' arrival counters (int32, zero between launches)
 _retired: list = []  # replaced by larger ones: kept, since a captured graph may still replay into them
+ROWS_MIN = 1024  # rows the first allocation covers
 
 
-def _buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """At least rows keys and arrival counters on device, zero (the kernel leaves them so), grown only and never
-    inside a CUDA graph capture (a throughput run's warm-up makes them)."""
-    have = _state.get(device)
-    if have is None or have[0].numel() < rows:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"greedy token: {rows} rows' keys asked for in a CUDA graph capture; run the step once "
-                               "before capturing")
-        if have is not None:
-            _retired.append(have)
-        n = max(rows, 1024)
-        have = (torch.zeros(n, dtype=torch.int64, device=device), torch.zeros(n, dtype=torch.int32, device=device))
-        _state[device] = have
-    return have
-
-
-def one_launch_runs(logits: torch.Tensor, device: torch.device | None = None) -> bool:
-    """Whether greedy_into runs the one-launch kernel on these logits (on device, default theirs): ONE_LAUNCH, Triton,
-    a GPU or Triton's interpreter (TRITON_INTERPRET=1, the CPU tests), a vocabulary below 2^31."""
-    device = logits.device if device is None else torch.device(device)
-    return (ONE_LAUNCH and triton is not None and logits.dim() == 2 and logits.shape[1] < 2 ** 31
-            and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"))
+def one_launch_runs(logits: torch.Tensor) -> bool:
+    """Whether greedy_into runs the one-launch kernel on these logits: one_launch_on their device, rows of a
+    vocabulary below 2^31."""
+    return one_launch_on(logits.device) and logits.dim() == 2 and logits.shape[1] < 2 ** 31
 
 
 def greedy_into(logits: torch.Tensor, out: torch.Tensor) -> None:
@@ -124,6 +116,8 @@ def greedy_into(logits: torch.Tensor, out: torch.Tensor) -> None:
     batch, vocab = logits.shape
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    keys, counts = _buffers(logits.device, batch)
+    keys = device_state.kept_zeros(_keys, _retired, logits.device, batch, torch.int64, ROWS_MIN, "greedy token: keys")
+    counts = device_state.kept_zeros(_counts, _retired, logits.device, batch, torch.int32, ROWS_MIN,
+                                     "greedy token: arrival counters")
     _greedy[(triton.cdiv(vocab, BLOCK), batch)](logits, out, keys, counts, vocab, logits.stride(0), out.stride(0),
                                                 BLOCK=BLOCK, num_warps=NUM_WARPS)
