@@ -152,14 +152,30 @@ def test_greedy_token_in_one_launch_in_the_triton_interpreter():
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def test_greedy_token_in_one_launch_is_off_by_default_and_falls_back(monkeypatch):
-    """greedy.ONE_LAUNCH: off unless QUANTKIT_GREEDY_ONE_LAUNCH=1; on, where Triton cannot run (a CPU without its
-    interpreter) greedy_into is greedy_token and a copy, and a run records two stages there; compiled for sm_90 here,
-    the kernel's programs fold their maxima into the row's key (a relaxed 64-bit atomic maximum), then, after a barrier,
-    the same thread's acq_rel add on the row's counter, and the last to arrive takes the key in an acq_rel exchange."""
+def _flag_from_env(module: str, flag: str, variable: str) -> list[str]:
+    """module.flag as a fresh interpreter imports it with the environment variable unset, "0" and "1"."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    probe = f"import {module} as m; print(m.{flag})"
+    seen = []
+    for value in (None, "0", "1"):
+        run_env = env if value is None else {**env, variable: value}
+        out = subprocess.run([sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, timeout=120)
+        seen.append(out.stdout.strip() or out.stderr[-2000:])
+    return seen
+
+
+def test_greedy_token_in_one_launch_is_on_by_default_and_falls_back(monkeypatch):
+    """greedy.ONE_LAUNCH: on unless QUANTKIT_GREEDY_ONE_LAUNCH=0 (off, a run records two stages); on, where Triton
+    cannot run (a CPU without its interpreter) greedy_into is greedy_token and a copy, and a run records two stages
+    there; compiled for sm_90 here, the kernel's programs fold their maxima into the row's key (a relaxed 64-bit atomic
+    maximum), then, after a barrier, the same thread's acq_rel add on the row's counter, and the last to arrive takes
+    the key in an acq_rel exchange."""
     from quantkit.eval import greedy
 
-    assert greedy.ONE_LAUNCH is False and greedy.record(torch.device("cuda")) == "two stages"
+    flags = _flag_from_env("quantkit.eval.greedy", "ONE_LAUNCH", "QUANTKIT_GREEDY_ONE_LAUNCH")
+    assert flags == ["True", "False", "True"]
+    monkeypatch.setattr(greedy, "ONE_LAUNCH", False)
+    assert greedy.record(torch.device("cuda")) == "two stages"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(greedy, "ONE_LAUNCH", True)
     logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(4))
@@ -907,23 +923,21 @@ def test_rope_in_attention_in_the_triton_interpreter():
 
 def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transformers(monkeypatch):
     """attention.ROPE_IN_ATTENTION: off unless QUANTKIT_ROPE_IN_ATTENTION=1; on, grouped_decode_attention with the
-    split kernel swaps the forwards of a Llama's attention blocks for the time of the block (not with SDPA), and where
+    split kernel swaps the forwards of a Llama's attention blocks for the time of the block (not with SDPA; the
+    baseline's too, whose config the quantized model shares), and where
     the kernels cannot run (a CPU without Triton's interpreter) the steps are transformers' own, the same logits; the
     throughput run records it off there."""
     from quantkit.eval import attention, random_weights
     from quantkit.reference import QuantLinear
 
     assert attention.ROPE_IN_ATTENTION is False
-    env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_ROPE_IN_ATTENTION"}
-    probe = "import quantkit.eval.attention as a; print(a.ROPE_IN_ATTENTION)"
-    for value, want in ((None, "False"), ("0", "False"), ("1", "True")):
-        run_env = env if value is None else {**env, "QUANTKIT_ROPE_IN_ATTENTION": value}
-        out = subprocess.run([sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, timeout=120)
-        assert out.stdout.strip() == want, out.stderr[-2000:]
+    flags = _flag_from_env("quantkit.eval.attention", "ROPE_IN_ATTENTION", "QUANTKIT_ROPE_IN_ATTENTION")
+    assert flags == ["False", "False", "True"]
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
     blocks = [layer.self_attn for layer in base.model.layers]
+    assert model.config is base.config  # as in a throughput run: the baseline's blocks are swapped all the same
     prompt = torch.randint(0, base.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
     settings = throughput.Settings(batches=(2,), prompt_len=8, gen_len=3)
     with torch.inference_mode():
@@ -931,10 +945,11 @@ def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transform
         monkeypatch.setattr(attention, "ROPE_IN_ATTENTION", True)
         with attention.grouped_decode_attention(base, decode_kernel="sdpa"):
             assert not any("forward" in vars(b) for b in blocks)
-        with attention.grouped_decode_attention(base, decode_kernel="split"):
-            assert all("forward" in vars(b) for b in blocks) and not attention.rope_in_attention_of(base)
+        with attention.grouped_decode_attention(model, base, decode_kernel="split"):
+            both = blocks + [layer.self_attn for layer in model.model.layers]
+            assert all("forward" in vars(b) for b in both) and not attention.rope_in_attention_of(base)
             got = _decoded(throughput.Runner(base, batch=2, settings=settings, prompt=prompt))
-        assert not any("forward" in vars(b) for b in blocks)
+        assert not any("forward" in vars(b) for b in both)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
     assert throughput.measure(model, base, settings=TINY_SETTINGS, same_weights=True,
                               progress=False)["rope_in_attention"] is False

@@ -33,7 +33,8 @@ DECODE_KERNEL = "sdpa"
 # both models (docs/kernel.md item 67), where the attention is Llama's (ROPE_MODEL_TYPES: projections, rotary
 # embedding, cache, attention, o_proj; no q/k norm) and its cache layer writes at a position tensor
 # (quantkit.eval.throughput.share_cache_position). Read when grouped_decode_attention is entered; off unless
-# QUANTKIT_ROPE_IN_ATTENTION=1 (not measured on a GPU yet).
+# QUANTKIT_ROPE_IN_ATTENTION=1: slower on an H100 (the split kernel's 32 launches took 50 us a step more than the
+# 32 launches it saves, docs/kernel.md item 67).
 ROPE_IN_ATTENTION = os.environ.get("QUANTKIT_ROPE_IN_ATTENTION", "0") == "1"
 ROPE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -145,14 +146,14 @@ def grouped_decode_attention(*models: nn.Module, decode_kernel: str = "sdpa"):
     _register()
     changed, kernel_before, DECODE_KERNEL, swapped = [], DECODE_KERNEL, decode_kernel, []
     for model in models:
-        config = model.config
-        if getattr(config, "_attn_implementation", None) == "sdpa":
+        if getattr(model.config, "_attn_implementation", None) == "sdpa":
             model.set_attn_implementation(NAME)
             changed.append(model)
-            if decode_kernel == "split":
-                for module in _rope_modules(model):
-                    module.forward = _rope_forward(module)
-                    swapped.append(module)
+        # also a model whose config an earlier one shares, switched with it (a throughput run's baseline)
+        if decode_kernel == "split" and any(model.config is m.config for m in changed):
+            for module in _rope_modules(model):
+                module.forward = _rope_forward(module)
+                swapped.append(module)
     try:
         yield
     finally:

@@ -1,6 +1,6 @@
 """The greedy next token of a throughput run's steps: the index argmax gives (the first of equal maxima), picked in
-two stages of torch's reductions (greedy_token, the default) or, with ONE_LAUNCH, in one Triton kernel that also
-writes it where the next step reads it (greedy_into).
+two stages of torch's reductions (greedy_token) or, with ONE_LAUNCH (the default where Triton runs), in one Triton
+kernel that also writes it where the next step reads it (greedy_into).
 
 torch's argmax over a whole vocabulary row runs as one block per row: 36-37 us a step on an H100 for Llama-3's
 128,256 logits (bench/results/decode_profile_h100_721b2c1.json), paid by both models alike. In two stages (the maximum
@@ -30,9 +30,10 @@ except ImportError:  # pragma: no cover - depends on the install
 
 GREEDY_CHUNK_MAX = 1024
 GREEDY_CHUNK_MIN = 64
-# greedy_into in one launch where Triton runs (a GPU, or its interpreter); off unless QUANTKIT_GREEDY_ONE_LAUNCH=1
-# (not measured on a GPU yet). Read at every call.
-ONE_LAUNCH = os.environ.get("QUANTKIT_GREEDY_ONE_LAUNCH", "0") == "1"
+# greedy_into in one launch where Triton runs (a GPU, or its interpreter): 3.0-5.2 us against 13.4-14.7 at batch 1-32
+# on an H100 (bench/results/greedy_h100_eee3a1d.log), on unless QUANTKIT_GREEDY_ONE_LAUNCH=0 (docs/kernel.md item
+# 68). Read at every call.
+ONE_LAUNCH = os.environ.get("QUANTKIT_GREEDY_ONE_LAUNCH", "1") == "1"
 BLOCK = 4096  # logits a program of the one-launch kernel reads
 NUM_WARPS = 4
 
