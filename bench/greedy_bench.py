@@ -9,6 +9,7 @@ flush between them (warm L2, as in a decode step's graph), median of --reps repl
 bench/results/greedy_h100_4baab8f.log was made on the H100 in session 38 by code run inline with `python3 -c` (the
 last seconds of that session's device time): the same CALLS calls in one graph, but one timed replay each instead of
 time_calls' median; its check was the same cases as tests/greedy_check.py's on logits drawn on the GPU.
+bench/results/greedy_h100_eee3a1d.log is this script's, on the H100 in session 57 (launches_round.sh step 2).
 """
 
 from __future__ import annotations

@@ -9,12 +9,21 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=.
 # the current defaults only (the README's first H100 table), then every H100 run
 $PY bench/eval_table.py \
-  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1.json@fea6522" \
-  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b8.json@fea6522 (same machine)" \
-  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b32.json@fea6522 (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_greedy_b1.json@eee3a1d (QUANTKIT_GREEDY_ONE_LAUNCH=1, now the default)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_greedy_b8.json@eee3a1d (same machine, QUANTKIT_GREEDY_ONE_LAUNCH=1)" \
+  "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b32.json@fea6522 (another H100)" \
   "$R/eval_llama-3-8b_g32_compiled_28015c1_h100.json@28015c1 (another H100)" \
   > $R/eval_speed_current.md
 $PY bench/eval_table.py \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_both_b1.json@eee3a1d (QUANTKIT_ROPE_IN_ATTENTION=1 QUANTKIT_GREEDY_ONE_LAUNCH=1: rope in the quantized model only)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_default_b1.json@eee3a1d (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_rope_b1.json@eee3a1d (same machine, QUANTKIT_ROPE_IN_ATTENTION=1: the quantized model only)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_both_b1_2.json@eee3a1d (same machine, both again)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_greedy_b1.json@eee3a1d (same machine, QUANTKIT_GREEDY_ONE_LAUNCH=1)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_default_b1_2.json@eee3a1d (same machine, again)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_greedy_b8.json@eee3a1d (same machine, QUANTKIT_GREEDY_ONE_LAUNCH=1)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_default_b8.json@eee3a1d (same machine)" \
+  "$R/eval_llama-3-8b_g128_compiled_eee3a1d_h100_greedy_b1_2.json@eee3a1d (same machine, QUANTKIT_GREEDY_ONE_LAUNCH=1, again)" \
   "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1.json@fea6522" \
   "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_counters_b1.json@fea6522 (same machine, QUANTKIT_SHARED_CACHE_POSITION=0)" \
   "$R/eval_llama-3-8b_g128_compiled_fea6522_h100_shared_b1_2.json@fea6522 (same machine, again)" \
@@ -68,7 +77,9 @@ $PY bench/eval_table.py \
   "$R/eval_llama-3-8b_g32.json@c0e6b5b" \
   > $R/eval_speed.md
 $PY bench/profile_table.py \
-  "fea6522=$R/decode_profile_h100_fea6522.json" \
+  "eee3a1d, QUANTKIT_ROPE_IN_ATTENTION=1 QUANTKIT_GREEDY_ONE_LAUNCH=1 (rope in the quantized model only)=$R/decode_profile_h100_eee3a1d_both.json" \
+  "eee3a1d (same machine)=$R/decode_profile_h100_eee3a1d_default.json" \
+  "fea6522 (another H100)=$R/decode_profile_h100_fea6522.json" \
   "0d70d44 (another H100)=$R/decode_profile_h100_0d70d44.json" \
   "df03aba=$R/decode_profile_pdl_df03aba_h100.json" \
   "ea58d9e=$R/decode_profile_glu_ea58d9e_h100.json" \
