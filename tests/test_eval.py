@@ -924,9 +924,8 @@ def test_rope_in_attention_in_the_triton_interpreter():
 def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transformers(monkeypatch):
     """attention.ROPE_IN_ATTENTION: off unless QUANTKIT_ROPE_IN_ATTENTION=1; on, grouped_decode_attention with the
     split kernel swaps the forwards of a Llama's attention blocks for the time of the block (not with SDPA; the
-    baseline's too, whose config the quantized model shares), and where
-    the kernels cannot run (a CPU without Triton's interpreter) the steps are transformers' own, the same logits; the
-    throughput run records it off there."""
+    baseline's too, whose config the quantized model shares), and where the kernels cannot run (a CPU without Triton's
+    interpreter) the steps are transformers' own, the same logits; the throughput run records it off there."""
     from quantkit.eval import attention, random_weights
     from quantkit.reference import QuantLinear
 

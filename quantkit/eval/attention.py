@@ -33,8 +33,8 @@ DECODE_KERNEL = "sdpa"
 # both models (docs/kernel.md item 67), where the attention is Llama's (ROPE_MODEL_TYPES: projections, rotary
 # embedding, cache, attention, o_proj; no q/k norm) and its cache layer writes at a position tensor
 # (quantkit.eval.throughput.share_cache_position). Read when grouped_decode_attention is entered; off unless
-# QUANTKIT_ROPE_IN_ATTENTION=1: slower on an H100 (the split kernel's 32 launches took 50 us a step more than the
-# 32 launches it saves, docs/kernel.md item 67).
+# QUANTKIT_ROPE_IN_ATTENTION=1: slower on an H100 (the split kernel took 50 us a step more, as much as the kernel it
+# removes, and the step 19 us longer; docs/kernel.md item 67).
 ROPE_IN_ATTENTION = os.environ.get("QUANTKIT_ROPE_IN_ATTENTION", "0") == "1"
 ROPE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
