@@ -152,28 +152,14 @@ def test_greedy_token_in_one_launch_in_the_triton_interpreter():
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def _flag_from_env(module: str, flag: str, variable: str) -> list[str]:
-    """module.flag as a fresh interpreter imports it with the environment variable unset, "0" and "1"."""
-    env = {k: v for k, v in os.environ.items() if k != variable}
-    probe = f"import {module} as m; print(m.{flag})"
-    seen = []
-    for value in (None, "0", "1"):
-        run_env = env if value is None else {**env, variable: value}
-        out = subprocess.run([sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, timeout=120)
-        seen.append(out.stdout.strip() or out.stderr[-2000:])
-    return seen
-
-
-def test_greedy_token_in_one_launch_is_on_by_default_and_falls_back(monkeypatch):
-    """greedy.ONE_LAUNCH: on unless QUANTKIT_GREEDY_ONE_LAUNCH=0 (off, a run records two stages); on, where Triton
-    cannot run (a CPU without its interpreter) greedy_into is greedy_token and a copy, and a run records two stages
-    there; compiled for sm_90 here, the kernel's programs fold their maxima into the row's key (a relaxed 64-bit atomic
-    maximum), then, after a barrier, the same thread's acq_rel add on the row's counter, and the last to arrive takes
-    the key in an acq_rel exchange."""
+def test_greedy_token_in_one_launch_falls_back_and_orders_its_atomics(monkeypatch):
+    """greedy.ONE_LAUNCH (its default: test_measured_options_are_on_unless_the_environment_turns_them_off) off: a run
+    records two stages; on, where Triton cannot run (a CPU without its interpreter) greedy_into is greedy_token and a
+    copy, and a run records two stages there; compiled for sm_90 here, the kernel's programs fold their maxima into the
+    row's key (a relaxed 64-bit atomic maximum), then, after a barrier, the same thread's acq_rel add on the row's
+    counter, and the last to arrive takes the key in an acq_rel exchange."""
     from quantkit.eval import greedy
 
-    flags = _flag_from_env("quantkit.eval.greedy", "ONE_LAUNCH", "QUANTKIT_GREEDY_ONE_LAUNCH")
-    assert flags == ["True", "False", "True"]
     monkeypatch.setattr(greedy, "ONE_LAUNCH", False)
     assert greedy.record(torch.device("cuda")) == "two stages"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -221,9 +207,10 @@ def test_combo_kernels_option_reaches_inductor_only(monkeypatch):
 @pytest.mark.parametrize("flag, variable", [("throughput.COMBO_KERNELS", "QUANTKIT_COMBO_KERNELS"),
                                             ("decode_attention.PDL", "QUANTKIT_ATTENTION_PDL"),
                                             ("decode_attention.FUSED_COMBINE", "QUANTKIT_SPLIT_KV_FUSED_COMBINE"),
-                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL")])
+                                            ("fuse.INDUCTOR_PDL", "QUANTKIT_INDUCTOR_PDL"),
+                                            ("greedy.ONE_LAUNCH", "QUANTKIT_GREEDY_ONE_LAUNCH")])
 def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, variable):
-    probe = f"from quantkit.eval import decode_attention, fuse, throughput; print({flag})"
+    probe = f"from quantkit.eval import decode_attention, fuse, greedy, throughput; print({flag})"
     for value, expected in ((None, "True"), ("0", "False"), ("1", "True")):
         env = {k: v for k, v in os.environ.items() if k != variable}
         env.update({} if value is None else {variable: value})
@@ -930,8 +917,12 @@ def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transform
     from quantkit.reference import QuantLinear
 
     assert attention.ROPE_IN_ATTENTION is False
-    flags = _flag_from_env("quantkit.eval.attention", "ROPE_IN_ATTENTION", "QUANTKIT_ROPE_IN_ATTENTION")
-    assert flags == ["False", "False", "True"]
+    env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_ROPE_IN_ATTENTION"}
+    probe = "import quantkit.eval.attention as a; print(a.ROPE_IN_ATTENTION)"
+    for value, want in ((None, "False"), ("0", "False"), ("1", "True")):
+        run_env = env if value is None else {**env, "QUANTKIT_ROPE_IN_ATTENTION": value}
+        out = subprocess.run([sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr[-2000:]
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model, base, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.float32, device="cpu",
                                           module_factory=QuantLinear, progress=False)
