@@ -318,13 +318,16 @@ def main() -> None:
                     # from session 55 on (attention.ROPE_IN_ATTENTION), alike in every runner
                     result["rope_in_attention"] = (runner.shared_cache_layers > 0
                                                    and attention.rope_in_attention_of(m))
+                    # from session 58 on (fuse.ROPE_IN_QKV): this model's steps at this batch
+                    rope_qkv = runner.shared_cache_layers > 0 and attention.rope_in_qkv_of(m, batch)
                     with torch.inference_mode():
                         runner.prepare()
                         step = replay_us(runner, args.reps)
                         kinds, top, linears, others = profile_steps(runner, args.steps, *linears_of[id(m)])
                     runner.close()
                     kernels = sum(v["us"] for v in kinds.values())
-                    row = {"model": name, "batch": batch, "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
+                    row = {"model": name, "batch": batch, "rope_in_qkv": rope_qkv,
+                           "graph_step_us": round(step, 1), "kernel_us": round(kernels, 1),
                            "gap_us": round(step - kernels, 1), "kernels": sum(v["kernels"] for v in kinds.values()),
                            "by_kind": kinds, "by_linear": linears, "not_linears": others, "top": top, "x_image": bool(args.compile and image and m is model),
                            "l2_prefetch": {**prefetch.settings(), "mode": warm_mode,

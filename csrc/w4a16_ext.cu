@@ -49,7 +49,7 @@ void check_launch(const char* what, cudaError_t err = cudaGetLastError()) {
 std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& meta,
                                           const torch::Tensor& out, const torch::Tensor& ws,
                                           const torch::Tensor& counters, int64_t group_size, bool sym,
-                                          bool glu = false) {
+                                          bool glu = false, int64_t out_cols = -1) {
   check_tensor(x, "x", x.scalar_type(), 2);
   check_tensor(w, "packed weight", torch::kInt32, 4);
   check_tensor(meta, "packed scales", x.scalar_type(), 4);
@@ -65,7 +65,8 @@ std::array<int64_t, 3> check_mma_operands(const torch::Tensor& x, const torch::T
   TORCH_CHECK(meta.size(0) == N / 16 && meta.size(1) == K / group_size && meta.size(2) == 8 && meta.size(3) == (sym ? 2 : 4),
               "packed scales must be [N/16, K/group_size, 8, ", (sym ? 2 : 4), "], got ", meta.sizes());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x must be 16-byte aligned");
-  const int64_t out_n = glu ? N / 2 : N;  // a gated pair's epilogue writes one output per row pair
+  // a gated pair's epilogue writes one output per row pair; out_cols >= 0: the caller's own (the rotary epilogue's q)
+  const int64_t out_n = out_cols >= 0 ? out_cols : glu ? N / 2 : N;
   TORCH_CHECK(out.size(0) == M && out.size(1) == out_n, "out must be [", M, ", ", out_n, "], got ", out.sizes());
   return {M, K, N};
 }
@@ -338,6 +339,59 @@ void mma_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optiona
                                          glu, rn, sq, (int)wk_warps, stream));
 }
 
+// A decode step's fused q/k/v projection with its rotary embedding and cache write in the decode kernel's epilogue
+// (QkRope, w4a16_rope.h): x [M, K] (M <= 8, token t the step's token of sequence t), the layer [q; k; v] with its q
+// and k rows in packing.rope_order; q [M, heads * head_dim] receives the rotated q, key_cache and value_cache
+// [M, kv, len, head_dim] (the same strides, rows contiguous) the rotated k and the v at position (int64, one element);
+// cos and sin [M or 1, head_dim] rows (contiguous). The kernel's blocks of wk_warps warps (4 or 8) share a tile,
+// unsplit; pdl: a programmatic dependent launch (compute capability 9.0+, else ignored).
+void mma_rope_gemm(torch::Tensor x, torch::Tensor w, torch::Tensor meta, c10::optional<torch::Tensor> bias,
+                   torch::Tensor q, int64_t group_size, bool sym, bool pdl, int64_t wk_warps, torch::Tensor cos,
+                   torch::Tensor sin, torch::Tensor position, torch::Tensor key_cache, torch::Tensor value_cache,
+                   int64_t heads) {
+  const bool bf = is_bf16(x);
+  torch::Tensor ws = torch::empty({0}, x.options().dtype(torch::kFloat32));
+  torch::Tensor counters = torch::empty({0}, x.options().dtype(torch::kInt32));
+  TORCH_CHECK(key_cache.dim() == 4 && value_cache.sizes() == key_cache.sizes() &&
+                  value_cache.strides() == key_cache.strides() && key_cache.stride(3) == 1,
+              "key_cache and value_cache must be [B, kv, len, head_dim] alike, rows contiguous; got ",
+              key_cache.sizes(), " and ", value_cache.sizes());
+  const int64_t kv = key_cache.size(1), D = key_cache.size(3), M = x.size(0);
+  TORCH_CHECK(heads > 0 && D % 16 == 0 && D > 0, "head_dim must be a multiple of 16, got ", D);
+  const std::array<int64_t, 3> mkn = check_mma_operands(x, w, meta, q, ws, counters, group_size, sym, false, heads * D);
+  const int64_t K = mkn[1], N = mkn[2];
+  check_bias(bias, x, N);
+  TORCH_CHECK(N == (heads + 2 * kv) * D, "the layer has ", N, " rows, not (heads + 2 kv) head_dim = ",
+              (heads + 2 * kv) * D);
+  TORCH_CHECK(M >= 1 && M <= 8 && key_cache.size(0) == M, "x must have one row a sequence of the caches (",
+              key_cache.size(0), ") and 1 to 8 rows, got ", M);
+  for (const torch::Tensor* t : {&key_cache, &value_cache})
+    TORCH_CHECK(t->is_cuda() && t->device() == x.device() && t->scalar_type() == x.scalar_type(),
+                "the caches must be on x's GPU in x's dtype");
+  for (const torch::Tensor* t : {&cos, &sin}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == x.device() && t->scalar_type() == x.scalar_type() &&
+                    t->is_contiguous() && (t->numel() == D || t->numel() == M * D),
+                "cos and sin must be contiguous [", M, " or 1, ", D, "] in x's dtype on its GPU, got ", t->sizes());
+  }
+  TORCH_CHECK(cos.numel() == sin.numel(), "cos and sin must have the same rows");
+  TORCH_CHECK(position.is_cuda() && position.device() == x.device() && position.scalar_type() == torch::kInt64 &&
+                  position.numel() == 1,
+              "position must be one int64 on x's GPU, got ", position.sizes(), " ", position.scalar_type());
+  TORCH_CHECK(wk_warps == QK_STREAM_WARPS || wk_warps == 8, "wk_warps must be ", QK_STREAM_WARPS, " or 8, got ",
+              wk_warps);
+  QkRope r;
+  r.cos = u16(cos), r.sin = u16(sin), r.pos = position.data_ptr<int64_t>();
+  r.k_cache = u16_mut(key_cache), r.v_cache = u16_mut(value_cache);
+  r.cs_row = cos.numel() == D ? 0 : D;
+  r.cb = key_cache.stride(0), r.ch = key_cache.stride(1), r.cs = key_cache.stride(2);
+  r.heads = (int)heads, r.head_dim = (int)D, r.rot_tiles = (int)((heads + kv) * D / 16), r.len = (int)key_cache.size(2);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const QkMmaArgs args = mma_args(x, w, meta, bias, q, ws, counters, M, N, K, group_size, K / 64);
+  check_launch("tensor-core W4A16 kernel with the rotary epilogue",
+               qk_launch_stream_rope(args, bf, sym, pdl && sm90_or_later(x), (int)wk_warps, r,
+                                     c10::cuda::getCurrentCUDAStream()));
+}
+
 // The decode kernel's trace records (w4a16_trace.h) as int64 [n, 6] on the CPU (weights' address, block and
 // multiprocessor << 32, four times in ns), the buffer emptied; only in a build with QK_STREAM_TRACE=1.
 torch::Tensor stream_trace() {
@@ -510,6 +564,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wmma_gemm", &wmma_gemm, "RDNA3 WMMA prefill kernel (formats.md §2; a stand-in for WMMA on CUDA)");
 #if QK_IS_CUDA
   m.def("mma_gemm", &mma_gemm, "tensor-core W4A16 GEMM over the mma layout");
+  m.def("mma_rope_gemm", &mma_rope_gemm, "a decode step's q/k/v projection with its rotary embedding and cache write");
   m.def("mma_dequant", &mma_dequant, "mma layout -> [N, K] weight");
   m.def("stream_trace", &stream_trace, "the decode kernel's trace records (QK_STREAM_TRACE builds)");
   m.def("mlp_gemm", &mlp_gemm, "a decode step's gated MLP (M <= 8) in one launch of the decode kernel");

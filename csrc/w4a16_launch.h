@@ -6,6 +6,7 @@
 #include "platform.h"
 #include "w4a16_prefetch.h"
 #include "w4a16_residual_norm.h"
+#include "w4a16_rope.h"
 #include "w4a16_trace.h"
 
 #include <type_traits>
@@ -94,6 +95,11 @@ cudaError_t qk_launch_mma_kernel(void (*kernel)(Params...), const QkMmaArgs& a, 
 cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bool wk, bool pdl, int cluster, dim3 grid,
                              const QkPrefetchRanges& pf, bool glu, const QkResidualNorm& rn, const QkSumSq& sq,
                              int wk_warps, cudaStream_t stream);
+// qk_mma_stream's rotary instances (QkRope): a fused q/k/v projection at one token tile (M <= 8), its warps sharing a
+// tile, unsplit (grid (1, N / 16, 1), a.chunks_per_split K / 64), a.out the step's q [M, heads * head_dim]; pdl: as a
+// programmatic dependent launch; wk_warps: QK_STREAM_WARPS or 8 (else cudaErrorInvalidValue).
+cudaError_t qk_launch_stream_rope(const QkMmaArgs& a, bool bf16, bool sym, bool pdl, int wk_warps, const QkRope& rope,
+                                  cudaStream_t stream);
 // The decode kernel's trace (w4a16_trace.h; QK_STREAM_TRACE builds): copies up to max records into host, empties the
 // buffer and returns how many it copied; -1 where the build has no trace, -2 on a CUDA error.
 int qk_stream_trace_read(QkTraceRecord* host, int max);

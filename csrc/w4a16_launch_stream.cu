@@ -1,5 +1,5 @@
-// w4a16_launch_stream.cu — the decode kernel's instances (w4a16_mma_cuda.h: qk_mma_stream, and qk_mma_mlp, a
-// step's gated MLP in one launch) and their launchers.
+// w4a16_launch_stream.cu — the decode kernel's instances (w4a16_mma_cuda.h: qk_mma_stream, with its rotary epilogue
+// too, and qk_mma_mlp, a step's gated MLP in one launch) and their launchers.
 #include <algorithm>
 
 #include "w4a16_launch.h"
@@ -22,7 +22,7 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
       if (wk && pf.n == 0)
         return qk_launch_mma_kernel(glu ? qk_mma_stream<Tag, 1, SYM, true, false, true, FOLD, 8>
                                         : qk_mma_stream<Tag, 1, SYM, true, false, false, FOLD, 8>,
-                                    a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn, sq);
+                                    a, grid, dim3(8 * 32), 0, stream, pdl, cluster, pf, rn, sq, QkRope());
     }
     return cudaErrorInvalidValue;
   }
@@ -30,20 +30,20 @@ cudaError_t stream_shape(const QkMmaArgs& a, bool wk, bool pdl, int cluster, dim
   if constexpr (MT <= 4) {
     if (glu && wk && pf.n == 0)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, true, FOLD>, a, grid, block, 0, stream, pdl,
-                                  cluster, pf, rn, sq);
+                                  cluster, pf, rn, sq, QkRope());
     if (glu) return cudaErrorInvalidValue;
     if (wk && pf.n > 0) {
       if constexpr (FOLD) return cudaErrorInvalidValue;  // (no fold with the prefetch)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, true>, a, grid, block, 0, stream, pdl, cluster, pf,
-                                  rn, sq);
+                                  rn, sq, QkRope());
     }
     if (wk)
       return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, true, false, false, FOLD>, a, grid, block, 0, stream, pdl,
-                                  cluster, pf, rn, sq);
+                                  cluster, pf, rn, sq, QkRope());
   }
   if (wk || pf.n > 0 || glu) return cudaErrorInvalidValue;
   return qk_launch_mma_kernel(qk_mma_stream<Tag, MT, SYM, false, false, false, FOLD>, a, grid, block, 0, stream, pdl,
-                              cluster, pf, rn, sq);
+                              cluster, pf, rn, sq, QkRope());
 }
 
 template <typename Tag, bool SYM, bool FOLD>
@@ -94,6 +94,24 @@ cudaError_t qk_launch_stream(const QkMmaArgs& a, bool bf16, bool sym, int mt, bo
     constexpr bool SYM = decltype(s)::value;
     return fold ? stream_tiles<Tag, SYM, true>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream)
                 : stream_tiles<Tag, SYM, false>(a, mt, wk, pdl, cluster, grid, pf, glu, rn, sq, wk_warps, stream);
+  });
+}
+
+cudaError_t qk_launch_stream_rope(const QkMmaArgs& a, bool bf16, bool sym, bool pdl, int wk_warps, const QkRope& rope,
+                                  cudaStream_t stream) {
+  const dim3 grid(1, a.N / 16, 1);
+  const QkPrefetchRanges pf = {};
+  return qk_by_type(bf16, sym, [&](auto tag, auto s) {
+    using Tag = decltype(tag);
+    constexpr bool SYM = decltype(s)::value;
+    if (wk_warps == 8)
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, 1, SYM, true, false, false, false, 8, true>, a, grid,
+                                  dim3(8 * 32), 0, stream, pdl, 1, pf, QkResidualNorm(), QkSumSq(), rope);
+    if (wk_warps == QK_STREAM_WARPS)
+      return qk_launch_mma_kernel(qk_mma_stream<Tag, 1, SYM, true, false, false, false, QK_STREAM_WARPS, true>, a,
+                                  grid, dim3(QK_STREAM_WARPS * 32), 0, stream, pdl, 1, pf, QkResidualNorm(), QkSumSq(),
+                                  rope);
+    return cudaErrorInvalidValue;
   });
 }
 #endif

@@ -32,6 +32,7 @@
 #include "w4a16_common.h"
 #include "w4a16_prefetch.h"
 #include "w4a16_residual_norm.h"
+#include "w4a16_rope.h"
 #include "w4a16_trace.h"
 
 #if QK_IS_CUDA
@@ -244,6 +245,57 @@ template <typename Tag>
 QK_INLINE uint16_t qk_glu_bits(float gate, float up) {
   return qk_float_to_bits(__fdividef(gate, 1.f + __expf(-gate)) * up, Tag());
 }
+
+// A decode step's rotary embedding and cache write in the decode kernel's epilogue (QkRope), one token tile (MT 1):
+// the operands of a lane's two tokens (m0 + 2 tig + e) and its rotation pair (dims d and d + head_dim / 2 of the
+// tile's head), loaded once the kernel before has finished; a v tile loads the position only.
+template <typename Tag>
+struct QkRopeLane {
+  uint16_t c[2][2] = {}, s[2][2] = {};  // [token e][dim d, d + head_dim / 2]
+  int64_t at = 0;
+  QK_INLINE void load(const QkRope& r, int tile, int m0, int lane, int M) {
+    at = __ldg(r.pos);
+    if (tile >= r.rot_tiles) return;
+    const int half = r.head_dim / 2, d = (tile % (r.head_dim / 16)) * 8 + lane / 4;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tok = m0 + 2 * (lane % 4) + e;
+      if (tok >= M) continue;
+      const uint16_t *cr = r.cos + tok * r.cs_row + d, *sr = r.sin + tok * r.cs_row + d;
+      c[e][0] = __ldg(cr), c[e][1] = __ldg(cr + half), s[e][0] = __ldg(sr), s[e][1] = __ldg(sr + half);
+    }
+  }
+  // The tile's C fragment (acc[0..1]: row n = 16 tile + gid, acc[2..3]: row n + 8) plus the bias, rounded, rotated
+  // where it is q or k, and stored: q into out [M, heads * head_dim], k and v into the caches at position at.
+  QK_INLINE void store(const float (&acc)[4], const QkRope& r, int tile, int m0, int lane,
+                       const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, int M) const {
+    const int gid = lane / 4, n_lo = tile * 16 + gid, D = r.head_dim, half = D / 2;
+    const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
+    const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
+    if (at < 0 || at >= r.len) return;  // (a position outside the cache writes nothing)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tok = m0 + 2 * (lane % 4) + e;
+      if (tok >= M) continue;
+      const uint16_t lo = qk_float_to_bits(acc[e] + b_lo, Tag()), hi = qk_float_to_bits(acc[e + 2] + b_hi, Tag());
+      if (tile < r.rot_tiles) {
+        const float xl = qk_bits_to_float(lo, Tag()), xh = qk_bits_to_float(hi, Tag());
+        const float yl = xl * qk_bits_to_float(c[e][0], Tag()) - xh * qk_bits_to_float(s[e][0], Tag());
+        const float yh = xh * qk_bits_to_float(c[e][1], Tag()) + xl * qk_bits_to_float(s[e][1], Tag());
+        const int head = tile / (D / 16), d = (tile % (D / 16)) * 8 + gid;
+        uint16_t* dst = head < r.heads ? out + (size_t)tok * r.heads * D + head * D + d
+                                       : r.k_cache + tok * r.cb + (head - r.heads) * r.ch + at * r.cs + d;
+        dst[0] = qk_float_to_bits(yl, Tag());
+        dst[half] = qk_float_to_bits(yh, Tag());
+      } else {  // v: rows in order, dims dv and dv + 8 of one head
+        const int row = n_lo - r.rot_tiles * 16, dv = row % D;
+        uint16_t* dst = r.v_cache + tok * r.cb + (row / D) * r.ch + at * r.cs + dv;
+        dst[0] = lo;
+        dst[8] = hi;
+      }
+    }
+  }
+};
 
 // Split-K inside a cluster (sm_90): every block stores its sums in its shared memory, then block r of the cluster
 // adds the cluster's sums for elements r, r + S, ... (in units of the block's threads) and writes them out (GLU: the
@@ -562,14 +614,17 @@ QK_INLINE void qk_stream_chunks(float (&acc)[MT][4], const X& xs, const uint4* w
 // FOLD: rn, the residual add and RMSNorm folded in (QkResidualNorm; rms with or without GLU, residual without); the
 // instances without it ignore rn (the same code as without the parameter). WKW: the warps of a block whose warps share
 // a tile (WK), QK_STREAM_WARPS or, in the one-token-tile instances that w4a16_linear(wk_warps=8) asks for, 8: as many
-// warps in flight with half the split-K parts.
+// warps in flight with half the split-K parts. ROPE (WK, MT 1, unsplit, no prefetch, fold or GLU): the layer is a
+// fused q/k/v projection and the epilogue applies a decode step's rotary embedding and cache write (QkRope: q into out
+// [M, heads * head_dim]); the other instances ignore rope.
 template <typename Tag, int MT, bool SYM, bool WK = false, bool PF = false, bool GLU = false, bool FOLD = false,
-          int WKW = QK_STREAM_WARPS>
+          int WKW = QK_STREAM_WARPS, bool ROPE = false>
 QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
     qk_mma_stream(const uint16_t* __restrict__ x, const uint4* __restrict__ w, const uint16_t* __restrict__ meta,
                   const uint16_t* __restrict__ bias, uint16_t* __restrict__ out, float* __restrict__ ws,
                   int* __restrict__ counters, int M, int N, int K, int group_size, int chunks_per_split,
-                  const QkPrefetchRanges pf, const QkResidualNorm rn, const QkSumSq sq) {
+                  const QkPrefetchRanges pf, const QkResidualNorm rn, const QkSumSq sq, const QkRope rope) {
+  static_assert(!ROPE || (WK && MT == 1 && !PF && !GLU && !FOLD), "the rotary epilogue: WK, one token tile, alone");
   constexpr int U = MT <= 2 ? QK_STREAM_U_SMALL : QK_STREAM_U_LARGE;  // 16-byte weight loads in flight per thread
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int gid = lane / 4, tig = lane % 4;
@@ -589,6 +644,7 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
   const uint64_t policy = PF ? qk_stream_policy(pf.stream_evict_first) : 0;
   QkTrace trace;  // (QK_STREAM_TRACE builds only)
   trace.mark(0);
+  [[maybe_unused]] QkRopeLane<Tag> rope_lane;  // (ROPE)
   // FOLD with rn.rms: each warp's part of the tokens' sums of squares, taken right after its wait (qk_rms_partials)
   // or from sq.in
   __shared__ float rms_part[FOLD ? WKW : 1][FOLD ? 8 * MT : 1];
@@ -642,6 +698,10 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
   }
   qk_pdl_wait_then_trigger();  // (no-ops once done) warps that had no chunk
   if (!loops) rms_partials();
+  // ROPE: warp 0, which writes the tile, requests the step's cos, sin and position before the warps' sums meet
+  // (loaded during the main loop instead, they took 28 more registers: 2 blocks of 8 warps a multiprocessor, not 4)
+  if constexpr (ROPE)
+    if (warp == 0) rope_lane.load(rope, tile, m0, lane, M);
   trace.mark(2);
   // PF: the next layer's weights into the L2: each block's share, from warp 0 once its own reads are done, so that
   // the requests fill the DRAM's idle time in the grid's tail and after it.
@@ -687,10 +747,14 @@ QK_GLOBAL void QK_STREAM_BOUNDS(MT, FOLD, WKW)
         }
   const QkClusterTile ct = WK ? QkClusterTile{&part[0][0][0], (int)blockIdx.y, 1}
                               : QkClusterTile{red, (int)blockIdx.y * QK_STREAM_WARPS, QK_STREAM_WARPS};
-  // (the stream's sums of squares, sq.out, from the fold's instances whose warps share a tile only)
-  qk_mma_epilogue<Tag, 1, MT, GLU, FOLD && WK>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out, ws,
-                                              counters, M, N, ct, FOLD ? rn : QkResidualNorm(),
-                                              FOLD && WK ? sq.out : nullptr);
+  if constexpr (ROPE) {  // unsplit: warp 0 holds the tile's sums
+    if (warp == 0 && tile < n_tiles) rope_lane.store(acc[0][0], rope, tile, m0, lane, bias, out, M);
+  } else {
+    // (the stream's sums of squares, sq.out, from the fold's instances whose warps share a tile only)
+    qk_mma_epilogue<Tag, 1, MT, GLU, FOLD && WK>(acc, WK && warp > 0 ? n_tiles : tile, n_tiles, m0, lane, bias, out,
+                                                ws, counters, M, N, ct, FOLD ? rn : QkResidualNorm(),
+                                                FOLD && WK ? sq.out : nullptr);
+  }
   trace.mark(3);
   trace.write(w);
 }

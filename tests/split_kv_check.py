@@ -3,6 +3,8 @@ through Triton's interpreter (tests/test_eval.py) and the GPU test (tests/test_e
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # (batch, query heads, KV heads, cache positions, head size, positions that attend per sequence): ranges that keep
@@ -154,4 +156,78 @@ def check_rope_in_attention_steps(device: str, dtype: torch.dtype) -> None:
                     torch.testing.assert_close(v2, v, rtol=1e-2, atol=1e-2)
     finally:
         decode_attention._launch, attention.ROPE_IN_ATTENTION = launch, saved
+        torch._dynamo.reset()
+
+
+def check_rope_in_qkv_steps(device: str, dtype: torch.dtype, batch: int = 2) -> None:
+    """quantkit.eval.fuse.ROPE_IN_QKV: a tiny Llama of 4-bit layers (W4A16Linear), its q/k/v fused in rope order,
+    decodes through rope_qkv (the rotary embedding and cache write in the q/k/v kernel's epilogue on a GPU, rope_rows
+    after the reference product on the CPU) then split_kv_decode, eagerly and compiled by inductor, with the
+    logits and caches of the same model fused in plain order (transformers' rotary embedding and cache write), one
+    rope_qkv call a layer and step; its prefill (the rows put back in order) gives the same logits too."""
+    from quantkit.eval import attention, fuse, random_weights, throughput
+    from quantkit.kernels import module as kernel_module
+
+    def fused(rope: bool):
+        saved, fuse.ROPE_IN_QKV = fuse.ROPE_IN_QKV, rope
+        try:
+            model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=dtype, device=device,
+                                               module_factory=lambda ql: kernel_module.W4A16Linear.from_quantized(
+                                                   ql, device=device), progress=False)
+            info = fuse.fuse_projections(model)
+        finally:
+            fuse.ROPE_IN_QKV = saved
+        assert info.get("rope_qkv", 0) == (model.config.num_hidden_layers if rope else 0), info
+        return model
+
+    calls, rope_qkv = [], kernel_module.W4A16Linear.rope_qkv
+
+    def counted(self, *args):
+        calls.append(self.rope)
+        return rope_qkv(self, *args)
+
+    settings = throughput.Settings(batches=(batch,), prompt_len=8, gen_len=3, cuda_graphs=device == "cuda")
+    prompt = torch.randint(0, 128, (batch, 8), generator=torch.Generator().manual_seed(5)).to(device)
+
+    def run(model, compiled: bool):
+        torch._dynamo.reset()
+        calls.clear()
+        with (attention.grouped_decode_attention(model, decode_kernel="split"),
+              throughput.opaque_quantized_linears(model) if compiled else contextlib.nullcontext()):
+            decoder = throughput._compiled(model, "inductor") if compiled else None
+            runner = throughput.Runner(model, batch=batch, settings=settings, prompt=prompt, decode_model=decoder)
+            runner.prepare()
+            runner.reset()
+            runner.prefill()
+            prefill = runner.logits[:, -1].float().clone()
+            logits = []
+            for _ in range(settings.gen_len):
+                runner.decode()
+                logits.append(runner.decode_logits()[:, -1].float())
+            rope = attention.rope_in_qkv_of(model, batch)
+        caches = [(layer.keys.clone(), layer.values.clone()) for layer in runner.cache.layers]
+        return prefill, torch.stack(logits), caches, rope
+
+    kernel_module.W4A16Linear.rope_qkv = counted
+    in_kernel = kernel_module.W4A16Linear.rope_in_kernel_at
+    if device == "cpu":  # the steps that would run the kernel's epilogue on a GPU: here rope_rows after the reference
+        kernel_module.W4A16Linear.rope_in_kernel_at = lambda self, rows: True
+    try:
+        with torch.inference_mode():
+            plain, ordered = fused(False), fused(True)
+            want_prefill, want, want_cache, rope = run(plain, False)
+            assert not rope and not calls
+            layers = plain.config.num_hidden_layers
+            for compiled in (False, True):
+                got_prefill, got, got_cache, rope = run(ordered, compiled)
+                assert rope == (device == "cuda"), compiled  # (what a run records: on a GPU only)
+                # prepare's decode step and the three measured ones, one call a layer each (a graph replays them)
+                assert len(calls) == (1 if settings.cuda_graphs else 1 + settings.gen_len) * layers, len(calls)
+                torch.testing.assert_close(got_prefill, want_prefill, rtol=1e-3, atol=1e-3)
+                torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+                for (k, v), (k2, v2) in zip(want_cache, got_cache):
+                    torch.testing.assert_close(k2, k, rtol=1e-2, atol=1e-2)
+                    torch.testing.assert_close(v2, v, rtol=1e-2, atol=1e-2)
+    finally:
+        kernel_module.W4A16Linear.rope_qkv, kernel_module.W4A16Linear.rope_in_kernel_at = rope_qkv, in_kernel
         torch._dynamo.reset()

@@ -141,15 +141,20 @@ def test_greedy_token_is_argmax_in_two_stages():
     check_greedy_token("cpu")
 
 
+def _in_triton_interpreter(code: str) -> None:
+    """Run code (from tests/, where the check modules are) in a fresh process with TRITON_INTERPRET=1; it must pass."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_greedy_token_in_one_launch_in_the_triton_interpreter():
     """quantkit.eval.greedy's one-launch kernel on the CPU through Triton's interpreter (tests/greedy_check.py), where
     Triton is installed; the GPU test runs it compiled."""
     pytest.importorskip("triton")
     code = "import greedy_check; greedy_check.check_greedy_into('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _in_triton_interpreter(code)
 
 
 def test_greedy_token_in_one_launch_falls_back_and_orders_its_atomics(monkeypatch):
@@ -216,6 +221,15 @@ def test_measured_options_are_on_unless_the_environment_turns_them_off(flag, var
         env.update({} if value is None else {variable: value})
         out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
+
+
+def test_rope_in_qkv_is_off_unless_the_environment_turns_it_on():
+    probe = "from quantkit.eval import fuse; print(fuse.ROPE_IN_QKV)"
+    for env_value, expected in ((None, "False"), ("1", "True"), ("0", "False")):
+        env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_ROPE_IN_QKV"}
+        env.update({} if env_value is None else {"QUANTKIT_ROPE_IN_QKV": env_value})
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (env_value, out.stdout, out.stderr)
 
 
 def test_norm_fold_is_off_unless_the_environment_turns_it_on():
@@ -659,6 +673,7 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
     kernels' programmatic launches (decode_attention.PDL, asked for in the second case) the 4-bit o_proj is one too."""
     from quantkit.eval import decode_attention, fuse
 
+    monkeypatch.setattr(fuse, "ROPE_IN_QKV", True)
     monkeypatch.setattr(decode_attention, "PDL", not glu)
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", False)  # the rest of the programmatic launches: the next test
     if not glu:
@@ -670,8 +685,8 @@ def test_gated_pair_in_the_4bit_model_only(monkeypatch, glu):
         info = [fuse.fuse_projections(m) for m in (model, base)]
         got = [m(ids).logits for m in (model, base)]
     pairs = 2 if glu else 0
-    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": pairs, "model_type": "llama",
-                       **({"glu_pdl": 2} if glu else {"o_proj_pdl": 2})}
+    assert info[0] == {"qkv": 2, "gate_up": 2, "glu": pairs, "model_type": "llama", "rope_qkv": 2,
+                       **({"glu_pdl": 2} if glu else {"o_proj_pdl": 2})}  # q/k/v in rope order (fuse.ROPE_IN_QKV)
     assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}  # nn.Linear: launched by cuBLAS
     mlp = model.model.layers[0].mlp
     assert getattr(mlp.gate_up, "glu", False) is glu and mlp.down_proj.pdl is (True if glu else None)
@@ -689,11 +704,12 @@ def test_programmatic_launches_through_the_step(monkeypatch):
     from quantkit.eval import decode_attention, fuse
 
     monkeypatch.setattr(fuse, "INDUCTOR_PDL", True)
+    monkeypatch.setattr(fuse, "ROPE_IN_QKV", True)
     monkeypatch.setattr(decode_attention, "PDL", True)
     model, base, _ = _w4a16_tiny_llama()
     info = [fuse.fuse_projections(m) for m in (model, base)]
     assert info[0] == {"qkv": 2, "gate_up": 2, "glu": 2, "glu_pdl": 2, "o_proj_pdl": 2, "norm_pdl": 4,
-                       "model_type": "llama"}
+                       "model_type": "llama", "rope_qkv": 2}
     assert info[1] == {"qkv": 2, "gate_up": 2, "glu": 0, "model_type": "llama"}
     for block in model.model.layers:
         attn, mlp = block.self_attn, block.mlp
@@ -887,10 +903,7 @@ def test_split_kv_decode_in_the_triton_interpreter(fused_combine):
     pytest.importorskip("triton")
     code = ("import torch, split_kv_check; "
             f"split_kv_check.check_split_kv_decode('cpu', torch.float16, fused_combine={fused_combine})")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _in_triton_interpreter(code)
 
 
 def test_rope_in_attention_in_the_triton_interpreter():
@@ -902,10 +915,16 @@ def test_rope_in_attention_in_the_triton_interpreter():
     pytest.importorskip("triton")
     code = ("import torch, split_kv_check; split_kv_check.check_rope_split_kv_decode('cpu', torch.float16); "
             "split_kv_check.check_rope_in_attention_steps('cpu', torch.float16)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _in_triton_interpreter(code)
+
+
+def test_rope_in_qkv_in_the_triton_interpreter():
+    """fuse.ROPE_IN_QKV on the CPU (tests/split_kv_check.py, float16): a tiny Llama of 4-bit layers fused in rope order
+    decodes through rope_qkv (the reference product, then ops.rope_rows) and split_kv_decode in Triton's interpreter,
+    eager and compiled, with the logits and caches of the same model fused in plain order; its prefill too."""
+    pytest.importorskip("triton")
+    code = "import torch, split_kv_check; split_kv_check.check_rope_in_qkv_steps('cpu', torch.float16)"
+    _in_triton_interpreter(code)
 
 
 def test_rope_in_attention_is_off_by_default_and_leaves_other_steps_to_transformers(monkeypatch):
@@ -1092,5 +1111,6 @@ def test_l2_prefetch_plan_pairs_the_linears_in_the_order_they_run():
         assert all(layers[name].warm is None for name in run if name not in dict(pairs))
         x = torch.randn(3, layers[run[0]].in_features, dtype=torch.bfloat16)
         assert layers[run[0]].warm_next(3, x.dtype) == 0  # no GPU: nothing to request
-        assert torch.equal(layers[run[0]](x), W4A16Linear(layers[run[0]].packed)(x))
+        first = layers[run[0]]  # (q/k/v in rope order: fuse.ROPE_IN_QKV)
+        assert torch.equal(first(x), W4A16Linear(first.packed, rope=first.rope)(x))
     assert all(layers[name].warm is None for name in run)

@@ -137,6 +137,31 @@ def test_rope_in_attention_in_the_compiled_graphed_step(models, monkeypatch):
     assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
 
 
+def test_rope_in_qkv_kernel_steps_and_the_compiled_graphed_run(monkeypatch):
+    """fuse.ROPE_IN_QKV on this GPU: a tiny Llama of 4-bit layers decodes through the q/k/v kernel's rotary epilogue
+    then split_kv_decode, eager and compiled, graph-captured, with the logits and caches of the same model in plain
+    order (tests/split_kv_check.py); then the throughput run's compiled, graph-captured steps (batch 1, 4 and 12, the
+    last two token tiles: transformers' rotary embedding after the rows put back in order) pass their own checks
+    against a plain forward pass and record where it ran, the baseline's rotary embedding left to inductor."""
+    pytest.importorskip("triton")
+    from split_kv_check import check_rope_in_qkv_steps
+
+    from quantkit.eval import attention, fuse
+
+    check_rope_in_qkv_steps("cuda", torch.bfloat16)
+    monkeypatch.setattr(fuse, "ROPE_IN_QKV", True)
+    monkeypatch.setattr(attention, "ROPE_IN_ATTENTION", False)
+    kernel, reference, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cuda",
+                                                module_factory=backends.kernel_factory("cuda"), progress=False)
+    settings = throughput.Settings(batches=(1, 4, 12), prompt_len=128, gen_len=4, warmup=1, repeats=2, compile=True)
+    section = throughput.measure(kernel, reference, settings=settings, same_weights=True, progress=False)
+    torch._dynamo.reset()
+    assert section["rope_in_qkv"] == [1, 4] and section["rope_in_attention"] is False
+    assert section["fused_projections"]["quantized"]["rope_qkv"] == kernel.config.num_hidden_layers
+    assert section["decode_attention"] == "split" and section["cuda_graphs"] is True
+    assert all(c["passed"] for c in section["checks"] if "passed" in c), section["checks"]
+
+
 @pytest.mark.parametrize("fused_combine", [True, False])
 @pytest.mark.parametrize("batch", [1, 8, 32])
 def test_attention_launches_o_proj_programmatically_in_a_cuda_graph(monkeypatch, batch, fused_combine):

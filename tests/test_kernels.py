@@ -348,6 +348,61 @@ def test_gated_pair_gives_silu_gate_times_up():
         w4a16_linear(x, small[0], glu=True)  # 24 rows: not a gated pair's layout
 
 
+def test_rope_qkv_is_the_projection_then_transformers_rotary_and_cache_write():
+    """packing.interleave_rope and ops.w4a16_rope_qkv (the reference product here; the decode kernel's epilogue on a
+    GPU, tests/test_kernels_gpu.py): q, k and v as one layer whose q and k heads hold, in each 16-row tile, dims d ..
+    d + 7 and then d + D / 2 .. + 7 (the kernel's rows gid and gid + 8), v's rows as they are; the module
+    (W4A16Linear.concat_rope, with a bias) gives the three projections in their own order, and rope_qkv q and the
+    caches of transformers' apply_rotary_pos_emb in fp32 from the 16-bit projections, rounded once, written at the
+    position only; shapes it cannot take are refused with one-line errors."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from quantkit.kernels import ops
+    from quantkit.kernels.packing import interleave_rope, rope_order
+
+    heads, kv, d, k, b, length = 4, 2, 32, 128, 3, 10
+    order = rope_order(heads, kv, d)
+    assert order[:32].tolist() == [*range(8), *range(16, 24), *range(8, 16), *range(24, 32)]
+    assert order[192:].tolist() == list(range(192, 256)) and sorted(order.tolist()) == list(range(256))
+    with pytest.raises(InputError, match="multiple of 16"):
+        rope_order(4, 2, 24)
+    parts = [prepare(_layer(n=n * d, k=k, g=32, sym=i != 1, seed=40 + i), device="cpu", layouts=("mma", "dot2"))
+             for i, n in enumerate((heads, kv, kv))]
+    bias = [torch.randn(heads * d).to(torch.bfloat16), None, torch.randn(kv * d).to(torch.bfloat16)]
+    mods = [W4A16Linear(p, bb, backend="reference") for p, bb in zip(parts, bias)]
+    qkv = W4A16Linear.concat_rope(*mods, heads, kv, d)
+    assert qkv.rope == (heads, kv, d) and f"rope={(heads, kv, d)}" in repr(qkv)
+    x = testing.random_activations(b, k, dtype=torch.float32, seed=41, device="cpu").to(torch.bfloat16)[:, None]
+    want_q, want_k, want_v = (m(x) for m in mods)
+    assert torch.equal(qkv(x), torch.cat([want_q, want_k, want_v], -1))  # forward: the rows back in order
+    rows = w4a16_linear(x, qkv.packed, qkv.bias, backend="reference")
+    # the first q head's rows 8 .. 15 are dims 16 .. 23, its rows 16 .. 23 dims 8 .. 15
+    assert torch.equal(rows[..., 8:16], want_q[..., 16:24]) and torch.equal(rows[..., 16:24], want_q[..., 8:16])
+    angle = torch.rand(b, 1, d // 2, generator=torch.Generator().manual_seed(42)) * 6.3
+    cos, sin = (torch.cat([f(angle)] * 2, -1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    caches = [torch.randn(b, kv, length, d).to(torch.bfloat16) for _ in range(2)]
+    position = torch.tensor([7])
+    got_k, got_v = (c.clone() for c in caches)
+    q = qkv.rope_qkv(x, cos, sin, got_k, got_v, position)
+    assert q.shape == (b, 1, heads * d)
+    q4, k4 = (t.float().view(b, 1, -1, d).transpose(1, 2) for t in (want_q, want_k))
+    rq, rk = (t.to(torch.bfloat16) for t in apply_rotary_pos_emb(q4, k4, cos.float(), sin.float()))
+    assert torch.equal(q, rq.transpose(1, 2).reshape(b, 1, heads * d))
+    assert torch.equal(got_k[:, :, 7], rk[:, :, 0]) and torch.equal(got_v[:, :, 7], want_v.view(b, kv, d))
+    others = torch.arange(length) != 7
+    assert torch.equal(got_k[:, :, others], caches[0][:, :, others])
+    assert torch.equal(got_v[:, :, others], caches[1][:, :, others])
+    assert ops.rope_in_kernel(b, qkv.packed, x) is None  # no GPU here: rope_rows after the reference product
+    with pytest.raises(InputError, match="one row a sequence"):
+        qkv.rope_qkv(x[:2], cos, sin, got_k, got_v, position)
+    with pytest.raises(InputError, match="cos and sin must be"):
+        qkv.rope_qkv(x, cos[..., :16], sin[..., :16], got_k, got_v, position)
+    with pytest.raises(InputError, match="alike"):
+        qkv.rope_qkv(x, cos, sin, got_k, got_v[:, :1], position)
+    with pytest.raises(InputError, match="not 4, 2 and 2 heads of 16"):
+        interleave_rope([parts[0], parts[1], parts[1]], 4, 2, 16)
+
+
 def test_fold_is_a_decoder_layers_residual_add_and_rmsnorm():
     """ops.Fold through w4a16_linear (the reference here; the decode kernel on a GPU, tests/test_kernels_gpu.py): with
     rms = h and x = round(h * norm weight), the layer of transformers' RMSNorm(h) (the scale after the product, a

@@ -433,6 +433,62 @@ def test_gated_pair_epilogue(device, dtype, sym, act):
     assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="the rotary epilogue is the CUDA decode kernel's")
+@pytest.mark.parametrize("dtype,sym,act,heads,kv,d", [(torch.bfloat16, True, False, 32, 8, 128),
+                                                      (torch.float16, False, True, 12, 4, 64)],
+                         ids=["bf16-sym-32x8x128", "fp16-asym-act-12x4x64"])
+def test_rope_epilogue(device, monkeypatch, dtype, sym, act, heads, kv, d):
+    """w4a16_rope_qkv on a fused q/k/v in rope order (packing.interleave_rope): the decode kernel's epilogue (one
+    token tile, its warps sharing a tile, blocks of 8 and of 4) gives rope_rows's q and caches from the same kernel's
+    plain product, the rotation within one rounding (fused multiply-adds), v's cache rows bit for bit, every other cache
+    position unchanged, a bias, one cos/sin row for every sequence or one each, eagerly and as a programmatic launch in
+    a CUDA graph replayed at the next position; at 9 rows (two token tiles) it runs rope_rows after the layer."""
+    from quantkit.kernels.packing import interleave_rope
+
+    k, length = 1024, 40
+    parts = [testing.random_qlinear(n * d, k, group_size=64, sym=sym, act_order=act, dtype=dtype, seed=60 + i)
+             for i, n in enumerate((heads, kv, kv))]
+    parts = [type(p)(**{**p.__dict__, "g_idx": parts[0].g_idx}) for p in parts]  # one input: one permutation
+    layer = interleave_rope([prepare(p, device=device) for p in parts], heads, kv, d)
+    n = layer.out_features
+    bias = testing.random_activations(1, n, dtype=dtype, seed=63, device=device)[0]
+    gen = torch.Generator(device="cpu").manual_seed(64)
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
+    for warps in (8, 4):
+        monkeypatch.setattr(ops, "STREAM_WK_WARPS_ONE_TILE", warps)
+        for m in (1, 3, 8, 9):
+            x = testing.random_activations(m, k, dtype=dtype, seed=70 + m, device=device)
+            angle = torch.rand(m if m % 2 else 1, d // 2, generator=gen) * 6.3
+            cos, sin = (torch.cat([f(angle)] * 2, -1).to(device, dtype) for f in (torch.cos, torch.sin))
+            caches = [torch.randn(m, kv, length, d, generator=gen).to(device, dtype) for _ in range(2)]
+            position = torch.tensor([length - 3], device=device)
+            assert (ops.rope_in_kernel(m, layer, x) is not None) == (m <= 8)
+            want_k, want_v = (c.clone() for c in caches)
+            y = w4a16_linear(x, layer, bias)  # the same kernel's product: the rotation alone differs
+            want = ops.rope_rows(y, cos, sin, want_k, want_v, position, heads)
+            got_k, got_v = (c.clone() for c in caches)
+            got = ops.w4a16_rope_qkv(x[:, None], layer, bias, cos[:, None], sin[:, None], got_k, got_v, position,
+                                     heads)
+            assert got.shape == (m, 1, heads * d)
+            torch.testing.assert_close(got[:, 0].float(), want.float(), rtol=ulp, atol=1e-3)
+            torch.testing.assert_close(got_k.float(), want_k.float(), rtol=ulp, atol=1e-3)
+            assert torch.equal(got_v, want_v), (warps, m)
+            others = torch.arange(length, device=device) != position
+            assert torch.equal(got_k[:, :, others], caches[0][:, :, others]), (warps, m)
+    x = testing.random_activations(2, k, dtype=dtype, seed=80, device=device)
+    q = torch.empty(2, heads * d, dtype=dtype, device=device)
+    graph, position = torch.cuda.CUDAGraph(), torch.tensor([5], device=device)
+    with torch.cuda.graph(graph):
+        q.copy_(ops.w4a16_rope_qkv(x, layer, bias, cos[:1], sin[:1], got_k[:2], got_v[:2], position, heads,
+                                   pdl=True))
+    position.fill_(6)
+    graph.replay()
+    torch.cuda.synchronize()
+    want_k, want_v = got_k[:2].clone(), got_v[:2].clone()
+    want = ops.w4a16_rope_qkv(x, layer, bias, cos[:1], sin[:1], want_k, want_v, position, heads)
+    assert torch.equal(q, want) and torch.equal(got_k[:2, :, 6], want_k[:, :, 6])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
                     reason="the decode kernel's fold is NVIDIA's")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

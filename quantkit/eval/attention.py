@@ -8,7 +8,8 @@ more time than the weights' own GEMMs at batch 8 and above. Here a single-token 
 key and value once; everything else (prefill, models without GQA) is transformers' SDPA unchanged. Both models of
 a throughput run use it, so their comparison is unaffected. With ROPE_IN_ATTENTION, a Llama-type attention block's
 decode steps hand q, k and v to the split kernel before the rotary embedding, which it applies and writes the cache
-in the same launch.
+in the same launch. A block whose fused q/k/v is a 4-bit layer in rope order (quantkit.eval.fuse.ROPE_IN_QKV) has
+its decode steps' rotary embedding and cache write done in that layer's kernel (rope_qkv), then the split kernel.
 """
 
 from __future__ import annotations
@@ -83,12 +84,32 @@ def _rope_decode(module: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -
                                                                  layer.keys.shape[-2]):
         return None
     b = hidden_states.shape[0]
-    q, k, v = (proj(hidden_states).view(b, 1, -1, d).transpose(1, 2)
-               for proj in (module.q_proj, module.k_proj, module.v_proj))
     cos, sin = embeddings
-    out = decode_attention.rope_split_kv_decode(q, k, v, cos, sin, layer.keys, layer.values, position, mask,
-                                                module.scaling)
+    fused = _rope_linear(module)
+    if fused is not None and not fused.rope_in_kernel_at(b):  # (more rows: transformers' rotary, or the split kernel's)
+        fused = None
+        if not ROPE_IN_ATTENTION:
+            return None
+    if fused is not None:  # the rotary embedding and cache write in the 4-bit q/k/v kernel, then the split kernel
+        q = fused.rope_qkv(hidden_states, cos, sin, layer.keys, layer.values, position)
+        out = decode_attention.split_kv_decode(q.view(b, 1, -1, d).transpose(1, 2), layer.keys, layer.values, mask,
+                                               module.scaling)
+    else:
+        q, k, v = (proj(hidden_states).view(b, 1, -1, d).transpose(1, 2)
+                   for proj in (module.q_proj, module.k_proj, module.v_proj))
+        out = decode_attention.rope_split_kv_decode(q, k, v, cos, sin, layer.keys, layer.values, position, mask,
+                                                    module.scaling)
     return module.o_proj(out.transpose(1, 2).reshape(b, 1, -1))
+
+
+def _rope_linear(module: nn.Module) -> nn.Module | None:
+    """The attention block's fused q/k/v where it is a layer in rope order that runs rope_qkv (W4A16Linear.concat_rope,
+    or the compiled step's opaque op of one), and no layer fold has primed it with its input; else None."""
+    shared = getattr(module.q_proj, "shared", None)
+    fused = getattr(shared, "fused", None)
+    if getattr(fused, "rope", None) is None or not hasattr(fused, "rope_qkv") or getattr(shared, "_primed", False):
+        return None
+    return fused
 
 
 def _rope_forward(module: nn.Module):
@@ -104,18 +125,29 @@ def _rope_forward(module: nn.Module):
 
 
 def _rope_modules(model: nn.Module) -> list[nn.Module]:
-    """model's attention blocks that _rope_decode can run (where ROPE_IN_ATTENTION and the model type allow)."""
-    if not ROPE_IN_ATTENTION or getattr(model.config, "model_type", None) not in ROPE_MODEL_TYPES:
+    """model's attention blocks that _rope_decode can run (where the model type allows): those whose q/k/v runs
+    rope_qkv, and with ROPE_IN_ATTENTION every one."""
+    if getattr(model.config, "model_type", None) not in ROPE_MODEL_TYPES:
         return []
     return [m for m in model.modules()
             if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx", "head_dim", "scaling"))
-            and not hasattr(m, "q_norm")]
+            and not hasattr(m, "q_norm") and (ROPE_IN_ATTENTION or _rope_linear(m) is not None)]
 
 
 def rope_in_attention_of(model: nn.Module) -> bool:
     """Whether the model's decode steps run their rotary embedding and cache write in the split kernel now (inside
     grouped_decode_attention, given cache layers that write at the runner's position)."""
-    return decode_kernel_of(model) == "split" and any("forward" in vars(m) for m in _rope_modules(model))
+    return decode_kernel_of(model) == "split" and any("forward" in vars(m) and _rope_linear(m) is None
+                                                      for m in _rope_modules(model))
+
+
+def rope_in_qkv_of(model: nn.Module, rows: int) -> bool:
+    """Whether the model's decode steps of this many sequences run their rotary embedding and cache write in the
+    4-bit q/k/v kernel now (inside grouped_decode_attention, given cache layers that write at the runner's
+    position)."""
+    return decode_kernel_of(model) == "split" and any(
+        "forward" in vars(m) and (f := _rope_linear(m)) is not None and f.rope_in_kernel_at(rows)
+        for m in _rope_modules(model))
 
 
 def decode_kernel_of(model: nn.Module) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 
 from quantkit.errors import QuantkitError
 from quantkit.eval import decode_attention
+from quantkit.eval.attention import ROPE_MODEL_TYPES
 from quantkit.kernels.ops import Fold
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ GLU_PDL = os.environ.get("QUANTKIT_GLU_PDL", "1") != "0"
 # their weights while the normalization before them runs (with item 55's, the compiled decode 6.7% / 4.9% / 0.7%
 # faster at batch 1 / 8 / 32 on one H100). QUANTKIT_INDUCTOR_PDL=0 turns it off.
 INDUCTOR_PDL = os.environ.get("QUANTKIT_INDUCTOR_PDL", "1") != "0"
+# A 4-bit model's fused q/k/v with its q and k rows in packing.rope_order (W4A16Linear.concat_rope), so that a decode
+# step's rotary embedding and cache write run in the q/k/v kernel's epilogue (kernels.ops.w4a16_rope_qkv, through
+# attention.grouped_decode_attention's forward of the attention blocks) instead of in a kernel of their own between
+# it and the split-KV attention (docs/kernel.md item 69), at steps of up to 8 sequences (kernels.ops.rope_at). Where
+# the attention is Llama's (attention.ROPE_MODEL_TYPES, no q/k norm). Read when the model is fused; off unless
+# QUANTKIT_ROPE_IN_QKV=1 (not measured yet; the eval records where it ran).
+ROPE_IN_QKV = os.environ.get("QUANTKIT_ROPE_IN_QKV", "0") == "1"
 
 
 def _concat(layers: list[nn.Module]) -> nn.Module | None:
@@ -239,6 +247,23 @@ def fold_layers(model: nn.Module) -> int:
     return len(layers)
 
 
+def _rope_fused(attn: nn.Module, parts: list[nn.Module], model_type: str | None) -> nn.Module | None:
+    """q, k and v as one linear in rope order (concat_rope) where ROPE_IN_QKV holds and the block can run its rotary
+    embedding in the kernel's epilogue; else None."""
+    kind = type(parts[0])
+    if (not ROPE_IN_QKV or model_type not in ROPE_MODEL_TYPES or hasattr(attn, "q_norm")
+            or any(type(p) is not kind for p in parts) or not hasattr(kind, "concat_rope")):
+        return None
+    config = attn.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    try:
+        return kind.concat_rope(*parts, heads, kv_heads, attn.head_dim)
+    except QuantkitError as e:  # quantized differently, or a head size the epilogue does not pair
+        log.info("q/k/v not in rope order: %s", e)
+        return None
+
+
 def _is_silu(act) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
 
@@ -280,7 +305,11 @@ def fuse_projections(model: nn.Module) -> dict:
         if attn is not None and all(isinstance(getattr(attn, n, None), nn.Module) and
                                     not isinstance(getattr(attn, n), ProjectionPart) for n in names):
             parts = [getattr(attn, n) for n in names]
-            fused = _concat(parts)
+            fused = _rope_fused(attn, parts, info["model_type"])
+            if fused is not None:
+                info["rope_qkv"] = info.get("rope_qkv", 0) + 1
+            else:
+                fused = _concat(parts)
             if fused is not None:
                 shared = FusedProjections(fused, [m.out_features for m in parts])
                 for i, n in enumerate(names):

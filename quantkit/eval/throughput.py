@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from quantkit.errors import InputError
 from quantkit.eval import decode_attention, fuse, greedy, ppl, prefetch
-from quantkit.eval.attention import DECODE_KERNELS, decode_kernel_of, grouped_decode_attention, rope_in_attention_of
+from quantkit.eval.attention import (DECODE_KERNELS, decode_kernel_of, grouped_decode_attention, rope_in_attention_of,
+                                     rope_in_qkv_of)
 from quantkit.eval.fuse import fuse_projections
 from quantkit.eval.greedy import greedy_into
 from quantkit.kernels import build as kernel_build
@@ -210,6 +211,18 @@ def _(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], _OPAQUE[down].out_features)
 
 
+@torch.library.custom_op("quantkit_eval::quantized_rope_qkv", mutates_args=("key_cache", "value_cache"))
+def _quantized_rope_qkv(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
+                        value_cache: torch.Tensor, position: torch.Tensor, layer: int) -> torch.Tensor:
+    return _OPAQUE[layer].rope_qkv(x, cos, sin, key_cache, value_cache, position)
+
+
+@_quantized_rope_qkv.register_fake
+def _(x, cos, sin, key_cache, value_cache, position, layer):
+    heads, _, head_dim = _OPAQUE[layer].rope
+    return x.new_empty(*x.shape[:-1], heads * head_dim)
+
+
 class _Opaque(nn.Module):
     """A quantized linear that torch.compile sees as one custom op (it runs the module as it is). Where the module
     is a W4A16Linear whose layer runs the warp-specialized kernel at the step's rows (x_image_ready, wgmma_ws), a
@@ -218,13 +231,17 @@ class _Opaque(nn.Module):
     and the op reads it: the kernel's own packing of x, a launch before each such layer, is left out. A gated pair
     (W4A16Linear with glu) whose kernel at the step's rows cannot apply the SiLU and multiply itself (kernels.ops.glu_at:
     the decode kernel can, the warp-specialized one with GLU_WS) gives the op its interleaved sums and the SiLU and
-    multiply in torch ops (kernels.ops.glu_interleaved), which inductor fuses."""
+    multiply in torch ops (kernels.ops.glu_interleaved), which inductor fuses. A fused q/k/v in rope order (W4A16Linear
+    with rope) gives the op its rows in that order and the gather that puts them back in torch ops, which inductor
+    fuses into the kernel that reads them (the rotary embedding's, at steps where the layer's own epilogue does not
+    run it)."""
 
     def __init__(self, inner: nn.Module, layer: int):
         super().__init__()
         self.inner, self.layer, self.out_features = inner, layer, inner.out_features
         self.rows = _rows(inner)
         self.glu = getattr(inner, "glu", False)
+        self.rope = getattr(inner, "rope", None)  # a fused q/k/v in rope order (W4A16Linear.concat_rope)
         packed = getattr(inner, "packed", None)
         on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
         self.image = on_kernels and kernel_ops.x_image_ready(packed)
@@ -254,6 +271,15 @@ class _Opaque(nn.Module):
         return torch.ops.quantkit_eval.quantized_linear_folded(x, fold.rms, fold.eps, fold.residual, fold.next_w,
                                                                fold.ss, self.layer)
 
+    def rope_in_kernel_at(self, rows: int) -> bool:
+        """The module's rope_in_kernel_at."""
+        return self.inner.rope_in_kernel_at(rows)
+
+    def rope_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
+                 value_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The module's rope_qkv (a decode step's q, the caches written) as one custom op."""
+        return torch.ops.quantkit_eval.quantized_rope_qkv(x, cos, sin, key_cache, value_cache, position, self.layer)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
@@ -268,6 +294,8 @@ class _Opaque(nn.Module):
         elif self.glu and not (self.glu_wgmma is not None
                                and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma, sms=self.sms)):
             y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True)
+        elif self.rope is not None:  # rows in rope order, put back in torch ops that inductor fuses into their reader
+            return torch.ops.quantkit_eval.quantized_linear(x, self.layer, True).index_select(-1, self.inner.natural)
         else:
             return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False)
         return kernel_ops.glu_interleaved(y) if self.glu else y
@@ -615,7 +643,9 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
         result["l2_prefetch"] = {**prefetch.settings(), "pairs": len(warm_pairs)}
         result["attention"] = model.config._attn_implementation
         result["decode_attention"] = decode_kernel_of(model)  # what runs: SDPA where the kernel does not apply
-        rope = rope_in_attention_of(model) and rope_in_attention_of(baseline)
+        rope_qkv = [b for b in settings.batches if rope_in_qkv_of(model, b)]
+        # (the 4-bit model's where its q/k/v kernel does not do it)
+        rope = (rope_in_attention_of(model) or bool(rope_qkv)) and rope_in_attention_of(baseline)
         if result["decode_attention"] == "split":
             result["split_kv_settings"] = decode_attention.settings()
         decoders = ({name: _compiled(m, settings.compile_backend) for name, m in (("baseline", baseline), ("quantized", model))}
@@ -655,6 +685,9 @@ def measure(model, baseline, *, settings: Settings, same_weights: bool, progress
     # from session 55 on: both models' rotary embedding and cache write in the split kernel
     # (attention.ROPE_IN_ATTENTION)
     result["rope_in_attention"] = rope and result["shared_cache_position"]
+    # from session 58 on: the batches whose decode steps ran the 4-bit model's rotary embedding and cache write in its
+    # q/k/v kernel (fuse.ROPE_IN_QKV; steps of up to 8 sequences)
+    result["rope_in_qkv"] = rope_qkv if result["shared_cache_position"] else []
     result["compiled_decode"] = settings.compile
     result["greedy_token"] = greedy.record(device)
     if settings.compile:

@@ -1014,6 +1014,81 @@ def w4a16_mlp(x: torch.Tensor, pair: PackedLinear, down: PackedLinear, *, backen
     return out.reshape(*lead, n2)
 
 
+def rope_rows(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
+              value_cache: torch.Tensor, position: torch.Tensor, heads: int) -> torch.Tensor:
+    """The rotary epilogue of w4a16_rope_qkv in torch ops, from y [M, N], the outputs of a fused q/k/v projection in
+    packing.rope_order: q and k rotated in fp32 from y (transformers' rotate_half convention, cos and sin [M or 1, D]),
+    rounded once; k and v written into the caches [M, kv, len, D] at position; returns q [M, heads * D]."""
+    m, kv, d = y.shape[0], key_cache.shape[1], key_cache.shape[-1]
+    half, rot = d // 2, heads + kv
+    pairs = y[:, : rot * d].reshape(m, rot, d // 16, 2, 8).float()
+    lo, hi = pairs[..., 0, :].reshape(m, rot, half), pairs[..., 1, :].reshape(m, rot, half)
+    c, s = cos.reshape(-1, 1, d).float(), sin.reshape(-1, 1, d).float()
+    rotated = torch.cat([lo * c[..., :half] - hi * s[..., :half], hi * c[..., half:] + lo * s[..., half:]], -1)
+    rotated = rotated.to(y.dtype)
+    at = position.reshape(1).to(key_cache.device)
+    key_cache.index_copy_(2, at, rotated[:, heads:].unsqueeze(2))
+    value_cache.index_copy_(2, at, y[:, rot * d:].reshape(m, kv, 1, d))
+    return rotated[:, :heads].reshape(m, heads * d).contiguous()
+
+
+def rope_at(m: int, packed: PackedLinear) -> MmaPlan | None:
+    """The decode kernel's launch that w4a16_rope_qkv at M rows takes for its rotary epilogue, from the layer's shape
+    and device alone (what a compiled step decides as it is traced), or None where it would run the layer and
+    rope_rows instead: the "mma" path on an NVIDIA GPU at one token tile, its warps sharing a tile, unsplit."""
+    if not (1 <= m <= 8 and _mma_on_nvidia(packed)):
+        return None
+    n, k, sms = packed.out_features, packed.in_features, _sm_count(packed.device)
+    if mma_or_dequant(m, n, k, wgmma=has_wgmma(packed.device), sms=sms) != "mma":
+        return None
+    plan = mma_plan(m, n, k, sms)
+    one = not plan.staged and plan.mt == 1 and plan.wk and grid_splits(k, plan.splits) == 1
+    return plan if one else None
+
+
+def rope_in_kernel(m: int, packed: PackedLinear, x: torch.Tensor) -> MmaPlan | None:
+    """rope_at for x, where the kernels run at all for it (kernel_path)."""
+    return rope_at(m, packed) if kernel_path(m, packed, x)[0] == "mma" else None
+
+
+def w4a16_rope_qkv(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, cos: torch.Tensor,
+                   sin: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, position: torch.Tensor,
+                   heads: int, *, backend: str = "auto", pdl: bool | None = None) -> torch.Tensor:
+    """A decode step's fused q/k/v projection (packing.interleave_rope: [q; k; v] with q's and k's rows in
+    packing.rope_order) with the rotary embedding and the cache write: x [B, 1, K] (or [B, K]), one token a sequence;
+    cos and sin [B or 1, (1,) D]; key_cache and value_cache [B, kv, len, D], written in place at position (a
+    one-element int64 tensor: the same for every sequence). Returns q [..., heads * D], rotated, in its own order.
+    In the decode kernel's epilogue (csrc QkRope) where rope_in_kernel holds and backend is "auto" or "kernel", else
+    w4a16_linear then rope_rows, which the kernel matches bit for bit but for the rotation's fused multiply-adds."""
+    _check_inputs(x, packed, bias, backend)
+    lead, k = x.shape[:-1], x.shape[-1]
+    m = math.prod(lead) if lead else 1
+    if key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
+        raise InputError(f"key_cache and value_cache must be [B, kv, len, D] alike, got {tuple(key_cache.shape)} and "
+                         f"{tuple(value_cache.shape)}")
+    b, kv, _, d = key_cache.shape
+    if m != b or packed.out_features != (heads + 2 * kv) * d or d % 16:
+        raise InputError(f"the rotary q/k/v layer: x must have one row a sequence ({b}) and the layer (heads + 2 kv) "
+                         f"D = {(heads + 2 * kv) * d} rows, D a multiple of 16; got {m} rows, {packed.out_features}, "
+                         f"D = {d}")
+    if cos.shape[-1] != d or sin.shape != cos.shape or cos.numel() not in (d, m * d):
+        raise InputError(f"cos and sin must be [{m} or 1, {d}], got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    plan = rope_in_kernel(m, packed, x) if backend in ("auto", "kernel") else None
+    if plan is None:
+        y = w4a16_linear(x, packed, bias, backend=backend, pdl=pdl).reshape(m, packed.out_features)
+        return rope_rows(y, cos, sin, key_cache, value_cache, position, heads).reshape(*lead, heads * d)
+    selfcheck.self_check(x.device)
+    x2 = x.reshape(m, k)
+    x2 = x2.index_select(1, packed.perm) if packed.perm is not None else x2.contiguous()
+    x2, b16 = _operands(x2, bias)
+    q = torch.empty(m, heads * d, dtype=x.dtype, device=x.device)
+    cos2, sin2 = (t.reshape(-1, d).to(x.dtype).contiguous() for t in (cos, sin))
+    build.load_extension().mma_rope_gemm(x2, packed.mma_weight, packed.mma_meta(x.dtype), b16, q, packed.group_size,
+                                         packed.zeros is None, STREAM_PDL if pdl is None else pdl, plan.warps, cos2,
+                                         sin2, position.reshape(1), key_cache, value_cache, heads)
+    return q.reshape(*lead, heads * d)
+
+
 def mma_or_dequant(m: int, n: int, k: int, *, wgmma: bool = False, sms: int = 132) -> str:
     """The NVIDIA path for this shape on a GPU of sms multiprocessors (measured on an H100 and an H200:
     docs/kernel.md)."""

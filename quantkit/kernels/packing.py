@@ -304,6 +304,29 @@ def interleave_glu(gate: PackedLinear, up: PackedLinear) -> PackedLinear:
     return permute_rows(concat([gate, up]), glu_order(gate.out_features))
 
 
+def rope_order(heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """The row order of a fused [q; k; v] projection (heads, kv_heads and kv_heads heads of head_dim rows) for the
+    decode kernel's rotary epilogue (kernels.ops.w4a16_rope_qkv): in every q and k head, each 16-row tile holds 8
+    dims of the head's first half and then the same 8 of its second half (d and d + head_dim / 2, the rotary
+    embedding's pairs: one thread's MMA rows gid and gid + 8), as glu_order pairs a gated pair's halves; v's rows as
+    they are."""
+    if head_dim % 16 or head_dim <= 0:
+        raise InputError(f"the rotary epilogue pairs dims by 8 of each half: head_dim must be a multiple of 16, got "
+                         f"{head_dim}")
+    rotated = (torch.arange(heads + kv_heads)[:, None] * head_dim + glu_order(head_dim // 2)).reshape(-1)
+    return torch.cat([rotated, torch.arange((heads + kv_heads) * head_dim, (heads + 2 * kv_heads) * head_dim)])
+
+
+def interleave_rope(parts: list[PackedLinear], heads: int, kv_heads: int, head_dim: int) -> PackedLinear:
+    """q, k and v projections of one input as one layer in rope_order."""
+    q, k, v = parts
+    if (q.out_features, k.out_features, v.out_features) != (heads * head_dim, kv_heads * head_dim,
+                                                            kv_heads * head_dim):
+        raise InputError(f"q, k and v have {q.out_features}, {k.out_features} and {v.out_features} output features, "
+                         f"not {heads}, {kv_heads} and {kv_heads} heads of {head_dim}")
+    return permute_rows(concat(parts), rope_order(heads, kv_heads, head_dim))
+
+
 def prepare_from_checkpoint(
     qweight: torch.Tensor,
     qzeros: torch.Tensor,

@@ -6,7 +6,8 @@ two layers of 2^25 weights (DISPATCH_CASES), where it takes what the small layer
 warp-specialized kernel at every tile (16 to 256 tokens a block) under stream-K, cluster split-K and the plain grid,
 and everywhere the decode kernel on deep K, with as many splits as a real layer gets; and on NVIDIA a gated pair
 through the decode kernel's SiLU-and-multiply epilogue (GLU_CASE), a decoder layer's residual add and RMSNorm
-folded into the decode kernel (FOLD_CASE) and a decode step's gated MLP in one launch (MLP_CASE)."""
+folded into the decode kernel (FOLD_CASE), a decode step's gated MLP in one launch (MLP_CASE) and a decode step's
+rotary embedding and cache write in the q/k/v kernel's epilogue (ROPE_CASE)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ SUM_SQUARES_RTOL = 1e-5
 # runs (ops.mlp_at), down unsplit, in 3 uneven splits and in the rule's: bit for bit the gated pair then down, launched
 # one after the other (the kernels the other cases check against the reference).
 MLP_CASE = (320, 576, 64, False, (1, 3, 8))
+# (heads, kv heads, head_dim, K, group, sym, Ms): a fused q/k/v in rope order (packing.interleave_rope) whose decode
+# kernel applies a decode step's rotary embedding and cache write in its epilogue (ops.w4a16_rope_qkv) at each M,
+# against ops.rope_rows of the same kernel's plain product: q and k within a rounding of the 16-bit result (the
+# rotation's fused multiply-adds), v bit for bit, the other cache positions unchanged.
+ROPE_CASE = (8, 2, 64, 576, 64, True, (1, 3, 8))
 _checked: set = set()
 
 
@@ -203,6 +209,38 @@ def _check_mlp(device: torch.device, dtype: torch.dtype, seed: int) -> None:
                     f"not bit for bit; do not use its results, report this with the GPU name")
 
 
+def _check_rope(device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    """ROPE_CASE: the rotary epilogue against rope_rows of the plain product, where rope_at holds."""
+    from quantkit.kernels.ops import rope_at, rope_rows, w4a16_linear, w4a16_rope_qkv  # late: ops calls us
+    from quantkit.kernels.packing import interleave_rope
+
+    heads, kv, d, k, g, sym, ms = ROPE_CASE
+    layer = interleave_rope([prepare(testing.random_qlinear(n * d, k, group_size=g, sym=sym, act_order=False,
+                                                            dtype=dtype, seed=seed + i), device=device,
+                                     layouts=("mma",)) for i, n in enumerate((heads, kv, kv))], heads, kv, d)
+    gen = torch.Generator().manual_seed(seed)
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
+    for m in ms:
+        if rope_at(m, layer) is None:
+            continue
+        x = testing.random_activations(m, k, dtype=dtype, seed=900 + m, device=device)
+        angle = torch.rand(m, d // 2, generator=gen) * 6.3
+        cos, sin = (torch.cat([f(angle)] * 2, -1).to(device, dtype) for f in (torch.cos, torch.sin))
+        caches = torch.randn(2, m, kv, 5, d, generator=gen).to(device, dtype).repeat(2, 1, 1, 1, 1)  # k, v, k, v
+        at = torch.tensor([3], device=device)
+        want = rope_rows(w4a16_linear(x, layer), cos, sin, caches[0], caches[1], at, heads)
+        got = w4a16_rope_qkv(x, layer, None, cos, sin, caches[2], caches[3], at, heads, backend="kernel")
+        q_ok, k_ok = (torch.allclose(a.float(), b.float(), rtol=ulp, atol=1e-3)
+                      for a, b in ((got, want), (caches[2], caches[0])))
+        v_ok = torch.equal(caches[3], caches[1])
+        if not (q_ok and k_ok and v_ok):
+            raise KernelSelfCheckError(
+                f"W4A16 kernel 'mma' with the rotary epilogue disagrees with its product rotated in torch on {device} "
+                f"(M={m} heads={heads} kv={kv} head_dim={d} K={k} group={g} {dtype}): q {'ok' if q_ok else 'differs'}, "
+                f"k cache {'ok' if k_ok else 'differs'}, v cache {'ok' if v_ok else 'differs'}; do not use its "
+                f"results, report this with the GPU name")
+
+
 def self_check(device: torch.device | str | None = None, *, force: bool = False) -> None:
     """Run every kernel path on CASES and the dispatch on DISPATCH_CASES; raise KernelSelfCheckError on the first
     mismatch."""
@@ -246,6 +284,7 @@ def self_check(device: torch.device | str | None = None, *, force: bool = False)
             for dtype in (torch.float16, torch.bfloat16):
                 _check_fold(device, dtype, len(CASES) + len(DISPATCH_CASES) + 3)
                 _check_mlp(device, dtype, len(CASES) + len(DISPATCH_CASES) + 4)
+                _check_rope(device, dtype, len(CASES) + len(DISPATCH_CASES) + 5)
     except Exception:
         _checked.discard(device)
         raise
