@@ -164,7 +164,10 @@ def check_rope_in_qkv_steps(device: str, dtype: torch.dtype, batch: int = 2) -> 
     decodes through rope_qkv (the rotary embedding and cache write in the q/k/v kernel's epilogue on a GPU, rope_rows
     after the reference product on the CPU) then split_kv_decode, eagerly and compiled by inductor, with the
     logits and caches of the same model fused in plain order (transformers' rotary embedding and cache write), one
-    rope_qkv call a layer and step; its prefill (the rows put back in order) gives the same logits too."""
+    rope_qkv call a layer and step, no graph break in the compiled step; its prefill (the rows put back in order)
+    gives the same logits too."""
+    from torch._dynamo.utils import counters
+
     from quantkit.eval import attention, fuse, random_weights, throughput
     from quantkit.kernels import module as kernel_module
 
@@ -192,6 +195,7 @@ def check_rope_in_qkv_steps(device: str, dtype: torch.dtype, batch: int = 2) -> 
     def run(model, compiled: bool):
         torch._dynamo.reset()
         calls.clear()
+        counters.clear()
         with (attention.grouped_decode_attention(model, decode_kernel="split"),
               throughput.opaque_quantized_linears(model) if compiled else contextlib.nullcontext()):
             decoder = throughput._compiled(model, "inductor") if compiled else None
@@ -206,6 +210,8 @@ def check_rope_in_qkv_steps(device: str, dtype: torch.dtype, batch: int = 2) -> 
                 logits.append(runner.decode_logits()[:, -1].float())
             rope = attention.rope_in_qkv_of(model, batch)
         caches = [(layer.keys.clone(), layer.values.clone()) for layer in runner.cache.layers]
+        # one graph a step: the custom op's decision taken without tracing into the dispatch (kernels.ops.rope_at)
+        assert not counters["graph_break"], dict(counters["graph_break"])
         return prefill, torch.stack(logits), caches, rope
 
     kernel_module.W4A16Linear.rope_qkv = counted
@@ -221,8 +227,9 @@ def check_rope_in_qkv_steps(device: str, dtype: torch.dtype, batch: int = 2) -> 
             for compiled in (False, True):
                 got_prefill, got, got_cache, rope = run(ordered, compiled)
                 assert rope == (device == "cuda"), compiled  # (what a run records: on a GPU only)
-                # prepare's decode step and the three measured ones, one call a layer each (a graph replays them)
-                assert len(calls) == (1 if settings.cuda_graphs else 1 + settings.gen_len) * layers, len(calls)
+                # prepare's decode step and the three measured ones, one call a layer each; with graphs prepare's
+                # step and its capture (the graph replays them)
+                assert len(calls) == (2 if settings.cuda_graphs else 1 + settings.gen_len) * layers, len(calls)
                 torch.testing.assert_close(got_prefill, want_prefill, rtol=1e-3, atol=1e-3)
                 torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
                 for (k, v), (k2, v2) in zip(want_cache, got_cache):

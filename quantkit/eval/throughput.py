@@ -211,16 +211,17 @@ def _(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], _OPAQUE[down].out_features)
 
 
+# width: q's, heads * head_dim, an argument so that the fake's shape is the graph's own, not a lookup in _OPAQUE that
+# inductor's cache of compiled graphs would not see (a graph of this op alone is the same for any model)
 @torch.library.custom_op("quantkit_eval::quantized_rope_qkv", mutates_args=("key_cache", "value_cache"))
 def _quantized_rope_qkv(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
-                        value_cache: torch.Tensor, position: torch.Tensor, layer: int) -> torch.Tensor:
+                        value_cache: torch.Tensor, position: torch.Tensor, layer: int, width: int) -> torch.Tensor:
     return _OPAQUE[layer].rope_qkv(x, cos, sin, key_cache, value_cache, position)
 
 
 @_quantized_rope_qkv.register_fake
-def _(x, cos, sin, key_cache, value_cache, position, layer):
-    heads, _, head_dim = _OPAQUE[layer].rope
-    return x.new_empty(*x.shape[:-1], heads * head_dim)
+def _(x, cos, sin, key_cache, value_cache, position, layer, width):
+    return x.new_empty(*x.shape[:-1], width)
 
 
 class _Opaque(nn.Module):
@@ -242,6 +243,9 @@ class _Opaque(nn.Module):
         self.rows = _rows(inner)
         self.glu = getattr(inner, "glu", False)
         self.rope = getattr(inner, "rope", None)  # a fused q/k/v in rope order (W4A16Linear.concat_rope)
+        # the most rows at which its kernel runs the rotary epilogue (from 1 up; 0: none), worked out here so that a
+        # compiled step decides it without tracing into the dispatch
+        self.rope_rows = max((m for m in range(1, 9) if self.rope and inner.rope_in_kernel_at(m)), default=0)
         packed = getattr(inner, "packed", None)
         on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
         self.image = on_kernels and kernel_ops.x_image_ready(packed)
@@ -272,13 +276,15 @@ class _Opaque(nn.Module):
                                                                fold.ss, self.layer)
 
     def rope_in_kernel_at(self, rows: int) -> bool:
-        """The module's rope_in_kernel_at."""
-        return self.inner.rope_in_kernel_at(rows)
+        """The module's rope_in_kernel_at (its rows worked out when wrapped: kernels.ops.rope_at holds from 1 up to a
+        number of rows or not at all)."""
+        return 1 <= rows <= self.rope_rows
 
     def rope_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
                  value_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """The module's rope_qkv (a decode step's q, the caches written) as one custom op."""
-        return torch.ops.quantkit_eval.quantized_rope_qkv(x, cos, sin, key_cache, value_cache, position, self.layer)
+        return torch.ops.quantkit_eval.quantized_rope_qkv(x, cos, sin, key_cache, value_cache, position, self.layer,
+                                                          self.rope[0] * self.rope[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
