@@ -7,6 +7,9 @@
 #     bash bench/results/rope_qkv_round.sh OUT_DIR 3   batch 8 with it, then without it (~420 s)
 #     bash bench/results/rope_qkv_round.sh OUT_DIR 4   batch 32 with it (it does not run there: the default's
 #                                                      steps), then the batch-1 step profiled with it and without
+#     bash bench/results/rope_qkv_round.sh OUT_DIR 5   one call for a session with little device time left: batch 1
+#                                                      with it, then without it, then its GPU tests in what is left of
+#                                                      SECONDS_LEFT (590) s
 set -u
 . "$(dirname "$0")/round_lib.sh"
 round_start rq "${1:?usage: rope_qkv_round.sh OUT_DIR STEP}" "${2:?usage: rope_qkv_round.sh OUT_DIR STEP}"
@@ -20,6 +23,16 @@ case $STEP in
         > "$D/tests.log"; rc=${PIPESTATUS[0]}; tail -4 "$D/tests.log"; exit $rc) \
        && on eval_at rope_b1 1 230 ;;
   2) off eval_at off_b1 1 200; on eval_at rope_b1_2 1 200 ;;
+  5) end=$(( $(date +%s) + ${SECONDS_LEFT:-590} ))
+     (. bench/device_env.sh > /dev/null  # the extension's build and self-check first, outside the evals' limits
+      timeout 240 python3 -c "from quantkit.kernels import self_check; self_check(); print('self-check passed')" \
+        2>&1 | tail -2 | tee "$D/selfcheck.log")
+     left() { echo $(( end - $(date +%s) )); }
+     on eval_at rope_b1 1 200; [ "$(left)" -gt 120 ] && off eval_at off_b1 1 $(( $(left) < 200 ? $(left) : 200 ))
+     [ "$(left)" -gt 30 ] && (. bench/device_env.sh > /dev/null
+      timeout "$(left)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gpu.py::test_rope_epilogue \
+        tests/test_eval_gpu.py::test_rope_in_qkv_kernel_steps_and_the_compiled_graphed_run 2>&1 | tail -30 \
+        > "$D/tests.log"; tail -4 "$D/tests.log") ;;
   3) on eval_at rope_b8 8 200; off eval_at off_b8 8 200 ;;
   4) on eval_at rope_b32 32 230
      . bench/device_env.sh > /dev/null
