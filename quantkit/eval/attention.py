@@ -66,9 +66,11 @@ def grouped_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
 
 
 def _rope_decode(module: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
-    """The attention block's output for a one-token step through rope_split_kv_decode, or None where that does not
-    apply (then transformers' forward runs): not a one-token step, not the split kernel, no cache layer that writes at
-    a position tensor (nor one initialized by a prefill), shapes the kernel does not take."""
+    """The attention block's output for a one-token step through its q/k/v's rope_qkv and split_kv_decode (a layer in
+    rope order whose kernel runs the epilogue at the step's rows), else through rope_split_kv_decode (with
+    ROPE_IN_ATTENTION), or None where neither applies (then transformers' forward runs): not a one-token step, not the
+    split kernel, no cache layer that writes at a position tensor (nor one initialized by a prefill), shapes the
+    kernel does not take."""
     cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the name since transformers 5.2x, and before
     embeddings, mask = kwargs.get("position_embeddings"), kwargs.get("attention_mask")
     layers = getattr(cache, "layers", None)
