@@ -49,33 +49,21 @@ class W4A16Linear(nn.Module):
     @classmethod
     def concat(cls, layers: list["W4A16Linear"]) -> "W4A16Linear":
         """One module computing several of the same input, outputs one after the other (packing.concat)."""
-        bias = None
-        if any(m.bias is not None for m in layers):
-            bias = torch.cat([m.bias if m.bias is not None else m.packed.scales.new_zeros(m.out_features)
-                              for m in layers])
-        return cls(concat([m.packed for m in layers]), bias, backend=layers[0].backend)
+        return cls(concat([m.packed for m in layers]), _concat_bias(layers), backend=layers[0].backend)
 
     @classmethod
     def concat_glu(cls, gate: "W4A16Linear", up: "W4A16Linear") -> "W4A16Linear":
         """One module computing silu(gate(x)) * up(x), its rows interleaved for the kernel's epilogue
         (packing.interleave_glu)."""
-        bias = None
-        if gate.bias is not None or up.bias is not None:
-            zero = gate.packed.scales.new_zeros(gate.out_features)
-            pair = torch.cat([gate.bias if gate.bias is not None else zero, up.bias if up.bias is not None else zero])
-            bias = pair[glu_order(gate.out_features).to(pair.device)]
-        return cls(interleave_glu(gate.packed, up.packed), bias, backend=gate.backend, glu=True)
+        return cls(interleave_glu(gate.packed, up.packed), _concat_bias([gate, up], glu_order(gate.out_features)),
+                   backend=gate.backend, glu=True)
 
     @classmethod
     def concat_rope(cls, q: "W4A16Linear", k: "W4A16Linear", v: "W4A16Linear", heads: int, kv_heads: int,
                     head_dim: int) -> "W4A16Linear":
         """One module computing q, k and v of one input, its q and k rows in packing.rope_order for rope_qkv."""
         parts = [q, k, v]
-        bias = None
-        if any(m.bias is not None for m in parts):
-            bias = torch.cat([m.bias if m.bias is not None else m.packed.scales.new_zeros(m.out_features)
-                              for m in parts])
-            bias = bias[rope_order(heads, kv_heads, head_dim).to(bias.device)]
+        bias = _concat_bias(parts, rope_order(heads, kv_heads, head_dim))
         return cls(interleave_rope([m.packed for m in parts], heads, kv_heads, head_dim), bias, backend=q.backend,
                    rope=(heads, kv_heads, head_dim))
 
@@ -141,3 +129,12 @@ class W4A16Linear(nn.Module):
         return (f"in_features={p.in_features}, out_features={self.out_features}, group_size={p.group_size}, "
                 f"sym={p.sym}, act_order={p.perm is not None}, bias={self.bias is not None}, backend={self.backend!r}"
                 + (", glu=True" if self.glu else "") + (f", rope={self.rope}" if self.rope else ""))
+
+
+def _concat_bias(layers: list[W4A16Linear], order: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The layers' biases one after the other (zeros for a layer without one), in order's rows where given (the
+    packed layer's row order); None where no layer has a bias."""
+    if all(m.bias is None for m in layers):
+        return None
+    bias = torch.cat([m.bias if m.bias is not None else m.packed.scales.new_zeros(m.out_features) for m in layers])
+    return bias if order is None else bias[order.to(bias.device)]
