@@ -521,6 +521,67 @@ def test_compiled_step_hands_a_gated_pair_its_image_of_x(monkeypatch, glu_ws):
     assert asked == [glu_ws] and not throughput._OPAQUE
 
 
+def test_compiled_step_hands_a_rope_order_qkv_its_image_of_x_and_puts_its_rows_back(monkeypatch):
+    """A q/k/v layer in rope order (W4A16Linear.concat_rope, fuse.ROPE_IN_QKV) at rows where its layer runs the
+    warp-specialized kernel (stood in for, as above) gets its image of x and gives q, k and v in their own order, as
+    through the plain op at other rows and the eager module: the image op's rows are put back too."""
+    from quantkit.kernels import W4A16Linear, ops, prepare, reference_linear, testing
+
+    heads, kv, d, k = 4, 2, 32, 256
+    parts = [W4A16Linear(prepare(testing.random_qlinear(n * d, k, group_size=64, sym=True, act_order=False,
+                                                        dtype=torch.bfloat16, seed=50 + i), device="cpu",
+                                 layouts=("mma",))) for i, n in enumerate((heads, kv, kv))]
+    images = []
+
+    def kernel_stand_in(image, layer, bias, glu=False):
+        images.append(image.shape[1])
+        return reference_linear(_x_from_image(image), layer, bias)
+
+    monkeypatch.setattr(ops, "x_image_ready", lambda p: True)
+    monkeypatch.setattr(ops, "sm_count", lambda d: 132)
+    monkeypatch.setattr(ops, "wgmma_ws", lambda m, n, k, sms: m > 4)
+    monkeypatch.setattr(ops, "w4a16_linear_image", kernel_stand_in)
+    module = torch.nn.Sequential(W4A16Linear.concat_rope(*parts, heads, kv, d))
+    with throughput.opaque_quantized_linears(module), torch.inference_mode():
+        compiled = torch.compile(module, dynamic=False, backend="eager")
+        for rows in (8, 2):
+            x = torch.randn(rows, 1, k, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+            want = torch.cat([p(x) for p in parts], -1)
+            assert torch.equal(module(x), want)
+            assert torch.equal(compiled(x), want), rows
+            assert images == ([rows] if rows > 4 else []), (rows, images)
+            images.clear()
+    torch._dynamo.reset()
+    assert not throughput._OPAQUE
+
+
+def test_compiled_ops_of_two_models_of_one_input_width_keep_their_own_output_widths(monkeypatch, tmp_path):
+    """Two models, each one quantized linear of 256 inputs (64 and then 96 outputs, of one seed), compiled by inductor
+    one after the other with one on-disk cache of compiled graphs: each graph is the one op on the same input, and
+    with the op's output width looked up by the layer's number (0 in both models) the second model's came from the
+    cache with the first's width and failed its size check. The width is the op's argument, so the second graph is
+    its own (two lookups of the cache, two misses) and its output 96 wide."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    from quantkit.kernels import W4A16Linear, prepare, reference_linear, testing
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    counters.clear()
+    for n in (64, 96):
+        packed = prepare(testing.random_qlinear(n, 256, group_size=64, sym=False, act_order=False,
+                                                dtype=torch.bfloat16, seed=7), device="cpu", layouts=("mma",))
+        model = torch.nn.Sequential(W4A16Linear(packed))
+        with throughput.opaque_quantized_linears(model), torch.inference_mode(), \
+                inductor_config.patch(fx_graph_cache=True):
+            assert list(throughput._OPAQUE) == [0]
+            y = torch.compile(model, dynamic=False)(x)
+        torch._dynamo.reset()
+        assert torch.equal(y, reference_linear(x, packed)), n
+    assert counters["inductor"]["fxgraph_cache_miss"] == 2, dict(counters["inductor"])
+
+
 def _decoded(runner: throughput.Runner) -> torch.Tensor:
     """The last position's logits of each of the runner's decode steps after a reset and a prefill, stacked."""
     runner.reset()

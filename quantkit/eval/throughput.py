@@ -145,15 +145,21 @@ _OPAQUE: dict[int, nn.Module] = {}
 # traced; QUANTKIT_COMPILED_X_IMAGE=0 turns it off (bench/profile_decode.py --x-image both measures both in one run)
 COMPILED_X_IMAGE = os.environ.get("QUANTKIT_COMPILED_X_IMAGE", "1") != "0"
 
+# Each op below takes its output's width (width) as an argument, so that its fake's shape is the graph's own and not a
+# lookup in _OPAQUE: layer numbers start at 0 in every model, and inductor's on-disk cache of compiled graphs, keyed on
+# the graph and its inputs, would hand a graph of one op alone (a graph break on each side) to another model whose x
+# has the same shape, with the first model's width (tests/test_eval.py's
+# test_compiled_ops_of_two_models_of_one_input_width_keep_their_own_output_widths).
+
 
 @torch.library.custom_op("quantkit_eval::quantized_linear", mutates_args=())
-def _quantized_linear(x: torch.Tensor, layer: int, rows: bool) -> torch.Tensor:
+def _quantized_linear(x: torch.Tensor, layer: int, rows: bool, width: int) -> torch.Tensor:
     return _OPAQUE[layer].forward_rows(x) if rows else _OPAQUE[layer](x)
 
 
 @_quantized_linear.register_fake
-def _(x: torch.Tensor, layer: int, rows: bool) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], _rows(_OPAQUE[layer]) if rows else _OPAQUE[layer].out_features)
+def _(x: torch.Tensor, layer: int, rows: bool, width: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], width)
 
 
 def _rows(module: nn.Module) -> int:
@@ -164,7 +170,7 @@ def _rows(module: nn.Module) -> int:
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear_image", mutates_args=())
-def _quantized_linear_image(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
+def _quantized_linear_image(image: torch.Tensor, layer: int, glu: bool, width: int) -> torch.Tensor:
     inner = _OPAQUE[layer]
     y = kernel_ops.w4a16_linear_image(image, inner.packed, inner.bias, glu=glu)
     inner.warm_next(image.shape[1], image.dtype)
@@ -172,47 +178,47 @@ def _quantized_linear_image(image: torch.Tensor, layer: int, glu: bool) -> torch
 
 
 @_quantized_linear_image.register_fake
-def _(image: torch.Tensor, layer: int, glu: bool) -> torch.Tensor:
-    return image.new_empty(image.shape[1], _rows(_OPAQUE[layer]) // (2 if glu else 1))
+def _(image: torch.Tensor, layer: int, glu: bool, width: int) -> torch.Tensor:
+    return image.new_empty(image.shape[1], width)
 
 
 # ss (kernels.ops.Fold.ss): read, with rms; the op that fills it (with residual) is quantized_linear_folded_into,
 # whose ss is a tensor (inductor does not lower a mutated argument that may be None)
 @torch.library.custom_op("quantkit_eval::quantized_linear_folded", mutates_args=())
 def _quantized_linear_folded(x: torch.Tensor, rms: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
-                             next_w: torch.Tensor | None, ss: torch.Tensor | None, layer: int) -> torch.Tensor:
+                             next_w: torch.Tensor | None, ss: torch.Tensor | None, layer: int,
+                             width: int) -> torch.Tensor:
     return _OPAQUE[layer].folded(x, kernel_ops.Fold(rms, eps, residual, next_w, ss))
 
 
 @_quantized_linear_folded.register_fake
-def _folded_fake(x, rms, eps, residual, next_w, ss, layer):
-    out = x.new_empty(*x.shape[:-1], _OPAQUE[layer].out_features)
+def _folded_fake(x, rms, eps, residual, next_w, ss, layer, width):
+    out = x.new_empty(*x.shape[:-1], width)
     return out if next_w is None else out.new_empty(2, *out.shape)
 
 
 @torch.library.custom_op("quantkit_eval::quantized_linear_folded_into", mutates_args=("ss",))
 def _quantized_linear_folded_into(x: torch.Tensor, residual: torch.Tensor, next_w: torch.Tensor | None,
-                                  ss: torch.Tensor, layer: int) -> torch.Tensor:
+                                  ss: torch.Tensor, layer: int, width: int) -> torch.Tensor:
     return _OPAQUE[layer].folded(x, kernel_ops.Fold(None, 0.0, residual, next_w, ss))
 
 
 @_quantized_linear_folded_into.register_fake
-def _(x, residual, next_w, ss, layer):
-    return _folded_fake(x, None, 0.0, residual, next_w, None, layer)
+def _(x, residual, next_w, ss, layer, width):
+    return _folded_fake(x, None, 0.0, residual, next_w, None, layer, width)
 
 
 @torch.library.custom_op("quantkit_eval::quantized_mlp", mutates_args=())
-def _quantized_mlp(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
+def _quantized_mlp(x: torch.Tensor, pair: int, down: int, width: int) -> torch.Tensor:
     return _OPAQUE[pair].mlp(x, _OPAQUE[down])
 
 
 @_quantized_mlp.register_fake
-def _(x: torch.Tensor, pair: int, down: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], _OPAQUE[down].out_features)
+def _(x: torch.Tensor, pair: int, down: int, width: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], width)
 
 
-# width: q's, heads * head_dim, an argument so that the fake's shape is the graph's own, not a lookup in _OPAQUE that
-# inductor's cache of compiled graphs would not see (a graph of this op alone is the same for any model)
+# width: q's, heads * head_dim
 @torch.library.custom_op("quantkit_eval::quantized_rope_qkv", mutates_args=("key_cache", "value_cache"))
 def _quantized_rope_qkv(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: torch.Tensor,
                         value_cache: torch.Tensor, position: torch.Tensor, layer: int, width: int) -> torch.Tensor:
@@ -265,15 +271,15 @@ class _Opaque(nn.Module):
 
     def mlp(self, x: torch.Tensor, down: "_Opaque") -> torch.Tensor:
         """The module's mlp(x, down) as one custom op."""
-        return torch.ops.quantkit_eval.quantized_mlp(x, self.layer, down.layer)
+        return torch.ops.quantkit_eval.quantized_mlp(x, self.layer, down.layer, down.out_features)
 
     def folded(self, x: torch.Tensor, fold: kernel_ops.Fold) -> torch.Tensor:
         """The module's folded() as one custom op (a decoder layer's residual add and RMSNorm folded in)."""
         if fold.ss is not None and fold.residual is not None:  # ss filled
             return torch.ops.quantkit_eval.quantized_linear_folded_into(x, fold.residual, fold.next_w, fold.ss,
-                                                                        self.layer)
+                                                                        self.layer, self.out_features)
         return torch.ops.quantkit_eval.quantized_linear_folded(x, fold.rms, fold.eps, fold.residual, fold.next_w,
-                                                               fold.ss, self.layer)
+                                                               fold.ss, self.layer, self.out_features)
 
     def rope_in_kernel_at(self, rows: int) -> bool:
         """The module's rope_in_kernel_at (its rows worked out when wrapped: kernels.ops.rope_at holds from 1 up to a
@@ -293,17 +299,20 @@ class _Opaque(nn.Module):
                 and kernel_ops.wgmma_ws(m, self.rows, k, self.sms)):
             # a gated pair whose warp-specialized kernel applies the SiLU and multiply itself (kernels.ops.GLU_WS)
             whole = self.glu and kernel_ops.glu_at(m, self.rows, k, wgmma=True, sms=self.sms)
-            y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer, whole)
+            width = self.out_features if whole else self.rows
+            y = torch.ops.quantkit_eval.quantized_linear_image(kernel_ops.x_image(x), self.layer, whole, width)
+            y = y.reshape(*x.shape[:-1], width)
             if whole:
-                return y.reshape(*x.shape[:-1], self.out_features)
-            y = y.reshape(*x.shape[:-1], self.rows)
+                return y
         elif self.glu and not (self.glu_wgmma is not None
                                and kernel_ops.glu_at(m, self.rows, k, wgmma=self.glu_wgmma, sms=self.sms)):
-            y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True)
-        elif self.rope is not None:  # rows in rope order, put back in torch ops that inductor fuses into their reader
-            return torch.ops.quantkit_eval.quantized_linear(x, self.layer, True).index_select(-1, self.inner.natural)
+            y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True, self.rows)
+        elif self.rope is None:
+            return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False, self.out_features)
         else:
-            return torch.ops.quantkit_eval.quantized_linear(x, self.layer, False)
+            y = torch.ops.quantkit_eval.quantized_linear(x, self.layer, True, self.rows)
+        if self.rope is not None:  # rows in rope order, put back in torch ops that inductor fuses into their reader
+            return y.index_select(-1, self.inner.natural)
         return kernel_ops.glu_interleaved(y) if self.glu else y
 
 
