@@ -272,7 +272,8 @@ struct QkRopeLane {
     const int gid = lane / 4, n_lo = tile * 16 + gid, D = r.head_dim, half = D / 2;
     const float b_lo = bias ? qk_bits_to_float(bias[n_lo], Tag()) : 0.f;
     const float b_hi = bias ? qk_bits_to_float(bias[n_lo + 8], Tag()) : 0.f;
-    if (at < 0 || at >= r.len) return;  // (a position outside the cache writes nothing)
+    // a position outside the cache writes q only (torch's index_copy_ in ops.rope_rows stops such a step instead)
+    if ((at < 0 || at >= r.len) && tile >= r.heads * (D / 16)) return;
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int tok = m0 + 2 * (lane % 4) + e;

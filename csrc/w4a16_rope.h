@@ -10,7 +10,7 @@
 // is sequence t. The epilogue rotates each pair with the token's cos and sin (transformers' rotate_half convention:
 // y_d = x_d cos_d - x_(d+h) sin_d, y_(d+h) = x_(d+h) cos_(d+h) + x_d sin_(d+h), in fp32 from the outputs rounded to
 // 16 bits, rounded once), writes q into q [M, heads * head_dim] in its own order, and k and v into the caches at
-// position *pos.
+// position *pos (none where it is outside the cache).
 struct QkRope {
   const uint16_t* cos = nullptr;  // [M or 1, head_dim] rows, cs_row apart (0: one row for every token)
   const uint16_t* sin = nullptr;

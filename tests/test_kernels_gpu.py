@@ -442,7 +442,8 @@ def test_rope_epilogue(device, monkeypatch, dtype, sym, act, heads, kv, d):
     token tile, its warps sharing a tile, blocks of 8 and of 4) gives rope_rows's q and caches from the same kernel's
     plain product, the rotation within one rounding (fused multiply-adds), v's cache rows bit for bit, every other cache
     position unchanged, a bias, one cos/sin row for every sequence or one each, eagerly and as a programmatic launch in
-    a CUDA graph replayed at the next position; at 9 rows (two token tiles) it runs rope_rows after the layer."""
+    a CUDA graph replayed at the next position, q alone at a position outside the cache; at 9 rows (two token tiles)
+    it runs rope_rows after the layer."""
     from quantkit.kernels.packing import interleave_rope
 
     k, length = 1024, 40
@@ -487,6 +488,10 @@ def test_rope_epilogue(device, monkeypatch, dtype, sym, act, heads, kv, d):
     want_k, want_v = got_k[:2].clone(), got_v[:2].clone()
     want = ops.w4a16_rope_qkv(x, layer, bias, cos[:1], sin[:1], want_k, want_v, position, heads)
     assert torch.equal(q, want) and torch.equal(got_k[:2, :, 6], want_k[:, :, 6])
+    kept_k, kept_v = got_k.clone(), got_v.clone()  # a position outside the cache: q alone
+    outside = ops.w4a16_rope_qkv(x, layer, bias, cos[:1], sin[:1], got_k[:2], got_v[:2],
+                                 torch.tensor([length], device=device), heads)
+    assert torch.equal(outside, want) and torch.equal(got_k, kept_k) and torch.equal(got_v, kept_v)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
