@@ -182,7 +182,6 @@ def eval_cmd(ctx, directory, text, no_ppl, baseline, **kw):
     from quantkit.eval import report, validate
     from quantkit.eval.render import result_text
     from quantkit.eval.throughput import Settings, parse_batches
-    from quantkit.manifest import EVAL_JSON
 
     settings = None
     if kw["throughput"]:

@@ -13,7 +13,6 @@ from conftest import grid_errors, make_checkpoint
 from quantkit import convert, recipes
 from quantkit.cli import main
 from quantkit.errors import InputError, OutputExistsError, UnsupportedError
-from quantkit.formats import gptq
 from quantkit.reference import read_linears
 from quantkit.source import TensorSource
 
