@@ -46,10 +46,12 @@ KINDS = (  # first match wins
 )
 
 
-# The ops a linear of the step is, as the profiler names them: our opaque quantized linears (compiled steps) and
-# torch's (bf16 layers, lm_head); the outermost of them counts, with every kernel it launched.
+# The ops a linear of the step is, as the profiler names them: our opaque quantized linears (compiled steps; a q/k/v
+# with its rotary epilogue, quantized_rope_qkv, too) and torch's (bf16 layers, lm_head); the outermost of them counts,
+# with every kernel it launched. (quantized_mlp, two linears in one op, is left out: by_linear says so.)
 LINEAR_OPS = frozenset({"quantkit_eval::quantized_linear", "quantkit_eval::quantized_linear_image",
-                        "quantkit_eval::quantized_linear_folded", "aten::linear", "aten::addmm", "aten::mm"})
+                        "quantkit_eval::quantized_linear_folded", "quantkit_eval::quantized_linear_folded_into",
+                        "quantkit_eval::quantized_rope_qkv", "aten::linear", "aten::addmm", "aten::mm"})
 
 
 def kind_of(name: str) -> str:

@@ -204,6 +204,45 @@ def test_profile_decode_times_each_linear_by_its_role(monkeypatch):
     assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(block, blocks), "lm_head": 1}
 
 
+def test_profile_decode_counts_a_qkv_with_its_rotary_epilogue_as_its_linear(monkeypatch):
+    """With fuse.ROPE_IN_QKV a decode step's q/k/v is the opaque op quantized_rope_qkv (the projection, its rotary
+    embedding and cache write): by_linear counts it, not the reference's own product inside it (which a GPU's kernel
+    does not have), as the block's q/k/v, one op a linear, in a real profiler trace of two steps of a fused tiny
+    Llama's opaque linears called in module order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from quantkit.eval import fuse, random_weights, throughput
+    from quantkit.kernels import W4A16Linear
+
+    model, _, _ = random_weights.build("tiny-llama", group_size=32, dtype=torch.bfloat16, device="cpu",
+                                       module_factory=lambda ql: W4A16Linear.from_quantized(ql, device="cpu"),
+                                       progress=False)
+    monkeypatch.setattr(fuse, "ROPE_IN_QKV", True)
+    assert fuse.fuse_projections(model)["rope_qkv"] == len(model.model.layers)
+    roles, linears = profile_decode.linear_roles(model), profile_decode._linears(model)
+    shapes = profile_decode.linear_shapes(model)
+    with throughput.opaque_quantized_linears(model), torch.inference_mode(), \
+            profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):
+            for name, inner in linears:
+                layer = model.get_submodule(name)  # (the opaque op's module: _Opaque, or lm_head's nn.Linear)
+                x = torch.randn(1, 1, inner.in_features, dtype=torch.bfloat16)
+                if getattr(layer, "rope", None) is None:
+                    layer(x)
+                    continue
+                heads, kv, d = layer.rope
+                cos, sin = torch.ones(1, 1, d, dtype=torch.bfloat16), torch.zeros(1, 1, d, dtype=torch.bfloat16)
+                caches = [torch.zeros(1, kv, 4, d, dtype=torch.bfloat16) for _ in range(2)]
+                layer.rope_qkv(x, cos, sin, *caches, torch.tensor([1]))
+    events = prof.events()
+    step = [ev.name.removeprefix("quantkit_eval::") for ev in profile_decode._outermost_linear_ops(events)]
+    assert step[:4] == ["quantized_rope_qkv"] + ["quantized_linear"] * 3 and step[len(roles) - 1] == "aten::linear"
+    got = profile_decode.by_linear(events, roles, 2, shapes)
+    assert isinstance(got, dict), got
+    assert {role: v["calls"] for role, v in got.items()} == {**dict.fromkeys(roles[:4], len(model.model.layers)),
+                                                            "lm_head": 1}
+
+
 def test_profile_table_lists_the_linears_by_role():
     run = {"command": "python3 bench/profile_decode.py --compile --fuse --out x.json", "fused_projections": FUSED,
            "attention": "quantkit_grouped_sdpa", "decode_attention": "split", "runs": [
