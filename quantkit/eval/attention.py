@@ -79,9 +79,7 @@ def _rope_decode(module: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -
     if (hidden_states.dim() != 3 or hidden_states.shape[1] != 1 or DECODE_KERNEL != "split" or embeddings is None
             or position is None or not layer.is_initialized or not device_state.runs_on(hidden_states.device)):
         return None
-    config = module.config
-    heads, d = config.num_attention_heads, module.head_dim
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    (heads, kv_heads), d = decode_attention.head_counts(module.config), module.head_dim
     if kv_heads == heads or not decode_attention.supports_heads(heads, kv_heads, d, hidden_states.dtype, mask,
                                                                  layer.keys.shape[-2]):
         return None

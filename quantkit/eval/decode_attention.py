@@ -99,13 +99,19 @@ def supports_heads(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
             and mask.shape[-1] >= positions and dtype in DTYPES)
 
 
+def head_counts(config) -> tuple[int, int]:
+    """(query heads, key/value heads) of a transformers text config (as many key/value heads as query heads where it
+    names none)."""
+    heads = config.num_attention_heads
+    return heads, getattr(config, "num_key_value_heads", None) or heads
+
+
 def runs_for(config, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a model of this transformers config, on device in dtype, has its decode steps' attention here under
     quantkit.eval.attention's "split": grouped-query attention (fewer KV heads than query heads) of a head size this
     kernel takes, on a GPU."""
     config = config.get_text_config()
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    heads, kv_heads = head_counts(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return (available() and device.type == "cuda" and kv_heads < heads and heads % kv_heads == 0
             and head_dim in HEAD_DIMS and dtype in DTYPES)

@@ -254,9 +254,7 @@ def _rope_fused(attn: nn.Module, parts: list[nn.Module], model_type: str | None)
     if (not ROPE_IN_QKV or model_type not in ROPE_MODEL_TYPES or hasattr(attn, "q_norm")
             or any(type(p) is not kind for p in parts) or not hasattr(kind, "concat_rope")):
         return None
-    config = attn.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    heads, kv_heads = decode_attention.head_counts(attn.config)
     try:
         return kind.concat_rope(*parts, heads, kv_heads, attn.head_dim)
     except QuantkitError as e:  # quantized differently, or a head size the epilogue does not pair
