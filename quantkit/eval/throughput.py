@@ -251,7 +251,8 @@ class _Opaque(nn.Module):
         self.rope = getattr(inner, "rope", None)  # a fused q/k/v in rope order (W4A16Linear.concat_rope)
         # the most rows at which its kernel runs the rotary epilogue (from 1 up; 0: none), worked out here so that a
         # compiled step decides it without tracing into the dispatch
-        self.rope_rows = max((m for m in range(1, 9) if self.rope and inner.rope_in_kernel_at(m)), default=0)
+        self.rope_rows = max((m for m in range(1, kernel_ops.ROPE_MAX_M + 1)
+                              if self.rope and inner.rope_in_kernel_at(m)), default=0)
         packed = getattr(inner, "packed", None)
         on_kernels = isinstance(packed, PackedLinear) and getattr(inner, "backend", None) in ("auto", "kernel")
         self.image = on_kernels and kernel_ops.x_image_ready(packed)

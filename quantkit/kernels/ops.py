@@ -1032,11 +1032,15 @@ def rope_rows(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_cache: 
     return rotated[:, :heads].reshape(m, heads * d).contiguous()
 
 
+# The most rows (one token tile) at which the decode kernel runs w4a16_rope_qkv's rotary epilogue (rope_at).
+ROPE_MAX_M = 8
+
+
 def rope_at(m: int, packed: PackedLinear) -> MmaPlan | None:
     """The decode kernel's launch that w4a16_rope_qkv at M rows takes for its rotary epilogue, from the layer's shape
     and device alone (what a compiled step decides as it is traced), or None where it would run the layer and
     rope_rows instead: the "mma" path on an NVIDIA GPU at one token tile, its warps sharing a tile, unsplit."""
-    if not (1 <= m <= 8 and _mma_on_nvidia(packed)):
+    if not (1 <= m <= ROPE_MAX_M and _mma_on_nvidia(packed)):
         return None
     n, k, sms = packed.out_features, packed.in_features, _sm_count(packed.device)
     if mma_or_dequant(m, n, k, wgmma=has_wgmma(packed.device), sms=sms) != "mma":
